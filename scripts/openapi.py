@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Writes openapi.yaml: the upstream Vocode spec's operations that this server implements,
+unchanged, with the schemas they use, plus this server's own endpoints (tagged `internal`).
+
+    python3 scripts/openapi.py            # rewrite openapi.yaml
+    python3 scripts/openapi.py --check    # exit 1 if openapi.yaml is not what this would write
+
+The upstream document is vendored at tests/contract/upstream-openapi.json. The Rust test
+`tests/contract.rs` checks the result against it and against the server's router.
+Needs PyYAML.
+"""
+import copy
+import json
+import pathlib
+import sys
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+UPSTREAM = ROOT / "tests" / "contract" / "upstream-openapi.json"
+OUTPUT = ROOT / "openapi.yaml"
+
+# The upstream operations the server implements, by operationId.
+IMPLEMENTED = [
+    "get_prompt", "list_prompts", "create_prompt", "update_prompt",
+    "get_voice", "list_voices", "create_voice", "update_voice",
+    "get_webhook", "list_webhooks", "create_webhook", "update_webhook",
+    "get_vector_database", "list_vector_databases", "create_vector_database",
+    "update_vector_database",
+    "get_account_connection", "list_account_connections", "create_account_connection",
+    "update_account_connection", "add_to_steering_pool", "remove_from_steering_pool",
+    "get_action", "list_actions", "create_action", "update_action",
+]
+
+STATUS = {
+    "type": "object",
+    "properties": {"status": {"type": "string"}},
+    "required": ["status"],
+}
+DETAIL = {
+    "type": "object",
+    "properties": {"detail": {"type": "string"}},
+    "required": ["detail"],
+}
+
+# This server's own endpoints: not part of the Vocode API, and marked so.
+INTERNAL = {
+    "/health": {
+        "get": {
+            "tags": ["internal"],
+            "summary": "Liveness",
+            "description": "The process is up. Needs no authentication.",
+            "operationId": "health",
+            "responses": {
+                "200": {
+                    "description": "The process is up",
+                    "content": {"application/json": {"schema": STATUS}},
+                }
+            },
+        }
+    },
+    "/ready": {
+        "get": {
+            "tags": ["internal"],
+            "summary": "Readiness",
+            "description": "The database answers. 503 otherwise. Needs no authentication.",
+            "operationId": "ready",
+            "responses": {
+                "200": {
+                    "description": "Ready to serve",
+                    "content": {"application/json": {"schema": STATUS}},
+                },
+                "503": {
+                    "description": "Not ready",
+                    "content": {"application/json": {"schema": DETAIL}},
+                },
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "tags": ["internal"],
+            "summary": "This document",
+            "operationId": "openapi",
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI document",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    },
+}
+
+
+def refs(node, found):
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            found.add(ref.rsplit("/", 1)[1])
+        for value in node.values():
+            refs(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            refs(value, found)
+
+
+def build():
+    upstream = json.loads(UPSTREAM.read_text())
+    paths = {}
+    wanted = set(IMPLEMENTED)
+    for path, item in upstream["paths"].items():
+        for method, op in item.items():
+            if op.get("operationId") in wanted:
+                paths.setdefault(path, {})[method] = copy.deepcopy(op)
+                wanted.discard(op["operationId"])
+    if wanted:
+        sys.exit(f"not in the upstream spec: {sorted(wanted)}")
+
+    schemas = upstream["components"]["schemas"]
+    used, todo = set(), set()
+    refs(paths, todo)
+    while todo:
+        name = todo.pop()
+        if name in used:
+            continue
+        used.add(name)
+        refs(schemas[name], todo)
+
+    doc = {
+        "openapi": upstream["openapi"],
+        "info": {
+            **upstream["info"],
+            "title": "Vocode API (vocode-server)",
+            "description": "Vocode's hosted voice-agent API, served by vocode-server, a self-hosted"
+            " implementation of it: buy or link phone numbers, place agents on them, and start,"
+            " end and inspect calls. Operations tagged `internal` are this server's own.",
+        },
+        "servers": [{"url": "/", "description": "This server"}],
+        "paths": {**paths, **INTERNAL},
+        "components": {
+            "schemas": {name: schemas[name] for name in schemas if name in used},
+            "securitySchemes": upstream["components"]["securitySchemes"],
+        },
+        "tags": upstream.get("tags", []) + [
+            {"name": "internal", "description": "vocode-server's own endpoints."}
+        ],
+    }
+    header = "# Generated by scripts/openapi.py from the upstream Vocode spec; do not edit by hand.\n"
+    return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+
+
+def main():
+    text = build()
+    if "--check" in sys.argv:
+        if OUTPUT.read_text() != text:
+            sys.exit("openapi.yaml is stale: run python3 scripts/openapi.py")
+        return
+    OUTPUT.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

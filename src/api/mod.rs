@@ -1,0 +1,118 @@
+//! The HTTP edge: routes, extractors and the middleware every request passes through.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, State};
+use axum::http::{header, HeaderName, Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub mod auth;
+pub mod documents;
+pub mod extract;
+pub mod paging;
+pub mod spec;
+
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole API, with its middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(documents::router())
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    header::AUTHORIZATION,
+                ]))
+                .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(make_span)
+                        .on_response(on_response),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+                .layer(CatchPanicLayer::custom(on_panic)),
+        )
+}
+
+/// Requests are logged by route, never by URI: query strings carry phone numbers.
+fn make_span(req: &Request<Body>) -> Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", method = %req.method(), route, request_id)
+}
+
+fn on_response<B>(res: &Response<B>, latency: Duration, _span: &Span) {
+    tracing::info!(
+        status = res.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "response"
+    );
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+    tracing::error!("a request handler panicked");
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness check: the database does not answer");
+            Err(ApiError::Unavailable(
+                "Not ready: the database does not answer".into(),
+            ))
+        }
+        Err(_) => Err(ApiError::Unavailable(
+            "Not ready: the database did not answer within 2 seconds".into(),
+        )),
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    static BODY: LazyLock<String> = LazyLock::new(|| spec::spec().document().to_string());
+    ([(header::CONTENT_TYPE, "application/json")], BODY.as_str())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("Not Found".into())
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({ "detail": "Method Not Allowed" })),
+    )
+}

@@ -1,0 +1,319 @@
+//! The repository: one interface over two real backends, SQLite (embedded, the default) and
+//! Postgres (production).
+//!
+//! Queries are written once, in the SQL both dialects share, and run through [`DbConn`], which
+//! holds a connection of either backend; the `run!` macro compiles each query for both. The few
+//! places where the dialects differ match on the backend explicitly. Queries are checked at run
+//! time (not with sqlx's compile-time macros, which bind to one database) and every one of them is
+//! exercised by the same behavioural tests on both backends.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{
+    Connection, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction,
+};
+
+pub mod records;
+pub mod users;
+
+/// Runs the same query code against whichever backend `$conn` holds.
+macro_rules! run {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::DbConn::Pg($c) => $body,
+            $crate::store::DbConn::Lite($c) => $body,
+        }
+    };
+}
+pub(crate) use run;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, Clone)]
+enum Pools {
+    Postgres(PgPool),
+    /// SQLite allows one writer at a time: writes go through a single connection, so they queue
+    /// in the process instead of failing with SQLITE_BUSY; reads use their own pool (WAL mode).
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
+}
+
+/// The database. Cloning is cheap: the pools are shared.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pools: Pools,
+}
+
+/// A borrowed connection of either backend, from a pool or inside a transaction.
+pub enum DbConn<'a> {
+    Pg(&'a mut PgConnection),
+    Lite(&'a mut SqliteConnection),
+}
+
+impl DbConn<'_> {
+    pub fn backend(&self) -> Backend {
+        match self {
+            DbConn::Pg(_) => Backend::Postgres,
+            DbConn::Lite(_) => Backend::Sqlite,
+        }
+    }
+}
+
+/// A pooled connection for reads.
+pub enum Handle {
+    Pg(PoolConnection<Postgres>),
+    Lite(PoolConnection<Sqlite>),
+}
+
+impl Handle {
+    pub fn conn(&mut self) -> DbConn<'_> {
+        match self {
+            Handle::Pg(c) => DbConn::Pg(c),
+            Handle::Lite(c) => DbConn::Lite(c),
+        }
+    }
+}
+
+/// A write transaction; dropped without `commit`, it rolls back.
+pub enum Tx {
+    Pg(Transaction<'static, Postgres>),
+    Lite(Transaction<'static, Sqlite>),
+}
+
+impl Tx {
+    pub fn conn(&mut self) -> DbConn<'_> {
+        match self {
+            Tx::Pg(t) => DbConn::Pg(t),
+            Tx::Lite(t) => DbConn::Lite(t),
+        }
+    }
+
+    pub async fn commit(self) -> sqlx::Result<()> {
+        match self {
+            Tx::Pg(t) => t.commit().await,
+            Tx::Lite(t) => t.commit().await,
+        }
+    }
+}
+
+/// Settings of the connection pools.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it fails with 503.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Store {
+    /// Connects (creating an embedded database and its folder on first use).
+    pub async fn connect(url: &str, settings: &PoolSettings) -> anyhow::Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)
+                .with_context(|| "DATABASE_URL is not a valid postgres:// URL")?;
+            // One plain connection first, so that a wrong URL fails at once rather than after
+            // the pool's retries.
+            PgConnection::connect_with(&options)
+                .await
+                .map_err(|err| describe_connect_error(url, err))?
+                .close()
+                .await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_with(options)
+                .await
+                .map_err(|err| describe_connect_error(url, err))?;
+            Ok(Store {
+                pools: Pools::Postgres(pool),
+            })
+        } else if url.starts_with("sqlite:") {
+            if let Some(dir) = crate::config::sqlite_data_dir(url) {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
+            }
+            let options = SqliteConnectOptions::from_str(url)
+                .with_context(|| "DATABASE_URL is not a valid sqlite: URL")?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let in_memory = crate::config::sqlite_path(url).is_none();
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(settings.acquire_timeout.max(Duration::from_secs(30)))
+                .connect_with(options.clone())
+                .await
+                .map_err(|err| describe_connect_error(url, err))?;
+            // An in-memory database exists once per connection, so it gets one pool.
+            let read = if in_memory {
+                write.clone()
+            } else {
+                SqlitePoolOptions::new()
+                    .max_connections(settings.max_connections.clamp(1, 8))
+                    .acquire_timeout(settings.acquire_timeout)
+                    .connect_with(options.read_only(true))
+                    .await
+                    .map_err(|err| describe_connect_error(url, err))?
+            };
+            Ok(Store {
+                pools: Pools::Sqlite { read, write },
+            })
+        } else {
+            anyhow::bail!(
+                "DATABASE_URL must start with sqlite: or postgres:// (got {})",
+                redact_url(url)
+            )
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pools {
+            Pools::Postgres(_) => Backend::Postgres,
+            Pools::Sqlite { .. } => Backend::Sqlite,
+        }
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match &self.pools {
+            Pools::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Pools::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await?,
+        }
+        Ok(())
+    }
+
+    /// A connection for reads.
+    pub async fn read(&self) -> sqlx::Result<Handle> {
+        Ok(match &self.pools {
+            Pools::Postgres(pool) => Handle::Pg(pool.acquire().await?),
+            Pools::Sqlite { read, .. } => Handle::Lite(read.acquire().await?),
+        })
+    }
+
+    /// A write transaction.
+    pub async fn begin(&self) -> sqlx::Result<Tx> {
+        Ok(match &self.pools {
+            Pools::Postgres(pool) => Tx::Pg(pool.begin().await?),
+            Pools::Sqlite { write, .. } => Tx::Lite(write.begin().await?),
+        })
+    }
+
+    /// Whether the database answers, for `/ready`.
+    pub async fn ping(&self) -> sqlx::Result<()> {
+        let mut handle = self.read().await?;
+        run!(handle.conn(), |c| sqlx::query("SELECT 1")
+            .execute(&mut *c)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match &self.pools {
+            Pools::Postgres(pool) => pool.close().await,
+            Pools::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+        }
+    }
+}
+
+/// Timestamps are kept to the microsecond, the precision both backends store.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
+/// Errors that mean "the database cannot serve now" rather than "this request is wrong": the
+/// client gets a 503 it can retry.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                // Connection exceptions (08…), operator intervention (57P…: shutdown, restart,
+                // cannot connect now), insufficient resources (53…: disk full, out of memory).
+                let code = pg.code();
+                code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+            } else {
+                // SQLite's primary result codes: busy (5), read-only (8), I/O error (10),
+                // disk full (13), cannot open (14).
+                db.code()
+                    .and_then(|c| c.parse::<u32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 8 | 10 | 13 | 14))
+            }
+        }
+        _ => false,
+    }
+}
+
+fn describe_connect_error(url: &str, err: sqlx::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot connect to the database at {}: {err}",
+        redact_url(url)
+    )
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:****{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://vocode:hunter2@db:5432/vocode"),
+            "postgres://vocode:****@db:5432/vocode"
+        );
+        assert_eq!(redact_url("postgres://root@db/x"), "postgres://root@db/x");
+        assert_eq!(redact_url("sqlite://./data/v.db"), "sqlite://./data/v.db");
+    }
+}

@@ -1,0 +1,126 @@
+//! Users and their API keys.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{now, run, DbConn};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub user_name: String,
+    pub display: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+pub async fn count(c: DbConn<'_>) -> sqlx::Result<i64> {
+    run!(c, |c| sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(&mut *c)
+        .await)
+}
+
+/// Creates a user unless one of that name exists; `None` when it did.
+pub async fn create_if_absent(c: DbConn<'_>, id: Uuid, name: &str) -> sqlx::Result<Option<User>> {
+    const SQL: &str = "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3) \
+                       ON CONFLICT DO NOTHING RETURNING id, name, created_at";
+    run!(c, |c| sqlx::query_as(SQL)
+        .bind(id)
+        .bind(name)
+        .bind(now())
+        .fetch_optional(&mut *c)
+        .await)
+}
+
+pub async fn by_id(c: DbConn<'_>, id: Uuid) -> sqlx::Result<Option<User>> {
+    const SQL: &str = "SELECT id, name, created_at FROM users WHERE id = $1";
+    run!(c, |c| sqlx::query_as(SQL)
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await)
+}
+
+pub async fn by_name(c: DbConn<'_>, name: &str) -> sqlx::Result<Option<User>> {
+    const SQL: &str = "SELECT id, name, created_at FROM users WHERE name = $1";
+    run!(c, |c| sqlx::query_as(SQL)
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await)
+}
+
+/// The first user ever created: the one the server made on its first start.
+pub async fn first(c: DbConn<'_>) -> sqlx::Result<Option<User>> {
+    const SQL: &str = "SELECT id, name, created_at FROM users ORDER BY created_at, id LIMIT 1";
+    run!(c, |c| sqlx::query_as(SQL).fetch_optional(&mut *c).await)
+}
+
+pub async fn list(c: DbConn<'_>) -> sqlx::Result<Vec<User>> {
+    const SQL: &str = "SELECT id, name, created_at FROM users ORDER BY created_at, id";
+    run!(c, |c| sqlx::query_as(SQL).fetch_all(&mut *c).await)
+}
+
+pub async fn insert_key(
+    c: DbConn<'_>,
+    user_id: Uuid,
+    display: &str,
+    hash: &[u8],
+) -> sqlx::Result<Uuid> {
+    const SQL: &str = "INSERT INTO api_keys (id, user_id, display, key_hash, created_at) \
+                       VALUES ($1, $2, $3, $4, $5)";
+    let id = Uuid::now_v7();
+    run!(c, |c| sqlx::query(SQL)
+        .bind(id)
+        .bind(user_id)
+        .bind(display)
+        .bind(hash)
+        .bind(now())
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(id)
+}
+
+/// The user a live (not revoked) key belongs to.
+pub async fn user_of_key(c: DbConn<'_>, hash: &[u8]) -> sqlx::Result<Option<Uuid>> {
+    const SQL: &str = "SELECT user_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL";
+    run!(c, |c| sqlx::query_scalar(SQL)
+        .bind(hash)
+        .fetch_optional(&mut *c)
+        .await)
+}
+
+pub async fn key_exists(c: DbConn<'_>, hash: &[u8]) -> sqlx::Result<bool> {
+    const SQL: &str = "SELECT COUNT(*) FROM api_keys WHERE key_hash = $1";
+    let n: i64 = run!(c, |c| sqlx::query_scalar(SQL)
+        .bind(hash)
+        .fetch_one(&mut *c)
+        .await)?;
+    Ok(n > 0)
+}
+
+pub async fn list_keys(c: DbConn<'_>) -> sqlx::Result<Vec<ApiKeyInfo>> {
+    const SQL: &str = "SELECT k.id, k.user_id, u.name AS user_name, k.display, k.created_at, \
+                       k.revoked_at FROM api_keys k JOIN users u ON u.id = k.user_id \
+                       ORDER BY k.created_at, k.id";
+    run!(c, |c| sqlx::query_as(SQL).fetch_all(&mut *c).await)
+}
+
+/// Revokes a key; false when there is no live key of that id.
+pub async fn revoke_key(c: DbConn<'_>, id: Uuid) -> sqlx::Result<bool> {
+    const SQL: &str = "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
+    let done = run!(c, |c| sqlx::query(SQL)
+        .bind(id)
+        .bind(now())
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(done > 0)
+}

@@ -1,0 +1,349 @@
+//! The harness of the black-box tests: the real server on a random port, on a fresh database
+//! of either backend, and an HTTP client that speaks to it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use vocode_server::config::{GlobalArgs, ServeArgs};
+use vocode_server::store::{users, Store};
+use vocode_server::{crypto, App, AppState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The server the Postgres suites create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+fn postgres_required() -> bool {
+    std::env::var("REQUIRE_POSTGRES").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// A database that exists for one test only.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(PathBuf),
+    Database { admin: String, name: String },
+}
+
+impl TestDb {
+    /// A fresh database, or `None` when Postgres is not reachable and not required.
+    pub async fn create(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let dir =
+                    std::env::temp_dir().join(format!("vocode-test-{}", Uuid::new_v4().simple()));
+                std::fs::create_dir_all(&dir).unwrap();
+                Some(TestDb {
+                    url: format!("sqlite://{}", dir.join("vocode.db").display()),
+                    backend,
+                    cleanup: Cleanup::Dir(dir),
+                })
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let conn = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(std::time::Duration::from_secs(3))
+                    .connect(&admin)
+                    .await;
+                let pool = match conn {
+                    Ok(pool) => pool,
+                    Err(err) if !postgres_required() => {
+                        eprintln!("SKIPPED: Postgres is not reachable at {admin} ({err}); set REQUIRE_POSTGRES=1 to fail instead");
+                        return None;
+                    }
+                    Err(err) => panic!(
+                        "REQUIRE_POSTGRES is set but Postgres is not reachable at {admin}: {err}"
+                    ),
+                };
+                let name = format!("vocode_test_{}", Uuid::new_v4().simple());
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&pool)
+                    .await
+                    .expect("create a test database");
+                pool.close().await;
+                let url = match admin.rfind('/') {
+                    Some(i) if admin[..i].contains("://") && admin.len() > i => {
+                        let (base, _) = admin.split_at(i);
+                        let query = admin.find('?').map(|q| &admin[q..]).unwrap_or("");
+                        format!("{base}/{name}{query}")
+                    }
+                    _ => format!("{admin}/{name}"),
+                };
+                Some(TestDb {
+                    url,
+                    backend,
+                    cleanup: Cleanup::Database { admin, name },
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Database { admin, name } => {
+                let (admin, name) = (admin.clone(), name.clone());
+                // Drop runs outside any runtime we may block: use a thread of its own.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
+                            let _ = sqlx::query(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .execute(&pool)
+                            .await;
+                            pool.close().await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// Settings a test may change before the server starts.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key_pem: Option<String>,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    /// The default user's key.
+    pub key: String,
+    pub state: AppState,
+    pub db: TestDb,
+    pub secrets_key: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Option<TestApp> {
+        Self::spawn_with(backend, Options::default()).await
+    }
+
+    pub async fn spawn_with(backend: Backend, options: Options) -> Option<TestApp> {
+        let db = TestDb::create(backend).await?;
+        let key = crypto::generate_api_key().key;
+        let secrets_key = hex_key();
+        let global = GlobalArgs {
+            database_url: db.url.clone(),
+            secrets_key: Some(secrets_key.clone()),
+        };
+        let serve = ServeArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            vocode_api_key: Some(key.clone()),
+            jwt_secret: options.jwt_secret.clone(),
+            jwt_public_key_pem: options.jwt_public_key_pem.clone(),
+            ..ServeArgs::default()
+        };
+        let listener = TcpListener::bind(serve.listen).await.unwrap();
+        let app = App::build(&global, &serve, listener)
+            .await
+            .expect("the app builds");
+        let base = format!("http://{}", app.addr);
+        let state = app.state.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("the server runs");
+        });
+        Some(TestApp {
+            base,
+            client: reqwest::Client::new(),
+            key,
+            state,
+            db,
+            secrets_key,
+            shutdown: Some(tx),
+            server: Some(server),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// A new user with a key of its own.
+    pub async fn new_user(&self, name: &str) -> (Uuid, String) {
+        let mut tx = self.store().begin().await.unwrap();
+        let user = users::create_if_absent(tx.conn(), Uuid::now_v7(), name)
+            .await
+            .unwrap()
+            .expect("a new user name");
+        let key = crypto::generate_api_key();
+        users::insert_key(tx.conn(), user.id, &key.display, &key.hash)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (user.id, key.key)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        req.send().await.expect("the server answers")
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        read(self.request(Method::GET, path, Some(&self.key), None).await).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        read(
+            self.request(Method::POST, path, Some(&self.key), Some(&body))
+                .await,
+        )
+        .await
+    }
+
+    pub async fn get_as(&self, key: &str, path: &str) -> (StatusCode, Value) {
+        read(self.request(Method::GET, path, Some(key), None).await).await
+    }
+
+    pub async fn post_as(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        read(
+            self.request(Method::POST, path, Some(key), Some(&body))
+                .await,
+        )
+        .await
+    }
+
+    /// A POST whose body is sent exactly as given.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        read(req.send().await.unwrap()).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+pub async fn read(res: Response) -> (StatusCode, Value) {
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+pub fn hex_key() -> String {
+    let mut out = String::new();
+    for _ in 0..4 {
+        out.push_str(&Uuid::new_v4().simple().to_string());
+    }
+    out[..64].to_owned()
+}
+
+/// The `loc`s of a 422 body, as strings like `body.config.phone_number`.
+pub fn error_locs(body: &Value) -> Vec<String> {
+    body["detail"]
+        .as_array()
+        .map(|issues| {
+            issues
+                .iter()
+                .map(|i| {
+                    i["loc"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| match p {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(".")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Generates a `#[tokio::test]` per backend for each named `async fn(TestApp)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    if let Some(app) = TestApp::spawn(Backend::Sqlite).await {
+                        super::$name(app).await;
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(app) = TestApp::spawn(Backend::Postgres).await {
+                        super::$name(app).await;
+                    }
+                }
+            }
+        )*
+    };
+}
