@@ -30,6 +30,9 @@ IMPLEMENTED = [
     "get_account_connection", "list_account_connections", "create_account_connection",
     "update_account_connection", "add_to_steering_pool", "remove_from_steering_pool",
     "get_action", "list_actions", "create_action", "update_action",
+    "get_agent", "list_agents", "create_agent", "update_agent",
+    "link_number", "get_number", "list_numbers", "update_number", "cancel_number",
+    "get_usage",
 ]
 
 STATUS = {

@@ -78,6 +78,18 @@ pub enum KeysCommand {
 pub enum UsersCommand {
     /// List users.
     List,
+    /// Set (or clear) a user's monthly limit of call minutes; at the limit, calls are refused.
+    SetLimit {
+        /// The user's name or id.
+        #[arg(long)]
+        user: String,
+        /// The limit, in minutes.
+        #[arg(long, conflicts_with = "clear", required_unless_present = "clear")]
+        minutes: Option<u32>,
+        /// Remove the limit.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

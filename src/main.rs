@@ -117,6 +117,16 @@ async fn resolve_user(store: &Store, name_or_id: Option<&str>) -> anyhow::Result
     Ok(user)
 }
 
+/// An existing user, by name or id.
+async fn find_user(store: &Store, name_or_id: &str) -> anyhow::Result<users::User> {
+    let mut handle = store.read().await?;
+    let found = match Uuid::parse_str(name_or_id) {
+        Ok(id) => users::by_id(handle.conn(), id).await?,
+        Err(_) => users::by_name(handle.conn(), name_or_id).await?,
+    };
+    found.with_context(|| format!("no user is named or has the id {name_or_id}"))
+}
+
 async fn create_user(tx: &mut vocode_server::store::Tx, name: &str) -> anyhow::Result<users::User> {
     if name.trim().is_empty() {
         bail!("a user name cannot be empty");
@@ -180,6 +190,24 @@ async fn keys(global: &GlobalArgs, cmd: KeysCommand) -> anyhow::Result<()> {
 async fn users_command(global: &GlobalArgs, cmd: UsersCommand) -> anyhow::Result<()> {
     let store = open_store(global, true).await?;
     match cmd {
+        UsersCommand::SetLimit {
+            user,
+            minutes,
+            clear,
+        } => {
+            let user = find_user(&store, &user).await?;
+            let minutes = if clear { None } else { minutes.map(i64::from) };
+            let mut tx = store.begin().await?;
+            users::set_usage_limit(tx.conn(), user.id, minutes).await?;
+            tx.commit().await?;
+            match minutes {
+                Some(m) => println!(
+                    "{} ({}) may now use {m} minutes of calls a month",
+                    user.name, user.id
+                ),
+                None => println!("{} ({}) has no monthly limit", user.name, user.id),
+            }
+        }
         UsersCommand::List => {
             let mut handle = store.read().await?;
             println!("{:<36}  {:<24}  created", "id", "name");

@@ -20,11 +20,14 @@ use tracing::Span;
 use crate::error::ApiError;
 use crate::AppState;
 
+pub mod agents;
 pub mod auth;
 pub mod documents;
 pub mod extract;
+pub mod numbers;
 pub mod paging;
 pub mod spec;
+pub mod usage;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -32,6 +35,9 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(documents::router())
+        .merge(agents::router())
+        .merge(numbers::router())
+        .merge(usage::router())
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))

@@ -65,6 +65,13 @@ pub static ACTIONS: Resource = Resource {
     params_schema: "ActionParamsRequest",
     discriminated: true,
 };
+pub static AGENTS: Resource = Resource {
+    table: Table::Agents,
+    path: "agents",
+    noun: "Agent",
+    params_schema: "AgentParams",
+    discriminated: false,
+};
 pub static PROMPT_TEMPLATES: Resource = Resource {
     table: Table::PromptTemplates,
     path: "prompt_templates",

@@ -1,4 +1,5 @@
-//! Types the rest of the server trusts: phone numbers, documents and their rules.
+//! Types the rest of the server trusts: phone numbers, documents and their rules, agents.
 
+pub mod agents;
 pub mod documents;
 pub mod phone;

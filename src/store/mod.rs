@@ -19,6 +19,7 @@ use sqlx::{
     Connection, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction,
 };
 
+pub mod numbers;
 pub mod records;
 pub mod users;
 
@@ -68,6 +69,23 @@ impl DbConn<'_> {
             DbConn::Pg(_) => Backend::Postgres,
             DbConn::Lite(_) => Backend::Sqlite,
         }
+    }
+}
+
+/// Anything that lends a connection: a pooled one for reads, or a transaction.
+pub trait Conn: Send {
+    fn conn(&mut self) -> DbConn<'_>;
+}
+
+impl Conn for Handle {
+    fn conn(&mut self) -> DbConn<'_> {
+        Handle::conn(self)
+    }
+}
+
+impl Conn for Tx {
+    fn conn(&mut self) -> DbConn<'_> {
+        Tx::conn(self)
     }
 }
 

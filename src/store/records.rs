@@ -18,6 +18,7 @@ pub enum Table {
     VectorDatabases,
     AccountConnections,
     Actions,
+    Agents,
 }
 
 impl Table {
@@ -30,6 +31,7 @@ impl Table {
             Table::VectorDatabases => "vector_databases",
             Table::AccountConnections => "account_connections",
             Table::Actions => "actions",
+            Table::Agents => "agents",
         }
     }
 }

@@ -124,3 +124,35 @@ pub async fn revoke_key(c: DbConn<'_>, id: Uuid) -> sqlx::Result<bool> {
         .map(|r| r.rows_affected()))?;
     Ok(done > 0)
 }
+
+/// Sets (or, with `None`, clears) the operator's monthly limit of a user's call minutes.
+pub async fn set_usage_limit(
+    c: DbConn<'_>,
+    user_id: Uuid,
+    minutes: Option<i64>,
+) -> sqlx::Result<bool> {
+    const SQL: &str = "UPDATE users SET monthly_usage_limit_minutes = $2 WHERE id = $1";
+    let done = run!(c, |c| sqlx::query(SQL)
+        .bind(user_id)
+        .bind(minutes)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(done > 0)
+}
+
+pub async fn usage_limit(c: DbConn<'_>, user_id: Uuid) -> sqlx::Result<Option<i64>> {
+    const SQL: &str = "SELECT monthly_usage_limit_minutes FROM users WHERE id = $1";
+    let limit: Option<Option<i64>> = run!(c, |c| sqlx::query_scalar(SQL)
+        .bind(user_id)
+        .fetch_optional(&mut *c)
+        .await)?;
+    Ok(limit.flatten())
+}
+
+/// The user's call minutes in the current UTC calendar month: each finished call's duration,
+/// rounded up to a whole minute.
+pub async fn minutes_this_month(_c: DbConn<'_>, _user_id: Uuid) -> sqlx::Result<i64> {
+    // Calls are not stored yet; until they are, no minutes are used.
+    Ok(0)
+}
