@@ -33,11 +33,13 @@ IMPLEMENTED = [
     "get_agent", "list_agents", "create_agent", "update_agent",
     "link_number", "get_number", "list_numbers", "update_number", "cancel_number",
     "get_usage",
+    "buy_number",
+    "create_call", "get_call", "list_calls", "end_call", "get_recording",
 ]
 
 STATUS = {
     "type": "object",
-    "properties": {"status": {"type": "string"}},
+    "properties": {"status": {"type": "string"}, "carrier_mode": {"type": "string", "enum": ["sandbox", "live"]}},
     "required": ["status"],
 }
 DETAIL = {

@@ -125,6 +125,130 @@ pub struct ServeArgs {
     /// `text` for people, `json` for log collectors.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub telephony: TelephonyArgs,
+
+    /// How many background jobs (carrier requests, webhook deliveries…) this process runs at
+    /// once; 0 runs none (another replica does them).
+    #[arg(long, env = "WORKERS", default_value_t = 8)]
+    pub workers: usize,
+}
+
+/// Where calls go: the built-in sandbox carrier, or Twilio and Vonage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CarrierMode {
+    /// The sandbox, unless carrier credentials or API base URLs are configured.
+    Auto,
+    /// The built-in sandbox carrier: no call leaves this server.
+    Sandbox,
+    /// The real carriers (or whatever the API base URLs point at).
+    Live,
+}
+
+/// Carrier settings.
+#[derive(Debug, Clone, Args)]
+pub struct TelephonyArgs {
+    /// The URL at which carriers reach this server (callbacks, media streams). Default:
+    /// `http://` and the listen address.
+    #[arg(long, env = "PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
+
+    #[arg(long, env = "CARRIER_MODE", value_enum, default_value = "auto")]
+    pub carrier_mode: CarrierMode,
+
+    /// The server's own Twilio account, for numbers bought without an account connection.
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
+
+    #[arg(long, env = "TWILIO_API_BASE_URL")]
+    pub twilio_api_base_url: Option<String>,
+
+    /// The Vonage application that places calls.
+    #[arg(long, env = "VONAGE_APPLICATION_ID")]
+    pub vonage_application_id: Option<String>,
+
+    /// The application's RSA private key (a PEM file).
+    #[arg(long, env = "VONAGE_PRIVATE_KEY_PATH")]
+    pub vonage_private_key_path: Option<PathBuf>,
+
+    /// The account's API key and secret (numbers API).
+    #[arg(long, env = "VONAGE_API_KEY")]
+    pub vonage_api_key: Option<String>,
+
+    #[arg(long, env = "VONAGE_API_SECRET", hide_env_values = true)]
+    pub vonage_api_secret: Option<String>,
+
+    /// The secret Vonage signs its callbacks with.
+    #[arg(long, env = "VONAGE_SIGNATURE_SECRET", hide_env_values = true)]
+    pub vonage_signature_secret: Option<String>,
+
+    #[arg(long, env = "VONAGE_API_BASE_URL")]
+    pub vonage_api_base_url: Option<String>,
+
+    #[arg(long, env = "VONAGE_NUMBERS_BASE_URL")]
+    pub vonage_numbers_base_url: Option<String>,
+
+    /// Seconds to wait for a carrier's answer.
+    #[arg(long, env = "CARRIER_TIMEOUT_SECS", default_value_t = 10)]
+    pub carrier_timeout_secs: u64,
+
+    /// How many times placing a call is tried when the carrier times out or fails (5xx).
+    #[arg(long, env = "DISPATCH_MAX_ATTEMPTS", default_value_t = 5)]
+    pub dispatch_max_attempts: u32,
+
+    /// A call in progress with no news from its carrier for this long is checked with the carrier.
+    #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 300)]
+    pub reconcile_after_secs: u64,
+
+    /// Record calls (never HIPAA-compliant ones).
+    #[arg(long, env = "RECORD_CALLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub record_calls: bool,
+
+    /// Speed of the sandbox's scenarios: 0.1 plays them ten times faster.
+    #[arg(long, env = "SANDBOX_TIME_SCALE", default_value_t = 1.0)]
+    pub sandbox_time_scale: f64,
+}
+
+impl Default for TelephonyArgs {
+    fn default() -> Self {
+        TelephonyArgs {
+            public_base_url: None,
+            carrier_mode: CarrierMode::Auto,
+            twilio_account_sid: None,
+            twilio_auth_token: None,
+            twilio_api_base_url: None,
+            vonage_application_id: None,
+            vonage_private_key_path: None,
+            vonage_api_key: None,
+            vonage_api_secret: None,
+            vonage_signature_secret: None,
+            vonage_api_base_url: None,
+            vonage_numbers_base_url: None,
+            carrier_timeout_secs: 10,
+            dispatch_max_attempts: 5,
+            reconcile_after_secs: 300,
+            record_calls: true,
+            sandbox_time_scale: 1.0,
+        }
+    }
+}
+
+impl TelephonyArgs {
+    /// Whether calls go to the sandbox.
+    pub fn sandbox(&self) -> bool {
+        match self.carrier_mode {
+            CarrierMode::Sandbox => true,
+            CarrierMode::Live => false,
+            CarrierMode::Auto => !(self.twilio_account_sid.is_some()
+                || self.twilio_api_base_url.is_some()
+                || self.vonage_application_id.is_some()
+                || self.vonage_api_base_url.is_some()),
+        }
+    }
 }
 
 impl Default for ServeArgs {
@@ -136,6 +260,8 @@ impl Default for ServeArgs {
             jwt_secret: None,
             jwt_public_key_pem: None,
             log_format: LogFormat::Text,
+            telephony: TelephonyArgs::default(),
+            workers: 8,
         }
     }
 }

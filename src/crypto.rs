@@ -30,6 +30,8 @@ const API_KEY_DISPLAY_LEN: usize = 10;
 
 pub struct SecretBox {
     cipher: Aes256Gcm,
+    /// For deriving other keys of this installation (never used to encrypt directly).
+    root: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -42,6 +44,7 @@ impl SecretBox {
     pub fn new(key: &[u8; 32]) -> Self {
         SecretBox {
             cipher: Aes256Gcm::new(key.into()),
+            root: *key,
         }
     }
 
@@ -74,6 +77,16 @@ impl SecretBox {
                 Err(err).with_context(|| format!("cannot read the secrets key {}", path.display()))
             }
         }
+    }
+
+    /// A key of this installation for one purpose, stable across restarts (HMAC-SHA256 of the
+    /// purpose under the secrets key).
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.root).expect("HMAC takes any key length");
+        mac.update(b"vocode-server/");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
@@ -192,6 +205,14 @@ mod tests {
         *tampered.last_mut().unwrap() ^= 1;
         assert!(b.open(&tampered).is_err());
         assert!(SecretBox::new(&[8u8; 32]).open(&sealed).is_err());
+    }
+
+    #[test]
+    fn derived_keys_are_stable_and_distinct() {
+        let b = SecretBox::new(&[7u8; 32]);
+        assert_eq!(b.derive("a"), SecretBox::new(&[7u8; 32]).derive("a"));
+        assert_ne!(b.derive("a"), b.derive("b"));
+        assert_ne!(b.derive("a"), SecretBox::new(&[8u8; 32]).derive("a"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! vocode-server: a self-hosted, drop-in replacement for Vocode's hosted voice-agent API.
 //!
-//! Data flows one way: [`api`] parses and authorizes → [`domain`] decides → [`store`] persists.
+//! Data flows one way: [`api`] parses and authorizes → [`domain`] decides → [`store`] persists
+//! (with the jobs a decision causes, in the same transaction) → [`jobs`] carry out what touches
+//! the outside ([`telephony`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,6 +10,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 pub mod api;
@@ -15,12 +18,15 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod jobs;
 pub mod store;
+pub mod telephony;
 
 use api::auth::Authenticator;
 use config::{GlobalArgs, ServeArgs};
 use crypto::SecretBox;
 use store::{users, PoolSettings, Store};
+use telephony::Telephony;
 
 /// What every request handler shares. Cloning is cheap.
 #[derive(Clone)]
@@ -30,6 +36,11 @@ pub struct Shared {
     pub store: Store,
     pub secrets: SecretBox,
     pub auth: Authenticator,
+    pub telephony: Telephony,
+    /// This process's name on the jobs it claims.
+    pub worker_id: String,
+    /// Wakes this process's workers when it queues a job.
+    pub jobs_queued: Notify,
 }
 
 impl Deref for AppState {
@@ -62,44 +73,53 @@ pub struct App {
     pub addr: SocketAddr,
     pub state: AppState,
     listener: TcpListener,
+    workers: usize,
 }
 
 impl App {
     /// Connects, migrates, makes the first user on a fresh database, and binds the API to
     /// `listener` (which may be on port 0; `addr` tells the port).
-    pub async fn build(
-        global: &GlobalArgs,
-        serve: &ServeArgs,
-        listener: TcpListener,
-    ) -> anyhow::Result<App> {
+    pub async fn build(global: &GlobalArgs, serve: &ServeArgs, listener: TcpListener) -> anyhow::Result<App> {
         let secrets = open_secrets(global)?;
-        let auth = Authenticator::new(
-            serve.jwt_secret.as_deref(),
-            serve.jwt_public_key_pem.as_deref(),
-        )?;
+        let auth = Authenticator::new(serve.jwt_secret.as_deref(), serve.jwt_public_key_pem.as_deref())?;
         let store = open_store(global, !serve.no_migrate).await?;
         bootstrap(&store, serve).await?;
         let addr = listener.local_addr()?;
+        let telephony = Telephony::new(&serve.telephony, addr, &secrets)?;
+        if telephony.sandbox.is_some() {
+            tracing::info!(
+                public_base_url = %telephony.public_base,
+                "carrier mode: sandbox — calls go to the built-in sandbox carrier and never leave this server (CARRIER_MODE=live uses Twilio and Vonage)"
+            );
+        } else {
+            tracing::info!(public_base_url = %telephony.public_base, "carrier mode: live — calls go to Twilio and Vonage");
+        }
         Ok(App {
             addr,
             state: AppState(Arc::new(Shared {
                 store,
                 secrets,
                 auth,
+                telephony,
+                worker_id: format!("{addr}-{}", Uuid::new_v4().simple()),
+                jobs_queued: Notify::new(),
             })),
             listener,
+            workers: serve.workers,
         })
     }
 
-    /// Serves until `shutdown` completes, then finishes the requests in flight.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    /// Serves until `shutdown` completes, then finishes the requests in flight and the jobs
+    /// running (jobs not started are left for the next start, or another replica).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let router = api::router(self.state.clone());
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let (stop_workers, stopping) = watch::channel(false);
+        let workers = (self.workers > 0).then(|| tokio::spawn(jobs::work(self.state.clone(), self.workers, stopping)));
+        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await?;
+        let _ = stop_workers.send(true);
+        if let Some(workers) = workers {
+            let _ = workers.await;
+        }
         self.state.store.close().await;
         Ok(())
     }

@@ -22,6 +22,7 @@ use crate::AppState;
 
 pub mod agents;
 pub mod auth;
+pub mod calls;
 pub mod documents;
 pub mod extract;
 pub mod numbers;
@@ -33,31 +34,32 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 
 /// The whole API, with its middleware.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let sandbox = state.telephony.sandbox.clone();
+    let router = Router::new()
         .merge(documents::router())
         .merge(agents::router())
         .merge(numbers::router())
         .merge(usage::router())
+        .merge(calls::router())
+        .merge(crate::telephony::callbacks::router())
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetSensitiveRequestHeadersLayer::new([
-                    header::AUTHORIZATION,
-                ]))
-                .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(make_span)
-                        .on_response(on_response),
-                )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
-                .layer(CatchPanicLayer::custom(on_panic)),
-        )
+        .with_state(state);
+    let router = match sandbox {
+        Some(sandbox) => router.nest_service("/sandbox", crate::telephony::sandbox::router(sandbox)),
+        None => router,
+    };
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+            .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+            .layer(CatchPanicLayer::custom(on_panic)),
+    )
 }
 
 /// Requests are logged by route, never by URI: query strings carry phone numbers.
@@ -94,7 +96,7 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Ok(())) => Ok(Json(json!({ "status": "ready", "carrier_mode": state.telephony.mode() }))),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check: the database does not answer");
             Err(ApiError::Unavailable(

@@ -18,7 +18,10 @@ use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
 use crate::store::numbers::{self, NumberRow};
 use crate::store::records::{self, count_rows};
+use super::calls::carrier_error;
+use crate::jobs::calls::twilio_credentials;
 use crate::store::{is_unique_violation, now, Conn, Tx};
+use crate::telephony::{CarrierError, Provider};
 use crate::AppState;
 
 /// The columns a list of numbers may be sorted by; the first is the default.
@@ -29,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/numbers", get(get_number))
         .route("/v1/numbers/list", get(list_numbers))
         .route("/v1/numbers/link", post(link_number))
+        .route("/v1/numbers/buy", post(buy_number))
         .route("/v1/numbers/update", post(update_number))
         .route("/v1/numbers/cancel", post(cancel_number))
 }
@@ -124,6 +128,12 @@ async fn link_number(
         )));
     }
     ensure_available(&mut tx, caller.user_id, &number).await?;
+    // The carrier is asked with no transaction open: the number must be the account's, and (unless
+    // it only calls out) its voice webhook now points here.
+    drop(tx);
+    let carrier_ref = point_number_here(&state, caller.user_id, connection.id, &number, !req.outbound_only).await?;
+    let mut tx = state.store.begin().await?;
+    ensure_available(&mut tx, caller.user_id, &number).await?;
     let agent = inbound_agent(
         &state,
         &mut tx,
@@ -150,7 +160,7 @@ async fn link_number(
         telephony_account_connection_id: Some(connection.id),
         inbound_agent_id: agent,
         bought: false,
-        carrier_ref: None,
+        carrier_ref: Some(carrier_ref),
         created_at: existing.as_ref().map(|r| r.created_at).unwrap_or(at),
         updated_at: at,
     };
@@ -165,6 +175,211 @@ async fn link_number(
     let view = number_view(&state, &mut tx, &row).await?;
     tx.commit().await?;
     Ok(Json(view))
+}
+
+/// Finds a linked number in its Twilio account and, when it takes calls, points its voice webhook
+/// at this server. Returns the account's id of the number.
+async fn point_number_here(
+    state: &AppState,
+    user_id: Uuid,
+    connection_id: Uuid,
+    number: &PhoneNumber,
+    takes_calls: bool,
+) -> Result<String> {
+    let creds = {
+        let mut handle = state.store.read().await?;
+        twilio_credentials(state, &mut handle, user_id, Some(connection_id))
+            .await
+            .map_err(carrier_error)?
+    };
+    let t = &state.telephony;
+    let sid = t
+        .twilio
+        .find_number(&creds, number)
+        .await
+        .map_err(carrier_error)?
+        .ok_or_else(|| ApiError::BadRequest(format!("{number} is not a number of this Twilio account")))?;
+    if takes_calls {
+        t.twilio
+            .configure_number(&creds, &sid, Some(&t.twilio_voice_url()), &t.twilio_status_url())
+            .await
+            .map_err(carrier_error)?;
+    }
+    Ok(sid)
+}
+
+#[derive(Debug, Deserialize)]
+struct BuyRequest {
+    area_code: Option<String>,
+    telephony_provider: String,
+    telephony_account_connection: Option<Uuid>,
+    inbound_agent: Option<Value>,
+}
+
+/// Buys a number from the carrier (through the caller's Twilio connection, or the server's own
+/// account), pointed at this server and owned by the caller.
+async fn buy_number(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidJson(req): ValidJson<BuyRequest>,
+) -> Result<Json<Value>> {
+    let area_code = req.area_code.as_deref().map(str::trim).filter(|a| !a.is_empty());
+    if let Some(area) = area_code {
+        if area.len() != 3 || !area.bytes().all(|b| b.is_ascii_digit()) || area.starts_with(['0', '1']) {
+            return Err(ApiError::invalid(Issue::body(
+                &["area_code"],
+                "area_code",
+                format!("'{area}' is not an area code: three digits, not starting with 0 or 1"),
+            )));
+        }
+    }
+    let provider = Provider::parse(&req.telephony_provider)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the provider was not validated")))?;
+    let connection_loc = ["telephony_account_connection"];
+    let connection_id = match (provider, req.telephony_account_connection) {
+        (Provider::Twilio, Some(id)) => {
+            let mut handle = state.store.read().await?;
+            match records::get(handle.conn(), ACCOUNT_CONNECTIONS.table, caller.user_id, id).await? {
+                Some(r) if r.kind == "account_connection_twilio" => Some(id),
+                Some(_) => {
+                    return Err(ApiError::invalid(Issue::body(
+                        &connection_loc,
+                        "wrong_kind",
+                        format!("Account connection {id} is not a Twilio account connection"),
+                    )))
+                }
+                None => {
+                    return Err(ApiError::invalid(Issue::body(
+                        &connection_loc,
+                        "not_found",
+                        ACCOUNT_CONNECTIONS.not_found(id),
+                    )))
+                }
+            }
+        }
+        (Provider::Vonage, Some(_)) => {
+            return Err(ApiError::invalid(Issue::body(
+                &connection_loc,
+                "wrong_kind",
+                "Vonage numbers are bought through the server's Vonage account; account connections are Twilio's",
+            )))
+        }
+        (_, None) => None,
+    };
+    let agent_loc = [Loc::from("body"), Loc::from("inbound_agent")];
+    if let Some(Value::String(id)) = &req.inbound_agent {
+        if id != "default" {
+            let id = Uuid::parse_str(id).map_err(|e| ApiError::Internal(e.into()))?;
+            let mut tx = state.store.begin().await?;
+            check_agent(&mut tx, caller.user_id, id, &agent_loc).await?;
+        }
+    }
+
+    // Bought with no transaction open; if recording the number fails, it is released again.
+    let t = &state.telephony;
+    let (number, carrier_ref) = match provider {
+        Provider::Twilio => {
+            let creds = {
+                let mut handle = state.store.read().await?;
+                twilio_credentials(&state, &mut handle, caller.user_id, connection_id)
+                    .await
+                    .map_err(carrier_error)?
+            };
+            t.twilio
+                .buy_number(&creds, area_code, Some(&t.twilio_voice_url()), &t.twilio_status_url())
+                .await
+                .map_err(carrier_error)?
+        }
+        Provider::Vonage => (
+            t.vonage.buy_number(area_code).await.map_err(carrier_error)?,
+            "US".to_owned(),
+        ),
+    };
+    let bought = Bought {
+        user_id: caller.user_id,
+        provider,
+        connection_id,
+        number,
+        carrier_ref,
+    };
+    match record_bought(&state, &bought, req.inbound_agent).await {
+        Ok(view) => Ok(Json(view)),
+        Err(err) => {
+            if let Err(release_err) = release(&state, &bought).await {
+                tracing::error!(error = %release_err, number = %bought.number, "a bought number could not be released after a failure");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// A number bought from a carrier.
+struct Bought {
+    user_id: Uuid,
+    provider: Provider,
+    connection_id: Option<Uuid>,
+    number: PhoneNumber,
+    /// Twilio's id of the number, or Vonage's country of it.
+    carrier_ref: String,
+}
+
+async fn record_bought(state: &AppState, bought: &Bought, agent_value: Option<Value>) -> Result<Value> {
+    let mut tx = state.store.begin().await?;
+    ensure_available(&mut tx, bought.user_id, &bought.number).await?;
+    let agent_loc = [Loc::from("body"), Loc::from("inbound_agent")];
+    let agent = inbound_agent(state, &mut tx, bought.user_id, agent_value, &agent_loc).await?;
+    let at = now();
+    let existing = numbers::get_for_update(tx.conn(), bought.user_id, bought.number.digits()).await?;
+    let row = NumberRow {
+        id: existing.as_ref().map(|r| r.id).unwrap_or_else(Uuid::now_v7),
+        user_id: bought.user_id,
+        number: bought.number.digits().to_owned(),
+        active: true,
+        label: String::new(),
+        outbound_only: false,
+        example_context: None,
+        telephony_provider: bought.provider.as_str().to_owned(),
+        telephony_account_connection_id: bought.connection_id,
+        inbound_agent_id: agent,
+        bought: true,
+        carrier_ref: Some(bought.carrier_ref.clone()),
+        created_at: existing.as_ref().map(|r| r.created_at).unwrap_or(at),
+        updated_at: at,
+    };
+    match existing {
+        Some(_) => numbers::update(tx.conn(), &row).await?,
+        None => numbers::insert(tx.conn(), &row).await?,
+    }
+    let view = number_view(state, &mut tx, &row).await?;
+    tx.commit().await?;
+    tracing::info!(number_id = %row.id, provider = bought.provider.as_str(), "bought a number");
+    Ok(view)
+}
+
+/// Gives a bought number back to its carrier.
+async fn release(state: &AppState, bought: &Bought) -> Result<()> {
+    let t = &state.telephony;
+    let released = match bought.provider {
+        Provider::Twilio => {
+            let creds = {
+                let mut handle = state.store.read().await?;
+                twilio_credentials(state, &mut handle, bought.user_id, bought.connection_id)
+                    .await
+                    .map_err(carrier_error)?
+            };
+            t.twilio.release_number(&creds, &bought.carrier_ref).await
+        }
+        Provider::Vonage => t.vonage.cancel_number(&bought.number, &bought.carrier_ref).await,
+    };
+    match released {
+        Ok(()) => Ok(()),
+        Err(CarrierError::Rejected(reason)) => {
+            // Most often: already gone at the carrier.
+            tracing::warn!(%reason, "the carrier refused to release a number; treating it as released");
+            Ok(())
+        }
+        Err(err) => Err(carrier_error(err)),
+    }
 }
 
 fn held_elsewhere(number: &PhoneNumber) -> ApiError {
@@ -245,6 +460,7 @@ async fn update_number(
         )));
     }
     let agent_loc = [Loc::from("body"), Loc::from("inbound_agent")];
+    let was_outbound_only = row.outbound_only;
     for (field, value) in update {
         match (field.as_str(), value) {
             ("label", Value::String(label)) => row.label = label,
@@ -283,6 +499,12 @@ async fn update_number(
     row.updated_at = now();
     numbers::update(tx.conn(), &row).await?;
     let view = number_view(&state, &mut tx, &row).await?;
+    if was_outbound_only && !row.outbound_only && row.telephony_provider == Provider::Twilio.as_str() {
+        if let Some(connection_id) = row.telephony_account_connection_id {
+            // The number takes calls now: point it here before the change is kept.
+            point_number_here(&state, caller.user_id, connection_id, &number, true).await?;
+        }
+    }
     tx.commit().await?;
     Ok(Json(view))
 }
@@ -298,6 +520,22 @@ async fn cancel_number(
         .await?
         .ok_or_else(|| not_found(&number))?;
     if row.active {
+        if row.bought {
+            // Released at the carrier first: a number that cannot be released stays active.
+            drop(tx);
+            let bought = Bought {
+                user_id: caller.user_id,
+                provider: Provider::parse(&row.telephony_provider).unwrap_or(Provider::Twilio),
+                connection_id: row.telephony_account_connection_id,
+                number: number.clone(),
+                carrier_ref: row.carrier_ref.clone().unwrap_or_default(),
+            };
+            release(&state, &bought).await?;
+            tx = state.store.begin().await?;
+            row = numbers::get_for_update(tx.conn(), caller.user_id, number.digits())
+                .await?
+                .ok_or_else(|| not_found(&number))?;
+        }
         row.active = false;
         row.updated_at = now();
         numbers::update(tx.conn(), &row).await?;

@@ -1,5 +1,6 @@
 //! Types the rest of the server trusts: phone numbers, documents and their rules, agents.
 
 pub mod agents;
+pub mod call;
 pub mod documents;
 pub mod phone;

@@ -19,6 +19,8 @@ use sqlx::{
     Connection, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction,
 };
 
+pub mod calls;
+pub mod jobs;
 pub mod numbers;
 pub mod records;
 pub mod users;

@@ -152,7 +152,12 @@ pub async fn usage_limit(c: DbConn<'_>, user_id: Uuid) -> sqlx::Result<Option<i6
 
 /// The user's call minutes in the current UTC calendar month: each finished call's duration,
 /// rounded up to a whole minute.
-pub async fn minutes_this_month(_c: DbConn<'_>, _user_id: Uuid) -> sqlx::Result<i64> {
-    // Calls are not stored yet; until they are, no minutes are used.
-    Ok(0)
+pub async fn minutes_this_month(c: DbConn<'_>, user_id: Uuid) -> sqlx::Result<i64> {
+    use chrono::{Datelike, TimeZone};
+    let now = Utc::now();
+    let month_start = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .expect("the first of a month exists");
+    super::calls::minutes_since(c, user_id, month_start).await
 }

@@ -1,0 +1,373 @@
+//! Calls: create (placed through the carrier at once), get, list, end, and the recording.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::agents::{agent_view, create_agent};
+use super::auth::Caller;
+use super::documents::{load, Document, IdQuery};
+use super::extract::{ValidJson, ValidQuery};
+use super::paging::{ListQuery, Page};
+use crate::domain::call::Event;
+use crate::domain::documents::{ACCOUNT_CONNECTIONS, AGENTS};
+use crate::domain::phone::PhoneNumber;
+use crate::error::{ApiError, Issue, Loc, Result};
+use crate::jobs::calls::{apply, dispatch_key, new_call_row, twilio_credentials, NewCall, News, DISPATCH};
+use crate::store::calls::{self as calls_store, CallRow};
+use crate::store::jobs::{self as jobs_store, Job, NewJob};
+use crate::store::records::{self, count_rows};
+use crate::store::{now, numbers, users, Conn};
+use crate::telephony::{CarrierError, Provider};
+use crate::AppState;
+
+/// The columns a list of calls may be sorted by; the first is the default.
+pub const SORT_COLUMNS: &[&str] = &["created_at", "start_time", "end_time", "updated_at", "id"];
+
+/// What the prompt of a HIPAA-compliant call's agent shows.
+pub const REDACTED: &str = "[redacted]";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/calls", get(get_call))
+        .route("/v1/calls/list", get(list_calls))
+        .route("/v1/calls/create", post(create_call))
+        .route("/v1/calls/end", post(end_call))
+        .route("/v1/calls/recording", get(get_recording))
+}
+
+async fn user_call(c: &mut impl Conn, user_id: Uuid, id: Uuid) -> Result<CallRow> {
+    calls_store::get(c.conn(), user_id, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Call {id} not found")))
+}
+
+async fn get_call(State(state): State<AppState>, caller: Caller, ValidQuery(q): ValidQuery<IdQuery>) -> Result<Json<Value>> {
+    let mut handle = state.store.read().await?;
+    let row = user_call(&mut handle, caller.user_id, q.id).await?;
+    Ok(Json(call_view(&state, &mut handle, &row).await?))
+}
+
+async fn list_calls(State(state): State<AppState>, caller: Caller, ValidQuery(q): ValidQuery<ListQuery>) -> Result<Json<Page<Value>>> {
+    let req = q.check(SORT_COLUMNS)?;
+    let mut handle = state.store.read().await?;
+    let rows = calls_store::list(handle.conn(), caller.user_id, req.sort, req.limit(), req.offset()).await?;
+    let total = count_rows(handle.conn(), "calls", caller.user_id).await?;
+    Ok(Json(Page::new(&req, rows, total).map(|row| normalized_view(&row))))
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateCallRequest {
+    from_number: String,
+    to_number: String,
+    agent: Value,
+    on_no_human_answer: String,
+    run_do_not_call_detection: Option<bool>,
+    hipaa_compliant: bool,
+    context: Option<Value>,
+    telephony_params: Option<Value>,
+}
+
+/// The voice of an inline agent that names none (`CreateCallAgentParams` makes it optional).
+fn default_voice() -> Value {
+    json!({"type": "voice_vocode", "voice_id": "joe"})
+}
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value.to_str().map(str::trim).unwrap_or_default();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(Issue::new(
+            vec!["header".into(), "Idempotency-Key".into()],
+            "idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn reused_key() -> ApiError {
+    ApiError::invalid(Issue::new(
+        vec!["header".into(), "Idempotency-Key".into()],
+        "idempotency_key_reused",
+        "This Idempotency-Key was used with a different request body: use a new key for a new call",
+    ))
+}
+
+async fn create_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ValidJson(body): ValidJson<Value>,
+) -> Result<Json<Value>> {
+    let key = idempotency_key(&headers)?;
+    // The validated body (fields in the schema's order, defaults filled in) is what the key binds.
+    let request_hash = Sha256::digest(serde_json::to_vec(&body).expect("JSON")).to_vec();
+    if let Some(key) = &key {
+        let mut handle = state.store.read().await?;
+        if let Some(seen) = calls_store::find_idempotency_key(handle.conn(), caller.user_id, key).await? {
+            return replay(&state, &mut handle, caller.user_id, seen, &request_hash).await;
+        }
+    }
+    let req: CreateCallRequest = serde_json::from_value(body).map_err(|e| ApiError::Internal(e.into()))?;
+    let to = PhoneNumber::parse(&req.to_number)
+        .map_err(|msg| ApiError::invalid(Issue::body(&["to_number"], "phone_number", msg)))?;
+    let from = PhoneNumber::parse(&req.from_number)
+        .map_err(|msg| ApiError::invalid(Issue::body(&["from_number"], "phone_number", msg)))?;
+
+    let mut tx = state.store.begin().await?;
+    if let Some(limit) = users::usage_limit(tx.conn(), caller.user_id).await? {
+        let used = users::minutes_this_month(tx.conn(), caller.user_id).await?;
+        if used >= limit {
+            return Err(ApiError::Forbidden(format!(
+                "Monthly usage limit reached: {used} of {limit} minutes used this month. Ask the operator to raise the limit."
+            )));
+        }
+    }
+    let number = numbers::get(tx.conn(), caller.user_id, from.digits())
+        .await?
+        .filter(|n| n.active)
+        .ok_or_else(|| {
+            ApiError::invalid(Issue::body(
+                &["from_number"],
+                "not_found",
+                format!("{from} is not an active number of yours: link or buy it first"),
+            ))
+        })?;
+    let provider = Provider::parse(&number.telephony_provider)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("number {} has provider {}", number.id, number.telephony_provider)))?;
+    let agent_loc = [Loc::from("body"), Loc::from("agent")];
+    let agent_id = match req.agent {
+        Value::String(id) => {
+            let id = Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.into()))?;
+            if records::get(tx.conn(), AGENTS.table, caller.user_id, id).await?.is_none() {
+                return Err(ApiError::invalid(Issue::new(agent_loc.to_vec(), "not_found", AGENTS.not_found(id))));
+            }
+            id
+        }
+        mut params => {
+            if params.get("voice").is_none_or(Value::is_null) {
+                params["voice"] = default_voice();
+            }
+            create_agent(&state, &mut tx, caller.user_id, params, &agent_loc).await?.record.id
+        }
+    };
+    let at = now();
+    let row = new_call_row(
+        NewCall {
+            user_id: caller.user_id,
+            direction: "outbound",
+            provider,
+            to: to.digits().to_owned(),
+            from: from.digits().to_owned(),
+            agent_phone_number: from.digits().to_owned(),
+            agent_id,
+            telephony_account_connection_id: number.telephony_account_connection_id,
+            hipaa_compliant: req.hipaa_compliant,
+            on_no_human_answer: Some(req.on_no_human_answer),
+            run_do_not_call_detection: req.run_do_not_call_detection,
+            context: req.context,
+            telephony_params: req.telephony_params,
+            record: state.telephony.record_calls,
+        },
+        at,
+    );
+    calls_store::insert(tx.conn(), &row).await?;
+    if let Some(key) = &key {
+        if let Some(seen) = calls_store::claim_idempotency_key(tx.conn(), caller.user_id, key, &request_hash, row.id, at).await? {
+            // A concurrent request with the same key got there first.
+            drop(tx);
+            let mut handle = state.store.read().await?;
+            return replay(&state, &mut handle, caller.user_id, seen, &request_hash).await;
+        }
+    }
+    // The dispatch is written with the call, claimed by this process to run at once; if this
+    // process dies first, another worker places the call when the claim expires.
+    let job = NewJob {
+        kind: DISPATCH,
+        payload: json!({"call_id": row.id}),
+        ordering_key: Some(dispatch_key(row.id)),
+        run_at: at,
+        max_attempts: state.telephony.dispatch_max_attempts as i32,
+    };
+    let lease = at + chrono::Duration::from_std(crate::jobs::LEASE).expect("small");
+    let job_id = jobs_store::enqueue_claimed(tx.conn(), &job, at, &state.worker_id, lease).await?;
+    tx.commit().await?;
+    tracing::info!(call_id = %row.id, provider = provider.as_str(), "call created");
+
+    crate::jobs::run_claimed(
+        &state,
+        Job {
+            id: job_id,
+            kind: DISPATCH.into(),
+            payload: sqlx::types::Json(job.payload),
+            ordering_key: job.ordering_key,
+            attempts: 1,
+            max_attempts: job.max_attempts,
+        },
+    )
+    .await;
+    let mut handle = state.store.read().await?;
+    let row = user_call(&mut handle, caller.user_id, row.id).await?;
+    Ok(Json(call_view(&state, &mut handle, &row).await?))
+}
+
+async fn replay(
+    state: &AppState,
+    c: &mut impl Conn,
+    user_id: Uuid,
+    seen: calls_store::IdempotencyRecord,
+    request_hash: &[u8],
+) -> Result<Json<Value>> {
+    if seen.request_hash != request_hash {
+        return Err(reused_key());
+    }
+    let row = user_call(c, user_id, seen.call_id).await?;
+    Ok(Json(call_view(state, c, &row).await?))
+}
+
+async fn end_call(State(state): State<AppState>, caller: Caller, ValidQuery(q): ValidQuery<IdQuery>) -> Result<Json<Value>> {
+    let row = {
+        let mut handle = state.store.read().await?;
+        user_call(&mut handle, caller.user_id, q.id).await?
+    };
+    if !matches!(row.status.as_str(), "ended" | "error") {
+        if let Some(applied) = apply(&state, row.id, &News::api(Event::EndRequested)).await? {
+            // Hang up now, so that the answer shows the call ended; the job is durable if not.
+            for job in applied.claimed {
+                crate::jobs::run_claimed(&state, job).await;
+            }
+        }
+    }
+    let mut handle = state.store.read().await?;
+    let row = user_call(&mut handle, caller.user_id, q.id).await?;
+    Ok(Json(call_view(&state, &mut handle, &row).await?))
+}
+
+async fn get_recording(State(state): State<AppState>, caller: Caller, ValidQuery(q): ValidQuery<IdQuery>) -> Result<Response> {
+    let mut handle = state.store.read().await?;
+    let row = user_call(&mut handle, caller.user_id, q.id).await?;
+    let url = row
+        .recording_url
+        .clone()
+        .filter(|_| !row.hipaa_compliant)
+        .ok_or_else(|| ApiError::NotFound(format!("Call {} has no recording", row.id)))?;
+    let fetched = match Provider::parse(&row.telephony_provider) {
+        Some(Provider::Twilio) => {
+            let creds = twilio_credentials(&state, &mut handle, row.user_id, row.telephony_account_connection_id)
+                .await
+                .map_err(carrier_error)?;
+            drop(handle);
+            state.telephony.twilio.fetch_recording(&creds, &url).await
+        }
+        Some(Provider::Vonage) => {
+            drop(handle);
+            state.telephony.vonage.fetch_recording(&url).await
+        }
+        None => return Err(ApiError::NotFound(format!("Call {} has no recording", row.id))),
+    }
+    .map_err(carrier_error)?;
+    let content_type = fetched
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("audio/mpeg")
+        .to_owned();
+    Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(fetched.bytes_stream())).into_response())
+}
+
+/// How a carrier's failure reaches the client of a request that needed it.
+pub fn carrier_error(err: CarrierError) -> ApiError {
+    match err {
+        CarrierError::Rejected(reason) => ApiError::BadRequest(format!("The carrier refused: {reason}")),
+        CarrierError::Transient(reason) => ApiError::Unavailable(format!("The carrier is unavailable; try again shortly ({reason})")),
+    }
+}
+
+fn telephony_metadata(row: &CallRow) -> Value {
+    match Provider::parse(&row.telephony_provider) {
+        Some(Provider::Twilio) => json!({
+            "type": "telephony_metadata_twilio",
+            "call_sid": row.telephony_id,
+            "call_status": row.carrier_status,
+            "transfer_call_sid": null,
+            "transfer_call_status": null,
+            "conference_sid": null,
+        }),
+        _ => json!({"type": "telephony_metadata_vonage"}),
+    }
+}
+
+/// The fields `Call` and `NormalizedCall` share, in the spec's order; `start_time`, `end_time`,
+/// `agent` and `telephony_account_connection` are filled in by each.
+fn base_view(row: &CallRow) -> Value {
+    json!({
+        "id": row.id,
+        "user_id": row.user_id,
+        "status": row.status,
+        "error_message": row.error_message,
+        "recording_available": row.recording_url.is_some() && !row.hipaa_compliant,
+        "transcript": if row.hipaa_compliant { None } else { row.transcript.clone() },
+        "human_detection_result": row.human_detection_result,
+        "do_not_call_result": row.do_not_call_result,
+        "telephony_id": row.telephony_id,
+        "stage": row.stage,
+        "stage_outcome": row.stage_outcome,
+        "telephony_metadata": telephony_metadata(row),
+        "start_time": null,
+        "end_time": null,
+        "to_number": row.to_number,
+        "from_number": row.from_number,
+        "agent": row.agent_id,
+        "telephony_provider": row.telephony_provider,
+        "agent_phone_number": row.agent_phone_number,
+        "hipaa_compliant": row.hipaa_compliant,
+        "on_no_human_answer": row.on_no_human_answer,
+        "context": row.context.as_ref().map(|c| c.0.clone()),
+        "run_do_not_call_detection": row.run_do_not_call_detection,
+        "telephony_account_connection": row.telephony_account_connection_id,
+        "telephony_params": row.telephony_params.as_ref().map(|c| c.0.clone()),
+    })
+}
+
+/// `NormalizedCall`: times as epoch seconds, references as ids.
+pub fn normalized_view(row: &CallRow) -> Value {
+    let mut view = base_view(row);
+    let epoch = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros() as f64 / 1e6);
+    view["start_time"] = json!(epoch(row.start_time));
+    view["end_time"] = json!(epoch(row.end_time));
+    view
+}
+
+/// `Call`: times as ISO-8601 strings, the agent and the account connection in full.
+pub async fn call_view(state: &AppState, c: &mut impl Conn, row: &CallRow) -> Result<Value> {
+    let mut view = base_view(row);
+    let iso = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    view["start_time"] = json!(iso(row.start_time));
+    view["end_time"] = json!(iso(row.end_time));
+    let agent = load(state, c.conn(), &AGENTS, row.user_id, row.agent_id).await?;
+    let mut agent = agent_view(state, c, &agent).await?;
+    if row.hipaa_compliant {
+        agent["prompt"]["content"] = Value::String(REDACTED.into());
+    }
+    view["agent"] = agent;
+    if let Some(id) = row.telephony_account_connection_id {
+        let record = records::get(c.conn(), ACCOUNT_CONNECTIONS.table, row.user_id, id).await?;
+        view["telephony_account_connection"] = match record {
+            Some(r) => Document::open(state, &ACCOUNT_CONNECTIONS, r)?.view(&ACCOUNT_CONNECTIONS),
+            None => Value::Null,
+        };
+    }
+    Ok(view)
+}

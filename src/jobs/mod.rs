@@ -1,0 +1,159 @@
+//! Background work: the workers that claim jobs from the durable queue and run them, one module
+//! per kind of job. A job touches the outside world (a carrier, a webhook receiver) with no
+//! database transaction open: it is claimed under a lease, run, and its outcome recorded.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::store::jobs::{self, Job};
+use crate::store::now;
+use crate::AppState;
+
+pub mod calls;
+
+/// How long a claimed job is its worker's; a job whose worker dies runs again after this.
+pub const LEASE: Duration = Duration::from_secs(120);
+/// How often idle workers look for due jobs (they are also woken when a job is queued here).
+const POLL: Duration = Duration::from_millis(500);
+
+/// What became of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done,
+    /// Try again after the delay (unless the job is out of attempts).
+    Retry { after: Duration, error: String },
+    /// Give up.
+    Fail(String),
+}
+
+/// Exponential backoff with jitter: about `base · 2^(attempt-1)`, at most `cap`.
+pub fn backoff(attempt: i32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.as_secs_f64() * 2f64.powi((attempt - 1).clamp(0, 30));
+    let jitter = rand::thread_rng().gen_range(0.75..1.25);
+    Duration::from_secs_f64((exp * jitter).min(cap.as_secs_f64()))
+}
+
+async fn run(state: &AppState, job: &Job) -> Outcome {
+    match job.kind.as_str() {
+        calls::DISPATCH => calls::dispatch(state, job).await,
+        calls::HANG_UP => calls::hang_up(state, job).await,
+        other => Outcome::Fail(format!("unknown job kind {other}")),
+    }
+}
+
+/// Runs a claimed job and records its outcome. A panic counts as a failed attempt.
+pub async fn run_claimed(state: &AppState, job: Job) {
+    let span = tracing::info_span!("job", kind = %job.kind, id = %job.id, attempt = job.attempts);
+    let outcome = match AssertUnwindSafe(run(state, &job)).catch_unwind().instrument(span.clone()).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Retry {
+            after: Duration::from_secs(5),
+            error: "the job panicked".into(),
+        },
+    };
+    if let Err(err) = record(state, &job, &outcome).instrument(span).await {
+        // The lease expires and the job runs again: at least once, never lost.
+        tracing::warn!(error = %err, "could not record a job's outcome");
+    }
+}
+
+async fn record(state: &AppState, job: &Job, outcome: &Outcome) -> sqlx::Result<()> {
+    let mut tx = state.store.begin().await?;
+    let at = now();
+    match outcome {
+        Outcome::Done => jobs::complete(tx.conn(), job.id).await?,
+        Outcome::Retry { error, .. } if job.attempts >= job.max_attempts => {
+            tracing::warn!(%error, "job failed for good");
+            jobs::fail(tx.conn(), job.id, error, at).await?
+        }
+        Outcome::Retry { after, error } => {
+            tracing::info!(%error, retry_in_ms = after.as_millis() as u64, "job will be retried");
+            let run_at = at + chrono::Duration::from_std(*after).unwrap_or_default();
+            jobs::retry(tx.conn(), job.id, run_at, error, at).await?
+        }
+        Outcome::Fail(error) => {
+            tracing::warn!(%error, "job failed");
+            jobs::fail(tx.conn(), job.id, error, at).await?
+        }
+    }
+    tx.commit().await
+}
+
+/// Claims one due job, if there is one.
+pub async fn claim(state: &AppState, at: DateTime<Utc>) -> sqlx::Result<Option<Job>> {
+    let mut tx = state.store.begin().await?;
+    let lease_until = at + chrono::Duration::from_std(LEASE).expect("a small duration");
+    let job = jobs::claim(tx.conn(), &state.worker_id, at, lease_until).await?;
+    tx.commit().await?;
+    Ok(job)
+}
+
+/// Runs every job that is due at `at`, one after another, until none is left; returns how many
+/// ran. Tests use this to drive the queue without waiting for the workers.
+pub async fn drain(state: &AppState, at: DateTime<Utc>) -> sqlx::Result<usize> {
+    let mut ran = 0;
+    while let Some(job) = claim(state, at).await? {
+        run_claimed(state, job).await;
+        ran += 1;
+    }
+    Ok(ran)
+}
+
+/// The workers of this process: up to `concurrency` jobs at once, until `shutdown` turns true;
+/// then they stop claiming and finish what they run.
+pub async fn work(state: AppState, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
+    let mut running = JoinSet::new();
+    let mut reconciled_at = std::time::Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        while running.len() < concurrency {
+            match claim(&state, now()).await {
+                Ok(Some(job)) => {
+                    let state = state.clone();
+                    running.spawn(async move { run_claimed(&state, job).await });
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot claim jobs");
+                    break;
+                }
+            }
+        }
+        if reconciled_at.elapsed() >= state.telephony.reconcile_after / 4 {
+            reconciled_at = std::time::Instant::now();
+            calls::reconcile(&state).await;
+        }
+        tokio::select! {
+            _ = state.jobs_queued.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        let first = backoff(1, base, cap).as_secs_f64();
+        let fifth = backoff(5, base, cap).as_secs_f64();
+        assert!((0.75..=1.25).contains(&first), "{first}");
+        assert!((12.0..=20.0).contains(&fifth), "{fifth}");
+        assert!(backoff(30, base, cap) <= cap);
+    }
+}

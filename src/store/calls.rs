@@ -1,0 +1,249 @@
+//! Calls, and the idempotency keys of `calls/create`.
+//!
+//! A call's state changes by compare-and-set on its `version`: whichever process (or replica)
+//! applies news to a call, no change is lost to a concurrent one.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::records::Sort;
+use super::{run, DbConn};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CallRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub direction: String,
+    pub status: String,
+    pub stage: String,
+    pub stage_outcome: Option<String>,
+    pub error_message: Option<String>,
+    pub human_detection_result: Option<String>,
+    pub do_not_call_result: Option<bool>,
+    pub transcript: Option<String>,
+    pub telephony_provider: String,
+    pub telephony_id: Option<String>,
+    pub carrier_status: Option<String>,
+    pub hangup: Option<String>,
+    pub to_number: String,
+    pub from_number: String,
+    pub agent_phone_number: String,
+    pub agent_id: Uuid,
+    pub telephony_account_connection_id: Option<Uuid>,
+    pub hipaa_compliant: bool,
+    pub on_no_human_answer: Option<String>,
+    pub run_do_not_call_detection: Option<bool>,
+    pub context: Option<Json<Value>>,
+    pub telephony_params: Option<Json<Value>>,
+    pub record: bool,
+    pub recording_url: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<i64>,
+    pub last_carrier_event_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, user_id, direction, status, stage, stage_outcome, error_message, \
+    human_detection_result, do_not_call_result, transcript, telephony_provider, telephony_id, \
+    carrier_status, hangup, to_number, from_number, agent_phone_number, agent_id, \
+    telephony_account_connection_id, hipaa_compliant, on_no_human_answer, run_do_not_call_detection, \
+    context, telephony_params, record, recording_url, start_time, answered_at, end_time, \
+    duration_seconds, last_carrier_event_at, version, created_at, updated_at";
+
+pub async fn insert(c: DbConn<'_>, r: &CallRow) -> sqlx::Result<()> {
+    let placeholders: Vec<String> = (1..=34).map(|i| format!("${i}")).collect();
+    let sql = format!("INSERT INTO calls ({COLUMNS}) VALUES ({})", placeholders.join(", "));
+    run!(c, |c| sqlx::query(&sql)
+        .bind(r.id)
+        .bind(r.user_id)
+        .bind(&r.direction)
+        .bind(&r.status)
+        .bind(&r.stage)
+        .bind(&r.stage_outcome)
+        .bind(&r.error_message)
+        .bind(&r.human_detection_result)
+        .bind(r.do_not_call_result)
+        .bind(&r.transcript)
+        .bind(&r.telephony_provider)
+        .bind(&r.telephony_id)
+        .bind(&r.carrier_status)
+        .bind(&r.hangup)
+        .bind(&r.to_number)
+        .bind(&r.from_number)
+        .bind(&r.agent_phone_number)
+        .bind(r.agent_id)
+        .bind(r.telephony_account_connection_id)
+        .bind(r.hipaa_compliant)
+        .bind(&r.on_no_human_answer)
+        .bind(r.run_do_not_call_detection)
+        .bind(&r.context)
+        .bind(&r.telephony_params)
+        .bind(r.record)
+        .bind(&r.recording_url)
+        .bind(r.start_time)
+        .bind(r.answered_at)
+        .bind(r.end_time)
+        .bind(r.duration_seconds)
+        .bind(r.last_carrier_event_at)
+        .bind(r.version)
+        .bind(r.created_at)
+        .bind(r.updated_at)
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))
+}
+
+/// A user's call.
+pub async fn get(c: DbConn<'_>, user_id: Uuid, id: Uuid) -> sqlx::Result<Option<CallRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM calls WHERE id = $1 AND user_id = $2");
+    run!(c, |c| sqlx::query_as(&sql).bind(id).bind(user_id).fetch_optional(&mut *c).await)
+}
+
+/// A call by id alone, for the server's own work (callbacks, jobs): never for a user's request.
+pub async fn by_id(c: DbConn<'_>, id: Uuid) -> sqlx::Result<Option<CallRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM calls WHERE id = $1");
+    run!(c, |c| sqlx::query_as(&sql).bind(id).fetch_optional(&mut *c).await)
+}
+
+/// A call by the carrier's id of it.
+pub async fn by_telephony_id(c: DbConn<'_>, provider: &str, telephony_id: &str) -> sqlx::Result<Option<CallRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM calls WHERE telephony_provider = $1 AND telephony_id = $2");
+    run!(c, |c| sqlx::query_as(&sql)
+        .bind(provider)
+        .bind(telephony_id)
+        .fetch_optional(&mut *c)
+        .await)
+}
+
+pub async fn list(c: DbConn<'_>, user_id: Uuid, sort: Sort, limit: i64, offset: i64) -> sqlx::Result<Vec<CallRow>> {
+    let dir = if sort.desc { "DESC" } else { "ASC" };
+    // Calls not yet started sort as the oldest (or, descending, the newest) by start time.
+    let nulls = match (sort.column, sort.desc) {
+        ("start_time" | "end_time", false) => " NULLS FIRST",
+        ("start_time" | "end_time", true) => " NULLS LAST",
+        _ => "",
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls WHERE user_id = $1 ORDER BY {} {dir}{nulls}, id {dir} LIMIT $2 OFFSET $3",
+        sort.column
+    );
+    run!(c, |c| sqlx::query_as(&sql)
+        .bind(user_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&mut *c)
+        .await)
+}
+
+/// Writes a call's state if nobody changed the call since `expected_version` was read; false
+/// when somebody did (read it again and retry).
+pub async fn update_if_version(c: DbConn<'_>, r: &CallRow, expected_version: i64) -> sqlx::Result<bool> {
+    const SQL: &str = "UPDATE calls SET status = $3, stage = $4, stage_outcome = $5, error_message = $6, \
+        human_detection_result = $7, telephony_id = $8, carrier_status = $9, hangup = $10, \
+        recording_url = $11, start_time = $12, answered_at = $13, end_time = $14, duration_seconds = $15, \
+        last_carrier_event_at = $16, version = $17, updated_at = $18 \
+        WHERE id = $1 AND version = $2";
+    let done = run!(c, |c| sqlx::query(SQL)
+        .bind(r.id)
+        .bind(expected_version)
+        .bind(&r.status)
+        .bind(&r.stage)
+        .bind(&r.stage_outcome)
+        .bind(&r.error_message)
+        .bind(&r.human_detection_result)
+        .bind(&r.telephony_id)
+        .bind(&r.carrier_status)
+        .bind(&r.hangup)
+        .bind(&r.recording_url)
+        .bind(r.start_time)
+        .bind(r.answered_at)
+        .bind(r.end_time)
+        .bind(r.duration_seconds)
+        .bind(r.last_carrier_event_at)
+        .bind(r.version)
+        .bind(r.updated_at)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(done > 0)
+}
+
+/// Calls in progress that have had no news from their carrier since `before`.
+pub async fn stale(c: DbConn<'_>, before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<CallRow>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls WHERE status = 'in_progress' AND last_carrier_event_at < $1 \
+         ORDER BY last_carrier_event_at LIMIT $2"
+    );
+    run!(c, |c| sqlx::query_as(&sql).bind(before).bind(limit).fetch_all(&mut *c).await)
+}
+
+/// Marks that the carrier was asked about a call, so that it is not asked again at once.
+pub async fn touch(c: DbConn<'_>, id: Uuid, at: DateTime<Utc>) -> sqlx::Result<()> {
+    run!(c, |c| sqlx::query("UPDATE calls SET last_carrier_event_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(at)
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))
+}
+
+/// The user's call seconds that ended at or after `since`, each rounded up to a minute.
+pub async fn minutes_since(c: DbConn<'_>, user_id: Uuid, since: DateTime<Utc>) -> sqlx::Result<i64> {
+    // (CAST: a SUM of BIGINT is NUMERIC on Postgres.)
+    const SQL: &str = "SELECT CAST(COALESCE(SUM((duration_seconds + 59) / 60), 0) AS BIGINT) FROM calls \
+        WHERE user_id = $1 AND end_time >= $2 AND duration_seconds IS NOT NULL";
+    run!(c, |c| sqlx::query_scalar(SQL).bind(user_id).bind(since).fetch_one(&mut *c).await)
+}
+
+pub struct IdempotencyRecord {
+    pub request_hash: Vec<u8>,
+    pub call_id: Uuid,
+}
+
+/// Claims an idempotency key for a call; when the key was claimed before, what it was claimed for.
+pub async fn claim_idempotency_key(
+    c: DbConn<'_>,
+    user_id: Uuid,
+    key: &str,
+    request_hash: &[u8],
+    call_id: Uuid,
+    at: DateTime<Utc>,
+) -> sqlx::Result<Option<IdempotencyRecord>> {
+    const INSERT: &str = "INSERT INTO idempotency_keys (user_id, key, request_hash, call_id, created_at) \
+        VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+    const SELECT: &str = "SELECT request_hash, call_id FROM idempotency_keys WHERE user_id = $1 AND key = $2";
+    run!(c, |c| {
+        let inserted = sqlx::query(INSERT)
+            .bind(user_id)
+            .bind(key)
+            .bind(request_hash)
+            .bind(call_id)
+            .bind(at)
+            .execute(&mut *c)
+            .await?
+            .rows_affected();
+        if inserted > 0 {
+            return Ok(None);
+        }
+        let (request_hash, call_id): (Vec<u8>, Uuid) =
+            sqlx::query_as(SELECT).bind(user_id).bind(key).fetch_one(&mut *c).await?;
+        Ok(Some(IdempotencyRecord { request_hash, call_id }))
+    })
+}
+
+/// Looks an idempotency key up without claiming it.
+pub async fn find_idempotency_key(c: DbConn<'_>, user_id: Uuid, key: &str) -> sqlx::Result<Option<IdempotencyRecord>> {
+    const SELECT: &str = "SELECT request_hash, call_id FROM idempotency_keys WHERE user_id = $1 AND key = $2";
+    let row: Option<(Vec<u8>, Uuid)> = run!(c, |c| sqlx::query_as(SELECT)
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(&mut *c)
+        .await)?;
+    Ok(row.map(|(request_hash, call_id)| IdempotencyRecord { request_hash, call_id }))
+}

@@ -1,0 +1,157 @@
+//! The durable job queue: one table on either backend.
+//!
+//! A job is written in the same transaction as the change that causes it. A worker claims a job
+//! with a lease (`locked_until`), releases the transaction, does the work (an HTTP call, say),
+//! and then records the outcome; a job whose worker died is claimed again once its lease expires.
+//! On Postgres, claims skip rows other workers have locked (`FOR UPDATE SKIP LOCKED`), so any
+//! number of replicas share one queue. Jobs with the same `ordering_key` run one at a time, in
+//! the order they were written.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{run, Backend, DbConn};
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: &'static str,
+    pub payload: Value,
+    pub ordering_key: Option<String>,
+    pub run_at: DateTime<Utc>,
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: Json<Value>,
+    pub ordering_key: Option<String>,
+    /// How many times it has been claimed, this time included.
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+const INSERT: &str = "INSERT INTO jobs (id, kind, payload, ordering_key, state, run_at, attempts, max_attempts, \
+    locked_until, locked_by, created_at, updated_at) VALUES ($1, $2, $3, $4, 'ready', $5, $6, $7, $8, $9, $10, $10)";
+
+/// Queues a job.
+pub async fn enqueue(c: DbConn<'_>, job: &NewJob, now: DateTime<Utc>) -> sqlx::Result<Uuid> {
+    insert(c, job, now, None).await
+}
+
+/// Queues a job already claimed by `worker` until `lease_until`: the caller runs it at once, and
+/// if the caller dies, it runs again when the lease expires.
+pub async fn enqueue_claimed(
+    c: DbConn<'_>,
+    job: &NewJob,
+    now: DateTime<Utc>,
+    worker: &str,
+    lease_until: DateTime<Utc>,
+) -> sqlx::Result<Uuid> {
+    insert(c, job, now, Some((worker, lease_until))).await
+}
+
+async fn insert(c: DbConn<'_>, job: &NewJob, now: DateTime<Utc>, claim: Option<(&str, DateTime<Utc>)>) -> sqlx::Result<Uuid> {
+    let id = Uuid::now_v7();
+    let attempts = if claim.is_some() { 1 } else { 0 };
+    run!(c, |c| sqlx::query(INSERT)
+        .bind(id)
+        .bind(job.kind)
+        .bind(Json(&job.payload))
+        .bind(&job.ordering_key)
+        .bind(job.run_at)
+        .bind(attempts)
+        .bind(job.max_attempts)
+        .bind(claim.map(|(_, until)| until))
+        .bind(claim.map(|(worker, _)| worker))
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))?;
+    Ok(id)
+}
+
+/// Claims the next job that is due, unlocked, and not behind an earlier job of its ordering key.
+pub async fn claim(c: DbConn<'_>, worker: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> sqlx::Result<Option<Job>> {
+    let skip_locked = if c.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+    let sql = format!(
+        "UPDATE jobs SET attempts = attempts + 1, locked_until = $2, locked_by = $3, updated_at = $1 \
+         WHERE id = (SELECT j.id FROM jobs j \
+             WHERE j.state = 'ready' AND j.run_at <= $1 AND (j.locked_until IS NULL OR j.locked_until < $1) \
+             AND (j.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs e \
+                 WHERE e.ordering_key = j.ordering_key AND e.state = 'ready' \
+                 AND (e.created_at < j.created_at OR (e.created_at = j.created_at AND e.id < j.id)))) \
+             ORDER BY j.run_at, j.id LIMIT 1{skip_locked}) \
+         RETURNING id, kind, payload, ordering_key, attempts, max_attempts"
+    );
+    run!(c, |c| sqlx::query_as(&sql)
+        .bind(now)
+        .bind(lease_until)
+        .bind(worker)
+        .fetch_optional(&mut *c)
+        .await)
+}
+
+/// The job is done: it leaves the queue.
+pub async fn complete(c: DbConn<'_>, id: Uuid) -> sqlx::Result<()> {
+    run!(c, |c| sqlx::query("DELETE FROM jobs WHERE id = $1")
+        .bind(id)
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))
+}
+
+/// The job runs again at `run_at`.
+pub async fn retry(c: DbConn<'_>, id: Uuid, run_at: DateTime<Utc>, error: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+    const SQL: &str = "UPDATE jobs SET run_at = $2, locked_until = NULL, locked_by = NULL, last_error = $3, \
+        updated_at = $4 WHERE id = $1";
+    run!(c, |c| sqlx::query(SQL)
+        .bind(id)
+        .bind(run_at)
+        .bind(error)
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))
+}
+
+/// The job is given up; it stays, marked failed, for the operator to see.
+pub async fn fail(c: DbConn<'_>, id: Uuid, error: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+    const SQL: &str = "UPDATE jobs SET state = 'failed', locked_until = NULL, last_error = $2, updated_at = $3 \
+        WHERE id = $1";
+    run!(c, |c| sqlx::query(SQL)
+        .bind(id)
+        .bind(error)
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))
+}
+
+/// Drops the ready jobs of an ordering key (a call's pending dispatch, when the call is ended
+/// before it was placed).
+pub async fn cancel(c: DbConn<'_>, ordering_key: &str) -> sqlx::Result<u64> {
+    run!(c, |c| sqlx::query("DELETE FROM jobs WHERE ordering_key = $1 AND state = 'ready'")
+        .bind(ordering_key)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+}
+
+/// How many jobs are due now, and since when the oldest of them has been waiting.
+pub async fn depth(c: DbConn<'_>, now: DateTime<Utc>) -> sqlx::Result<(i64, Option<DateTime<Utc>>)> {
+    const SQL: &str = "SELECT COUNT(*), MIN(run_at) FROM jobs WHERE state = 'ready' AND run_at <= $1";
+    run!(c, |c| sqlx::query_as(SQL).bind(now).fetch_one(&mut *c).await)
+}
+
+/// Jobs of a kind in a state, for tests and the operator.
+pub async fn count(c: DbConn<'_>, kind: &str, state: &str) -> sqlx::Result<i64> {
+    run!(c, |c| sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = $1 AND state = $2")
+        .bind(kind)
+        .bind(state)
+        .fetch_one(&mut *c)
+        .await)
+}
