@@ -43,6 +43,8 @@ pub struct GlobalArgs {
     pub secrets_key: Option<String>,
 }
 
+// Parsed once at start-up: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the API (the default).
@@ -243,10 +245,12 @@ impl TelephonyArgs {
         match self.carrier_mode {
             CarrierMode::Sandbox => true,
             CarrierMode::Live => false,
-            CarrierMode::Auto => !(self.twilio_account_sid.is_some()
-                || self.twilio_api_base_url.is_some()
-                || self.vonage_application_id.is_some()
-                || self.vonage_api_base_url.is_some()),
+            CarrierMode::Auto => {
+                !(self.twilio_account_sid.is_some()
+                    || self.twilio_api_base_url.is_some()
+                    || self.vonage_application_id.is_some()
+                    || self.vonage_api_base_url.is_some())
+            }
         }
     }
 }

@@ -83,7 +83,8 @@ impl SecretBox {
     /// purpose under the secrets key).
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
         use hmac::{Hmac, Mac};
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.root).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.root).expect("HMAC takes any key length");
         mac.update(b"vocode-server/");
         mac.update(purpose.as_bytes());
         mac.finalize().into_bytes().into()

@@ -79,9 +79,16 @@ pub struct App {
 impl App {
     /// Connects, migrates, makes the first user on a fresh database, and binds the API to
     /// `listener` (which may be on port 0; `addr` tells the port).
-    pub async fn build(global: &GlobalArgs, serve: &ServeArgs, listener: TcpListener) -> anyhow::Result<App> {
+    pub async fn build(
+        global: &GlobalArgs,
+        serve: &ServeArgs,
+        listener: TcpListener,
+    ) -> anyhow::Result<App> {
         let secrets = open_secrets(global)?;
-        let auth = Authenticator::new(serve.jwt_secret.as_deref(), serve.jwt_public_key_pem.as_deref())?;
+        let auth = Authenticator::new(
+            serve.jwt_secret.as_deref(),
+            serve.jwt_public_key_pem.as_deref(),
+        )?;
         let store = open_store(global, !serve.no_migrate).await?;
         bootstrap(&store, serve).await?;
         let addr = listener.local_addr()?;
@@ -111,11 +118,17 @@ impl App {
 
     /// Serves until `shutdown` completes, then finishes the requests in flight and the jobs
     /// running (jobs not started are left for the next start, or another replica).
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let router = api::router(self.state.clone());
         let (stop_workers, stopping) = watch::channel(false);
-        let workers = (self.workers > 0).then(|| tokio::spawn(jobs::work(self.state.clone(), self.workers, stopping)));
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await?;
+        let workers = (self.workers > 0)
+            .then(|| tokio::spawn(jobs::work(self.state.clone(), self.workers, stopping)));
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         let _ = stop_workers.send(true);
         if let Some(workers) = workers {
             let _ = workers.await;

@@ -96,6 +96,7 @@ async fn jwt_bearers_name_their_user() {
         Options {
             jwt_secret: Some(secret.into()),
             jwt_public_key_pem: Some(public.into()),
+            ..Options::default()
         },
     )
     .await

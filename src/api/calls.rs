@@ -20,7 +20,9 @@ use crate::domain::call::Event;
 use crate::domain::documents::{ACCOUNT_CONNECTIONS, AGENTS};
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
-use crate::jobs::calls::{apply, dispatch_key, new_call_row, twilio_credentials, NewCall, News, DISPATCH};
+use crate::jobs::calls::{
+    apply, dispatch_key, new_call_row, twilio_credentials, NewCall, News, DISPATCH,
+};
 use crate::store::calls::{self as calls_store, CallRow};
 use crate::store::jobs::{self as jobs_store, Job, NewJob};
 use crate::store::records::{self, count_rows};
@@ -49,18 +51,35 @@ async fn user_call(c: &mut impl Conn, user_id: Uuid, id: Uuid) -> Result<CallRow
         .ok_or_else(|| ApiError::NotFound(format!("Call {id} not found")))
 }
 
-async fn get_call(State(state): State<AppState>, caller: Caller, ValidQuery(q): ValidQuery<IdQuery>) -> Result<Json<Value>> {
+async fn get_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidQuery(q): ValidQuery<IdQuery>,
+) -> Result<Json<Value>> {
     let mut handle = state.store.read().await?;
     let row = user_call(&mut handle, caller.user_id, q.id).await?;
     Ok(Json(call_view(&state, &mut handle, &row).await?))
 }
 
-async fn list_calls(State(state): State<AppState>, caller: Caller, ValidQuery(q): ValidQuery<ListQuery>) -> Result<Json<Page<Value>>> {
+async fn list_calls(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidQuery(q): ValidQuery<ListQuery>,
+) -> Result<Json<Page<Value>>> {
     let req = q.check(SORT_COLUMNS)?;
     let mut handle = state.store.read().await?;
-    let rows = calls_store::list(handle.conn(), caller.user_id, req.sort, req.limit(), req.offset()).await?;
+    let rows = calls_store::list(
+        handle.conn(),
+        caller.user_id,
+        req.sort,
+        req.limit(),
+        req.offset(),
+    )
+    .await?;
     let total = count_rows(handle.conn(), "calls", caller.user_id).await?;
-    Ok(Json(Page::new(&req, rows, total).map(|row| normalized_view(&row))))
+    Ok(Json(
+        Page::new(&req, rows, total).map(|row| normalized_view(&row)),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,11 +135,14 @@ async fn create_call(
     let request_hash = Sha256::digest(serde_json::to_vec(&body).expect("JSON")).to_vec();
     if let Some(key) = &key {
         let mut handle = state.store.read().await?;
-        if let Some(seen) = calls_store::find_idempotency_key(handle.conn(), caller.user_id, key).await? {
+        if let Some(seen) =
+            calls_store::find_idempotency_key(handle.conn(), caller.user_id, key).await?
+        {
             return replay(&state, &mut handle, caller.user_id, seen, &request_hash).await;
         }
     }
-    let req: CreateCallRequest = serde_json::from_value(body).map_err(|e| ApiError::Internal(e.into()))?;
+    let req: CreateCallRequest =
+        serde_json::from_value(body).map_err(|e| ApiError::Internal(e.into()))?;
     let to = PhoneNumber::parse(&req.to_number)
         .map_err(|msg| ApiError::invalid(Issue::body(&["to_number"], "phone_number", msg)))?;
     let from = PhoneNumber::parse(&req.from_number)
@@ -145,14 +167,26 @@ async fn create_call(
                 format!("{from} is not an active number of yours: link or buy it first"),
             ))
         })?;
-    let provider = Provider::parse(&number.telephony_provider)
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("number {} has provider {}", number.id, number.telephony_provider)))?;
+    let provider = Provider::parse(&number.telephony_provider).ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "number {} has provider {}",
+            number.id,
+            number.telephony_provider
+        ))
+    })?;
     let agent_loc = [Loc::from("body"), Loc::from("agent")];
     let agent_id = match req.agent {
         Value::String(id) => {
             let id = Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.into()))?;
-            if records::get(tx.conn(), AGENTS.table, caller.user_id, id).await?.is_none() {
-                return Err(ApiError::invalid(Issue::new(agent_loc.to_vec(), "not_found", AGENTS.not_found(id))));
+            if records::get(tx.conn(), AGENTS.table, caller.user_id, id)
+                .await?
+                .is_none()
+            {
+                return Err(ApiError::invalid(Issue::new(
+                    agent_loc.to_vec(),
+                    "not_found",
+                    AGENTS.not_found(id),
+                )));
             }
             id
         }
@@ -160,7 +194,10 @@ async fn create_call(
             if params.get("voice").is_none_or(Value::is_null) {
                 params["voice"] = default_voice();
             }
-            create_agent(&state, &mut tx, caller.user_id, params, &agent_loc).await?.record.id
+            create_agent(&state, &mut tx, caller.user_id, params, &agent_loc)
+                .await?
+                .record
+                .id
         }
     };
     let at = now();
@@ -185,7 +222,16 @@ async fn create_call(
     );
     calls_store::insert(tx.conn(), &row).await?;
     if let Some(key) = &key {
-        if let Some(seen) = calls_store::claim_idempotency_key(tx.conn(), caller.user_id, key, &request_hash, row.id, at).await? {
+        if let Some(seen) = calls_store::claim_idempotency_key(
+            tx.conn(),
+            caller.user_id,
+            key,
+            &request_hash,
+            row.id,
+            at,
+        )
+        .await?
+        {
             // A concurrent request with the same key got there first.
             drop(tx);
             let mut handle = state.store.read().await?;
@@ -237,7 +283,11 @@ async fn replay(
     Ok(Json(call_view(state, c, &row).await?))
 }
 
-async fn end_call(State(state): State<AppState>, caller: Caller, ValidQuery(q): ValidQuery<IdQuery>) -> Result<Json<Value>> {
+async fn end_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidQuery(q): ValidQuery<IdQuery>,
+) -> Result<Json<Value>> {
     let row = {
         let mut handle = state.store.read().await?;
         user_call(&mut handle, caller.user_id, q.id).await?
@@ -255,7 +305,11 @@ async fn end_call(State(state): State<AppState>, caller: Caller, ValidQuery(q): 
     Ok(Json(call_view(&state, &mut handle, &row).await?))
 }
 
-async fn get_recording(State(state): State<AppState>, caller: Caller, ValidQuery(q): ValidQuery<IdQuery>) -> Result<Response> {
+async fn get_recording(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidQuery(q): ValidQuery<IdQuery>,
+) -> Result<Response> {
     let mut handle = state.store.read().await?;
     let row = user_call(&mut handle, caller.user_id, q.id).await?;
     let url = row
@@ -265,9 +319,14 @@ async fn get_recording(State(state): State<AppState>, caller: Caller, ValidQuery
         .ok_or_else(|| ApiError::NotFound(format!("Call {} has no recording", row.id)))?;
     let fetched = match Provider::parse(&row.telephony_provider) {
         Some(Provider::Twilio) => {
-            let creds = twilio_credentials(&state, &mut handle, row.user_id, row.telephony_account_connection_id)
-                .await
-                .map_err(carrier_error)?;
+            let creds = twilio_credentials(
+                &state,
+                &mut handle,
+                row.user_id,
+                row.telephony_account_connection_id,
+            )
+            .await
+            .map_err(carrier_error)?;
             drop(handle);
             state.telephony.twilio.fetch_recording(&creds, &url).await
         }
@@ -275,7 +334,12 @@ async fn get_recording(State(state): State<AppState>, caller: Caller, ValidQuery
             drop(handle);
             state.telephony.vonage.fetch_recording(&url).await
         }
-        None => return Err(ApiError::NotFound(format!("Call {} has no recording", row.id))),
+        None => {
+            return Err(ApiError::NotFound(format!(
+                "Call {} has no recording",
+                row.id
+            )))
+        }
     }
     .map_err(carrier_error)?;
     let content_type = fetched
@@ -284,14 +348,22 @@ async fn get_recording(State(state): State<AppState>, caller: Caller, ValidQuery
         .and_then(|v| v.to_str().ok())
         .unwrap_or("audio/mpeg")
         .to_owned();
-    Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(fetched.bytes_stream())).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(fetched.bytes_stream()),
+    )
+        .into_response())
 }
 
 /// How a carrier's failure reaches the client of a request that needed it.
 pub fn carrier_error(err: CarrierError) -> ApiError {
     match err {
-        CarrierError::Rejected(reason) => ApiError::BadRequest(format!("The carrier refused: {reason}")),
-        CarrierError::Transient(reason) => ApiError::Unavailable(format!("The carrier is unavailable; try again shortly ({reason})")),
+        CarrierError::Rejected(reason) => {
+            ApiError::BadRequest(format!("The carrier refused: {reason}"))
+        }
+        CarrierError::Transient(reason) => ApiError::Unavailable(format!(
+            "The carrier is unavailable; try again shortly ({reason})"
+        )),
     }
 }
 
@@ -344,7 +416,8 @@ fn base_view(row: &CallRow) -> Value {
 /// `NormalizedCall`: times as epoch seconds, references as ids.
 pub fn normalized_view(row: &CallRow) -> Value {
     let mut view = base_view(row);
-    let epoch = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros() as f64 / 1e6);
+    let epoch =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros() as f64 / 1e6);
     view["start_time"] = json!(epoch(row.start_time));
     view["end_time"] = json!(epoch(row.end_time));
     view
@@ -353,7 +426,9 @@ pub fn normalized_view(row: &CallRow) -> Value {
 /// `Call`: times as ISO-8601 strings, the agent and the account connection in full.
 pub async fn call_view(state: &AppState, c: &mut impl Conn, row: &CallRow) -> Result<Value> {
     let mut view = base_view(row);
-    let iso = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    let iso = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    };
     view["start_time"] = json!(iso(row.start_time));
     view["end_time"] = json!(iso(row.end_time));
     let agent = load(state, c.conn(), &AGENTS, row.user_id, row.agent_id).await?;

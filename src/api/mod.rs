@@ -49,14 +49,22 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     let router = match sandbox {
-        Some(sandbox) => router.nest_service("/sandbox", crate::telephony::sandbox::router(sandbox)),
+        Some(sandbox) => {
+            router.nest_service("/sandbox", crate::telephony::sandbox::router(sandbox))
+        }
         None => router,
     };
     router.layer(
         ServiceBuilder::new()
-            .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+            ]))
             .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
-            .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_span)
+                    .on_response(on_response),
+            )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
             .layer(CatchPanicLayer::custom(on_panic)),
     )
@@ -96,7 +104,9 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(json!({ "status": "ready", "carrier_mode": state.telephony.mode() }))),
+        Ok(Ok(())) => Ok(Json(
+            json!({ "status": "ready", "carrier_mode": state.telephony.mode() }),
+        )),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check: the database does not answer");
             Err(ApiError::Unavailable(

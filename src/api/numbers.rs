@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::agents::{agent_view, create_agent, update_agent};
 use super::auth::Caller;
+use super::calls::carrier_error;
 use super::documents::{load, Document};
 use super::extract::{ValidJson, ValidQuery};
 use super::paging::{ListQuery, Page};
@@ -16,10 +17,9 @@ use crate::domain::agents::default_agent_params;
 use crate::domain::documents::{apply_update, ACCOUNT_CONNECTIONS, AGENTS};
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
+use crate::jobs::calls::twilio_credentials;
 use crate::store::numbers::{self, NumberRow};
 use crate::store::records::{self, count_rows};
-use super::calls::carrier_error;
-use crate::jobs::calls::twilio_credentials;
 use crate::store::{is_unique_violation, now, Conn, Tx};
 use crate::telephony::{CarrierError, Provider};
 use crate::AppState;
@@ -131,7 +131,14 @@ async fn link_number(
     // The carrier is asked with no transaction open: the number must be the account's, and (unless
     // it only calls out) its voice webhook now points here.
     drop(tx);
-    let carrier_ref = point_number_here(&state, caller.user_id, connection.id, &number, !req.outbound_only).await?;
+    let carrier_ref = point_number_here(
+        &state,
+        caller.user_id,
+        connection.id,
+        &number,
+        !req.outbound_only,
+    )
+    .await?;
     let mut tx = state.store.begin().await?;
     ensure_available(&mut tx, caller.user_id, &number).await?;
     let agent = inbound_agent(
@@ -198,10 +205,17 @@ async fn point_number_here(
         .find_number(&creds, number)
         .await
         .map_err(carrier_error)?
-        .ok_or_else(|| ApiError::BadRequest(format!("{number} is not a number of this Twilio account")))?;
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("{number} is not a number of this Twilio account"))
+        })?;
     if takes_calls {
         t.twilio
-            .configure_number(&creds, &sid, Some(&t.twilio_voice_url()), &t.twilio_status_url())
+            .configure_number(
+                &creds,
+                &sid,
+                Some(&t.twilio_voice_url()),
+                &t.twilio_status_url(),
+            )
             .await
             .map_err(carrier_error)?;
     }
@@ -223,9 +237,16 @@ async fn buy_number(
     caller: Caller,
     ValidJson(req): ValidJson<BuyRequest>,
 ) -> Result<Json<Value>> {
-    let area_code = req.area_code.as_deref().map(str::trim).filter(|a| !a.is_empty());
+    let area_code = req
+        .area_code
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
     if let Some(area) = area_code {
-        if area.len() != 3 || !area.bytes().all(|b| b.is_ascii_digit()) || area.starts_with(['0', '1']) {
+        if area.len() != 3
+            || !area.bytes().all(|b| b.is_ascii_digit())
+            || area.starts_with(['0', '1'])
+        {
             return Err(ApiError::invalid(Issue::body(
                 &["area_code"],
                 "area_code",
@@ -286,12 +307,20 @@ async fn buy_number(
                     .map_err(carrier_error)?
             };
             t.twilio
-                .buy_number(&creds, area_code, Some(&t.twilio_voice_url()), &t.twilio_status_url())
+                .buy_number(
+                    &creds,
+                    area_code,
+                    Some(&t.twilio_voice_url()),
+                    &t.twilio_status_url(),
+                )
                 .await
                 .map_err(carrier_error)?
         }
         Provider::Vonage => (
-            t.vonage.buy_number(area_code).await.map_err(carrier_error)?,
+            t.vonage
+                .buy_number(area_code)
+                .await
+                .map_err(carrier_error)?,
             "US".to_owned(),
         ),
     };
@@ -323,13 +352,18 @@ struct Bought {
     carrier_ref: String,
 }
 
-async fn record_bought(state: &AppState, bought: &Bought, agent_value: Option<Value>) -> Result<Value> {
+async fn record_bought(
+    state: &AppState,
+    bought: &Bought,
+    agent_value: Option<Value>,
+) -> Result<Value> {
     let mut tx = state.store.begin().await?;
     ensure_available(&mut tx, bought.user_id, &bought.number).await?;
     let agent_loc = [Loc::from("body"), Loc::from("inbound_agent")];
     let agent = inbound_agent(state, &mut tx, bought.user_id, agent_value, &agent_loc).await?;
     let at = now();
-    let existing = numbers::get_for_update(tx.conn(), bought.user_id, bought.number.digits()).await?;
+    let existing =
+        numbers::get_for_update(tx.conn(), bought.user_id, bought.number.digits()).await?;
     let row = NumberRow {
         id: existing.as_ref().map(|r| r.id).unwrap_or_else(Uuid::now_v7),
         user_id: bought.user_id,
@@ -369,7 +403,11 @@ async fn release(state: &AppState, bought: &Bought) -> Result<()> {
             };
             t.twilio.release_number(&creds, &bought.carrier_ref).await
         }
-        Provider::Vonage => t.vonage.cancel_number(&bought.number, &bought.carrier_ref).await,
+        Provider::Vonage => {
+            t.vonage
+                .cancel_number(&bought.number, &bought.carrier_ref)
+                .await
+        }
     };
     match released {
         Ok(()) => Ok(()),
@@ -499,7 +537,10 @@ async fn update_number(
     row.updated_at = now();
     numbers::update(tx.conn(), &row).await?;
     let view = number_view(&state, &mut tx, &row).await?;
-    if was_outbound_only && !row.outbound_only && row.telephony_provider == Provider::Twilio.as_str() {
+    if was_outbound_only
+        && !row.outbound_only
+        && row.telephony_provider == Provider::Twilio.as_str()
+    {
         if let Some(connection_id) = row.telephony_account_connection_id {
             // The number takes calls now: point it here before the change is kept.
             point_number_here(&state, caller.user_id, connection_id, &number, true).await?;

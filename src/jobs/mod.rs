@@ -28,7 +28,10 @@ const POLL: Duration = Duration::from_millis(500);
 pub enum Outcome {
     Done,
     /// Try again after the delay (unless the job is out of attempts).
-    Retry { after: Duration, error: String },
+    Retry {
+        after: Duration,
+        error: String,
+    },
     /// Give up.
     Fail(String),
 }
@@ -51,7 +54,11 @@ async fn run(state: &AppState, job: &Job) -> Outcome {
 /// Runs a claimed job and records its outcome. A panic counts as a failed attempt.
 pub async fn run_claimed(state: &AppState, job: Job) {
     let span = tracing::info_span!("job", kind = %job.kind, id = %job.id, attempt = job.attempts);
-    let outcome = match AssertUnwindSafe(run(state, &job)).catch_unwind().instrument(span.clone()).await {
+    let outcome = match AssertUnwindSafe(run(state, &job))
+        .catch_unwind()
+        .instrument(span.clone())
+        .await
+    {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Retry {
             after: Duration::from_secs(5),

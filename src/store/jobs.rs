@@ -54,7 +54,12 @@ pub async fn enqueue_claimed(
     insert(c, job, now, Some((worker, lease_until))).await
 }
 
-async fn insert(c: DbConn<'_>, job: &NewJob, now: DateTime<Utc>, claim: Option<(&str, DateTime<Utc>)>) -> sqlx::Result<Uuid> {
+async fn insert(
+    c: DbConn<'_>,
+    job: &NewJob,
+    now: DateTime<Utc>,
+    claim: Option<(&str, DateTime<Utc>)>,
+) -> sqlx::Result<Uuid> {
     let id = Uuid::now_v7();
     let attempts = if claim.is_some() { 1 } else { 0 };
     run!(c, |c| sqlx::query(INSERT)
@@ -75,8 +80,17 @@ async fn insert(c: DbConn<'_>, job: &NewJob, now: DateTime<Utc>, claim: Option<(
 }
 
 /// Claims the next job that is due, unlocked, and not behind an earlier job of its ordering key.
-pub async fn claim(c: DbConn<'_>, worker: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> sqlx::Result<Option<Job>> {
-    let skip_locked = if c.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+pub async fn claim(
+    c: DbConn<'_>,
+    worker: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> sqlx::Result<Option<Job>> {
+    let skip_locked = if c.backend() == Backend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
     let sql = format!(
         "UPDATE jobs SET attempts = attempts + 1, locked_until = $2, locked_by = $3, updated_at = $1 \
          WHERE id = (SELECT j.id FROM jobs j \
@@ -105,8 +119,15 @@ pub async fn complete(c: DbConn<'_>, id: Uuid) -> sqlx::Result<()> {
 }
 
 /// The job runs again at `run_at`.
-pub async fn retry(c: DbConn<'_>, id: Uuid, run_at: DateTime<Utc>, error: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    const SQL: &str = "UPDATE jobs SET run_at = $2, locked_until = NULL, locked_by = NULL, last_error = $3, \
+pub async fn retry(
+    c: DbConn<'_>,
+    id: Uuid,
+    run_at: DateTime<Utc>,
+    error: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    const SQL: &str =
+        "UPDATE jobs SET run_at = $2, locked_until = NULL, locked_by = NULL, last_error = $3, \
         updated_at = $4 WHERE id = $1";
     run!(c, |c| sqlx::query(SQL)
         .bind(id)
@@ -120,7 +141,8 @@ pub async fn retry(c: DbConn<'_>, id: Uuid, run_at: DateTime<Utc>, error: &str, 
 
 /// The job is given up; it stays, marked failed, for the operator to see.
 pub async fn fail(c: DbConn<'_>, id: Uuid, error: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    const SQL: &str = "UPDATE jobs SET state = 'failed', locked_until = NULL, last_error = $2, updated_at = $3 \
+    const SQL: &str =
+        "UPDATE jobs SET state = 'failed', locked_until = NULL, last_error = $2, updated_at = $3 \
         WHERE id = $1";
     run!(c, |c| sqlx::query(SQL)
         .bind(id)
@@ -134,24 +156,35 @@ pub async fn fail(c: DbConn<'_>, id: Uuid, error: &str, now: DateTime<Utc>) -> s
 /// Drops the ready jobs of an ordering key (a call's pending dispatch, when the call is ended
 /// before it was placed).
 pub async fn cancel(c: DbConn<'_>, ordering_key: &str) -> sqlx::Result<u64> {
-    run!(c, |c| sqlx::query("DELETE FROM jobs WHERE ordering_key = $1 AND state = 'ready'")
-        .bind(ordering_key)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()))
+    run!(c, |c| sqlx::query(
+        "DELETE FROM jobs WHERE ordering_key = $1 AND state = 'ready'"
+    )
+    .bind(ordering_key)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))
 }
 
 /// How many jobs are due now, and since when the oldest of them has been waiting.
-pub async fn depth(c: DbConn<'_>, now: DateTime<Utc>) -> sqlx::Result<(i64, Option<DateTime<Utc>>)> {
-    const SQL: &str = "SELECT COUNT(*), MIN(run_at) FROM jobs WHERE state = 'ready' AND run_at <= $1";
-    run!(c, |c| sqlx::query_as(SQL).bind(now).fetch_one(&mut *c).await)
+pub async fn depth(
+    c: DbConn<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<(i64, Option<DateTime<Utc>>)> {
+    const SQL: &str =
+        "SELECT COUNT(*), MIN(run_at) FROM jobs WHERE state = 'ready' AND run_at <= $1";
+    run!(c, |c| sqlx::query_as(SQL)
+        .bind(now)
+        .fetch_one(&mut *c)
+        .await)
 }
 
 /// Jobs of a kind in a state, for tests and the operator.
 pub async fn count(c: DbConn<'_>, kind: &str, state: &str) -> sqlx::Result<i64> {
-    run!(c, |c| sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = $1 AND state = $2")
-        .bind(kind)
-        .bind(state)
-        .fetch_one(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE kind = $1 AND state = $2"
+    )
+    .bind(kind)
+    .bind(state)
+    .fetch_one(&mut *c)
+    .await)
 }

@@ -49,7 +49,11 @@ impl Streams {
     }
 
     pub fn get(&self, call_id: Uuid) -> Option<StreamStats> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(&call_id).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&call_id)
+            .cloned()
     }
 }
 
@@ -93,7 +97,9 @@ async fn twilio_session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                 let start = &event["start"];
                 let params = &start["customParameters"];
                 let token_ok = params["call_id"].as_str() == Some(call_id.to_string().as_str())
-                    && params["token"].as_str().is_some_and(|t| state.telephony.check_stream_token(call_id, t));
+                    && params["token"]
+                        .as_str()
+                        .is_some_and(|t| state.telephony.check_stream_token(call_id, t));
                 if !token_ok || !call_matches(&state, call_id, start["callSid"].as_str()).await {
                     return refuse(socket, "this stream is not the call's").await;
                 }
@@ -156,8 +162,11 @@ async fn vonage_session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                 match event["event"].as_str() {
                     Some("websocket:connected") => {
                         // The NCCO's headers arrive flattened into this first message.
-                        let token_ok = event["call_id"].as_str() == Some(call_id.to_string().as_str())
-                            && event["token"].as_str().is_some_and(|t| state.telephony.check_stream_token(call_id, t));
+                        let token_ok = event["call_id"].as_str()
+                            == Some(call_id.to_string().as_str())
+                            && event["token"]
+                                .as_str()
+                                .is_some_and(|t| state.telephony.check_stream_token(call_id, t));
                         if !token_ok || !call_matches(&state, call_id, None).await {
                             return refuse(socket, "this stream is not the call's").await;
                         }

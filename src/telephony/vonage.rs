@@ -20,9 +20,15 @@ pub const DEFAULT_NUMBERS_BASE_URL: &str = "https://rest.nexmo.com";
 #[derive(Clone)]
 pub enum Signer {
     /// A real application: RS256 with its private key.
-    Application { application_id: String, key: EncodingKey },
+    Application {
+        application_id: String,
+        key: EncodingKey,
+    },
     /// The built-in sandbox: HS256 with a secret it shares with the sandbox.
-    Sandbox { application_id: String, secret: Vec<u8> },
+    Sandbox {
+        application_id: String,
+        secret: Vec<u8>,
+    },
 }
 
 #[derive(Clone)]
@@ -64,10 +70,22 @@ pub struct CallState {
 }
 
 /// Fields this server sets in a create-call request; `telephony_params` cannot replace them.
-const OWN_FIELDS: &[&str] = &["to", "from", "ncco", "answer_url", "answer_method", "event_url", "event_method", "random_from_number"];
+const OWN_FIELDS: &[&str] = &[
+    "to",
+    "from",
+    "ncco",
+    "answer_url",
+    "answer_method",
+    "event_url",
+    "event_method",
+    "random_from_number",
+];
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 impl VonageClient {
@@ -91,7 +109,9 @@ impl VonageClient {
 
     pub fn application_id(&self) -> Option<&str> {
         match &self.signer {
-            Some(Signer::Application { application_id, .. } | Signer::Sandbox { application_id, .. }) => Some(application_id),
+            Some(
+                Signer::Application { application_id, .. } | Signer::Sandbox { application_id, .. },
+            ) => Some(application_id),
             None => None,
         }
     }
@@ -99,12 +119,25 @@ impl VonageClient {
     /// A fresh application JWT for one request.
     fn jwt(&self) -> Result<String, CarrierError> {
         let signer = self.signer.as_ref().ok_or_else(|| {
-            CarrierError::Rejected("Vonage is not configured: set VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH".into())
+            CarrierError::Rejected(
+                "Vonage is not configured: set VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH"
+                    .into(),
+            )
         })?;
         let iat = unix_now();
         let (header, key, application_id) = match signer {
-            Signer::Application { application_id, key } => (Header::new(Algorithm::RS256), key.clone(), application_id),
-            Signer::Sandbox { application_id, secret } => (Header::new(Algorithm::HS256), EncodingKey::from_secret(secret), application_id),
+            Signer::Application {
+                application_id,
+                key,
+            } => (Header::new(Algorithm::RS256), key.clone(), application_id),
+            Signer::Sandbox {
+                application_id,
+                secret,
+            } => (
+                Header::new(Algorithm::HS256),
+                EncodingKey::from_secret(secret),
+                application_id,
+            ),
         };
         let claims = ApiClaims {
             application_id: application_id.clone(),
@@ -112,7 +145,8 @@ impl VonageClient {
             exp: iat + 900,
             jti: uuid::Uuid::new_v4().to_string(),
         };
-        jsonwebtoken::encode(&header, &claims, &key).map_err(|e| CarrierError::Rejected(format!("cannot sign a Vonage token: {e}")))
+        jsonwebtoken::encode(&header, &claims, &key)
+            .map_err(|e| CarrierError::Rejected(format!("cannot sign a Vonage token: {e}")))
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CarrierError> {
@@ -122,7 +156,11 @@ impl VonageClient {
             return Ok(res);
         }
         let body: Value = res.json().await.unwrap_or(Value::Null);
-        let reason = match (body["title"].as_str(), body["detail"].as_str(), body["error-code-label"].as_str()) {
+        let reason = match (
+            body["title"].as_str(),
+            body["detail"].as_str(),
+            body["error-code-label"].as_str(),
+        ) {
             (Some(title), Some(detail), _) => format!("Vonage: {title}: {detail}"),
             (Some(title), None, _) => format!("Vonage: {title}"),
             (_, _, Some(label)) => format!("Vonage: {label}"),
@@ -132,11 +170,25 @@ impl VonageClient {
     }
 
     /// `POST /v1/calls` with an NCCO that connects the call's audio to this server.
-    pub async fn create_call(&self, dial: &Dial, urls: &CallUrls, stream_headers: Value) -> Result<Dialed, CarrierError> {
+    pub async fn create_call(
+        &self,
+        dial: &Dial,
+        urls: &CallUrls,
+        stream_headers: Value,
+    ) -> Result<Dialed, CarrierError> {
         let mut body = Map::new();
-        body.insert("to".into(), json!([{"type": "phone", "number": dial.to.digits()}]));
-        body.insert("from".into(), json!({"type": "phone", "number": dial.from.digits()}));
-        body.insert("ncco".into(), ncco(&urls.stream, &urls.event, stream_headers, dial.record));
+        body.insert(
+            "to".into(),
+            json!([{"type": "phone", "number": dial.to.digits()}]),
+        );
+        body.insert(
+            "from".into(),
+            json!({"type": "phone", "number": dial.from.digits()}),
+        );
+        body.insert(
+            "ncco".into(),
+            ncco(&urls.stream, &urls.event, stream_headers, dial.record),
+        );
         body.insert("event_url".into(), json!([urls.event]));
         body.insert("event_method".into(), json!("POST"));
         if dial.machine_detection {
@@ -157,7 +209,12 @@ impl VonageClient {
             .post(format!("{}/v1/calls", self.api_base))
             .bearer_auth(self.jwt()?)
             .json(&body);
-        let call: CallResource = self.send(req).await?.json().await.map_err(CarrierError::bad_answer)?;
+        let call: CallResource = self
+            .send(req)
+            .await?
+            .json()
+            .await
+            .map_err(CarrierError::bad_answer)?;
         match (call.uuid, call.status.as_deref()) {
             (Some(uuid), Some("started") | None) => Ok(Dialed {
                 telephony_id: uuid,
@@ -180,30 +237,58 @@ impl VonageClient {
     }
 
     pub async fn fetch_call(&self, uuid: &str) -> Result<CallState, CarrierError> {
-        let req = self.http.get(format!("{}/v1/calls/{uuid}", self.api_base)).bearer_auth(self.jwt()?);
-        let call: CallResource = self.send(req).await?.json().await.map_err(CarrierError::bad_answer)?;
+        let req = self
+            .http
+            .get(format!("{}/v1/calls/{uuid}", self.api_base))
+            .bearer_auth(self.jwt()?);
+        let call: CallResource = self
+            .send(req)
+            .await?
+            .json()
+            .await
+            .map_err(CarrierError::bad_answer)?;
         Ok(CallState {
             status: call.status.unwrap_or_default(),
-            duration: call.duration.and_then(|d| d.as_i64().or_else(|| d.as_str().and_then(|s| s.parse().ok()))),
+            duration: call.duration.and_then(|d| {
+                d.as_i64()
+                    .or_else(|| d.as_str().and_then(|s| s.parse().ok()))
+            }),
         })
     }
 
-    fn numbers_auth(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, CarrierError> {
+    fn numbers_auth(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, CarrierError> {
         match (&self.api_key, &self.api_secret) {
             (Some(key), Some(secret)) => Ok(req.basic_auth(key, Some(secret))),
-            _ => Err(CarrierError::Rejected("Vonage numbers need VONAGE_API_KEY and VONAGE_API_SECRET".into())),
+            _ => Err(CarrierError::Rejected(
+                "Vonage numbers need VONAGE_API_KEY and VONAGE_API_SECRET".into(),
+            )),
         }
     }
 
     /// Searches the area code, buys the first number and attaches it to the application.
     pub async fn buy_number(&self, area_code: Option<&str>) -> Result<PhoneNumber, CarrierError> {
-        let mut query = vec![("country", "US".to_owned()), ("features", "VOICE".to_owned())];
+        let mut query = vec![
+            ("country", "US".to_owned()),
+            ("features", "VOICE".to_owned()),
+        ];
         if let Some(area) = area_code {
             query.push(("pattern", format!("1{area}")));
             query.push(("search_pattern", "0".to_owned()));
         }
-        let search = self.numbers_auth(self.http.get(format!("{}/number/search", self.numbers_base)).query(&query))?;
-        let found: Value = self.send(search).await?.json().await.map_err(CarrierError::bad_answer)?;
+        let search = self.numbers_auth(
+            self.http
+                .get(format!("{}/number/search", self.numbers_base))
+                .query(&query),
+        )?;
+        let found: Value = self
+            .send(search)
+            .await?
+            .json()
+            .await
+            .map_err(CarrierError::bad_answer)?;
         let Some(msisdn) = found["numbers"][0]["msisdn"].as_str().map(str::to_owned) else {
             return Err(CarrierError::Rejected(match area_code {
                 Some(area) => format!("Vonage has no numbers available in area code {area}"),
@@ -220,14 +305,23 @@ impl VonageClient {
             let update = self.numbers_auth(
                 self.http
                     .post(format!("{}/number/update", self.numbers_base))
-                    .form(&[("country", "US"), ("msisdn", msisdn.as_str()), ("app_id", app)]),
+                    .form(&[
+                        ("country", "US"),
+                        ("msisdn", msisdn.as_str()),
+                        ("app_id", app),
+                    ]),
             )?;
             self.send(update).await?;
         }
-        PhoneNumber::parse(&msisdn).map_err(|e| CarrierError::Rejected(format!("Vonage sold an unusable number: {e}")))
+        PhoneNumber::parse(&msisdn)
+            .map_err(|e| CarrierError::Rejected(format!("Vonage sold an unusable number: {e}")))
     }
 
-    pub async fn cancel_number(&self, number: &PhoneNumber, country: &str) -> Result<(), CarrierError> {
+    pub async fn cancel_number(
+        &self,
+        number: &PhoneNumber,
+        country: &str,
+    ) -> Result<(), CarrierError> {
         let cancel = self.numbers_auth(
             self.http
                 .post(format!("{}/number/cancel", self.numbers_base))
@@ -267,7 +361,9 @@ pub fn status_event(status: &str, duration: Option<i64>) -> Option<Event> {
         "answered" => Event::Answered,
         "human" => Event::MachineDetection(HumanDetection::Human),
         "machine" => Event::MachineDetection(HumanDetection::NoHuman),
-        "completed" => Event::Completed { duration_seconds: duration },
+        "completed" => Event::Completed {
+            duration_seconds: duration,
+        },
         "busy" | "cancelled" | "timeout" | "unanswered" => Event::NotAnswered,
         "rejected" | "failed" => Event::Failed,
         _ => return None,
@@ -288,21 +384,44 @@ struct CallbackClaims {
 
 /// Checks a signed callback: `Authorization: Bearer <HS256 JWT>` under the signature secret,
 /// whose `payload_hash` is the SHA-256 of the body.
-pub fn verify_callback(secret: &str, authorization: Option<&str>, body: &[u8]) -> Result<(), &'static str> {
+pub fn verify_callback(
+    secret: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<(), &'static str> {
     let token = authorization
-        .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
+        .and_then(|a| {
+            a.strip_prefix("Bearer ")
+                .or_else(|| a.strip_prefix("bearer "))
+        })
         .ok_or("the callback is not signed")?;
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims::<&str>(&[]);
     validation.validate_exp = false;
-    let data = jsonwebtoken::decode::<CallbackClaims>(token.trim(), &DecodingKey::from_secret(secret.as_bytes()), &validation)
-        .map_err(|_| "the callback's signature is invalid")?;
-    if data.claims.iss.as_deref().is_some_and(|iss| iss != "Vonage") {
+    let data = jsonwebtoken::decode::<CallbackClaims>(
+        token.trim(),
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .map_err(|_| "the callback's signature is invalid")?;
+    if data
+        .claims
+        .iss
+        .as_deref()
+        .is_some_and(|iss| iss != "Vonage")
+    {
         return Err("the callback was not issued by Vonage");
     }
     let expected = hex::encode(Sha256::digest(body));
     match data.claims.payload_hash {
-        Some(hash) if super::twilio::constant_time_eq(hash.to_ascii_lowercase().as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(hash)
+            if super::twilio::constant_time_eq(
+                hash.to_ascii_lowercase().as_bytes(),
+                expected.as_bytes(),
+            ) =>
+        {
+            Ok(())
+        }
         Some(_) => Err("the callback's body does not match its signature"),
         None => Err("the callback's signature does not cover its body"),
     }
@@ -317,8 +436,12 @@ pub fn sign_callback(secret: &str, body: &[u8], api_key: &str) -> String {
         "payload_hash": hex::encode(Sha256::digest(body)),
         "api_key": api_key,
     });
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .expect("HS256 signing cannot fail")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
 }
 
 #[cfg(test)]
@@ -329,10 +452,17 @@ mod tests {
     fn signed_callbacks_verify_and_forgeries_do_not() {
         let body = br#"{"status":"answered","uuid":"u1"}"#;
         let token = sign_callback("sig-secret", body, "key");
-        assert_eq!(verify_callback("sig-secret", Some(&format!("Bearer {token}")), body), Ok(()));
+        assert_eq!(
+            verify_callback("sig-secret", Some(&format!("Bearer {token}")), body),
+            Ok(())
+        );
         assert!(verify_callback("other-secret", Some(&format!("Bearer {token}")), body).is_err());
         assert_eq!(
-            verify_callback("sig-secret", Some(&format!("Bearer {token}")), br#"{"status":"completed"}"#),
+            verify_callback(
+                "sig-secret",
+                Some(&format!("Bearer {token}")),
+                br#"{"status":"completed"}"#
+            ),
             Err("the callback's body does not match its signature")
         );
         assert!(verify_callback("sig-secret", None, body).is_err());
@@ -341,10 +471,18 @@ mod tests {
     #[test]
     fn statuses_map_to_news() {
         assert_eq!(status_event("answered", None), Some(Event::Answered));
-        assert_eq!(status_event("machine", None), Some(Event::MachineDetection(HumanDetection::NoHuman)));
+        assert_eq!(
+            status_event("machine", None),
+            Some(Event::MachineDetection(HumanDetection::NoHuman))
+        );
         assert_eq!(status_event("timeout", None), Some(Event::NotAnswered));
         assert_eq!(status_event("rejected", None), Some(Event::Failed));
-        assert_eq!(status_event("completed", Some(3)), Some(Event::Completed { duration_seconds: Some(3) }));
+        assert_eq!(
+            status_event("completed", Some(3)),
+            Some(Event::Completed {
+                duration_seconds: Some(3)
+            })
+        );
         assert_eq!(status_event("garbage", None), None);
         assert!(is_informational("disconnected"));
     }
@@ -355,6 +493,12 @@ mod tests {
         assert_eq!(n[0]["action"], "record");
         assert_eq!(n[1]["endpoint"][0]["type"], "websocket");
         assert_eq!(n[1]["endpoint"][0]["content-type"], "audio/l16;rate=16000");
-        assert_eq!(ncco("wss://h/s", "https://h/e", json!({}), false).as_array().unwrap().len(), 1);
+        assert_eq!(
+            ncco("wss://h/s", "https://h/e", json!({}), false)
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

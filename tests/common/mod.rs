@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use vocode_server::config::{GlobalArgs, ServeArgs};
+use vocode_server::config::{GlobalArgs, ServeArgs, TelephonyArgs};
 use vocode_server::store::{users, Store};
 use vocode_server::{crypto, App, AppState};
 
@@ -133,6 +133,9 @@ impl Drop for TestDb {
 pub struct Options {
     pub jwt_secret: Option<String>,
     pub jwt_public_key_pem: Option<String>,
+    pub telephony: TelephonyArgs,
+    /// Background workers; tests run jobs themselves (`drain`) unless they ask for some.
+    pub workers: usize,
 }
 
 pub struct TestApp {
@@ -165,6 +168,8 @@ impl TestApp {
             vocode_api_key: Some(key.clone()),
             jwt_secret: options.jwt_secret.clone(),
             jwt_public_key_pem: options.jwt_public_key_pem.clone(),
+            telephony: options.telephony.clone(),
+            workers: options.workers,
             ..ServeArgs::default()
         };
         let listener = TcpListener::bind(serve.listen).await.unwrap();
@@ -195,6 +200,14 @@ impl TestApp {
 
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// Runs every job due within `ahead` from now (retries scheduled later included).
+    pub async fn drain_jobs(&self, ahead: std::time::Duration) -> usize {
+        let at = vocode_server::store::now() + chrono::Duration::from_std(ahead).unwrap();
+        vocode_server::jobs::drain(&self.state, at)
+            .await
+            .expect("the queue drains")
     }
 
     /// A new user with a key of its own.
@@ -346,4 +359,24 @@ macro_rules! on_both_backends {
             }
         )*
     };
+}
+
+/// Polls `check` until it returns `Some`, for at most `limit`: for what happens on another
+/// party's timeline (a carrier's), never for the server's own queue.
+pub async fn eventually<T, F, Fut>(limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
