@@ -35,6 +35,7 @@ IMPLEMENTED = [
     "get_usage",
     "buy_number",
     "create_call", "get_call", "list_calls", "end_call", "get_recording",
+    "metrics_metrics_get",
 ]
 
 STATUS = {

@@ -80,6 +80,15 @@ pub enum KeysCommand {
 pub enum UsersCommand {
     /// List users.
     List,
+    /// Print a user's webhook signing secret (alone, on the last line), creating it if needed;
+    /// with --rotate, replace it (the old one keeps signing for a day).
+    WebhookSecret {
+        /// The user's name or id.
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Set (or clear) a user's monthly limit of call minutes; at the limit, calls are refused.
     SetLimit {
         /// The user's name or id.
@@ -130,6 +139,23 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub telephony: TelephonyArgs,
+
+    /// Deliver webhooks to loopback, private and link-local addresses too (for tests and local
+    /// development; never on a server reachable by users you do not trust).
+    #[arg(long, env = "ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_targets: bool,
+
+    /// How long a webhook receiver may take to answer.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+
+    /// How long a claimed job belongs to its worker; a job whose worker died runs again after this.
+    #[arg(long, env = "JOB_LEASE_SECS", default_value_t = 120)]
+    pub job_lease_secs: u64,
+
+    /// How long a stopping server waits for requests in flight and running jobs.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
 
     /// How many background jobs (carrier requests, webhook deliveries…) this process runs at
     /// once; 0 runs none (another replica does them).
@@ -265,6 +291,10 @@ impl Default for ServeArgs {
             jwt_public_key_pem: None,
             log_format: LogFormat::Text,
             telephony: TelephonyArgs::default(),
+            allow_private_targets: false,
+            webhook_timeout_secs: 10,
+            job_lease_secs: 120,
+            shutdown_grace_secs: 20,
             workers: 8,
         }
     }
@@ -273,19 +303,12 @@ impl Default for ServeArgs {
 /// The folder that holds the embedded database, and the generated secrets key beside it.
 pub fn sqlite_data_dir(database_url: &str) -> Option<PathBuf> {
     let path = sqlite_path(database_url)?;
-    Some(
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(".")),
-    )
+    Some(path.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")))
 }
 
 /// The file of a `sqlite:` URL, without its query string; `None` for other URLs and memory.
 pub fn sqlite_path(database_url: &str) -> Option<PathBuf> {
-    let rest = database_url
-        .strip_prefix("sqlite://")
-        .or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let rest = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:"))?;
     let rest = rest.split('?').next().unwrap_or_default();
     if rest.is_empty() || rest == ":memory:" {
         return None;
@@ -299,14 +322,8 @@ mod tests {
 
     #[test]
     fn sqlite_paths() {
-        assert_eq!(
-            sqlite_path("sqlite://./data/vocode.db"),
-            Some(PathBuf::from("./data/vocode.db"))
-        );
-        assert_eq!(
-            sqlite_path("sqlite:///var/lib/v.db?mode=rwc"),
-            Some(PathBuf::from("/var/lib/v.db"))
-        );
+        assert_eq!(sqlite_path("sqlite://./data/vocode.db"), Some(PathBuf::from("./data/vocode.db")));
+        assert_eq!(sqlite_path("sqlite:///var/lib/v.db?mode=rwc"), Some(PathBuf::from("/var/lib/v.db")));
         assert_eq!(sqlite_path("sqlite::memory:"), None);
         assert_eq!(sqlite_path("postgres://x@y/z"), None);
         assert_eq!(sqlite_data_dir("sqlite:v.db"), Some(PathBuf::from(".")));

@@ -42,10 +42,7 @@ impl std::fmt::Debug for SecretBox {
 
 impl SecretBox {
     pub fn new(key: &[u8; 32]) -> Self {
-        SecretBox {
-            cipher: Aes256Gcm::new(key.into()),
-            root: *key,
-        }
+        SecretBox { cipher: Aes256Gcm::new(key.into()), root: *key }
     }
 
     /// The operator's key from `SECRETS_KEY`; otherwise, in embedded mode, the key generated
@@ -59,23 +56,19 @@ impl SecretBox {
         };
         let path = dir.join(KEY_FILE);
         match fs::read_to_string(&path) {
-            Ok(text) => Ok(SecretBox::new(&parse_key(text.trim()).with_context(
-                || format!("the secrets key in {} is damaged", path.display()),
-            )?)),
+            Ok(text) => Ok(SecretBox::new(
+                &parse_key(text.trim()).with_context(|| format!("the secrets key in {} is damaged", path.display()))?,
+            )),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 rand::thread_rng().fill_bytes(&mut key);
-                fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
-                write_private(&path, hex::encode(key).as_bytes()).with_context(|| {
-                    format!("cannot write the secrets key to {}", path.display())
-                })?;
+                fs::create_dir_all(dir).with_context(|| format!("cannot create the data folder {}", dir.display()))?;
+                write_private(&path, hex::encode(key).as_bytes())
+                    .with_context(|| format!("cannot write the secrets key to {}", path.display()))?;
                 tracing::info!(path = %path.display(), "generated a secrets key for the embedded database");
                 Ok(SecretBox::new(&key))
             }
-            Err(err) => {
-                Err(err).with_context(|| format!("cannot read the secrets key {}", path.display()))
-            }
+            Err(err) => Err(err).with_context(|| format!("cannot read the secrets key {}", path.display())),
         }
     }
 
@@ -83,8 +76,7 @@ impl SecretBox {
     /// purpose under the secrets key).
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
         use hmac::{Hmac, Mac};
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.root).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.root).expect("HMAC takes any key length");
         mac.update(b"vocode-server/");
         mac.update(purpose.as_bytes());
         mac.finalize().into_bytes().into()
@@ -123,13 +115,9 @@ fn parse_key(text: &str) -> anyhow::Result<[u8; 32]> {
         STANDARD
             .decode(text)
             .or_else(|_| URL_SAFE_NO_PAD.decode(text))
-            .map_err(|_| {
-                anyhow!("SECRETS_KEY must be 32 bytes written as 64 hex characters or as base64")
-            })?
+            .map_err(|_| anyhow!("SECRETS_KEY must be 32 bytes written as 64 hex characters or as base64"))?
     };
-    bytes
-        .try_into()
-        .map_err(|_| anyhow!("SECRETS_KEY must be exactly 32 bytes (64 hex characters)"))
+    bytes.try_into().map_err(|_| anyhow!("SECRETS_KEY must be exactly 32 bytes (64 hex characters)"))
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -169,11 +157,7 @@ pub fn generate_api_key() -> NewApiKey {
         .map(char::from)
         .collect();
     let key = format!("{API_KEY_PREFIX}{body}");
-    NewApiKey {
-        display: display_prefix(&key),
-        hash: hash_api_key(&key),
-        key,
-    }
+    NewApiKey { display: display_prefix(&key), hash: hash_api_key(&key), key }
 }
 
 pub fn hash_api_key(key: &str) -> Vec<u8> {

@@ -41,11 +41,7 @@ pub struct Issue {
 
 impl Issue {
     pub fn new(loc: Vec<Loc>, kind: &str, msg: impl Into<String>) -> Self {
-        Issue {
-            loc,
-            msg: msg.into(),
-            kind: kind.to_owned(),
-        }
+        Issue { loc, msg: msg.into(), kind: kind.to_owned() }
     }
 
     /// An issue about a field of the request body, e.g. `Issue::body(&["agent", "voice"], ..)`.
@@ -126,14 +122,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         if let ApiError::Unauthorized(_) = self {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let ApiError::Unavailable(_) = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -4,7 +4,7 @@
 //! (with the jobs a decision causes, in the same transaction) → [`jobs`] carry out what touches
 //! the outside ([`telephony`]).
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -19,8 +19,10 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod store;
 pub mod telephony;
+pub mod webhooks;
 
 use api::auth::Authenticator;
 use config::{GlobalArgs, ServeArgs};
@@ -37,10 +39,20 @@ pub struct Shared {
     pub secrets: SecretBox,
     pub auth: Authenticator,
     pub telephony: Telephony,
+    pub webhooks: webhooks::deliver::Webhooks,
+    /// How long a claimed job is its worker's; a job whose worker died runs again after this.
+    pub lease: std::time::Duration,
     /// This process's name on the jobs it claims.
     pub worker_id: String,
     /// Wakes this process's workers when it queues a job.
     pub jobs_queued: Notify,
+}
+
+impl Shared {
+    /// When a claim made at `at` expires.
+    pub fn lease_until(&self, at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        at + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::minutes(2))
+    }
 }
 
 impl Deref for AppState {
@@ -62,10 +74,7 @@ pub async fn open_store(global: &GlobalArgs, migrate: bool) -> anyhow::Result<St
 
 /// The key that seals stored secrets, as the settings and the backend call for.
 pub fn open_secrets(global: &GlobalArgs) -> anyhow::Result<SecretBox> {
-    SecretBox::load(
-        global.secrets_key.as_deref(),
-        config::sqlite_data_dir(&global.database_url).as_deref(),
-    )
+    SecretBox::load(global.secrets_key.as_deref(), config::sqlite_data_dir(&global.database_url).as_deref())
 }
 
 /// A server bound to its listener, ready to run.
@@ -74,21 +83,16 @@ pub struct App {
     pub state: AppState,
     listener: TcpListener,
     workers: usize,
+    grace: std::time::Duration,
 }
 
 impl App {
     /// Connects, migrates, makes the first user on a fresh database, and binds the API to
     /// `listener` (which may be on port 0; `addr` tells the port).
-    pub async fn build(
-        global: &GlobalArgs,
-        serve: &ServeArgs,
-        listener: TcpListener,
-    ) -> anyhow::Result<App> {
+    pub async fn build(global: &GlobalArgs, serve: &ServeArgs, listener: TcpListener) -> anyhow::Result<App> {
+        metrics::handle();
         let secrets = open_secrets(global)?;
-        let auth = Authenticator::new(
-            serve.jwt_secret.as_deref(),
-            serve.jwt_public_key_pem.as_deref(),
-        )?;
+        let auth = Authenticator::new(serve.jwt_secret.as_deref(), serve.jwt_public_key_pem.as_deref())?;
         let store = open_store(global, !serve.no_migrate).await?;
         bootstrap(&store, serve).await?;
         let addr = listener.local_addr()?;
@@ -108,30 +112,71 @@ impl App {
                 secrets,
                 auth,
                 telephony,
+                webhooks: webhooks::deliver::Webhooks::new(
+                    serve.allow_private_targets,
+                    std::time::Duration::from_secs(serve.webhook_timeout_secs.max(1)),
+                ),
+                lease: std::time::Duration::from_secs(serve.job_lease_secs.max(1)),
                 worker_id: format!("{addr}-{}", Uuid::new_v4().simple()),
                 jobs_queued: Notify::new(),
             })),
             listener,
             workers: serve.workers,
+            grace: std::time::Duration::from_secs(serve.shutdown_grace_secs),
         })
     }
 
-    /// Serves until `shutdown` completes, then finishes the requests in flight and the jobs
-    /// running (jobs not started are left for the next start, or another replica).
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    /// Serves until `shutdown` completes; then stops accepting, and gives the requests in flight
+    /// and the jobs running `SHUTDOWN_GRACE_SECS` to finish. Whatever is unfinished then is
+    /// abandoned and its jobs released at once, for another process to take.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let router = api::router(self.state.clone());
-        let (stop_workers, stopping) = watch::channel(false);
-        let workers = (self.workers > 0)
-            .then(|| tokio::spawn(jobs::work(self.state.clone(), self.workers, stopping)));
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
-        let _ = stop_workers.send(true);
-        if let Some(workers) = workers {
-            let _ = workers.await;
+        let (stop, stopping) = watch::channel(false);
+        let mut workers =
+            (self.workers > 0).then(|| tokio::spawn(jobs::work(self.state.clone(), self.workers, stopping.clone())));
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        let server = axum::serve(self.listener, router).with_graceful_shutdown(signal).into_future();
+        tokio::pin!(server);
+        let mut stopped = stopping.clone();
+        tokio::select! {
+            result = &mut server => {
+                result?;
+            }
+            _ = stopped.changed() => {
+                tracing::info!(grace_secs = self.grace.as_secs(), "stopping: finishing requests in flight and running jobs");
+                let drained = tokio::time::timeout(self.grace, async {
+                    let served = (&mut server).await;
+                    if let Some(w) = workers.as_mut() {
+                        let _ = w.await;
+                    }
+                    served
+                })
+                .await;
+                match drained {
+                    Ok(served) => served?,
+                    Err(_) => {
+                        tracing::warn!("the grace period is over: abandoning what is unfinished");
+                        if let Some(w) = workers.take() {
+                            w.abort();
+                        }
+                    }
+                }
+            }
+        }
+        match self.state.store.begin().await {
+            Ok(mut tx) => {
+                let released = store::jobs::release(tx.conn(), &self.state.worker_id).await.unwrap_or(0);
+                let _ = tx.commit().await;
+                if released > 0 {
+                    tracing::info!(released, "released unfinished jobs for other workers");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release unfinished jobs; they run again when their lease expires")
+            }
         }
         self.state.store.close().await;
         Ok(())
@@ -148,13 +193,8 @@ async fn bootstrap(store: &Store, serve: &ServeArgs) -> anyhow::Result<()> {
         if let Some(user) = users::create_if_absent(tx.conn(), Uuid::now_v7(), "default").await? {
             match serve.vocode_api_key.as_deref() {
                 Some(key) => {
-                    users::insert_key(
-                        tx.conn(),
-                        user.id,
-                        &crypto::display_prefix(key),
-                        &crypto::hash_api_key(key),
-                    )
-                    .await?;
+                    users::insert_key(tx.conn(), user.id, &crypto::display_prefix(key), &crypto::hash_api_key(key))
+                        .await?;
                 }
                 None => {
                     let key = crypto::generate_api_key();

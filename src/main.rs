@@ -8,11 +8,9 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-use vocode_server::config::{
-    Cli, Command, GlobalArgs, KeysCommand, LogFormat, ServeArgs, UsersCommand,
-};
+use vocode_server::config::{Cli, Command, GlobalArgs, KeysCommand, LogFormat, ServeArgs, UsersCommand};
 use vocode_server::store::{users, Store};
-use vocode_server::{crypto, open_store, App};
+use vocode_server::{crypto, open_secrets, open_store, App};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,10 +19,7 @@ fn main() -> ExitCode {
         _ => cli.serve.clone(),
     };
     init_tracing(serve.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     match runtime.block_on(run(cli.global, serve, cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -35,22 +30,15 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
 }
 
-async fn run(
-    global: GlobalArgs,
-    serve_args: ServeArgs,
-    command: Option<Command>,
-) -> anyhow::Result<()> {
+async fn run(global: GlobalArgs, serve_args: ServeArgs, command: Option<Command>) -> anyhow::Result<()> {
     match command {
         None | Some(Command::Serve(_)) => serve(&global, &serve_args).await,
         Some(Command::Migrate) => {
@@ -64,9 +52,7 @@ async fn run(
 }
 
 async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let app = App::build(global, args, listener).await?;
     tracing::info!(addr = %app.addr, backend = ?app.state.store.backend(), "listening");
     println!("vocode-server listening on http://{}", app.addr);
@@ -104,9 +90,7 @@ async fn resolve_user(store: &Store, name_or_id: Option<&str>) -> anyhow::Result
             None => create_user(&mut tx, "default").await?,
         },
         Some(text) => match Uuid::parse_str(text) {
-            Ok(id) => users::by_id(tx.conn(), id)
-                .await?
-                .with_context(|| format!("no user has the id {id}"))?,
+            Ok(id) => users::by_id(tx.conn(), id).await?.with_context(|| format!("no user has the id {id}"))?,
             Err(_) => match users::by_name(tx.conn(), text).await? {
                 Some(user) => user,
                 None => create_user(&mut tx, text).await?,
@@ -147,18 +131,12 @@ async fn keys(global: &GlobalArgs, cmd: KeysCommand) -> anyhow::Result<()> {
             let mut tx = store.begin().await?;
             let id = users::insert_key(tx.conn(), user.id, &key.display, &key.hash).await?;
             tx.commit().await?;
-            println!(
-                "created key {id} for user {} ({}); it is shown only this once:",
-                user.name, user.id
-            );
+            println!("created key {id} for user {} ({}); it is shown only this once:", user.name, user.id);
             println!("{}", key.key);
         }
         KeysCommand::List => {
             let mut handle = store.read().await?;
-            println!(
-                "{:<36}  {:<12}  {:<20}  {:<25}  status",
-                "id", "key", "user", "created"
-            );
+            println!("{:<36}  {:<12}  {:<20}  {:<25}  status", "id", "key", "user", "created");
             for k in users::list_keys(handle.conn()).await? {
                 let status = match k.revoked_at {
                     Some(at) => format!("revoked {}", at.format("%Y-%m-%d %H:%M")),
@@ -190,21 +168,26 @@ async fn keys(global: &GlobalArgs, cmd: KeysCommand) -> anyhow::Result<()> {
 async fn users_command(global: &GlobalArgs, cmd: UsersCommand) -> anyhow::Result<()> {
     let store = open_store(global, true).await?;
     match cmd {
-        UsersCommand::SetLimit {
-            user,
-            minutes,
-            clear,
-        } => {
+        UsersCommand::WebhookSecret { user, rotate } => {
+            let user = find_user(&store, &user).await?;
+            let secrets = open_secrets(global)?;
+            let secret = if rotate {
+                eprintln!("rotated: deliveries are signed with the new secret, and for a day also with the old one");
+                vocode_server::webhooks::signing::rotate(&store, &secrets, user.id).await?
+            } else {
+                vocode_server::webhooks::signing::read_or_create(&store, &secrets, user.id).await?
+            };
+            println!("webhook signing secret of {} ({}):", user.name, user.id);
+            println!("{secret}");
+        }
+        UsersCommand::SetLimit { user, minutes, clear } => {
             let user = find_user(&store, &user).await?;
             let minutes = if clear { None } else { minutes.map(i64::from) };
             let mut tx = store.begin().await?;
             users::set_usage_limit(tx.conn(), user.id, minutes).await?;
             tx.commit().await?;
             match minutes {
-                Some(m) => println!(
-                    "{} ({}) may now use {m} minutes of calls a month",
-                    user.name, user.id
-                ),
+                Some(m) => println!("{} ({}) may now use {m} minutes of calls a month", user.name, user.id),
                 None => println!("{} ({}) has no monthly limit", user.name, user.id),
             }
         }
@@ -212,12 +195,7 @@ async fn users_command(global: &GlobalArgs, cmd: UsersCommand) -> anyhow::Result
             let mut handle = store.read().await?;
             println!("{:<36}  {:<24}  created", "id", "name");
             for u in users::list(handle.conn()).await? {
-                println!(
-                    "{:<36}  {:<24}  {}",
-                    u.id,
-                    u.name,
-                    u.created_at.format("%Y-%m-%d %H:%M:%S UTC")
-                );
+                println!("{:<36}  {:<24}  {}", u.id, u.name, u.created_at.format("%Y-%m-%d %H:%M:%S UTC"));
             }
         }
     }

@@ -15,19 +15,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_vocode-server");
 
 on_both_backends!(keys_are_checked_and_revocable);
 
-async fn status_with(
-    app: &TestApp,
-    authorization: Option<&str>,
-) -> (StatusCode, Option<String>, serde_json::Value) {
+async fn status_with(app: &TestApp, authorization: Option<&str>) -> (StatusCode, Option<String>, serde_json::Value) {
     let mut req = app.client.get(format!("{}/v1/prompts/list", app.base));
     if let Some(value) = authorization {
         req = req.header("authorization", value);
     }
     let res = req.send().await.unwrap();
-    let challenge = res
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let challenge = res.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
     let (status, body) = common::read(res).await;
     (status, challenge, body)
 }
@@ -38,21 +32,13 @@ async fn keys_are_checked_and_revocable(app: TestApp) {
     let (status, _, _) = status_with(&app, Some(&format!("bearer   {}", app.key))).await;
     assert_eq!(status, StatusCode::OK, "the scheme is case-insensitive");
 
-    for bad in [
-        None,
-        Some("Basic dXNlcjpwYXNz"),
-        Some("Bearer"),
-        Some("Bearer "),
-        Some("Bearer vk_notakey"),
-        Some("vk_bare"),
-    ] {
+    for bad in
+        [None, Some("Basic dXNlcjpwYXNz"), Some("Bearer"), Some("Bearer "), Some("Bearer vk_notakey"), Some("vk_bare")]
+    {
         let (status, challenge, body) = status_with(&app, bad).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad:?}");
         assert_eq!(challenge.as_deref(), Some("Bearer"), "{bad:?}");
-        assert!(
-            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-            "{bad:?}: {body}"
-        );
+        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{bad:?}: {body}");
     }
 
     // A key is stored only as a hash, and stops working once revoked.
@@ -60,16 +46,12 @@ async fn keys_are_checked_and_revocable(app: TestApp) {
     let (status, _) = app.get_as(&key, "/v1/prompts/list").await;
     assert_eq!(status, StatusCode::OK);
     let mut handle = app.store().read().await.unwrap();
-    let keys = vocode_server::store::users::list_keys(handle.conn())
-        .await
-        .unwrap();
+    let keys = vocode_server::store::users::list_keys(handle.conn()).await.unwrap();
     drop(handle);
     let info = keys.iter().find(|k| k.user_id == user_id).unwrap();
     assert!(key.starts_with(&info.display) && info.display.len() < 16);
     let mut tx = app.store().begin().await.unwrap();
-    assert!(vocode_server::store::users::revoke_key(tx.conn(), info.id)
-        .await
-        .unwrap());
+    assert!(vocode_server::store::users::revoke_key(tx.conn(), info.id).await.unwrap());
     tx.commit().await.unwrap();
     let (status, body) = app.get_as(&key, "/v1/prompts/list").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -93,11 +75,7 @@ async fn jwt_bearers_name_their_user() {
     let private = include_str!("fixtures/jwt-test-private.pem");
     let Some(app) = TestApp::spawn_with(
         Backend::Sqlite,
-        Options {
-            jwt_secret: Some(secret.into()),
-            jwt_public_key_pem: Some(public.into()),
-            ..Options::default()
-        },
+        Options { jwt_secret: Some(secret.into()), jwt_public_key_pem: Some(public.into()), ..Options::default() },
     )
     .await
     else {
@@ -105,31 +83,17 @@ async fn jwt_bearers_name_their_user() {
     };
     let alice = Uuid::new_v4();
     let hs = |sub: String, exp| {
-        encode(
-            &Header::default(),
-            &Claims { sub, exp },
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
+        encode(&Header::default(), &Claims { sub, exp }, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
     };
     let token = hs(alice.to_string(), in_seconds(600));
-    let (status, prompt) = app
-        .post_as(
-            &token,
-            "/v1/prompts/create",
-            json!({"content": "from a JWT"}),
-        )
-        .await;
+    let (status, prompt) = app.post_as(&token, "/v1/prompts/create", json!({"content": "from a JWT"})).await;
     assert_eq!(status, StatusCode::OK, "{prompt}");
     assert_eq!(prompt["user_id"], alice.to_string(), "sub is the user id");
 
     // The same user through RS256.
     let rs = encode(
         &Header::new(jsonwebtoken::Algorithm::RS256),
-        &Claims {
-            sub: alice.to_string(),
-            exp: in_seconds(600),
-        },
+        &Claims { sub: alice.to_string(), exp: in_seconds(600) },
         &EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
     )
     .unwrap();
@@ -146,18 +110,13 @@ async fn jwt_bearers_name_their_user() {
     assert!(body["detail"].as_str().unwrap().contains("expired"));
     let wrong_key = encode(
         &Header::default(),
-        &Claims {
-            sub: alice.to_string(),
-            exp: in_seconds(600),
-        },
+        &Claims { sub: alice.to_string(), exp: in_seconds(600) },
         &EncodingKey::from_secret(b"another secret"),
     )
     .unwrap();
     let (status, _) = app.get_as(&wrong_key, "/v1/prompts/list").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, body) = app
-        .get_as(&hs("alice".into(), in_seconds(600)), "/v1/prompts/list")
-        .await;
+    let (status, body) = app.get_as(&hs("alice".into(), in_seconds(600)), "/v1/prompts/list").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["detail"].as_str().unwrap().contains("UUID"));
 }
@@ -169,16 +128,11 @@ async fn jwts_are_not_accepted_unless_configured() {
     };
     let token = encode(
         &Header::default(),
-        &Claims {
-            sub: Uuid::new_v4().to_string(),
-            exp: in_seconds(600),
-        },
+        &Claims { sub: Uuid::new_v4().to_string(), exp: in_seconds(600) },
         &EncodingKey::from_secret(b"anything"),
     )
     .unwrap();
-    let res = app
-        .request(Method::GET, "/v1/prompts/list", Some(&token), None)
-        .await;
+    let res = app.request(Method::GET, "/v1/prompts/list", Some(&token), None).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -193,11 +147,7 @@ fn cli(db: &TestDb, secrets_key: &str, args: &[&str]) -> std::process::Output {
 }
 
 fn last_line(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_owned()
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned()
 }
 
 #[tokio::test]
@@ -205,51 +155,22 @@ async fn the_command_line_manages_keys() {
     let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
         return;
     };
-    let out = cli(
-        &app.db,
-        &app.secrets_key,
-        &["keys", "create", "--user", "dave"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cli(&app.db, &app.secrets_key, &["keys", "create", "--user", "dave"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = last_line(&out);
-    assert!(
-        key.starts_with("vk_") && key.len() == 46,
-        "the key alone on the last line: {key}"
-    );
+    assert!(key.starts_with("vk_") && key.len() == 46, "the key alone on the last line: {key}");
     let (status, page) = app.get_as(&key, "/v1/prompts/list").await;
     assert_eq!((status, page["total"].clone()), (StatusCode::OK, json!(0)));
 
     // A second key for the same user sees the same objects.
-    let (_, prompt) = app
-        .post_as(&key, "/v1/prompts/create", json!({"content": "dave's"}))
-        .await;
-    let second = last_line(&cli(
-        &app.db,
-        &app.secrets_key,
-        &["keys", "create", "--user", "dave"],
-    ));
+    let (_, prompt) = app.post_as(&key, "/v1/prompts/create", json!({"content": "dave's"})).await;
+    let second = last_line(&cli(&app.db, &app.secrets_key, &["keys", "create", "--user", "dave"]));
     let (_, page) = app.get_as(&second, "/v1/prompts/list").await;
     assert_eq!(page["items"][0]["id"], prompt["id"]);
-    let by_id = last_line(&cli(
-        &app.db,
-        &app.secrets_key,
-        &[
-            "keys",
-            "create",
-            "--user",
-            prompt["user_id"].as_str().unwrap(),
-        ],
-    ));
+    let by_id =
+        last_line(&cli(&app.db, &app.secrets_key, &["keys", "create", "--user", prompt["user_id"].as_str().unwrap()]));
     assert_eq!(app.get_as(&by_id, "/v1/prompts/list").await.1["total"], 1);
-    let unknown = cli(
-        &app.db,
-        &app.secrets_key,
-        &["keys", "create", "--user", &Uuid::new_v4().to_string()],
-    );
+    let unknown = cli(&app.db, &app.secrets_key, &["keys", "create", "--user", &Uuid::new_v4().to_string()]);
     assert!(!unknown.status.success());
 
     let list = cli(&app.db, &app.secrets_key, &["keys", "list"]);
@@ -257,23 +178,13 @@ async fn the_command_line_manages_keys() {
     assert!(listing.contains("dave"));
     assert!(!listing.contains(&key), "listings never show a key");
     assert!(listing.contains(&key[..10]));
-    let key_id = listing
-        .lines()
-        .find(|l| l.contains(&key[..10]))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let key_id =
+        listing.lines().find(|l| l.contains(&key[..10])).and_then(|l| l.split_whitespace().next()).unwrap().to_owned();
 
     let revoked = cli(&app.db, &app.secrets_key, &["keys", "revoke", &key_id]);
     assert!(revoked.status.success());
-    assert_eq!(
-        app.get_as(&key, "/v1/prompts/list").await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.get_as(&second, "/v1/prompts/list").await.0,
-        StatusCode::OK
-    );
+    assert_eq!(app.get_as(&key, "/v1/prompts/list").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.get_as(&second, "/v1/prompts/list").await.0, StatusCode::OK);
     let again = cli(&app.db, &app.secrets_key, &["keys", "revoke", &key_id]);
     assert!(!again.status.success(), "revoking twice says so");
 
@@ -282,79 +193,35 @@ async fn the_command_line_manages_keys() {
     assert!(users.contains("default") && users.contains("dave"));
 }
 
-/// Starts the binary, waits for its "listening" line, and returns what it printed until then.
-fn start_server(db_url: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, String, String) {
-    use std::io::{BufRead, BufReader};
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", db_url)
-        .env_remove("VOCODE_API_KEY")
-        .env_remove("SECRETS_KEY")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut printed = String::new();
-    let mut base = String::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        printed.push_str(&line);
-        printed.push('\n');
-        if let Some(addr) = line.strip_prefix("vocode-server listening on ") {
-            base = addr.to_owned();
-            break;
-        }
-    }
-    (child, base, printed)
-}
-
 #[tokio::test]
 async fn a_fresh_server_prints_a_key_once_or_accepts_the_configured_one() {
     let db = TestDb::create(Backend::Sqlite).await.unwrap();
-    let (mut first, base, printed) = start_server(&db.url, &[]);
+    let first = common::ServerProcess::start(&db.url, &[]);
+    let (base, printed) = (first.base.clone(), first.printed.clone());
     let key = printed
         .split_whitespace()
         .find(|w| w.starts_with("vk_") && w.len() == 46)
         .expect("the banner shows the key")
         .to_owned();
     let client = reqwest::Client::new();
-    let status = client
-        .get(format!("{base}/v1/prompts/list"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = client.get(format!("{base}/v1/prompts/list")).bearer_auth(&key).send().await.unwrap().status();
     assert_eq!(status, StatusCode::OK);
-    first.kill().unwrap();
-    first.wait().unwrap();
+    drop(first);
 
     // The second start prints no key, and accepts VOCODE_API_KEY from now on.
-    let (mut second, base, printed) =
-        start_server(&db.url, &[("VOCODE_API_KEY", "my-own-configured-key-123")]);
+    let second = common::ServerProcess::start(&db.url, &[("VOCODE_API_KEY", "my-own-configured-key-123")]);
+    let (base, printed) = (second.base.clone(), second.printed.clone());
     assert!(!printed.contains("vk_"), "{printed}");
     for k in [key.as_str(), "my-own-configured-key-123"] {
-        let status = client
-            .get(format!("{base}/v1/prompts/list"))
-            .bearer_auth(k)
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = client.get(format!("{base}/v1/prompts/list")).bearer_auth(k).send().await.unwrap().status();
         assert_eq!(status, StatusCode::OK);
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
+    drop(second);
 
     // A fresh database started with VOCODE_API_KEY prints no key at all.
     let db2 = TestDb::create(Backend::Sqlite).await.unwrap();
-    let (mut third, base, printed) = start_server(
-        &db2.url,
-        &[("VOCODE_API_KEY", "configured-from-the-start-1")],
-    );
+    let third = common::ServerProcess::start(&db2.url, &[("VOCODE_API_KEY", "configured-from-the-start-1")]);
+    let (base, printed) = (third.base.clone(), third.printed.clone());
     assert!(!printed.contains("vk_"));
     let status = client
         .get(format!("{base}/v1/prompts/list"))
@@ -364,17 +231,12 @@ async fn a_fresh_server_prints_a_key_once_or_accepts_the_configured_one() {
         .unwrap()
         .status();
     assert_eq!(status, StatusCode::OK);
-    third.kill().unwrap();
-    third.wait().unwrap();
+    drop(third);
 }
 
 #[test]
 fn bad_settings_fail_at_once_with_one_clear_line() {
-    let out = Command::new(BIN)
-        .args(["migrate"])
-        .env("DATABASE_URL", "mysql://nope")
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["migrate"]).env("DATABASE_URL", "mysql://nope").output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -389,14 +251,8 @@ fn bad_settings_fail_at_once_with_one_clear_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.trim().lines().last().unwrap();
-    assert!(
-        last.starts_with("error: cannot connect to the database"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("hunter2"),
-        "the password is not printed: {err}"
-    );
+    assert!(last.starts_with("error: cannot connect to the database"), "{err}");
+    assert!(!err.contains("hunter2"), "the password is not printed: {err}");
 
     let out = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])

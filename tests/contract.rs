@@ -45,25 +45,14 @@ fn every_upstream_operation_we_document_is_identical_to_the_upstream() {
     let (ours, upstream) = (ours(), upstream());
     let mut compared = 0;
     for (path, method, op) in operations(&ours) {
-        let internal = op["tags"]
-            .as_array()
-            .is_some_and(|t| t.contains(&Value::from("internal")));
+        let internal = op["tags"].as_array().is_some_and(|t| t.contains(&Value::from("internal")));
         let theirs = &upstream["paths"][&path][&method];
         if internal {
-            assert!(
-                theirs.is_null(),
-                "{method} {path} is upstream's, not internal"
-            );
-            assert!(
-                !path.starts_with("/v1/"),
-                "internal operations stay outside /v1: {path}"
-            );
+            assert!(theirs.is_null(), "{method} {path} is upstream's, not internal");
+            assert!(!path.starts_with("/v1/"), "internal operations stay outside /v1: {path}");
             continue;
         }
-        assert!(
-            !theirs.is_null(),
-            "{method} {path} is neither upstream's nor tagged internal"
-        );
+        assert!(!theirs.is_null(), "{method} {path} is neither upstream's nor tagged internal");
         assert_eq!(&op, theirs, "{method} {path} differs from the upstream");
         compared += 1;
     }
@@ -75,23 +64,15 @@ fn every_schema_is_the_upstream_schema_and_every_reference_resolves() {
     let (ours, upstream) = (ours(), upstream());
     let schemas = ours["components"]["schemas"].as_object().unwrap();
     for (name, schema) in schemas {
-        assert_eq!(
-            schema, &upstream["components"]["schemas"][name],
-            "schema {name} differs from the upstream"
-        );
+        assert_eq!(schema, &upstream["components"]["schemas"][name], "schema {name} differs from the upstream");
     }
     let mut found = BTreeSet::new();
     refs(&ours, &mut found);
     for r in found {
-        let name = r
-            .strip_prefix("#/components/schemas/")
-            .expect("local schema references");
+        let name = r.strip_prefix("#/components/schemas/").expect("local schema references");
         assert!(schemas.contains_key(name), "{r} does not resolve");
     }
-    assert_eq!(
-        ours["components"]["securitySchemes"],
-        upstream["components"]["securitySchemes"]
-    );
+    assert_eq!(ours["components"]["securitySchemes"], upstream["components"]["securitySchemes"]);
 }
 
 #[tokio::test]
@@ -105,11 +86,7 @@ async fn every_documented_operation_is_routed_and_guarded() {
         let res = app.request(method.clone(), &path, None, None).await;
         let status = res.status();
         if secured {
-            assert_eq!(
-                status,
-                StatusCode::UNAUTHORIZED,
-                "{method} {path} without a key"
-            );
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} without a key");
         } else {
             assert!(status.is_success(), "{method} {path}: {status}");
         }

@@ -19,8 +19,8 @@ use super::paging::{ListQuery, Page};
 use super::spec::spec;
 use crate::domain::agents::{check_dials, Reference, REFERENCES};
 use crate::domain::documents::{
-    apply_update, Resource, ACCOUNT_CONNECTIONS, ACTIONS, AGENTS, PROMPTS, SORT_COLUMNS,
-    VECTOR_DATABASES, VOICES, WEBHOOKS,
+    apply_update, Resource, ACCOUNT_CONNECTIONS, ACTIONS, AGENTS, PROMPTS, SORT_COLUMNS, VECTOR_DATABASES, VOICES,
+    WEBHOOKS,
 };
 use crate::error::{ApiError, Issue, Loc, Result};
 use crate::store::records::{self, Record};
@@ -52,15 +52,7 @@ async fn list_agents(
 ) -> Result<Json<Page<Value>>> {
     let req = q.check(SORT_COLUMNS)?;
     let mut handle = state.store.read().await?;
-    let rows = records::list(
-        handle.conn(),
-        AGENTS.table,
-        caller.user_id,
-        req.sort,
-        req.limit(),
-        req.offset(),
-    )
-    .await?;
+    let rows = records::list(handle.conn(), AGENTS.table, caller.user_id, req.sort, req.limit(), req.offset()).await?;
     let total = records::count(handle.conn(), AGENTS.table, caller.user_id).await?;
     let items = rows
         .into_iter()
@@ -75,14 +67,7 @@ async fn create(
     ValidJson(params): ValidJson<Value>,
 ) -> Result<Json<Value>> {
     let mut tx = state.store.begin().await?;
-    let agent = create_agent(
-        &state,
-        &mut tx,
-        caller.user_id,
-        params,
-        &[Loc::from("body")],
-    )
-    .await?;
+    let agent = create_agent(&state, &mut tx, caller.user_id, params, &[Loc::from("body")]).await?;
     let view = agent_view(&state, &mut tx, &agent).await?;
     tx.commit().await?;
     Ok(Json(view))
@@ -136,16 +121,7 @@ pub async fn create_agent(
 ) -> Result<Document> {
     for (field, reference) in REFERENCES {
         let value = params.get(*field).cloned().unwrap_or(Value::Null);
-        params[*field] = resolve(
-            state,
-            tx,
-            user_id,
-            *reference,
-            None,
-            value,
-            &at(loc, *field),
-        )
-        .await?;
+        params[*field] = resolve(state, tx, user_id, *reference, None, value, &at(loc, *field)).await?;
     }
     let actions = params.get("actions").cloned().unwrap_or(json!([]));
     params["actions"] = resolve_actions(state, tx, user_id, actions, &at(loc, "actions")).await?;
@@ -171,9 +147,7 @@ pub async fn update_agent(
     loc: &[Loc],
 ) -> Result<Document> {
     let Value::Object(patch) = patch else {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "agent update is not an object"
-        )));
+        return Err(ApiError::Internal(anyhow::anyhow!("agent update is not an object")));
     };
     let mut body = agent.clear.clone();
     for (field, value) in patch {
@@ -181,21 +155,8 @@ pub async fn update_agent(
         let new_value = if field == "actions" {
             resolve_actions(state, tx, agent.record.user_id, value, &field_loc).await?
         } else if let Some((_, reference)) = REFERENCES.iter().find(|(f, _)| *f == field) {
-            let current = body
-                .get(&field)
-                .and_then(Value::as_str)
-                .map(parse_id)
-                .transpose()?;
-            resolve(
-                state,
-                tx,
-                agent.record.user_id,
-                *reference,
-                current,
-                value,
-                &field_loc,
-            )
-            .await?
+            let current = body.get(&field).and_then(Value::as_str).map(parse_id).transpose()?;
+            resolve(state, tx, agent.record.user_id, *reference, current, value, &field_loc).await?
         } else {
             value
         };
@@ -204,16 +165,8 @@ pub async fn update_agent(
     save_agent(tx, agent.record, body, loc, false).await
 }
 
-async fn save_agent(
-    tx: &mut Tx,
-    mut record: Record,
-    mut body: Value,
-    loc: &[Loc],
-    is_new: bool,
-) -> Result<Document> {
-    spec()
-        .complete(AGENTS.params_schema, &mut body, loc.to_vec())
-        .map_err(ApiError::Validation)?;
+async fn save_agent(tx: &mut Tx, mut record: Record, mut body: Value, loc: &[Loc], is_new: bool) -> Result<Document> {
+    spec().complete(AGENTS.params_schema, &mut body, loc.to_vec()).map_err(ApiError::Validation)?;
     let issues = check_dials(&body, loc);
     if !issues.is_empty() {
         return Err(ApiError::Validation(issues));
@@ -225,11 +178,7 @@ async fn save_agent(
     } else {
         records::update(tx.conn(), AGENTS.table, &record).await?;
     }
-    Ok(Document {
-        record,
-        clear: body,
-        reveal: false,
-    })
+    Ok(Document { record, clear: body, reveal: false })
 }
 
 /// One reference of an agent, as the id the agent will store (or null):
@@ -264,26 +213,14 @@ async fn resolve(
             let doc = create_document(state, tx, res, user_id, params, loc).await?;
             Ok(Value::String(doc.record.id.to_string()))
         }
-        other => Err(ApiError::Internal(anyhow::anyhow!(
-            "unexpected reference {other}"
-        ))),
+        other => Err(ApiError::Internal(anyhow::anyhow!("unexpected reference {other}"))),
     }
 }
 
-async fn check_reference(
-    tx: &mut Tx,
-    user_id: Uuid,
-    reference: Reference,
-    id: Uuid,
-    loc: &[Loc],
-) -> Result<()> {
+async fn check_reference(tx: &mut Tx, user_id: Uuid, reference: Reference, id: Uuid, loc: &[Loc]) -> Result<()> {
     let res = resource(reference);
     let Some(record) = records::get(tx.conn(), res.table, user_id, id).await? else {
-        return Err(ApiError::invalid(Issue::new(
-            loc.to_vec(),
-            "not_found",
-            res.not_found(id),
-        )));
+        return Err(ApiError::invalid(Issue::new(loc.to_vec(), "not_found", res.not_found(id))));
     };
     if reference == Reference::OpenAiConnection && record.kind != "account_connection_openai" {
         return Err(ApiError::invalid(Issue::new(
@@ -304,22 +241,14 @@ async fn openai_connection_inline(
     fields: Map<String, Value>,
     loc: &[Loc],
 ) -> Result<Value> {
-    let given_id = fields
-        .get("id")
-        .and_then(Value::as_str)
-        .and_then(|s| Uuid::parse_str(s).ok());
+    let given_id = fields.get("id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
     if let Some(id) = given_id {
-        if records::get(tx.conn(), ACCOUNT_CONNECTIONS.table, user_id, id)
-            .await?
-            .is_some()
-        {
+        if records::get(tx.conn(), ACCOUNT_CONNECTIONS.table, user_id, id).await?.is_some() {
             check_reference(tx, user_id, Reference::OpenAiConnection, id, loc).await?;
             return Ok(Value::String(id.to_string()));
         }
     }
-    let key = fields["credentials"]["openai_api_key"]
-        .as_str()
-        .unwrap_or_default();
+    let key = fields["credentials"]["openai_api_key"].as_str().unwrap_or_default();
     if key.starts_with("********") {
         let mut key_loc = at(loc, "credentials");
         key_loc.push("openai_api_key".into());
@@ -334,13 +263,7 @@ async fn openai_connection_inline(
     Ok(Value::String(doc.record.id.to_string()))
 }
 
-async fn resolve_actions(
-    state: &AppState,
-    tx: &mut Tx,
-    user_id: Uuid,
-    actions: Value,
-    loc: &[Loc],
-) -> Result<Value> {
+async fn resolve_actions(state: &AppState, tx: &mut Tx, user_id: Uuid, actions: Value, loc: &[Loc]) -> Result<Value> {
     let Value::Array(items) = actions else {
         return Ok(json!([]));
     };
@@ -350,32 +273,17 @@ async fn resolve_actions(
         let id = match item {
             Value::String(id) => {
                 let id = parse_id(&id)?;
-                if records::get(tx.conn(), ACTIONS.table, user_id, id)
-                    .await?
-                    .is_none()
-                {
-                    return Err(ApiError::invalid(Issue::new(
-                        item_loc,
-                        "not_found",
-                        ACTIONS.not_found(id),
-                    )));
+                if records::get(tx.conn(), ACTIONS.table, user_id, id).await?.is_none() {
+                    return Err(ApiError::invalid(Issue::new(item_loc, "not_found", ACTIONS.not_found(id))));
                 }
                 id
             }
             Value::Object(fields) => {
                 // Inline params (or update params, which must then say everything a new action needs).
-                let params =
-                    apply_update(&ACTIONS, ACTIONS.table, &json!({}), Value::Object(fields));
-                create_document(state, tx, &ACTIONS, user_id, params, &item_loc)
-                    .await?
-                    .record
-                    .id
+                let params = apply_update(&ACTIONS, ACTIONS.table, &json!({}), Value::Object(fields));
+                create_document(state, tx, &ACTIONS, user_id, params, &item_loc).await?.record.id
             }
-            other => {
-                return Err(ApiError::Internal(anyhow::anyhow!(
-                    "unexpected action {other}"
-                )))
-            }
+            other => return Err(ApiError::Internal(anyhow::anyhow!("unexpected action {other}"))),
         };
         ids.push(Value::String(id.to_string()));
     }
@@ -396,21 +304,13 @@ pub async fn agent_view(state: &AppState, c: &mut impl Conn, agent: &Document) -
     }
     let ids: Vec<Uuid> = view["actions"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .filter_map(|s| Uuid::parse_str(s).ok())
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(Value::as_str).filter_map(|s| Uuid::parse_str(s).ok()).collect())
         .unwrap_or_default();
     let found = records::get_many(c.conn(), ACTIONS.table, user_id, &ids).await?;
     let mut actions = Vec::with_capacity(ids.len());
     for id in ids {
         let record = found.iter().find(|r| r.id == id).cloned().ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!(
-                "agent {} refers to a missing action {id}",
-                agent.record.id
-            ))
+            ApiError::Internal(anyhow::anyhow!("agent {} refers to a missing action {id}", agent.record.id))
         })?;
         actions.push(Document::open(state, &ACTIONS, record)?.view(&ACTIONS));
     }

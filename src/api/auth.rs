@@ -32,10 +32,7 @@ impl Authenticator {
     pub fn new(jwt_secret: Option<&str>, jwt_public_key_pem: Option<&str>) -> anyhow::Result<Self> {
         let mut jwt = Vec::new();
         if let Some(secret) = jwt_secret.filter(|s| !s.is_empty()) {
-            jwt.push((
-                DecodingKey::from_secret(secret.as_bytes()),
-                validation(Algorithm::HS256),
-            ));
+            jwt.push((DecodingKey::from_secret(secret.as_bytes()), validation(Algorithm::HS256)));
         }
         if let Some(pem) = jwt_public_key_pem.filter(|s| !s.is_empty()) {
             let pem = if pem.trim_start().starts_with("-----BEGIN") {
@@ -45,9 +42,8 @@ impl Authenticator {
                     anyhow::anyhow!("JWT_PUBLIC_KEY_PEM is neither a PEM key nor a readable file ({pem}): {err}")
                 })?
             };
-            let key = DecodingKey::from_rsa_pem(&pem).map_err(|err| {
-                anyhow::anyhow!("JWT_PUBLIC_KEY_PEM is not an RSA public key: {err}")
-            })?;
+            let key = DecodingKey::from_rsa_pem(&pem)
+                .map_err(|err| anyhow::anyhow!("JWT_PUBLIC_KEY_PEM is not an RSA public key: {err}"))?;
             jwt.push((key, validation(Algorithm::RS256)));
         }
         Ok(Authenticator { jwt })
@@ -59,38 +55,22 @@ impl Authenticator {
             return None;
         }
         let Ok(header) = jsonwebtoken::decode_header(token) else {
-            return Some(Err(ApiError::Unauthorized(
-                "The bearer token is not a well-formed JWT".into(),
-            )));
+            return Some(Err(ApiError::Unauthorized("The bearer token is not a well-formed JWT".into())));
         };
-        let Some((key, validation)) = self
-            .jwt
-            .iter()
-            .find(|(_, v)| v.algorithms.contains(&header.alg))
-        else {
-            return Some(Err(ApiError::Unauthorized(format!(
-                "Tokens signed with {:?} are not accepted",
-                header.alg
-            ))));
+        let Some((key, validation)) = self.jwt.iter().find(|(_, v)| v.algorithms.contains(&header.alg)) else {
+            return Some(Err(ApiError::Unauthorized(format!("Tokens signed with {:?} are not accepted", header.alg))));
         };
-        Some(
-            match jsonwebtoken::decode::<Claims>(token, key, validation) {
-                Ok(data) => Uuid::parse_str(&data.claims.sub).map_err(|_| {
-                    ApiError::Unauthorized(
-                        "The token's sub claim must be a user id (a UUID)".into(),
-                    )
-                }),
-                Err(err) => Err(ApiError::Unauthorized(
-                    match err.into_kind() {
-                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                            "The token has expired"
-                        }
-                        _ => "The token's signature or claims are invalid",
-                    }
-                    .into(),
-                )),
-            },
-        )
+        Some(match jsonwebtoken::decode::<Claims>(token, key, validation) {
+            Ok(data) => Uuid::parse_str(&data.claims.sub)
+                .map_err(|_| ApiError::Unauthorized("The token's sub claim must be a user id (a UUID)".into())),
+            Err(err) => Err(ApiError::Unauthorized(
+                match err.into_kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => "The token has expired",
+                    _ => "The token's signature or claims are invalid",
+                }
+                .into(),
+            )),
+        })
     }
 }
 
@@ -104,28 +84,22 @@ fn validation(alg: Algorithm) -> Validation {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::Unauthorized(
-                "Not authenticated: send Authorization: Bearer <your API key>".into(),
-            ));
+            return Err(ApiError::Unauthorized("Not authenticated: send Authorization: Bearer <your API key>".into()));
         };
         let value = value.to_str().unwrap_or_default().trim();
         let token = match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => {
                 return Err(ApiError::Unauthorized(
-                    "Invalid authentication credentials: the Authorization header must be 'Bearer <your API key>'".into(),
+                    "Invalid authentication credentials: the Authorization header must be 'Bearer <your API key>'"
+                        .into(),
                 ))
             }
         };
         if token.is_empty() {
-            return Err(ApiError::Unauthorized(
-                "Invalid authentication credentials: the bearer token is empty".into(),
-            ));
+            return Err(ApiError::Unauthorized("Invalid authentication credentials: the bearer token is empty".into()));
         }
         if let Some(verified) = state.auth.verify_jwt(token) {
             let user_id = verified?;

@@ -20,9 +20,7 @@ use crate::domain::call::Event;
 use crate::domain::documents::{ACCOUNT_CONNECTIONS, AGENTS};
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
-use crate::jobs::calls::{
-    apply, dispatch_key, new_call_row, twilio_credentials, NewCall, News, DISPATCH,
-};
+use crate::jobs::calls::{apply, dispatch_key, new_call_row, twilio_credentials, NewCall, News, DISPATCH};
 use crate::store::calls::{self as calls_store, CallRow};
 use crate::store::jobs::{self as jobs_store, Job, NewJob};
 use crate::store::records::{self, count_rows};
@@ -46,9 +44,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn user_call(c: &mut impl Conn, user_id: Uuid, id: Uuid) -> Result<CallRow> {
-    calls_store::get(c.conn(), user_id, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("Call {id} not found")))
+    calls_store::get(c.conn(), user_id, id).await?.ok_or_else(|| ApiError::NotFound(format!("Call {id} not found")))
 }
 
 async fn get_call(
@@ -68,18 +64,9 @@ async fn list_calls(
 ) -> Result<Json<Page<Value>>> {
     let req = q.check(SORT_COLUMNS)?;
     let mut handle = state.store.read().await?;
-    let rows = calls_store::list(
-        handle.conn(),
-        caller.user_id,
-        req.sort,
-        req.limit(),
-        req.offset(),
-    )
-    .await?;
+    let rows = calls_store::list(handle.conn(), caller.user_id, req.sort, req.limit(), req.offset()).await?;
     let total = count_rows(handle.conn(), "calls", caller.user_id).await?;
-    Ok(Json(
-        Page::new(&req, rows, total).map(|row| normalized_view(&row)),
-    ))
+    Ok(Json(Page::new(&req, rows, total).map(|row| normalized_view(&row))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,14 +122,11 @@ async fn create_call(
     let request_hash = Sha256::digest(serde_json::to_vec(&body).expect("JSON")).to_vec();
     if let Some(key) = &key {
         let mut handle = state.store.read().await?;
-        if let Some(seen) =
-            calls_store::find_idempotency_key(handle.conn(), caller.user_id, key).await?
-        {
+        if let Some(seen) = calls_store::find_idempotency_key(handle.conn(), caller.user_id, key).await? {
             return replay(&state, &mut handle, caller.user_id, seen, &request_hash).await;
         }
     }
-    let req: CreateCallRequest =
-        serde_json::from_value(body).map_err(|e| ApiError::Internal(e.into()))?;
+    let req: CreateCallRequest = serde_json::from_value(body).map_err(|e| ApiError::Internal(e.into()))?;
     let to = PhoneNumber::parse(&req.to_number)
         .map_err(|msg| ApiError::invalid(Issue::body(&["to_number"], "phone_number", msg)))?;
     let from = PhoneNumber::parse(&req.from_number)
@@ -157,10 +141,8 @@ async fn create_call(
             )));
         }
     }
-    let number = numbers::get(tx.conn(), caller.user_id, from.digits())
-        .await?
-        .filter(|n| n.active)
-        .ok_or_else(|| {
+    let number =
+        numbers::get(tx.conn(), caller.user_id, from.digits()).await?.filter(|n| n.active).ok_or_else(|| {
             ApiError::invalid(Issue::body(
                 &["from_number"],
                 "not_found",
@@ -168,25 +150,14 @@ async fn create_call(
             ))
         })?;
     let provider = Provider::parse(&number.telephony_provider).ok_or_else(|| {
-        ApiError::Internal(anyhow::anyhow!(
-            "number {} has provider {}",
-            number.id,
-            number.telephony_provider
-        ))
+        ApiError::Internal(anyhow::anyhow!("number {} has provider {}", number.id, number.telephony_provider))
     })?;
     let agent_loc = [Loc::from("body"), Loc::from("agent")];
     let agent_id = match req.agent {
         Value::String(id) => {
             let id = Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.into()))?;
-            if records::get(tx.conn(), AGENTS.table, caller.user_id, id)
-                .await?
-                .is_none()
-            {
-                return Err(ApiError::invalid(Issue::new(
-                    agent_loc.to_vec(),
-                    "not_found",
-                    AGENTS.not_found(id),
-                )));
+            if records::get(tx.conn(), AGENTS.table, caller.user_id, id).await?.is_none() {
+                return Err(ApiError::invalid(Issue::new(agent_loc.to_vec(), "not_found", AGENTS.not_found(id))));
             }
             id
         }
@@ -194,10 +165,7 @@ async fn create_call(
             if params.get("voice").is_none_or(Value::is_null) {
                 params["voice"] = default_voice();
             }
-            create_agent(&state, &mut tx, caller.user_id, params, &agent_loc)
-                .await?
-                .record
-                .id
+            create_agent(&state, &mut tx, caller.user_id, params, &agent_loc).await?.record.id
         }
     };
     let at = now();
@@ -222,15 +190,8 @@ async fn create_call(
     );
     calls_store::insert(tx.conn(), &row).await?;
     if let Some(key) = &key {
-        if let Some(seen) = calls_store::claim_idempotency_key(
-            tx.conn(),
-            caller.user_id,
-            key,
-            &request_hash,
-            row.id,
-            at,
-        )
-        .await?
+        if let Some(seen) =
+            calls_store::claim_idempotency_key(tx.conn(), caller.user_id, key, &request_hash, row.id, at).await?
         {
             // A concurrent request with the same key got there first.
             drop(tx);
@@ -247,7 +208,7 @@ async fn create_call(
         run_at: at,
         max_attempts: state.telephony.dispatch_max_attempts as i32,
     };
-    let lease = at + chrono::Duration::from_std(crate::jobs::LEASE).expect("small");
+    let lease = state.lease_until(at);
     let job_id = jobs_store::enqueue_claimed(tx.conn(), &job, at, &state.worker_id, lease).await?;
     tx.commit().await?;
     tracing::info!(call_id = %row.id, provider = provider.as_str(), "call created");
@@ -319,14 +280,9 @@ async fn get_recording(
         .ok_or_else(|| ApiError::NotFound(format!("Call {} has no recording", row.id)))?;
     let fetched = match Provider::parse(&row.telephony_provider) {
         Some(Provider::Twilio) => {
-            let creds = twilio_credentials(
-                &state,
-                &mut handle,
-                row.user_id,
-                row.telephony_account_connection_id,
-            )
-            .await
-            .map_err(carrier_error)?;
+            let creds = twilio_credentials(&state, &mut handle, row.user_id, row.telephony_account_connection_id)
+                .await
+                .map_err(carrier_error)?;
             drop(handle);
             state.telephony.twilio.fetch_recording(&creds, &url).await
         }
@@ -334,36 +290,21 @@ async fn get_recording(
             drop(handle);
             state.telephony.vonage.fetch_recording(&url).await
         }
-        None => {
-            return Err(ApiError::NotFound(format!(
-                "Call {} has no recording",
-                row.id
-            )))
-        }
+        None => return Err(ApiError::NotFound(format!("Call {} has no recording", row.id))),
     }
     .map_err(carrier_error)?;
-    let content_type = fetched
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("audio/mpeg")
-        .to_owned();
-    Ok((
-        [(header::CONTENT_TYPE, content_type)],
-        Body::from_stream(fetched.bytes_stream()),
-    )
-        .into_response())
+    let content_type =
+        fetched.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("audio/mpeg").to_owned();
+    Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(fetched.bytes_stream())).into_response())
 }
 
 /// How a carrier's failure reaches the client of a request that needed it.
 pub fn carrier_error(err: CarrierError) -> ApiError {
     match err {
-        CarrierError::Rejected(reason) => {
-            ApiError::BadRequest(format!("The carrier refused: {reason}"))
+        CarrierError::Rejected(reason) => ApiError::BadRequest(format!("The carrier refused: {reason}")),
+        CarrierError::Transient(reason) => {
+            ApiError::Unavailable(format!("The carrier is unavailable; try again shortly ({reason})"))
         }
-        CarrierError::Transient(reason) => ApiError::Unavailable(format!(
-            "The carrier is unavailable; try again shortly ({reason})"
-        )),
     }
 }
 
@@ -416,8 +357,7 @@ fn base_view(row: &CallRow) -> Value {
 /// `NormalizedCall`: times as epoch seconds, references as ids.
 pub fn normalized_view(row: &CallRow) -> Value {
     let mut view = base_view(row);
-    let epoch =
-        |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros() as f64 / 1e6);
+    let epoch = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros() as f64 / 1e6);
     view["start_time"] = json!(epoch(row.start_time));
     view["end_time"] = json!(epoch(row.end_time));
     view
@@ -426,9 +366,8 @@ pub fn normalized_view(row: &CallRow) -> Value {
 /// `Call`: times as ISO-8601 strings, the agent and the account connection in full.
 pub async fn call_view(state: &AppState, c: &mut impl Conn, row: &CallRow) -> Result<Value> {
     let mut view = base_view(row);
-    let iso = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    };
+    let iso =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     view["start_time"] = json!(iso(row.start_time));
     view["end_time"] = json!(iso(row.end_time));
     let agent = load(state, c.conn(), &AGENTS, row.user_id, row.agent_id).await?;

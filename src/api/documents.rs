@@ -15,8 +15,8 @@ use super::paging::{ListQuery, Page};
 use super::spec::spec;
 use crate::crypto::random_signing_secret;
 use crate::domain::documents::{
-    apply_update, render, seal, unseal, Resource, ACCOUNT_CONNECTIONS, ACTIONS, PROMPTS,
-    PROMPT_TEMPLATES, SORT_COLUMNS, VECTOR_DATABASES, VOICES, WEBHOOKS,
+    apply_update, render, seal, unseal, Resource, ACCOUNT_CONNECTIONS, ACTIONS, PROMPTS, PROMPT_TEMPLATES,
+    SORT_COLUMNS, VECTOR_DATABASES, VOICES, WEBHOOKS,
 };
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
@@ -25,43 +25,19 @@ use crate::store::{self, now, DbConn, Tx};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
-    [
-        &PROMPTS,
-        &VOICES,
-        &WEBHOOKS,
-        &VECTOR_DATABASES,
-        &ACCOUNT_CONNECTIONS,
-        &ACTIONS,
-    ]
-    .into_iter()
-    .fold(Router::new(), |router, res| {
-        router.merge(resource_router(res))
-    })
-    .route(
-        "/v1/account_connections/add_to_steering_pool",
-        post(add_to_steering_pool),
-    )
-    .route(
-        "/v1/account_connections/remove_from_steering_pool",
-        post(remove_from_steering_pool),
-    )
+    [&PROMPTS, &VOICES, &WEBHOOKS, &VECTOR_DATABASES, &ACCOUNT_CONNECTIONS, &ACTIONS]
+        .into_iter()
+        .fold(Router::new(), |router, res| router.merge(resource_router(res)))
+        .route("/v1/account_connections/add_to_steering_pool", post(add_to_steering_pool))
+        .route("/v1/account_connections/remove_from_steering_pool", post(remove_from_steering_pool))
 }
 
 fn resource_router(res: &'static Resource) -> Router<AppState> {
     let base = format!("/v1/{}", res.path);
     Router::new()
-        .route(
-            &base,
-            get(move |state, caller, query| get_one(res, state, caller, query)),
-        )
-        .route(
-            &format!("{base}/list"),
-            get(move |state, caller, query| list(res, state, caller, query)),
-        )
-        .route(
-            &format!("{base}/create"),
-            post(move |state, caller, body| create(res, state, caller, body)),
-        )
+        .route(&base, get(move |state, caller, query| get_one(res, state, caller, query)))
+        .route(&format!("{base}/list"), get(move |state, caller, query| list(res, state, caller, query)))
+        .route(&format!("{base}/create"), post(move |state, caller, body| create(res, state, caller, body)))
         .route(
             &format!("{base}/update"),
             post(move |state, caller, query, body| update(res, state, caller, query, body)),
@@ -83,30 +59,13 @@ pub struct Document {
 
 impl Document {
     pub fn open(state: &AppState, res: &Resource, record: Record) -> Result<Document> {
-        let clear = unseal(
-            res.table,
-            &record.kind,
-            record.body.0.clone(),
-            record.sealed.as_deref(),
-            &state.secrets,
-        )?;
-        Ok(Document {
-            record,
-            clear,
-            reveal: false,
-        })
+        let clear = unseal(res.table, &record.kind, record.body.0.clone(), record.sealed.as_deref(), &state.secrets)?;
+        Ok(Document { record, clear, reveal: false })
     }
 
     /// The document as the API shows it, secrets masked.
     pub fn view(&self, res: &Resource) -> Value {
-        render(
-            res.table,
-            &self.record.kind,
-            self.record.id,
-            self.record.user_id,
-            &self.clear,
-            self.reveal,
-        )
+        render(res.table, &self.record.kind, self.record.id, self.record.user_id, &self.clear, self.reveal)
     }
 }
 
@@ -129,20 +88,10 @@ async fn list(
 ) -> Result<Json<Page<Value>>> {
     let req = q.check(SORT_COLUMNS)?;
     let mut handle = state.store.read().await?;
-    let rows = records::list(
-        handle.conn(),
-        res.table,
-        caller.user_id,
-        req.sort,
-        req.limit(),
-        req.offset(),
-    )
-    .await?;
+    let rows = records::list(handle.conn(), res.table, caller.user_id, req.sort, req.limit(), req.offset()).await?;
     let total = records::count(handle.conn(), res.table, caller.user_id).await?;
-    let items = rows
-        .into_iter()
-        .map(|r| Document::open(&state, res, r).map(|d| d.view(res)))
-        .collect::<Result<Vec<_>>>()?;
+    let items =
+        rows.into_iter().map(|r| Document::open(&state, res, r).map(|d| d.view(res))).collect::<Result<Vec<_>>>()?;
     Ok(Json(Page::new(&req, items, total)))
 }
 
@@ -189,16 +138,8 @@ fn located(loc: &[Loc], path: &[&str]) -> Vec<Loc> {
 }
 
 /// One of the user's documents, or 404.
-pub async fn load(
-    state: &AppState,
-    c: DbConn<'_>,
-    res: &Resource,
-    user_id: Uuid,
-    id: Uuid,
-) -> Result<Document> {
-    let record = records::get(c, res.table, user_id, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(res.not_found(id)))?;
+pub async fn load(state: &AppState, c: DbConn<'_>, res: &Resource, user_id: Uuid, id: Uuid) -> Result<Document> {
+    let record = records::get(c, res.table, user_id, id).await?.ok_or_else(|| ApiError::NotFound(res.not_found(id)))?;
     Document::open(state, res, record)
 }
 
@@ -234,9 +175,7 @@ async fn save_document(
     mut body: Value,
     loc: &[Loc],
 ) -> Result<Document> {
-    spec()
-        .complete(res.params_schema, &mut body, loc.to_vec())
-        .map_err(ApiError::Validation)?;
+    spec().complete(res.params_schema, &mut body, loc.to_vec()).map_err(ApiError::Validation)?;
     let reveal = prepare(tx, res, record.user_id, &mut body, loc).await?;
     let is_new = record.kind.is_empty();
     record.kind = res.kind_of(&body);
@@ -249,22 +188,12 @@ async fn save_document(
     } else {
         records::update(tx.conn(), res.table, &record).await?;
     }
-    Ok(Document {
-        record,
-        clear: body,
-        reveal,
-    })
+    Ok(Document { record, clear: body, reveal })
 }
 
 /// The checks and normalizations a resource needs beyond its schema. Returns whether the
 /// server generated a secret that the response should reveal once.
-async fn prepare(
-    tx: &mut Tx,
-    res: &Resource,
-    user_id: Uuid,
-    body: &mut Value,
-    loc: &[Loc],
-) -> Result<bool> {
+async fn prepare(tx: &mut Tx, res: &Resource, user_id: Uuid, body: &mut Value, loc: &[Loc]) -> Result<bool> {
     let mut reveal = false;
     match res.table {
         Table::Webhooks => check_url(body, &["url"], loc)?,
@@ -284,12 +213,11 @@ async fn prepare(
             if let Some(pool) = body.get_mut("steering_pool").and_then(Value::as_array_mut) {
                 let mut seen: Vec<Value> = Vec::new();
                 for (i, n) in pool.iter().enumerate() {
-                    let digits =
-                        PhoneNumber::parse(n.as_str().unwrap_or_default()).map_err(|msg| {
-                            let mut at = located(loc, &["steering_pool"]);
-                            at.push(Loc::Index(i));
-                            ApiError::invalid(Issue::new(at, "phone_number", msg))
-                        })?;
+                    let digits = PhoneNumber::parse(n.as_str().unwrap_or_default()).map_err(|msg| {
+                        let mut at = located(loc, &["steering_pool"]);
+                        at.push(Loc::Index(i));
+                        ApiError::invalid(Issue::new(at, "phone_number", msg))
+                    })?;
                     let digits = Value::String(digits.digits().to_owned());
                     if !seen.contains(&digits) {
                         seen.push(digits);
@@ -309,8 +237,7 @@ fn check_url(body: &Value, path: &[&str], loc: &[Loc]) -> Result<()> {
     let Some(text) = value.and_then(Value::as_str) else {
         return Ok(());
     };
-    let ok = url::Url::parse(text)
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    let ok = url::Url::parse(text).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
     if ok {
         Ok(())
     } else {
@@ -323,23 +250,14 @@ fn check_url(body: &Value, path: &[&str], loc: &[Loc]) -> Result<()> {
 }
 
 /// A prompt refers to its template by id; an inline template is stored (or updated) first.
-async fn resolve_prompt_template(
-    tx: &mut Tx,
-    user_id: Uuid,
-    body: &mut Value,
-    loc: &[Loc],
-) -> Result<()> {
+async fn resolve_prompt_template(tx: &mut Tx, user_id: Uuid, body: &mut Value, loc: &[Loc]) -> Result<()> {
     let at = located(loc, &["prompt_template"]);
-    let not_found = |id: Uuid, at: Vec<Loc>| {
-        ApiError::invalid(Issue::new(at, "not_found", PROMPT_TEMPLATES.not_found(id)))
-    };
+    let not_found =
+        |id: Uuid, at: Vec<Loc>| ApiError::invalid(Issue::new(at, "not_found", PROMPT_TEMPLATES.not_found(id)));
     match body.get("prompt_template").cloned() {
         Some(Value::String(id)) => {
             let id = Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.into()))?;
-            if records::get(tx.conn(), Table::PromptTemplates, user_id, id)
-                .await?
-                .is_none()
-            {
+            if records::get(tx.conn(), Table::PromptTemplates, user_id, id).await?.is_none() {
                 return Err(not_found(id, at));
             }
         }
@@ -363,9 +281,7 @@ async fn resolve_prompt_template(
                 body: sqlx::types::Json(doc),
                 sealed: None,
             };
-            if let Some(existing) =
-                records::get_for_update(tx.conn(), Table::PromptTemplates, user_id, id).await?
-            {
+            if let Some(existing) = records::get_for_update(tx.conn(), Table::PromptTemplates, user_id, id).await? {
                 record.created_at = existing.created_at;
                 records::update(tx.conn(), Table::PromptTemplates, &record).await?;
             } else {
@@ -387,18 +303,10 @@ async fn resolve_prompt_template(
 }
 
 /// The full view of a document: for a prompt, with its template expanded.
-pub async fn full_view(
-    state: &AppState,
-    c: DbConn<'_>,
-    res: &Resource,
-    doc: &Document,
-) -> Result<Value> {
+pub async fn full_view(state: &AppState, c: DbConn<'_>, res: &Resource, doc: &Document) -> Result<Value> {
     let mut view = doc.view(res);
     if res.table == Table::Prompts {
-        if let Some(id) = view["prompt_template"]
-            .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok())
-        {
+        if let Some(id) = view["prompt_template"].as_str().and_then(|s| Uuid::parse_str(s).ok()) {
             let template = load(state, c, &PROMPT_TEMPLATES, doc.record.user_id, id).await?;
             view["prompt_template"] = template.view(&PROMPT_TEMPLATES);
         }
@@ -444,9 +352,7 @@ async fn change_steering_pool(
         .ok_or_else(|| ApiError::NotFound(res.not_found(id)))?;
     let current = Document::open(state, res, record)?;
     if current.record.kind != "account_connection_twilio" {
-        return Err(ApiError::BadRequest(
-            "Only Twilio account connections have a steering pool".into(),
-        ));
+        return Err(ApiError::BadRequest("Only Twilio account connections have a steering pool".into()));
     }
     let Some(number) = number else {
         return Err(ApiError::BadRequest(
@@ -455,19 +361,14 @@ async fn change_steering_pool(
     };
     let number = PhoneNumber::parse(&number)
         .map_err(|msg| ApiError::invalid(Issue::body(&["phone_number"], "phone_number", msg)))?;
-    let mut pool: Vec<Value> = current.clear["steering_pool"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let mut pool: Vec<Value> = current.clear["steering_pool"].as_array().cloned().unwrap_or_default();
     let entry = Value::String(number.digits().to_owned());
     let present = pool.contains(&entry);
     if add && !present {
         pool.push(entry);
     } else if !add {
         if !present {
-            return Err(ApiError::BadRequest(format!(
-                "{number} is not in this account connection's steering pool"
-            )));
+            return Err(ApiError::BadRequest(format!("{number} is not in this account connection's steering pool")));
         }
         pool.retain(|n| *n != entry);
     }

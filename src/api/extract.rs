@@ -13,16 +13,11 @@ use crate::error::{ApiError, Issue, Loc};
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-fn operation(
-    method: &Method,
-    matched: Option<&MatchedPath>,
-) -> Result<&'static Operation, ApiError> {
+fn operation(method: &Method, matched: Option<&MatchedPath>) -> Result<&'static Operation, ApiError> {
     let path = matched.map(MatchedPath::as_str).unwrap_or_default();
-    spec().operation(method, path).ok_or_else(|| {
-        ApiError::Internal(anyhow::anyhow!(
-            "no operation in openapi.yaml for {method} {path}"
-        ))
-    })
+    spec()
+        .operation(method, path)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no operation in openapi.yaml for {method} {path}")))
 }
 
 /// Query parameters, validated against the operation's `parameters`.
@@ -38,9 +33,8 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let op = operation(&parts.method, parts.extensions.get::<MatchedPath>())?;
         let query = parts.uri.query().unwrap_or_default();
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let pairs: Vec<(String, String)> =
+            form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         let mut values = Map::new();
         let mut issues = Vec::new();
         for param in op.params.iter().filter(|p| p.location == "query") {
@@ -71,14 +65,9 @@ where
         if !issues.is_empty() {
             return Err(ApiError::Validation(issues));
         }
-        serde_json::from_value(Value::Object(values))
-            .map(ValidQuery)
-            .map_err(|err| {
-                ApiError::Internal(anyhow::anyhow!(
-                    "validated query of {} does not deserialize: {err}",
-                    op.id
-                ))
-            })
+        serde_json::from_value(Value::Object(values)).map(ValidQuery).map_err(|err| {
+            ApiError::Internal(anyhow::anyhow!("validated query of {} does not deserialize: {err}", op.id))
+        })
     }
 }
 
@@ -95,31 +84,17 @@ where
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let op = operation(req.method(), req.extensions().get::<MatchedPath>())?;
         let Some(body_spec) = &op.body else {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "{} takes no request body in openapi.yaml",
-                op.id
-            )));
+            return Err(ApiError::Internal(anyhow::anyhow!("{} takes no request body in openapi.yaml", op.id)));
         };
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase);
+        let content_type =
+            req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
         let bytes = read_body(req).await?;
 
         let mut value = if bytes.iter().all(u8::is_ascii_whitespace) {
             if body_spec.required {
-                return Err(ApiError::invalid(Issue::new(
-                    vec!["body".into()],
-                    "missing",
-                    "Field required",
-                )));
+                return Err(ApiError::invalid(Issue::new(vec!["body".into()], "missing", "Field required")));
             }
-            body_spec
-                .schema
-                .get("default")
-                .cloned()
-                .unwrap_or(Value::Null)
+            body_spec.schema.get("default").cloned().unwrap_or(Value::Null)
         } else {
             if let Some(ct) = &content_type {
                 let essence = ct.split(';').next().unwrap_or_default().trim();
@@ -142,42 +117,32 @@ where
         if let Some(at) = find_nul(&value, &mut vec!["body".into()]) {
             return Err(ApiError::invalid(nul_issue(at)));
         }
-        spec()
-            .validate(&body_spec.schema, &mut value, vec!["body".into()])
-            .map_err(ApiError::Validation)?;
+        spec().validate(&body_spec.schema, &mut value, vec!["body".into()]).map_err(ApiError::Validation)?;
         serde_json::from_value(value).map(ValidJson).map_err(|err| {
-            ApiError::Internal(anyhow::anyhow!(
-                "validated body of {} does not deserialize: {err}",
-                op.id
-            ))
+            ApiError::Internal(anyhow::anyhow!("validated body of {} does not deserialize: {err}", op.id))
         })
     }
 }
 
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > BODY_LIMIT) {
         return Err(ApiError::PayloadTooLarge(BODY_LIMIT));
     }
-    axum::body::to_bytes(req.into_body(), BODY_LIMIT)
-        .await
-        .map_err(|err| {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-            let mut too_large = false;
-            while let Some(e) = source {
-                too_large |= e.is::<http_body_util::LengthLimitError>();
-                source = e.source();
-            }
-            if too_large {
-                ApiError::PayloadTooLarge(BODY_LIMIT)
-            } else {
-                ApiError::BadRequest(format!("could not read the request body: {err}"))
-            }
-        })
+    axum::body::to_bytes(req.into_body(), BODY_LIMIT).await.map_err(|err| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        let mut too_large = false;
+        while let Some(e) = source {
+            too_large |= e.is::<http_body_util::LengthLimitError>();
+            source = e.source();
+        }
+        if too_large {
+            ApiError::PayloadTooLarge(BODY_LIMIT)
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {err}"))
+        }
+    })
 }
 
 /// Where in the body a JSON syntax error is, as FastAPI reports it.
@@ -209,11 +174,7 @@ fn find_nul(value: &Value, loc: &mut Vec<Loc>) -> Option<Vec<Loc>> {
         }),
         Value::Object(map) => map.iter().find_map(|(k, v)| {
             loc.push(Loc::Field(k.clone()));
-            let found = if k.contains('\0') {
-                Some(loc.clone())
-            } else {
-                find_nul(v, loc)
-            };
+            let found = if k.contains('\0') { Some(loc.clone()) } else { find_nul(v, loc) };
             loc.pop();
             found
         }),
@@ -222,9 +183,5 @@ fn find_nul(value: &Value, loc: &mut Vec<Loc>) -> Option<Vec<Loc>> {
 }
 
 fn nul_issue(loc: Vec<Loc>) -> Issue {
-    Issue::new(
-        loc,
-        "string_nul",
-        "Input should not contain the NUL character (\\u0000)",
-    )
+    Issue::new(loc, "string_nul", "Input should not contain the NUL character (\\u0000)")
 }

@@ -45,52 +45,34 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     let router = match sandbox {
-        Some(sandbox) => {
-            router.nest_service("/sandbox", crate::telephony::sandbox::router(sandbox))
-        }
+        Some(sandbox) => router.nest_service("/sandbox", crate::telephony::sandbox::router(sandbox)),
         None => router,
     };
     router.layer(
         ServiceBuilder::new()
-            .layer(SetSensitiveRequestHeadersLayer::new([
-                header::AUTHORIZATION,
-            ]))
+            .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
             .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(make_span)
-                    .on_response(on_response),
-            )
+            .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+            .layer(axum::middleware::from_fn(crate::metrics::track))
             .layer(CatchPanicLayer::custom(on_panic)),
     )
 }
 
 /// Requests are logged by route, never by URI: query strings carry phone numbers.
 fn make_span(req: &Request<Body>) -> Span {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-        .unwrap_or("unmatched");
-    let request_id = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
+    let request_id = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
     tracing::info_span!("request", method = %req.method(), route, request_id)
 }
 
 fn on_response<B>(res: &Response<B>, latency: Duration, _span: &Span) {
-    tracing::info!(
-        status = res.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        "response"
-    );
+    tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "response");
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
@@ -104,18 +86,12 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(
-            json!({ "status": "ready", "carrier_mode": state.telephony.mode() }),
-        )),
+        Ok(Ok(())) => Ok(Json(json!({ "status": "ready", "carrier_mode": state.telephony.mode() }))),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check: the database does not answer");
-            Err(ApiError::Unavailable(
-                "Not ready: the database does not answer".into(),
-            ))
+            Err(ApiError::Unavailable("Not ready: the database does not answer".into()))
         }
-        Err(_) => Err(ApiError::Unavailable(
-            "Not ready: the database did not answer within 2 seconds".into(),
-        )),
+        Err(_) => Err(ApiError::Unavailable("Not ready: the database did not answer within 2 seconds".into())),
     }
 }
 
@@ -124,13 +100,29 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], BODY.as_str())
 }
 
+/// The Prometheus text format. The queue's depth and the calls under way are read at scrape time.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let at = crate::store::now();
+    if let Ok(mut handle) = state.store.read().await {
+        if let Ok((depth, oldest)) = crate::store::jobs::depth(handle.conn(), at).await {
+            ::metrics::gauge!("vocode_jobs_ready").set(depth as f64);
+            let age = oldest.map(|o| (at - o).num_milliseconds().max(0) as f64 / 1000.0).unwrap_or(0.0);
+            ::metrics::gauge!("vocode_jobs_oldest_ready_age_seconds").set(age);
+        }
+        if let Ok(counts) = crate::store::calls::active_counts(handle.conn()).await {
+            for status in ["not_started", "in_progress"] {
+                let n = counts.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);
+                ::metrics::gauge!("vocode_calls", "status" => status).set(n as f64);
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::handle().render())
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("Not Found".into())
 }
 
 async fn method_not_allowed() -> impl IntoResponse {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(json!({ "detail": "Method Not Allowed" })),
-    )
+    (StatusCode::METHOD_NOT_ALLOWED, Json(json!({ "detail": "Method Not Allowed" })))
 }

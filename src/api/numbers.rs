@@ -60,9 +60,7 @@ async fn get_number(
 ) -> Result<Json<Value>> {
     let number = q.parse()?;
     let mut handle = state.store.read().await?;
-    let row = numbers::get(handle.conn(), caller.user_id, number.digits())
-        .await?
-        .ok_or_else(|| not_found(&number))?;
+    let row = numbers::get(handle.conn(), caller.user_id, number.digits()).await?.ok_or_else(|| not_found(&number))?;
     Ok(Json(number_view(&state, &mut handle, &row).await?))
 }
 
@@ -73,18 +71,9 @@ async fn list_numbers(
 ) -> Result<Json<Page<Value>>> {
     let req = q.check(SORT_COLUMNS)?;
     let mut handle = state.store.read().await?;
-    let rows = numbers::list(
-        handle.conn(),
-        caller.user_id,
-        req.sort,
-        req.limit(),
-        req.offset(),
-    )
-    .await?;
+    let rows = numbers::list(handle.conn(), caller.user_id, req.sort, req.limit(), req.offset()).await?;
     let total = count_rows(handle.conn(), "phone_numbers", caller.user_id).await?;
-    Ok(Json(
-        Page::new(&req, rows, total).map(|row| normalized_view(&row)),
-    ))
+    Ok(Json(Page::new(&req, rows, total).map(|row| normalized_view(&row))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,42 +92,28 @@ async fn link_number(
     let number = PhoneNumber::parse(&req.phone_number)
         .map_err(|msg| ApiError::invalid(Issue::body(&["phone_number"], "phone_number", msg)))?;
     let mut tx = state.store.begin().await?;
-    let connection = records::get(
-        tx.conn(),
-        ACCOUNT_CONNECTIONS.table,
-        caller.user_id,
-        req.telephony_account_connection,
-    )
-    .await?
-    .ok_or_else(|| {
-        ApiError::invalid(Issue::body(
-            &["telephony_account_connection"],
-            "not_found",
-            ACCOUNT_CONNECTIONS.not_found(req.telephony_account_connection),
-        ))
-    })?;
+    let connection =
+        records::get(tx.conn(), ACCOUNT_CONNECTIONS.table, caller.user_id, req.telephony_account_connection)
+            .await?
+            .ok_or_else(|| {
+                ApiError::invalid(Issue::body(
+                    &["telephony_account_connection"],
+                    "not_found",
+                    ACCOUNT_CONNECTIONS.not_found(req.telephony_account_connection),
+                ))
+            })?;
     if connection.kind != "account_connection_twilio" {
         return Err(ApiError::invalid(Issue::body(
             &["telephony_account_connection"],
             "wrong_kind",
-            format!(
-                "Account connection {} is not a Twilio account connection",
-                connection.id
-            ),
+            format!("Account connection {} is not a Twilio account connection", connection.id),
         )));
     }
     ensure_available(&mut tx, caller.user_id, &number).await?;
     // The carrier is asked with no transaction open: the number must be the account's, and (unless
     // it only calls out) its voice webhook now points here.
     drop(tx);
-    let carrier_ref = point_number_here(
-        &state,
-        caller.user_id,
-        connection.id,
-        &number,
-        !req.outbound_only,
-    )
-    .await?;
+    let carrier_ref = point_number_here(&state, caller.user_id, connection.id, &number, !req.outbound_only).await?;
     let mut tx = state.store.begin().await?;
     ensure_available(&mut tx, caller.user_id, &number).await?;
     let agent = inbound_agent(
@@ -157,10 +132,7 @@ async fn link_number(
         user_id: caller.user_id,
         number: number.digits().to_owned(),
         active: true,
-        label: existing
-            .as_ref()
-            .map(|r| r.label.clone())
-            .unwrap_or_default(),
+        label: existing.as_ref().map(|r| r.label.clone()).unwrap_or_default(),
         outbound_only: req.outbound_only,
         example_context: existing.as_ref().and_then(|r| r.example_context.clone()),
         telephony_provider: "twilio".into(),
@@ -195,9 +167,7 @@ async fn point_number_here(
 ) -> Result<String> {
     let creds = {
         let mut handle = state.store.read().await?;
-        twilio_credentials(state, &mut handle, user_id, Some(connection_id))
-            .await
-            .map_err(carrier_error)?
+        twilio_credentials(state, &mut handle, user_id, Some(connection_id)).await.map_err(carrier_error)?
     };
     let t = &state.telephony;
     let sid = t
@@ -205,17 +175,10 @@ async fn point_number_here(
         .find_number(&creds, number)
         .await
         .map_err(carrier_error)?
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!("{number} is not a number of this Twilio account"))
-        })?;
+        .ok_or_else(|| ApiError::BadRequest(format!("{number} is not a number of this Twilio account")))?;
     if takes_calls {
         t.twilio
-            .configure_number(
-                &creds,
-                &sid,
-                Some(&t.twilio_voice_url()),
-                &t.twilio_status_url(),
-            )
+            .configure_number(&creds, &sid, Some(&t.twilio_voice_url()), &t.twilio_status_url())
             .await
             .map_err(carrier_error)?;
     }
@@ -237,16 +200,9 @@ async fn buy_number(
     caller: Caller,
     ValidJson(req): ValidJson<BuyRequest>,
 ) -> Result<Json<Value>> {
-    let area_code = req
-        .area_code
-        .as_deref()
-        .map(str::trim)
-        .filter(|a| !a.is_empty());
+    let area_code = req.area_code.as_deref().map(str::trim).filter(|a| !a.is_empty());
     if let Some(area) = area_code {
-        if area.len() != 3
-            || !area.bytes().all(|b| b.is_ascii_digit())
-            || area.starts_with(['0', '1'])
-        {
+        if area.len() != 3 || !area.bytes().all(|b| b.is_ascii_digit()) || area.starts_with(['0', '1']) {
             return Err(ApiError::invalid(Issue::body(
                 &["area_code"],
                 "area_code",
@@ -302,35 +258,16 @@ async fn buy_number(
         Provider::Twilio => {
             let creds = {
                 let mut handle = state.store.read().await?;
-                twilio_credentials(&state, &mut handle, caller.user_id, connection_id)
-                    .await
-                    .map_err(carrier_error)?
+                twilio_credentials(&state, &mut handle, caller.user_id, connection_id).await.map_err(carrier_error)?
             };
             t.twilio
-                .buy_number(
-                    &creds,
-                    area_code,
-                    Some(&t.twilio_voice_url()),
-                    &t.twilio_status_url(),
-                )
+                .buy_number(&creds, area_code, Some(&t.twilio_voice_url()), &t.twilio_status_url())
                 .await
                 .map_err(carrier_error)?
         }
-        Provider::Vonage => (
-            t.vonage
-                .buy_number(area_code)
-                .await
-                .map_err(carrier_error)?,
-            "US".to_owned(),
-        ),
+        Provider::Vonage => (t.vonage.buy_number(area_code).await.map_err(carrier_error)?, "US".to_owned()),
     };
-    let bought = Bought {
-        user_id: caller.user_id,
-        provider,
-        connection_id,
-        number,
-        carrier_ref,
-    };
+    let bought = Bought { user_id: caller.user_id, provider, connection_id, number, carrier_ref };
     match record_bought(&state, &bought, req.inbound_agent).await {
         Ok(view) => Ok(Json(view)),
         Err(err) => {
@@ -352,18 +289,13 @@ struct Bought {
     carrier_ref: String,
 }
 
-async fn record_bought(
-    state: &AppState,
-    bought: &Bought,
-    agent_value: Option<Value>,
-) -> Result<Value> {
+async fn record_bought(state: &AppState, bought: &Bought, agent_value: Option<Value>) -> Result<Value> {
     let mut tx = state.store.begin().await?;
     ensure_available(&mut tx, bought.user_id, &bought.number).await?;
     let agent_loc = [Loc::from("body"), Loc::from("inbound_agent")];
     let agent = inbound_agent(state, &mut tx, bought.user_id, agent_value, &agent_loc).await?;
     let at = now();
-    let existing =
-        numbers::get_for_update(tx.conn(), bought.user_id, bought.number.digits()).await?;
+    let existing = numbers::get_for_update(tx.conn(), bought.user_id, bought.number.digits()).await?;
     let row = NumberRow {
         id: existing.as_ref().map(|r| r.id).unwrap_or_else(Uuid::now_v7),
         user_id: bought.user_id,
@@ -403,11 +335,7 @@ async fn release(state: &AppState, bought: &Bought) -> Result<()> {
             };
             t.twilio.release_number(&creds, &bought.carrier_ref).await
         }
-        Provider::Vonage => {
-            t.vonage
-                .cancel_number(&bought.number, &bought.carrier_ref)
-                .await
-        }
+        Provider::Vonage => t.vonage.cancel_number(&bought.number, &bought.carrier_ref).await,
     };
     match released {
         Ok(()) => Ok(()),
@@ -421,17 +349,15 @@ async fn release(state: &AppState, bought: &Bought) -> Result<()> {
 }
 
 fn held_elsewhere(number: &PhoneNumber) -> ApiError {
-    ApiError::BadRequest(format!(
-        "Phone number {number} is already in use by another account"
-    ))
+    ApiError::BadRequest(format!("Phone number {number} is already in use by another account"))
 }
 
 /// A number can be linked when no account holds it active.
 async fn ensure_available(tx: &mut Tx, user_id: Uuid, number: &PhoneNumber) -> Result<()> {
     match numbers::active_holder(tx.conn(), number.digits()).await? {
-        Some(holder) if holder.user_id == user_id => Err(ApiError::BadRequest(format!(
-            "Phone number {number} is already linked to your account"
-        ))),
+        Some(holder) if holder.user_id == user_id => {
+            Err(ApiError::BadRequest(format!("Phone number {number} is already linked to your account")))
+        }
         Some(_) => Err(held_elsewhere(number)),
         None => Ok(()),
     }
@@ -447,36 +373,21 @@ async fn inbound_agent(
 ) -> Result<Option<Uuid>> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s == "default" => Ok(Some(
-            create_agent(state, tx, user_id, default_agent_params(), loc)
-                .await?
-                .record
-                .id,
-        )),
+        Some(Value::String(s)) if s == "default" => {
+            Ok(Some(create_agent(state, tx, user_id, default_agent_params(), loc).await?.record.id))
+        }
         Some(Value::String(s)) => {
             let id = Uuid::parse_str(&s).map_err(|e| ApiError::Internal(e.into()))?;
             check_agent(tx, user_id, id, loc).await?;
             Ok(Some(id))
         }
-        Some(params) => Ok(Some(
-            create_agent(state, tx, user_id, params, loc)
-                .await?
-                .record
-                .id,
-        )),
+        Some(params) => Ok(Some(create_agent(state, tx, user_id, params, loc).await?.record.id)),
     }
 }
 
 async fn check_agent(tx: &mut Tx, user_id: Uuid, id: Uuid, loc: &[Loc]) -> Result<()> {
-    if records::get(tx.conn(), AGENTS.table, user_id, id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::invalid(Issue::new(
-            loc.to_vec(),
-            "not_found",
-            AGENTS.not_found(id),
-        )));
+    if records::get(tx.conn(), AGENTS.table, user_id, id).await?.is_none() {
+        return Err(ApiError::invalid(Issue::new(loc.to_vec(), "not_found", AGENTS.not_found(id))));
     }
     Ok(())
 }
@@ -489,9 +400,8 @@ async fn update_number(
 ) -> Result<Json<Value>> {
     let number = q.parse()?;
     let mut tx = state.store.begin().await?;
-    let mut row = numbers::get_for_update(tx.conn(), caller.user_id, number.digits())
-        .await?
-        .ok_or_else(|| not_found(&number))?;
+    let mut row =
+        numbers::get_for_update(tx.conn(), caller.user_id, number.digits()).await?.ok_or_else(|| not_found(&number))?;
     if !row.active {
         return Err(ApiError::BadRequest(format!(
             "Phone number {number} is cancelled: link it again before updating it"
@@ -520,27 +430,21 @@ async fn update_number(
                         update_agent(&state, &mut tx, current, patch, &agent_loc).await?
                     }
                     None => {
-                        let params =
-                            apply_update(&AGENTS, AGENTS.table, &Value::Object(Map::new()), patch);
+                        let params = apply_update(&AGENTS, AGENTS.table, &Value::Object(Map::new()), patch);
                         create_agent(&state, &mut tx, caller.user_id, params, &agent_loc).await?
                     }
                 };
                 row.inbound_agent_id = Some(agent.record.id);
             }
             (other, value) => {
-                return Err(ApiError::Internal(anyhow::anyhow!(
-                    "unexpected update of {other}: {value}"
-                )));
+                return Err(ApiError::Internal(anyhow::anyhow!("unexpected update of {other}: {value}")));
             }
         }
     }
     row.updated_at = now();
     numbers::update(tx.conn(), &row).await?;
     let view = number_view(&state, &mut tx, &row).await?;
-    if was_outbound_only
-        && !row.outbound_only
-        && row.telephony_provider == Provider::Twilio.as_str()
-    {
+    if was_outbound_only && !row.outbound_only && row.telephony_provider == Provider::Twilio.as_str() {
         if let Some(connection_id) = row.telephony_account_connection_id {
             // The number takes calls now: point it here before the change is kept.
             point_number_here(&state, caller.user_id, connection_id, &number, true).await?;
@@ -557,9 +461,8 @@ async fn cancel_number(
 ) -> Result<Json<Value>> {
     let number = q.parse()?;
     let mut tx = state.store.begin().await?;
-    let mut row = numbers::get_for_update(tx.conn(), caller.user_id, number.digits())
-        .await?
-        .ok_or_else(|| not_found(&number))?;
+    let mut row =
+        numbers::get_for_update(tx.conn(), caller.user_id, number.digits()).await?.ok_or_else(|| not_found(&number))?;
     if row.active {
         if row.bought {
             // Released at the carrier first: a number that cannot be released stays active.
@@ -589,14 +492,9 @@ async fn cancel_number(
 /// `NormalizedPhoneNumber`: references as ids.
 fn normalized_view(row: &NumberRow) -> Value {
     let mut view = base_view(row);
-    view["inbound_agent"] = row
-        .inbound_agent_id
-        .map(|id| Value::String(id.to_string()))
-        .unwrap_or(Value::Null);
-    view["telephony_account_connection"] = row
-        .telephony_account_connection_id
-        .map(|id| Value::String(id.to_string()))
-        .unwrap_or(Value::Null);
+    view["inbound_agent"] = row.inbound_agent_id.map(|id| Value::String(id.to_string())).unwrap_or(Value::Null);
+    view["telephony_account_connection"] =
+        row.telephony_account_connection_id.map(|id| Value::String(id.to_string())).unwrap_or(Value::Null);
     view
 }
 
@@ -610,12 +508,7 @@ pub async fn number_view(state: &AppState, c: &mut impl Conn, row: &NumberRow) -
     if let Some(id) = row.telephony_account_connection_id {
         let record = records::get(c.conn(), ACCOUNT_CONNECTIONS.table, row.user_id, id)
             .await?
-            .ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!(
-                    "number {} refers to a missing connection",
-                    row.id
-                ))
-            })?;
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("number {} refers to a missing connection", row.id)))?;
         view["telephony_account_connection"] =
             Document::open(state, &ACCOUNT_CONNECTIONS, record)?.view(&ACCOUNT_CONNECTIONS);
     }

@@ -40,18 +40,10 @@ impl ListQuery {
     pub fn check(&self, columns: &[&'static str]) -> Result<PageRequest, ApiError> {
         let mut issues = Vec::new();
         if self.page < 1 {
-            issues.push(Issue::query(
-                "page",
-                "greater_than_equal",
-                "Input should be greater than or equal to 1",
-            ));
+            issues.push(Issue::query("page", "greater_than_equal", "Input should be greater than or equal to 1"));
         }
         if self.size < 1 {
-            issues.push(Issue::query(
-                "size",
-                "greater_than_equal",
-                "Input should be greater than or equal to 1",
-            ));
+            issues.push(Issue::query("size", "greater_than_equal", "Input should be greater than or equal to 1"));
         } else if self.size > MAX_PAGE_SIZE {
             issues.push(Issue::query(
                 "size",
@@ -65,20 +57,13 @@ impl ListQuery {
         };
         if column.is_none() {
             let allowed: Vec<String> = columns.iter().map(|c| format!("'{c}'")).collect();
-            issues.push(Issue::query(
-                "sort_column",
-                "enum",
-                format!("Input should be {}", allowed.join(", ")),
-            ));
+            issues.push(Issue::query("sort_column", "enum", format!("Input should be {}", allowed.join(", "))));
         }
         match column {
             Some(column) if issues.is_empty() => Ok(PageRequest {
                 page: self.page,
                 size: self.size,
-                sort: Sort {
-                    column,
-                    desc: self.sort_desc.unwrap_or(false),
-                },
+                sort: Sort { column, desc: self.sort_desc.unwrap_or(false) },
             }),
             _ => Err(ApiError::Validation(issues)),
         }
@@ -100,14 +85,7 @@ impl<T> Page<T> {
     pub fn new(req: &PageRequest, mut rows: Vec<T>, total: (i64, bool)) -> Self {
         let has_more = rows.len() as i64 > req.size;
         rows.truncate(req.size as usize);
-        Page {
-            items: rows,
-            page: req.page,
-            size: req.size,
-            has_more,
-            total: total.0,
-            total_is_estimated: total.1,
-        }
+        Page { items: rows, page: req.page, size: req.size, has_more, total: total.0, total_is_estimated: total.1 }
     }
 
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
@@ -127,33 +105,18 @@ mod tests {
     use super::*;
 
     fn q(page: i64, size: i64, sort: Option<&str>) -> ListQuery {
-        ListQuery {
-            page,
-            size,
-            sort_column: sort.map(str::to_owned),
-            sort_desc: None,
-        }
+        ListQuery { page, size, sort_column: sort.map(str::to_owned), sort_desc: None }
     }
 
     #[test]
     fn pages_sizes_and_sort_columns_are_checked() {
         let ok = q(2, 10, None).check(&["created_at", "id"]).unwrap();
-        assert_eq!(
-            (ok.offset(), ok.limit(), ok.sort.column),
-            (10, 11, "created_at")
-        );
-        let err = q(0, 101, Some("password"))
-            .check(&["created_at"])
-            .unwrap_err();
-        let ApiError::Validation(issues) = err else {
-            panic!()
-        };
+        assert_eq!((ok.offset(), ok.limit(), ok.sort.column), (10, 11, "created_at"));
+        let err = q(0, 101, Some("password")).check(&["created_at"]).unwrap_err();
+        let ApiError::Validation(issues) = err else { panic!() };
         assert_eq!(issues.len(), 3);
         assert!(issues[2].msg.contains("'created_at'"));
-        assert_eq!(
-            q(i64::MAX, 100, None).check(&["id"]).unwrap().offset(),
-            i64::MAX
-        );
+        assert_eq!(q(i64::MAX, 100, None).check(&["id"]).unwrap().offset(), i64::MAX);
     }
 
     #[test]

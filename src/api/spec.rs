@@ -57,9 +57,7 @@ impl ApiSpec {
     pub fn parse(yaml: &str) -> anyhow::Result<ApiSpec> {
         let document: Value = serde_norway::from_str(yaml)?;
         let mut operations = HashMap::new();
-        let paths = document["paths"]
-            .as_object()
-            .ok_or_else(|| anyhow::anyhow!("the document has no paths"))?;
+        let paths = document["paths"].as_object().ok_or_else(|| anyhow::anyhow!("the document has no paths"))?;
         for (path, item) in paths {
             let Some(item) = item.as_object() else {
                 continue;
@@ -87,10 +85,7 @@ impl ApiSpec {
                 operations.insert((method, path.clone()), Operation { id, params, body });
             }
         }
-        Ok(ApiSpec {
-            document,
-            operations,
-        })
+        Ok(ApiSpec { document, operations })
     }
 
     pub fn document(&self) -> &Value {
@@ -111,36 +106,20 @@ impl ApiSpec {
     }
 
     /// Checks `value` against `schema`, coercing and filling in declared defaults in place.
-    pub fn validate(
-        &self,
-        schema: &Value,
-        value: &mut Value,
-        loc: Vec<Loc>,
-    ) -> Result<(), Vec<Issue>> {
+    pub fn validate(&self, schema: &Value, value: &mut Value, loc: Vec<Loc>) -> Result<(), Vec<Issue>> {
         self.run(schema, value, loc, false)
     }
 
     /// Like [`validate`](Self::validate), and also gives every optional field that was left out
     /// its implicit value (null, an empty list, a nested object's defaults), so that a stored
     /// document has every field its response shape names.
-    pub fn complete(
-        &self,
-        schema_name: &str,
-        value: &mut Value,
-        loc: Vec<Loc>,
-    ) -> Result<(), Vec<Issue>> {
+    pub fn complete(&self, schema_name: &str, value: &mut Value, loc: Vec<Loc>) -> Result<(), Vec<Issue>> {
         let schema = Value::String(format!("{SCHEMA_PREFIX}{schema_name}"));
         let schema = Value::Object(Map::from_iter([("$ref".to_owned(), schema)]));
         self.run(&schema, value, loc, true)
     }
 
-    fn run(
-        &self,
-        schema: &Value,
-        value: &mut Value,
-        loc: Vec<Loc>,
-        fill: bool,
-    ) -> Result<(), Vec<Issue>> {
+    fn run(&self, schema: &Value, value: &mut Value, loc: Vec<Loc>, fill: bool) -> Result<(), Vec<Issue>> {
         let checker = Checker { spec: self, fill };
         let mut issues = Vec::new();
         let mut loc = loc;
@@ -224,14 +203,7 @@ impl Checker<'_> {
         }
     }
 
-    fn array(
-        &self,
-        schema: &Value,
-        value: &mut Value,
-        loc: &mut Vec<Loc>,
-        mode: Mode,
-        issues: &mut Vec<Issue>,
-    ) {
+    fn array(&self, schema: &Value, value: &mut Value, loc: &mut Vec<Loc>, mode: Mode, issues: &mut Vec<Issue>) {
         let Some(items) = value.as_array_mut() else {
             issues.push(issue(loc, "list_type", "Input should be a valid list"));
             return;
@@ -256,10 +228,7 @@ impl Checker<'_> {
     ) {
         let Some(object) = value.as_object_mut() else {
             let (kind, msg) = if model {
-                (
-                    "model_attributes_type",
-                    "Input should be a valid dictionary or object to extract fields from",
-                )
+                ("model_attributes_type", "Input should be a valid dictionary or object to extract fields from")
             } else {
                 ("dict_type", "Input should be a valid dictionary")
             };
@@ -318,18 +287,11 @@ impl Checker<'_> {
 
         match schema.get("additionalProperties") {
             Some(Value::Bool(false)) => {
-                let extra: Vec<String> = object
-                    .keys()
-                    .filter(|k| properties.is_none_or(|p| !p.contains_key(*k)))
-                    .cloned()
-                    .collect();
+                let extra: Vec<String> =
+                    object.keys().filter(|k| properties.is_none_or(|p| !p.contains_key(*k))).cloned().collect();
                 for key in extra {
                     loc.push(Loc::Field(key));
-                    issues.push(issue(
-                        loc,
-                        "extra_forbidden",
-                        "Extra inputs are not permitted",
-                    ));
+                    issues.push(issue(loc, "extra_forbidden", "Extra inputs are not permitted"));
                     loc.pop();
                 }
             }
@@ -344,19 +306,8 @@ impl Checker<'_> {
         }
     }
 
-    fn any_of(
-        &self,
-        branches: &[Value],
-        value: &mut Value,
-        loc: &mut Vec<Loc>,
-        mode: Mode,
-        issues: &mut Vec<Issue>,
-    ) {
-        let modes: &[Mode] = if mode == Mode::Strict {
-            &[Mode::Strict]
-        } else {
-            &[Mode::Strict, Mode::Lax]
-        };
+    fn any_of(&self, branches: &[Value], value: &mut Value, loc: &mut Vec<Loc>, mode: Mode, issues: &mut Vec<Issue>) {
+        let modes: &[Mode] = if mode == Mode::Strict { &[Mode::Strict] } else { &[Mode::Strict, Mode::Lax] };
         for &m in modes {
             for branch in branches {
                 let mut candidate = value.clone();
@@ -371,9 +322,7 @@ impl Checker<'_> {
         // No member fits: report the errors of the member whose JSON type the input has (the one
         // with the fewest errors), or say which types would do.
         let mut best: Option<Vec<Issue>> = None;
-        let exact = branches
-            .iter()
-            .any(|b| self.accepts_json_type(b, value, false));
+        let exact = branches.iter().any(|b| self.accepts_json_type(b, value, false));
         for branch in branches {
             if !self.accepts_json_type(branch, value, !exact) {
                 continue;
@@ -397,11 +346,7 @@ impl Checker<'_> {
                     }
                 }
                 let described: Vec<&str> = kinds.iter().map(|k| describe_kind(k)).collect();
-                issues.push(issue(
-                    loc,
-                    "union_type",
-                    format!("Input should be {}", join_or(&described)),
-                ));
+                issues.push(issue(loc, "union_type", format!("Input should be {}", join_or(&described))));
             }
         }
     }
@@ -416,16 +361,8 @@ impl Checker<'_> {
     ) {
         let property = discriminator["propertyName"].as_str().unwrap_or("type");
         let mapping = discriminator["mapping"].as_object();
-        let expected = || {
-            mapping
-                .map(|m| {
-                    m.keys()
-                        .map(|k| format!("'{k}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default()
-        };
+        let expected =
+            || mapping.map(|m| m.keys().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")).unwrap_or_default();
         let Some(object) = value.as_object() else {
             issues.push(issue(
                 loc,
@@ -438,17 +375,11 @@ impl Checker<'_> {
             issues.push(issue(
                 loc,
                 "union_tag_not_found",
-                format!(
-                    "Unable to extract tag using discriminator '{property}'; expected one of {}",
-                    expected()
-                ),
+                format!("Unable to extract tag using discriminator '{property}'; expected one of {}", expected()),
             ));
             return;
         };
-        let target = tag
-            .as_str()
-            .and_then(|t| mapping.and_then(|m| m.get(t)))
-            .and_then(Value::as_str);
+        let target = tag.as_str().and_then(|t| mapping.and_then(|m| m.get(t))).and_then(Value::as_str);
         match target {
             Some(r) => {
                 let schema = Value::Object(Map::from_iter([("$ref".to_owned(), Value::String(r.to_owned()))]));
@@ -474,23 +405,18 @@ impl Checker<'_> {
         let Some(branches) = schema.get("anyOf").and_then(Value::as_array) else {
             return false;
         };
-        let offers_undefined = branches.iter().any(|b| {
-            b.get("$ref").and_then(Value::as_str) == Some("#/components/schemas/Undefined")
-        });
+        let offers_undefined =
+            branches.iter().any(|b| b.get("$ref").and_then(Value::as_str) == Some("#/components/schemas/Undefined"));
         let offers_dict = branches.iter().any(|b| {
             let b = self.spec.resolve(b);
-            b.get("additionalProperties").is_some_and(Value::is_object)
-                && b.get("properties").is_none()
+            b.get("additionalProperties").is_some_and(Value::is_object) && b.get("properties").is_none()
         });
         offers_undefined && !offers_dict
     }
 
     fn implicit_default(&self, schema: &Value) -> Option<Value> {
         if let Some(branches) = schema.get("anyOf").and_then(Value::as_array) {
-            if branches
-                .iter()
-                .any(|b| b.get("type").and_then(Value::as_str) == Some("null"))
-            {
+            if branches.iter().any(|b| b.get("type").and_then(Value::as_str) == Some("null")) {
                 return Some(Value::Null);
             }
             return None;
@@ -504,14 +430,7 @@ impl Checker<'_> {
             if resolved.get("type").and_then(Value::as_str) == Some("object") {
                 let mut v = Value::Object(Map::new());
                 let mut found = Vec::new();
-                self.check(
-                    resolved,
-                    &mut v,
-                    &mut Vec::new(),
-                    Mode::Lax,
-                    true,
-                    &mut found,
-                );
+                self.check(resolved, &mut v, &mut Vec::new(), Mode::Lax, true, &mut found);
                 return found.is_empty().then_some(v);
             }
             return None;
@@ -579,11 +498,7 @@ fn string(schema: &Value, value: &mut Value, loc: &[Loc], issues: &mut Vec<Issue
     if schema.get("format").and_then(Value::as_str) == Some("uuid") {
         match uuid::Uuid::parse_str(s.trim()) {
             Ok(id) => *value = Value::String(id.hyphenated().to_string()),
-            Err(err) => issues.push(issue(
-                loc,
-                "uuid_parsing",
-                format!("Input should be a valid UUID, {err}"),
-            )),
+            Err(err) => issues.push(issue(loc, "uuid_parsing", format!("Input should be a valid UUID, {err}"))),
         }
     }
 }
@@ -625,9 +540,7 @@ fn number(value: &mut Value, loc: &[Loc], mode: Mode, issues: &mut Vec<Issue>) {
         Value::Number(_) => {}
         Value::String(s) if mode == Mode::Lax => match s.trim().parse::<f64>() {
             Ok(f) if f.is_finite() => {
-                *value = serde_json::Number::from_f64(f)
-                    .map(Value::Number)
-                    .unwrap_or(Value::Null)
+                *value = serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
             }
             _ => issues.push(issue(
                 loc,
@@ -656,11 +569,9 @@ fn boolean(value: &mut Value, loc: &[Loc], mode: Mode, issues: &mut Vec<Issue>) 
     };
     match parsed {
         Some(b) => *value = Value::Bool(b),
-        None if matches!(value, Value::String(_)) && mode == Mode::Lax => issues.push(issue(
-            loc,
-            "bool_parsing",
-            "Input should be a valid boolean, unable to interpret input",
-        )),
+        None if matches!(value, Value::String(_)) && mode == Mode::Lax => {
+            issues.push(issue(loc, "bool_parsing", "Input should be a valid boolean, unable to interpret input"))
+        }
         None => issues.push(issue(loc, "bool_type", "Input should be a valid boolean")),
     }
 }
@@ -679,11 +590,7 @@ fn choices(schema: &Value, value: &Value, loc: &[Loc], issues: &mut Vec<Issue>) 
         }
     } else if let Some(constant) = schema.get("const") {
         if constant != value {
-            issues.push(issue(
-                loc,
-                "literal_error",
-                format!("Input should be {}", quote(constant)),
-            ));
+            issues.push(issue(loc, "literal_error", format!("Input should be {}", quote(constant))));
         }
     }
 }
@@ -699,14 +606,9 @@ fn join_or<S: AsRef<str>>(items: &[S]) -> String {
     match items {
         [] => String::new(),
         [one] => one.as_ref().to_owned(),
-        [rest @ .., last] => format!(
-            "{} or {}",
-            rest.iter()
-                .map(AsRef::as_ref)
-                .collect::<Vec<_>>()
-                .join(", "),
-            last.as_ref()
-        ),
+        [rest @ .., last] => {
+            format!("{} or {}", rest.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(", "), last.as_ref())
+        }
     }
 }
 
@@ -736,17 +638,12 @@ mod tests {
     }
 
     fn locs(issues: &[Issue]) -> Vec<String> {
-        issues
-            .iter()
-            .map(|i| serde_json::to_string(&i.loc).unwrap())
-            .collect()
+        issues.iter().map(|i| serde_json::to_string(&i.loc).unwrap()).collect()
     }
 
     #[test]
     fn every_operation_of_the_document_is_indexed() {
-        let op = spec()
-            .operation(&Method::POST, "/v1/voices/create")
-            .unwrap();
+        let op = spec().operation(&Method::POST, "/v1/voices/create").unwrap();
         assert_eq!(op.id, "create_voice");
         assert!(op.body.as_ref().unwrap().required);
         let list = spec().operation(&Method::GET, "/v1/voices/list").unwrap();
@@ -756,23 +653,14 @@ mod tests {
 
     #[test]
     fn discriminated_unions_pick_the_variant_and_apply_its_defaults() {
-        let (v, issues) = body_issues(
-            "VoiceParamsRequest",
-            json!({"type": "voice_azure", "voice_name": "x"}),
-        );
+        let (v, issues) = body_issues("VoiceParamsRequest", json!({"type": "voice_azure", "voice_name": "x"}));
         assert!(issues.is_empty(), "{issues:?}");
-        assert_eq!(
-            v,
-            json!({"type": "voice_azure", "voice_name": "x", "pitch": 0, "rate": 15})
-        );
+        assert_eq!(v, json!({"type": "voice_azure", "voice_name": "x", "pitch": 0, "rate": 15}));
     }
 
     #[test]
     fn missing_fields_are_located_inside_the_variant() {
-        let (_, issues) = body_issues(
-            "ActionParamsRequest",
-            json!({"type": "action_transfer_call", "config": {}}),
-        );
+        let (_, issues) = body_issues("ActionParamsRequest", json!({"type": "action_transfer_call", "config": {}}));
         assert_eq!(locs(&issues), [r#"["body","config","phone_number"]"#]);
         assert_eq!(issues[0].kind, "missing");
     }
@@ -782,10 +670,7 @@ mod tests {
         let (_, issues) = body_issues("VoiceParamsRequest", json!({"type": "voice_nope"}));
         assert_eq!(issues[0].kind, "union_tag_invalid");
         assert!(issues[0].msg.contains("'voice_azure'"));
-        let (_, issues) = body_issues(
-            "WebhookParams",
-            json!({"subscriptions": ["event_nope"], "url": "https://x"}),
-        );
+        let (_, issues) = body_issues("WebhookParams", json!({"subscriptions": ["event_nope"], "url": "https://x"}));
         assert_eq!(locs(&issues), [r#"["body","subscriptions",0]"#]);
         assert_eq!(issues[0].kind, "enum");
     }
@@ -799,10 +684,8 @@ mod tests {
         assert!(issues.is_empty(), "{issues:?}");
         assert_eq!(v["stability"], json!(0.2));
         assert_eq!(v["optimize_streaming_latency"], json!(4));
-        let (_, issues) = body_issues(
-            "VoiceParamsRequest",
-            json!({"type": "voice_azure", "voice_name": 5, "pitch": 1.5}),
-        );
+        let (_, issues) =
+            body_issues("VoiceParamsRequest", json!({"type": "voice_azure", "voice_name": 5, "pitch": 1.5}));
         let kinds: Vec<&str> = issues.iter().map(|i| i.kind.as_str()).collect();
         assert_eq!(kinds, ["string_type", "int_from_float"]);
     }
@@ -826,27 +709,20 @@ mod tests {
         let mut v = json!(12);
         let issues = spec().validate(&schema, &mut v, vec![]).unwrap_err();
         assert_eq!(issues[0].kind, "union_type");
-        assert_eq!(
-            issues[0].msg,
-            "Input should be a valid UUID, an object or null"
-        );
+        assert_eq!(issues[0].msg, "Input should be a valid UUID, an object or null");
     }
 
     #[test]
     fn complete_fills_optional_fields() {
         let mut v = json!({"type": "action_end_conversation"});
-        spec()
-            .complete("ActionParamsRequest", &mut v, vec![])
-            .unwrap();
+        spec().complete("ActionParamsRequest", &mut v, vec![]).unwrap();
         assert_eq!(
             v,
             json!({"type": "action_end_conversation", "config": {},
                    "action_trigger": {"type": "action_trigger_function_call", "config": {}}})
         );
         let mut v = json!({"type": "voice_eleven_labs", "voice_id": "v"});
-        spec()
-            .complete("VoiceParamsRequest", &mut v, vec![])
-            .unwrap();
+        spec().complete("VoiceParamsRequest", &mut v, vec![]).unwrap();
         assert_eq!(v["stability"], Value::Null);
         assert_eq!(v["experimental_input_streaming"], json!(false));
     }

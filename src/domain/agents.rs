@@ -43,11 +43,7 @@ pub fn check_dials(agent: &Value, loc: &[Loc]) -> Vec<Issue> {
                 format!("Input should be greater than or equal to {low}"),
             ));
         } else if let Some(high) = high.filter(|h| v > *h) {
-            issues.push(Issue::new(
-                at(),
-                "less_than_equal",
-                format!("Input should be less than or equal to {high}"),
-            ));
+            issues.push(Issue::new(at(), "less_than_equal", format!("Input should be less than or equal to {high}")));
         }
     };
     range("conversation_speed", 0.5, Some(2.0));
@@ -76,19 +72,12 @@ mod tests {
     #[test]
     fn dials_outside_their_ranges_are_named() {
         let loc = vec![Loc::from("body")];
-        assert!(check_dials(
-            &json!({"conversation_speed": 1.0, "initial_message_delay": 0}),
-            &loc
-        )
-        .is_empty());
+        assert!(check_dials(&json!({"conversation_speed": 1.0, "initial_message_delay": 0}), &loc).is_empty());
         let issues = check_dials(
             &json!({"conversation_speed": 2.5, "initial_message_delay": -1, "idle_time_seconds": -5, "llm_temperature": 0.4}),
             &loc,
         );
-        let fields: Vec<String> = issues
-            .iter()
-            .map(|i| serde_json::to_string(&i.loc).unwrap())
-            .collect();
+        let fields: Vec<String> = issues.iter().map(|i| serde_json::to_string(&i.loc).unwrap()).collect();
         assert_eq!(
             fields,
             [
@@ -98,9 +87,7 @@ mod tests {
             ]
         );
         assert_eq!(issues[0].kind, "less_than_equal");
-        assert!(check_dials(&json!({"conversation_speed": 0.4}), &loc)[0]
-            .msg
-            .contains("0.5"));
+        assert!(check_dials(&json!({"conversation_speed": 0.4}), &loc)[0].msg.contains("0.5"));
         assert!(check_dials(&json!({"idle_time_seconds": null}), &loc).is_empty());
     }
 }

@@ -160,22 +160,13 @@ pub enum Effect {
 }
 
 /// The next state, and what to do about it. The same news twice changes nothing the second time.
-pub fn transition(
-    state: &CallState,
-    event: &Event,
-    now: DateTime<Utc>,
-) -> (CallState, Vec<Effect>) {
+pub fn transition(state: &CallState, event: &Event, now: DateTime<Utc>) -> (CallState, Vec<Effect>) {
     let mut next = state.clone();
     let mut effects = Vec::new();
     if state.is_final() {
         // The carrier's own duration of a call we ended is more exact than our clock's.
-        if let (
-            Event::Completed {
-                duration_seconds: Some(d),
-            },
-            Stage::PickedUp,
-            CallStatus::Ended,
-        ) = (event, state.stage, state.status)
+        if let (Event::Completed { duration_seconds: Some(d) }, Stage::PickedUp, CallStatus::Ended) =
+            (event, state.stage, state.status)
         {
             next.duration_seconds = Some(*d);
         }
@@ -190,8 +181,7 @@ pub fn transition(
     match event {
         Event::Accepted { telephony_id } => {
             start(&mut next);
-            next.telephony_id
-                .get_or_insert_with(|| telephony_id.clone());
+            next.telephony_id.get_or_insert_with(|| telephony_id.clone());
         }
         Event::Ringing => start(&mut next),
         Event::Answered => {
@@ -237,13 +227,7 @@ pub fn transition(
         }
         Event::NotAnswered | Event::Failed if next.stage != Stage::Created => {
             // The carrier's word for a call that did connect: treat it as its end.
-            return transition(
-                state,
-                &Event::Completed {
-                    duration_seconds: None,
-                },
-                now,
-            );
+            return transition(state, &Event::Completed { duration_seconds: None }, now);
         }
         Event::NotAnswered => {
             finish(&mut next, StageOutcome::HumanUnanswered, now, Some(0));
@@ -278,17 +262,11 @@ pub fn transition(
     (next, effects)
 }
 
-fn finish(
-    s: &mut CallState,
-    outcome: StageOutcome,
-    now: DateTime<Utc>,
-    carrier_duration: Option<i64>,
-) {
+fn finish(s: &mut CallState, outcome: StageOutcome, now: DateTime<Utc>, carrier_duration: Option<i64>) {
     s.status = CallStatus::Ended;
     s.stage_outcome = Some(outcome);
     s.end_time = Some(now);
-    s.duration_seconds =
-        carrier_duration.or_else(|| s.answered_at.map(|a| (now - a).num_seconds().max(0)));
+    s.duration_seconds = carrier_duration.or_else(|| s.answered_at.map(|a| (now - a).num_seconds().max(0)));
 }
 
 /// Minutes a call counts toward usage: its duration rounded up to a whole minute.
@@ -323,9 +301,7 @@ mod tests {
     }
 
     fn accepted() -> Event {
-        Event::Accepted {
-            telephony_id: "CA1".into(),
-        }
+        Event::Accepted { telephony_id: "CA1".into() }
     }
 
     /// The README's table, row by row, driven by the news that really produces each row.
@@ -336,55 +312,20 @@ mod tests {
         let rows: Vec<(Vec<Event>, Row)> = vec![
             (vec![], (NotStarted, Created, None)),
             (vec![accepted()], (InProgress, Created, None)),
+            (vec![accepted(), Event::Ringing], (InProgress, Created, None)),
+            (vec![accepted(), Event::Ringing, Event::Answered], (InProgress, PickedUp, None)),
             (
-                vec![accepted(), Event::Ringing],
-                (InProgress, Created, None),
-            ),
-            (
-                vec![accepted(), Event::Ringing, Event::Answered],
-                (InProgress, PickedUp, None),
-            ),
-            (
-                vec![
-                    accepted(),
-                    Event::Answered,
-                    Event::Completed {
-                        duration_seconds: Some(42),
-                    },
-                ],
+                vec![accepted(), Event::Answered, Event::Completed { duration_seconds: Some(42) }],
                 (Ended, PickedUp, Some(HumanDisconnected)),
             ),
             (
-                vec![
-                    accepted(),
-                    Event::Answered,
-                    Event::EndRequested,
-                    Event::Completed {
-                        duration_seconds: Some(9),
-                    },
-                ],
+                vec![accepted(), Event::Answered, Event::EndRequested, Event::Completed { duration_seconds: Some(9) }],
                 (Ended, PickedUp, Some(BotDisconnected)),
             ),
-            (
-                vec![accepted(), Event::Ringing, Event::NotAnswered],
-                (Ended, Created, Some(HumanUnanswered)),
-            ),
-            (
-                vec![accepted(), Event::Failed],
-                (Ended, Created, Some(CallDidNotConnect)),
-            ),
-            (
-                vec![Event::Refused {
-                    reason: "invalid To".into(),
-                }],
-                (Error, Created, Some(CallDidNotConnect)),
-            ),
-            (
-                vec![Event::GaveUp {
-                    reason: "timeout".into(),
-                }],
-                (Error, Created, Some(CallDidNotConnect)),
-            ),
+            (vec![accepted(), Event::Ringing, Event::NotAnswered], (Ended, Created, Some(HumanUnanswered))),
+            (vec![accepted(), Event::Failed], (Ended, Created, Some(CallDidNotConnect))),
+            (vec![Event::Refused { reason: "invalid To".into() }], (Error, Created, Some(CallDidNotConnect))),
+            (vec![Event::GaveUp { reason: "timeout".into() }], (Error, Created, Some(CallDidNotConnect))),
         ];
         for (events, expected) in rows {
             let (state, _) = run(fresh.clone(), &events);
@@ -396,13 +337,7 @@ mod tests {
     fn start_end_and_duration_are_recorded() {
         let (s, effects) = run(
             CallState::new(NoHumanAnswer::Continue),
-            &[
-                accepted(),
-                Event::Answered,
-                Event::Completed {
-                    duration_seconds: Some(15),
-                },
-            ],
+            &[accepted(), Event::Answered, Event::Completed { duration_seconds: Some(15) }],
         );
         assert_eq!(s.telephony_id.as_deref(), Some("CA1"));
         assert_eq!(s.start_time, Some(t(0)));
@@ -411,14 +346,8 @@ mod tests {
         assert_eq!(s.duration_seconds, Some(15));
         assert_eq!(effects, [Effect::Connected, Effect::EndedAfterPickUp]);
         // Without the carrier's duration, it is measured from the answer.
-        let (s, _) = run(
-            CallState::new(NoHumanAnswer::Continue),
-            &[accepted(), Event::Answered, Event::Failed],
-        );
-        assert_eq!(
-            (s.stage_outcome, s.duration_seconds),
-            (Some(HumanDisconnected), Some(10))
-        );
+        let (s, _) = run(CallState::new(NoHumanAnswer::Continue), &[accepted(), Event::Answered, Event::Failed]);
+        assert_eq!((s.stage_outcome, s.duration_seconds), (Some(HumanDisconnected), Some(10)));
     }
 
     #[test]
@@ -429,9 +358,7 @@ mod tests {
                 accepted(),
                 Event::Answered,
                 Event::MachineDetection(HumanDetection::NoHuman),
-                Event::Completed {
-                    duration_seconds: Some(4),
-                },
+                Event::Completed { duration_seconds: Some(4) },
             ],
         );
         assert_eq!(summary(&s), (Ended, PickedUp, Some(HumanUnanswered)));
@@ -445,20 +372,14 @@ mod tests {
                 accepted(),
                 Event::Answered,
                 Event::MachineDetection(HumanDetection::NoHuman),
-                Event::Completed {
-                    duration_seconds: Some(4),
-                },
+                Event::Completed { duration_seconds: Some(4) },
             ],
         );
         assert_eq!(summary(&s), (Ended, PickedUp, Some(HumanDisconnected)));
         assert!(!effects.contains(&Effect::HangUp));
         let (_, effects) = run(
             CallState::new(NoHumanAnswer::Hangup),
-            &[
-                accepted(),
-                Event::Answered,
-                Event::MachineDetection(HumanDetection::Human),
-            ],
+            &[accepted(), Event::Answered, Event::MachineDetection(HumanDetection::Human)],
         );
         assert!(!effects.contains(&Effect::HangUp));
     }
@@ -467,13 +388,7 @@ mod tests {
     fn it_never_moves_backwards_and_repeats_change_nothing() {
         let done = run(
             CallState::new(NoHumanAnswer::Continue),
-            &[
-                accepted(),
-                Event::Answered,
-                Event::Completed {
-                    duration_seconds: Some(30),
-                },
-            ],
+            &[accepted(), Event::Answered, Event::Completed { duration_seconds: Some(30) }],
         )
         .0;
         for late in [
@@ -484,28 +399,18 @@ mod tests {
             Event::Failed,
             Event::EndRequested,
             Event::MachineDetection(HumanDetection::Human),
-            Event::Completed {
-                duration_seconds: Some(30),
-            },
+            Event::Completed { duration_seconds: Some(30) },
         ] {
             let (after, effects) = transition(&done, &late, t(1000));
             assert_eq!(after, done, "{late:?} after the end");
             assert!(effects.is_empty());
         }
-        let answered = run(
-            CallState::new(NoHumanAnswer::Continue),
-            &[accepted(), Event::Answered],
-        )
-        .0;
+        let answered = run(CallState::new(NoHumanAnswer::Continue), &[accepted(), Event::Answered]).0;
         let (after, effects) = transition(&answered, &Event::Ringing, t(500));
         assert_eq!(after, answered, "a late ringing after the answer");
         assert!(effects.is_empty());
         let (again, effects) = transition(&answered, &Event::Answered, t(500));
-        assert_eq!(
-            (again, effects),
-            (answered.clone(), vec![]),
-            "answered twice"
-        );
+        assert_eq!((again, effects), (answered.clone(), vec![]), "answered twice");
         let (first, e1) = transition(&answered, &Event::EndRequested, t(600));
         let (second, e2) = transition(&first, &Event::EndRequested, t(700));
         assert_eq!((e1, e2.len(), second), (vec![Effect::HangUp], 0, first));
@@ -515,28 +420,11 @@ mod tests {
     fn the_carriers_duration_of_a_call_we_ended_is_kept() {
         let ended = run(
             CallState::new(NoHumanAnswer::Continue),
-            &[
-                accepted(),
-                Event::Answered,
-                Event::EndRequested,
-                Event::Completed {
-                    duration_seconds: None,
-                },
-            ],
+            &[accepted(), Event::Answered, Event::EndRequested, Event::Completed { duration_seconds: None }],
         )
         .0;
-        assert_eq!(
-            ended.duration_seconds,
-            Some(20),
-            "answered at 10 s, ended at 30 s"
-        );
-        let (after, effects) = transition(
-            &ended,
-            &Event::Completed {
-                duration_seconds: Some(14),
-            },
-            t(99),
-        );
+        assert_eq!(ended.duration_seconds, Some(20), "answered at 10 s, ended at 30 s");
+        let (after, effects) = transition(&ended, &Event::Completed { duration_seconds: Some(14) }, t(99));
         assert_eq!(
             (after.duration_seconds, after.stage_outcome, after.end_time),
             (Some(14), ended.stage_outcome, ended.end_time)
@@ -549,34 +437,18 @@ mod tests {
         // `completed` (with a duration) arrives before `in-progress`.
         let (s, effects) = run(
             CallState::new(NoHumanAnswer::Continue),
-            &[
-                accepted(),
-                Event::Completed {
-                    duration_seconds: Some(12),
-                },
-                Event::Answered,
-            ],
+            &[accepted(), Event::Completed { duration_seconds: Some(12) }, Event::Answered],
         );
         assert_eq!(summary(&s), (Ended, PickedUp, Some(HumanDisconnected)));
         assert_eq!(effects, [Effect::Connected, Effect::EndedAfterPickUp]);
-        let (s, _) = run(
-            CallState::new(NoHumanAnswer::Continue),
-            &[
-                accepted(),
-                Event::Completed {
-                    duration_seconds: Some(0),
-                },
-            ],
-        );
+        let (s, _) =
+            run(CallState::new(NoHumanAnswer::Continue), &[accepted(), Event::Completed { duration_seconds: Some(0) }]);
         assert_eq!(summary(&s), (Ended, Created, Some(HumanUnanswered)));
     }
 
     #[test]
     fn ending_a_call_that_was_never_placed() {
-        let (s, effects) = run(
-            CallState::new(NoHumanAnswer::Continue),
-            &[Event::EndRequested],
-        );
+        let (s, effects) = run(CallState::new(NoHumanAnswer::Continue), &[Event::EndRequested]);
         assert_eq!(summary(&s), (Ended, Created, Some(CallDidNotConnect)));
         assert!(effects.contains(&Effect::CancelDispatch));
         // …and a carrier that answers afterwards changes nothing.
@@ -590,9 +462,6 @@ mod tests {
 
     #[test]
     fn minutes_round_up() {
-        assert_eq!(
-            [0, 1, 59, 60, 61, 3600].map(billable_minutes),
-            [0, 1, 1, 1, 2, 60]
-        );
+        assert_eq!([0, 1, 59, 60, 61, 3600].map(billable_minutes), [0, 1, 1, 1, 2, 60]);
     }
 }

@@ -101,12 +101,8 @@ impl Resource {
 /// Where a document of this table and kind keeps its secrets.
 pub fn secret_paths(table: Table, kind: &str) -> &'static [&'static [&'static str]] {
     match (table, kind) {
-        (Table::AccountConnections, "account_connection_twilio") => {
-            &[&["credentials", "twilio_auth_token"]]
-        }
-        (Table::AccountConnections, "account_connection_openai") => {
-            &[&["credentials", "openai_api_key"]]
-        }
+        (Table::AccountConnections, "account_connection_twilio") => &[&["credentials", "twilio_auth_token"]],
+        (Table::AccountConnections, "account_connection_openai") => &[&["credentials", "openai_api_key"]],
         (Table::VectorDatabases, _) => &[&["api_key"]],
         (Table::Voices, "voice_eleven_labs" | "voice_play_ht") => &[&["api_key"]],
         (Table::Actions, "action_external") => &[&["config", "signature_secret"]],
@@ -139,8 +135,7 @@ pub fn seal(table: Table, kind: &str, mut body: Value, secrets: &SecretBox) -> S
             }
         }
     }
-    let sealed = (!found.is_empty())
-        .then(|| secrets.seal(&serde_json::to_vec(&Value::Object(found)).expect("JSON")));
+    let sealed = (!found.is_empty()).then(|| secrets.seal(&serde_json::to_vec(&Value::Object(found)).expect("JSON")));
     Sealed { body, sealed }
 }
 
@@ -157,9 +152,7 @@ pub fn unseal(
     };
     let opened: Map<String, Value> = serde_json::from_slice(&secrets.open(sealed)?)?;
     for path in secret_paths(table, kind) {
-        if let (Some(secret), Some(slot)) =
-            (opened.get(&path.join(".")), get_path_mut(&mut body, path))
-        {
+        if let (Some(secret), Some(slot)) = (opened.get(&path.join(".")), get_path_mut(&mut body, path)) {
             *slot = secret.clone();
         }
     }
@@ -168,14 +161,7 @@ pub fn unseal(
 
 /// How a stored document is shown: `id` and `user_id` first, then its fields, with secrets
 /// masked (a stored document holds no secrets, so the masks are made from the sealed values).
-pub fn render(
-    table: Table,
-    kind: &str,
-    id: Uuid,
-    user_id: Uuid,
-    clear_body: &Value,
-    reveal: bool,
-) -> Value {
+pub fn render(table: Table, kind: &str, id: Uuid, user_id: Uuid, clear_body: &Value, reveal: bool) -> Value {
     let mut out = Map::new();
     out.insert("id".into(), Value::String(id.to_string()));
     out.insert("user_id".into(), Value::String(user_id.to_string()));
@@ -201,16 +187,9 @@ pub fn render(
 /// A secret sent back as its own mask keeps the stored secret.
 pub fn apply_update(resource: &Resource, table: Table, current: &Value, update: Value) -> Value {
     let current_kind = resource.kind_of(current);
-    let same_kind = !resource.discriminated
-        || update
-            .get("type")
-            .and_then(Value::as_str)
-            .is_none_or(|t| t == current_kind);
-    let mut merged = if same_kind {
-        current.clone()
-    } else {
-        Value::Object(Map::new())
-    };
+    let same_kind =
+        !resource.discriminated || update.get("type").and_then(Value::as_str).is_none_or(|t| t == current_kind);
+    let mut merged = if same_kind { current.clone() } else { Value::Object(Map::new()) };
     if let (Value::Object(target), Value::Object(fields)) = (&mut merged, update) {
         target.extend(fields);
     }
@@ -245,22 +224,12 @@ mod tests {
         let doc = json!({"type": "account_connection_twilio",
                          "credentials": {"twilio_account_sid": "AC1", "twilio_auth_token": "tok-123456789"}});
         let b = secret_box();
-        let sealed = seal(
-            Table::AccountConnections,
-            "account_connection_twilio",
-            doc.clone(),
-            &b,
-        );
+        let sealed = seal(Table::AccountConnections, "account_connection_twilio", doc.clone(), &b);
         assert_eq!(sealed.body["credentials"]["twilio_auth_token"], Value::Null);
         assert!(!String::from_utf8_lossy(sealed.sealed.as_ref().unwrap()).contains("tok-123456789"));
-        let back = unseal(
-            Table::AccountConnections,
-            "account_connection_twilio",
-            sealed.body,
-            sealed.sealed.as_deref(),
-            &b,
-        )
-        .unwrap();
+        let back =
+            unseal(Table::AccountConnections, "account_connection_twilio", sealed.body, sealed.sealed.as_deref(), &b)
+                .unwrap();
         assert_eq!(back, doc);
     }
 
@@ -269,30 +238,17 @@ mod tests {
         let id = Uuid::now_v7();
         let user = Uuid::now_v7();
         let doc = json!({"type": "vector_database_pinecone", "index": "i", "api_key": "pc-abcdefgh1234", "api_environment": "e"});
-        let shown = render(
-            Table::VectorDatabases,
-            "vector_database_pinecone",
-            id,
-            user,
-            &doc,
-            false,
-        );
+        let shown = render(Table::VectorDatabases, "vector_database_pinecone", id, user, &doc, false);
         assert_eq!(shown["api_key"], "********1234");
         assert_eq!(shown["id"], id.to_string());
-        let revealed = render(
-            Table::VectorDatabases,
-            "vector_database_pinecone",
-            id,
-            user,
-            &doc,
-            true,
-        );
+        let revealed = render(Table::VectorDatabases, "vector_database_pinecone", id, user, &doc, true);
         assert_eq!(revealed["api_key"], "pc-abcdefgh1234");
     }
 
     #[test]
     fn updates_replace_fields_keep_masked_secrets_and_restart_on_type_change() {
-        let current = json!({"type": "voice_eleven_labs", "voice_id": "a", "api_key": "el-secret-9999", "stability": 0.5});
+        let current =
+            json!({"type": "voice_eleven_labs", "voice_id": "a", "api_key": "el-secret-9999", "stability": 0.5});
         let merged = apply_update(
             &VOICES,
             Table::Voices,
@@ -303,12 +259,7 @@ mod tests {
         assert_eq!(merged["stability"], Value::Null);
         assert_eq!(merged["voice_id"], "a");
 
-        let changed = apply_update(
-            &VOICES,
-            Table::Voices,
-            &current,
-            json!({"type": "voice_azure", "voice_name": "v"}),
-        );
+        let changed = apply_update(&VOICES, Table::Voices, &current, json!({"type": "voice_azure", "voice_name": "v"}));
         assert_eq!(changed, json!({"type": "voice_azure", "voice_name": "v"}));
 
         let replaced = apply_update(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{backoff, Outcome, LEASE};
+use super::{backoff, Outcome};
 use crate::domain::call::{transition, CallState, Effect, Event, Hangup, NoHumanAnswer, Stage};
 use crate::domain::documents::{unseal, ACCOUNT_CONNECTIONS, AGENTS, WEBHOOKS};
 use crate::domain::phone::PhoneNumber;
@@ -17,6 +17,7 @@ use crate::store::jobs::{self, Job, NewJob};
 use crate::store::records;
 use crate::store::{now, Conn, Tx};
 use crate::telephony::{twilio, CarrierError, Dial, Provider};
+use crate::webhooks;
 use crate::AppState;
 
 pub const DISPATCH: &str = "dispatch_call";
@@ -29,18 +30,12 @@ pub fn dispatch_key(call_id: Uuid) -> String {
 
 pub fn state_of(row: &CallRow) -> CallState {
     let mut state = CallState::new(
-        row.on_no_human_answer
-            .as_deref()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(NoHumanAnswer::Continue),
+        row.on_no_human_answer.as_deref().and_then(|s| s.parse().ok()).unwrap_or(NoHumanAnswer::Continue),
     );
     state.status = row.status.parse().unwrap_or(state.status);
     state.stage = row.stage.parse().unwrap_or(state.stage);
     state.stage_outcome = row.stage_outcome.as_deref().and_then(|s| s.parse().ok());
-    state.human_detection_result = row
-        .human_detection_result
-        .as_deref()
-        .and_then(|s| s.parse().ok());
+    state.human_detection_result = row.human_detection_result.as_deref().and_then(|s| s.parse().ok());
     state.telephony_id = row.telephony_id.clone();
     state.carrier_status = row.carrier_status.clone();
     state.error_message = row.error_message.clone();
@@ -123,11 +118,8 @@ pub fn new_call_row(n: NewCall, at: chrono::DateTime<chrono::Utc>) -> CallRow {
         created_at: at,
         updated_at: at,
     };
-    let on_no_human_answer = n
-        .on_no_human_answer
-        .as_deref()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(NoHumanAnswer::Continue);
+    let on_no_human_answer =
+        n.on_no_human_answer.as_deref().and_then(|s| s.parse().ok()).unwrap_or(NoHumanAnswer::Continue);
     write_state(&mut row, &CallState::new(on_no_human_answer));
     row
 }
@@ -147,12 +139,7 @@ pub struct News {
 
 impl News {
     pub fn api(event: Event) -> Self {
-        News {
-            event: Some(event),
-            carrier_status: None,
-            recording_url: None,
-            from_carrier: false,
-        }
+        News { event: Some(event), carrier_status: None, recording_url: None, from_carrier: false }
     }
 
     pub fn carrier(event: Event, carrier_status: impl Into<String>) -> Self {
@@ -174,11 +161,7 @@ pub struct Applied {
 /// Applies news to a call: reads it, moves it through the state machine, and writes it back if
 /// nobody changed it meanwhile (otherwise reads it again and retries). The jobs its effects cause
 /// are written in the same transaction.
-pub async fn apply(
-    state: &AppState,
-    call_id: Uuid,
-    news: &News,
-) -> Result<Option<Applied>, ApiError> {
+pub async fn apply(state: &AppState, call_id: Uuid, news: &News) -> Result<Option<Applied>, ApiError> {
     for _ in 0..20 {
         let mut tx = state.store.begin().await?;
         let Some(row) = calls::by_id(tx.conn(), call_id).await? else {
@@ -215,29 +198,24 @@ pub async fn apply(
             || updated.recording_url != row.recording_url
             || updated.error_message != row.error_message;
         if !changed && updated.last_carrier_event_at == row.last_carrier_event_at {
-            return Ok(Some(Applied {
-                row,
-                claimed: Vec::new(),
-            }));
+            return Ok(Some(Applied { row, claimed: Vec::new() }));
         }
         updated.version = row.version + 1;
         updated.updated_at = at;
         if !calls::update_if_version(tx.conn(), &updated, row.version).await? {
             continue;
         }
-        let claimed = carry_out(state, &mut tx, &updated, &effects).await?;
+        let recording_now_available = updated.recording_url.is_some() && row.recording_url.is_none();
+        let claimed = carry_out(state, &mut tx, &updated, &effects, recording_now_available).await?;
         tx.commit().await?;
-        if !claimed.is_empty() {
-            state.jobs_queued.notify_waiters();
+        if updated.status != row.status && row_is_final(&updated) {
+            let (status, outcome) = (updated.status.clone(), updated.stage_outcome.clone().unwrap_or_default());
+            metrics::counter!("vocode_calls_finished_total", "status" => status, "stage_outcome" => outcome)
+                .increment(1);
         }
-        return Ok(Some(Applied {
-            row: updated,
-            claimed,
-        }));
+        return Ok(Some(Applied { row: updated, claimed }));
     }
-    Err(ApiError::Internal(anyhow::anyhow!(
-        "call {call_id} kept changing under concurrent updates"
-    )))
+    Err(ApiError::Internal(anyhow::anyhow!("call {call_id} kept changing under concurrent updates")))
 }
 
 fn row_is_final(row: &CallRow) -> bool {
@@ -251,6 +229,7 @@ pub async fn carry_out(
     tx: &mut Tx,
     row: &CallRow,
     effects: &[Effect],
+    recording_now_available: bool,
 ) -> sqlx::Result<Vec<Job>> {
     let at = now();
     let mut claimed = Vec::new();
@@ -264,9 +243,8 @@ pub async fn carry_out(
                     run_at: at,
                     max_attempts: 8,
                 };
-                let lease = at + chrono::Duration::from_std(LEASE).expect("small");
-                let id =
-                    jobs::enqueue_claimed(tx.conn(), &job, at, &state.worker_id, lease).await?;
+                let lease = state.lease_until(at);
+                let id = jobs::enqueue_claimed(tx.conn(), &job, at, &state.worker_id, lease).await?;
                 claimed.push(Job {
                     id,
                     kind: HANG_UP.into(),
@@ -279,12 +257,14 @@ pub async fn carry_out(
             Effect::CancelDispatch => {
                 jobs::cancel(tx.conn(), &dispatch_key(row.id)).await?;
             }
-            // Webhook events: delivered by the webhook jobs.
-            Effect::Connected
-            | Effect::HumanDetected(_)
-            | Effect::EndedAfterPickUp
-            | Effect::DidNotConnect => {}
+            // Webhook events: queued below, for the webhook jobs.
+            Effect::Connected | Effect::HumanDetected(_) | Effect::EndedAfterPickUp | Effect::DidNotConnect => {}
         }
+    }
+    let events = webhooks::events_for(state, row, effects, recording_now_available);
+    if webhooks::enqueue(tx, row, events).await? > 0 || !claimed.is_empty() {
+        // Wake this process's workers (a permit is kept if none is waiting).
+        state.jobs_queued.notify_one();
     }
     Ok(claimed)
 }
@@ -298,9 +278,7 @@ pub fn spawn_claimed(state: &AppState, claimed: Vec<Job>) {
 }
 
 fn call_id_of(job: &Job) -> Option<Uuid> {
-    job.payload.0["call_id"]
-        .as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
+    job.payload.0["call_id"].as_str().and_then(|s| Uuid::parse_str(s).ok())
 }
 
 /// The Twilio account a call or a number goes through: its account connection's, or the server's.
@@ -313,59 +291,35 @@ pub async fn twilio_credentials(
     let Some(id) = connection_id else {
         return state.telephony.server_twilio.clone().ok_or_else(|| {
             CarrierError::Rejected(
-                "no Twilio account is configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
-                    .into(),
+                "no Twilio account is configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN".into(),
             )
         });
     };
     let record = records::get(c.conn(), ACCOUNT_CONNECTIONS.table, user_id, id)
         .await
         .map_err(|e| CarrierError::Transient(format!("the database is unavailable: {e}")))?
-        .ok_or_else(|| {
-            CarrierError::Rejected(format!("account connection {id} no longer exists"))
-        })?;
-    let clear = unseal(
-        ACCOUNT_CONNECTIONS.table,
-        &record.kind,
-        record.body.0,
-        record.sealed.as_deref(),
-        &state.secrets,
-    )
-    .map_err(|e| {
-        CarrierError::Rejected(format!(
-            "the account connection's secret cannot be read: {e}"
-        ))
-    })?;
+        .ok_or_else(|| CarrierError::Rejected(format!("account connection {id} no longer exists")))?;
+    let clear =
+        unseal(ACCOUNT_CONNECTIONS.table, &record.kind, record.body.0, record.sealed.as_deref(), &state.secrets)
+            .map_err(|e| CarrierError::Rejected(format!("the account connection's secret cannot be read: {e}")))?;
     Ok(twilio::Credentials {
-        account_sid: clear["credentials"]["twilio_account_sid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        auth_token: clear["credentials"]["twilio_auth_token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        account_sid: clear["credentials"]["twilio_account_sid"].as_str().unwrap_or_default().to_owned(),
+        auth_token: clear["credentials"]["twilio_auth_token"].as_str().unwrap_or_default().to_owned(),
     })
 }
 
 /// Whether the call's agent wants to know if a person answered (its webhook subscribes to it).
 async fn wants_human_detection(state: &AppState, row: &CallRow) -> sqlx::Result<bool> {
     let mut handle = state.store.read().await?;
-    let Some(agent) = records::get(handle.conn(), AGENTS.table, row.user_id, row.agent_id).await?
-    else {
+    let Some(agent) = records::get(handle.conn(), AGENTS.table, row.user_id, row.agent_id).await? else {
         return Ok(false);
     };
-    let Some(webhook_id) = agent.body.0["webhook"]
-        .as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-    else {
+    let Some(webhook_id) = agent.body.0["webhook"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
         return Ok(false);
     };
     let webhook = records::get(handle.conn(), WEBHOOKS.table, row.user_id, webhook_id).await?;
     Ok(webhook.is_some_and(|w| {
-        w.body.0["subscriptions"]
-            .as_array()
-            .is_some_and(|s| s.contains(&Value::from("event_human_detection")))
+        w.body.0["subscriptions"].as_array().is_some_and(|s| s.contains(&Value::from("event_human_detection")))
     }))
 }
 
@@ -386,18 +340,8 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Outcome {
         Ok(wants) => wants || row.on_no_human_answer.as_deref() == Some("hangup"),
         Err(e) => return retry_later(job, e.to_string()),
     };
-    let (Ok(to), Ok(from)) = (
-        PhoneNumber::parse(&row.to_number),
-        PhoneNumber::parse(&row.from_number),
-    ) else {
-        return settle(
-            state,
-            call_id,
-            Event::Refused {
-                reason: "the call's numbers are not valid".into(),
-            },
-        )
-        .await;
+    let (Ok(to), Ok(from)) = (PhoneNumber::parse(&row.to_number), PhoneNumber::parse(&row.from_number)) else {
+        return settle(state, call_id, Event::Refused { reason: "the call's numbers are not valid".into() }).await;
     };
     let dial = Dial {
         call_id,
@@ -409,11 +353,7 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Outcome {
             .telephony_params
             .as_ref()
             .and_then(|p| p.0.as_object().cloned())
-            .map(|m| {
-                m.into_iter()
-                    .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
-                    .collect()
-            })
+            .map(|m| m.into_iter().map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned())).collect())
             .unwrap_or_default(),
     };
     let telephony = &state.telephony;
@@ -424,45 +364,22 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Outcome {
                     Ok(h) => h,
                     Err(e) => return retry_later(job, e.to_string()),
                 };
-                twilio_credentials(
-                    state,
-                    &mut handle,
-                    row.user_id,
-                    row.telephony_account_connection_id,
-                )
-                .await
+                twilio_credentials(state, &mut handle, row.user_id, row.telephony_account_connection_id).await
             };
             match creds {
-                Ok(creds) => {
-                    telephony
-                        .twilio
-                        .create_call(&creds, &dial, &telephony.twilio_call_urls(call_id))
-                        .await
-                }
+                Ok(creds) => telephony.twilio.create_call(&creds, &dial, &telephony.twilio_call_urls(call_id)).await,
                 Err(e) => Err(e),
             }
         }
         Some(Provider::Vonage) => {
-            let headers =
-                json!({"call_id": call_id.to_string(), "token": telephony.stream_token(call_id)});
-            telephony
-                .vonage
-                .create_call(&dial, &telephony.vonage_call_urls(call_id), headers)
-                .await
+            let headers = json!({"call_id": call_id.to_string(), "token": telephony.stream_token(call_id)});
+            telephony.vonage.create_call(&dial, &telephony.vonage_call_urls(call_id), headers).await
         }
-        None => Err(CarrierError::Rejected(format!(
-            "unknown telephony provider {}",
-            row.telephony_provider
-        ))),
+        None => Err(CarrierError::Rejected(format!("unknown telephony provider {}", row.telephony_provider))),
     };
     match placed {
         Ok(dialed) => {
-            let news = News::carrier(
-                Event::Accepted {
-                    telephony_id: dialed.telephony_id,
-                },
-                dialed.carrier_status,
-            );
+            let news = News::carrier(Event::Accepted { telephony_id: dialed.telephony_id }, dialed.carrier_status);
             match apply(state, call_id, &news).await {
                 Ok(applied) => {
                     if let Some(applied) = applied {
@@ -471,9 +388,7 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Outcome {
                     Outcome::Done
                 }
                 // The call is placed: recording that must not make it be placed again.
-                Err(e) => Outcome::Fail(format!(
-                    "the call was placed but could not be recorded: {e}"
-                )),
+                Err(e) => Outcome::Fail(format!("the call was placed but could not be recorded: {e}")),
             }
         }
         Err(CarrierError::Rejected(reason)) => {
@@ -481,18 +396,11 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Outcome {
             settle(state, call_id, Event::Refused { reason }).await
         }
         Err(CarrierError::Transient(reason)) if job.attempts >= job.max_attempts => {
-            let reason = format!(
-                "the carrier could not be reached after {} attempts: {reason}",
-                job.attempts
-            );
+            let reason = format!("the carrier could not be reached after {} attempts: {reason}", job.attempts);
             settle(state, call_id, Event::GaveUp { reason }).await
         }
         Err(CarrierError::Transient(reason)) => Outcome::Retry {
-            after: backoff(
-                job.attempts,
-                Duration::from_secs(2),
-                Duration::from_secs(60),
-            ),
+            after: backoff(job.attempts, Duration::from_secs(2), Duration::from_secs(60)),
             error: reason,
         },
     }
@@ -507,29 +415,20 @@ async fn settle(state: &AppState, call_id: Uuid, event: Event) -> Outcome {
             }
             Outcome::Done
         }
-        Err(e) => Outcome::Retry {
-            after: Duration::from_secs(5),
-            error: e.to_string(),
-        },
+        Err(e) => Outcome::Retry { after: Duration::from_secs(5), error: e.to_string() },
     }
 }
 
 fn retry_later(job: &Job, error: impl ToString) -> Outcome {
     Outcome::Retry {
-        after: backoff(
-            job.attempts,
-            Duration::from_secs(2),
-            Duration::from_secs(60),
-        ),
+        after: backoff(job.attempts, Duration::from_secs(2), Duration::from_secs(60)),
         error: error.to_string(),
     }
 }
 
 async fn read_call(state: &AppState, call_id: Uuid) -> Result<Option<CallRow>, String> {
     let mut handle = state.store.read().await.map_err(|e| e.to_string())?;
-    calls::by_id(handle.conn(), call_id)
-        .await
-        .map_err(|e| e.to_string())
+    calls::by_id(handle.conn(), call_id).await.map_err(|e| e.to_string())
 }
 
 /// The `hang_up_call` job: ends the call at the carrier, and records the end it reports.
@@ -553,13 +452,7 @@ pub async fn hang_up(state: &AppState, job: &Job) -> Outcome {
         Some(Provider::Twilio) => {
             let creds = match state.store.read().await {
                 Ok(mut handle) => {
-                    twilio_credentials(
-                        state,
-                        &mut handle,
-                        row.user_id,
-                        row.telephony_account_connection_id,
-                    )
-                    .await
+                    twilio_credentials(state, &mut handle, row.user_id, row.telephony_account_connection_id).await
                 }
                 Err(e) => return retry_later(job, e),
             };
@@ -567,18 +460,10 @@ pub async fn hang_up(state: &AppState, job: &Job) -> Outcome {
                 Ok(creds) => {
                     // Twilio ends a call in progress with `completed` and a ringing one with
                     // `canceled`; the carrier may know better than we do which one it is.
-                    let first = state
-                        .telephony
-                        .twilio
-                        .hang_up(&creds, &telephony_id, answered)
-                        .await;
+                    let first = state.telephony.twilio.hang_up(&creds, &telephony_id, answered).await;
                     match first {
                         Err(CarrierError::Rejected(_)) => {
-                            state
-                                .telephony
-                                .twilio
-                                .hang_up(&creds, &telephony_id, !answered)
-                                .await
+                            state.telephony.twilio.hang_up(&creds, &telephony_id, !answered).await
                         }
                         other => other,
                     }
@@ -587,38 +472,21 @@ pub async fn hang_up(state: &AppState, job: &Job) -> Outcome {
                 Err(e) => Err(e),
             }
         }
-        Some(Provider::Vonage) => state
-            .telephony
-            .vonage
-            .hang_up(&telephony_id)
-            .await
-            .map(|_| None),
+        Some(Provider::Vonage) => state.telephony.vonage.hang_up(&telephony_id).await.map(|_| None),
         None => Err(CarrierError::Rejected("unknown telephony provider".into())),
     };
     match result {
         Ok(reported) => {
-            let status = reported.unwrap_or_else(|| {
-                if answered {
-                    "completed".into()
-                } else {
-                    "canceled".into()
-                }
-            });
+            let status = reported.unwrap_or_else(|| if answered { "completed".into() } else { "canceled".into() });
             let event = if status == "completed" || answered {
-                Event::Completed {
-                    duration_seconds: None,
-                }
+                Event::Completed { duration_seconds: None }
             } else {
                 Event::NotAnswered
             };
             settle_news(state, call_id, News::carrier(event, status)).await
         }
         Err(CarrierError::Transient(reason)) => Outcome::Retry {
-            after: backoff(
-                job.attempts,
-                Duration::from_secs(1),
-                Duration::from_secs(30),
-            ),
+            after: backoff(job.attempts, Duration::from_secs(1), Duration::from_secs(30)),
             error: reason,
         },
         Err(CarrierError::Rejected(reason)) => {
@@ -638,10 +506,7 @@ async fn settle_news(state: &AppState, call_id: Uuid, news: News) -> Outcome {
             }
             Outcome::Done
         }
-        Err(e) => Outcome::Retry {
-            after: Duration::from_secs(5),
-            error: e.to_string(),
-        },
+        Err(e) => Outcome::Retry { after: Duration::from_secs(5), error: e.to_string() },
     }
 }
 
@@ -654,26 +519,15 @@ pub async fn check_with_carrier(state: &AppState, row: &CallRow) {
         Some(Provider::Twilio) => {
             let creds = match state.store.read().await {
                 Ok(mut handle) => {
-                    twilio_credentials(
-                        state,
-                        &mut handle,
-                        row.user_id,
-                        row.telephony_account_connection_id,
-                    )
-                    .await
+                    twilio_credentials(state, &mut handle, row.user_id, row.telephony_account_connection_id).await
                 }
                 Err(_) => return,
             };
             match creds {
-                Ok(creds) => state
-                    .telephony
-                    .twilio
-                    .fetch_call(&creds, &telephony_id)
-                    .await
-                    .map(|c| {
-                        let duration = c.duration.and_then(|d| d.parse().ok());
-                        (twilio::status_event(&c.status, duration), c.status)
-                    }),
+                Ok(creds) => state.telephony.twilio.fetch_call(&creds, &telephony_id).await.map(|c| {
+                    let duration = c.duration.and_then(|d| d.parse().ok());
+                    (twilio::status_event(&c.status, duration), c.status)
+                }),
                 Err(e) => Err(e),
             }
         }
@@ -682,12 +536,7 @@ pub async fn check_with_carrier(state: &AppState, row: &CallRow) {
             .vonage
             .fetch_call(&telephony_id)
             .await
-            .map(|c| {
-                (
-                    crate::telephony::vonage::status_event(&c.status, c.duration),
-                    c.status,
-                )
-            }),
+            .map(|c| (crate::telephony::vonage::status_event(&c.status, c.duration), c.status)),
         None => return,
     };
     let at = now();
@@ -714,8 +563,7 @@ pub async fn check_with_carrier(state: &AppState, row: &CallRow) {
 /// Calls in progress with no news from their carrier for a while are checked with the carrier,
 /// so that none stays `in_progress` forever.
 pub async fn reconcile(state: &AppState) {
-    let before =
-        now() - chrono::Duration::from_std(state.telephony.reconcile_after).unwrap_or_default();
+    let before = now() - chrono::Duration::from_std(state.telephony.reconcile_after).unwrap_or_default();
     let stale = match state.store.read().await {
         Ok(mut handle) => calls::stale(handle.conn(), before, 50).await,
         Err(e) => Err(e),

@@ -18,8 +18,6 @@ use crate::AppState;
 
 pub mod calls;
 
-/// How long a claimed job is its worker's; a job whose worker dies runs again after this.
-pub const LEASE: Duration = Duration::from_secs(120);
 /// How often idle workers look for due jobs (they are also woken when a job is queued here).
 const POLL: Duration = Duration::from_millis(500);
 
@@ -47,6 +45,7 @@ async fn run(state: &AppState, job: &Job) -> Outcome {
     match job.kind.as_str() {
         calls::DISPATCH => calls::dispatch(state, job).await,
         calls::HANG_UP => calls::hang_up(state, job).await,
+        crate::webhooks::DELIVER => crate::webhooks::deliver::deliver(state, job).await,
         other => Outcome::Fail(format!("unknown job kind {other}")),
     }
 }
@@ -54,16 +53,9 @@ async fn run(state: &AppState, job: &Job) -> Outcome {
 /// Runs a claimed job and records its outcome. A panic counts as a failed attempt.
 pub async fn run_claimed(state: &AppState, job: Job) {
     let span = tracing::info_span!("job", kind = %job.kind, id = %job.id, attempt = job.attempts);
-    let outcome = match AssertUnwindSafe(run(state, &job))
-        .catch_unwind()
-        .instrument(span.clone())
-        .await
-    {
+    let outcome = match AssertUnwindSafe(run(state, &job)).catch_unwind().instrument(span.clone()).await {
         Ok(outcome) => outcome,
-        Err(_) => Outcome::Retry {
-            after: Duration::from_secs(5),
-            error: "the job panicked".into(),
-        },
+        Err(_) => Outcome::Retry { after: Duration::from_secs(5), error: "the job panicked".into() },
     };
     if let Err(err) = record(state, &job, &outcome).instrument(span).await {
         // The lease expires and the job runs again: at least once, never lost.
@@ -75,19 +67,19 @@ async fn record(state: &AppState, job: &Job, outcome: &Outcome) -> sqlx::Result<
     let mut tx = state.store.begin().await?;
     let at = now();
     match outcome {
-        Outcome::Done => jobs::complete(tx.conn(), job.id).await?,
+        Outcome::Done => jobs::complete(tx.conn(), job.id, &state.worker_id).await?,
         Outcome::Retry { error, .. } if job.attempts >= job.max_attempts => {
             tracing::warn!(%error, "job failed for good");
-            jobs::fail(tx.conn(), job.id, error, at).await?
+            jobs::fail(tx.conn(), job.id, error, at, &state.worker_id).await?
         }
         Outcome::Retry { after, error } => {
             tracing::info!(%error, retry_in_ms = after.as_millis() as u64, "job will be retried");
             let run_at = at + chrono::Duration::from_std(*after).unwrap_or_default();
-            jobs::retry(tx.conn(), job.id, run_at, error, at).await?
+            jobs::retry(tx.conn(), job.id, run_at, error, at, &state.worker_id).await?
         }
         Outcome::Fail(error) => {
             tracing::warn!(%error, "job failed");
-            jobs::fail(tx.conn(), job.id, error, at).await?
+            jobs::fail(tx.conn(), job.id, error, at, &state.worker_id).await?
         }
     }
     tx.commit().await
@@ -96,7 +88,7 @@ async fn record(state: &AppState, job: &Job, outcome: &Outcome) -> sqlx::Result<
 /// Claims one due job, if there is one.
 pub async fn claim(state: &AppState, at: DateTime<Utc>) -> sqlx::Result<Option<Job>> {
     let mut tx = state.store.begin().await?;
-    let lease_until = at + chrono::Duration::from_std(LEASE).expect("a small duration");
+    let lease_until = state.lease_until(at);
     let job = jobs::claim(tx.conn(), &state.worker_id, at, lease_until).await?;
     tx.commit().await?;
     Ok(job)

@@ -58,10 +58,7 @@ const COLUMNS: &str = "id, user_id, direction, status, stage, stage_outcome, err
 
 pub async fn insert(c: DbConn<'_>, r: &CallRow) -> sqlx::Result<()> {
     let placeholders: Vec<String> = (1..=34).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "INSERT INTO calls ({COLUMNS}) VALUES ({})",
-        placeholders.join(", ")
-    );
+    let sql = format!("INSERT INTO calls ({COLUMNS}) VALUES ({})", placeholders.join(", "));
     run!(c, |c| sqlx::query(&sql)
         .bind(r.id)
         .bind(r.user_id)
@@ -105,44 +102,22 @@ pub async fn insert(c: DbConn<'_>, r: &CallRow) -> sqlx::Result<()> {
 /// A user's call.
 pub async fn get(c: DbConn<'_>, user_id: Uuid, id: Uuid) -> sqlx::Result<Option<CallRow>> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE id = $1 AND user_id = $2");
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(id)
-        .bind(user_id)
-        .fetch_optional(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_as(&sql).bind(id).bind(user_id).fetch_optional(&mut *c).await)
 }
 
 /// A call by id alone, for the server's own work (callbacks, jobs): never for a user's request.
 pub async fn by_id(c: DbConn<'_>, id: Uuid) -> sqlx::Result<Option<CallRow>> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE id = $1");
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_as(&sql).bind(id).fetch_optional(&mut *c).await)
 }
 
 /// A call by the carrier's id of it.
-pub async fn by_telephony_id(
-    c: DbConn<'_>,
-    provider: &str,
-    telephony_id: &str,
-) -> sqlx::Result<Option<CallRow>> {
-    let sql =
-        format!("SELECT {COLUMNS} FROM calls WHERE telephony_provider = $1 AND telephony_id = $2");
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(provider)
-        .bind(telephony_id)
-        .fetch_optional(&mut *c)
-        .await)
+pub async fn by_telephony_id(c: DbConn<'_>, provider: &str, telephony_id: &str) -> sqlx::Result<Option<CallRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM calls WHERE telephony_provider = $1 AND telephony_id = $2");
+    run!(c, |c| sqlx::query_as(&sql).bind(provider).bind(telephony_id).fetch_optional(&mut *c).await)
 }
 
-pub async fn list(
-    c: DbConn<'_>,
-    user_id: Uuid,
-    sort: Sort,
-    limit: i64,
-    offset: i64,
-) -> sqlx::Result<Vec<CallRow>> {
+pub async fn list(c: DbConn<'_>, user_id: Uuid, sort: Sort, limit: i64, offset: i64) -> sqlx::Result<Vec<CallRow>> {
     let dir = if sort.desc { "DESC" } else { "ASC" };
     // Calls not yet started sort as the oldest (or, descending, the newest) by start time.
     let nulls = match (sort.column, sort.desc) {
@@ -154,21 +129,12 @@ pub async fn list(
         "SELECT {COLUMNS} FROM calls WHERE user_id = $1 ORDER BY {} {dir}{nulls}, id {dir} LIMIT $2 OFFSET $3",
         sort.column
     );
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(user_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_as(&sql).bind(user_id).bind(limit).bind(offset).fetch_all(&mut *c).await)
 }
 
 /// Writes a call's state if nobody changed the call since `expected_version` was read; false
 /// when somebody did (read it again and retry).
-pub async fn update_if_version(
-    c: DbConn<'_>,
-    r: &CallRow,
-    expected_version: i64,
-) -> sqlx::Result<bool> {
+pub async fn update_if_version(c: DbConn<'_>, r: &CallRow, expected_version: i64) -> sqlx::Result<bool> {
     const SQL: &str = "UPDATE calls SET status = $3, stage = $4, stage_outcome = $5, error_message = $6, \
         human_detection_result = $7, telephony_id = $8, carrier_status = $9, hangup = $10, \
         recording_url = $11, start_time = $12, answered_at = $13, end_time = $14, duration_seconds = $15, \
@@ -205,40 +171,25 @@ pub async fn stale(c: DbConn<'_>, before: DateTime<Utc>, limit: i64) -> sqlx::Re
         "SELECT {COLUMNS} FROM calls WHERE status = 'in_progress' AND last_carrier_event_at < $1 \
          ORDER BY last_carrier_event_at LIMIT $2"
     );
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_as(&sql).bind(before).bind(limit).fetch_all(&mut *c).await)
 }
 
 /// Marks that the carrier was asked about a call, so that it is not asked again at once.
 pub async fn touch(c: DbConn<'_>, id: Uuid, at: DateTime<Utc>) -> sqlx::Result<()> {
-    run!(c, |c| sqlx::query(
-        "UPDATE calls SET last_carrier_event_at = $2 WHERE id = $1"
-    )
-    .bind(id)
-    .bind(at)
-    .execute(&mut *c)
-    .await
-    .map(|_| ()))
+    run!(c, |c| sqlx::query("UPDATE calls SET last_carrier_event_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(at)
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))
 }
 
 /// The user's call seconds that ended at or after `since`, each rounded up to a minute.
-pub async fn minutes_since(
-    c: DbConn<'_>,
-    user_id: Uuid,
-    since: DateTime<Utc>,
-) -> sqlx::Result<i64> {
+pub async fn minutes_since(c: DbConn<'_>, user_id: Uuid, since: DateTime<Utc>) -> sqlx::Result<i64> {
     // (CAST: a SUM of BIGINT is NUMERIC on Postgres.)
-    const SQL: &str =
-        "SELECT CAST(COALESCE(SUM((duration_seconds + 59) / 60), 0) AS BIGINT) FROM calls \
+    const SQL: &str = "SELECT CAST(COALESCE(SUM((duration_seconds + 59) / 60), 0) AS BIGINT) FROM calls \
         WHERE user_id = $1 AND end_time >= $2 AND duration_seconds IS NOT NULL";
-    run!(c, |c| sqlx::query_scalar(SQL)
-        .bind(user_id)
-        .bind(since)
-        .fetch_one(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_scalar(SQL).bind(user_id).bind(since).fetch_one(&mut *c).await)
 }
 
 pub struct IdempotencyRecord {
@@ -255,11 +206,9 @@ pub async fn claim_idempotency_key(
     call_id: Uuid,
     at: DateTime<Utc>,
 ) -> sqlx::Result<Option<IdempotencyRecord>> {
-    const INSERT: &str =
-        "INSERT INTO idempotency_keys (user_id, key, request_hash, call_id, created_at) \
+    const INSERT: &str = "INSERT INTO idempotency_keys (user_id, key, request_hash, call_id, created_at) \
         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
-    const SELECT: &str =
-        "SELECT request_hash, call_id FROM idempotency_keys WHERE user_id = $1 AND key = $2";
+    const SELECT: &str = "SELECT request_hash, call_id FROM idempotency_keys WHERE user_id = $1 AND key = $2";
     run!(c, |c| {
         let inserted = sqlx::query(INSERT)
             .bind(user_id)
@@ -273,33 +222,23 @@ pub async fn claim_idempotency_key(
         if inserted > 0 {
             return Ok(None);
         }
-        let (request_hash, call_id): (Vec<u8>, Uuid) = sqlx::query_as(SELECT)
-            .bind(user_id)
-            .bind(key)
-            .fetch_one(&mut *c)
-            .await?;
-        Ok(Some(IdempotencyRecord {
-            request_hash,
-            call_id,
-        }))
+        let (request_hash, call_id): (Vec<u8>, Uuid) =
+            sqlx::query_as(SELECT).bind(user_id).bind(key).fetch_one(&mut *c).await?;
+        Ok(Some(IdempotencyRecord { request_hash, call_id }))
     })
 }
 
 /// Looks an idempotency key up without claiming it.
-pub async fn find_idempotency_key(
-    c: DbConn<'_>,
-    user_id: Uuid,
-    key: &str,
-) -> sqlx::Result<Option<IdempotencyRecord>> {
-    const SELECT: &str =
-        "SELECT request_hash, call_id FROM idempotency_keys WHERE user_id = $1 AND key = $2";
-    let row: Option<(Vec<u8>, Uuid)> = run!(c, |c| sqlx::query_as(SELECT)
-        .bind(user_id)
-        .bind(key)
-        .fetch_optional(&mut *c)
-        .await)?;
-    Ok(row.map(|(request_hash, call_id)| IdempotencyRecord {
-        request_hash,
-        call_id,
-    }))
+pub async fn find_idempotency_key(c: DbConn<'_>, user_id: Uuid, key: &str) -> sqlx::Result<Option<IdempotencyRecord>> {
+    const SELECT: &str = "SELECT request_hash, call_id FROM idempotency_keys WHERE user_id = $1 AND key = $2";
+    let row: Option<(Vec<u8>, Uuid)> =
+        run!(c, |c| sqlx::query_as(SELECT).bind(user_id).bind(key).fetch_optional(&mut *c).await)?;
+    Ok(row.map(|(request_hash, call_id)| IdempotencyRecord { request_hash, call_id }))
+}
+
+/// How many calls are not started and in progress (for the metrics).
+pub async fn active_counts(c: DbConn<'_>) -> sqlx::Result<Vec<(String, i64)>> {
+    const SQL: &str =
+        "SELECT status, COUNT(*) FROM calls WHERE status IN ('not_started', 'in_progress') GROUP BY status";
+    run!(c, |c| sqlx::query_as(SQL).fetch_all(&mut *c).await)
 }

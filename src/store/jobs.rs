@@ -86,11 +86,7 @@ pub async fn claim(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> sqlx::Result<Option<Job>> {
-    let skip_locked = if c.backend() == Backend::Postgres {
-        " FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
-    };
+    let skip_locked = if c.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
     let sql = format!(
         "UPDATE jobs SET attempts = attempts + 1, locked_until = $2, locked_by = $3, updated_at = $1 \
          WHERE id = (SELECT j.id FROM jobs j \
@@ -101,21 +97,19 @@ pub async fn claim(
              ORDER BY j.run_at, j.id LIMIT 1{skip_locked}) \
          RETURNING id, kind, payload, ordering_key, attempts, max_attempts"
     );
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(now)
-        .bind(lease_until)
-        .bind(worker)
-        .fetch_optional(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_as(&sql).bind(now).bind(lease_until).bind(worker).fetch_optional(&mut *c).await)
+}
+
+/// Only the worker that holds a job (or nobody) records its outcome: a worker whose lease
+/// expired, and whose job another worker took meanwhile, leaves the outcome to that one.
+fn held(worker_param: &str) -> String {
+    format!("(locked_by = {worker_param} OR locked_by IS NULL)")
 }
 
 /// The job is done: it leaves the queue.
-pub async fn complete(c: DbConn<'_>, id: Uuid) -> sqlx::Result<()> {
-    run!(c, |c| sqlx::query("DELETE FROM jobs WHERE id = $1")
-        .bind(id)
-        .execute(&mut *c)
-        .await
-        .map(|_| ()))
+pub async fn complete(c: DbConn<'_>, id: Uuid, worker: &str) -> sqlx::Result<()> {
+    let sql = format!("DELETE FROM jobs WHERE id = $1 AND {}", held("$2"));
+    run!(c, |c| sqlx::query(&sql).bind(id).bind(worker).execute(&mut *c).await.map(|_| ()))
 }
 
 /// The job runs again at `run_at`.
@@ -125,66 +119,65 @@ pub async fn retry(
     run_at: DateTime<Utc>,
     error: &str,
     now: DateTime<Utc>,
+    worker: &str,
 ) -> sqlx::Result<()> {
-    const SQL: &str =
-        "UPDATE jobs SET run_at = $2, locked_until = NULL, locked_by = NULL, last_error = $3, \
-        updated_at = $4 WHERE id = $1";
-    run!(c, |c| sqlx::query(SQL)
+    let sql = format!(
+        "UPDATE jobs SET run_at = $2, locked_until = NULL, locked_by = NULL, last_error = $3, updated_at = $4 \
+         WHERE id = $1 AND {}",
+        held("$5")
+    );
+    run!(c, |c| sqlx::query(&sql)
         .bind(id)
         .bind(run_at)
         .bind(error)
         .bind(now)
+        .bind(worker)
         .execute(&mut *c)
         .await
         .map(|_| ()))
 }
 
 /// The job is given up; it stays, marked failed, for the operator to see.
-pub async fn fail(c: DbConn<'_>, id: Uuid, error: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    const SQL: &str =
-        "UPDATE jobs SET state = 'failed', locked_until = NULL, last_error = $2, updated_at = $3 \
-        WHERE id = $1";
-    run!(c, |c| sqlx::query(SQL)
-        .bind(id)
-        .bind(error)
-        .bind(now)
-        .execute(&mut *c)
-        .await
-        .map(|_| ()))
+pub async fn fail(c: DbConn<'_>, id: Uuid, error: &str, now: DateTime<Utc>, worker: &str) -> sqlx::Result<()> {
+    let sql = format!(
+        "UPDATE jobs SET state = 'failed', locked_until = NULL, last_error = $2, updated_at = $3 WHERE id = $1 AND {}",
+        held("$4")
+    );
+    run!(c, |c| sqlx::query(&sql).bind(id).bind(error).bind(now).bind(worker).execute(&mut *c).await.map(|_| ()))
 }
 
 /// Drops the ready jobs of an ordering key (a call's pending dispatch, when the call is ended
 /// before it was placed).
 pub async fn cancel(c: DbConn<'_>, ordering_key: &str) -> sqlx::Result<u64> {
-    run!(c, |c| sqlx::query(
-        "DELETE FROM jobs WHERE ordering_key = $1 AND state = 'ready'"
-    )
-    .bind(ordering_key)
-    .execute(&mut *c)
-    .await
-    .map(|r| r.rows_affected()))
+    run!(c, |c| sqlx::query("DELETE FROM jobs WHERE ordering_key = $1 AND state = 'ready'")
+        .bind(ordering_key)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
 }
 
 /// How many jobs are due now, and since when the oldest of them has been waiting.
-pub async fn depth(
-    c: DbConn<'_>,
-    now: DateTime<Utc>,
-) -> sqlx::Result<(i64, Option<DateTime<Utc>>)> {
-    const SQL: &str =
-        "SELECT COUNT(*), MIN(run_at) FROM jobs WHERE state = 'ready' AND run_at <= $1";
-    run!(c, |c| sqlx::query_as(SQL)
-        .bind(now)
-        .fetch_one(&mut *c)
-        .await)
+pub async fn depth(c: DbConn<'_>, now: DateTime<Utc>) -> sqlx::Result<(i64, Option<DateTime<Utc>>)> {
+    const SQL: &str = "SELECT COUNT(*), MIN(run_at) FROM jobs WHERE state = 'ready' AND run_at <= $1";
+    run!(c, |c| sqlx::query_as(SQL).bind(now).fetch_one(&mut *c).await)
 }
 
 /// Jobs of a kind in a state, for tests and the operator.
 pub async fn count(c: DbConn<'_>, kind: &str, state: &str) -> sqlx::Result<i64> {
-    run!(c, |c| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM jobs WHERE kind = $1 AND state = $2"
+    run!(c, |c| sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = $1 AND state = $2")
+        .bind(kind)
+        .bind(state)
+        .fetch_one(&mut *c)
+        .await)
+}
+
+/// Releases a stopping worker's claims, so that other workers take its jobs at once.
+pub async fn release(c: DbConn<'_>, worker: &str) -> sqlx::Result<u64> {
+    run!(c, |c| sqlx::query(
+        "UPDATE jobs SET locked_until = NULL, locked_by = NULL WHERE locked_by = $1 AND state = 'ready'"
     )
-    .bind(kind)
-    .bind(state)
-    .fetch_one(&mut *c)
-    .await)
+    .bind(worker)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))
 }

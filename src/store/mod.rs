@@ -15,15 +15,14 @@ use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{
-    Connection, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction,
-};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 pub mod calls;
 pub mod jobs;
 pub mod numbers;
 pub mod records;
 pub mod users;
+pub mod webhooks;
 
 /// Runs the same query code against whichever backend `$conn` holds.
 macro_rules! run {
@@ -138,10 +137,7 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        PoolSettings {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-        }
+        PoolSettings { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -149,24 +145,18 @@ impl Store {
     /// Connects (creating an embedded database and its folder on first use).
     pub async fn connect(url: &str, settings: &PoolSettings) -> anyhow::Result<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)
-                .with_context(|| "DATABASE_URL is not a valid postgres:// URL")?;
+            let options =
+                PgConnectOptions::from_str(url).with_context(|| "DATABASE_URL is not a valid postgres:// URL")?;
             // One plain connection first, so that a wrong URL fails at once rather than after
             // the pool's retries.
-            PgConnection::connect_with(&options)
-                .await
-                .map_err(|err| describe_connect_error(url, err))?
-                .close()
-                .await?;
+            PgConnection::connect_with(&options).await.map_err(|err| describe_connect_error(url, err))?.close().await?;
             let pool = PgPoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(settings.acquire_timeout)
                 .connect_with(options)
                 .await
                 .map_err(|err| describe_connect_error(url, err))?;
-            Ok(Store {
-                pools: Pools::Postgres(pool),
-            })
+            Ok(Store { pools: Pools::Postgres(pool) })
         } else if url.starts_with("sqlite:") {
             if let Some(dir) = crate::config::sqlite_data_dir(url) {
                 std::fs::create_dir_all(&dir)
@@ -197,14 +187,9 @@ impl Store {
                     .await
                     .map_err(|err| describe_connect_error(url, err))?
             };
-            Ok(Store {
-                pools: Pools::Sqlite { read, write },
-            })
+            Ok(Store { pools: Pools::Sqlite { read, write } })
         } else {
-            anyhow::bail!(
-                "DATABASE_URL must start with sqlite: or postgres:// (got {})",
-                redact_url(url)
-            )
+            anyhow::bail!("DATABASE_URL must start with sqlite: or postgres:// (got {})", redact_url(url))
         }
     }
 
@@ -242,10 +227,7 @@ impl Store {
     /// Whether the database answers, for `/ready`.
     pub async fn ping(&self) -> sqlx::Result<()> {
         let mut handle = self.read().await?;
-        run!(handle.conn(), |c| sqlx::query("SELECT 1")
-            .execute(&mut *c)
-            .await
-            .map(|_| ()))?;
+        run!(handle.conn(), |c| sqlx::query("SELECT 1").execute(&mut *c).await.map(|_| ()))?;
         Ok(())
     }
 
@@ -266,8 +248,7 @@ pub fn now() -> DateTime<Utc> {
 }
 
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .is_some_and(|e| e.is_unique_violation())
+    err.as_database_error().is_some_and(|e| e.is_unique_violation())
 }
 
 /// Errors that mean "the database cannot serve now" rather than "this request is wrong": the
@@ -288,9 +269,7 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
             } else {
                 // SQLite's primary result codes: busy (5), read-only (8), I/O error (10),
                 // disk full (13), cannot open (14).
-                db.code()
-                    .and_then(|c| c.parse::<u32>().ok())
-                    .is_some_and(|c| matches!(c & 0xff, 5 | 8 | 10 | 13 | 14))
+                db.code().and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 8 | 10 | 13 | 14))
             }
         }
         _ => false,
@@ -298,10 +277,7 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
 }
 
 fn describe_connect_error(url: &str, err: sqlx::Error) -> anyhow::Error {
-    anyhow::anyhow!(
-        "cannot connect to the database at {}: {err}",
-        redact_url(url)
-    )
+    anyhow::anyhow!("cannot connect to the database at {}: {err}", redact_url(url))
 }
 
 /// A database URL without its password, for messages.
@@ -310,12 +286,7 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
             match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:****{}",
-                    &url[..scheme_end + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:****{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..]),
                 None => url.to_owned(),
             }
         }
@@ -329,10 +300,7 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("postgres://vocode:hunter2@db:5432/vocode"),
-            "postgres://vocode:****@db:5432/vocode"
-        );
+        assert_eq!(redact_url("postgres://vocode:hunter2@db:5432/vocode"), "postgres://vocode:****@db:5432/vocode");
         assert_eq!(redact_url("postgres://root@db/x"), "postgres://root@db/x");
         assert_eq!(redact_url("sqlite://./data/v.db"), "sqlite://./data/v.db");
     }

@@ -33,60 +33,29 @@ const COLUMNS: &str = "id, user_id, number, active, label, outbound_only, exampl
 /// The user's row for a number (active or cancelled).
 pub async fn get(c: DbConn<'_>, user_id: Uuid, number: &str) -> sqlx::Result<Option<NumberRow>> {
     let sql = format!("SELECT {COLUMNS} FROM phone_numbers WHERE user_id = $1 AND number = $2");
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(user_id)
-        .bind(number)
-        .fetch_optional(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_as(&sql).bind(user_id).bind(number).fetch_optional(&mut *c).await)
 }
 
 /// Like [`get`], locking the row on Postgres until the transaction ends.
-pub async fn get_for_update(
-    c: DbConn<'_>,
-    user_id: Uuid,
-    number: &str,
-) -> sqlx::Result<Option<NumberRow>> {
-    let lock = if c.backend() == super::Backend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let sql =
-        format!("SELECT {COLUMNS} FROM phone_numbers WHERE user_id = $1 AND number = $2{lock}");
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(user_id)
-        .bind(number)
-        .fetch_optional(&mut *c)
-        .await)
+pub async fn get_for_update(c: DbConn<'_>, user_id: Uuid, number: &str) -> sqlx::Result<Option<NumberRow>> {
+    let lock = if c.backend() == super::Backend::Postgres { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {COLUMNS} FROM phone_numbers WHERE user_id = $1 AND number = $2{lock}");
+    run!(c, |c| sqlx::query_as(&sql).bind(user_id).bind(number).fetch_optional(&mut *c).await)
 }
 
 /// The active row of a number, whoever holds it.
 pub async fn active_holder(c: DbConn<'_>, number: &str) -> sqlx::Result<Option<NumberRow>> {
     let sql = format!("SELECT {COLUMNS} FROM phone_numbers WHERE number = $1 AND active = TRUE");
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(number)
-        .fetch_optional(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_as(&sql).bind(number).fetch_optional(&mut *c).await)
 }
 
-pub async fn list(
-    c: DbConn<'_>,
-    user_id: Uuid,
-    sort: Sort,
-    limit: i64,
-    offset: i64,
-) -> sqlx::Result<Vec<NumberRow>> {
+pub async fn list(c: DbConn<'_>, user_id: Uuid, sort: Sort, limit: i64, offset: i64) -> sqlx::Result<Vec<NumberRow>> {
     let dir = if sort.desc { "DESC" } else { "ASC" };
     let sql = format!(
         "SELECT {COLUMNS} FROM phone_numbers WHERE user_id = $1 ORDER BY {} {dir}, id {dir} LIMIT $2 OFFSET $3",
         sort.column
     );
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(user_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_as(&sql).bind(user_id).bind(limit).bind(offset).fetch_all(&mut *c).await)
 }
 
 pub async fn insert(c: DbConn<'_>, n: &NumberRow) -> sqlx::Result<()> {

@@ -60,66 +60,31 @@ pub const EXACT_COUNT_LIMIT: i64 = 10_000;
 
 const COLUMNS: &str = "id, user_id, kind, created_at, updated_at, body, sealed";
 
-pub async fn get(
-    c: DbConn<'_>,
-    table: Table,
-    user_id: Uuid,
-    id: Uuid,
-) -> sqlx::Result<Option<Record>> {
+pub async fn get(c: DbConn<'_>, table: Table, user_id: Uuid, id: Uuid) -> sqlx::Result<Option<Record>> {
     get_inner(c, table, user_id, id, false).await
 }
 
 /// Reads a record and, on Postgres, locks it until the transaction ends, so that concurrent
 /// read-modify-write updates of one record queue instead of losing each other's changes. (SQLite
 /// has one writer at a time already.)
-pub async fn get_for_update(
-    c: DbConn<'_>,
-    table: Table,
-    user_id: Uuid,
-    id: Uuid,
-) -> sqlx::Result<Option<Record>> {
+pub async fn get_for_update(c: DbConn<'_>, table: Table, user_id: Uuid, id: Uuid) -> sqlx::Result<Option<Record>> {
     get_inner(c, table, user_id, id, true).await
 }
 
-async fn get_inner(
-    c: DbConn<'_>,
-    table: Table,
-    user_id: Uuid,
-    id: Uuid,
-    lock: bool,
-) -> sqlx::Result<Option<Record>> {
-    let lock = if lock && c.backend() == Backend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "SELECT {COLUMNS} FROM {} WHERE id = $1 AND user_id = $2{lock}",
-        table.name()
-    );
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(id)
-        .bind(user_id)
-        .fetch_optional(&mut *c)
-        .await)
+async fn get_inner(c: DbConn<'_>, table: Table, user_id: Uuid, id: Uuid, lock: bool) -> sqlx::Result<Option<Record>> {
+    let lock = if lock && c.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {COLUMNS} FROM {} WHERE id = $1 AND user_id = $2{lock}", table.name());
+    run!(c, |c| sqlx::query_as(&sql).bind(id).bind(user_id).fetch_optional(&mut *c).await)
 }
 
 /// Several records of one user by id, in no particular order; missing ids are simply absent.
-pub async fn get_many(
-    c: DbConn<'_>,
-    table: Table,
-    user_id: Uuid,
-    ids: &[Uuid],
-) -> sqlx::Result<Vec<Record>> {
+pub async fn get_many(c: DbConn<'_>, table: Table, user_id: Uuid, ids: &[Uuid]) -> sqlx::Result<Vec<Record>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
-    let sql = format!(
-        "SELECT {COLUMNS} FROM {} WHERE user_id = $1 AND id IN ({})",
-        table.name(),
-        placeholders.join(", ")
-    );
+    let sql =
+        format!("SELECT {COLUMNS} FROM {} WHERE user_id = $1 AND id IN ({})", table.name(), placeholders.join(", "));
     run!(c, |c| {
         let mut query = sqlx::query_as(&sql).bind(user_id);
         for id in ids {
@@ -144,12 +109,7 @@ pub async fn list(
         table.name(),
         sort.column
     );
-    run!(c, |c| sqlx::query_as(&sql)
-        .bind(user_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&mut *c)
-        .await)
+    run!(c, |c| sqlx::query_as(&sql).bind(user_id).bind(limit).bind(offset).fetch_all(&mut *c).await)
 }
 
 /// How many records a user has, and whether that number is an estimate.
@@ -162,41 +122,28 @@ pub async fn count(c: DbConn<'_>, table: Table, user_id: Uuid) -> sqlx::Result<(
 pub async fn count_rows(c: DbConn<'_>, table: &str, user_id: Uuid) -> sqlx::Result<(i64, bool)> {
     match c {
         DbConn::Pg(c) => {
-            let capped = format!(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE user_id = $1 LIMIT $2) AS capped"
-            );
-            let n: i64 = sqlx::query_scalar(&capped)
-                .bind(user_id)
-                .bind(EXACT_COUNT_LIMIT + 1)
-                .fetch_one(&mut *c)
-                .await?;
+            let capped = format!("SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE user_id = $1 LIMIT $2) AS capped");
+            let n: i64 =
+                sqlx::query_scalar(&capped).bind(user_id).bind(EXACT_COUNT_LIMIT + 1).fetch_one(&mut *c).await?;
             if n <= EXACT_COUNT_LIMIT {
                 return Ok((n, false));
             }
             // The id is a parsed UUID, so inlining it is safe; EXPLAIN takes no parameters.
-            let explain = format!(
-                "EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE user_id = '{user_id}'::uuid"
-            );
+            let explain = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE user_id = '{user_id}'::uuid");
             let plan: Json<Value> = sqlx::query_scalar(&explain).fetch_one(&mut *c).await?;
             let estimate = plan.0[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64;
             Ok((estimate.max(n), true))
         }
         DbConn::Lite(c) => {
             let sql = format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1");
-            let n: i64 = sqlx::query_scalar(&sql)
-                .bind(user_id)
-                .fetch_one(&mut *c)
-                .await?;
+            let n: i64 = sqlx::query_scalar(&sql).bind(user_id).fetch_one(&mut *c).await?;
             Ok((n, false))
         }
     }
 }
 
 pub async fn insert(c: DbConn<'_>, table: Table, r: &Record) -> sqlx::Result<()> {
-    let sql = format!(
-        "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        table.name()
-    );
+    let sql = format!("INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)", table.name());
     run!(c, |c| sqlx::query(&sql)
         .bind(r.id)
         .bind(r.user_id)

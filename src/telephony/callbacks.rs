@@ -31,20 +31,11 @@ pub fn router() -> Router<AppState> {
         .route("/telephony/twilio/amd/{call_id}", post(twilio_amd))
         .route("/telephony/twilio/twiml/{call_id}", post(twilio_twiml))
         .route("/telephony/twilio/inbound", post(twilio_inbound))
-        .route(
-            "/telephony/twilio/stream/{call_id}",
-            get(streams::twilio_stream),
-        )
+        .route("/telephony/twilio/stream/{call_id}", get(streams::twilio_stream))
         .route("/telephony/vonage/event/{call_id}", post(vonage_event))
         .route("/telephony/vonage/event", post(vonage_event_by_uuid))
-        .route(
-            "/telephony/vonage/answer",
-            get(vonage_answer_get).post(vonage_answer_post),
-        )
-        .route(
-            "/telephony/vonage/stream/{call_id}",
-            get(streams::vonage_stream),
-        )
+        .route("/telephony/vonage/answer", get(vonage_answer_get).post(vonage_answer_post))
+        .route("/telephony/vonage/stream/{call_id}", get(streams::vonage_stream))
 }
 
 fn forbidden(reason: &str) -> ApiError {
@@ -65,25 +56,16 @@ struct TwilioRequest {
 
 impl TwilioRequest {
     fn new(state: &AppState, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Self {
-        let path = uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or(uri.path());
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
         TwilioRequest {
             url: state.telephony.url(path),
             params: form_urlencoded::parse(body).into_owned().collect(),
-            signature: headers
-                .get("x-twilio-signature")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            signature: headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).map(str::to_owned),
         }
     }
 
     fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// Verifies the signature with the account's token, and that the request is that account's.
@@ -94,10 +76,7 @@ impl TwilioRequest {
         if !twilio::verify_signature(&creds.auth_token, &self.url, &self.params, signature) {
             return Err(forbidden("the signature does not match"));
         }
-        if self
-            .param("AccountSid")
-            .is_some_and(|sid| sid != creds.account_sid)
-        {
+        if self.param("AccountSid").is_some_and(|sid| sid != creds.account_sid) {
             return Err(forbidden("the request is from another account"));
         }
         Ok(())
@@ -106,25 +85,14 @@ impl TwilioRequest {
 
 async fn load_call(state: &AppState, call_id: Uuid) -> Result<CallRow, ApiError> {
     let mut handle = state.store.read().await?;
-    calls::by_id(handle.conn(), call_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("Call {call_id} not found")))
+    calls::by_id(handle.conn(), call_id).await?.ok_or_else(|| ApiError::NotFound(format!("Call {call_id} not found")))
 }
 
 async fn credentials_of(state: &AppState, row: &CallRow) -> Result<twilio::Credentials, ApiError> {
     let mut handle = state.store.read().await?;
-    twilio_credentials(
-        state,
-        &mut handle,
-        row.user_id,
-        row.telephony_account_connection_id,
-    )
-    .await
-    .map_err(|e| {
-        forbidden(&format!(
-            "the call's account cannot verify the request ({e})"
-        ))
-    })
+    twilio_credentials(state, &mut handle, row.user_id, row.telephony_account_connection_id)
+        .await
+        .map_err(|e| forbidden(&format!("the call's account cannot verify the request ({e})")))
 }
 
 /// A verified Twilio request about a known call.
@@ -150,18 +118,11 @@ async fn twilio_call_request(
 }
 
 /// Applies news (after the carrier's id for the call, when this is the first word of it).
-async fn apply_news(
-    state: &AppState,
-    row: &CallRow,
-    carrier_id: Option<&str>,
-    news: News,
-) -> Result<(), ApiError> {
+async fn apply_news(state: &AppState, row: &CallRow, carrier_id: Option<&str>, news: News) -> Result<(), ApiError> {
     if row.telephony_id.is_none() {
         if let Some(id) = carrier_id {
             let accepted = News::carrier(
-                Event::Accepted {
-                    telephony_id: id.to_owned(),
-                },
+                Event::Accepted { telephony_id: id.to_owned() },
                 news.carrier_status.clone().unwrap_or_default(),
             );
             if let Some(applied) = apply(state, row.id, &accepted).await? {
@@ -176,9 +137,7 @@ async fn apply_news(
 }
 
 fn twilio_news(req: &TwilioRequest) -> Result<News, ApiError> {
-    let status = req
-        .param("CallStatus")
-        .ok_or_else(|| ApiError::BadRequest("CallStatus is missing".into()))?;
+    let status = req.param("CallStatus").ok_or_else(|| ApiError::BadRequest("CallStatus is missing".into()))?;
     let duration = req.param("CallDuration").and_then(|d| d.parse().ok());
     let event = twilio::status_event(status, duration)
         .ok_or_else(|| ApiError::BadRequest(format!("unknown CallStatus '{status}'")))?;
@@ -208,9 +167,7 @@ async fn twilio_status_by_sid(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let req = TwilioRequest::new(&state, &uri, &headers, &body);
-    let sid = req
-        .param("CallSid")
-        .ok_or_else(|| ApiError::BadRequest("CallSid is missing".into()))?;
+    let sid = req.param("CallSid").ok_or_else(|| ApiError::BadRequest("CallSid is missing".into()))?;
     let row = {
         let mut handle = state.store.read().await?;
         calls::by_telephony_id(handle.conn(), Provider::Twilio.as_str(), sid)
@@ -231,14 +188,9 @@ async fn twilio_amd(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let (row, req) = twilio_call_request(&state, call_id, &uri, &headers, &body).await?;
-    let answered_by = req
-        .param("AnsweredBy")
-        .ok_or_else(|| ApiError::BadRequest("AnsweredBy is missing".into()))?;
+    let answered_by = req.param("AnsweredBy").ok_or_else(|| ApiError::BadRequest("AnsweredBy is missing".into()))?;
     if let Some(result) = twilio::answered_by(answered_by) {
-        let news = News::carrier(
-            Event::MachineDetection(result),
-            row.carrier_status.clone().unwrap_or_default(),
-        );
+        let news = News::carrier(Event::MachineDetection(result), row.carrier_status.clone().unwrap_or_default());
         apply_news(&state, &row, req.param("CallSid"), news).await?;
     }
     Ok(StatusCode::NO_CONTENT)
@@ -254,17 +206,9 @@ async fn twilio_twiml(
 ) -> Result<Response, ApiError> {
     let (row, req) = twilio_call_request(&state, call_id, &uri, &headers, &body).await?;
     if matches!(row.status.as_str(), "ended" | "error") {
-        return Ok(xml(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Hangup/></Response>",
-        ));
+        return Ok(xml("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Hangup/></Response>"));
     }
-    apply_news(
-        &state,
-        &row,
-        req.param("CallSid"),
-        News::carrier(Event::Answered, "in-progress"),
-    )
-    .await?;
+    apply_news(&state, &row, req.param("CallSid"), News::carrier(Event::Answered, "in-progress")).await?;
     Ok(xml(stream_twiml(&state, call_id)))
 }
 
@@ -285,12 +229,8 @@ async fn twilio_inbound(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req = TwilioRequest::new(&state, &uri, &headers, &body);
-    let (Some(to), Some(from), Some(sid)) =
-        (req.param("To"), req.param("From"), req.param("CallSid"))
-    else {
-        return Err(ApiError::BadRequest(
-            "To, From and CallSid are required".into(),
-        ));
+    let (Some(to), Some(from), Some(sid)) = (req.param("To"), req.param("From"), req.param("CallSid")) else {
+        return Err(ApiError::BadRequest("To, From and CallSid are required".into()));
     };
     let to = PhoneNumber::parse(to).map_err(ApiError::BadRequest)?;
     let holder = {
@@ -301,28 +241,16 @@ async fn twilio_inbound(
     .ok_or_else(|| ApiError::NotFound(format!("{to} is not a number of this server")))?;
     let creds = {
         let mut handle = state.store.read().await?;
-        twilio_credentials(
-            &state,
-            &mut handle,
-            holder.user_id,
-            holder.telephony_account_connection_id,
-        )
-        .await
-        .map_err(|e| {
-            forbidden(&format!(
-                "the number's account cannot verify the request ({e})"
-            ))
-        })?
+        twilio_credentials(&state, &mut handle, holder.user_id, holder.telephony_account_connection_id)
+            .await
+            .map_err(|e| forbidden(&format!("the number's account cannot verify the request ({e})")))?
     };
     req.verify(&creds)?;
     let Some(agent_id) = holder.inbound_agent_id.filter(|_| !holder.outbound_only) else {
         return Ok(xml(twilio::reject_twiml()));
     };
-    let from = PhoneNumber::parse(from)
-        .map(|p| p.digits().to_owned())
-        .unwrap_or_else(|_| from.to_owned());
-    let call_id =
-        start_inbound_call(&state, &holder, agent_id, Provider::Twilio, sid, &from, &to).await?;
+    let from = PhoneNumber::parse(from).map(|p| p.digits().to_owned()).unwrap_or_else(|_| from.to_owned());
+    let call_id = start_inbound_call(&state, &holder, agent_id, Provider::Twilio, sid, &from, &to).await?;
     Ok(xml(stream_twiml(&state, call_id)))
 }
 
@@ -338,8 +266,7 @@ async fn start_inbound_call(
     to: &PhoneNumber,
 ) -> Result<Uuid, ApiError> {
     let mut tx = state.store.begin().await?;
-    if let Some(existing) = calls::by_telephony_id(tx.conn(), provider.as_str(), carrier_id).await?
-    {
+    if let Some(existing) = calls::by_telephony_id(tx.conn(), provider.as_str(), carrier_id).await? {
         return Ok(existing.id);
     }
     let at = now();
@@ -364,12 +291,7 @@ async fn start_inbound_call(
     );
     let mut state_now = CallState::new(NoHumanAnswer::Continue);
     let mut effects = Vec::new();
-    for event in [
-        Event::Accepted {
-            telephony_id: carrier_id.to_owned(),
-        },
-        Event::Answered,
-    ] {
+    for event in [Event::Accepted { telephony_id: carrier_id.to_owned() }, Event::Answered] {
         let (next, more) = transition(&state_now, &event, at);
         state_now = next;
         effects.extend(more);
@@ -382,15 +304,12 @@ async fn start_inbound_call(
             // The carrier asked twice at once: the other request recorded it.
             drop(tx);
             let mut handle = state.store.read().await?;
-            let existing =
-                calls::by_telephony_id(handle.conn(), provider.as_str(), carrier_id).await?;
-            return existing
-                .map(|r| r.id)
-                .ok_or_else(|| ApiError::Internal(err.into()));
+            let existing = calls::by_telephony_id(handle.conn(), provider.as_str(), carrier_id).await?;
+            return existing.map(|r| r.id).ok_or_else(|| ApiError::Internal(err.into()));
         }
         other => other?,
     }
-    let claimed = carry_out(state, &mut tx, &row, &effects).await?;
+    let claimed = carry_out(state, &mut tx, &row, &effects, false).await?;
     tx.commit().await?;
     spawn_claimed(state, claimed);
     tracing::info!(call_id = %row.id, provider = provider.as_str(), "inbound call answered");
@@ -400,13 +319,9 @@ async fn start_inbound_call(
 /// A verified Vonage callback body.
 fn vonage_verified(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
     let Some(secret) = &state.telephony.vonage_signature_secret else {
-        return Err(forbidden(
-            "VONAGE_SIGNATURE_SECRET is not set, so no Vonage callback can be verified",
-        ));
+        return Err(forbidden("VONAGE_SIGNATURE_SECRET is not set, so no Vonage callback can be verified"));
     };
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     vonage::verify_callback(secret, authorization, body).map_err(forbidden)
 }
 
@@ -415,26 +330,16 @@ fn vonage_news(event: &Value) -> Result<News, ApiError> {
     let Some(status) = event["status"].as_str() else {
         // A `record` event carries the recording and no status.
         return match recording_url {
-            Some(url) => Ok(News {
-                event: None,
-                carrier_status: None,
-                recording_url: Some(url),
-                from_carrier: true,
-            }),
+            Some(url) => Ok(News { event: None, carrier_status: None, recording_url: Some(url), from_carrier: true }),
             None => Err(ApiError::BadRequest("the event has no status".into())),
         };
     };
-    let duration = event["duration"]
-        .as_i64()
-        .or_else(|| event["duration"].as_str().and_then(|d| d.parse().ok()));
+    let duration = event["duration"].as_i64().or_else(|| event["duration"].as_str().and_then(|d| d.parse().ok()));
     let mut news = match vonage::status_event(status, duration) {
         Some(e) => News::carrier(e, status),
-        None if vonage::is_informational(status) => News {
-            event: None,
-            carrier_status: None,
-            recording_url: None,
-            from_carrier: true,
-        },
+        None if vonage::is_informational(status) => {
+            News { event: None, carrier_status: None, recording_url: None, from_carrier: true }
+        }
         None => return Err(ApiError::BadRequest(format!("unknown status '{status}'"))),
     };
     news.recording_url = recording_url;
@@ -443,9 +348,7 @@ fn vonage_news(event: &Value) -> Result<News, ApiError> {
 
 /// The carrier's id of the call an event is about (`call_uuid` on machine-detection events).
 fn vonage_call_uuid(event: &Value) -> Option<&str> {
-    event["uuid"]
-        .as_str()
-        .or_else(|| event["call_uuid"].as_str())
+    event["uuid"].as_str().or_else(|| event["call_uuid"].as_str())
 }
 
 async fn vonage_event(
@@ -455,8 +358,8 @@ async fn vonage_event(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     vonage_verified(&state, &headers, &body)?;
-    let event: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the event is not JSON: {e}")))?;
+    let event: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the event is not JSON: {e}")))?;
     let row = load_call(&state, call_id).await?;
     if row.telephony_provider != Provider::Vonage.as_str() {
         return Err(forbidden("the call is not a Vonage call"));
@@ -479,8 +382,8 @@ async fn vonage_event_by_uuid(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     vonage_verified(&state, &headers, &body)?;
-    let event: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the event is not JSON: {e}")))?;
+    let event: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the event is not JSON: {e}")))?;
     let Some(uuid) = vonage_call_uuid(&event) else {
         return Err(ApiError::BadRequest("the event names no call".into()));
     };
@@ -501,10 +404,7 @@ async fn vonage_answer_get(
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let object: Map<String, Value> = params
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
+    let object: Map<String, Value> = params.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
     let signed = serde_json::to_vec(&object).expect("JSON");
     vonage_verified(&state, &headers, &signed)?;
     vonage_answer(&state, Value::Object(object)).await
@@ -516,20 +416,16 @@ async fn vonage_answer_post(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     vonage_verified(&state, &headers, &body)?;
-    let request: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the request is not JSON: {e}")))?;
+    let request: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the request is not JSON: {e}")))?;
     vonage_answer(&state, request).await
 }
 
 async fn vonage_answer(state: &AppState, request: Value) -> Result<Response, ApiError> {
-    let (Some(to), Some(from), Some(uuid)) = (
-        request["to"].as_str(),
-        request["from"].as_str(),
-        request["uuid"].as_str(),
-    ) else {
-        return Err(ApiError::BadRequest(
-            "to, from and uuid are required".into(),
-        ));
+    let (Some(to), Some(from), Some(uuid)) =
+        (request["to"].as_str(), request["from"].as_str(), request["uuid"].as_str())
+    else {
+        return Err(ApiError::BadRequest("to, from and uuid are required".into()));
     };
     let to = PhoneNumber::parse(to).map_err(ApiError::BadRequest)?;
     let holder = {
@@ -541,14 +437,10 @@ async fn vonage_answer(state: &AppState, request: Value) -> Result<Response, Api
     let Some(agent_id) = holder.inbound_agent_id.filter(|_| !holder.outbound_only) else {
         return Ok(Json(vonage::reject_ncco()).into_response());
     };
-    let from = PhoneNumber::parse(from)
-        .map(|p| p.digits().to_owned())
-        .unwrap_or_else(|_| from.to_owned());
-    let call_id =
-        start_inbound_call(state, &holder, agent_id, Provider::Vonage, uuid, &from, &to).await?;
+    let from = PhoneNumber::parse(from).map(|p| p.digits().to_owned()).unwrap_or_else(|_| from.to_owned());
+    let call_id = start_inbound_call(state, &holder, agent_id, Provider::Vonage, uuid, &from, &to).await?;
     let t = &state.telephony;
     let urls = t.vonage_call_urls(call_id);
-    let headers =
-        serde_json::json!({"call_id": call_id.to_string(), "token": t.stream_token(call_id)});
+    let headers = serde_json::json!({"call_id": call_id.to_string(), "token": t.stream_token(call_id)});
     Ok(Json(vonage::ncco(&urls.stream, &urls.event, headers, false)).into_response())
 }

@@ -69,10 +69,7 @@ impl CarrierError {
     /// A success whose body cannot be read: the carrier may have acted on the request, so it
     /// must not be repeated.
     pub fn bad_answer(err: reqwest::Error) -> Self {
-        CarrierError::Rejected(format!(
-            "the carrier's answer could not be read: {}",
-            without_url(&err)
-        ))
+        CarrierError::Rejected(format!("the carrier's answer could not be read: {}", without_url(&err)))
     }
 }
 
@@ -129,23 +126,12 @@ pub struct Telephony {
 }
 
 impl Telephony {
-    pub fn new(
-        args: &TelephonyArgs,
-        listen: std::net::SocketAddr,
-        secrets: &SecretBox,
-    ) -> anyhow::Result<Telephony> {
-        let local_host = if listen.ip().is_unspecified() {
-            format!("127.0.0.1:{}", listen.port())
-        } else {
-            listen.to_string()
-        };
+    pub fn new(args: &TelephonyArgs, listen: std::net::SocketAddr, secrets: &SecretBox) -> anyhow::Result<Telephony> {
+        let local_host =
+            if listen.ip().is_unspecified() { format!("127.0.0.1:{}", listen.port()) } else { listen.to_string() };
         let local_base = format!("http://{local_host}");
-        let public_base = args
-            .public_base_url
-            .clone()
-            .unwrap_or_else(|| local_base.clone())
-            .trim_end_matches('/')
-            .to_owned();
+        let public_base =
+            args.public_base_url.clone().unwrap_or_else(|| local_base.clone()).trim_end_matches('/').to_owned();
         url::Url::parse(&public_base)
             .map_err(|e| anyhow::anyhow!("PUBLIC_BASE_URL is not a URL ({public_base}): {e}"))?;
         let http = reqwest::Client::builder()
@@ -164,12 +150,7 @@ impl Telephony {
             vonage_keys,
             sandbox,
         ) = if sandboxed {
-            let sandbox = Arc::new(sandbox::Sandbox::new(
-                secrets,
-                &public_base,
-                &local_base,
-                args.sandbox_time_scale,
-            ));
+            let sandbox = Arc::new(sandbox::Sandbox::new(secrets, &public_base, &local_base, args.sandbox_time_scale));
             (
                 format!("{local_base}/sandbox/twilio"),
                 format!("{local_base}/sandbox/vonage"),
@@ -177,52 +158,32 @@ impl Telephony {
                 Some(sandbox.twilio_account()),
                 Some(sandbox.vonage_signer()),
                 Some(sandbox.vonage_signature_secret().to_owned()),
-                (
-                    Some(sandbox::VONAGE_API_KEY.to_owned()),
-                    Some(sandbox.vonage_api_secret().to_owned()),
-                ),
+                (Some(sandbox::VONAGE_API_KEY.to_owned()), Some(sandbox.vonage_api_secret().to_owned())),
                 Some(sandbox),
             )
         } else {
             let server_twilio = match (&args.twilio_account_sid, &args.twilio_auth_token) {
-                (Some(sid), Some(token)) => Some(twilio::Credentials {
-                    account_sid: sid.clone(),
-                    auth_token: token.clone(),
-                }),
+                (Some(sid), Some(token)) => {
+                    Some(twilio::Credentials { account_sid: sid.clone(), auth_token: token.clone() })
+                }
                 (None, None) => None,
                 _ => anyhow::bail!("set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither"),
             };
             let signer = match (&args.vonage_application_id, &args.vonage_private_key_path) {
                 (Some(app), Some(path)) => {
-                    let pem = std::fs::read(path).map_err(|e| {
-                        anyhow::anyhow!(
-                            "cannot read VONAGE_PRIVATE_KEY_PATH {}: {e}",
-                            path.display()
-                        )
-                    })?;
-                    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
-                        anyhow::anyhow!("VONAGE_PRIVATE_KEY_PATH is not an RSA private key: {e}")
-                    })?;
-                    Some(vonage::Signer::Application {
-                        application_id: app.clone(),
-                        key,
-                    })
+                    let pem = std::fs::read(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read VONAGE_PRIVATE_KEY_PATH {}: {e}", path.display()))?;
+                    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
+                        .map_err(|e| anyhow::anyhow!("VONAGE_PRIVATE_KEY_PATH is not an RSA private key: {e}"))?;
+                    Some(vonage::Signer::Application { application_id: app.clone(), key })
                 }
                 (None, None) => None,
-                _ => anyhow::bail!(
-                    "set both VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH, or neither"
-                ),
+                _ => anyhow::bail!("set both VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH, or neither"),
             };
             (
-                args.twilio_api_base_url
-                    .clone()
-                    .unwrap_or_else(|| twilio::DEFAULT_BASE_URL.into()),
-                args.vonage_api_base_url
-                    .clone()
-                    .unwrap_or_else(|| vonage::DEFAULT_API_BASE_URL.into()),
-                args.vonage_numbers_base_url
-                    .clone()
-                    .unwrap_or_else(|| vonage::DEFAULT_NUMBERS_BASE_URL.into()),
+                args.twilio_api_base_url.clone().unwrap_or_else(|| twilio::DEFAULT_BASE_URL.into()),
+                args.vonage_api_base_url.clone().unwrap_or_else(|| vonage::DEFAULT_API_BASE_URL.into()),
+                args.vonage_numbers_base_url.clone().unwrap_or_else(|| vonage::DEFAULT_NUMBERS_BASE_URL.into()),
                 server_twilio,
                 signer,
                 args.vonage_signature_secret.clone(),
@@ -306,8 +267,7 @@ impl Telephony {
     /// The token that binds a media stream to its call: only the carrier that got it from this
     /// server can open the call's stream.
     pub fn stream_token(&self, call_id: Uuid) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.stream_key).expect("HMAC takes any key length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.stream_key).expect("HMAC takes any key length");
         mac.update(call_id.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }

@@ -130,11 +130,7 @@ impl Sandbox {
                 .expect("an HTTP client"),
             public_base: public_base.to_owned(),
             local_base: local_base.to_owned(),
-            time_scale: if time_scale.is_finite() && time_scale > 0.0 {
-                time_scale
-            } else {
-                1.0
-            },
+            time_scale: if time_scale.is_finite() && time_scale > 0.0 { time_scale } else { 1.0 },
             twilio_sid: format!("AC{}", hex32(secrets.derive("sandbox/twilio-account"))),
             twilio_token: hex32(secrets.derive("sandbox/twilio-token")),
             vonage_jwt_secret: secrets.derive("sandbox/vonage-application").to_vec(),
@@ -146,17 +142,11 @@ impl Sandbox {
 
     /// The server's own (sandbox) Twilio account.
     pub fn twilio_account(&self) -> twilio::Credentials {
-        twilio::Credentials {
-            account_sid: self.twilio_sid.clone(),
-            auth_token: self.twilio_token.clone(),
-        }
+        twilio::Credentials { account_sid: self.twilio_sid.clone(), auth_token: self.twilio_token.clone() }
     }
 
     pub fn vonage_signer(&self) -> vonage::Signer {
-        vonage::Signer::Sandbox {
-            application_id: VONAGE_APPLICATION_ID.into(),
-            secret: self.vonage_jwt_secret.clone(),
-        }
+        vonage::Signer::Sandbox { application_id: VONAGE_APPLICATION_ID.into(), secret: self.vonage_jwt_secret.clone() }
     }
 
     pub fn vonage_signature_secret(&self) -> &str {
@@ -187,11 +177,7 @@ impl Sandbox {
     }
 
     fn call(&self, id: &str) -> Option<Arc<SimCall>> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
     fn recording_url(&self, call: &SimCall) -> String {
@@ -227,9 +213,7 @@ impl Sandbox {
             }
             Scenario::NoAnswer => {
                 let hung_up = self.wait(&call, 3.0).await;
-                return self
-                    .finish(&call, if hung_up { "canceled" } else { "no-answer" })
-                    .await;
+                return self.finish(&call, if hung_up { "canceled" } else { "no-answer" }).await;
             }
             Scenario::Human | Scenario::Machine | Scenario::StaysOnLine | Scenario::Invalid => {}
         }
@@ -251,11 +235,7 @@ impl Sandbox {
         }
         let hung_up = call.hung_up.load(Ordering::SeqCst) || self.wait(&call, talk - talked).await;
         let duration = if hung_up {
-            let answered = call
-                .answered_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .unwrap_or_else(Instant::now);
+            let answered = call.answered_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
             (answered.elapsed().as_secs_f64() / self.time_scale).ceil() as i64
         } else {
             talk as i64
@@ -310,29 +290,18 @@ impl Sandbox {
         match call.protocol {
             Protocol::Twilio => self.twilio_callback(call, status).await,
             Protocol::Vonage => {
-                let duration = call
-                    .duration
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .unwrap_or(0);
+                let duration = call.duration.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(0);
                 if call.record && status == "completed" {
                     let url = self.recording_url(call);
-                    self.vonage_event(
-                        call,
-                        json!({"recording_url": url, "recording_uuid": call.id, "size": 417}),
-                    )
-                    .await;
+                    self.vonage_event(call, json!({"recording_url": url, "recording_uuid": call.id, "size": 417}))
+                        .await;
                 }
                 let status = match status {
                     "no-answer" => "timeout",
                     "canceled" => "cancelled",
                     other => other,
                 };
-                self.vonage_event(
-                    call,
-                    json!({"status": status, "duration": duration.to_string()}),
-                )
-                .await;
+                self.vonage_event(call, json!({"status": status, "duration": duration.to_string()})).await;
             }
         }
     }
@@ -342,27 +311,19 @@ impl Sandbox {
             Protocol::Twilio => {
                 let Some(url) = &call.amd_url else { return };
                 let mut params = self.twilio_params(call);
-                params.push((
-                    "AnsweredBy".into(),
-                    if human { "human" } else { "machine_start" }.into(),
-                ));
+                params.push(("AnsweredBy".into(), if human { "human" } else { "machine_start" }.into()));
                 params.push(("MachineDetectionDuration".into(), "1200".into()));
                 self.post_signed(call, url, params).await;
             }
             Protocol::Vonage => {
                 let status = if human { "human" } else { "machine" };
-                self.vonage_event(call, json!({"status": status, "call_uuid": call.id}))
-                    .await;
+                self.vonage_event(call, json!({"status": status, "call_uuid": call.id})).await;
             }
         }
     }
 
     fn twilio_params(&self, call: &SimCall) -> Vec<(String, String)> {
-        let status = call
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
         vec![
             ("AccountSid".into(), call.account_sid.clone()),
             ("ApiVersion".into(), "2010-04-01".into()),
@@ -380,17 +341,10 @@ impl Sandbox {
         let Some(url) = &call.status_url else { return };
         let mut params = self.twilio_params(call);
         params.push(("CallbackSource".into(), "call-progress-events".into()));
-        params.push((
-            "SequenceNumber".into(),
-            call.sequence.fetch_add(1, Ordering::SeqCst).to_string(),
-        ));
+        params.push(("SequenceNumber".into(), call.sequence.fetch_add(1, Ordering::SeqCst).to_string()));
         params.push(("Timestamp".into(), chrono::Utc::now().to_rfc2822()));
         if status == "completed" {
-            let duration = call
-                .duration
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .unwrap_or(0);
+            let duration = call.duration.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(0);
             params.push(("CallDuration".into(), duration.to_string()));
             params.push(("Duration".into(), ((duration + 59) / 60).to_string()));
             if call.record && duration > 0 {
@@ -403,21 +357,10 @@ impl Sandbox {
     }
 
     /// A form POST signed as Twilio signs it.
-    async fn post_signed(
-        &self,
-        call: &SimCall,
-        url: &str,
-        params: Vec<(String, String)>,
-    ) -> Option<String> {
+    async fn post_signed(&self, call: &SimCall, url: &str, params: Vec<(String, String)>) -> Option<String> {
         let target = self.local(url)?;
         let signature = twilio::signature(&call.auth_token, url, &params);
-        let sent = self
-            .http
-            .post(target)
-            .header("x-twilio-signature", signature)
-            .form(&params)
-            .send()
-            .await;
+        let sent = self.http.post(target).header("x-twilio-signature", signature).form(&params).send().await;
         match sent {
             Ok(res) => res.text().await.ok(),
             Err(err) => {
@@ -467,10 +410,7 @@ impl Sandbox {
                 let Some(twiml_url) = &call.twiml_url else {
                     return;
                 };
-                let Some(twiml) = self
-                    .post_signed(&call, twiml_url, self.twilio_params(&call))
-                    .await
-                else {
+                let Some(twiml) = self.post_signed(&call, twiml_url, self.twilio_params(&call)).await else {
                     return;
                 };
                 let Some((url, params)) = parse_stream_twiml(&twiml) else {
@@ -482,8 +422,7 @@ impl Sandbox {
                 let Some((uri, headers)) = &call.ncco_stream else {
                     return;
                 };
-                let mut first =
-                    json!({"event": "websocket:connected", "content-type": "audio/l16;rate=16000"});
+                let mut first = json!({"event": "websocket:connected", "content-type": "audio/l16;rate=16000"});
                 if let (Value::Object(f), Value::Object(h)) = (&mut first, headers) {
                     f.extend(h.clone());
                 }
@@ -565,11 +504,7 @@ impl Sandbox {
 /// The `<Stream url>` and its `<Parameter>`s out of TwiML.
 fn parse_stream_twiml(twiml: &str) -> Option<(String, Value)> {
     let unescape = |s: &str| {
-        s.replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&")
+        s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
     };
     let attr = |tag: &str, name: &str| -> Option<String> {
         let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
@@ -594,9 +529,7 @@ fn parse_stream_twiml(twiml: &str) -> Option<(String, Value)> {
 
 fn random_hex(len: usize) -> String {
     let mut rng = rand::thread_rng();
-    (0..len)
-        .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
-        .collect()
+    (0..len).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
 }
 
 /// A 417-byte MPEG-1 Layer III frame of silence (128 kbit/s, 44.1 kHz), repeated: the recording
@@ -609,14 +542,8 @@ fn silent_mp3(frames: usize) -> Vec<u8> {
 
 pub fn router(sandbox: Arc<Sandbox>) -> Router {
     Router::new()
-        .route(
-            "/twilio/2010-04-01/Accounts/{account}/Calls.json",
-            post(twilio_create_call),
-        )
-        .route(
-            "/twilio/2010-04-01/Accounts/{account}/Calls/{file}",
-            get(twilio_fetch_call).post(twilio_modify_call),
-        )
+        .route("/twilio/2010-04-01/Accounts/{account}/Calls.json", post(twilio_create_call))
+        .route("/twilio/2010-04-01/Accounts/{account}/Calls/{file}", get(twilio_fetch_call).post(twilio_modify_call))
         .route(
             "/twilio/2010-04-01/Accounts/{account}/AvailablePhoneNumbers/{country}/Local.json",
             get(twilio_available),
@@ -629,15 +556,9 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
             "/twilio/2010-04-01/Accounts/{account}/IncomingPhoneNumbers/{file}",
             post(twilio_update_number).delete(twilio_release_number),
         )
-        .route(
-            "/twilio/2010-04-01/Accounts/{account}/Recordings/{file}",
-            get(recording),
-        )
+        .route("/twilio/2010-04-01/Accounts/{account}/Recordings/{file}", get(recording))
         .route("/vonage/v1/calls", post(vonage_create_call))
-        .route(
-            "/vonage/v1/calls/{uuid}",
-            get(vonage_fetch_call).put(vonage_modify_call),
-        )
+        .route("/vonage/v1/calls/{uuid}", get(vonage_fetch_call).put(vonage_modify_call))
         .route("/vonage/number/search", get(vonage_search))
         .route("/vonage/number/buy", post(vonage_numbers_ok))
         .route("/vonage/number/update", post(vonage_numbers_ok))
@@ -662,10 +583,7 @@ fn twilio_error(status: StatusCode, code: i64, message: String) -> Response {
 /// callbacks are signed with it, so a wrong one fails there, as with the real carrier).
 fn twilio_auth(headers: &HeaderMap, account: &str) -> Result<String, Response> {
     let unauthorized = || twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(unauthorized)?;
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
     let decoded = value
         .strip_prefix("Basic ")
         .and_then(|b| STANDARD.decode(b).ok())
@@ -678,16 +596,8 @@ fn twilio_auth(headers: &HeaderMap, account: &str) -> Result<String, Response> {
 }
 
 fn call_resource(call: &SimCall) -> Value {
-    let status = call
-        .status
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let duration = call
-        .duration
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .map(|d| d.to_string());
+    let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let duration = call.duration.lock().unwrap_or_else(|e| e.into_inner()).map(|d| d.to_string());
     json!({"sid": call.id, "account_sid": call.account_sid, "to": call.to, "from": call.from, "status": status,
            "direction": "outbound-api", "duration": duration, "answered_by": null, "api_version": "2010-04-01",
            "uri": format!("/2010-04-01/Accounts/{}/Calls/{}.json", call.account_sid, call.id)})
@@ -704,25 +614,12 @@ async fn twilio_create_call(
         Err(r) => return r,
     };
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let field = |name: &str| {
-        form.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let field = |name: &str| form.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let Some(to) = field("To") else {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21201,
-            "No 'To' number is specified".into(),
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21201, "No 'To' number is specified".into());
     };
     let Some(from) = field("From") else {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21213,
-            "No 'From' number is specified".into(),
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21213, "No 'From' number is specified".into());
     };
     if PhoneNumber::parse(&to).is_err() || Scenario::of(&to) == Scenario::Invalid {
         return twilio_error(
@@ -744,11 +641,7 @@ async fn twilio_create_call(
         hang_up: Notify::new(),
         media_stop: Notify::new(),
         sequence: AtomicU32::new(0),
-        events: form
-            .iter()
-            .filter(|(k, _)| k == "StatusCallbackEvent")
-            .map(|(_, v)| v.clone())
-            .collect(),
+        events: form.iter().filter(|(k, _)| k == "StatusCallbackEvent").map(|(_, v)| v.clone()).collect(),
         status_url: field("StatusCallback"),
         amd_url: field("AsyncAmdStatusCallback"),
         twiml_url: field("Url"),
@@ -759,18 +652,13 @@ async fn twilio_create_call(
         duration: Mutex::new(None),
     });
     let resource = call_resource(&call);
-    sb.calls
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(call.id.clone(), call.clone());
+    sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());
     tokio::spawn(sb.clone().play(call));
     (StatusCode::CREATED, Json(resource)).into_response()
 }
 
 fn sid_of(file: &str) -> &str {
-    file.trim_end_matches(".json")
-        .trim_end_matches(".mp3")
-        .trim_end_matches(".wav")
+    file.trim_end_matches(".json").trim_end_matches(".mp3").trim_end_matches(".wav")
 }
 
 async fn twilio_fetch_call(
@@ -783,11 +671,7 @@ async fn twilio_fetch_call(
     }
     match sb.call(sid_of(&file)) {
         Some(call) => Json(call_resource(&call)).into_response(),
-        None => twilio_error(
-            StatusCode::NOT_FOUND,
-            20404,
-            "The requested resource was not found".into(),
-        ),
+        None => twilio_error(StatusCode::NOT_FOUND, 20404, "The requested resource was not found".into()),
     }
 }
 
@@ -801,29 +685,16 @@ async fn twilio_modify_call(
         return r;
     }
     let Some(call) = sb.call(sid_of(&file)) else {
-        return twilio_error(
-            StatusCode::NOT_FOUND,
-            20404,
-            "The requested resource was not found".into(),
-        );
+        return twilio_error(StatusCode::NOT_FOUND, 20404, "The requested resource was not found".into());
     };
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    let status = call
-        .status
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let answered = status == "in-progress";
-    let over = matches!(
-        status.as_str(),
-        "completed" | "canceled" | "busy" | "failed" | "no-answer"
-    );
+    let over = matches!(status.as_str(), "completed" | "canceled" | "busy" | "failed" | "no-answer");
     match form.get("Status").map(String::as_str) {
-        Some(_) if over => twilio_error(
-            StatusCode::BAD_REQUEST,
-            21220,
-            "Call is not in-progress. Cannot redirect.".into(),
-        ),
+        Some(_) if over => {
+            twilio_error(StatusCode::BAD_REQUEST, 21220, "Call is not in-progress. Cannot redirect.".into())
+        }
         Some("completed") if answered => {
             sb.hang_up(&call);
             let mut resource = call_resource(&call);
@@ -836,11 +707,9 @@ async fn twilio_modify_call(
             resource["status"] = json!("canceled");
             Json(resource).into_response()
         }
-        Some(_) => twilio_error(
-            StatusCode::BAD_REQUEST,
-            21220,
-            format!("The call is {status}: it cannot take this status."),
-        ),
+        Some(_) => {
+            twilio_error(StatusCode::BAD_REQUEST, 21220, format!("The call is {status}: it cannot take this status."))
+        }
         None => Json(call_resource(&call)).into_response(),
     }
 }
@@ -853,11 +722,7 @@ async fn twilio_available(
     if let Err(r) = twilio_auth(&headers, &account) {
         return r;
     }
-    let area = query
-        .get("AreaCode")
-        .filter(|a| a.len() == 3)
-        .cloned()
-        .unwrap_or_else(|| "415".into());
+    let area = query.get("AreaCode").filter(|a| a.len() == 3).cloned().unwrap_or_else(|| "415".into());
     let numbers: Vec<Value> = (0..3)
         .map(|_| {
             let n = format!("+1{area}555{}", rand::thread_rng().gen_range(2000..10000));
@@ -881,28 +746,18 @@ async fn twilio_list_numbers(
         return r;
     }
     // Every number is the sandbox account's.
-    let numbers: Vec<Value> = query
-        .get("PhoneNumber")
-        .map(|n| vec![json!({"sid": number_sid(n), "phone_number": n})])
-        .unwrap_or_default();
+    let numbers: Vec<Value> =
+        query.get("PhoneNumber").map(|n| vec![json!({"sid": number_sid(n), "phone_number": n})]).unwrap_or_default();
     Json(json!({"incoming_phone_numbers": numbers})).into_response()
 }
 
-async fn twilio_buy_number(
-    Path(account): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn twilio_buy_number(Path(account): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = twilio_auth(&headers, &account) {
         return r;
     }
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let Some(number) = form.get("PhoneNumber") else {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21421,
-            "PhoneNumber is required".into(),
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21421, "PhoneNumber is required".into());
     };
     (
         StatusCode::CREATED,
@@ -911,20 +766,14 @@ async fn twilio_buy_number(
         .into_response()
 }
 
-async fn twilio_update_number(
-    Path((account, file)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
+async fn twilio_update_number(Path((account, file)): Path<(String, String)>, headers: HeaderMap) -> Response {
     if let Err(r) = twilio_auth(&headers, &account) {
         return r;
     }
     Json(json!({"sid": sid_of(&file)})).into_response()
 }
 
-async fn twilio_release_number(
-    Path((account, _file)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
+async fn twilio_release_number(Path((account, _file)): Path<(String, String)>, headers: HeaderMap) -> Response {
     if let Err(r) = twilio_auth(&headers, &account) {
         return r;
     }
@@ -945,13 +794,8 @@ fn vonage_error(status: StatusCode, title: &str, detail: &str) -> Response {
 
 #[allow(clippy::result_large_err)]
 fn vonage_auth(sb: &Sandbox, headers: &HeaderMap) -> Result<(), Response> {
-    let unauthorized = || {
-        vonage_error(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "You did not provide correct credentials.",
-        )
-    };
+    let unauthorized =
+        || vonage_error(StatusCode::UNAUTHORIZED, "Unauthorized", "You did not provide correct credentials.");
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -959,34 +803,21 @@ fn vonage_auth(sb: &Sandbox, headers: &HeaderMap) -> Result<(), Response> {
         .ok_or_else(unauthorized)?;
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims(&["exp"]);
-    let claims = jsonwebtoken::decode::<vonage::ApiClaims>(
-        token,
-        &DecodingKey::from_secret(&sb.vonage_jwt_secret),
-        &validation,
-    )
-    .map_err(|_| unauthorized())?;
+    let claims =
+        jsonwebtoken::decode::<vonage::ApiClaims>(token, &DecodingKey::from_secret(&sb.vonage_jwt_secret), &validation)
+            .map_err(|_| unauthorized())?;
     if claims.claims.application_id != VONAGE_APPLICATION_ID {
         return Err(unauthorized());
     }
     Ok(())
 }
 
-async fn vonage_create_call(
-    State(sb): SandboxState,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
+async fn vonage_create_call(State(sb): SandboxState, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     if let Err(r) = vonage_auth(&sb, &headers) {
         return r;
     }
-    let to = body["to"][0]["number"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let from = body["from"]["number"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let to = body["to"][0]["number"].as_str().unwrap_or_default().to_owned();
+    let from = body["from"]["number"].as_str().unwrap_or_default().to_owned();
     if PhoneNumber::parse(&to).is_err() || Scenario::of(&to) == Scenario::Invalid {
         return vonage_error(
             StatusCode::BAD_REQUEST,
@@ -998,11 +829,8 @@ async fn vonage_create_call(
         .as_array()
         .and_then(|actions| actions.iter().find(|a| a["action"] == "connect"))
         .map(|a| &a["endpoint"][0]);
-    let ncco_stream =
-        connect.and_then(|e| Some((e["uri"].as_str()?.to_owned(), e["headers"].clone())));
-    let record = body["ncco"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|x| x["action"] == "record"));
+    let ncco_stream = connect.and_then(|e| Some((e["uri"].as_str()?.to_owned(), e["headers"].clone())));
+    let record = body["ncco"].as_array().is_some_and(|a| a.iter().any(|x| x["action"] == "record"));
     let call = Arc::new(SimCall {
         id: uuid::Uuid::new_v4().to_string(),
         protocol: Protocol::Vonage,
@@ -1022,35 +850,23 @@ async fn vonage_create_call(
         twiml_url: None,
         event_url: body["event_url"][0].as_str().map(str::to_owned),
         ncco_stream,
-        machine_detection: body.get("machine_detection").is_some()
-            || body.get("advanced_machine_detection").is_some(),
+        machine_detection: body.get("machine_detection").is_some() || body.get("advanced_machine_detection").is_some(),
         record,
         duration: Mutex::new(None),
     });
     let answer = json!({"uuid": call.id, "status": "started", "direction": "outbound", "conversation_uuid": format!("CON-{}", call.id)});
-    sb.calls
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(call.id.clone(), call.clone());
+    sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());
     tokio::spawn(sb.clone().play(call));
     (StatusCode::CREATED, Json(answer)).into_response()
 }
 
-async fn vonage_fetch_call(
-    State(sb): SandboxState,
-    Path(uuid): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn vonage_fetch_call(State(sb): SandboxState, Path(uuid): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = vonage_auth(&sb, &headers) {
         return r;
     }
     match sb.call(&uuid) {
         Some(call) => {
-            let status = call
-                .status
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let status = match status.as_str() {
                 "in-progress" => "answered",
                 "canceled" => "cancelled",
@@ -1058,11 +874,7 @@ async fn vonage_fetch_call(
                 other => other,
             }
             .to_owned();
-            let duration = call
-                .duration
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .map(|d| d.to_string());
+            let duration = call.duration.lock().unwrap_or_else(|e| e.into_inner()).map(|d| d.to_string());
             Json(json!({"uuid": call.id, "status": status, "duration": duration})).into_response()
         }
         None => vonage_error(StatusCode::NOT_FOUND, "Not Found", "No call with this uuid"),
@@ -1091,14 +903,8 @@ async fn vonage_modify_call(
 }
 
 fn vonage_numbers_auth(sb: &Sandbox, headers: &HeaderMap) -> bool {
-    let expected = format!(
-        "Basic {}",
-        STANDARD.encode(format!("{VONAGE_API_KEY}:{}", sb.vonage_api_secret))
-    );
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        == Some(expected.as_str())
+    let expected = format!("Basic {}", STANDARD.encode(format!("{VONAGE_API_KEY}:{}", sb.vonage_api_secret)));
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str())
 }
 
 async fn vonage_search(
@@ -1149,8 +955,7 @@ mod tests {
 
     #[test]
     fn stream_twiml_is_read_back() {
-        let twiml =
-            twilio::connect_stream_twiml("ws://h/telephony/twilio/stream/1?x=1&y=2", "c-1", "tok");
+        let twiml = twilio::connect_stream_twiml("ws://h/telephony/twilio/stream/1?x=1&y=2", "c-1", "tok");
         let (url, params) = parse_stream_twiml(&twiml).unwrap();
         assert_eq!(url, "ws://h/telephony/twilio/stream/1?x=1&y=2");
         assert_eq!(params, json!({"call_id": "c-1", "token": "tok"}));

@@ -49,11 +49,7 @@ impl Streams {
     }
 
     pub fn get(&self, call_id: Uuid) -> Option<StreamStats> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&call_id)
-            .cloned()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(&call_id).cloned()
     }
 }
 
@@ -61,19 +57,10 @@ const POLICY_VIOLATION: u16 = 1008;
 
 async fn refuse(mut socket: WebSocket, reason: &'static str) {
     tracing::warn!(reason, "refused a media stream");
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: POLICY_VIOLATION,
-            reason: reason.into(),
-        })))
-        .await;
+    let _ = socket.send(Message::Close(Some(CloseFrame { code: POLICY_VIOLATION, reason: reason.into() }))).await;
 }
 
-pub async fn twilio_stream(
-    State(state): State<AppState>,
-    Path(call_id): Path<Uuid>,
-    ws: WebSocketUpgrade,
-) -> Response {
+pub async fn twilio_stream(State(state): State<AppState>, Path(call_id): Path<Uuid>, ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(move |socket| twilio_session(state, call_id, socket))
 }
 
@@ -97,9 +84,7 @@ async fn twilio_session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                 let start = &event["start"];
                 let params = &start["customParameters"];
                 let token_ok = params["call_id"].as_str() == Some(call_id.to_string().as_str())
-                    && params["token"]
-                        .as_str()
-                        .is_some_and(|t| state.telephony.check_stream_token(call_id, t));
+                    && params["token"].as_str().is_some_and(|t| state.telephony.check_stream_token(call_id, t));
                 if !token_ok || !call_matches(&state, call_id, start["callSid"].as_str()).await {
                     return refuse(socket, "this stream is not the call's").await;
                 }
@@ -141,11 +126,7 @@ async fn call_matches(state: &AppState, call_id: Uuid, telephony_id: Option<&str
     }
 }
 
-pub async fn vonage_stream(
-    State(state): State<AppState>,
-    Path(call_id): Path<Uuid>,
-    ws: WebSocketUpgrade,
-) -> Response {
+pub async fn vonage_stream(State(state): State<AppState>, Path(call_id): Path<Uuid>, ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(move |socket| vonage_session(state, call_id, socket))
 }
 
@@ -162,11 +143,8 @@ async fn vonage_session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                 match event["event"].as_str() {
                     Some("websocket:connected") => {
                         // The NCCO's headers arrive flattened into this first message.
-                        let token_ok = event["call_id"].as_str()
-                            == Some(call_id.to_string().as_str())
-                            && event["token"]
-                                .as_str()
-                                .is_some_and(|t| state.telephony.check_stream_token(call_id, t));
+                        let token_ok = event["call_id"].as_str() == Some(call_id.to_string().as_str())
+                            && event["token"].as_str().is_some_and(|t| state.telephony.check_stream_token(call_id, t));
                         if !token_ok || !call_matches(&state, call_id, None).await {
                             return refuse(socket, "this stream is not the call's").await;
                         }

@@ -73,20 +73,26 @@ const OWN_FIELDS: &[&str] = &[
 
 impl TwilioClient {
     pub fn new(http: reqwest::Client, base: &str) -> Self {
-        TwilioClient {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
-        }
+        TwilioClient { http, base: base.trim_end_matches('/').to_owned() }
     }
 
     fn url(&self, creds: &Credentials, rest: &str) -> String {
-        format!(
-            "{}/2010-04-01/Accounts/{}/{rest}",
-            self.base, creds.account_sid
-        )
+        format!("{}/2010-04-01/Accounts/{}/{rest}", self.base, creds.account_sid)
     }
 
-    async fn send(
+    async fn send(&self, creds: &Credentials, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CarrierError> {
+        let started = std::time::Instant::now();
+        let result = self.send_inner(creds, req).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CarrierError::Rejected(_)) => "rejected",
+            Err(CarrierError::Transient(_)) => "transient",
+        };
+        crate::metrics::carrier_request("twilio", outcome, started);
+        result
+    }
+
+    async fn send_inner(
         &self,
         creds: &Credentials,
         req: reqwest::RequestBuilder,
@@ -103,10 +109,7 @@ impl TwilioClient {
         }
         let text = res.text().await.unwrap_or_default();
         let reason = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(ErrorBody {
-                code,
-                message: Some(message),
-            }) => match code {
+            Ok(ErrorBody { code, message: Some(message) }) => match code {
                 Some(code) => format!("Twilio error {code}: {message}"),
                 None => format!("Twilio: {message}"),
             },
@@ -116,12 +119,7 @@ impl TwilioClient {
     }
 
     /// `POST /Calls.json`: places a call that fetches its TwiML from this server when answered.
-    pub async fn create_call(
-        &self,
-        creds: &Credentials,
-        dial: &Dial,
-        urls: &CallUrls,
-    ) -> Result<Dialed, CarrierError> {
+    pub async fn create_call(&self, creds: &Credentials, dial: &Dial, urls: &CallUrls) -> Result<Dialed, CarrierError> {
         let mut form: Vec<(String, String)> = vec![
             ("To".into(), dial.to.e164()),
             ("From".into(), dial.from.e164()),
@@ -149,67 +147,27 @@ impl TwilioClient {
             }
         }
         let req = self.http.post(self.url(creds, "Calls.json")).form(&form);
-        let call: CallResource = self
-            .send(creds, req)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)?;
-        Ok(Dialed {
-            telephony_id: call.sid,
-            carrier_status: call.status,
-        })
+        let call: CallResource = self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)?;
+        Ok(Dialed { telephony_id: call.sid, carrier_status: call.status })
     }
 
     /// `POST /Calls/{sid}.json`: `Status=completed` ends a call in progress, `canceled` one that
     /// is queued or ringing.
-    pub async fn hang_up(
-        &self,
-        creds: &Credentials,
-        sid: &str,
-        answered: bool,
-    ) -> Result<CallResource, CarrierError> {
+    pub async fn hang_up(&self, creds: &Credentials, sid: &str, answered: bool) -> Result<CallResource, CarrierError> {
         let status = if answered { "completed" } else { "canceled" };
-        let req = self
-            .http
-            .post(self.url(creds, &format!("Calls/{sid}.json")))
-            .form(&[("Status", status)]);
-        self.send(creds, req)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)
+        let req = self.http.post(self.url(creds, &format!("Calls/{sid}.json"))).form(&[("Status", status)]);
+        self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)
     }
 
     /// `POST /Calls/{sid}.json` with new TwiML: the call does what it says from now on.
-    pub async fn redirect(
-        &self,
-        creds: &Credentials,
-        sid: &str,
-        twiml: &str,
-    ) -> Result<CallResource, CarrierError> {
-        let req = self
-            .http
-            .post(self.url(creds, &format!("Calls/{sid}.json")))
-            .form(&[("Twiml", twiml)]);
-        self.send(creds, req)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)
+    pub async fn redirect(&self, creds: &Credentials, sid: &str, twiml: &str) -> Result<CallResource, CarrierError> {
+        let req = self.http.post(self.url(creds, &format!("Calls/{sid}.json"))).form(&[("Twiml", twiml)]);
+        self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)
     }
 
-    pub async fn fetch_call(
-        &self,
-        creds: &Credentials,
-        sid: &str,
-    ) -> Result<CallResource, CarrierError> {
+    pub async fn fetch_call(&self, creds: &Credentials, sid: &str) -> Result<CallResource, CarrierError> {
         let req = self.http.get(self.url(creds, &format!("Calls/{sid}.json")));
-        self.send(creds, req)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)
+        self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)
     }
 
     /// Searches local numbers in an area code and buys the first, pointing its voice webhook here.
@@ -220,42 +178,24 @@ impl TwilioClient {
         voice_url: Option<&str>,
         status_callback: &str,
     ) -> Result<(PhoneNumber, String), CarrierError> {
-        let mut search = self
-            .http
-            .get(self.url(creds, "AvailablePhoneNumbers/US/Local.json"));
+        let mut search = self.http.get(self.url(creds, "AvailablePhoneNumbers/US/Local.json"));
         if let Some(area) = area_code {
             search = search.query(&[("AreaCode", area)]);
         }
-        let found: Value = self
-            .send(creds, search)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)?;
+        let found: Value = self.send(creds, search).await?.json().await.map_err(CarrierError::bad_answer)?;
         let Some(candidate) = found["available_phone_numbers"][0]["phone_number"].as_str() else {
             return Err(CarrierError::Rejected(match area_code {
                 Some(area) => format!("Twilio has no numbers available in area code {area}"),
                 None => "Twilio has no numbers available".into(),
             }));
         };
-        let mut form = vec![
-            ("PhoneNumber", candidate.to_owned()),
-            ("StatusCallback", status_callback.to_owned()),
-        ];
+        let mut form = vec![("PhoneNumber", candidate.to_owned()), ("StatusCallback", status_callback.to_owned())];
         if let Some(url) = voice_url {
             form.push(("VoiceUrl", url.to_owned()));
             form.push(("VoiceMethod", "POST".into()));
         }
-        let req = self
-            .http
-            .post(self.url(creds, "IncomingPhoneNumbers.json"))
-            .form(&form);
-        let bought: Value = self
-            .send(creds, req)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)?;
+        let req = self.http.post(self.url(creds, "IncomingPhoneNumbers.json")).form(&form);
+        let bought: Value = self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)?;
         let number = PhoneNumber::parse(bought["phone_number"].as_str().unwrap_or(candidate))
             .map_err(|e| CarrierError::Rejected(format!("Twilio sold an unusable number: {e}")))?;
         let sid = bought["sid"].as_str().unwrap_or_default().to_owned();
@@ -263,24 +203,10 @@ impl TwilioClient {
     }
 
     /// The account's id (`PN…`) of one of its numbers.
-    pub async fn find_number(
-        &self,
-        creds: &Credentials,
-        number: &PhoneNumber,
-    ) -> Result<Option<String>, CarrierError> {
-        let req = self
-            .http
-            .get(self.url(creds, "IncomingPhoneNumbers.json"))
-            .query(&[("PhoneNumber", number.e164())]);
-        let found: Value = self
-            .send(creds, req)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)?;
-        Ok(found["incoming_phone_numbers"][0]["sid"]
-            .as_str()
-            .map(str::to_owned))
+    pub async fn find_number(&self, creds: &Credentials, number: &PhoneNumber) -> Result<Option<String>, CarrierError> {
+        let req = self.http.get(self.url(creds, "IncomingPhoneNumbers.json")).query(&[("PhoneNumber", number.e164())]);
+        let found: Value = self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)?;
+        Ok(found["incoming_phone_numbers"][0]["sid"].as_str().map(str::to_owned))
     }
 
     /// Points a number's voice webhook (and status callback) at this server, or (`None`) clears it.
@@ -296,17 +222,12 @@ impl TwilioClient {
             ("VoiceMethod", "POST".to_owned()),
             ("StatusCallback", status_callback.to_owned()),
         ];
-        let req = self
-            .http
-            .post(self.url(creds, &format!("IncomingPhoneNumbers/{sid}.json")))
-            .form(&form);
+        let req = self.http.post(self.url(creds, &format!("IncomingPhoneNumbers/{sid}.json"))).form(&form);
         self.send(creds, req).await.map(|_| ())
     }
 
     pub async fn release_number(&self, creds: &Credentials, sid: &str) -> Result<(), CarrierError> {
-        let req = self
-            .http
-            .delete(self.url(creds, &format!("IncomingPhoneNumbers/{sid}.json")));
+        let req = self.http.delete(self.url(creds, &format!("IncomingPhoneNumbers/{sid}.json")));
         self.send(creds, req).await.map(|_| ())
     }
 
@@ -330,9 +251,7 @@ pub fn status_event(call_status: &str, duration: Option<i64>) -> Option<Event> {
     Some(match call_status {
         "queued" | "initiated" | "ringing" => Event::Ringing,
         "in-progress" | "answered" => Event::Answered,
-        "completed" => Event::Completed {
-            duration_seconds: duration,
-        },
+        "completed" => Event::Completed { duration_seconds: duration },
         "busy" | "no-answer" | "canceled" => Event::NotAnswered,
         "failed" => Event::Failed,
         _ => return None,
@@ -343,11 +262,9 @@ pub fn status_event(call_status: &str, duration: Option<i64>) -> Option<Event> {
 pub fn answered_by(value: &str) -> Option<HumanDetection> {
     match value {
         "human" => Some(HumanDetection::Human),
-        "machine_start"
-        | "machine_end_beep"
-        | "machine_end_silence"
-        | "machine_end_other"
-        | "fax" => Some(HumanDetection::NoHuman),
+        "machine_start" | "machine_end_beep" | "machine_end_silence" | "machine_end_other" | "fax" => {
+            Some(HumanDetection::NoHuman)
+        }
         _ => None,
     }
 }
@@ -363,26 +280,15 @@ pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> St
         data.push_str(k);
         data.push_str(v);
     }
-    let mut mac =
-        Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key length");
     mac.update(data.as_bytes());
     STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// Checks a signature the way Twilio's SDKs do: with the URL as given, and with its default port
 /// added or removed (Twilio signs some callbacks with the port and some without).
-pub fn verify_signature(
-    auth_token: &str,
-    url: &str,
-    params: &[(String, String)],
-    header: &str,
-) -> bool {
-    url_variants(url).iter().any(|u| {
-        constant_time_eq(
-            signature(auth_token, u, params).as_bytes(),
-            header.as_bytes(),
-        )
-    })
+pub fn verify_signature(auth_token: &str, url: &str, params: &[(String, String)], header: &str) -> bool {
+    url_variants(url).iter().any(|u| constant_time_eq(signature(auth_token, u, params).as_bytes(), header.as_bytes()))
 }
 
 fn url_variants(url: &str) -> Vec<String> {
@@ -400,10 +306,7 @@ fn url_variants(url: &str) -> Vec<String> {
             vec![url.to_owned(), format!("{scheme}://{host}{path}")]
         }
         Some(_) => vec![url.to_owned()],
-        None => vec![
-            url.to_owned(),
-            format!("{scheme}://{authority}:{default}{path}"),
-        ],
+        None => vec![url.to_owned(), format!("{scheme}://{authority}:{default}{path}")],
     }
 }
 
@@ -441,11 +344,7 @@ pub fn empty_twiml() -> &'static str {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }
 
 #[cfg(test)]
@@ -469,63 +368,32 @@ mod tests {
     #[test]
     fn signatures_match_twilios_test_vectors() {
         assert_eq!(
-            signature(
-                "12345",
-                "https://mycompany.com/myapp.php?foo=1&bar=2",
-                &params()
-            ),
+            signature("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &params()),
             "RSOYDt4T1cUTdK1PDd93/VVr8B8="
         );
         assert_eq!(
-            signature(
-                "12345",
-                "https://mycompany.com:443/myapp.php?foo=1&bar=2",
-                &params()
-            ),
+            signature("12345", "https://mycompany.com:443/myapp.php?foo=1&bar=2", &params()),
             "kvajT1Ptam85bY51eRf/AJRuM3w="
         );
         let json_url = "https://mycompany.com/myapp.php?foo=1&bar=2&bodySHA256=0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
-        assert_eq!(
-            signature("12345", json_url, &[]),
-            "a9nBmqA0ju/hNViExpshrM61xv4="
-        );
+        assert_eq!(signature("12345", json_url, &[]), "a9nBmqA0ju/hNViExpshrM61xv4=");
     }
 
     #[test]
     fn verification_accepts_either_port_form_and_nothing_else() {
         let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
-        assert!(verify_signature(
-            "12345",
-            url,
-            &params(),
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        ));
-        assert!(verify_signature(
-            "12345",
-            url,
-            &params(),
-            "kvajT1Ptam85bY51eRf/AJRuM3w="
-        ));
+        assert!(verify_signature("12345", url, &params(), "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
+        assert!(verify_signature("12345", url, &params(), "kvajT1Ptam85bY51eRf/AJRuM3w="));
         assert!(verify_signature(
             "12345",
             "https://mycompany.com:443/myapp.php?foo=1&bar=2",
             &params(),
             "RSOYDt4T1cUTdK1PDd93/VVr8B8="
         ));
-        assert!(!verify_signature(
-            "54321",
-            url,
-            &params(),
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        ));
+        assert!(!verify_signature("54321", url, &params(), "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
         let mut tampered = params();
         tampered[2].1 = "9999".into();
-        assert!(!verify_signature(
-            "12345",
-            url,
-            &tampered,
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        ));
+        assert!(!verify_signature("12345", url, &tampered, "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
         assert!(!verify_signature("12345", url, &params(), ""));
     }
 
@@ -533,12 +401,7 @@ mod tests {
     fn statuses_map_to_news() {
         assert_eq!(status_event("ringing", None), Some(Event::Ringing));
         assert_eq!(status_event("in-progress", None), Some(Event::Answered));
-        assert_eq!(
-            status_event("completed", Some(7)),
-            Some(Event::Completed {
-                duration_seconds: Some(7)
-            })
-        );
+        assert_eq!(status_event("completed", Some(7)), Some(Event::Completed { duration_seconds: Some(7) }));
         for s in ["busy", "no-answer", "canceled"] {
             assert_eq!(status_event(s, None), Some(Event::NotAnswered));
         }

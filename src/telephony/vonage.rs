@@ -20,15 +20,9 @@ pub const DEFAULT_NUMBERS_BASE_URL: &str = "https://rest.nexmo.com";
 #[derive(Clone)]
 pub enum Signer {
     /// A real application: RS256 with its private key.
-    Application {
-        application_id: String,
-        key: EncodingKey,
-    },
+    Application { application_id: String, key: EncodingKey },
     /// The built-in sandbox: HS256 with a secret it shares with the sandbox.
-    Sandbox {
-        application_id: String,
-        secret: Vec<u8>,
-    },
+    Sandbox { application_id: String, secret: Vec<u8> },
 }
 
 #[derive(Clone)]
@@ -70,22 +64,11 @@ pub struct CallState {
 }
 
 /// Fields this server sets in a create-call request; `telephony_params` cannot replace them.
-const OWN_FIELDS: &[&str] = &[
-    "to",
-    "from",
-    "ncco",
-    "answer_url",
-    "answer_method",
-    "event_url",
-    "event_method",
-    "random_from_number",
-];
+const OWN_FIELDS: &[&str] =
+    &["to", "from", "ncco", "answer_url", "answer_method", "event_url", "event_method", "random_from_number"];
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 impl VonageClient {
@@ -109,9 +92,9 @@ impl VonageClient {
 
     pub fn application_id(&self) -> Option<&str> {
         match &self.signer {
-            Some(
-                Signer::Application { application_id, .. } | Signer::Sandbox { application_id, .. },
-            ) => Some(application_id),
+            Some(Signer::Application { application_id, .. } | Signer::Sandbox { application_id, .. }) => {
+                Some(application_id)
+            }
             None => None,
         }
     }
@@ -120,24 +103,15 @@ impl VonageClient {
     fn jwt(&self) -> Result<String, CarrierError> {
         let signer = self.signer.as_ref().ok_or_else(|| {
             CarrierError::Rejected(
-                "Vonage is not configured: set VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH"
-                    .into(),
+                "Vonage is not configured: set VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH".into(),
             )
         })?;
         let iat = unix_now();
         let (header, key, application_id) = match signer {
-            Signer::Application {
-                application_id,
-                key,
-            } => (Header::new(Algorithm::RS256), key.clone(), application_id),
-            Signer::Sandbox {
-                application_id,
-                secret,
-            } => (
-                Header::new(Algorithm::HS256),
-                EncodingKey::from_secret(secret),
-                application_id,
-            ),
+            Signer::Application { application_id, key } => (Header::new(Algorithm::RS256), key.clone(), application_id),
+            Signer::Sandbox { application_id, secret } => {
+                (Header::new(Algorithm::HS256), EncodingKey::from_secret(secret), application_id)
+            }
         };
         let claims = ApiClaims {
             application_id: application_id.clone(),
@@ -150,17 +124,25 @@ impl VonageClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CarrierError> {
+        let started = std::time::Instant::now();
+        let result = Self::send_inner(req).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CarrierError::Rejected(_)) => "rejected",
+            Err(CarrierError::Transient(_)) => "transient",
+        };
+        crate::metrics::carrier_request("vonage", outcome, started);
+        result
+    }
+
+    async fn send_inner(req: reqwest::RequestBuilder) -> Result<reqwest::Response, CarrierError> {
         let res = req.send().await.map_err(CarrierError::from_transport)?;
         let status = res.status();
         if status.is_success() {
             return Ok(res);
         }
         let body: Value = res.json().await.unwrap_or(Value::Null);
-        let reason = match (
-            body["title"].as_str(),
-            body["detail"].as_str(),
-            body["error-code-label"].as_str(),
-        ) {
+        let reason = match (body["title"].as_str(), body["detail"].as_str(), body["error-code-label"].as_str()) {
             (Some(title), Some(detail), _) => format!("Vonage: {title}: {detail}"),
             (Some(title), None, _) => format!("Vonage: {title}"),
             (_, _, Some(label)) => format!("Vonage: {label}"),
@@ -177,18 +159,9 @@ impl VonageClient {
         stream_headers: Value,
     ) -> Result<Dialed, CarrierError> {
         let mut body = Map::new();
-        body.insert(
-            "to".into(),
-            json!([{"type": "phone", "number": dial.to.digits()}]),
-        );
-        body.insert(
-            "from".into(),
-            json!({"type": "phone", "number": dial.from.digits()}),
-        );
-        body.insert(
-            "ncco".into(),
-            ncco(&urls.stream, &urls.event, stream_headers, dial.record),
-        );
+        body.insert("to".into(), json!([{"type": "phone", "number": dial.to.digits()}]));
+        body.insert("from".into(), json!({"type": "phone", "number": dial.from.digits()}));
+        body.insert("ncco".into(), ncco(&urls.stream, &urls.event, stream_headers, dial.record));
         body.insert("event_url".into(), json!([urls.event]));
         body.insert("event_method".into(), json!("POST"));
         if dial.machine_detection {
@@ -204,22 +177,10 @@ impl VonageClient {
                 body.insert(key.clone(), parsed);
             }
         }
-        let req = self
-            .http
-            .post(format!("{}/v1/calls", self.api_base))
-            .bearer_auth(self.jwt()?)
-            .json(&body);
-        let call: CallResource = self
-            .send(req)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)?;
+        let req = self.http.post(format!("{}/v1/calls", self.api_base)).bearer_auth(self.jwt()?).json(&body);
+        let call: CallResource = self.send(req).await?.json().await.map_err(CarrierError::bad_answer)?;
         match (call.uuid, call.status.as_deref()) {
-            (Some(uuid), Some("started") | None) => Ok(Dialed {
-                telephony_id: uuid,
-                carrier_status: "started".into(),
-            }),
+            (Some(uuid), Some("started") | None) => Ok(Dialed { telephony_id: uuid, carrier_status: "started".into() }),
             (_, status) => Err(CarrierError::Rejected(format!(
                 "Vonage did not start the call (status {})",
                 status.unwrap_or("missing")
@@ -237,58 +198,30 @@ impl VonageClient {
     }
 
     pub async fn fetch_call(&self, uuid: &str) -> Result<CallState, CarrierError> {
-        let req = self
-            .http
-            .get(format!("{}/v1/calls/{uuid}", self.api_base))
-            .bearer_auth(self.jwt()?);
-        let call: CallResource = self
-            .send(req)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)?;
+        let req = self.http.get(format!("{}/v1/calls/{uuid}", self.api_base)).bearer_auth(self.jwt()?);
+        let call: CallResource = self.send(req).await?.json().await.map_err(CarrierError::bad_answer)?;
         Ok(CallState {
             status: call.status.unwrap_or_default(),
-            duration: call.duration.and_then(|d| {
-                d.as_i64()
-                    .or_else(|| d.as_str().and_then(|s| s.parse().ok()))
-            }),
+            duration: call.duration.and_then(|d| d.as_i64().or_else(|| d.as_str().and_then(|s| s.parse().ok()))),
         })
     }
 
-    fn numbers_auth(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> Result<reqwest::RequestBuilder, CarrierError> {
+    fn numbers_auth(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, CarrierError> {
         match (&self.api_key, &self.api_secret) {
             (Some(key), Some(secret)) => Ok(req.basic_auth(key, Some(secret))),
-            _ => Err(CarrierError::Rejected(
-                "Vonage numbers need VONAGE_API_KEY and VONAGE_API_SECRET".into(),
-            )),
+            _ => Err(CarrierError::Rejected("Vonage numbers need VONAGE_API_KEY and VONAGE_API_SECRET".into())),
         }
     }
 
     /// Searches the area code, buys the first number and attaches it to the application.
     pub async fn buy_number(&self, area_code: Option<&str>) -> Result<PhoneNumber, CarrierError> {
-        let mut query = vec![
-            ("country", "US".to_owned()),
-            ("features", "VOICE".to_owned()),
-        ];
+        let mut query = vec![("country", "US".to_owned()), ("features", "VOICE".to_owned())];
         if let Some(area) = area_code {
             query.push(("pattern", format!("1{area}")));
             query.push(("search_pattern", "0".to_owned()));
         }
-        let search = self.numbers_auth(
-            self.http
-                .get(format!("{}/number/search", self.numbers_base))
-                .query(&query),
-        )?;
-        let found: Value = self
-            .send(search)
-            .await?
-            .json()
-            .await
-            .map_err(CarrierError::bad_answer)?;
+        let search = self.numbers_auth(self.http.get(format!("{}/number/search", self.numbers_base)).query(&query))?;
+        let found: Value = self.send(search).await?.json().await.map_err(CarrierError::bad_answer)?;
         let Some(msisdn) = found["numbers"][0]["msisdn"].as_str().map(str::to_owned) else {
             return Err(CarrierError::Rejected(match area_code {
                 Some(area) => format!("Vonage has no numbers available in area code {area}"),
@@ -296,32 +229,21 @@ impl VonageClient {
             }));
         };
         let buy = self.numbers_auth(
-            self.http
-                .post(format!("{}/number/buy", self.numbers_base))
-                .form(&[("country", "US"), ("msisdn", &msisdn)]),
+            self.http.post(format!("{}/number/buy", self.numbers_base)).form(&[("country", "US"), ("msisdn", &msisdn)]),
         )?;
         self.send(buy).await?;
         if let Some(app) = self.application_id() {
-            let update = self.numbers_auth(
-                self.http
-                    .post(format!("{}/number/update", self.numbers_base))
-                    .form(&[
-                        ("country", "US"),
-                        ("msisdn", msisdn.as_str()),
-                        ("app_id", app),
-                    ]),
-            )?;
+            let update = self.numbers_auth(self.http.post(format!("{}/number/update", self.numbers_base)).form(&[
+                ("country", "US"),
+                ("msisdn", msisdn.as_str()),
+                ("app_id", app),
+            ]))?;
             self.send(update).await?;
         }
-        PhoneNumber::parse(&msisdn)
-            .map_err(|e| CarrierError::Rejected(format!("Vonage sold an unusable number: {e}")))
+        PhoneNumber::parse(&msisdn).map_err(|e| CarrierError::Rejected(format!("Vonage sold an unusable number: {e}")))
     }
 
-    pub async fn cancel_number(
-        &self,
-        number: &PhoneNumber,
-        country: &str,
-    ) -> Result<(), CarrierError> {
+    pub async fn cancel_number(&self, number: &PhoneNumber, country: &str) -> Result<(), CarrierError> {
         let cancel = self.numbers_auth(
             self.http
                 .post(format!("{}/number/cancel", self.numbers_base))
@@ -361,9 +283,7 @@ pub fn status_event(status: &str, duration: Option<i64>) -> Option<Event> {
         "answered" => Event::Answered,
         "human" => Event::MachineDetection(HumanDetection::Human),
         "machine" => Event::MachineDetection(HumanDetection::NoHuman),
-        "completed" => Event::Completed {
-            duration_seconds: duration,
-        },
+        "completed" => Event::Completed { duration_seconds: duration },
         "busy" | "cancelled" | "timeout" | "unanswered" => Event::NotAnswered,
         "rejected" | "failed" => Event::Failed,
         _ => return None,
@@ -384,42 +304,22 @@ struct CallbackClaims {
 
 /// Checks a signed callback: `Authorization: Bearer <HS256 JWT>` under the signature secret,
 /// whose `payload_hash` is the SHA-256 of the body.
-pub fn verify_callback(
-    secret: &str,
-    authorization: Option<&str>,
-    body: &[u8],
-) -> Result<(), &'static str> {
+pub fn verify_callback(secret: &str, authorization: Option<&str>, body: &[u8]) -> Result<(), &'static str> {
     let token = authorization
-        .and_then(|a| {
-            a.strip_prefix("Bearer ")
-                .or_else(|| a.strip_prefix("bearer "))
-        })
+        .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
         .ok_or("the callback is not signed")?;
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims::<&str>(&[]);
     validation.validate_exp = false;
-    let data = jsonwebtoken::decode::<CallbackClaims>(
-        token.trim(),
-        &DecodingKey::from_secret(secret.as_bytes()),
-        &validation,
-    )
-    .map_err(|_| "the callback's signature is invalid")?;
-    if data
-        .claims
-        .iss
-        .as_deref()
-        .is_some_and(|iss| iss != "Vonage")
-    {
+    let data =
+        jsonwebtoken::decode::<CallbackClaims>(token.trim(), &DecodingKey::from_secret(secret.as_bytes()), &validation)
+            .map_err(|_| "the callback's signature is invalid")?;
+    if data.claims.iss.as_deref().is_some_and(|iss| iss != "Vonage") {
         return Err("the callback was not issued by Vonage");
     }
     let expected = hex::encode(Sha256::digest(body));
     match data.claims.payload_hash {
-        Some(hash)
-            if super::twilio::constant_time_eq(
-                hash.to_ascii_lowercase().as_bytes(),
-                expected.as_bytes(),
-            ) =>
-        {
+        Some(hash) if super::twilio::constant_time_eq(hash.to_ascii_lowercase().as_bytes(), expected.as_bytes()) => {
             Ok(())
         }
         Some(_) => Err("the callback's body does not match its signature"),
@@ -436,12 +336,8 @@ pub fn sign_callback(secret: &str, body: &[u8], api_key: &str) -> String {
         "payload_hash": hex::encode(Sha256::digest(body)),
         "api_key": api_key,
     });
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 signing cannot fail")
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .expect("HS256 signing cannot fail")
 }
 
 #[cfg(test)]
@@ -452,17 +348,10 @@ mod tests {
     fn signed_callbacks_verify_and_forgeries_do_not() {
         let body = br#"{"status":"answered","uuid":"u1"}"#;
         let token = sign_callback("sig-secret", body, "key");
-        assert_eq!(
-            verify_callback("sig-secret", Some(&format!("Bearer {token}")), body),
-            Ok(())
-        );
+        assert_eq!(verify_callback("sig-secret", Some(&format!("Bearer {token}")), body), Ok(()));
         assert!(verify_callback("other-secret", Some(&format!("Bearer {token}")), body).is_err());
         assert_eq!(
-            verify_callback(
-                "sig-secret",
-                Some(&format!("Bearer {token}")),
-                br#"{"status":"completed"}"#
-            ),
+            verify_callback("sig-secret", Some(&format!("Bearer {token}")), br#"{"status":"completed"}"#),
             Err("the callback's body does not match its signature")
         );
         assert!(verify_callback("sig-secret", None, body).is_err());
@@ -471,18 +360,10 @@ mod tests {
     #[test]
     fn statuses_map_to_news() {
         assert_eq!(status_event("answered", None), Some(Event::Answered));
-        assert_eq!(
-            status_event("machine", None),
-            Some(Event::MachineDetection(HumanDetection::NoHuman))
-        );
+        assert_eq!(status_event("machine", None), Some(Event::MachineDetection(HumanDetection::NoHuman)));
         assert_eq!(status_event("timeout", None), Some(Event::NotAnswered));
         assert_eq!(status_event("rejected", None), Some(Event::Failed));
-        assert_eq!(
-            status_event("completed", Some(3)),
-            Some(Event::Completed {
-                duration_seconds: Some(3)
-            })
-        );
+        assert_eq!(status_event("completed", Some(3)), Some(Event::Completed { duration_seconds: Some(3) }));
         assert_eq!(status_event("garbage", None), None);
         assert!(is_informational("disconnected"));
     }
@@ -493,12 +374,6 @@ mod tests {
         assert_eq!(n[0]["action"], "record");
         assert_eq!(n[1]["endpoint"][0]["type"], "websocket");
         assert_eq!(n[1]["endpoint"][0]["content-type"], "audio/l16;rate=16000");
-        assert_eq!(
-            ncco("wss://h/s", "https://h/e", json!({}), false)
-                .as_array()
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(ncco("wss://h/s", "https://h/e", json!({}), false).as_array().unwrap().len(), 1);
     }
 }

@@ -22,8 +22,7 @@ pub enum Backend {
 
 /// The server the Postgres suites create their databases on.
 pub fn postgres_admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
 }
 
 fn postgres_required() -> bool {
@@ -47,8 +46,7 @@ impl TestDb {
     pub async fn create(backend: Backend) -> Option<TestDb> {
         match backend {
             Backend::Sqlite => {
-                let dir =
-                    std::env::temp_dir().join(format!("vocode-test-{}", Uuid::new_v4().simple()));
+                let dir = std::env::temp_dir().join(format!("vocode-test-{}", Uuid::new_v4().simple()));
                 std::fs::create_dir_all(&dir).unwrap();
                 Some(TestDb {
                     url: format!("sqlite://{}", dir.join("vocode.db").display()),
@@ -69,15 +67,10 @@ impl TestDb {
                         eprintln!("SKIPPED: Postgres is not reachable at {admin} ({err}); set REQUIRE_POSTGRES=1 to fail instead");
                         return None;
                     }
-                    Err(err) => panic!(
-                        "REQUIRE_POSTGRES is set but Postgres is not reachable at {admin}: {err}"
-                    ),
+                    Err(err) => panic!("REQUIRE_POSTGRES is set but Postgres is not reachable at {admin}: {err}"),
                 };
                 let name = format!("vocode_test_{}", Uuid::new_v4().simple());
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&pool)
-                    .await
-                    .expect("create a test database");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.expect("create a test database");
                 pool.close().await;
                 let url = match admin.rfind('/') {
                     Some(i) if admin[..i].contains("://") && admin.len() > i => {
@@ -87,11 +80,7 @@ impl TestDb {
                     }
                     _ => format!("{admin}/{name}"),
                 };
-                Some(TestDb {
-                    url,
-                    backend,
-                    cleanup: Cleanup::Database { admin, name },
-                })
+                Some(TestDb { url, backend, cleanup: Cleanup::Database { admin, name } })
             }
         }
     }
@@ -107,17 +96,12 @@ impl Drop for TestDb {
                 let (admin, name) = (admin.clone(), name.clone());
                 // Drop runs outside any runtime we may block: use a thread of its own.
                 let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                     rt.block_on(async {
                         if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
-                            let _ = sqlx::query(&format!(
-                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                            ))
-                            .execute(&pool)
-                            .await;
+                            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&pool)
+                                .await;
                             pool.close().await;
                         }
                     });
@@ -156,13 +140,19 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, options: Options) -> Option<TestApp> {
+        Self::spawn_with_serve(backend, options, |_| {}).await
+    }
+
+    /// Like [`spawn_with`](Self::spawn_with), with any server setting changed by `tweak`.
+    pub async fn spawn_with_serve(
+        backend: Backend,
+        options: Options,
+        tweak: impl FnOnce(&mut ServeArgs),
+    ) -> Option<TestApp> {
         let db = TestDb::create(backend).await?;
         let key = crypto::generate_api_key().key;
         let secrets_key = hex_key();
-        let global = GlobalArgs {
-            database_url: db.url.clone(),
-            secrets_key: Some(secrets_key.clone()),
-        };
+        let global = GlobalArgs { database_url: db.url.clone(), secrets_key: Some(secrets_key.clone()) };
         let serve = ServeArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             vocode_api_key: Some(key.clone()),
@@ -172,10 +162,10 @@ impl TestApp {
             workers: options.workers,
             ..ServeArgs::default()
         };
+        let mut serve = serve;
+        tweak(&mut serve);
         let listener = TcpListener::bind(serve.listen).await.unwrap();
-        let app = App::build(&global, &serve, listener)
-            .await
-            .expect("the app builds");
+        let app = App::build(&global, &serve, listener).await.expect("the app builds");
         let base = format!("http://{}", app.addr);
         let state = app.state.clone();
         let (tx, rx) = oneshot::channel::<()>();
@@ -205,33 +195,20 @@ impl TestApp {
     /// Runs every job due within `ahead` from now (retries scheduled later included).
     pub async fn drain_jobs(&self, ahead: std::time::Duration) -> usize {
         let at = vocode_server::store::now() + chrono::Duration::from_std(ahead).unwrap();
-        vocode_server::jobs::drain(&self.state, at)
-            .await
-            .expect("the queue drains")
+        vocode_server::jobs::drain(&self.state, at).await.expect("the queue drains")
     }
 
     /// A new user with a key of its own.
     pub async fn new_user(&self, name: &str) -> (Uuid, String) {
         let mut tx = self.store().begin().await.unwrap();
-        let user = users::create_if_absent(tx.conn(), Uuid::now_v7(), name)
-            .await
-            .unwrap()
-            .expect("a new user name");
+        let user = users::create_if_absent(tx.conn(), Uuid::now_v7(), name).await.unwrap().expect("a new user name");
         let key = crypto::generate_api_key();
-        users::insert_key(tx.conn(), user.id, &key.display, &key.hash)
-            .await
-            .unwrap();
+        users::insert_key(tx.conn(), user.id, &key.display, &key.hash).await.unwrap();
         tx.commit().await.unwrap();
         (user.id, key.key)
     }
 
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<&Value>,
-    ) -> Response {
+    pub async fn request(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> Response {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(key) = key {
             req = req.bearer_auth(key);
@@ -247,11 +224,7 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        read(
-            self.request(Method::POST, path, Some(&self.key), Some(&body))
-                .await,
-        )
-        .await
+        read(self.request(Method::POST, path, Some(&self.key), Some(&body)).await).await
     }
 
     pub async fn get_as(&self, key: &str, path: &str) -> (StatusCode, Value) {
@@ -259,11 +232,7 @@ impl TestApp {
     }
 
     pub async fn post_as(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        read(
-            self.request(Method::POST, path, Some(key), Some(&body))
-                .await,
-        )
-        .await
+        read(self.request(Method::POST, path, Some(key), Some(&body)).await).await
     }
 
     /// A POST whose body is sent exactly as given.
@@ -273,11 +242,7 @@ impl TestApp {
         content_type: Option<&str>,
         body: impl Into<reqwest::Body>,
     ) -> (StatusCode, Value) {
-        let mut req = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .body(body);
+        let mut req = self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.key).body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
@@ -373,10 +338,63 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The server binary, run as a process of its own.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    /// What it printed to stdout before it listened.
+    pub printed: String,
+}
+
+impl ServerProcess {
+    /// Starts `vocode-server serve` on a free port and waits for its "listening" line.
+    pub fn start(db_url: &str, env: &[(&str, &str)]) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("vocode-server-{}.log", Uuid::new_v4().simple())))
+                .expect("a log file");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vocode-server"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("DATABASE_URL", db_url)
+            .env_remove("VOCODE_API_KEY")
+            .env_remove("SECRETS_KEY")
+            .env_remove("CARRIER_MODE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut printed = String::new();
+        let mut base = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            printed.push_str(&line);
+            printed.push('\n');
+            if let Some(addr) = line.strip_prefix("vocode-server listening on ") {
+                base = addr.to_owned();
+                break;
+            }
+        }
+        assert!(!base.is_empty(), "the server did not start: {printed}");
+        ServerProcess { child, base, printed }
+    }
+
+    /// `kill -9`: no chance to finish anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }

@@ -54,18 +54,11 @@ pub struct TwilioCall {
 
 impl TwilioCall {
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.form
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn fields(&self, name: &str) -> Vec<&str> {
-        self.form
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.form.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
     }
 }
 
@@ -121,55 +114,27 @@ impl FakeTwilio {
             ..Default::default()
         });
         let router = Router::new()
-            .route(
-                "/2010-04-01/Accounts/{account}/Calls.json",
-                post(t_create_call),
-            )
-            .route(
-                "/2010-04-01/Accounts/{account}/Calls/{file}",
-                get(t_fetch_call).post(t_modify_call),
-            )
-            .route(
-                "/2010-04-01/Accounts/{account}/AvailablePhoneNumbers/{country}/Local.json",
-                get(t_available),
-            )
-            .route(
-                "/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json",
-                get(t_numbers).post(t_buy),
-            )
+            .route("/2010-04-01/Accounts/{account}/Calls.json", post(t_create_call))
+            .route("/2010-04-01/Accounts/{account}/Calls/{file}", get(t_fetch_call).post(t_modify_call))
+            .route("/2010-04-01/Accounts/{account}/AvailablePhoneNumbers/{country}/Local.json", get(t_available))
+            .route("/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json", get(t_numbers).post(t_buy))
             .route(
                 "/2010-04-01/Accounts/{account}/IncomingPhoneNumbers/{file}",
                 post(t_update_number).delete(t_release),
             )
-            .route(
-                "/2010-04-01/Accounts/{account}/Recordings/{file}",
-                get(t_recording),
-            )
+            .route("/2010-04-01/Accounts/{account}/Recordings/{file}", get(t_recording))
             .with_state(state.clone());
-        FakeTwilio {
-            base: serve(router).await,
-            state,
-            client: reqwest::Client::new(),
-        }
+        FakeTwilio { base: serve(router).await, state, client: reqwest::Client::new() }
     }
 
     /// A number the account owns.
     pub fn own(&self, e164: &str) {
         let sid = format!("PN{}", uuid::Uuid::new_v4().simple());
-        self.state
-            .numbers
-            .lock()
-            .unwrap()
-            .insert(e164.to_owned(), (sid, None));
+        self.state.numbers.lock().unwrap().insert(e164.to_owned(), (sid, None));
     }
 
     pub fn voice_url(&self, e164: &str) -> Option<String> {
-        self.state
-            .numbers
-            .lock()
-            .unwrap()
-            .get(e164)
-            .and_then(|(_, url)| url.clone())
+        self.state.numbers.lock().unwrap().get(e164).and_then(|(_, url)| url.clone())
     }
 
     pub fn fail_next(&self, failure: Failure) {
@@ -181,10 +146,7 @@ impl FakeTwilio {
     }
 
     pub fn call(&self, sid: &str) -> TwilioCall {
-        self.calls()
-            .into_iter()
-            .find(|c| c.sid == sid)
-            .expect("a call the fake placed")
+        self.calls().into_iter().find(|c| c.sid == sid).expect("a call the fake placed")
     }
 
     pub fn requests(&self, method: &str, path_part: &str) -> Vec<Vec<(String, String)>> {
@@ -212,13 +174,7 @@ impl FakeTwilio {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        params.push((
-            "SequenceNumber".into(),
-            self.state
-                .sequence
-                .fetch_add(1, Ordering::SeqCst)
-                .to_string(),
-        ));
+        params.push(("SequenceNumber".into(), self.state.sequence.fetch_add(1, Ordering::SeqCst).to_string()));
         params.push(("Timestamp".into(), chrono::Utc::now().to_rfc2822()));
         params
     }
@@ -243,13 +199,8 @@ impl FakeTwilio {
         let call = self.call(sid);
         let mut params = self.base_params(&call, status);
         params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let url = call
-            .field("StatusCallback")
-            .expect("a status callback URL")
-            .to_owned();
-        self.post_signed(&url, &params, Some(&self.state.auth_token.clone()))
-            .await
-            .0
+        let url = call.field("StatusCallback").expect("a status callback URL").to_owned();
+        self.post_signed(&url, &params, Some(&self.state.auth_token.clone())).await.0
     }
 
     /// The TwiML the server gives an answered call.
@@ -257,28 +208,20 @@ impl FakeTwilio {
         let call = self.call(sid);
         let params = self.base_params(&call, "in-progress");
         let url = call.field("Url").expect("a TwiML URL").to_owned();
-        self.post_signed(&url, &params, Some(&self.state.auth_token.clone()))
-            .await
+        self.post_signed(&url, &params, Some(&self.state.auth_token.clone())).await
     }
 
     pub async fn amd(&self, sid: &str, answered_by: &str) -> StatusCode {
         let call = self.call(sid);
         let mut params = self.base_params(&call, "in-progress");
         params.push(("AnsweredBy".into(), answered_by.into()));
-        let url = call
-            .field("AsyncAmdStatusCallback")
-            .expect("an AMD callback URL")
-            .to_owned();
-        self.post_signed(&url, &params, Some(&self.state.auth_token.clone()))
-            .await
-            .0
+        let url = call.field("AsyncAmdStatusCallback").expect("an AMD callback URL").to_owned();
+        self.post_signed(&url, &params, Some(&self.state.auth_token.clone())).await.0
     }
 
     /// An inbound call to one of the account's numbers, as Twilio posts it to the voice URL.
     pub async fn inbound(&self, to: &str, from: &str, call_sid: &str) -> (StatusCode, String) {
-        let url = self
-            .voice_url(to)
-            .expect("the number's voice URL points somewhere");
+        let url = self.voice_url(to).expect("the number's voice URL points somewhere");
         let params: Vec<(String, String)> = [
             ("AccountSid", self.state.account_sid.as_str()),
             ("ApiVersion", "2010-04-01"),
@@ -291,8 +234,7 @@ impl FakeTwilio {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        self.post_signed(&url, &params, Some(&self.state.auth_token.clone()))
-            .await
+        self.post_signed(&url, &params, Some(&self.state.auth_token.clone())).await
     }
 
     /// A status callback for an inbound call, to the number's status callback.
@@ -319,20 +261,13 @@ impl FakeTwilio {
         if let Some(d) = duration {
             params.push(("CallDuration".into(), d.into()));
         }
-        self.post_signed(status_url, &params, Some(&self.state.auth_token.clone()))
-            .await
-            .0
+        self.post_signed(status_url, &params, Some(&self.state.auth_token.clone())).await.0
     }
 }
 
 fn t_auth(state: &TwilioState, headers: &HeaderMap, account: &str) -> Result<(), Response> {
-    let expected = format!(
-        "Basic {}",
-        STANDARD.encode(format!("{}:{}", state.account_sid, state.auth_token))
-    );
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let expected = format!("Basic {}", STANDARD.encode(format!("{}:{}", state.account_sid, state.auth_token)));
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if given != Some(expected.as_str()) || account != state.account_sid {
         return Err(twilio_error(401, 20003, "Authenticate"));
     }
@@ -340,11 +275,7 @@ fn t_auth(state: &TwilioState, headers: &HeaderMap, account: &str) -> Result<(),
 }
 
 fn t_record(state: &TwilioState, method: &str, path: String, form: &[(String, String)]) {
-    state
-        .requests
-        .lock()
-        .unwrap()
-        .push((method.into(), path, form.to_vec()));
+    state.requests.lock().unwrap().push((method.into(), path, form.to_vec()));
 }
 
 async fn t_failure(state: &TwilioState) -> Option<Response> {
@@ -360,9 +291,7 @@ async fn t_failure(state: &TwilioState) -> Option<Response> {
 }
 
 fn e164(v: Option<&str>) -> bool {
-    v.is_some_and(|v| {
-        v.starts_with('+') && v.len() > 8 && v[1..].bytes().all(|b| b.is_ascii_digit())
-    })
+    v.is_some_and(|v| v.starts_with('+') && v.len() > 8 && v[1..].bytes().all(|b| b.is_ascii_digit()))
 }
 
 async fn t_create_call(
@@ -372,35 +301,20 @@ async fn t_create_call(
     body: Bytes,
 ) -> Response {
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    t_record(
-        &state,
-        "POST",
-        format!("/Accounts/{account}/Calls.json"),
-        &form,
-    );
+    t_record(&state, "POST", format!("/Accounts/{account}/Calls.json"), &form);
     if let Err(r) = t_auth(&state, &headers, &account) {
         return r;
     }
-    if headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        != Some("application/x-www-form-urlencoded")
-    {
+    if headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) != Some("application/x-www-form-urlencoded") {
         return twilio_error(400, 20001, "The body must be form-encoded");
     }
-    let call = TwilioCall {
-        sid: format!("CA{}", uuid::Uuid::new_v4().simple()),
-        form: form.clone(),
-        status: "queued".into(),
-    };
+    let call =
+        TwilioCall { sid: format!("CA{}", uuid::Uuid::new_v4().simple()), form: form.clone(), status: "queued".into() };
     if !e164(call.field("To")) {
         return twilio_error(
             400,
             21211,
-            &format!(
-                "The 'To' number {} is not a valid phone number.",
-                call.field("To").unwrap_or("")
-            ),
+            &format!("The 'To' number {} is not a valid phone number.", call.field("To").unwrap_or("")),
         );
     }
     if !e164(call.field("From")) {
@@ -412,11 +326,7 @@ async fn t_create_call(
         || call.field("StatusCallback").is_none()
         || events != ["answered", "completed", "initiated", "ringing"]
     {
-        return twilio_error(
-            400,
-            21205,
-            "Url, StatusCallback and every StatusCallbackEvent are expected by this test",
-        );
+        return twilio_error(400, 21205, "Url, StatusCallback and every StatusCallbackEvent are expected by this test");
     }
     if let Some(r) = t_failure(&state).await {
         return r;
@@ -429,9 +339,7 @@ async fn t_create_call(
 }
 
 fn sid_of(file: &str) -> String {
-    file.trim_end_matches(".json")
-        .trim_end_matches(".mp3")
-        .to_owned()
+    file.trim_end_matches(".json").trim_end_matches(".mp3").to_owned()
 }
 
 async fn t_fetch_call(
@@ -469,10 +377,7 @@ async fn t_modify_call(
     let Some(call) = calls.iter_mut().find(|c| c.sid == sid) else {
         return twilio_error(404, 20404, "The requested resource was not found");
     };
-    let status = form
-        .iter()
-        .find(|(k, _)| k == "Status")
-        .map(|(_, v)| v.clone());
+    let status = form.iter().find(|(k, _)| k == "Status").map(|(_, v)| v.clone());
     if let Some(status) = status {
         call.status = status;
     }
@@ -518,11 +423,7 @@ async fn t_numbers(
     let numbers = state.numbers.lock().unwrap();
     let found: Vec<Value> = q
         .get("PhoneNumber")
-        .and_then(|n| {
-            numbers
-                .get(n)
-                .map(|(sid, url)| json!({"sid": sid, "phone_number": n, "voice_url": url}))
-        })
+        .and_then(|n| numbers.get(n).map(|(sid, url)| json!({"sid": sid, "phone_number": n, "voice_url": url})))
         .into_iter()
         .collect();
     Json(json!({"incoming_phone_numbers": found})).into_response()
@@ -535,23 +436,18 @@ async fn t_buy(
     body: Bytes,
 ) -> Response {
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    t_record(
-        &state,
-        "POST",
-        "/IncomingPhoneNumbers.json".into(),
-        &form.clone().into_iter().collect::<Vec<_>>(),
-    );
+    t_record(&state, "POST", "/IncomingPhoneNumbers.json".into(), &form.clone().into_iter().collect::<Vec<_>>());
     if let Err(r) = t_auth(&state, &headers, &account) {
         return r;
     }
     let number = form.get("PhoneNumber").cloned().unwrap_or_default();
     let sid = format!("PN{}", uuid::Uuid::new_v4().simple());
-    state
-        .numbers
-        .lock()
-        .unwrap()
-        .insert(number.clone(), (sid.clone(), form.get("VoiceUrl").cloned()));
-    (StatusCode::CREATED, Json(json!({"sid": sid, "phone_number": number, "voice_url": form.get("VoiceUrl"), "status": "in-use"}))).into_response()
+    state.numbers.lock().unwrap().insert(number.clone(), (sid.clone(), form.get("VoiceUrl").cloned()));
+    (
+        StatusCode::CREATED,
+        Json(json!({"sid": sid, "phone_number": number, "voice_url": form.get("VoiceUrl"), "status": "in-use"})),
+    )
+        .into_response()
 }
 
 async fn t_update_number(
@@ -561,20 +457,12 @@ async fn t_update_number(
     body: Bytes,
 ) -> Response {
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    t_record(
-        &state,
-        "POST",
-        format!("/IncomingPhoneNumbers/{file}"),
-        &form,
-    );
+    t_record(&state, "POST", format!("/IncomingPhoneNumbers/{file}"), &form);
     if let Err(r) = t_auth(&state, &headers, &account) {
         return r;
     }
     let sid = sid_of(&file);
-    let voice_url = form
-        .iter()
-        .find(|(k, _)| k == "VoiceUrl")
-        .map(|(_, v)| v.clone());
+    let voice_url = form.iter().find(|(k, _)| k == "VoiceUrl").map(|(_, v)| v.clone());
     let mut numbers = state.numbers.lock().unwrap();
     match numbers.values_mut().find(|(s, _)| *s == sid) {
         Some(entry) => {
@@ -667,11 +555,7 @@ impl FakeVonage {
             .route("/number/cancel", post(v_number_op))
             .route("/recordings/{id}", get(v_recording))
             .with_state(state.clone());
-        FakeVonage {
-            base: serve(router).await,
-            state,
-            client: reqwest::Client::new(),
-        }
+        FakeVonage { base: serve(router).await, state, client: reqwest::Client::new() }
     }
 
     pub fn calls(&self) -> Vec<VonageCall> {
@@ -684,30 +568,17 @@ impl FakeVonage {
 
     /// A signed event about a call, to its event URL (or `url`).
     pub async fn event(&self, uuid: &str, fields: Value, secret: Option<&str>) -> StatusCode {
-        let call = self
-            .calls()
-            .into_iter()
-            .find(|c| c.uuid == uuid)
-            .expect("a call the fake placed");
+        let call = self.calls().into_iter().find(|c| c.uuid == uuid).expect("a call the fake placed");
         let url = call.body["event_url"][0].as_str().unwrap().to_owned();
         self.post_event(&url, uuid, fields, secret).await
     }
 
-    pub async fn post_event(
-        &self,
-        url: &str,
-        uuid: &str,
-        mut fields: Value,
-        secret: Option<&str>,
-    ) -> StatusCode {
+    pub async fn post_event(&self, url: &str, uuid: &str, mut fields: Value, secret: Option<&str>) -> StatusCode {
         fields["uuid"] = json!(uuid);
         fields["conversation_uuid"] = json!(format!("CON-{uuid}"));
         fields["timestamp"] = json!("2026-01-01T12:00:00.000Z");
         let body = serde_json::to_vec(&fields).unwrap();
-        let mut req = self
-            .client
-            .post(url)
-            .header(header::CONTENT_TYPE, "application/json");
+        let mut req = self.client.post(url).header(header::CONTENT_TYPE, "application/json");
         if let Some(secret) = secret {
             let claims = json!({"iat": chrono::Utc::now().timestamp(), "jti": uuid::Uuid::new_v4(), "iss": "Vonage",
                                 "payload_hash": hex::encode(Sha256::digest(&body)), "api_key": self.state.api_key});
@@ -732,13 +603,7 @@ struct AppClaims {
 }
 
 fn v_auth(state: &VonageState, headers: &HeaderMap) -> Result<(), Response> {
-    let unauthorized = || {
-        vonage_error(
-            401,
-            "Unauthorized",
-            "You did not provide correct credentials.",
-        )
-    };
+    let unauthorized = || vonage_error(401, "Unauthorized", "You did not provide correct credentials.");
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -746,15 +611,10 @@ fn v_auth(state: &VonageState, headers: &HeaderMap) -> Result<(), Response> {
         .ok_or_else(unauthorized)?;
     let key = jsonwebtoken::DecodingKey::from_rsa_pem(state.public_key_pem.as_bytes()).unwrap();
     let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-    let data =
-        jsonwebtoken::decode::<AppClaims>(token, &key, &validation).map_err(|_| unauthorized())?;
+    let data = jsonwebtoken::decode::<AppClaims>(token, &key, &validation).map_err(|_| unauthorized())?;
     let c = data.claims;
     let mut jtis = state.jtis.lock().unwrap();
-    if c.application_id != state.application_id
-        || c.jti.is_empty()
-        || jtis.contains(&c.jti)
-        || c.exp <= c.iat
-    {
+    if c.application_id != state.application_id || c.jti.is_empty() || jtis.contains(&c.jti) || c.exp <= c.iat {
         return Err(unauthorized());
     }
     jtis.push(c.jti);
@@ -764,48 +624,31 @@ fn v_auth(state: &VonageState, headers: &HeaderMap) -> Result<(), Response> {
 async fn v_failure(state: &VonageState) -> Option<Response> {
     let failure = state.failures.lock().unwrap().pop_front();
     match failure? {
-        Failure::ServerError => Some(vonage_error(
-            500,
-            "Internal Server Error",
-            "Something went wrong",
-        )),
+        Failure::ServerError => Some(vonage_error(500, "Internal Server Error", "Something went wrong")),
         Failure::Hang(d) => {
             tokio::time::sleep(d).await;
-            Some(vonage_error(
-                500,
-                "Internal Server Error",
-                "Something went wrong",
-            ))
+            Some(vonage_error(500, "Internal Server Error", "Something went wrong"))
         }
         Failure::Reject(status, _, message) => Some(vonage_error(status, "Bad Request", message)),
     }
 }
 
-async fn v_create_call(
-    State(state): State<Arc<VonageState>>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
+async fn v_create_call(State(state): State<Arc<VonageState>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     if let Err(r) = v_auth(&state, &headers) {
         return r;
     }
-    let digits = |v: &Value| {
-        v.as_str()
-            .is_some_and(|s| s.len() >= 7 && s.bytes().all(|b| b.is_ascii_digit()))
-    };
-    if body["to"][0]["type"] != "phone"
-        || !digits(&body["to"][0]["number"])
-        || !digits(&body["from"]["number"])
-    {
+    let digits = |v: &Value| v.as_str().is_some_and(|s| s.len() >= 7 && s.bytes().all(|b| b.is_ascii_digit()));
+    if body["to"][0]["type"] != "phone" || !digits(&body["to"][0]["number"]) || !digits(&body["from"]["number"]) {
         return vonage_error(400, "Bad Request", "Invalid to or from number");
     }
     let endpoint = body["ncco"]
         .as_array()
         .and_then(|a| a.iter().find(|x| x["action"] == "connect"))
         .map(|a| a["endpoint"][0].clone());
-    if endpoint.as_ref().is_none_or(|e| {
-        e["type"] != "websocket" || !e["uri"].as_str().unwrap_or_default().starts_with("ws")
-    }) {
+    if endpoint
+        .as_ref()
+        .is_none_or(|e| e["type"] != "websocket" || !e["uri"].as_str().unwrap_or_default().starts_with("ws"))
+    {
         return vonage_error(400, "Bad Request", "The NCCO must connect a websocket");
     }
     if body["event_url"][0].as_str().is_none() {
@@ -815,25 +658,20 @@ async fn v_create_call(
         return r;
     }
     let uuid = uuid::Uuid::new_v4().to_string();
-    state.calls.lock().unwrap().push(VonageCall {
-        uuid: uuid.clone(),
-        body,
-        hung_up: false,
-    });
+    state.calls.lock().unwrap().push(VonageCall { uuid: uuid.clone(), body, hung_up: false });
     (StatusCode::CREATED, Json(json!({"uuid": uuid, "status": "started", "direction": "outbound", "conversation_uuid": format!("CON-{uuid}")}))).into_response()
 }
 
-async fn v_fetch_call(
-    State(state): State<Arc<VonageState>>,
-    Path(uuid): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn v_fetch_call(State(state): State<Arc<VonageState>>, Path(uuid): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = v_auth(&state, &headers) {
         return r;
     }
     let calls = state.calls.lock().unwrap();
     match calls.iter().find(|c| c.uuid == uuid) {
-        Some(c) => Json(json!({"uuid": c.uuid, "status": if c.hung_up { "completed" } else { "answered" }, "duration": "30"})).into_response(),
+        Some(c) => {
+            Json(json!({"uuid": c.uuid, "status": if c.hung_up { "completed" } else { "answered" }, "duration": "30"}))
+                .into_response()
+        }
         None => vonage_error(404, "Not Found", "No such call"),
     }
 }
@@ -859,14 +697,8 @@ async fn v_modify_call(
 }
 
 fn v_numbers_auth(state: &VonageState, headers: &HeaderMap) -> bool {
-    let expected = format!(
-        "Basic {}",
-        STANDARD.encode(format!("{}:{}", state.api_key, state.api_secret))
-    );
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        == Some(expected.as_str())
+    let expected = format!("Basic {}", STANDARD.encode(format!("{}:{}", state.api_key, state.api_secret)));
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str())
 }
 
 async fn v_search(
@@ -899,11 +731,7 @@ async fn v_number_op(
             .into_response();
     }
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    state
-        .numbers
-        .lock()
-        .unwrap()
-        .push((uri.path().to_owned(), form));
+    state.numbers.lock().unwrap().push((uri.path().to_owned(), form));
     Json(json!({"error-code": "200", "error-code-label": "success"})).into_response()
 }
 

@@ -1,0 +1,261 @@
+//! The `deliver_webhook` job: one attempt at delivering one event.
+//!
+//! 2xx is delivered. A timeout (10 s), a connection error, 429 or 5xx is retried on [`SCHEDULE`]
+//! (about a day in all; `Retry-After` is honoured, within the schedule and an hour); 410 stops at
+//! once; other 4xx are tried [`CLIENT_ERROR_ATTEMPTS`] times; a refused target (see
+//! [`guard`](super::guard)) is not retried. Every attempt is recorded.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{guard, signing};
+use crate::jobs::Outcome;
+use crate::store::jobs::Job;
+use crate::store::{now, webhooks as store};
+use crate::AppState;
+
+/// The wait before each retry: attempt 2 comes 5 s after attempt 1, and so on.
+pub const SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+/// How many times a 4xx other than 410 and 429 is tried.
+pub const CLIENT_ERROR_ATTEMPTS: i32 = 3;
+/// How much of a receiver's answer is read (and then dropped): receivers owe us nothing but a status.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+struct Delivery {
+    event_id: String,
+    user_id: Uuid,
+    call_id: Option<Uuid>,
+    webhook_id: Option<Uuid>,
+    url: String,
+    method: String,
+    body: Value,
+}
+
+/// The client that delivers webhooks, its rule for private targets, and its timeout.
+pub struct Webhooks {
+    pub client: reqwest::Client,
+    pub allow_private: bool,
+    pub timeout: Duration,
+}
+
+impl Webhooks {
+    pub fn new(allow_private: bool, timeout: Duration) -> Self {
+        Webhooks { client: guard::client(allow_private, timeout), allow_private, timeout }
+    }
+}
+
+/// What one attempt came to.
+enum Answer {
+    Status(u16, Option<Duration>),
+    Failed(String),
+    Refused(String),
+}
+
+pub async fn deliver(state: &AppState, job: &Job) -> Outcome {
+    let delivery: Delivery = match serde_json::from_value(job.payload.0.clone()) {
+        Ok(d) => d,
+        Err(e) => return Outcome::Fail(format!("the delivery cannot be read: {e}")),
+    };
+    let secrets = match signing::signing_secrets(state, delivery.user_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome::Retry {
+                after: Duration::from_secs(5),
+                error: format!("the signing secret cannot be read: {e}"),
+            }
+        }
+    };
+    let started = Instant::now();
+    let answer = attempt(state, &delivery, &secrets).await;
+    let latency = started.elapsed();
+    let attempt_no = job.attempts;
+    let (outcome, status_code, error) = decide(&answer, attempt_no);
+    let label = match &outcome {
+        Outcome::Done => "delivered",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Fail(_) => "failed",
+    };
+    metrics::counter!("vocode_webhook_deliveries_total", "outcome" => label).increment(1);
+    metrics::histogram!("vocode_webhook_delivery_duration_seconds").record(latency.as_secs_f64());
+    let attempt = store::Attempt {
+        id: Uuid::now_v7(),
+        event_id: delivery.event_id.clone(),
+        user_id: delivery.user_id,
+        call_id: delivery.call_id,
+        webhook_id: delivery.webhook_id,
+        event_type: delivery.body["type"].as_str().unwrap_or_default().to_owned(),
+        attempt: attempt_no,
+        status_code: status_code.map(i32::from),
+        latency_ms: latency.as_millis() as i64,
+        error: error.clone(),
+        outcome: label.to_owned(),
+        created_at: now(),
+    };
+    if let Err(e) = record(state, &attempt).await {
+        tracing::warn!(error = %e, "could not record a webhook attempt");
+    }
+    if label != "delivered" {
+        tracing::info!(event_id = %delivery.event_id, attempt = attempt_no, outcome = label, error = error.as_deref().unwrap_or(""), "webhook delivery did not succeed");
+    }
+    outcome
+}
+
+async fn record(state: &AppState, attempt: &store::Attempt) -> sqlx::Result<()> {
+    let mut tx = state.store.begin().await?;
+    store::insert_attempt(tx.conn(), attempt).await?;
+    tx.commit().await
+}
+
+async fn attempt(state: &AppState, delivery: &Delivery, secrets: &[String]) -> Answer {
+    let mut url = match url::Url::parse(&delivery.url) {
+        Ok(u) => u,
+        Err(e) => return Answer::Refused(format!("the webhook URL is not a URL: {e}")),
+    };
+    if let Err(refused) = guard::check_url(&url, state.webhooks.allow_private) {
+        return Answer::Refused(refused.0);
+    }
+    let timestamp = now().timestamp();
+    let body = serde_json::to_vec(&delivery.body).expect("JSON");
+    // GET sends the event as query parameters (`type`, `call_id`, and `payload` as JSON); its
+    // signature covers the query string as sent. POST sends the JSON body, which is signed.
+    let (request, signed) = if delivery.method.eq_ignore_ascii_case("GET") {
+        url.query_pairs_mut()
+            .append_pair("type", delivery.body["type"].as_str().unwrap_or_default())
+            .append_pair("call_id", delivery.body["call_id"].as_str().unwrap_or_default())
+            .append_pair("payload", &delivery.body["payload"].to_string());
+        let signed = url.query().unwrap_or_default().as_bytes().to_vec();
+        (state.webhooks.client.get(url), signed)
+    } else {
+        let req = state.webhooks.client.post(url).header("content-type", "application/json").body(body.clone());
+        (req, body)
+    };
+    let signature =
+        secrets.iter().map(|s| signing::sign(s, &delivery.event_id, timestamp, &signed)).collect::<Vec<_>>().join(" ");
+    let sent = request
+        .header("webhook-id", &delivery.event_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .send()
+        .await;
+    match sent {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            let retry_after = res
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            // Read a little of the answer, so the connection can be reused; never all of it.
+            let mut stream = res.bytes_stream();
+            let mut read = 0;
+            while let Some(Ok(chunk)) = stream.next().await {
+                read += chunk.len();
+                if read >= MAX_ANSWER_BYTES {
+                    break;
+                }
+            }
+            Answer::Status(status, retry_after)
+        }
+        Err(err) => {
+            if let Some(refused) = guard::refusal(&err) {
+                Answer::Refused(refused)
+            } else if err.is_timeout() {
+                Answer::Failed(format!("no answer within {} s", state.webhooks.timeout.as_secs_f64()))
+            } else if err.is_redirect() {
+                Answer::Failed(format!("redirects could not be followed: {err}"))
+            } else {
+                Answer::Failed(format!("the receiver could not be reached: {err}"))
+            }
+        }
+    }
+}
+
+fn retry_delay(attempt: i32, retry_after: Option<Duration>) -> Duration {
+    let planned = SCHEDULE[((attempt - 1).max(0) as usize).min(SCHEDULE.len() - 1)];
+    let jittered = planned.mul_f64(rand::thread_rng().gen_range(0.8..1.2));
+    match retry_after {
+        Some(asked) => asked.clamp(jittered, jittered.max(Duration::from_secs(3600))),
+        None => jittered,
+    }
+}
+
+/// The outcome of an attempt: what the job does next, the status code, the error.
+fn decide(answer: &Answer, attempt: i32) -> (Outcome, Option<u16>, Option<String>) {
+    match answer {
+        Answer::Status(code, _) if (200..300).contains(code) => (Outcome::Done, Some(*code), None),
+        Answer::Status(410, _) => {
+            (Outcome::Fail("the receiver answered 410 Gone: not retried".into()), Some(410), Some("410 Gone".into()))
+        }
+        Answer::Status(code, retry_after) if *code == 429 || *code >= 500 => {
+            let error = format!("the receiver answered {code}");
+            (
+                Outcome::Retry { after: retry_delay(attempt, *retry_after), error: error.clone() },
+                Some(*code),
+                Some(error),
+            )
+        }
+        Answer::Status(code, _) => {
+            let error = format!("the receiver answered {code}");
+            let outcome = if attempt >= CLIENT_ERROR_ATTEMPTS {
+                Outcome::Fail(format!("{error}, {attempt} times"))
+            } else {
+                Outcome::Retry { after: retry_delay(attempt, None), error: error.clone() }
+            };
+            (outcome, Some(*code), Some(error))
+        }
+        Answer::Failed(error) => {
+            (Outcome::Retry { after: retry_delay(attempt, None), error: error.clone() }, None, Some(error.clone()))
+        }
+        Answer::Refused(reason) => (Outcome::Fail(reason.clone()), None, Some(reason.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_lasts_about_a_day() {
+        let total: Duration = SCHEDULE.iter().sum();
+        assert!(total > Duration::from_secs(20 * 3600) && total < Duration::from_secs(30 * 3600), "{total:?}");
+    }
+
+    #[test]
+    fn answers_decide_what_comes_next() {
+        assert!(matches!(decide(&Answer::Status(204, None), 1).0, Outcome::Done));
+        assert!(matches!(decide(&Answer::Status(410, None), 1).0, Outcome::Fail(_)));
+        assert!(matches!(decide(&Answer::Status(503, None), 7).0, Outcome::Retry { .. }));
+        assert!(matches!(decide(&Answer::Status(429, None), 1).0, Outcome::Retry { .. }));
+        assert!(matches!(decide(&Answer::Status(400, None), 1).0, Outcome::Retry { .. }));
+        assert!(matches!(decide(&Answer::Status(400, None), CLIENT_ERROR_ATTEMPTS).0, Outcome::Fail(_)));
+        assert!(matches!(decide(&Answer::Failed("timeout".into()), 2).0, Outcome::Retry { .. }));
+        assert!(matches!(decide(&Answer::Refused("private".into()), 1).0, Outcome::Fail(_)));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_bounds() {
+        let first = retry_delay(1, None);
+        assert!(first >= Duration::from_secs(4) && first <= Duration::from_secs(6), "{first:?}");
+        let asked = retry_delay(1, Some(Duration::from_secs(120)));
+        assert_eq!(asked, Duration::from_secs(120));
+        let too_long = retry_delay(1, Some(Duration::from_secs(999_999)));
+        assert_eq!(too_long, Duration::from_secs(3600));
+        let too_short = retry_delay(3, Some(Duration::from_secs(1)));
+        assert!(too_short >= Duration::from_secs(24 * 60), "the schedule is the floor: {too_short:?}");
+    }
+}
