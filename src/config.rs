@@ -57,6 +57,12 @@ pub enum Command {
     /// Manage users.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Exit 0 if the server answers `/health` (the container health check).
+    Healthcheck {
+        /// The health URL; by default, `/health` on the port of LISTEN_ADDR.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,10 +163,32 @@ pub struct ServeArgs {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
 
+    /// Database connections for the API (Postgres; the background workers have their own).
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
     /// How many background jobs (carrier requests, webhook deliveries…) this process runs at
     /// once; 0 runs none (another replica does them).
-    #[arg(long, env = "WORKERS", default_value_t = 8)]
+    #[arg(long, env = "WORKERS", default_value_t = 32)]
     pub workers: usize,
+
+    /// Requests per second each API key may make (a token bucket refilled at this rate); off
+    /// when unset. `/health`, `/ready`, `/docs` and the carriers' callbacks are not limited.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND")]
+    pub rate_limit_per_second: Option<u32>,
+
+    /// How many requests a key may make at once above its rate (the bucket's size); default:
+    /// one second's worth.
+    #[arg(long, env = "RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+
+    /// The longest a request may take, body included, before it is answered 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
+    /// How long a client has to send a request's headers before its connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
 }
 
 /// Where calls go: the built-in sandbox carrier, or Twilio and Vonage.
@@ -224,6 +252,10 @@ pub struct TelephonyArgs {
     #[arg(long, env = "CARRIER_TIMEOUT_SECS", default_value_t = 10)]
     pub carrier_timeout_secs: u64,
 
+    /// How many requests to the carriers this process has open at once; more wait their turn.
+    #[arg(long, env = "CARRIER_MAX_CONCURRENCY", default_value_t = 32)]
+    pub carrier_max_concurrency: usize,
+
     /// How many times placing a call is tried when the carrier times out or fails (5xx).
     #[arg(long, env = "DISPATCH_MAX_ATTEMPTS", default_value_t = 5)]
     pub dispatch_max_attempts: u32,
@@ -257,6 +289,7 @@ impl Default for TelephonyArgs {
             vonage_api_base_url: None,
             vonage_numbers_base_url: None,
             carrier_timeout_secs: 10,
+            carrier_max_concurrency: 32,
             dispatch_max_attempts: 5,
             reconcile_after_secs: 300,
             record_calls: true,
@@ -294,8 +327,45 @@ impl Default for ServeArgs {
             allow_private_targets: false,
             webhook_timeout_secs: 10,
             job_lease_secs: 120,
+            db_max_connections: 16,
             shutdown_grace_secs: 20,
-            workers: 8,
+            workers: 32,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            request_timeout_secs: 30,
+            header_read_timeout_secs: 10,
+        }
+    }
+}
+
+/// Every environment variable the server reads, from the command line's definition.
+pub fn env_names() -> Vec<String> {
+    use clap::CommandFactory;
+    fn collect(cmd: &clap::Command, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(name) = arg.get_env().and_then(|n| n.to_str()) {
+                if !out.iter().any(|o| o == name) {
+                    out.push(name.to_owned());
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            collect(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    collect(&Cli::command(), &mut out);
+    out.push("RUST_LOG".into());
+    out
+}
+
+/// Drops the server's variables that are set but empty, so that `FOO=` means "not set" (as it
+/// does in compose files that pass `${FOO:-}`) rather than an empty value.
+pub fn forget_empty_env() {
+    for name in env_names() {
+        if std::env::var_os(&name).is_some_and(|v| v.is_empty()) {
+            // Called at start-up, before any other thread exists.
+            std::env::remove_var(&name);
         }
     }
 }
@@ -319,6 +389,16 @@ pub fn sqlite_path(database_url: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_setting_has_its_variable() {
+        let names = env_names();
+        for expected in
+            ["DATABASE_URL", "SECRETS_KEY", "LISTEN_ADDR", "CARRIER_MODE", "VONAGE_SIGNATURE_SECRET", "WORKERS"]
+        {
+            assert!(names.iter().any(|n| n == expected), "{expected}");
+        }
+    }
 
     #[test]
     fn sqlite_paths() {

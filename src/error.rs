@@ -100,8 +100,9 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if crate::store::is_unavailable(&err) {
-            ApiError::Unavailable("the database is unavailable; try again shortly".into())
+        if let Some(reason) = crate::store::unavailable_reason(&err) {
+            tracing::warn!(error = %err, "{reason}");
+            ApiError::Unavailable(format!("{reason}; try again shortly"))
         } else {
             ApiError::Internal(err.into())
         }

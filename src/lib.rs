@@ -4,7 +4,7 @@
 //! (with the jobs a decision causes, in the same transaction) → [`jobs`] carry out what touches
 //! the outside ([`telephony`]).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ pub mod domain;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod serve;
 pub mod store;
 pub mod telephony;
 pub mod webhooks;
@@ -65,7 +66,11 @@ impl Deref for AppState {
 
 /// Connects to the database named by the settings, applying migrations unless told not to.
 pub async fn open_store(global: &GlobalArgs, migrate: bool) -> anyhow::Result<Store> {
-    let store = Store::connect(&global.database_url, &PoolSettings::default()).await?;
+    open_store_with(global, migrate, &PoolSettings::default()).await
+}
+
+pub async fn open_store_with(global: &GlobalArgs, migrate: bool, settings: &PoolSettings) -> anyhow::Result<Store> {
+    let store = Store::connect(&global.database_url, settings).await?;
     if migrate {
         store.migrate().await?;
     }
@@ -84,6 +89,8 @@ pub struct App {
     listener: TcpListener,
     workers: usize,
     grace: std::time::Duration,
+    limits: serve::Limits,
+    api: api::limits::Settings,
 }
 
 impl App {
@@ -93,7 +100,13 @@ impl App {
         metrics::handle();
         let secrets = open_secrets(global)?;
         let auth = Authenticator::new(serve.jwt_secret.as_deref(), serve.jwt_public_key_pem.as_deref())?;
-        let store = open_store(global, !serve.no_migrate).await?;
+        let pools = PoolSettings {
+            max_connections: serve.db_max_connections.max(2),
+            // A connection per worker, and one for the reconciler and claims.
+            job_connections: (serve.workers as u32 / 4).clamp(1, 8) + 1,
+            ..PoolSettings::default()
+        };
+        let store = open_store_with(global, !serve.no_migrate, &pools).await?;
         bootstrap(&store, serve).await?;
         let addr = listener.local_addr()?;
         let telephony = Telephony::new(&serve.telephony, addr, &secrets)?;
@@ -123,6 +136,15 @@ impl App {
             listener,
             workers: serve.workers,
             grace: std::time::Duration::from_secs(serve.shutdown_grace_secs),
+            limits: serve::Limits {
+                header_read_timeout: std::time::Duration::from_secs(serve.header_read_timeout_secs.max(1)),
+                ..serve::Limits::default()
+            },
+            api: api::limits::Settings {
+                rate_per_second: serve.rate_limit_per_second,
+                burst: serve.rate_limit_burst,
+                request_timeout: std::time::Duration::from_secs(serve.request_timeout_secs.max(1)),
+            },
         })
     }
 
@@ -130,7 +152,7 @@ impl App {
     /// and the jobs running `SHUTDOWN_GRACE_SECS` to finish. Whatever is unfinished then is
     /// abandoned and its jobs released at once, for another process to take.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let router = api::router(self.state.clone());
+        let router = api::router(self.state.clone(), &self.api);
         let (stop, stopping) = watch::channel(false);
         let mut workers =
             (self.workers > 0).then(|| tokio::spawn(jobs::work(self.state.clone(), self.workers, stopping.clone())));
@@ -138,25 +160,22 @@ impl App {
             shutdown.await;
             let _ = stop.send(true);
         };
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(signal).into_future();
+        let server = serve::serve(self.listener, router, self.limits, signal);
         tokio::pin!(server);
         let mut stopped = stopping.clone();
         tokio::select! {
-            result = &mut server => {
-                result?;
-            }
+            _ = &mut server => {}
             _ = stopped.changed() => {
                 tracing::info!(grace_secs = self.grace.as_secs(), "stopping: finishing requests in flight and running jobs");
                 let drained = tokio::time::timeout(self.grace, async {
-                    let served = (&mut server).await;
+                    (&mut server).await;
                     if let Some(w) = workers.as_mut() {
                         let _ = w.await;
                     }
-                    served
                 })
                 .await;
                 match drained {
-                    Ok(served) => served?,
+                    Ok(()) => {}
                     Err(_) => {
                         tracing::warn!("the grace period is over: abandoning what is unfinished");
                         if let Some(w) = workers.take() {

@@ -13,6 +13,7 @@ use vocode_server::store::{users, Store};
 use vocode_server::{crypto, open_secrets, open_store, App};
 
 fn main() -> ExitCode {
+    vocode_server::config::forget_empty_env();
     let cli = Cli::parse();
     let serve = match &cli.command {
         Some(Command::Serve(args)) => args.clone(),
@@ -48,6 +49,7 @@ async fn run(global: GlobalArgs, serve_args: ServeArgs, command: Option<Command>
         }
         Some(Command::Keys(cmd)) => keys(&global, cmd).await,
         Some(Command::Users(cmd)) => users_command(&global, cmd).await,
+        Some(Command::Healthcheck { url }) => healthcheck(url, &serve_args).await,
     }
 }
 
@@ -57,6 +59,17 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %app.addr, backend = ?app.state.store.backend(), "listening");
     println!("vocode-server listening on http://{}", app.addr);
     app.run_until(shutdown_signal()).await
+}
+
+async fn healthcheck(url: Option<String>, args: &ServeArgs) -> anyhow::Result<()> {
+    let url = url.unwrap_or_else(|| format!("http://127.0.0.1:{}/health", args.listen.port()));
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;
+    let status = client.get(&url).send().await.with_context(|| format!("{url} does not answer"))?.status();
+    if !status.is_success() {
+        bail!("{url} answered {status}");
+    }
+    println!("healthy");
+    Ok(())
 }
 
 async fn shutdown_signal() {

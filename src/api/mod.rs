@@ -23,8 +23,10 @@ use crate::AppState;
 pub mod agents;
 pub mod auth;
 pub mod calls;
+pub mod docs;
 pub mod documents;
 pub mod extract;
+pub mod limits;
 pub mod numbers;
 pub mod paging;
 pub mod spec;
@@ -33,19 +35,26 @@ pub mod usage;
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole API, with its middleware.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, settings: &limits::Settings) -> Router {
     let sandbox = state.telephony.sandbox.clone();
-    let router = Router::new()
+    // The operations of the Vocode API: limited per API key, when a limit is set.
+    let mut operations = Router::new()
         .merge(documents::router())
         .merge(agents::router())
         .merge(numbers::router())
         .merge(usage::router())
         .merge(calls::router())
+        .route("/metrics", get(metrics));
+    if let Some(layer) = limits::rate_limit(settings) {
+        operations = operations.layer(layer);
+    }
+    let router = Router::new()
+        .merge(operations)
+        .merge(docs::router())
         .merge(crate::telephony::callbacks::router())
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
@@ -60,6 +69,7 @@ pub fn router(state: AppState) -> Router {
             .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
             .layer(axum::middleware::from_fn(crate::metrics::track))
+            .layer(axum::middleware::from_fn_with_state(settings.request_timeout, limits::deadline))
             .layer(CatchPanicLayer::custom(on_panic)),
     )
 }
@@ -116,6 +126,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             }
         }
     }
+    // Tasks alive in the runtime: flat over time, or something leaks.
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    ::metrics::gauge!("vocode_runtime_alive_tasks").set(tasks as f64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::handle().render())
 }
 

@@ -16,7 +16,7 @@ use crate::store::calls::{self, CallRow};
 use crate::store::jobs::{self, Job, NewJob};
 use crate::store::records;
 use crate::store::{now, Conn, Tx};
-use crate::telephony::{twilio, CarrierError, Dial, Provider};
+use crate::telephony::{twilio, CarrierError, Dial, Dialed, PlacedCall, Provider};
 use crate::webhooks;
 use crate::AppState;
 
@@ -273,7 +273,7 @@ pub async fn carry_out(
 pub fn spawn_claimed(state: &AppState, claimed: Vec<Job>) {
     for job in claimed {
         let state = state.clone();
-        tokio::spawn(async move { super::run_claimed(&state, job).await });
+        tokio::spawn(crate::store::as_worker(async move { super::run_claimed(&state, job).await }));
     }
 }
 
@@ -356,37 +356,47 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Outcome {
             .map(|m| m.into_iter().map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned())).collect())
             .unwrap_or_default(),
     };
-    let telephony = &state.telephony;
-    let placed = match Provider::parse(&row.telephony_provider) {
-        Some(Provider::Twilio) => {
-            let creds = {
-                let mut handle = match state.store.read().await {
-                    Ok(h) => h,
-                    Err(e) => return retry_later(job, e.to_string()),
-                };
-                twilio_credentials(state, &mut handle, row.user_id, row.telephony_account_connection_id).await
+    let Some(provider) = Provider::parse(&row.telephony_provider) else {
+        let reason = format!("unknown telephony provider {}", row.telephony_provider);
+        return settle(state, call_id, Event::Refused { reason }).await;
+    };
+    let creds = match provider {
+        Provider::Twilio => {
+            let mut handle = match state.store.read().await {
+                Ok(h) => h,
+                Err(e) => return retry_later(job, e.to_string()),
             };
-            match creds {
-                Ok(creds) => telephony.twilio.create_call(&creds, &dial, &telephony.twilio_call_urls(call_id)).await,
-                Err(e) => Err(e),
-            }
+            Some(twilio_credentials(state, &mut handle, row.user_id, row.telephony_account_connection_id).await)
         }
-        Some(Provider::Vonage) => {
-            let headers = json!({"call_id": call_id.to_string(), "token": telephony.stream_token(call_id)});
-            telephony.vonage.create_call(&dial, &telephony.vonage_call_urls(call_id), headers).await
-        }
-        None => Err(CarrierError::Rejected(format!("unknown telephony provider {}", row.telephony_provider))),
+        Provider::Vonage => None,
+    };
+    let placed = match creds.transpose() {
+        Ok(creds) => place(state, job, &row, &dial, provider, creds.as_ref()).await,
+        Err(e) => Err(e),
     };
     match placed {
-        Ok(dialed) => {
+        Ok((dialed, adopted)) => {
+            let status = dialed.carrier_status.clone();
             let news = News::carrier(Event::Accepted { telephony_id: dialed.telephony_id }, dialed.carrier_status);
             match apply(state, call_id, &news).await {
                 Ok(applied) => {
                     if let Some(applied) = applied {
                         spawn_claimed(state, applied.claimed);
                     }
+                    if adopted {
+                        // What the carrier says of the call it found, too (it may be over).
+                        let event = match provider {
+                            Provider::Twilio => twilio::status_event(&status, None),
+                            Provider::Vonage => crate::telephony::vonage::status_event(&status, None),
+                        };
+                        if let Some(event) = event {
+                            return settle_news(state, call_id, News::carrier(event, status)).await;
+                        }
+                    }
                     Outcome::Done
                 }
+                // Another call took that carrier call meanwhile: look again.
+                Err(e) if adopted => Outcome::Retry { after: Duration::from_secs(1), error: e.to_string() },
                 // The call is placed: recording that must not make it be placed again.
                 Err(e) => Outcome::Fail(format!("the call was placed but could not be recorded: {e}")),
             }
@@ -404,6 +414,74 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Outcome {
             error: reason,
         },
     }
+}
+
+/// Asks the carrier to place the call — unless an earlier attempt already did. An attempt whose
+/// outcome was never recorded (its process died) or that timed out may have reached the carrier:
+/// before dialing again, the carrier's recent calls between the same numbers are searched for one
+/// no call of ours has. Returns what the carrier said, and whether the call was found that way.
+async fn place(
+    state: &AppState,
+    job: &Job,
+    row: &CallRow,
+    dial: &Dial,
+    provider: Provider,
+    creds: Option<&twilio::Credentials>,
+) -> Result<(Dialed, bool), CarrierError> {
+    let telephony = &state.telephony;
+    if job.attempts > 1 {
+        match placed_earlier(state, row, dial, provider, creds).await {
+            Ok(Some(found)) => {
+                tracing::info!(call_id = %row.id, "found the call an earlier attempt placed; not dialing again");
+                metrics::counter!("vocode_calls_found_after_retry_total").increment(1);
+                return Ok((Dialed { telephony_id: found.id, carrier_status: found.status }, true));
+            }
+            Ok(None) => {}
+            Err(CarrierError::Rejected(reason)) => {
+                tracing::warn!(call_id = %row.id, %reason, "cannot search the carrier's calls; placing the call")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let dialed = match (provider, creds) {
+        (Provider::Twilio, Some(creds)) => {
+            telephony.twilio.create_call(creds, dial, &telephony.twilio_call_urls(row.id)).await
+        }
+        (Provider::Twilio, None) => Err(CarrierError::Rejected("no Twilio credentials".into())),
+        (Provider::Vonage, _) => {
+            let headers = json!({"call_id": row.id.to_string(), "token": telephony.stream_token(row.id)});
+            telephony.vonage.create_call(dial, &telephony.vonage_call_urls(row.id), headers).await
+        }
+    }?;
+    Ok((dialed, false))
+}
+
+/// The oldest carrier call between the call's numbers, made since shortly before the call was
+/// created, that no call of ours has.
+async fn placed_earlier(
+    state: &AppState,
+    row: &CallRow,
+    dial: &Dial,
+    provider: Provider,
+    creds: Option<&twilio::Credentials>,
+) -> Result<Option<PlacedCall>, CarrierError> {
+    let since = row.created_at - chrono::Duration::minutes(1);
+    let mut listed = match (provider, creds) {
+        (Provider::Twilio, Some(creds)) => state.telephony.twilio.find_calls(creds, &dial.to, &dial.from).await?,
+        (Provider::Twilio, None) => return Ok(None),
+        (Provider::Vonage, _) => state.telephony.vonage.find_calls(&dial.to, &dial.from, since).await?,
+    };
+    listed.retain(|c| c.created.is_none_or(|created| created >= since));
+    listed.sort_by_key(|c| c.created);
+    let unavailable = |e: sqlx::Error| CarrierError::Transient(format!("the database is unavailable: {e}"));
+    let mut handle = state.store.read().await.map_err(unavailable)?;
+    for candidate in listed {
+        if calls::by_telephony_id(handle.conn(), provider.as_str(), &candidate.id).await.map_err(unavailable)?.is_none()
+        {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 /// Applies final news from a job, or retries the job if the database is unavailable.

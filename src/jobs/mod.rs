@@ -41,32 +41,49 @@ pub fn backoff(attempt: i32, base: Duration, cap: Duration) -> Duration {
     Duration::from_secs_f64((exp * jitter).min(cap.as_secs_f64()))
 }
 
-async fn run(state: &AppState, job: &Job) -> Outcome {
+/// A run's outcome, and the record of a webhook attempt it made (kept with the outcome, in one
+/// transaction).
+pub struct Ran {
+    pub outcome: Outcome,
+    pub attempt: Option<crate::store::webhooks::Attempt>,
+}
+
+impl From<Outcome> for Ran {
+    fn from(outcome: Outcome) -> Self {
+        Ran { outcome, attempt: None }
+    }
+}
+
+async fn run(state: &AppState, job: &Job) -> Ran {
     match job.kind.as_str() {
-        calls::DISPATCH => calls::dispatch(state, job).await,
-        calls::HANG_UP => calls::hang_up(state, job).await,
+        calls::DISPATCH => calls::dispatch(state, job).await.into(),
+        calls::HANG_UP => calls::hang_up(state, job).await.into(),
         crate::webhooks::DELIVER => crate::webhooks::deliver::deliver(state, job).await,
-        other => Outcome::Fail(format!("unknown job kind {other}")),
+        other => Outcome::Fail(format!("unknown job kind {other}")).into(),
     }
 }
 
 /// Runs a claimed job and records its outcome. A panic counts as a failed attempt.
 pub async fn run_claimed(state: &AppState, job: Job) {
     let span = tracing::info_span!("job", kind = %job.kind, id = %job.id, attempt = job.attempts);
-    let outcome = match AssertUnwindSafe(run(state, &job)).catch_unwind().instrument(span.clone()).await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::Retry { after: Duration::from_secs(5), error: "the job panicked".into() },
+    let ran = match AssertUnwindSafe(run(state, &job)).catch_unwind().instrument(span.clone()).await {
+        Ok(ran) => ran,
+        Err(_) => Outcome::Retry { after: Duration::from_secs(5), error: "the job panicked".into() }.into(),
     };
-    if let Err(err) = record(state, &job, &outcome).instrument(span).await {
+    if let Err(err) = record(state, &job, &ran).instrument(span).await {
         // The lease expires and the job runs again: at least once, never lost.
         tracing::warn!(error = %err, "could not record a job's outcome");
     }
 }
 
-async fn record(state: &AppState, job: &Job, outcome: &Outcome) -> sqlx::Result<()> {
+async fn record(state: &AppState, job: &Job, ran: &Ran) -> sqlx::Result<()> {
     let mut tx = state.store.begin().await?;
+    jobs::outcome_durability(tx.conn()).await?;
     let at = now();
-    match outcome {
+    if let Some(attempt) = &ran.attempt {
+        crate::store::webhooks::insert_attempt(tx.conn(), attempt).await?;
+    }
+    match &ran.outcome {
         Outcome::Done => jobs::complete(tx.conn(), job.id, &state.worker_id).await?,
         Outcome::Retry { error, .. } if job.attempts >= job.max_attempts => {
             tracing::warn!(%error, "job failed for good");
@@ -85,20 +102,20 @@ async fn record(state: &AppState, job: &Job, outcome: &Outcome) -> sqlx::Result<
     tx.commit().await
 }
 
-/// Claims one due job, if there is one.
-pub async fn claim(state: &AppState, at: DateTime<Utc>) -> sqlx::Result<Option<Job>> {
+/// Claims up to `limit` due jobs.
+pub async fn claim(state: &AppState, at: DateTime<Utc>, limit: usize) -> sqlx::Result<Vec<Job>> {
     let mut tx = state.store.begin().await?;
     let lease_until = state.lease_until(at);
-    let job = jobs::claim(tx.conn(), &state.worker_id, at, lease_until).await?;
+    let claimed = jobs::claim(tx.conn(), &state.worker_id, at, lease_until, limit as i64).await?;
     tx.commit().await?;
-    Ok(job)
+    Ok(claimed)
 }
 
 /// Runs every job that is due at `at`, one after another, until none is left; returns how many
 /// ran. Tests use this to drive the queue without waiting for the workers.
 pub async fn drain(state: &AppState, at: DateTime<Utc>) -> sqlx::Result<usize> {
     let mut ran = 0;
-    while let Some(job) = claim(state, at).await? {
+    while let Some(job) = claim(state, at, 1).await?.pop() {
         run_claimed(state, job).await;
         ran += 1;
     }
@@ -106,35 +123,38 @@ pub async fn drain(state: &AppState, at: DateTime<Utc>) -> sqlx::Result<usize> {
 }
 
 /// The workers of this process: up to `concurrency` jobs at once, until `shutdown` turns true;
-/// then they stop claiming and finish what they run.
+/// then they stop claiming and finish what they run. When woken by a finished job they claim
+/// only once a batch's worth of room is free, so that a busy queue costs one claim per batch.
 pub async fn work(state: AppState, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
+    let batch = (concurrency / 4).max(1);
     let mut running = JoinSet::new();
     let mut reconciled_at = std::time::Instant::now();
+    let mut finished_only = false;
     loop {
         if *shutdown.borrow() {
             break;
         }
-        while running.len() < concurrency {
-            match claim(&state, now()).await {
-                Ok(Some(job)) => {
-                    let state = state.clone();
-                    running.spawn(async move { run_claimed(&state, job).await });
+        let free = concurrency.saturating_sub(running.len());
+        if free > 0 && (free >= batch || !finished_only) {
+            match crate::store::as_worker(claim(&state, now(), free)).await {
+                Ok(claimed) => {
+                    for job in claimed {
+                        let state = state.clone();
+                        running.spawn(crate::store::as_worker(async move { run_claimed(&state, job).await }));
+                    }
                 }
-                Ok(None) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot claim jobs");
-                    break;
-                }
+                Err(err) => tracing::warn!(error = %err, "cannot claim jobs"),
             }
         }
         if reconciled_at.elapsed() >= state.telephony.reconcile_after / 4 {
             reconciled_at = std::time::Instant::now();
-            calls::reconcile(&state).await;
+            crate::store::as_worker(calls::reconcile(&state)).await;
         }
+        finished_only = false;
         tokio::select! {
             _ = state.jobs_queued.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(_) = running.join_next(), if !running.is_empty() => finished_only = true,
             _ = shutdown.changed() => {}
         }
     }

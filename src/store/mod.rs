@@ -43,13 +43,12 @@ pub enum Backend {
 
 #[derive(Debug, Clone)]
 enum Pools {
-    Postgres(PgPool),
+    /// The API's connections, and the background workers' own (so that a burst of requests
+    /// cannot starve the jobs, nor the jobs the requests).
+    Postgres { api: PgPool, jobs: PgPool },
     /// SQLite allows one writer at a time: writes go through a single connection, so they queue
     /// in the process instead of failing with SQLITE_BUSY; reads use their own pool (WAL mode).
-    Sqlite {
-        read: SqlitePool,
-        write: SqlitePool,
-    },
+    Sqlite { read: SqlitePool, write: SqlitePool },
 }
 
 /// The database. Cloning is cheap: the pools are shared.
@@ -127,17 +126,32 @@ impl Tx {
     }
 }
 
+tokio::task_local! {
+    static WORKER: ();
+}
+
+/// Runs `work` as a background worker: its database connections come from the workers' pool.
+pub async fn as_worker<F: std::future::Future>(work: F) -> F::Output {
+    WORKER.scope((), work).await
+}
+
+fn in_worker() -> bool {
+    WORKER.try_with(|_| ()).is_ok()
+}
+
 /// Settings of the connection pools.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_connections: u32,
+    /// The background workers' own connections (Postgres).
+    pub job_connections: u32,
     /// How long a request waits for a connection before it fails with 503.
     pub acquire_timeout: Duration,
 }
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        PoolSettings { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+        PoolSettings { max_connections: 16, job_connections: 6, acquire_timeout: Duration::from_secs(2) }
     }
 }
 
@@ -150,13 +164,16 @@ impl Store {
             // One plain connection first, so that a wrong URL fails at once rather than after
             // the pool's retries.
             PgConnection::connect_with(&options).await.map_err(|err| describe_connect_error(url, err))?.close().await?;
-            let pool = PgPoolOptions::new()
-                .max_connections(settings.max_connections)
-                .acquire_timeout(settings.acquire_timeout)
-                .connect_with(options)
-                .await
-                .map_err(|err| describe_connect_error(url, err))?;
-            Ok(Store { pools: Pools::Postgres(pool) })
+            let pool = |max: u32| {
+                PgPoolOptions::new()
+                    .max_connections(max)
+                    .min_connections(1)
+                    .acquire_timeout(settings.acquire_timeout)
+                    .connect_with(options.clone())
+            };
+            let api = pool(settings.max_connections).await.map_err(|err| describe_connect_error(url, err))?;
+            let jobs = pool(settings.job_connections).await.map_err(|err| describe_connect_error(url, err))?;
+            Ok(Store { pools: Pools::Postgres { api, jobs } })
         } else if url.starts_with("sqlite:") {
             if let Some(dir) = crate::config::sqlite_data_dir(url) {
                 std::fs::create_dir_all(&dir)
@@ -195,14 +212,14 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         match self.pools {
-            Pools::Postgres(_) => Backend::Postgres,
+            Pools::Postgres { .. } => Backend::Postgres,
             Pools::Sqlite { .. } => Backend::Sqlite,
         }
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match &self.pools {
-            Pools::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Pools::Postgres { api, .. } => sqlx::migrate!("./migrations/postgres").run(api).await?,
             Pools::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await?,
         }
         Ok(())
@@ -211,7 +228,7 @@ impl Store {
     /// A connection for reads.
     pub async fn read(&self) -> sqlx::Result<Handle> {
         Ok(match &self.pools {
-            Pools::Postgres(pool) => Handle::Pg(pool.acquire().await?),
+            Pools::Postgres { api, jobs } => Handle::Pg(if in_worker() { jobs } else { api }.acquire().await?),
             Pools::Sqlite { read, .. } => Handle::Lite(read.acquire().await?),
         })
     }
@@ -219,7 +236,7 @@ impl Store {
     /// A write transaction.
     pub async fn begin(&self) -> sqlx::Result<Tx> {
         Ok(match &self.pools {
-            Pools::Postgres(pool) => Tx::Pg(pool.begin().await?),
+            Pools::Postgres { api, jobs } => Tx::Pg(if in_worker() { jobs } else { api }.begin().await?),
             Pools::Sqlite { write, .. } => Tx::Lite(write.begin().await?),
         })
     }
@@ -233,7 +250,10 @@ impl Store {
 
     pub async fn close(&self) {
         match &self.pools {
-            Pools::Postgres(pool) => pool.close().await,
+            Pools::Postgres { api, jobs } => {
+                api.close().await;
+                jobs.close().await;
+            }
             Pools::Sqlite { read, write } => {
                 read.close().await;
                 write.close().await;
@@ -254,25 +274,41 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 /// Errors that mean "the database cannot serve now" rather than "this request is wrong": the
 /// client gets a 503 it can retry.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    unavailable_reason(err).is_some()
+}
+
+/// Why the database cannot serve a request for now (the client may try again later), said so
+/// that an operator reading it knows what to fix; `None` for any other error.
+pub fn unavailable_reason(err: &sqlx::Error) -> Option<&'static str> {
     match err {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::PoolTimedOut => Some("the database is unavailable (no connection to it came free in time)"),
+        sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => Some("the database is unavailable"),
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Some("the database is unavailable (the connection to it failed)"),
         sqlx::Error::Database(db) => {
             if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 // Connection exceptions (08…), operator intervention (57P…: shutdown, restart,
                 // cannot connect now), insufficient resources (53…: disk full, out of memory).
                 let code = pg.code();
-                code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+                if code == "53100" {
+                    Some("the database's disk is full")
+                } else if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
+                    Some("the database is unavailable")
+                } else {
+                    None
+                }
             } else {
-                // SQLite's primary result codes: busy (5), read-only (8), I/O error (10),
-                // disk full (13), cannot open (14).
-                db.code().and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 8 | 10 | 13 | 14))
+                // SQLite's primary result codes.
+                match db.code().and_then(|c| c.parse::<u32>().ok()).map(|c| c & 0xff) {
+                    Some(5) => Some("the database is busy"),
+                    Some(8) => Some("the database is read-only: its file or folder cannot be written"),
+                    Some(10) => Some("the database cannot write to its disk (an I/O error: is the disk full?)"),
+                    Some(13) => Some("the database's disk is full"),
+                    Some(14) => Some("the database file cannot be opened"),
+                    _ => None,
+                }
             }
         }
-        _ => false,
+        _ => None,
     }
 }
 

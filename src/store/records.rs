@@ -56,7 +56,7 @@ pub struct Sort {
 }
 
 /// How many rows are counted exactly before `total` becomes an estimate.
-pub const EXACT_COUNT_LIMIT: i64 = 10_000;
+pub const EXACT_COUNT_LIMIT: i64 = 1_000;
 
 const COLUMNS: &str = "id, user_id, kind, created_at, updated_at, body, sealed";
 

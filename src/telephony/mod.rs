@@ -30,6 +30,14 @@ pub struct Dial {
     pub extra: Vec<(String, String)>,
 }
 
+/// A call the carrier lists for the account.
+#[derive(Debug, Clone)]
+pub struct PlacedCall {
+    pub id: String,
+    pub status: String,
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// What the carrier said when it took a call.
 #[derive(Debug, Clone)]
 pub struct Dialed {
@@ -80,6 +88,17 @@ fn without_url(err: &reqwest::Error) -> String {
         text = text.replace(url.as_str(), "<url>");
     }
     text
+}
+
+/// The requests to carriers this process may have open at once (`CARRIER_MAX_CONCURRENCY`).
+pub type Slots = Arc<tokio::sync::Semaphore>;
+
+/// Waits for a free slot to talk to a carrier.
+async fn take_slot(slots: &Slots) -> Result<tokio::sync::SemaphorePermit<'_>, CarrierError> {
+    if slots.available_permits() == 0 {
+        metrics::counter!("vocode_carrier_requests_queued_total").increment(1);
+    }
+    slots.acquire().await.map_err(|_| CarrierError::Transient("the server is stopping".into()))
 }
 
 /// Which carrier a number or a call goes through.
@@ -191,10 +210,12 @@ impl Telephony {
                 None,
             )
         };
+        let slots: Slots = Arc::new(tokio::sync::Semaphore::new(args.carrier_max_concurrency.max(1)));
         Ok(Telephony {
-            twilio: twilio::TwilioClient::new(http.clone(), &twilio_base),
+            twilio: twilio::TwilioClient::new(http.clone(), slots.clone(), &twilio_base),
             vonage: vonage::VonageClient::new(
                 http,
+                slots,
                 &vonage_base,
                 &numbers_base,
                 vonage_signer,

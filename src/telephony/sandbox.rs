@@ -101,6 +101,7 @@ struct SimCall {
     machine_detection: bool,
     record: bool,
     duration: Mutex<Option<i64>>,
+    created: chrono::DateTime<chrono::Utc>,
 }
 
 pub struct Sandbox {
@@ -542,7 +543,7 @@ fn silent_mp3(frames: usize) -> Vec<u8> {
 
 pub fn router(sandbox: Arc<Sandbox>) -> Router {
     Router::new()
-        .route("/twilio/2010-04-01/Accounts/{account}/Calls.json", post(twilio_create_call))
+        .route("/twilio/2010-04-01/Accounts/{account}/Calls.json", get(twilio_list_calls).post(twilio_create_call))
         .route("/twilio/2010-04-01/Accounts/{account}/Calls/{file}", get(twilio_fetch_call).post(twilio_modify_call))
         .route(
             "/twilio/2010-04-01/Accounts/{account}/AvailablePhoneNumbers/{country}/Local.json",
@@ -557,7 +558,7 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
             post(twilio_update_number).delete(twilio_release_number),
         )
         .route("/twilio/2010-04-01/Accounts/{account}/Recordings/{file}", get(recording))
-        .route("/vonage/v1/calls", post(vonage_create_call))
+        .route("/vonage/v1/calls", get(vonage_list_calls).post(vonage_create_call))
         .route("/vonage/v1/calls/{uuid}", get(vonage_fetch_call).put(vonage_modify_call))
         .route("/vonage/number/search", get(vonage_search))
         .route("/vonage/number/buy", post(vonage_numbers_ok))
@@ -650,11 +651,52 @@ async fn twilio_create_call(
         machine_detection: field("MachineDetection").is_some(),
         record: field("Record").as_deref() == Some("true"),
         duration: Mutex::new(None),
+        created: chrono::Utc::now(),
     });
     let resource = call_resource(&call);
     sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());
     tokio::spawn(sb.clone().play(call));
     (StatusCode::CREATED, Json(resource)).into_response()
+}
+
+/// The sandbox's calls of one protocol, newest first.
+fn newest_calls(sb: &Sandbox, protocol: Protocol) -> Vec<Arc<SimCall>> {
+    let mut calls: Vec<Arc<SimCall>> = sb
+        .calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|c| c.protocol == protocol)
+        .cloned()
+        .collect();
+    calls.sort_by(|a, b| b.created.cmp(&a.created));
+    calls
+}
+
+/// `GET Calls.json`: the account's calls, newest first, filtered by `To` and `From`.
+async fn twilio_list_calls(
+    State(sb): SandboxState,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = twilio_auth(&headers, &account) {
+        return r;
+    }
+    let size = query.get("PageSize").and_then(|s| s.parse().ok()).unwrap_or(50usize).clamp(1, 1000);
+    let calls: Vec<Value> = newest_calls(&sb, Protocol::Twilio)
+        .into_iter()
+        .filter(|c| c.account_sid == account)
+        .filter(|c| query.get("To").is_none_or(|to| *to == c.to))
+        .filter(|c| query.get("From").is_none_or(|from| *from == c.from))
+        .take(size)
+        .map(|c| {
+            let mut resource = call_resource(&c);
+            resource["date_created"] = json!(c.created.to_rfc2822());
+            resource
+        })
+        .collect();
+    Json(json!({"calls": calls, "page": 0, "page_size": size})).into_response()
 }
 
 fn sid_of(file: &str) -> &str {
@@ -853,11 +895,41 @@ async fn vonage_create_call(State(sb): SandboxState, headers: HeaderMap, Json(bo
         machine_detection: body.get("machine_detection").is_some() || body.get("advanced_machine_detection").is_some(),
         record,
         duration: Mutex::new(None),
+        created: chrono::Utc::now(),
     });
     let answer = json!({"uuid": call.id, "status": "started", "direction": "outbound", "conversation_uuid": format!("CON-{}", call.id)});
     sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());
     tokio::spawn(sb.clone().play(call));
     (StatusCode::CREATED, Json(answer)).into_response()
+}
+
+/// `GET /v1/calls`: the application's calls since `date_start`, newest first.
+async fn vonage_list_calls(
+    State(sb): SandboxState,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = vonage_auth(&sb, &headers) {
+        return r;
+    }
+    let since = query
+        .get("date_start")
+        .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.with_timezone(&chrono::Utc));
+    let size = query.get("page_size").and_then(|s| s.parse().ok()).unwrap_or(10usize).clamp(1, 100);
+    let calls: Vec<Value> = newest_calls(&sb, Protocol::Vonage)
+        .into_iter()
+        .filter(|c| since.is_none_or(|since| c.created >= since))
+        .take(size)
+        .map(|c| {
+            let status = c.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            json!({"uuid": c.id, "status": status, "direction": "outbound",
+                   "to": {"type": "phone", "number": c.to.trim_start_matches('+')},
+                   "from": {"type": "phone", "number": c.from.trim_start_matches('+')},
+                   "start_time": c.created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})
+        })
+        .collect();
+    Json(json!({"count": calls.len(), "page_size": size, "_embedded": {"calls": calls}})).into_response()
 }
 
 async fn vonage_fetch_call(State(sb): SandboxState, Path(uuid): Path<String>, headers: HeaderMap) -> Response {

@@ -38,6 +38,7 @@ pub struct CallUrls {
 #[derive(Clone)]
 pub struct TwilioClient {
     http: reqwest::Client,
+    slots: super::Slots,
     base: String,
 }
 
@@ -72,8 +73,8 @@ const OWN_FIELDS: &[&str] = &[
 ];
 
 impl TwilioClient {
-    pub fn new(http: reqwest::Client, base: &str) -> Self {
-        TwilioClient { http, base: base.trim_end_matches('/').to_owned() }
+    pub fn new(http: reqwest::Client, slots: super::Slots, base: &str) -> Self {
+        TwilioClient { http, slots, base: base.trim_end_matches('/').to_owned() }
     }
 
     fn url(&self, creds: &Credentials, rest: &str) -> String {
@@ -81,6 +82,7 @@ impl TwilioClient {
     }
 
     async fn send(&self, creds: &Credentials, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CarrierError> {
+        let _slot = super::take_slot(&self.slots).await?;
         let started = std::time::Instant::now();
         let result = self.send_inner(creds, req).await;
         let outcome = match &result {
@@ -163,6 +165,40 @@ impl TwilioClient {
     pub async fn redirect(&self, creds: &Credentials, sid: &str, twiml: &str) -> Result<CallResource, CarrierError> {
         let req = self.http.post(self.url(creds, &format!("Calls/{sid}.json"))).form(&[("Twiml", twiml)]);
         self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)
+    }
+
+    /// The account's most recent calls from `from` to `to` (Twilio lists newest first): how a
+    /// call that may have been placed before a crash or a timeout is found again.
+    pub async fn find_calls(
+        &self,
+        creds: &Credentials,
+        to: &PhoneNumber,
+        from: &PhoneNumber,
+    ) -> Result<Vec<super::PlacedCall>, CarrierError> {
+        let req = self.http.get(self.url(creds, "Calls.json")).query(&[
+            ("To", to.e164()),
+            ("From", from.e164()),
+            ("PageSize", "50".into()),
+        ]);
+        let page: Value = self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)?;
+        Ok(page["calls"]
+            .as_array()
+            .map(|calls| {
+                calls
+                    .iter()
+                    .filter_map(|c| {
+                        Some(super::PlacedCall {
+                            id: c["sid"].as_str()?.to_owned(),
+                            status: c["status"].as_str().unwrap_or_default().to_owned(),
+                            created: c["date_created"]
+                                .as_str()
+                                .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+                                .map(|d| d.with_timezone(&chrono::Utc)),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     pub async fn fetch_call(&self, creds: &Credentials, sid: &str) -> Result<CallResource, CarrierError> {

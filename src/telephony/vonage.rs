@@ -28,6 +28,7 @@ pub enum Signer {
 #[derive(Clone)]
 pub struct VonageClient {
     http: reqwest::Client,
+    slots: super::Slots,
     api_base: String,
     numbers_base: String,
     signer: Option<Signer>,
@@ -74,6 +75,7 @@ fn unix_now() -> u64 {
 impl VonageClient {
     pub fn new(
         http: reqwest::Client,
+        slots: super::Slots,
         api_base: &str,
         numbers_base: &str,
         signer: Option<Signer>,
@@ -82,6 +84,7 @@ impl VonageClient {
     ) -> Self {
         VonageClient {
             http,
+            slots,
             api_base: api_base.trim_end_matches('/').to_owned(),
             numbers_base: numbers_base.trim_end_matches('/').to_owned(),
             signer,
@@ -124,6 +127,7 @@ impl VonageClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CarrierError> {
+        let _slot = super::take_slot(&self.slots).await?;
         let started = std::time::Instant::now();
         let result = Self::send_inner(req).await;
         let outcome = match &result {
@@ -195,6 +199,49 @@ impl VonageClient {
             .bearer_auth(self.jwt()?)
             .json(&json!({"action": "hangup"}));
         self.send(req).await.map(|_| ())
+    }
+
+    /// The application's calls from `from` to `to` since `since` (newest first): how a call that
+    /// may have been placed before a crash or a timeout is found again.
+    pub async fn find_calls(
+        &self,
+        to: &PhoneNumber,
+        from: &PhoneNumber,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<super::PlacedCall>, CarrierError> {
+        let req = self
+            .http
+            .get(format!("{}/v1/calls", self.api_base))
+            .query(&[
+                ("date_start", since.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                ("page_size", "100".into()),
+                ("order", "desc".into()),
+            ])
+            .bearer_auth(self.jwt()?);
+        let page: Value = self.send(req).await?.json().await.map_err(CarrierError::bad_answer)?;
+        let number = |v: &Value| v["number"].as_str().map(|n| n.trim_start_matches('+').to_owned());
+        Ok(page["_embedded"]["calls"]
+            .as_array()
+            .map(|calls| {
+                calls
+                    .iter()
+                    .filter(|c| {
+                        number(&c["to"]).as_deref() == Some(to.digits())
+                            && number(&c["from"]).as_deref() == Some(from.digits())
+                    })
+                    .filter_map(|c| {
+                        Some(super::PlacedCall {
+                            id: c["uuid"].as_str()?.to_owned(),
+                            status: c["status"].as_str().unwrap_or_default().to_owned(),
+                            created: c["start_time"]
+                                .as_str()
+                                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                                .map(|d| d.with_timezone(&chrono::Utc)),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     pub async fn fetch_call(&self, uuid: &str) -> Result<CallState, CarrierError> {

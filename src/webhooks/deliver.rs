@@ -5,6 +5,8 @@
 //! once; other 4xx are tried [`CLIENT_ERROR_ATTEMPTS`] times; a refused target (see
 //! [`guard`](super::guard)) is not retried. Every attempt is recorded.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -14,7 +16,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{guard, signing};
-use crate::jobs::Outcome;
+use crate::jobs::{Outcome, Ran};
 use crate::store::jobs::Job;
 use crate::store::{now, webhooks as store};
 use crate::AppState;
@@ -45,16 +47,37 @@ struct Delivery {
     body: Value,
 }
 
-/// The client that delivers webhooks, its rule for private targets, and its timeout.
+/// The client that delivers webhooks, its rule for private targets, its timeout, and the users'
+/// signing secrets it has read lately.
 pub struct Webhooks {
     pub client: reqwest::Client,
     pub allow_private: bool,
     pub timeout: Duration,
+    secrets: Mutex<HashMap<Uuid, (Vec<String>, Instant)>>,
 }
+
+/// How long a user's signing secrets are reused without reading them again: a rotation is
+/// followed by every process within this time.
+const SECRETS_FRESH_FOR: Duration = Duration::from_secs(10);
 
 impl Webhooks {
     pub fn new(allow_private: bool, timeout: Duration) -> Self {
-        Webhooks { client: guard::client(allow_private, timeout), allow_private, timeout }
+        Webhooks { client: guard::client(allow_private, timeout), allow_private, timeout, secrets: Mutex::default() }
+    }
+
+    async fn secrets_of(&self, state: &AppState, user_id: Uuid) -> anyhow::Result<Vec<String>> {
+        if let Some((secrets, read_at)) = self.secrets.lock().unwrap_or_else(|e| e.into_inner()).get(&user_id) {
+            if read_at.elapsed() < SECRETS_FRESH_FOR {
+                return Ok(secrets.clone());
+            }
+        }
+        let secrets = signing::signing_secrets(state, user_id).await?;
+        let mut cache = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(user_id, (secrets.clone(), Instant::now()));
+        Ok(secrets)
     }
 }
 
@@ -65,18 +88,16 @@ enum Answer {
     Refused(String),
 }
 
-pub async fn deliver(state: &AppState, job: &Job) -> Outcome {
+pub async fn deliver(state: &AppState, job: &Job) -> Ran {
     let delivery: Delivery = match serde_json::from_value(job.payload.0.clone()) {
         Ok(d) => d,
-        Err(e) => return Outcome::Fail(format!("the delivery cannot be read: {e}")),
+        Err(e) => return Outcome::Fail(format!("the delivery cannot be read: {e}")).into(),
     };
-    let secrets = match signing::signing_secrets(state, delivery.user_id).await {
+    let secrets = match state.webhooks.secrets_of(state, delivery.user_id).await {
         Ok(s) => s,
         Err(e) => {
-            return Outcome::Retry {
-                after: Duration::from_secs(5),
-                error: format!("the signing secret cannot be read: {e}"),
-            }
+            let error = format!("the signing secret cannot be read: {e}");
+            return Outcome::Retry { after: Duration::from_secs(5), error }.into();
         }
     };
     let started = Instant::now();
@@ -91,6 +112,10 @@ pub async fn deliver(state: &AppState, job: &Job) -> Outcome {
     };
     metrics::counter!("vocode_webhook_deliveries_total", "outcome" => label).increment(1);
     metrics::histogram!("vocode_webhook_delivery_duration_seconds").record(latency.as_secs_f64());
+    if label != "delivered" {
+        tracing::info!(event_id = %delivery.event_id, attempt = attempt_no, outcome = label,
+            error = error.as_deref().unwrap_or(""), "webhook delivery did not succeed");
+    }
     let attempt = store::Attempt {
         id: Uuid::now_v7(),
         event_id: delivery.event_id.clone(),
@@ -101,23 +126,12 @@ pub async fn deliver(state: &AppState, job: &Job) -> Outcome {
         attempt: attempt_no,
         status_code: status_code.map(i32::from),
         latency_ms: latency.as_millis() as i64,
-        error: error.clone(),
+        error,
         outcome: label.to_owned(),
         created_at: now(),
     };
-    if let Err(e) = record(state, &attempt).await {
-        tracing::warn!(error = %e, "could not record a webhook attempt");
-    }
-    if label != "delivered" {
-        tracing::info!(event_id = %delivery.event_id, attempt = attempt_no, outcome = label, error = error.as_deref().unwrap_or(""), "webhook delivery did not succeed");
-    }
-    outcome
-}
-
-async fn record(state: &AppState, attempt: &store::Attempt) -> sqlx::Result<()> {
-    let mut tx = state.store.begin().await?;
-    store::insert_attempt(tx.conn(), attempt).await?;
-    tx.commit().await
+    // The attempt is recorded with the job's outcome, in the same transaction.
+    Ran { outcome, attempt: Some(attempt) }
 }
 
 async fn attempt(state: &AppState, delivery: &Delivery, secrets: &[String]) -> Answer {
