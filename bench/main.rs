@@ -8,7 +8,8 @@
 //! - list-calls p50/p99 with 10,000 and with 1,000,000 calls for one user;
 //! - resident memory, idle and under the create-call load;
 //! - webhook deliveries per second to a local receiver, and the lag from the state change to the
-//!   delivery, with events made at 1,000 a second.
+//!   delivery, with events made at 250 and at 1,000 a second.
+//!
 //! Prints one table and appends it, dated, with the machine, to bench/RESULTS.md. These are
 //! measurements: nothing here fails on speed.
 

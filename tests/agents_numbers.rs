@@ -427,8 +427,9 @@ async fn numbers_belong_to_one_user(app: TestApp) {
             json!({"phone_number": "14155550200", "telephony_account_connection": id(&their_conn)}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["detail"].as_str().unwrap().contains("another account"));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_locs(&body), ["body.phone_number"]);
+    assert!(body["detail"][0]["msg"].as_str().unwrap().contains("another account"));
     // Their connection is not ours to link with, and ours not theirs.
     let (status, _) = app
         .post(
@@ -470,7 +471,7 @@ async fn numbers_belong_to_one_user(app: TestApp) {
     let (status, _) = app
         .post("/v1/numbers/link", json!({"phone_number": "14155550200", "telephony_account_connection": conn}))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 async fn number_updates_apply_to_the_inbound_agent(app: TestApp) {

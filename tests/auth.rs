@@ -136,6 +136,32 @@ async fn jwts_are_not_accepted_unless_configured() {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// Forged JWTs: unsigned (`alg: none`), and HS256 signed with the RS256 public key as the secret
+/// (the algorithm-confusion attack), are refused.
+#[tokio::test]
+async fn forged_jwts_are_refused() {
+    let public = include_str!("fixtures/jwt-test-public.pem");
+    let Some(app) =
+        TestApp::spawn_with(Backend::Sqlite, Options { jwt_public_key_pem: Some(public.into()), ..Options::default() })
+            .await
+    else {
+        return;
+    };
+    let claims = json!({"sub": Uuid::new_v4().to_string(), "exp": in_seconds(600)}).to_string();
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s);
+    let unsigned = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&claims));
+    let confused = encode(
+        &Header::default(),
+        &Claims { sub: Uuid::new_v4().to_string(), exp: in_seconds(600) },
+        &EncodingKey::from_secret(public.as_bytes()),
+    )
+    .unwrap();
+    for token in [unsigned, confused] {
+        let res = app.request(Method::GET, "/v1/prompts/list", Some(&token), None).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{token}");
+    }
+}
+
 fn cli(db: &TestDb, secrets_key: &str, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)

@@ -107,7 +107,40 @@ in_world!(
     stale_calls_are_reconciled_with_the_carrier,
     vonage_inbound_calls,
     the_twilio_adapter_redirects_calls,
+    a_dispatch_that_timed_out_is_found_not_dialled_again,
 );
+
+/// The carrier takes the call but its answer comes after our timeout: the retry finds the call
+/// among the carrier's own and takes it, instead of dialling a second one. Twilio and Vonage.
+async fn a_dispatch_that_timed_out_is_found_not_dialled_again(w: World) {
+    *w.twilio.state.create_latency.lock().unwrap() = Duration::from_millis(1500);
+    let (status, call) = w.app.post("/v1/calls/create", outbound("16505550911")).await;
+    assert_eq!(status, StatusCode::OK, "{call}");
+    assert_eq!(call["status"], "not_started", "the first attempt timed out: {call}");
+    *w.twilio.state.create_latency.lock().unwrap() = Duration::ZERO;
+    assert_eq!(w.app.drain_jobs(Duration::from_secs(120)).await, 1);
+    let placed = w.twilio.calls();
+    assert_eq!(placed.len(), 1, "dialled once");
+    let after = get(&w, call["id"].as_str().unwrap()).await;
+    assert_eq!(after["telephony_id"], json!(placed[0].sid));
+    assert_eq!(after["status"], "in_progress");
+    assert_eq!(w.twilio.requests("GET", "/Calls.json").len(), 1, "the retry looked before dialling");
+
+    let (_, number) = w.app.post("/v1/numbers/buy", json!({"telephony_provider": "vonage", "area_code": "646"})).await;
+    *w.vonage.state.create_latency.lock().unwrap() = Duration::from_millis(1500);
+    let mut body = outbound("16505550912");
+    body["from_number"] = number["number"].clone();
+    let (status, call) = w.app.post("/v1/calls/create", body).await;
+    assert_eq!(status, StatusCode::OK, "{call}");
+    assert_eq!(call["status"], "not_started");
+    *w.vonage.state.create_latency.lock().unwrap() = Duration::ZERO;
+    assert_eq!(w.app.drain_jobs(Duration::from_secs(120)).await, 1);
+    let placed = w.vonage.calls();
+    assert_eq!(placed.len(), 1, "dialled once");
+    let after = get(&w, call["id"].as_str().unwrap()).await;
+    assert_eq!(after["telephony_id"], json!(placed[0].uuid));
+    assert_eq!(after["status"], "in_progress");
+}
 
 async fn create(w: &World, body: Value) -> Value {
     let (status, call) = w.app.post("/v1/calls/create", body.clone()).await;

@@ -75,7 +75,7 @@ fn the_dockerfile_builds_what_the_readme_says_and_runs_unprivileged() {
     let command = build.trim_start_matches("RUN ").trim();
     assert!(readme.contains(command), "README.md shows the image's build command: {command}");
     assert!(readme.contains("docker compose up"), "README.md shows how to start it");
-    let user = dockerfile.lines().filter(|l| l.starts_with("USER ")).last().expect("a USER");
+    let user = dockerfile.lines().rfind(|l| l.starts_with("USER ")).expect("a USER");
     assert_ne!(user.trim(), "USER root");
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("\"vocode-server\", \"healthcheck\""));
     assert!(dockerfile.lines().filter(|l| l.starts_with("FROM ")).count() >= 2, "multi-stage");

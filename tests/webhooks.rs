@@ -124,9 +124,13 @@ async fn receive(
 
 impl Receiver {
     async fn start() -> Receiver {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    async fn start_on(addr: &str) -> Receiver {
         let state = Arc::new(ReceiverState::default());
         let router = Router::new().route("/hook", axum::routing::any(receive)).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         *state.base.lock().unwrap() = base.clone();
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -370,6 +374,54 @@ async fn a_receiver_that_fails_then_recovers_gets_every_event(w: World) {
     assert_eq!(recorded[3].outcome, "delivered");
     assert!(recorded.iter().all(|a| a.latency_ms >= 0));
     assert_eq!(recorded.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2, 3, 4, 1]);
+}
+
+/// The receiver's host is down (nothing listens on its port) for two rounds of retries, then comes
+/// back on the same address: every event arrives, each call's in order, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_then_back_gets_every_event_in_order() {
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let twilio = FakeTwilio::start().await;
+    let options = Options { telephony: telephony(&twilio), workers: 0, ..Options::default() };
+    let Some(app) = TestApp::spawn_with_serve(Backend::Postgres, options, |serve| {
+        serve.allow_private_targets = true;
+        serve.webhook_timeout_secs = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let url = format!("http://{addr}/hook");
+    let agent = setup(&app, &twilio, json!({"subscriptions": ALL, "url": url})).await;
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        let (status, call) = app
+            .post(
+                "/v1/calls/create",
+                json!({"from_number": OUR_NUMBER, "to_number": format!("1650555130{i}"), "agent": agent}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{call}");
+        let sid = call["telephony_id"].as_str().unwrap().to_owned();
+        assert_eq!(twilio.status(&sid, "in-progress", &[]).await, StatusCode::NO_CONTENT);
+        assert_eq!(twilio.status(&sid, "completed", &[("CallDuration", "7")]).await, StatusCode::NO_CONTENT);
+        calls.push(call["id"].as_str().unwrap().to_owned());
+    }
+    // Down: the first event of each call is tried now and again a minute later, and refused.
+    assert_eq!(app.drain_jobs(Duration::ZERO).await, 5);
+    assert_eq!(app.drain_jobs(Duration::from_secs(60)).await, 5);
+    let failed = attempts(&app).await;
+    assert_eq!(failed.len(), 10);
+    assert!(failed.iter().all(|a| a.outcome == "retry" && a.status_code.is_none()), "{failed:?}");
+    // Back, on the same address.
+    let receiver = Receiver::start_on(&addr).await;
+    drain(&app).await;
+    assert_complete_and_ordered(&receiver, &calls);
+    assert_eq!(receiver.by_id().len(), 10, "each call's connected and ended events, once each");
+    assert_eq!(receiver.got().len(), 10, "nothing delivered twice");
 }
 
 async fn gone_stops_and_client_errors_give_up(w: World) {

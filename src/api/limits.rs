@@ -90,6 +90,20 @@ fn too_many_requests(err: GovernorError) -> Response<Body> {
     }
 }
 
+/// The largest request line and headers a handler sees; larger ones are answered 431. (The
+/// connection loop bounds what it buffers, too: see [`crate::serve::Limits`].)
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+pub async fn head_size(req: Request, next: Next) -> Response<Body> {
+    let size = req.uri().to_string().len()
+        + req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
+    if size > MAX_HEAD_BYTES {
+        let detail = format!("The request's line and headers are larger than {MAX_HEAD_BYTES} bytes");
+        return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Json(json!({ "detail": detail }))).into_response();
+    }
+    next.run(req).await
+}
+
 /// Answers 503 when a request (its body included) takes longer than the deadline; the handler is
 /// dropped, and with it any transaction it had open.
 pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response<Body> {

@@ -66,9 +66,10 @@ pub fn router(state: AppState, settings: &limits::Settings) -> Router {
         ServiceBuilder::new()
             .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
             .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
-            .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
+            .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response).on_failure(()))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
             .layer(axum::middleware::from_fn(crate::metrics::track))
+            .layer(axum::middleware::from_fn(limits::head_size))
             .layer(axum::middleware::from_fn_with_state(settings.request_timeout, limits::deadline))
             .layer(CatchPanicLayer::custom(on_panic)),
     )

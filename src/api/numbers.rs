@@ -348,8 +348,13 @@ async fn release(state: &AppState, bought: &Bought) -> Result<()> {
     }
 }
 
+/// Another account holds the number: refused like any other reference the caller may not use.
 fn held_elsewhere(number: &PhoneNumber) -> ApiError {
-    ApiError::BadRequest(format!("Phone number {number} is already in use by another account"))
+    ApiError::invalid(Issue::body(
+        &["phone_number"],
+        "value_error",
+        format!("Phone number {number} is already in use by another account"),
+    ))
 }
 
 /// A number can be linked when no account holds it active.

@@ -107,14 +107,66 @@ impl Handle {
 /// A write transaction; dropped without `commit`, it rolls back.
 pub enum Tx {
     Pg(Transaction<'static, Postgres>),
-    Lite(Transaction<'static, Sqlite>),
+    Lite(LiteTx),
+}
+
+/// A transaction on the embedded database's one writer connection, managed here rather than by
+/// sqlx: when SQLite fails a `COMMIT` (a full disk, an I/O error) it may roll the transaction
+/// back itself, after which sqlx's own bookkeeping believes a transaction is still open and
+/// would nest every later one inside it, never to be committed. A connection whose transaction
+/// ended in any failure is closed instead of reused; the pool opens a fresh one.
+pub struct LiteTx {
+    conn: Option<PoolConnection<Sqlite>>,
+    open: bool,
+}
+
+impl LiteTx {
+    async fn begin(pool: &SqlitePool) -> sqlx::Result<LiteTx> {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        Ok(LiteTx { conn: Some(conn), open: true })
+    }
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        self.conn.as_mut().expect("the connection of an unfinished transaction")
+    }
+
+    async fn commit(mut self) -> sqlx::Result<()> {
+        let mut conn = self.conn.take().expect("the connection of an unfinished transaction");
+        self.open = false;
+        match sqlx::query("COMMIT").execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let _ = conn.close().await;
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Drop for LiteTx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take().filter(|_| self.open) else { return };
+        // The rollback runs before the connection goes back to the pool (the next writer waits
+        // for it); if it fails, the connection is closed.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                        let _ = conn.close().await;
+                    }
+                });
+            }
+            Err(_) => conn.close_on_drop(),
+        }
+    }
 }
 
 impl Tx {
     pub fn conn(&mut self) -> DbConn<'_> {
         match self {
             Tx::Pg(t) => DbConn::Pg(t),
-            Tx::Lite(t) => DbConn::Lite(t),
+            Tx::Lite(t) => DbConn::Lite(t.conn()),
         }
     }
 
@@ -178,6 +230,9 @@ impl Store {
             if let Some(dir) = crate::config::sqlite_data_dir(url) {
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
+                if let Some(file) = crate::config::sqlite_path(url) {
+                    check_writable(&dir, &file)?;
+                }
             }
             let options = SqliteConnectOptions::from_str(url)
                 .with_context(|| "DATABASE_URL is not a valid sqlite: URL")?
@@ -237,7 +292,7 @@ impl Store {
     pub async fn begin(&self) -> sqlx::Result<Tx> {
         Ok(match &self.pools {
             Pools::Postgres { api, jobs } => Tx::Pg(if in_worker() { jobs } else { api }.begin().await?),
-            Pools::Sqlite { write, .. } => Tx::Lite(write.begin().await?),
+            Pools::Sqlite { write, .. } => Tx::Lite(LiteTx::begin(write).await?),
         })
     }
 
@@ -273,6 +328,31 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 
 /// Errors that mean "the database cannot serve now" rather than "this request is wrong": the
 /// client gets a 503 it can retry.
+/// The embedded database writes its file, its journal and its shared-memory index beside it: a
+/// folder or a file it cannot write is refused at start-up, with what to fix, rather than
+/// found out by the first request that writes.
+fn check_writable(dir: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".vocode-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)).map_err(|err| {
+        anyhow::anyhow!(
+            "the data folder {} cannot be written ({err}): the embedded database needs to write there",
+            dir.display()
+        )
+    })?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = file.as_os_str().to_owned();
+        path.push(suffix);
+        let path = std::path::PathBuf::from(path);
+        if path.exists() {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|err| anyhow::anyhow!("the database file {} cannot be written ({err})", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     unavailable_reason(err).is_some()
 }

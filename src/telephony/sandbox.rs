@@ -669,7 +669,7 @@ fn newest_calls(sb: &Sandbox, protocol: Protocol) -> Vec<Arc<SimCall>> {
         .filter(|c| c.protocol == protocol)
         .cloned()
         .collect();
-    calls.sort_by(|a, b| b.created.cmp(&a.created));
+    calls.sort_by_key(|c| std::cmp::Reverse(c.created));
     calls
 }
 

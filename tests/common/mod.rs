@@ -349,17 +349,41 @@ pub struct ServerProcess {
     pub base: String,
     /// What it printed to stdout before it listened.
     pub printed: String,
+    /// Where its stderr (its logs) goes.
+    pub log: PathBuf,
 }
 
 impl ServerProcess {
     /// Starts `vocode-server serve` on a free port and waits for its "listening" line.
     pub fn start(db_url: &str, env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_with(db_url, "127.0.0.1:0", env, |_| {})
+    }
+
+    /// Starts it on `listen`, with the command changed by `tweak` (to run it as another user,
+    /// say) before it is spawned.
+    pub fn start_with(
+        db_url: &str,
+        listen: &str,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> ServerProcess {
+        Self::try_start(db_url, listen, env, tweak)
+            .unwrap_or_else(|printed| panic!("the server did not start: {printed}"))
+    }
+
+    /// Like [`start_with`](Self::start_with); a server that exits before it listens is an
+    /// `Err` with what it printed.
+    pub fn try_start(
+        db_url: &str,
+        listen: &str,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> Result<ServerProcess, String> {
         use std::io::{BufRead, BufReader};
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("vocode-server-{}.log", Uuid::new_v4().simple())))
-                .expect("a log file");
+        let log_path = std::env::temp_dir().join(format!("vocode-server-{}.log", Uuid::new_v4().simple()));
+        let log = std::fs::File::create(&log_path).expect("a log file");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vocode-server"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", listen])
             .env("DATABASE_URL", db_url)
             .env_remove("VOCODE_API_KEY")
             .env_remove("SECRETS_KEY")
@@ -369,6 +393,7 @@ impl ServerProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        tweak(&mut cmd);
         let mut child = cmd.spawn().expect("the binary starts");
         let stdout = child.stdout.take().unwrap();
         let mut printed = String::new();
@@ -382,8 +407,18 @@ impl ServerProcess {
                 break;
             }
         }
-        assert!(!base.is_empty(), "the server did not start: {printed}");
-        ServerProcess { child, base, printed }
+        if base.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("{printed}{logged}"));
+        }
+        Ok(ServerProcess { child, base, printed, log: log_path })
+    }
+
+    /// Everything it has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `kill -9`: no chance to finish anything.

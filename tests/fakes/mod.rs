@@ -50,6 +50,7 @@ pub struct TwilioCall {
     pub sid: String,
     pub form: Vec<(String, String)>,
     pub status: String,
+    pub created: chrono::DateTime<chrono::Utc>,
 }
 
 impl TwilioCall {
@@ -76,6 +77,12 @@ pub struct TwilioState {
     pub requests: Mutex<Vec<Request>>,
     pub failures: Mutex<VecDeque<Failure>>,
     pub released: Mutex<Vec<String>>,
+    /// How long creating a call takes to answer (the call exists from the start, as when a
+    /// carrier has acted on a request whose answer is still on its way).
+    pub create_latency: Mutex<Duration>,
+    /// Create-call requests being answered now, and the most there ever were at once.
+    pub creating: AtomicU32,
+    pub most_creating: AtomicU32,
     sequence: AtomicU32,
 }
 
@@ -114,7 +121,7 @@ impl FakeTwilio {
             ..Default::default()
         });
         let router = Router::new()
-            .route("/2010-04-01/Accounts/{account}/Calls.json", post(t_create_call))
+            .route("/2010-04-01/Accounts/{account}/Calls.json", get(t_list_calls).post(t_create_call))
             .route("/2010-04-01/Accounts/{account}/Calls/{file}", get(t_fetch_call).post(t_modify_call))
             .route("/2010-04-01/Accounts/{account}/AvailablePhoneNumbers/{country}/Local.json", get(t_available))
             .route("/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json", get(t_numbers).post(t_buy))
@@ -308,8 +315,12 @@ async fn t_create_call(
     if headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) != Some("application/x-www-form-urlencoded") {
         return twilio_error(400, 20001, "The body must be form-encoded");
     }
-    let call =
-        TwilioCall { sid: format!("CA{}", uuid::Uuid::new_v4().simple()), form: form.clone(), status: "queued".into() };
+    let call = TwilioCall {
+        sid: format!("CA{}", uuid::Uuid::new_v4().simple()),
+        form: form.clone(),
+        status: "queued".into(),
+        created: chrono::Utc::now(),
+    };
     if !e164(call.field("To")) {
         return twilio_error(
             400,
@@ -331,11 +342,50 @@ async fn t_create_call(
     if let Some(r) = t_failure(&state).await {
         return r;
     }
-    let answer = json!({"sid": call.sid, "account_sid": state.account_sid, "to": call.field("To"), "from": call.field("From"),
-                        "status": "queued", "direction": "outbound-api", "api_version": "2010-04-01", "start_time": null,
-                        "duration": null, "price": null, "uri": format!("/2010-04-01/Accounts/{}/Calls/{}.json", state.account_sid, call.sid)});
+    let answer = t_call_resource(&state, &call);
     state.calls.lock().unwrap().push(call);
+    let now = state.creating.fetch_add(1, Ordering::SeqCst) + 1;
+    state.most_creating.fetch_max(now, Ordering::SeqCst);
+    let latency = *state.create_latency.lock().unwrap();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    state.creating.fetch_sub(1, Ordering::SeqCst);
     (StatusCode::CREATED, Json(answer)).into_response()
+}
+
+fn t_call_resource(state: &TwilioState, call: &TwilioCall) -> Value {
+    json!({"sid": call.sid, "account_sid": state.account_sid, "to": call.field("To"), "from": call.field("From"),
+           "status": call.status, "direction": "outbound-api", "api_version": "2010-04-01", "start_time": null,
+           "date_created": call.created.to_rfc2822(), "duration": null, "price": null,
+           "uri": format!("/2010-04-01/Accounts/{}/Calls/{}.json", state.account_sid, call.sid)})
+}
+
+/// `GET Calls.json`: the account's calls, newest first, filtered by `To`, `From` and `Status`.
+async fn t_list_calls(
+    State(state): State<Arc<TwilioState>>,
+    Path(account): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    t_record(&state, "GET", format!("/Accounts/{account}/Calls.json"), &query.clone().into_iter().collect::<Vec<_>>());
+    if let Err(r) = t_auth(&state, &headers, &account) {
+        return r;
+    }
+    if let Some(r) = t_failure(&state).await {
+        return r;
+    }
+    let size = query.get("PageSize").and_then(|s| s.parse().ok()).unwrap_or(50usize);
+    let calls = state.calls.lock().unwrap();
+    let mut listed: Vec<&TwilioCall> = calls
+        .iter()
+        .filter(|c| query.get("To").is_none_or(|to| c.field("To") == Some(to.as_str())))
+        .filter(|c| query.get("From").is_none_or(|from| c.field("From") == Some(from.as_str())))
+        .filter(|c| query.get("Status").is_none_or(|status| c.status == *status))
+        .collect();
+    listed.sort_by_key(|c| std::cmp::Reverse(c.created));
+    let page: Vec<Value> = listed.into_iter().take(size).map(|c| t_call_resource(&state, c)).collect();
+    Json(json!({"calls": page, "page": 0, "page_size": size, "next_page_uri": null})).into_response()
 }
 
 fn sid_of(file: &str) -> String {
@@ -507,6 +557,7 @@ pub struct VonageCall {
     pub uuid: String,
     pub body: Value,
     pub hung_up: bool,
+    pub created: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Default)]
@@ -520,6 +571,8 @@ pub struct VonageState {
     pub jtis: Mutex<Vec<String>>,
     pub numbers: Mutex<Vec<(String, HashMap<String, String>)>>,
     pub failures: Mutex<VecDeque<Failure>>,
+    /// How long creating a call takes to answer (the call exists from the start).
+    pub create_latency: Mutex<Duration>,
 }
 
 pub struct FakeVonage {
@@ -547,7 +600,7 @@ impl FakeVonage {
             ..Default::default()
         });
         let router = Router::new()
-            .route("/v1/calls", post(v_create_call))
+            .route("/v1/calls", get(v_list_calls).post(v_create_call))
             .route("/v1/calls/{uuid}", get(v_fetch_call).put(v_modify_call))
             .route("/number/search", get(v_search))
             .route("/number/buy", post(v_number_op))
@@ -658,8 +711,52 @@ async fn v_create_call(State(state): State<Arc<VonageState>>, headers: HeaderMap
         return r;
     }
     let uuid = uuid::Uuid::new_v4().to_string();
-    state.calls.lock().unwrap().push(VonageCall { uuid: uuid.clone(), body, hung_up: false });
+    state.calls.lock().unwrap().push(VonageCall {
+        uuid: uuid.clone(),
+        body,
+        hung_up: false,
+        created: chrono::Utc::now(),
+    });
+    let latency = *state.create_latency.lock().unwrap();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     (StatusCode::CREATED, Json(json!({"uuid": uuid, "status": "started", "direction": "outbound", "conversation_uuid": format!("CON-{uuid}")}))).into_response()
+}
+
+/// `GET /v1/calls`: the application's calls since `date_start`, in the order asked for.
+async fn v_list_calls(
+    State(state): State<Arc<VonageState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = v_auth(&state, &headers) {
+        return r;
+    }
+    let Some(since) = query.get("date_start").map(|d| chrono::DateTime::parse_from_rfc3339(d)) else {
+        return vonage_error(400, "Bad Request", "date_start is expected by this test");
+    };
+    let Ok(since) = since else {
+        return vonage_error(400, "Bad Request", "date_start must be ISO 8601");
+    };
+    let calls = state.calls.lock().unwrap();
+    let mut listed: Vec<&VonageCall> = calls.iter().filter(|c| c.created >= since).collect();
+    listed.sort_by_key(|c| c.created);
+    if query.get("order").map(String::as_str) == Some("desc") {
+        listed.reverse();
+    }
+    let size = query.get("page_size").and_then(|s| s.parse().ok()).unwrap_or(10usize).min(100);
+    let page: Vec<Value> = listed
+        .into_iter()
+        .take(size)
+        .map(|c| {
+            json!({"uuid": c.uuid, "status": if c.hung_up { "completed" } else { "started" }, "direction": "outbound",
+                   "to": c.body["to"][0], "from": c.body["from"],
+                   "start_time": c.created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})
+        })
+        .collect();
+    Json(json!({"count": page.len(), "page_size": size, "record_index": 0, "_embedded": {"calls": page}}))
+        .into_response()
 }
 
 async fn v_fetch_call(State(state): State<Arc<VonageState>>, Path(uuid): Path<String>, headers: HeaderMap) -> Response {
