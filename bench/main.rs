@@ -428,12 +428,7 @@ async fn main() {
             }
         }
     };
-    if !webhooks_only {
-        list(10_000).await;
-    }
-    let list_small = if webhooks_only {
-        Load::default()
-    } else {
+    let list_load = || {
         wrk(
             &format!("{base}/v1/calls/list?size=10&sort_desc=true"),
             16,
@@ -442,19 +437,13 @@ async fn main() {
             &[("BENCH_KEY", key)],
         )
     };
-    if !webhooks_only {
-        list(s.big_list).await;
-    }
-    let list_big = if webhooks_only {
-        Load::default()
+    let (list_small, list_big) = if webhooks_only {
+        (Load::default(), Load::default())
     } else {
-        wrk(
-            &format!("{base}/v1/calls/list?size=10&sort_desc=true"),
-            16,
-            s.seconds,
-            Some("bench/get_with_key.lua"),
-            &[("BENCH_KEY", key)],
-        )
+        list(10_000).await;
+        let small = list_load();
+        list(s.big_list).await;
+        (small, list_load())
     };
 
     // Webhooks: calls answered at each of the settings' rates, each answer one event to the receiver.
