@@ -64,31 +64,7 @@ async fn world(backend: Backend) -> Option<World> {
     Some(World { app, twilio, vonage, connection })
 }
 
-macro_rules! in_world {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use super::*;
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    if let Some(w) = world(Backend::Sqlite).await {
-                        super::$name(w).await;
-                    }
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    if let Some(w) = world(Backend::Postgres).await {
-                        super::$name(w).await;
-                    }
-                }
-            }
-        )*
-    };
-}
-
-in_world!(
+on_both_backends!(world =>
     a_call_is_placed_with_what_twilio_needs,
     every_row_of_the_table_through_twilio_callbacks,
     machine_detection_hangs_up_when_asked,

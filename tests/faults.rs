@@ -30,36 +30,10 @@ fn free_addr() -> String {
     probe.local_addr().unwrap().to_string()
 }
 
-async fn post(client: &reqwest::Client, base: &str, key: &str, path: &str, body: Value) -> Value {
-    let res = client.post(format!("{base}{path}")).bearer_auth(key).json(&body).send().await.unwrap();
-    let status = res.status();
-    let value: Value = res.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{path}: {value}");
-    value
-}
-
-/// A Twilio account connection with these credentials, our number linked to it, and an agent.
+/// Our number linked through a Twilio account connection with these credentials, and an agent.
 async fn seed(base: &str, key: &str, account_sid: &str, auth_token: &str) -> String {
-    let client = reqwest::Client::new();
-    let conn = post(
-        &client,
-        base,
-        key,
-        "/v1/account_connections/create",
-        json!({"type": "account_connection_twilio",
-               "credentials": {"twilio_account_sid": account_sid, "twilio_auth_token": auth_token}}),
-    )
-    .await;
-    post(
-        &client,
-        base,
-        key,
-        "/v1/numbers/link",
-        json!({"phone_number": OUR_NUMBER, "telephony_account_connection": conn["id"]}),
-    )
-    .await;
-    let agent = post(
-        &client,
+    common::link_twilio_number(base, key, account_sid, auth_token, OUR_NUMBER).await;
+    let agent = common::post_ok(
         base,
         key,
         "/v1/agents/create",

@@ -194,17 +194,8 @@ async fn concurrent_carrier_requests_are_capped() {
         return;
     };
     twilio.own("+14155550100");
-    let (_, conn) = app
-        .post(
-            "/v1/account_connections/create",
-            json!({"type": "account_connection_twilio",
-                   "credentials": {"twilio_account_sid": twilio.state.account_sid, "twilio_auth_token": twilio.state.auth_token}}),
-        )
+    common::link_twilio_number(&app.base, &app.key, &twilio.state.account_sid, &twilio.state.auth_token, "14155550100")
         .await;
-    let (status, _) = app
-        .post("/v1/numbers/link", json!({"phone_number": "14155550100", "telephony_account_connection": conn["id"]}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
     let mut creates = tokio::task::JoinSet::new();
     for i in 0..6 {
         let (client, base, key) = (app.client.clone(), app.base.clone(), app.key.clone());

@@ -11,32 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use vocode_server::config::TelephonyArgs;
 
-on_sandbox!(every_documented_scenario_ends_as_documented, buying_and_cancelling_sandbox_numbers);
-
-macro_rules! on_sandbox {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use super::*;
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    if let Some(app) = sandbox(Backend::Sqlite).await {
-                        super::$name(app).await;
-                    }
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    if let Some(app) = sandbox(Backend::Postgres).await {
-                        super::$name(app).await;
-                    }
-                }
-            }
-        )*
-    };
-}
-use on_sandbox;
+on_both_backends!(sandbox => every_documented_scenario_ends_as_documented, buying_and_cancelling_sandbox_numbers);
 
 async fn sandbox(backend: Backend) -> Option<TestApp> {
     let telephony = TelephonyArgs { sandbox_time_scale: 0.05, ..TelephonyArgs::default() };

@@ -176,17 +176,8 @@ fn telephony(twilio: &FakeTwilio) -> TelephonyArgs {
 
 async fn setup(app: &TestApp, twilio: &FakeTwilio, webhook: Value) -> String {
     twilio.own(OUR_NUMBER);
-    let (_, conn) = app
-        .post(
-            "/v1/account_connections/create",
-            json!({"type": "account_connection_twilio",
-                   "credentials": {"twilio_account_sid": twilio.state.account_sid, "twilio_auth_token": twilio.state.auth_token}}),
-        )
+    common::link_twilio_number(&app.base, &app.key, &twilio.state.account_sid, &twilio.state.auth_token, OUR_NUMBER)
         .await;
-    let (status, _) = app
-        .post("/v1/numbers/link", json!({"phone_number": OUR_NUMBER, "telephony_account_connection": conn["id"]}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
     let (status, agent) = app.post("/v1/agents/create", json!({"prompt": {"content": "hi"}, "voice": {"type": "voice_vocode", "voice_id": "joe"}, "webhook": webhook})).await;
     assert_eq!(status, StatusCode::OK, "{agent}");
     agent["id"].as_str().unwrap().to_owned()
@@ -235,31 +226,7 @@ async fn drain(app: &TestApp) {
     while app.drain_jobs(Duration::from_secs(2 * 86_400)).await > 0 {}
 }
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use super::*;
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    if let Some(w) = world(Backend::Sqlite).await {
-                        super::$name(w).await;
-                    }
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    if let Some(w) = world(Backend::Postgres).await {
-                        super::$name(w).await;
-                    }
-                }
-            }
-        )*
-    };
-}
-
-on_both!(
+on_both_backends!(world =>
     a_calls_life_delivers_exactly_its_subscribed_events_in_order_signed,
     a_receiver_that_fails_then_recovers_gets_every_event,
     gone_stops_and_client_errors_give_up,
@@ -596,31 +563,11 @@ fn process_env<'a>(
     ]
 }
 
-async fn post(base: &str, key: &str, path: &str, body: Value) -> Value {
-    let res = reqwest::Client::new().post(format!("{base}{path}")).bearer_auth(key).json(&body).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK, "{path}");
-    res.json().await.unwrap()
-}
-
 /// Links our number and makes an agent whose webhook subscribes to the call events.
 async fn setup_process(base: &str, key: &str, twilio: &FakeTwilio, receiver: &Receiver) -> String {
     twilio.own(OUR_NUMBER);
-    let conn = post(
-        base,
-        key,
-        "/v1/account_connections/create",
-        json!({"type": "account_connection_twilio",
-        "credentials": {"twilio_account_sid": twilio.state.account_sid, "twilio_auth_token": twilio.state.auth_token}}),
-    )
-    .await;
-    post(
-        base,
-        key,
-        "/v1/numbers/link",
-        json!({"phone_number": OUR_NUMBER, "telephony_account_connection": conn["id"]}),
-    )
-    .await;
-    let agent = post(
+    common::link_twilio_number(base, key, &twilio.state.account_sid, &twilio.state.auth_token, OUR_NUMBER).await;
+    let agent = common::post_ok(
         base,
         key,
         "/v1/agents/create",
@@ -659,7 +606,7 @@ async fn kill_nine_with_deliveries_pending(backend: Backend) {
     let agent = setup_process(&first.base, key, &twilio, &receiver).await;
     let mut calls = Vec::new();
     for i in 0..5 {
-        let call = post(
+        let call = common::post_ok(
             &first.base,
             key,
             "/v1/calls/create",
@@ -708,7 +655,7 @@ async fn a_dead_workers_job_runs_again(backend: Backend) {
     let mut first = ServerProcess::start(&db.url, &process_env(&twilio, &secrets_key, key, "2"));
     let agent = setup_process(&first.base, key, &twilio, &receiver).await;
     receiver.plan([Behaviour::Hang]);
-    let call = post(
+    let call = common::post_ok(
         &first.base,
         key,
         "/v1/calls/create",
@@ -755,7 +702,7 @@ async fn three_replicas_on_one_postgres_deliver_everything_in_order() {
     let mut sids = Vec::new();
     for i in 0..30 {
         let base = &replicas[i % 3].base;
-        let call = post(
+        let call = common::post_ok(
             base,
             key,
             "/v1/calls/create",
@@ -796,7 +743,7 @@ async fn a_stopping_server_finishes_then_releases() {
     let mut first = ServerProcess::start(&db.url, &env);
     let agent = setup_process(&first.base, key, &twilio, &receiver).await;
     receiver.plan([Behaviour::Hang]);
-    let call = post(
+    let call = common::post_ok(
         &first.base,
         key,
         "/v1/calls/create",

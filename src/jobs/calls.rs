@@ -360,18 +360,20 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Outcome {
         let reason = format!("unknown telephony provider {}", row.telephony_provider);
         return settle(state, call_id, Event::Refused { reason }).await;
     };
-    let creds = match provider {
+    let account = match provider {
         Provider::Twilio => {
             let mut handle = match state.store.read().await {
                 Ok(h) => h,
                 Err(e) => return retry_later(job, e.to_string()),
             };
-            Some(twilio_credentials(state, &mut handle, row.user_id, row.telephony_account_connection_id).await)
+            twilio_credentials(state, &mut handle, row.user_id, row.telephony_account_connection_id)
+                .await
+                .map(Account::Twilio)
         }
-        Provider::Vonage => None,
+        Provider::Vonage => Ok(Account::Vonage),
     };
-    let placed = match creds.transpose() {
-        Ok(creds) => place(state, job, &row, &dial, provider, creds.as_ref()).await,
+    let placed = match account {
+        Ok(account) => place(state, job, &row, &dial, &account).await,
         Err(e) => Err(e),
     };
     match placed {
@@ -416,6 +418,22 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Outcome {
     }
 }
 
+/// The carrier account a call goes through.
+enum Account {
+    Twilio(twilio::Credentials),
+    /// The server's Vonage application.
+    Vonage,
+}
+
+impl Account {
+    fn provider(&self) -> Provider {
+        match self {
+            Account::Twilio(_) => Provider::Twilio,
+            Account::Vonage => Provider::Vonage,
+        }
+    }
+}
+
 /// Asks the carrier to place the call — unless an earlier attempt already did. An attempt whose
 /// outcome was never recorded (its process died) or that timed out may have reached the carrier:
 /// before dialing again, the carrier's recent calls between the same numbers are searched for one
@@ -425,12 +443,11 @@ async fn place(
     job: &Job,
     row: &CallRow,
     dial: &Dial,
-    provider: Provider,
-    creds: Option<&twilio::Credentials>,
+    account: &Account,
 ) -> Result<(Dialed, bool), CarrierError> {
     let telephony = &state.telephony;
     if job.attempts > 1 {
-        match placed_earlier(state, row, dial, provider, creds).await {
+        match placed_earlier(state, row, dial, account).await {
             Ok(Some(found)) => {
                 tracing::info!(call_id = %row.id, "found the call an earlier attempt placed; not dialing again");
                 metrics::counter!("vocode_calls_found_after_retry_total").increment(1);
@@ -443,12 +460,9 @@ async fn place(
             Err(e) => return Err(e),
         }
     }
-    let dialed = match (provider, creds) {
-        (Provider::Twilio, Some(creds)) => {
-            telephony.twilio.create_call(creds, dial, &telephony.twilio_call_urls(row.id)).await
-        }
-        (Provider::Twilio, None) => Err(CarrierError::Rejected("no Twilio credentials".into())),
-        (Provider::Vonage, _) => {
+    let dialed = match account {
+        Account::Twilio(creds) => telephony.twilio.create_call(creds, dial, &telephony.twilio_call_urls(row.id)).await,
+        Account::Vonage => {
             let headers = json!({"call_id": row.id.to_string(), "token": telephony.stream_token(row.id)});
             telephony.vonage.create_call(dial, &telephony.vonage_call_urls(row.id), headers).await
         }
@@ -462,22 +476,20 @@ async fn placed_earlier(
     state: &AppState,
     row: &CallRow,
     dial: &Dial,
-    provider: Provider,
-    creds: Option<&twilio::Credentials>,
+    account: &Account,
 ) -> Result<Option<PlacedCall>, CarrierError> {
     let since = row.created_at - chrono::Duration::minutes(1);
-    let mut listed = match (provider, creds) {
-        (Provider::Twilio, Some(creds)) => state.telephony.twilio.find_calls(creds, &dial.to, &dial.from).await?,
-        (Provider::Twilio, None) => return Ok(None),
-        (Provider::Vonage, _) => state.telephony.vonage.find_calls(&dial.to, &dial.from, since).await?,
+    let mut listed = match account {
+        Account::Twilio(creds) => state.telephony.twilio.find_calls(creds, &dial.to, &dial.from).await?,
+        Account::Vonage => state.telephony.vonage.find_calls(&dial.to, &dial.from, since).await?,
     };
     listed.retain(|c| c.created.is_none_or(|created| created >= since));
     listed.sort_by_key(|c| c.created);
     let unavailable = |e: sqlx::Error| CarrierError::Transient(format!("the database is unavailable: {e}"));
     let mut handle = state.store.read().await.map_err(unavailable)?;
+    let provider = account.provider().as_str();
     for candidate in listed {
-        if calls::by_telephony_id(handle.conn(), provider.as_str(), &candidate.id).await.map_err(unavailable)?.is_none()
-        {
+        if calls::by_telephony_id(handle.conn(), provider, &candidate.id).await.map_err(unavailable)?.is_none() {
             return Ok(Some(candidate));
         }
     }

@@ -300,25 +300,30 @@ pub fn error_locs(body: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Generates a `#[tokio::test]` per backend for each named `async fn(TestApp)`.
+/// Generates a `#[tokio::test]` per backend for each named `async fn(W)`, where `W` comes from
+/// `make(backend)` (an `async fn(Backend) -> Option<W>`; `None` skips, as when Postgres is not
+/// reachable), `TestApp::spawn` unless named.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
+        $crate::on_both_backends!(TestApp::spawn => $($name),*);
+    };
+    ($make:path => $($name:ident),* $(,)?) => {
         $(
             mod $name {
                 use super::*;
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
-                    if let Some(app) = TestApp::spawn(Backend::Sqlite).await {
-                        super::$name(app).await;
+                    if let Some(world) = $make(Backend::Sqlite).await {
+                        super::$name(world).await;
                     }
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    if let Some(app) = TestApp::spawn(Backend::Postgres).await {
-                        super::$name(app).await;
+                    if let Some(world) = $make(Backend::Postgres).await {
+                        super::$name(world).await;
                     }
                 }
             }
@@ -341,6 +346,36 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// POSTs `body` to `base` + `path` as the holder of `key`; the answer must be a 200.
+pub async fn post_ok(base: &str, key: &str, path: &str, body: Value) -> Value {
+    let res = reqwest::Client::new().post(format!("{base}{path}")).bearer_auth(key).json(&body).send().await.unwrap();
+    let status = res.status();
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+    answer
+}
+
+/// A Twilio account connection with these credentials, and `number` linked to it: the
+/// connection's id.
+pub async fn link_twilio_number(base: &str, key: &str, account_sid: &str, auth_token: &str, number: &str) -> String {
+    let conn = post_ok(
+        base,
+        key,
+        "/v1/account_connections/create",
+        serde_json::json!({"type": "account_connection_twilio",
+               "credentials": {"twilio_account_sid": account_sid, "twilio_auth_token": auth_token}}),
+    )
+    .await;
+    post_ok(
+        base,
+        key,
+        "/v1/numbers/link",
+        serde_json::json!({"phone_number": number, "telephony_account_connection": conn["id"]}),
+    )
+    .await;
+    conn["id"].as_str().unwrap().to_owned()
 }
 
 /// The server binary, run as a process of its own.
