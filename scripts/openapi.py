@@ -6,7 +6,7 @@ unchanged, with the schemas they use, plus this server's own endpoints (tagged `
     python3 scripts/openapi.py --check    # exit 1 if openapi.yaml is not what this would write
 
 The upstream document is vendored at tests/contract/upstream-openapi.json. The Rust test
-`tests/contract.rs` checks the result against it and against the server's router.
+`tests/it/contract.rs` checks the result against it and against the server's router.
 Needs PyYAML.
 """
 import copy

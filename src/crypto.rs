@@ -170,6 +170,11 @@ pub fn display_prefix(key: &str) -> String {
 }
 
 /// A random secret for signing, as base64 of 32 bytes (the form external actions use).
+/// Compares secrets (signatures, tokens) in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn random_signing_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);

@@ -1,8 +1,12 @@
 //! vocode-server: a self-hosted, drop-in replacement for Vocode's hosted voice-agent API.
 //!
-//! Data flows one way: [`api`] parses and authorizes → [`domain`] decides → [`store`] persists
-//! (with the jobs a decision causes, in the same transaction) → [`jobs`] carry out what touches
-//! the outside ([`telephony`]).
+//! Data flows one way: the edges — [`api`] (the Vocode API) and [`telephony`]'s inbound and media
+//! endpoints (the carriers) — parse and authorize; the [`calls`] service decides through the pure
+//! rules of [`domain`] and persists through [`store`], writing the jobs and [`webhooks`] events a
+//! decision causes in the same transaction; the [`jobs`] workers then carry out what touches the
+//! outside (the carrier adapters in [`telephony`], webhook delivery). The [`sandbox`] simulates the
+//! outside world for runs with no carrier account. This root composes them: [`AppState`], the one
+//! job [`registry`], and [`App`], the server bound to its port.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,26 +14,32 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 pub mod api;
+pub mod calls;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod sandbox;
 pub mod serve;
 pub mod store;
 pub mod telephony;
 pub mod webhooks;
 
 use api::auth::Authenticator;
+use calls::Calls;
 use config::{GlobalArgs, ServeArgs};
 use crypto::SecretBox;
+use jobs::{Jobs, Queue, Registry};
+use sandbox::Sandbox;
+use store::jobs::JobRow;
 use store::{users, PoolSettings, Store};
-use telephony::Telephony;
+use telephony::{Bases, Endpoints, Telephony};
 
 /// What every request handler shares. Cloning is cheap.
 #[derive(Clone)]
@@ -37,23 +47,47 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub store: Store,
-    pub secrets: SecretBox,
+    pub secrets: Arc<SecretBox>,
     pub auth: Authenticator,
+    pub calls: Calls,
     pub telephony: Telephony,
-    pub webhooks: webhooks::deliver::Webhooks,
-    /// How long a claimed job is its worker's; a job whose worker died runs again after this.
-    pub lease: std::time::Duration,
-    /// This process's name on the jobs it claims.
-    pub worker_id: String,
-    /// Wakes this process's workers when it queues a job.
-    pub jobs_queued: Notify,
+    pub webhooks: webhooks::Webhooks,
+    pub jobs: Jobs<AppState>,
+    /// The built-in carrier, when calls go to it.
+    pub sandbox: Option<Arc<Sandbox>>,
 }
 
-impl Shared {
-    /// When a claim made at `at` expires.
-    pub fn lease_until(&self, at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
-        at + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::minutes(2))
+impl AppState {
+    /// Runs jobs this process claimed, in the background.
+    pub fn run_soon(&self, claimed: Vec<JobRow>) {
+        self.jobs.spawn(self.clone(), claimed);
     }
+
+    /// Runs a job this process claimed, and records its outcome.
+    pub async fn run_now(&self, job: JobRow) {
+        self.jobs.run_claimed(self.clone(), job).await;
+    }
+
+    /// Runs every job due at `at` until none is left (tests drive the queue with it).
+    pub async fn drain(&self, at: chrono::DateTime<chrono::Utc>) -> sqlx::Result<usize> {
+        self.jobs.drain(self.clone(), at).await
+    }
+
+    /// Checks quiet calls with their carriers now (the workers do it periodically).
+    pub async fn reconcile(&self) {
+        telephony::outbound::reconcile(self.clone()).await;
+    }
+}
+
+/// Every kind of job, with its runner; and the periodic work the workers do.
+pub fn registry(reconcile_every: std::time::Duration) -> Registry<AppState> {
+    Registry::default()
+        .register(telephony::outbound::dispatch)
+        .register(telephony::outbound::hang_up)
+        .register(|state: AppState, job: webhooks::DeliverWebhook, attempt| async move {
+            webhooks::deliver::deliver(&state.webhooks, job, attempt).await
+        })
+        .every(reconcile_every, telephony::outbound::reconcile)
 }
 
 impl Deref for AppState {
@@ -109,8 +143,30 @@ impl App {
         let store = open_store_with(global, !serve.no_migrate, &pools).await?;
         bootstrap(&store, serve).await?;
         let addr = listener.local_addr()?;
-        let telephony = Telephony::new(&serve.telephony, addr, &secrets)?;
-        if telephony.sandbox.is_some() {
+        let secrets = Arc::new(secrets);
+        let bases = Bases::new(&serve.telephony, addr)?;
+        let sandbox = serve
+            .telephony
+            .sandbox()
+            .then(|| Arc::new(Sandbox::new(&secrets, &bases.public, &bases.local, serve.telephony.sandbox_time_scale)));
+        let endpoints = match &sandbox {
+            Some(sandbox) => sandbox.endpoints(),
+            None => Endpoints::live(&serve.telephony)?,
+        };
+        let telephony = Telephony::new(&serve.telephony, bases, endpoints, store.clone(), secrets.clone())?;
+        let queue = Queue::new(
+            store.clone(),
+            format!("{addr}-{}", Uuid::new_v4().simple()),
+            std::time::Duration::from_secs(serve.job_lease_secs.max(1)),
+        );
+        let calls = Calls::new(
+            store.clone(),
+            queue.clone(),
+            telephony.public_base.clone(),
+            serve.telephony.dispatch_max_attempts,
+        );
+        let jobs = Jobs::new(queue, registry(telephony.reconcile_after / 4));
+        if sandbox.is_some() {
             tracing::info!(
                 public_base_url = %telephony.public_base,
                 "carrier mode: sandbox — calls go to the built-in sandbox carrier and never leave this server (CARRIER_MODE=live uses Twilio and Vonage)"
@@ -121,17 +177,19 @@ impl App {
         Ok(App {
             addr,
             state: AppState(Arc::new(Shared {
-                store,
-                secrets,
-                auth,
-                telephony,
-                webhooks: webhooks::deliver::Webhooks::new(
+                webhooks: webhooks::Webhooks::new(
+                    store.clone(),
+                    secrets.clone(),
                     serve.allow_private_targets,
                     std::time::Duration::from_secs(serve.webhook_timeout_secs.max(1)),
                 ),
-                lease: std::time::Duration::from_secs(serve.job_lease_secs.max(1)),
-                worker_id: format!("{addr}-{}", Uuid::new_v4().simple()),
-                jobs_queued: Notify::new(),
+                store,
+                secrets,
+                auth,
+                calls,
+                telephony,
+                jobs,
+                sandbox,
             })),
             listener,
             workers: serve.workers,
@@ -154,8 +212,8 @@ impl App {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let router = api::router(self.state.clone(), &self.api);
         let (stop, stopping) = watch::channel(false);
-        let mut workers =
-            (self.workers > 0).then(|| tokio::spawn(jobs::work(self.state.clone(), self.workers, stopping.clone())));
+        let mut workers = (self.workers > 0)
+            .then(|| tokio::spawn(self.state.jobs.clone().work(self.state.clone(), self.workers, stopping.clone())));
         let signal = async move {
             shutdown.await;
             let _ = stop.send(true);
@@ -185,14 +243,9 @@ impl App {
                 }
             }
         }
-        match self.state.store.begin().await {
-            Ok(mut tx) => {
-                let released = store::jobs::release(tx.conn(), &self.state.worker_id).await.unwrap_or(0);
-                let _ = tx.commit().await;
-                if released > 0 {
-                    tracing::info!(released, "released unfinished jobs for other workers");
-                }
-            }
+        match self.state.jobs.queue().release().await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "released unfinished jobs for other workers"),
             Err(e) => {
                 tracing::warn!(error = %e, "could not release unfinished jobs; they run again when their lease expires")
             }

@@ -7,32 +7,31 @@
 //! from the current one.
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::auth::Caller;
-use super::documents::{create_document, full_view, load, Document, IdQuery};
+use super::documents::{create_document, full_view, load, save_document, Document, IdQuery};
 use super::extract::{ValidJson, ValidQuery};
 use super::paging::{ListQuery, Page};
-use super::spec::spec;
-use crate::domain::agents::{check_dials, Reference, REFERENCES};
+use super::routes::V1;
+use crate::domain::agents::{Reference, REFERENCES};
 use crate::domain::documents::{
-    apply_update, Resource, ACCOUNT_CONNECTIONS, ACTIONS, AGENTS, PROMPTS, SORT_COLUMNS, VECTOR_DATABASES, VOICES,
-    WEBHOOKS,
+    apply_update, Resource, ACCOUNT_CONNECTIONS, ACTIONS, AGENTS, OPENAI_ACCOUNT_CONNECTION, PROMPTS, SORT_COLUMNS,
+    VECTOR_DATABASES, VOICES, WEBHOOKS,
 };
 use crate::error::{ApiError, Issue, Loc, Result};
-use crate::store::records::{self, Record};
-use crate::store::{now, Conn, Tx};
+use crate::store::records;
+use crate::store::{Conn, Tx};
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/agents", get(get_agent))
-        .route("/v1/agents/list", get(list_agents))
-        .route("/v1/agents/create", post(create))
-        .route("/v1/agents/update", post(update))
+pub fn router() -> V1 {
+    V1::default()
+        .get("/v1/agents", get_agent)
+        .get("/v1/agents/list", list_agents)
+        .post("/v1/agents/create", create)
+        .post("/v1/agents/update", update)
 }
 
 async fn get_agent(
@@ -125,17 +124,7 @@ pub async fn create_agent(
     }
     let actions = params.get("actions").cloned().unwrap_or(json!([]));
     params["actions"] = resolve_actions(state, tx, user_id, actions, &at(loc, "actions")).await?;
-    let at_time = now();
-    let record = Record {
-        id: Uuid::now_v7(),
-        user_id,
-        kind: AGENTS.path.to_owned(),
-        created_at: at_time,
-        updated_at: at_time,
-        body: sqlx::types::Json(Value::Null),
-        sealed: None,
-    };
-    save_agent(tx, record, params, loc, true).await
+    create_document(state, tx, &AGENTS, user_id, params, loc).await
 }
 
 /// Applies `AgentUpdateParams` (absent and `Undefined` fields already removed) to an agent.
@@ -162,23 +151,7 @@ pub async fn update_agent(
         };
         body[&field] = new_value;
     }
-    save_agent(tx, agent.record, body, loc, false).await
-}
-
-async fn save_agent(tx: &mut Tx, mut record: Record, mut body: Value, loc: &[Loc], is_new: bool) -> Result<Document> {
-    spec().complete(AGENTS.params_schema, &mut body, loc.to_vec()).map_err(ApiError::Validation)?;
-    let issues = check_dials(&body, loc);
-    if !issues.is_empty() {
-        return Err(ApiError::Validation(issues));
-    }
-    record.updated_at = now();
-    record.body = sqlx::types::Json(body.clone());
-    if is_new {
-        records::insert(tx.conn(), AGENTS.table, &record).await?;
-    } else {
-        records::update(tx.conn(), AGENTS.table, &record).await?;
-    }
-    Ok(Document { record, clear: body, reveal: false })
+    save_document(state, tx, &AGENTS, agent.record, body, loc).await
 }
 
 /// One reference of an agent, as the id the agent will store (or null):
@@ -222,7 +195,7 @@ async fn check_reference(tx: &mut Tx, user_id: Uuid, reference: Reference, id: U
     let Some(record) = records::get(tx.conn(), res.table, user_id, id).await? else {
         return Err(ApiError::invalid(Issue::new(loc.to_vec(), "not_found", res.not_found(id))));
     };
-    if reference == Reference::OpenAiConnection && record.kind != "account_connection_openai" {
+    if reference == Reference::OpenAiConnection && record.kind != OPENAI_ACCOUNT_CONNECTION {
         return Err(ApiError::invalid(Issue::new(
             loc.to_vec(),
             "wrong_kind",
@@ -258,7 +231,7 @@ async fn openai_connection_inline(
             "This is a masked key: give the OpenAI API key itself, or the id of an existing connection",
         )));
     }
-    let params = json!({"type": "account_connection_openai", "credentials": fields["credentials"]});
+    let params = json!({"type": OPENAI_ACCOUNT_CONNECTION, "credentials": fields["credentials"]});
     let doc = create_document(state, tx, &ACCOUNT_CONNECTIONS, user_id, params, loc).await?;
     Ok(Value::String(doc.record.id.to_string()))
 }

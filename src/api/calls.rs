@@ -4,8 +4,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -16,16 +15,17 @@ use super::auth::Caller;
 use super::documents::{load, Document, IdQuery};
 use super::extract::{ValidJson, ValidQuery};
 use super::paging::{ListQuery, Page};
-use crate::domain::call::Event;
+use super::routes::V1;
+use crate::calls::{NewCall, News};
+use crate::domain::agents::default_voice;
+use crate::domain::call::{Direction, Event, Provider};
 use crate::domain::documents::{ACCOUNT_CONNECTIONS, AGENTS};
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
-use crate::jobs::calls::{apply, dispatch_key, new_call_row, twilio_credentials, NewCall, News, DISPATCH};
 use crate::store::calls::{self as calls_store, CallRow};
-use crate::store::jobs::{self as jobs_store, Job, NewJob};
 use crate::store::records::{self, count_rows};
 use crate::store::{now, numbers, users, Conn};
-use crate::telephony::{CarrierError, Provider};
+use crate::telephony::CarrierError;
 use crate::AppState;
 
 /// The columns a list of calls may be sorted by; the first is the default.
@@ -34,13 +34,13 @@ pub const SORT_COLUMNS: &[&str] = &["created_at", "start_time", "end_time", "upd
 /// What the prompt of a HIPAA-compliant call's agent shows.
 pub const REDACTED: &str = "[redacted]";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/calls", get(get_call))
-        .route("/v1/calls/list", get(list_calls))
-        .route("/v1/calls/create", post(create_call))
-        .route("/v1/calls/end", post(end_call))
-        .route("/v1/calls/recording", get(get_recording))
+pub fn router() -> V1 {
+    V1::default()
+        .get("/v1/calls", get_call)
+        .get("/v1/calls/list", list_calls)
+        .post("/v1/calls/create", create_call)
+        .post("/v1/calls/end", end_call)
+        .get("/v1/calls/recording", get_recording)
 }
 
 async fn user_call(c: &mut impl Conn, user_id: Uuid, id: Uuid) -> Result<CallRow> {
@@ -79,11 +79,6 @@ struct CreateCallRequest {
     hipaa_compliant: bool,
     context: Option<Value>,
     telephony_params: Option<Value>,
-}
-
-/// The voice of an inline agent that names none (`CreateCallAgentParams` makes it optional).
-fn default_voice() -> Value {
-    json!({"type": "voice_vocode", "voice_id": "joe"})
 }
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -149,9 +144,7 @@ async fn create_call(
                 format!("{from} is not an active number of yours: link or buy it first"),
             ))
         })?;
-    let provider = Provider::parse(&number.telephony_provider).ok_or_else(|| {
-        ApiError::Internal(anyhow::anyhow!("number {} has provider {}", number.id, number.telephony_provider))
-    })?;
+    let provider = number.telephony_provider;
     let agent_loc = [Loc::from("body"), Loc::from("agent")];
     let agent_id = match req.agent {
         Value::String(id) => {
@@ -162,36 +155,36 @@ async fn create_call(
             id
         }
         mut params => {
+            // `CreateCallAgentParams` makes the voice optional.
             if params.get("voice").is_none_or(Value::is_null) {
                 params["voice"] = default_voice();
             }
             create_agent(&state, &mut tx, caller.user_id, params, &agent_loc).await?.record.id
         }
     };
-    let at = now();
-    let row = new_call_row(
-        NewCall {
-            user_id: caller.user_id,
-            direction: "outbound",
-            provider,
-            to: to.digits().to_owned(),
-            from: from.digits().to_owned(),
-            agent_phone_number: from.digits().to_owned(),
-            agent_id,
-            telephony_account_connection_id: number.telephony_account_connection_id,
-            hipaa_compliant: req.hipaa_compliant,
-            on_no_human_answer: Some(req.on_no_human_answer),
-            run_do_not_call_detection: req.run_do_not_call_detection,
-            context: req.context,
-            telephony_params: req.telephony_params,
-            record: state.telephony.record_calls,
-        },
-        at,
-    );
-    calls_store::insert(tx.conn(), &row).await?;
+    let on_no_human_answer =
+        req.on_no_human_answer.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?;
+    let new = NewCall {
+        user_id: caller.user_id,
+        direction: Direction::Outbound,
+        provider,
+        to: to.digits().to_owned(),
+        from: from.digits().to_owned(),
+        agent_phone_number: from.digits().to_owned(),
+        agent_id,
+        telephony_account_connection_id: number.telephony_account_connection_id,
+        hipaa_compliant: req.hipaa_compliant,
+        on_no_human_answer: Some(on_no_human_answer),
+        run_do_not_call_detection: req.run_do_not_call_detection,
+        context: req.context,
+        telephony_params: req.telephony_params,
+        record: state.telephony.record_calls,
+    };
+    // The dispatch is written with the call and claimed by this process, to run at once below.
+    let (row, dispatch) = state.calls.create_outbound(&mut tx, new).await?;
     if let Some(key) = &key {
         if let Some(seen) =
-            calls_store::claim_idempotency_key(tx.conn(), caller.user_id, key, &request_hash, row.id, at).await?
+            calls_store::claim_idempotency_key(tx.conn(), caller.user_id, key, &request_hash, row.id, now()).await?
         {
             // A concurrent request with the same key got there first.
             drop(tx);
@@ -199,32 +192,9 @@ async fn create_call(
             return replay(&state, &mut handle, caller.user_id, seen, &request_hash).await;
         }
     }
-    // The dispatch is written with the call, claimed by this process to run at once; if this
-    // process dies first, another worker places the call when the claim expires.
-    let job = NewJob {
-        kind: DISPATCH,
-        payload: json!({"call_id": row.id}),
-        ordering_key: Some(dispatch_key(row.id)),
-        run_at: at,
-        max_attempts: state.telephony.dispatch_max_attempts as i32,
-    };
-    let lease = state.lease_until(at);
-    let job_id = jobs_store::enqueue_claimed(tx.conn(), &job, at, &state.worker_id, lease).await?;
     tx.commit().await?;
     tracing::info!(call_id = %row.id, provider = provider.as_str(), "call created");
-
-    crate::jobs::run_claimed(
-        &state,
-        Job {
-            id: job_id,
-            kind: DISPATCH.into(),
-            payload: sqlx::types::Json(job.payload),
-            ordering_key: job.ordering_key,
-            attempts: 1,
-            max_attempts: job.max_attempts,
-        },
-    )
-    .await;
+    state.run_now(dispatch).await;
     let mut handle = state.store.read().await?;
     let row = user_call(&mut handle, caller.user_id, row.id).await?;
     Ok(Json(call_view(&state, &mut handle, &row).await?))
@@ -253,11 +223,11 @@ async fn end_call(
         let mut handle = state.store.read().await?;
         user_call(&mut handle, caller.user_id, q.id).await?
     };
-    if !matches!(row.status.as_str(), "ended" | "error") {
-        if let Some(applied) = apply(&state, row.id, &News::api(Event::EndRequested)).await? {
+    if !row.state.is_final() {
+        if let Some(applied) = state.calls.apply(row.id, &News::api(Event::EndRequested)).await? {
             // Hang up now, so that the answer shows the call ended; the job is durable if not.
             for job in applied.claimed {
-                crate::jobs::run_claimed(&state, job).await;
+                state.run_now(job).await;
             }
         }
     }
@@ -278,21 +248,9 @@ async fn get_recording(
         .clone()
         .filter(|_| !row.hipaa_compliant)
         .ok_or_else(|| ApiError::NotFound(format!("Call {} has no recording", row.id)))?;
-    let fetched = match Provider::parse(&row.telephony_provider) {
-        Some(Provider::Twilio) => {
-            let creds = twilio_credentials(&state, &mut handle, row.user_id, row.telephony_account_connection_id)
-                .await
-                .map_err(carrier_error)?;
-            drop(handle);
-            state.telephony.twilio.fetch_recording(&creds, &url).await
-        }
-        Some(Provider::Vonage) => {
-            drop(handle);
-            state.telephony.vonage.fetch_recording(&url).await
-        }
-        None => return Err(ApiError::NotFound(format!("Call {} has no recording", row.id))),
-    }
-    .map_err(carrier_error)?;
+    drop(handle);
+    let carrier = state.telephony.carrier_of(&row).await.map_err(carrier_error)?;
+    let fetched = carrier.fetch_recording(&url).await.map_err(carrier_error)?;
     let content_type =
         fetched.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("audio/mpeg").to_owned();
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(fetched.bytes_stream())).into_response())
@@ -309,44 +267,45 @@ pub fn carrier_error(err: CarrierError) -> ApiError {
 }
 
 fn telephony_metadata(row: &CallRow) -> Value {
-    match Provider::parse(&row.telephony_provider) {
-        Some(Provider::Twilio) => json!({
+    match row.telephony_provider {
+        Provider::Twilio => json!({
             "type": "telephony_metadata_twilio",
-            "call_sid": row.telephony_id,
-            "call_status": row.carrier_status,
+            "call_sid": row.state.telephony_id,
+            "call_status": row.state.carrier_status,
             "transfer_call_sid": null,
             "transfer_call_status": null,
             "conference_sid": null,
         }),
-        _ => json!({"type": "telephony_metadata_vonage"}),
+        Provider::Vonage => json!({"type": "telephony_metadata_vonage"}),
     }
 }
 
 /// The fields `Call` and `NormalizedCall` share, in the spec's order; `start_time`, `end_time`,
 /// `agent` and `telephony_account_connection` are filled in by each.
 fn base_view(row: &CallRow) -> Value {
+    let st = &row.state;
     json!({
         "id": row.id,
         "user_id": row.user_id,
-        "status": row.status,
-        "error_message": row.error_message,
+        "status": st.status.as_str(),
+        "error_message": st.error_message,
         "recording_available": row.recording_url.is_some() && !row.hipaa_compliant,
         "transcript": if row.hipaa_compliant { None } else { row.transcript.clone() },
-        "human_detection_result": row.human_detection_result,
+        "human_detection_result": st.human_detection_result.map(|h| h.as_str()),
         "do_not_call_result": row.do_not_call_result,
-        "telephony_id": row.telephony_id,
-        "stage": row.stage,
-        "stage_outcome": row.stage_outcome,
+        "telephony_id": st.telephony_id,
+        "stage": st.stage.as_str(),
+        "stage_outcome": st.stage_outcome.map(|o| o.as_str()),
         "telephony_metadata": telephony_metadata(row),
         "start_time": null,
         "end_time": null,
         "to_number": row.to_number,
         "from_number": row.from_number,
         "agent": row.agent_id,
-        "telephony_provider": row.telephony_provider,
+        "telephony_provider": row.telephony_provider.as_str(),
         "agent_phone_number": row.agent_phone_number,
         "hipaa_compliant": row.hipaa_compliant,
-        "on_no_human_answer": row.on_no_human_answer,
+        "on_no_human_answer": st.on_no_human_answer.map(|o| o.as_str()),
         "context": row.context.as_ref().map(|c| c.0.clone()),
         "run_do_not_call_detection": row.run_do_not_call_detection,
         "telephony_account_connection": row.telephony_account_connection_id,
@@ -358,8 +317,8 @@ fn base_view(row: &CallRow) -> Value {
 pub fn normalized_view(row: &CallRow) -> Value {
     let mut view = base_view(row);
     let epoch = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros() as f64 / 1e6);
-    view["start_time"] = json!(epoch(row.start_time));
-    view["end_time"] = json!(epoch(row.end_time));
+    view["start_time"] = json!(epoch(row.state.start_time));
+    view["end_time"] = json!(epoch(row.state.end_time));
     view
 }
 
@@ -368,8 +327,8 @@ pub async fn call_view(state: &AppState, c: &mut impl Conn, row: &CallRow) -> Re
     let mut view = base_view(row);
     let iso =
         |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    view["start_time"] = json!(iso(row.start_time));
-    view["end_time"] = json!(iso(row.end_time));
+    view["start_time"] = json!(iso(row.state.start_time));
+    view["end_time"] = json!(iso(row.state.end_time));
     let agent = load(state, c.conn(), &AGENTS, row.user_id, row.agent_id).await?;
     let mut agent = agent_view(state, c, &agent).await?;
     if row.hipaa_compliant {

@@ -3,8 +3,7 @@
 //! steering pool.
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -12,11 +11,13 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::extract::{ValidJson, ValidQuery};
 use super::paging::{ListQuery, Page};
+use super::routes::V1;
 use super::spec::spec;
 use crate::crypto::random_signing_secret;
+use crate::domain::agents::check_dials;
 use crate::domain::documents::{
-    apply_update, render, seal, unseal, Resource, ACCOUNT_CONNECTIONS, ACTIONS, PROMPTS, PROMPT_TEMPLATES,
-    SORT_COLUMNS, VECTOR_DATABASES, VOICES, WEBHOOKS,
+    apply_update, render, seal, unseal, Resource, ACCOUNT_CONNECTIONS, ACTIONS, EXTERNAL_ACTION, PROMPTS,
+    PROMPT_TEMPLATES, SORT_COLUMNS, VECTOR_DATABASES, VOICES, WEBHOOKS,
 };
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
@@ -24,24 +25,21 @@ use crate::store::records::{self, Record, Table};
 use crate::store::{self, now, DbConn, Tx};
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> V1 {
     [&PROMPTS, &VOICES, &WEBHOOKS, &VECTOR_DATABASES, &ACCOUNT_CONNECTIONS, &ACTIONS]
         .into_iter()
-        .fold(Router::new(), |router, res| router.merge(resource_router(res)))
-        .route("/v1/account_connections/add_to_steering_pool", post(add_to_steering_pool))
-        .route("/v1/account_connections/remove_from_steering_pool", post(remove_from_steering_pool))
+        .fold(V1::default(), |v1, res| v1.merge(resource_router(res)))
+        .post("/v1/account_connections/add_to_steering_pool", add_to_steering_pool)
+        .post("/v1/account_connections/remove_from_steering_pool", remove_from_steering_pool)
 }
 
-fn resource_router(res: &'static Resource) -> Router<AppState> {
+fn resource_router(res: &'static Resource) -> V1 {
     let base = format!("/v1/{}", res.path);
-    Router::new()
-        .route(&base, get(move |state, caller, query| get_one(res, state, caller, query)))
-        .route(&format!("{base}/list"), get(move |state, caller, query| list(res, state, caller, query)))
-        .route(&format!("{base}/create"), post(move |state, caller, body| create(res, state, caller, body)))
-        .route(
-            &format!("{base}/update"),
-            post(move |state, caller, query, body| update(res, state, caller, query, body)),
-        )
+    V1::default()
+        .get(&base, move |state, caller, query| get_one(res, state, caller, query))
+        .get(&format!("{base}/list"), move |state, caller, query| list(res, state, caller, query))
+        .post(&format!("{base}/create"), move |state, caller, body| create(res, state, caller, body))
+        .post(&format!("{base}/update"), move |state, caller, query, body| update(res, state, caller, query, body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,7 +165,7 @@ pub async fn create_document(
 }
 
 /// Completes and checks a document, then writes it (as a new record when `record.kind` is empty).
-async fn save_document(
+pub async fn save_document(
     state: &AppState,
     tx: &mut Tx,
     res: &Resource,
@@ -196,12 +194,18 @@ async fn save_document(
 async fn prepare(tx: &mut Tx, res: &Resource, user_id: Uuid, body: &mut Value, loc: &[Loc]) -> Result<bool> {
     let mut reveal = false;
     match res.table {
+        Table::Agents => {
+            let issues = check_dials(body, loc);
+            if !issues.is_empty() {
+                return Err(ApiError::Validation(issues));
+            }
+        }
         Table::Webhooks => check_url(body, &["url"], loc)?,
         Table::Prompts => {
             check_url(body, &["context_endpoint"], loc)?;
             resolve_prompt_template(tx, user_id, body, loc).await?;
         }
-        Table::Actions if body["type"] == "action_external" => {
+        Table::Actions if body["type"] == EXTERNAL_ACTION => {
             check_url(body, &["config", "url"], loc)?;
             let secret = &mut body["config"]["signature_secret"];
             if secret.as_str().is_none_or(str::is_empty) {

@@ -17,6 +17,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+use crate::domain::call::CallStatus;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -29,6 +30,7 @@ pub mod extract;
 pub mod limits;
 pub mod numbers;
 pub mod paging;
+pub mod routes;
 pub mod spec;
 pub mod usage;
 
@@ -36,22 +38,16 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 
 /// The whole API, with its middleware.
 pub fn router(state: AppState, settings: &limits::Settings) -> Router {
-    let sandbox = state.telephony.sandbox.clone();
+    let sandbox = state.sandbox.clone();
     // The operations of the Vocode API: limited per API key, when a limit is set.
-    let mut operations = Router::new()
-        .merge(documents::router())
-        .merge(agents::router())
-        .merge(numbers::router())
-        .merge(usage::router())
-        .merge(calls::router())
-        .route("/metrics", get(metrics));
+    let mut operations = Router::new().merge(routes::v1()).route("/metrics", get(metrics));
     if let Some(layer) = limits::rate_limit(settings) {
         operations = operations.layer(layer);
     }
     let router = Router::new()
         .merge(operations)
         .merge(docs::router())
-        .merge(crate::telephony::callbacks::router())
+        .merge(crate::telephony::inbound::router())
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
@@ -59,7 +55,7 @@ pub fn router(state: AppState, settings: &limits::Settings) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     let router = match sandbox {
-        Some(sandbox) => router.nest_service("/sandbox", crate::telephony::sandbox::router(sandbox)),
+        Some(sandbox) => router.nest_service("/sandbox", crate::sandbox::router(sandbox)),
         None => router,
     };
     router.layer(
@@ -121,9 +117,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             ::metrics::gauge!("vocode_jobs_oldest_ready_age_seconds").set(age);
         }
         if let Ok(counts) = crate::store::calls::active_counts(handle.conn()).await {
-            for status in ["not_started", "in_progress"] {
-                let n = counts.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);
-                ::metrics::gauge!("vocode_calls", "status" => status).set(n as f64);
+            for status in CallStatus::ACTIVE {
+                let n = counts.iter().find(|(s, _)| *s == status).map(|(_, n)| *n).unwrap_or(0);
+                ::metrics::gauge!("vocode_calls", "status" => status.as_str()).set(n as f64);
             }
         }
     }

@@ -1,11 +1,11 @@
 //! `GET /v1/usage`: the caller's call minutes this month, against the operator's limit.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
+use super::routes::V1;
 use crate::error::Result;
 use crate::store::users;
 use crate::AppState;
@@ -13,8 +13,8 @@ use crate::AppState;
 /// Self-hosted users are on no one's plan; an operator may still set a monthly limit.
 pub const PLAN_TYPE: &str = "plan_unlimited";
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/usage", get(get_usage))
+pub fn router() -> V1 {
+    V1::default().get("/v1/usage", get_usage)
 }
 
 async fn get_usage(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::error::{Issue, Loc};
+use crate::domain::issue::{Issue, Loc};
 
 /// The fields of an agent that refer to other objects, and the resource each refers to.
 pub const REFERENCES: &[(&str, Reference)] = &[
@@ -53,6 +53,11 @@ pub fn check_dials(agent: &Value, loc: &[Loc]) -> Vec<Issue> {
     issues
 }
 
+/// The voice of an agent that names none: Vocode's own `joe`.
+pub fn default_voice() -> Value {
+    json!({"type": "voice_vocode", "voice_id": "joe"})
+}
+
 /// The params of the agent created for `inbound_agent: "default"`.
 pub fn default_agent_params() -> Value {
     json!({
@@ -60,7 +65,7 @@ pub fn default_agent_params() -> Value {
         "prompt": {
             "content": "You are a helpful assistant answering the phone. Keep your answers short and friendly.",
         },
-        "voice": {"type": "voice_vocode", "voice_id": "joe"},
+        "voice": default_voice(),
         "initial_message": "Hello! How can I help you today?",
     })
 }

@@ -37,6 +37,13 @@ macro_rules! string_enum {
             }
         }
 
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
         impl FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
@@ -71,6 +78,26 @@ string_enum!(
     Hangup { Requested = "requested", NoHuman = "no_human" }
 );
 string_enum!(Direction { Outbound = "outbound", Inbound = "inbound" });
+string_enum!(
+    /// The carrier a number or a call goes through (the spec's `TelephonyProvider`).
+    Provider { Twilio = "twilio", Vonage = "vonage" }
+);
+
+impl CallStatus {
+    /// Nothing changes a call in a final status any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, CallStatus::Ended | CallStatus::Error)
+    }
+
+    /// The statuses of calls that are not over (the metrics count them).
+    pub const ACTIVE: [CallStatus; 2] = [CallStatus::NotStarted, CallStatus::InProgress];
+}
+
+impl Provider {
+    pub fn parse(s: &str) -> Option<Provider> {
+        s.parse().ok()
+    }
+}
 
 /// The part of a call the state machine reads and writes.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +110,8 @@ pub struct CallState {
     pub carrier_status: Option<String>,
     pub error_message: Option<String>,
     pub hangup: Option<Hangup>,
-    pub on_no_human_answer: NoHumanAnswer,
+    /// As the call was created with it (`None` for inbound calls, which cannot ask for it).
+    pub on_no_human_answer: Option<NoHumanAnswer>,
     pub start_time: Option<DateTime<Utc>>,
     pub answered_at: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
@@ -92,7 +120,7 @@ pub struct CallState {
 
 impl CallState {
     /// A call row as it is first written.
-    pub fn new(on_no_human_answer: NoHumanAnswer) -> Self {
+    pub fn new(on_no_human_answer: impl Into<Option<NoHumanAnswer>>) -> Self {
         CallState {
             status: CallStatus::NotStarted,
             stage: Stage::Created,
@@ -102,7 +130,7 @@ impl CallState {
             carrier_status: None,
             error_message: None,
             hangup: None,
-            on_no_human_answer,
+            on_no_human_answer: on_no_human_answer.into(),
             start_time: None,
             answered_at: None,
             end_time: None,
@@ -111,7 +139,7 @@ impl CallState {
     }
 
     pub fn is_final(&self) -> bool {
-        matches!(self.status, CallStatus::Ended | CallStatus::Error)
+        self.status.is_final()
     }
 }
 
@@ -197,7 +225,7 @@ pub fn transition(state: &CallState, event: &Event, now: DateTime<Utc>) -> (Call
                 next.human_detection_result = Some(*result);
                 effects.push(Effect::HumanDetected(*result));
                 if *result == HumanDetection::NoHuman
-                    && next.on_no_human_answer == NoHumanAnswer::Hangup
+                    && next.on_no_human_answer == Some(NoHumanAnswer::Hangup)
                     && next.hangup.is_none()
                 {
                     next.hangup = Some(Hangup::NoHuman);

@@ -7,7 +7,34 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::crypto::{mask, SecretBox};
-use crate::store::records::Table;
+
+/// The tables documents are stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    PromptTemplates,
+    Prompts,
+    Voices,
+    Webhooks,
+    VectorDatabases,
+    AccountConnections,
+    Actions,
+    Agents,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::PromptTemplates => "prompt_templates",
+            Table::Prompts => "prompts",
+            Table::Voices => "voices",
+            Table::Webhooks => "webhooks",
+            Table::VectorDatabases => "vector_databases",
+            Table::AccountConnections => "account_connections",
+            Table::Actions => "actions",
+            Table::Agents => "agents",
+        }
+    }
+}
 
 /// What the API calls a resource, and how it is stored and validated.
 #[derive(Debug)]
@@ -98,14 +125,21 @@ impl Resource {
     }
 }
 
+/// The kind of a Twilio account connection (the only kind that places calls).
+pub const TWILIO_ACCOUNT_CONNECTION: &str = "account_connection_twilio";
+/// The kind of an OpenAI account connection (an agent's model key).
+pub const OPENAI_ACCOUNT_CONNECTION: &str = "account_connection_openai";
+/// The kind of an action that calls the user's own API.
+pub const EXTERNAL_ACTION: &str = "action_external";
+
 /// Where a document of this table and kind keeps its secrets.
 pub fn secret_paths(table: Table, kind: &str) -> &'static [&'static [&'static str]] {
     match (table, kind) {
-        (Table::AccountConnections, "account_connection_twilio") => &[&["credentials", "twilio_auth_token"]],
-        (Table::AccountConnections, "account_connection_openai") => &[&["credentials", "openai_api_key"]],
+        (Table::AccountConnections, TWILIO_ACCOUNT_CONNECTION) => &[&["credentials", "twilio_auth_token"]],
+        (Table::AccountConnections, OPENAI_ACCOUNT_CONNECTION) => &[&["credentials", "openai_api_key"]],
         (Table::VectorDatabases, _) => &[&["api_key"]],
         (Table::Voices, "voice_eleven_labs" | "voice_play_ht") => &[&["api_key"]],
-        (Table::Actions, "action_external") => &[&["config", "signature_secret"]],
+        (Table::Actions, EXTERNAL_ACTION) => &[&["config", "signature_secret"]],
         _ => &[],
     }
 }

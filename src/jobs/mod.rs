@@ -1,25 +1,54 @@
-//! Background work: the workers that claim jobs from the durable queue and run them, one module
-//! per kind of job. A job touches the outside world (a carrier, a webhook receiver) with no
-//! database transaction open: it is claimed under a lease, run, and its outcome recorded.
+//! The job contract, and the workers that honour it.
+//!
+//! A kind of job is a serde payload with a name ([`Job`]). Whatever causes a job writes it in the
+//! transaction of the change that causes it ([`Queue::enqueue`]). A worker claims it under a lease,
+//! releases the transaction, runs it — touching the outside world with no transaction open — and
+//! records the outcome; a job whose worker died runs again once its lease expires. One
+//! [`Registry`], built in one place (the crate root), maps each kind to its runner.
+//!
+//! This module knows nothing of calls, carriers or webhooks: it is generic over the context its
+//! runners receive.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rand::Rng;
-use tokio::sync::watch;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::Instrument;
+use uuid::Uuid;
 
-use crate::store::jobs::{self, Job};
-use crate::store::now;
-use crate::AppState;
+use crate::store::jobs::{self as queue, JobRow, NewJob};
+use crate::store::{as_worker, now, Store, Tx};
 
-pub mod calls;
+/// A kind of job: its name in the queue, and its payload.
+pub trait Job: Serialize + DeserializeOwned + Send + 'static {
+    const NAME: &'static str;
+}
 
-/// How often idle workers look for due jobs (they are also woken when a job is queued here).
-const POLL: Duration = Duration::from_millis(500);
+/// Which run of a job this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub job_id: Uuid,
+    /// 1 for the first run.
+    pub number: i32,
+    pub max: i32,
+}
+
+impl Attempt {
+    pub fn is_last(&self) -> bool {
+        self.number >= self.max
+    }
+}
 
 /// What became of a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +63,13 @@ pub enum Outcome {
     Fail(String),
 }
 
+impl Outcome {
+    /// Retry with [`backoff`] from `base`, at most `cap`.
+    pub fn retry_with_backoff(attempt: Attempt, base: Duration, cap: Duration, error: impl ToString) -> Outcome {
+        Outcome::Retry { after: backoff(attempt.number, base, cap), error: error.to_string() }
+    }
+}
+
 /// Exponential backoff with jitter: about `base · 2^(attempt-1)`, at most `cap`.
 pub fn backoff(attempt: i32, base: Duration, cap: Duration) -> Duration {
     let exp = base.as_secs_f64() * 2f64.powi((attempt - 1).clamp(0, 30));
@@ -41,124 +77,319 @@ pub fn backoff(attempt: i32, base: Duration, cap: Duration) -> Duration {
     Duration::from_secs_f64((exp * jitter).min(cap.as_secs_f64()))
 }
 
-/// A run's outcome, and the record of a webhook attempt it made (kept with the outcome, in one
-/// transaction).
+/// A write that belongs with a run's outcome, committed in the outcome's transaction (a webhook
+/// delivery's attempt record, say).
+pub type Write = Box<dyn for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, sqlx::Result<()>> + Send>;
+
+/// A run's outcome, and what to write with it.
 pub struct Ran {
     pub outcome: Outcome,
-    pub attempt: Option<crate::store::webhooks::Attempt>,
+    write: Option<Write>,
+}
+
+impl Ran {
+    pub fn with_write(outcome: Outcome, write: Write) -> Ran {
+        Ran { outcome, write: Some(write) }
+    }
 }
 
 impl From<Outcome> for Ran {
     fn from(outcome: Outcome) -> Self {
-        Ran { outcome, attempt: None }
+        Ran { outcome, write: None }
     }
 }
 
-async fn run(state: &AppState, job: &Job) -> Ran {
-    match job.kind.as_str() {
-        calls::DISPATCH => calls::dispatch(state, job).await.into(),
-        calls::HANG_UP => calls::hang_up(state, job).await.into(),
-        crate::webhooks::DELIVER => crate::webhooks::deliver::deliver(state, job).await,
-        other => Outcome::Fail(format!("unknown job kind {other}")).into(),
+/// How a job is queued.
+#[derive(Debug, Clone)]
+pub struct Enqueue {
+    /// Jobs with the same key run one at a time, in the order they were written.
+    pub ordering_key: Option<String>,
+    pub run_at: DateTime<Utc>,
+    pub max_attempts: i32,
+}
+
+impl Enqueue {
+    pub fn now(max_attempts: i32) -> Self {
+        Enqueue { ordering_key: None, run_at: now(), max_attempts }
+    }
+
+    pub fn ordered_by(mut self, key: String) -> Self {
+        self.ordering_key = Some(key);
+        self
     }
 }
 
-/// Runs a claimed job and records its outcome. A panic counts as a failed attempt.
-pub async fn run_claimed(state: &AppState, job: Job) {
-    let span = tracing::info_span!("job", kind = %job.kind, id = %job.id, attempt = job.attempts);
-    let ran = match AssertUnwindSafe(run(state, &job)).catch_unwind().instrument(span.clone()).await {
-        Ok(ran) => ran,
-        Err(_) => Outcome::Retry { after: Duration::from_secs(5), error: "the job panicked".into() }.into(),
-    };
-    if let Err(err) = record(state, &job, &ran).instrument(span).await {
-        // The lease expires and the job runs again: at least once, never lost.
-        tracing::warn!(error = %err, "could not record a job's outcome");
-    }
+/// The queue as this process uses it: its name on the jobs it claims, how long a claim lasts,
+/// and the signal that wakes its workers. Cloning is cheap.
+#[derive(Clone)]
+pub struct Queue(Arc<QueueInner>);
+
+struct QueueInner {
+    store: Store,
+    worker_id: String,
+    lease: Duration,
+    queued: Notify,
 }
 
-async fn record(state: &AppState, job: &Job, ran: &Ran) -> sqlx::Result<()> {
-    let mut tx = state.store.begin().await?;
-    jobs::outcome_durability(tx.conn()).await?;
-    let at = now();
-    if let Some(attempt) = &ran.attempt {
-        crate::store::webhooks::insert_attempt(tx.conn(), attempt).await?;
+impl Queue {
+    pub fn new(store: Store, worker_id: String, lease: Duration) -> Self {
+        Queue(Arc::new(QueueInner { store, worker_id, lease, queued: Notify::new() }))
     }
-    match &ran.outcome {
-        Outcome::Done => jobs::complete(tx.conn(), job.id, &state.worker_id).await?,
-        Outcome::Retry { error, .. } if job.attempts >= job.max_attempts => {
-            tracing::warn!(%error, "job failed for good");
-            jobs::fail(tx.conn(), job.id, error, at, &state.worker_id).await?
+
+    pub fn worker_id(&self) -> &str {
+        &self.0.worker_id
+    }
+
+    /// When a claim made at `at` expires.
+    pub fn lease_until(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        at + chrono::Duration::from_std(self.0.lease).unwrap_or(chrono::Duration::minutes(2))
+    }
+
+    /// Writes a job in the caller's transaction. Call [`Queue::wake`] once it is committed.
+    pub async fn enqueue<J: Job>(&self, tx: &mut Tx, job: &J, how: Enqueue) -> sqlx::Result<Uuid> {
+        let new = new_job(job, &how);
+        queue::enqueue(tx.conn(), &new, now()).await
+    }
+
+    /// Writes a job already claimed by this process, which runs it at once after the commit (see
+    /// `Jobs::spawn`); if this process dies first, another worker runs it when the lease expires.
+    pub async fn enqueue_claimed<J: Job>(&self, tx: &mut Tx, job: &J, how: Enqueue) -> sqlx::Result<JobRow> {
+        let new = new_job(job, &how);
+        let at = now();
+        let id = queue::enqueue_claimed(tx.conn(), &new, at, self.worker_id(), self.lease_until(at)).await?;
+        Ok(JobRow {
+            id,
+            kind: J::NAME.to_owned(),
+            payload: sqlx::types::Json(new.payload),
+            ordering_key: new.ordering_key,
+            attempts: 1,
+            max_attempts: new.max_attempts,
+        })
+    }
+
+    /// Wakes this process's workers (a permit is kept if none is waiting).
+    pub fn wake(&self) {
+        self.0.queued.notify_one();
+    }
+
+    /// Claims up to `limit` due jobs.
+    pub async fn claim(&self, at: DateTime<Utc>, limit: usize) -> sqlx::Result<Vec<JobRow>> {
+        let mut tx = self.0.store.begin().await?;
+        let claimed = queue::claim(tx.conn(), self.worker_id(), at, self.lease_until(at), limit as i64).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Gives this process's unfinished claims back, for other workers to take at once.
+    pub async fn release(&self) -> sqlx::Result<u64> {
+        let mut tx = self.0.store.begin().await?;
+        let released = queue::release(tx.conn(), self.worker_id()).await?;
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    async fn record(&self, job: &JobRow, ran: Ran) -> sqlx::Result<()> {
+        let mut tx = self.0.store.begin().await?;
+        queue::outcome_durability(tx.conn()).await?;
+        let at = now();
+        if let Some(write) = ran.write {
+            write(&mut tx).await?;
         }
-        Outcome::Retry { after, error } => {
-            tracing::info!(%error, retry_in_ms = after.as_millis() as u64, "job will be retried");
-            let run_at = at + chrono::Duration::from_std(*after).unwrap_or_default();
-            jobs::retry(tx.conn(), job.id, run_at, error, at, &state.worker_id).await?
-        }
-        Outcome::Fail(error) => {
-            tracing::warn!(%error, "job failed");
-            jobs::fail(tx.conn(), job.id, error, at, &state.worker_id).await?
-        }
-    }
-    tx.commit().await
-}
-
-/// Claims up to `limit` due jobs.
-pub async fn claim(state: &AppState, at: DateTime<Utc>, limit: usize) -> sqlx::Result<Vec<Job>> {
-    let mut tx = state.store.begin().await?;
-    let lease_until = state.lease_until(at);
-    let claimed = jobs::claim(tx.conn(), &state.worker_id, at, lease_until, limit as i64).await?;
-    tx.commit().await?;
-    Ok(claimed)
-}
-
-/// Runs every job that is due at `at`, one after another, until none is left; returns how many
-/// ran. Tests use this to drive the queue without waiting for the workers.
-pub async fn drain(state: &AppState, at: DateTime<Utc>) -> sqlx::Result<usize> {
-    let mut ran = 0;
-    while let Some(job) = claim(state, at, 1).await?.pop() {
-        run_claimed(state, job).await;
-        ran += 1;
-    }
-    Ok(ran)
-}
-
-/// The workers of this process: up to `concurrency` jobs at once, until `shutdown` turns true;
-/// then they stop claiming and finish what they run. When woken by a finished job they claim
-/// only once a batch's worth of room is free, so that a busy queue costs one claim per batch.
-pub async fn work(state: AppState, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
-    let batch = (concurrency / 4).max(1);
-    let mut running = JoinSet::new();
-    let mut reconciled_at = std::time::Instant::now();
-    let mut finished_only = false;
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        let free = concurrency.saturating_sub(running.len());
-        if free > 0 && (free >= batch || !finished_only) {
-            match crate::store::as_worker(claim(&state, now(), free)).await {
-                Ok(claimed) => {
-                    for job in claimed {
-                        let state = state.clone();
-                        running.spawn(crate::store::as_worker(async move { run_claimed(&state, job).await }));
-                    }
-                }
-                Err(err) => tracing::warn!(error = %err, "cannot claim jobs"),
+        let worker = self.worker_id();
+        match ran.outcome {
+            Outcome::Done => queue::complete(tx.conn(), job.id, worker).await?,
+            Outcome::Retry { error, .. } if job.attempts >= job.max_attempts => {
+                tracing::warn!(%error, "job failed for good");
+                queue::fail(tx.conn(), job.id, &error, at, worker).await?
+            }
+            Outcome::Retry { after, error } => {
+                tracing::info!(%error, retry_in_ms = after.as_millis() as u64, "job will be retried");
+                let run_at = at + chrono::Duration::from_std(after).unwrap_or_default();
+                queue::retry(tx.conn(), job.id, run_at, &error, at, worker).await?
+            }
+            Outcome::Fail(error) => {
+                tracing::warn!(%error, "job failed");
+                queue::fail(tx.conn(), job.id, &error, at, worker).await?
             }
         }
-        if reconciled_at.elapsed() >= state.telephony.reconcile_after / 4 {
-            reconciled_at = std::time::Instant::now();
-            crate::store::as_worker(calls::reconcile(&state)).await;
-        }
-        finished_only = false;
-        tokio::select! {
-            _ = state.jobs_queued.notified() => {}
-            _ = tokio::time::sleep(POLL) => {}
-            Some(_) = running.join_next(), if !running.is_empty() => finished_only = true,
-            _ = shutdown.changed() => {}
+        tx.commit().await
+    }
+}
+
+fn new_job<J: Job>(job: &J, how: &Enqueue) -> NewJob {
+    NewJob {
+        kind: J::NAME,
+        payload: serde_json::to_value(job).expect("a job payload is JSON"),
+        ordering_key: how.ordering_key.clone(),
+        run_at: how.run_at,
+        max_attempts: how.max_attempts,
+    }
+}
+
+type Runner<C> = Box<dyn Fn(C, Value, Attempt) -> BoxFuture<'static, Ran> + Send + Sync>;
+type Periodic<C> = Box<dyn Fn(C) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Which runner runs each kind of job, and the periodic work the workers also do.
+pub struct Registry<C> {
+    runners: HashMap<&'static str, Runner<C>>,
+    periodic: Vec<(Duration, Periodic<C>)>,
+}
+
+impl<C: Clone + Send + Sync + 'static> Default for Registry<C> {
+    fn default() -> Self {
+        Registry { runners: HashMap::new(), periodic: Vec::new() }
+    }
+}
+
+impl<C: Clone + Send + Sync + 'static> Registry<C> {
+    /// Runs jobs of kind `J` with `run`. A payload that cannot be read fails the job.
+    pub fn register<J, F, Fut>(mut self, run: F) -> Self
+    where
+        J: Job,
+        F: Fn(C, J, Attempt) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Ran> + Send + 'static,
+    {
+        let runner: Runner<C> = Box::new(move |ctx, payload, attempt| match serde_json::from_value::<J>(payload) {
+            Ok(job) => run(ctx, job, attempt).boxed(),
+            Err(e) => {
+                let outcome = Outcome::Fail(format!("the {} payload cannot be read: {e}", J::NAME));
+                futures_util::future::ready(outcome.into()).boxed()
+            }
+        });
+        assert!(self.runners.insert(J::NAME, runner).is_none(), "job kind {} registered twice", J::NAME);
+        self
+    }
+
+    /// Also runs `work` about every `period` (from the worker loop, so only where workers run).
+    pub fn every<F, Fut>(mut self, period: Duration, work: F) -> Self
+    where
+        F: Fn(C) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.periodic.push((period, Box::new(move |ctx| work(ctx).boxed())));
+        self
+    }
+
+    /// The kinds this registry runs.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<_> = self.runners.keys().copied().collect();
+        kinds.sort_unstable();
+        kinds
+    }
+}
+
+/// How often idle workers look for due jobs (they are also woken when a job is queued here).
+const POLL: Duration = Duration::from_millis(500);
+
+/// The queue and the registry together: what runs jobs. Cloning is cheap.
+pub struct Jobs<C>(Arc<JobsInner<C>>);
+
+struct JobsInner<C> {
+    queue: Queue,
+    registry: Registry<C>,
+}
+
+impl<C> Clone for Jobs<C> {
+    fn clone(&self) -> Self {
+        Jobs(self.0.clone())
+    }
+}
+
+impl<C: Clone + Send + Sync + 'static> Jobs<C> {
+    pub fn new(queue: Queue, registry: Registry<C>) -> Self {
+        Jobs(Arc::new(JobsInner { queue, registry }))
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.0.queue
+    }
+
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.0.registry.kinds()
+    }
+
+    async fn run(&self, ctx: C, job: &JobRow) -> Ran {
+        let attempt = Attempt { job_id: job.id, number: job.attempts, max: job.max_attempts };
+        match self.0.registry.runners.get(job.kind.as_str()) {
+            Some(runner) => runner(ctx, job.payload.0.clone(), attempt).await,
+            None => Outcome::Fail(format!("unknown job kind {}", job.kind)).into(),
         }
     }
-    while running.join_next().await.is_some() {}
+
+    /// Runs a claimed job and records its outcome. A panic counts as a failed attempt.
+    pub async fn run_claimed(&self, ctx: C, job: JobRow) {
+        let span = tracing::info_span!("job", kind = %job.kind, id = %job.id, attempt = job.attempts);
+        let ran = match AssertUnwindSafe(self.run(ctx, &job)).catch_unwind().instrument(span.clone()).await {
+            Ok(ran) => ran,
+            Err(_) => Outcome::Retry { after: Duration::from_secs(5), error: "the job panicked".into() }.into(),
+        };
+        if let Err(err) = self.0.queue.record(&job, ran).instrument(span).await {
+            // The lease expires and the job runs again: at least once, never lost.
+            tracing::warn!(error = %err, "could not record a job's outcome");
+        }
+    }
+
+    /// Runs jobs this process claimed, in the background.
+    pub fn spawn(&self, ctx: C, claimed: Vec<JobRow>) {
+        for job in claimed {
+            let (jobs, ctx) = (self.clone(), ctx.clone());
+            tokio::spawn(as_worker(async move { jobs.run_claimed(ctx, job).await }));
+        }
+    }
+
+    /// Runs every job that is due at `at`, one after another, until none is left; returns how
+    /// many ran. Tests use this to drive the queue without waiting for the workers.
+    pub async fn drain(&self, ctx: C, at: DateTime<Utc>) -> sqlx::Result<usize> {
+        let mut ran = 0;
+        while let Some(job) = self.0.queue.claim(at, 1).await?.pop() {
+            self.run_claimed(ctx.clone(), job).await;
+            ran += 1;
+        }
+        Ok(ran)
+    }
+
+    /// The workers of this process: up to `concurrency` jobs at once, until `shutdown` turns
+    /// true; then they stop claiming and finish what they run. When woken by a finished job they
+    /// claim only once a batch's worth of room is free, so that a busy queue costs one claim per
+    /// batch.
+    pub async fn work(self, ctx: C, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
+        let batch = (concurrency / 4).max(1);
+        let mut running = JoinSet::new();
+        let started = std::time::Instant::now();
+        let mut last_periodic = vec![started; self.0.registry.periodic.len()];
+        let mut finished_only = false;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let free = concurrency.saturating_sub(running.len());
+            if free > 0 && (free >= batch || !finished_only) {
+                match as_worker(self.0.queue.claim(now(), free)).await {
+                    Ok(claimed) => {
+                        for job in claimed {
+                            let (jobs, ctx) = (self.clone(), ctx.clone());
+                            running.spawn(as_worker(async move { jobs.run_claimed(ctx, job).await }));
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "cannot claim jobs"),
+                }
+            }
+            for ((period, work), last) in self.0.registry.periodic.iter().zip(last_periodic.iter_mut()) {
+                if last.elapsed() >= *period {
+                    *last = std::time::Instant::now();
+                    as_worker(work(ctx.clone())).await;
+                }
+            }
+            finished_only = false;
+            tokio::select! {
+                _ = self.0.queue.0.queued.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => finished_only = true,
+                _ = shutdown.changed() => {}
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
 }
 
 #[cfg(test)]
@@ -174,5 +405,40 @@ mod tests {
         assert!((0.75..=1.25).contains(&first), "{first}");
         assert!((12.0..=20.0).contains(&fifth), "{fifth}");
         assert!(backoff(30, base, cap) <= cap);
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Ping {
+        n: u32,
+    }
+
+    impl Job for Ping {
+        const NAME: &'static str = "ping";
+    }
+
+    #[tokio::test]
+    async fn a_registered_kind_gets_its_typed_payload_and_a_bad_payload_fails() {
+        let registry = Registry::<()>::default().register(|(), ping: Ping, attempt: Attempt| async move {
+            assert_eq!(attempt.number, 2);
+            if ping.n == 7 {
+                Outcome::Done.into()
+            } else {
+                Outcome::Fail(format!("got {}", ping.n)).into()
+            }
+        });
+        assert_eq!(registry.kinds(), vec!["ping"]);
+        let runner = &registry.runners["ping"];
+        let attempt = Attempt { job_id: Uuid::nil(), number: 2, max: 3 };
+        assert_eq!(runner((), serde_json::json!({"n": 7}), attempt).await.outcome, Outcome::Done);
+        assert_eq!(runner((), serde_json::json!({"n": 8}), attempt).await.outcome, Outcome::Fail("got 8".into()));
+        let bad = runner((), serde_json::json!({"m": 1}), attempt).await.outcome;
+        assert!(matches!(bad, Outcome::Fail(ref e) if e.contains("ping payload cannot be read")), "{bad:?}");
+    }
+
+    #[test]
+    #[should_panic(expected = "registered twice")]
+    fn a_kind_is_registered_once() {
+        let run = |(), _: Ping, _: Attempt| async { Ran::from(Outcome::Done) };
+        let _ = Registry::<()>::default().register(run).register(run);
     }
 }

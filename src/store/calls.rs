@@ -8,45 +8,138 @@ use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use std::str::FromStr;
+
 use super::records::Sort;
 use super::{run, DbConn};
+use crate::domain::call::{CallState, CallStatus, Direction, Provider};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A call as stored: its state in the domain's types (the state machine's part in `state`).
+#[derive(Debug, Clone)]
 pub struct CallRow {
     pub id: Uuid,
     pub user_id: Uuid,
-    pub direction: String,
-    pub status: String,
-    pub stage: String,
-    pub stage_outcome: Option<String>,
-    pub error_message: Option<String>,
-    pub human_detection_result: Option<String>,
+    pub direction: Direction,
+    pub state: CallState,
     pub do_not_call_result: Option<bool>,
     pub transcript: Option<String>,
-    pub telephony_provider: String,
-    pub telephony_id: Option<String>,
-    pub carrier_status: Option<String>,
-    pub hangup: Option<String>,
+    pub telephony_provider: Provider,
     pub to_number: String,
     pub from_number: String,
     pub agent_phone_number: String,
     pub agent_id: Uuid,
     pub telephony_account_connection_id: Option<Uuid>,
     pub hipaa_compliant: bool,
-    pub on_no_human_answer: Option<String>,
     pub run_do_not_call_detection: Option<bool>,
     pub context: Option<Json<Value>>,
     pub telephony_params: Option<Json<Value>>,
     pub record: bool,
     pub recording_url: Option<String>,
-    pub start_time: Option<DateTime<Utc>>,
-    pub answered_at: Option<DateTime<Utc>>,
-    pub end_time: Option<DateTime<Utc>>,
-    pub duration_seconds: Option<i64>,
     pub last_carrier_event_at: Option<DateTime<Utc>>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The row as the database holds it; read through [`CallRow`]'s conversion, which refuses a value
+/// no enum of the domain knows rather than passing it on.
+#[derive(sqlx::FromRow)]
+struct StoredCall {
+    id: Uuid,
+    user_id: Uuid,
+    direction: String,
+    status: String,
+    stage: String,
+    stage_outcome: Option<String>,
+    error_message: Option<String>,
+    human_detection_result: Option<String>,
+    do_not_call_result: Option<bool>,
+    transcript: Option<String>,
+    telephony_provider: String,
+    telephony_id: Option<String>,
+    carrier_status: Option<String>,
+    hangup: Option<String>,
+    to_number: String,
+    from_number: String,
+    agent_phone_number: String,
+    agent_id: Uuid,
+    telephony_account_connection_id: Option<Uuid>,
+    hipaa_compliant: bool,
+    on_no_human_answer: Option<String>,
+    run_do_not_call_detection: Option<bool>,
+    context: Option<Json<Value>>,
+    telephony_params: Option<Json<Value>>,
+    record: bool,
+    recording_url: Option<String>,
+    start_time: Option<DateTime<Utc>>,
+    answered_at: Option<DateTime<Utc>>,
+    end_time: Option<DateTime<Utc>>,
+    duration_seconds: Option<i64>,
+    last_carrier_event_at: Option<DateTime<Utc>>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+fn parsed<T: FromStr<Err = String>>(value: &str) -> sqlx::Result<T> {
+    value.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
+}
+
+fn parsed_opt<T: FromStr<Err = String>>(value: Option<&str>) -> sqlx::Result<Option<T>> {
+    value.map(parsed).transpose()
+}
+
+impl TryFrom<StoredCall> for CallRow {
+    type Error = sqlx::Error;
+
+    fn try_from(s: StoredCall) -> sqlx::Result<CallRow> {
+        Ok(CallRow {
+            id: s.id,
+            user_id: s.user_id,
+            direction: parsed(&s.direction)?,
+            state: CallState {
+                status: parsed(&s.status)?,
+                stage: parsed(&s.stage)?,
+                stage_outcome: parsed_opt(s.stage_outcome.as_deref())?,
+                human_detection_result: parsed_opt(s.human_detection_result.as_deref())?,
+                telephony_id: s.telephony_id,
+                carrier_status: s.carrier_status,
+                error_message: s.error_message,
+                hangup: parsed_opt(s.hangup.as_deref())?,
+                on_no_human_answer: parsed_opt(s.on_no_human_answer.as_deref())?,
+                start_time: s.start_time,
+                answered_at: s.answered_at,
+                end_time: s.end_time,
+                duration_seconds: s.duration_seconds,
+            },
+            do_not_call_result: s.do_not_call_result,
+            transcript: s.transcript,
+            telephony_provider: parsed(&s.telephony_provider)?,
+            to_number: s.to_number,
+            from_number: s.from_number,
+            agent_phone_number: s.agent_phone_number,
+            agent_id: s.agent_id,
+            telephony_account_connection_id: s.telephony_account_connection_id,
+            hipaa_compliant: s.hipaa_compliant,
+            run_do_not_call_detection: s.run_do_not_call_detection,
+            context: s.context,
+            telephony_params: s.telephony_params,
+            record: s.record,
+            recording_url: s.recording_url,
+            last_carrier_event_at: s.last_carrier_event_at,
+            version: s.version,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        })
+    }
+}
+
+fn one(found: Option<StoredCall>) -> sqlx::Result<Option<CallRow>> {
+    found.map(CallRow::try_from).transpose()
+}
+
+fn all(found: Vec<StoredCall>) -> sqlx::Result<Vec<CallRow>> {
+    found.into_iter().map(CallRow::try_from).collect()
 }
 
 const COLUMNS: &str = "id, user_id, direction, status, stage, stage_outcome, error_message, \
@@ -59,37 +152,38 @@ const COLUMNS: &str = "id, user_id, direction, status, stage, stage_outcome, err
 pub async fn insert(c: DbConn<'_>, r: &CallRow) -> sqlx::Result<()> {
     let placeholders: Vec<String> = (1..=34).map(|i| format!("${i}")).collect();
     let sql = format!("INSERT INTO calls ({COLUMNS}) VALUES ({})", placeholders.join(", "));
+    let st = &r.state;
     run!(c, |c| sqlx::query(&sql)
         .bind(r.id)
         .bind(r.user_id)
-        .bind(&r.direction)
-        .bind(&r.status)
-        .bind(&r.stage)
-        .bind(&r.stage_outcome)
-        .bind(&r.error_message)
-        .bind(&r.human_detection_result)
+        .bind(r.direction.as_str())
+        .bind(st.status.as_str())
+        .bind(st.stage.as_str())
+        .bind(st.stage_outcome.map(|o| o.as_str()))
+        .bind(&st.error_message)
+        .bind(st.human_detection_result.map(|h| h.as_str()))
         .bind(r.do_not_call_result)
         .bind(&r.transcript)
-        .bind(&r.telephony_provider)
-        .bind(&r.telephony_id)
-        .bind(&r.carrier_status)
-        .bind(&r.hangup)
+        .bind(r.telephony_provider.as_str())
+        .bind(&st.telephony_id)
+        .bind(&st.carrier_status)
+        .bind(st.hangup.map(|h| h.as_str()))
         .bind(&r.to_number)
         .bind(&r.from_number)
         .bind(&r.agent_phone_number)
         .bind(r.agent_id)
         .bind(r.telephony_account_connection_id)
         .bind(r.hipaa_compliant)
-        .bind(&r.on_no_human_answer)
+        .bind(st.on_no_human_answer.map(|o| o.as_str()))
         .bind(r.run_do_not_call_detection)
         .bind(&r.context)
         .bind(&r.telephony_params)
         .bind(r.record)
         .bind(&r.recording_url)
-        .bind(r.start_time)
-        .bind(r.answered_at)
-        .bind(r.end_time)
-        .bind(r.duration_seconds)
+        .bind(st.start_time)
+        .bind(st.answered_at)
+        .bind(st.end_time)
+        .bind(st.duration_seconds)
         .bind(r.last_carrier_event_at)
         .bind(r.version)
         .bind(r.created_at)
@@ -102,19 +196,19 @@ pub async fn insert(c: DbConn<'_>, r: &CallRow) -> sqlx::Result<()> {
 /// A user's call.
 pub async fn get(c: DbConn<'_>, user_id: Uuid, id: Uuid) -> sqlx::Result<Option<CallRow>> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE id = $1 AND user_id = $2");
-    run!(c, |c| sqlx::query_as(&sql).bind(id).bind(user_id).fetch_optional(&mut *c).await)
+    one(run!(c, |c| sqlx::query_as(&sql).bind(id).bind(user_id).fetch_optional(&mut *c).await)?)
 }
 
 /// A call by id alone, for the server's own work (callbacks, jobs): never for a user's request.
 pub async fn by_id(c: DbConn<'_>, id: Uuid) -> sqlx::Result<Option<CallRow>> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE id = $1");
-    run!(c, |c| sqlx::query_as(&sql).bind(id).fetch_optional(&mut *c).await)
+    one(run!(c, |c| sqlx::query_as(&sql).bind(id).fetch_optional(&mut *c).await)?)
 }
 
 /// A call by the carrier's id of it.
-pub async fn by_telephony_id(c: DbConn<'_>, provider: &str, telephony_id: &str) -> sqlx::Result<Option<CallRow>> {
+pub async fn by_telephony_id(c: DbConn<'_>, provider: Provider, telephony_id: &str) -> sqlx::Result<Option<CallRow>> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE telephony_provider = $1 AND telephony_id = $2");
-    run!(c, |c| sqlx::query_as(&sql).bind(provider).bind(telephony_id).fetch_optional(&mut *c).await)
+    one(run!(c, |c| sqlx::query_as(&sql).bind(provider.as_str()).bind(telephony_id).fetch_optional(&mut *c).await)?)
 }
 
 pub async fn list(c: DbConn<'_>, user_id: Uuid, sort: Sort, limit: i64, offset: i64) -> sqlx::Result<Vec<CallRow>> {
@@ -129,7 +223,7 @@ pub async fn list(c: DbConn<'_>, user_id: Uuid, sort: Sort, limit: i64, offset: 
         "SELECT {COLUMNS} FROM calls WHERE user_id = $1 ORDER BY {} {dir}{nulls}, id {dir} LIMIT $2 OFFSET $3",
         sort.column
     );
-    run!(c, |c| sqlx::query_as(&sql).bind(user_id).bind(limit).bind(offset).fetch_all(&mut *c).await)
+    all(run!(c, |c| sqlx::query_as(&sql).bind(user_id).bind(limit).bind(offset).fetch_all(&mut *c).await)?)
 }
 
 /// Writes a call's state if nobody changed the call since `expected_version` was read; false
@@ -140,22 +234,23 @@ pub async fn update_if_version(c: DbConn<'_>, r: &CallRow, expected_version: i64
         recording_url = $11, start_time = $12, answered_at = $13, end_time = $14, duration_seconds = $15, \
         last_carrier_event_at = $16, version = $17, updated_at = $18 \
         WHERE id = $1 AND version = $2";
+    let st = &r.state;
     let done = run!(c, |c| sqlx::query(SQL)
         .bind(r.id)
         .bind(expected_version)
-        .bind(&r.status)
-        .bind(&r.stage)
-        .bind(&r.stage_outcome)
-        .bind(&r.error_message)
-        .bind(&r.human_detection_result)
-        .bind(&r.telephony_id)
-        .bind(&r.carrier_status)
-        .bind(&r.hangup)
+        .bind(st.status.as_str())
+        .bind(st.stage.as_str())
+        .bind(st.stage_outcome.map(|o| o.as_str()))
+        .bind(&st.error_message)
+        .bind(st.human_detection_result.map(|h| h.as_str()))
+        .bind(&st.telephony_id)
+        .bind(&st.carrier_status)
+        .bind(st.hangup.map(|h| h.as_str()))
         .bind(&r.recording_url)
-        .bind(r.start_time)
-        .bind(r.answered_at)
-        .bind(r.end_time)
-        .bind(r.duration_seconds)
+        .bind(st.start_time)
+        .bind(st.answered_at)
+        .bind(st.end_time)
+        .bind(st.duration_seconds)
         .bind(r.last_carrier_event_at)
         .bind(r.version)
         .bind(r.updated_at)
@@ -168,10 +263,11 @@ pub async fn update_if_version(c: DbConn<'_>, r: &CallRow, expected_version: i64
 /// Calls in progress that have had no news from their carrier since `before`.
 pub async fn stale(c: DbConn<'_>, before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<CallRow>> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM calls WHERE status = 'in_progress' AND last_carrier_event_at < $1 \
-         ORDER BY last_carrier_event_at LIMIT $2"
+        "SELECT {COLUMNS} FROM calls WHERE status = '{}' AND last_carrier_event_at < $1 \
+         ORDER BY last_carrier_event_at LIMIT $2",
+        CallStatus::InProgress
     );
-    run!(c, |c| sqlx::query_as(&sql).bind(before).bind(limit).fetch_all(&mut *c).await)
+    all(run!(c, |c| sqlx::query_as(&sql).bind(before).bind(limit).fetch_all(&mut *c).await)?)
 }
 
 /// Marks that the carrier was asked about a call, so that it is not asked again at once.
@@ -237,8 +333,9 @@ pub async fn find_idempotency_key(c: DbConn<'_>, user_id: Uuid, key: &str) -> sq
 }
 
 /// How many calls are not started and in progress (for the metrics).
-pub async fn active_counts(c: DbConn<'_>) -> sqlx::Result<Vec<(String, i64)>> {
-    const SQL: &str =
-        "SELECT status, COUNT(*) FROM calls WHERE status IN ('not_started', 'in_progress') GROUP BY status";
-    run!(c, |c| sqlx::query_as(SQL).fetch_all(&mut *c).await)
+pub async fn active_counts(c: DbConn<'_>) -> sqlx::Result<Vec<(CallStatus, i64)>> {
+    let [a, b] = CallStatus::ACTIVE.map(CallStatus::as_str);
+    let sql = format!("SELECT status, COUNT(*) FROM calls WHERE status IN ('{a}', '{b}') GROUP BY status");
+    let counts: Vec<(String, i64)> = run!(c, |c| sqlx::query_as(&sql).fetch_all(&mut *c).await)?;
+    counts.into_iter().map(|(status, n)| Ok((parsed(&status)?, n))).collect()
 }

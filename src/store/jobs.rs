@@ -24,7 +24,7 @@ pub struct NewJob {
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Job {
+pub struct JobRow {
     pub id: Uuid,
     pub kind: String,
     pub payload: Json<Value>,
@@ -87,7 +87,7 @@ pub async fn claim(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     limit: i64,
-) -> sqlx::Result<Vec<Job>> {
+) -> sqlx::Result<Vec<JobRow>> {
     let postgres = c.backend() == Backend::Postgres;
     let skip_locked = if postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
     let sql = format!(

@@ -19,6 +19,8 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection,
 
 pub mod calls;
 pub mod jobs;
+#[cfg(test)]
+mod json_round_trip;
 pub mod numbers;
 pub mod records;
 pub mod users;
@@ -275,7 +277,21 @@ impl Store {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match &self.pools {
             Pools::Postgres { api, .. } => sqlx::migrate!("./migrations/postgres").run(api).await?,
-            Pools::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await?,
+            Pools::Sqlite { write, .. } => {
+                // Changing a table's definition on SQLite means rebuilding the table, which its
+                // documented procedure does with foreign keys off, checking them all afterwards.
+                // The write pool's one connection is held throughout: nothing else writes.
+                let mut conn = write.acquire().await?;
+                sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut *conn).await?;
+                let migrated = sqlx::migrate!("./migrations/sqlite").run(&mut *conn).await;
+                let broken: Vec<(String,)> =
+                    sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check").fetch_all(&mut *conn).await?;
+                sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                migrated?;
+                if let Some((table,)) = broken.first() {
+                    anyhow::bail!("the database has rows whose foreign keys name nothing (first in table {table})");
+                }
+            }
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::records::Sort;
 use super::{run, DbConn};
+use crate::domain::call::Provider;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct NumberRow {
@@ -17,7 +18,8 @@ pub struct NumberRow {
     pub label: String,
     pub outbound_only: bool,
     pub example_context: Option<Json<Value>>,
-    pub telephony_provider: String,
+    #[sqlx(try_from = "String")]
+    pub telephony_provider: Provider,
     pub telephony_account_connection_id: Option<Uuid>,
     pub inbound_agent_id: Option<Uuid>,
     pub bought: bool,
@@ -71,7 +73,7 @@ pub async fn insert(c: DbConn<'_>, n: &NumberRow) -> sqlx::Result<()> {
         .bind(&n.label)
         .bind(n.outbound_only)
         .bind(&n.example_context)
-        .bind(&n.telephony_provider)
+        .bind(n.telephony_provider.as_str())
         .bind(n.telephony_account_connection_id)
         .bind(n.inbound_agent_id)
         .bind(n.bought)
@@ -96,7 +98,7 @@ pub async fn update(c: DbConn<'_>, n: &NumberRow) -> sqlx::Result<()> {
         .bind(&n.label)
         .bind(n.outbound_only)
         .bind(&n.example_context)
-        .bind(&n.telephony_provider)
+        .bind(n.telephony_provider.as_str())
         .bind(n.telephony_account_connection_id)
         .bind(n.inbound_agent_id)
         .bind(n.bought)

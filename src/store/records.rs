@@ -8,33 +8,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{run, Backend, DbConn};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Table {
-    PromptTemplates,
-    Prompts,
-    Voices,
-    Webhooks,
-    VectorDatabases,
-    AccountConnections,
-    Actions,
-    Agents,
-}
-
-impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::PromptTemplates => "prompt_templates",
-            Table::Prompts => "prompts",
-            Table::Voices => "voices",
-            Table::Webhooks => "webhooks",
-            Table::VectorDatabases => "vector_databases",
-            Table::AccountConnections => "account_connections",
-            Table::Actions => "actions",
-            Table::Agents => "agents",
-        }
-    }
-}
+pub use crate::domain::documents::Table;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Record {

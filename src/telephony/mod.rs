@@ -1,5 +1,11 @@
-//! The carriers: Twilio and Vonage adapters, the built-in sandbox carrier, and the HTTP and
-//! websocket endpoints carriers call back (each one verified).
+//! The carriers, by role:
+//! - outbound: the adapters that speak each carrier's REST API ([`twilio`], [`vonage`]), the
+//!   carrier account a call or a number goes through ([`account`]), and the jobs that place calls,
+//!   hang them up and ask after quiet ones ([`outbound`]);
+//! - [`inbound`]: the HTTP endpoints carriers call back, each request verified by an extractor;
+//! - [`media`]: the media-stream websockets that carry an answered call's audio, both ways.
+//!
+//! Everything here acts on a call through the calls service ([`crate::calls`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +17,16 @@ use uuid::Uuid;
 use crate::config::TelephonyArgs;
 use crate::crypto::SecretBox;
 use crate::domain::phone::PhoneNumber;
+use crate::store::Store;
 
-pub mod callbacks;
-pub mod sandbox;
-pub mod streams;
+pub mod account;
+pub mod inbound;
+pub mod media;
+pub mod outbound;
 pub mod twilio;
 pub mod vonage;
+
+pub use account::{Carrier, CarrierAccount};
 
 /// A call to place.
 #[derive(Debug, Clone)]
@@ -101,27 +111,75 @@ async fn take_slot(slots: &Slots) -> Result<tokio::sync::SemaphorePermit<'_>, Ca
     slots.acquire().await.map_err(|_| CarrierError::Transient("the server is stopping".into()))
 }
 
-/// Which carrier a number or a call goes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    Twilio,
-    Vonage,
+/// Where the carriers' APIs are and the server's own accounts with them: the real carriers', or
+/// the sandbox carrier's.
+pub struct Endpoints {
+    pub twilio_base: String,
+    pub vonage_base: String,
+    pub vonage_numbers_base: String,
+    /// The server's own Twilio account (numbers bought without an account connection).
+    pub server_twilio: Option<twilio::Credentials>,
+    pub vonage_signer: Option<vonage::Signer>,
+    pub vonage_signature_secret: Option<String>,
+    pub vonage_api_key: Option<String>,
+    pub vonage_api_secret: Option<String>,
+    /// Whether these are the sandbox carrier's.
+    pub sandbox: bool,
 }
 
-impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Twilio => "twilio",
-            Provider::Vonage => "vonage",
-        }
+impl Endpoints {
+    /// The real carriers, with the accounts the settings name.
+    pub fn live(args: &TelephonyArgs) -> anyhow::Result<Endpoints> {
+        let server_twilio = match (&args.twilio_account_sid, &args.twilio_auth_token) {
+            (Some(sid), Some(token)) => {
+                Some(twilio::Credentials { account_sid: sid.clone(), auth_token: token.clone() })
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither"),
+        };
+        let vonage_signer = match (&args.vonage_application_id, &args.vonage_private_key_path) {
+            (Some(app), Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read VONAGE_PRIVATE_KEY_PATH {}: {e}", path.display()))?;
+                let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("VONAGE_PRIVATE_KEY_PATH is not an RSA private key: {e}"))?;
+                Some(vonage::Signer::Application { application_id: app.clone(), key })
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("set both VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH, or neither"),
+        };
+        Ok(Endpoints {
+            twilio_base: args.twilio_api_base_url.clone().unwrap_or_else(|| twilio::DEFAULT_BASE_URL.into()),
+            vonage_base: args.vonage_api_base_url.clone().unwrap_or_else(|| vonage::DEFAULT_API_BASE_URL.into()),
+            vonage_numbers_base: args
+                .vonage_numbers_base_url
+                .clone()
+                .unwrap_or_else(|| vonage::DEFAULT_NUMBERS_BASE_URL.into()),
+            server_twilio,
+            vonage_signer,
+            vonage_signature_secret: args.vonage_signature_secret.clone(),
+            vonage_api_key: args.vonage_api_key.clone(),
+            vonage_api_secret: args.vonage_api_secret.clone(),
+            sandbox: false,
+        })
     }
+}
 
-    pub fn parse(s: &str) -> Option<Provider> {
-        match s {
-            "twilio" => Some(Provider::Twilio),
-            "vonage" => Some(Provider::Vonage),
-            _ => None,
-        }
+/// Where this server is reached: by carriers (`public`), and by itself (`local`, where the sandbox
+/// carrier delivers).
+pub struct Bases {
+    pub public: String,
+    pub local: String,
+}
+
+impl Bases {
+    pub fn new(args: &TelephonyArgs, listen: std::net::SocketAddr) -> anyhow::Result<Bases> {
+        let local_host =
+            if listen.ip().is_unspecified() { format!("127.0.0.1:{}", listen.port()) } else { listen.to_string() };
+        let local = format!("http://{local_host}");
+        let public = args.public_base_url.clone().unwrap_or_else(|| local.clone()).trim_end_matches('/').to_owned();
+        url::Url::parse(&public).map_err(|e| anyhow::anyhow!("PUBLIC_BASE_URL is not a URL ({public}): {e}"))?;
+        Ok(Bases { public, local })
     }
 }
 
@@ -136,107 +194,58 @@ pub struct Telephony {
     /// The server's own Twilio account (numbers bought without an account connection).
     pub server_twilio: Option<twilio::Credentials>,
     pub vonage_signature_secret: Option<String>,
-    pub sandbox: Option<Arc<sandbox::Sandbox>>,
+    /// Calls go to the built-in sandbox carrier.
+    pub sandboxed: bool,
     pub record_calls: bool,
-    pub dispatch_max_attempts: u32,
     pub reconcile_after: Duration,
-    pub streams: streams::Streams,
+    pub streams: media::Streams,
     stream_key: [u8; 32],
+    /// Where account connections (and their sealed credentials) are read.
+    store: Store,
+    secrets: Arc<SecretBox>,
 }
 
 impl Telephony {
-    pub fn new(args: &TelephonyArgs, listen: std::net::SocketAddr, secrets: &SecretBox) -> anyhow::Result<Telephony> {
-        let local_host =
-            if listen.ip().is_unspecified() { format!("127.0.0.1:{}", listen.port()) } else { listen.to_string() };
-        let local_base = format!("http://{local_host}");
-        let public_base =
-            args.public_base_url.clone().unwrap_or_else(|| local_base.clone()).trim_end_matches('/').to_owned();
-        url::Url::parse(&public_base)
-            .map_err(|e| anyhow::anyhow!("PUBLIC_BASE_URL is not a URL ({public_base}): {e}"))?;
+    pub fn new(
+        args: &TelephonyArgs,
+        bases: Bases,
+        endpoints: Endpoints,
+        store: Store,
+        secrets: Arc<SecretBox>,
+    ) -> anyhow::Result<Telephony> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(args.carrier_timeout_secs.max(1)))
             .connect_timeout(Duration::from_secs(args.carrier_timeout_secs.clamp(1, 5)))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let sandboxed = args.sandbox();
-        let (
-            twilio_base,
-            vonage_base,
-            numbers_base,
-            server_twilio,
-            vonage_signer,
-            vonage_signature_secret,
-            vonage_keys,
-            sandbox,
-        ) = if sandboxed {
-            let sandbox = Arc::new(sandbox::Sandbox::new(secrets, &public_base, &local_base, args.sandbox_time_scale));
-            (
-                format!("{local_base}/sandbox/twilio"),
-                format!("{local_base}/sandbox/vonage"),
-                format!("{local_base}/sandbox/vonage"),
-                Some(sandbox.twilio_account()),
-                Some(sandbox.vonage_signer()),
-                Some(sandbox.vonage_signature_secret().to_owned()),
-                (Some(sandbox::VONAGE_API_KEY.to_owned()), Some(sandbox.vonage_api_secret().to_owned())),
-                Some(sandbox),
-            )
-        } else {
-            let server_twilio = match (&args.twilio_account_sid, &args.twilio_auth_token) {
-                (Some(sid), Some(token)) => {
-                    Some(twilio::Credentials { account_sid: sid.clone(), auth_token: token.clone() })
-                }
-                (None, None) => None,
-                _ => anyhow::bail!("set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither"),
-            };
-            let signer = match (&args.vonage_application_id, &args.vonage_private_key_path) {
-                (Some(app), Some(path)) => {
-                    let pem = std::fs::read(path)
-                        .map_err(|e| anyhow::anyhow!("cannot read VONAGE_PRIVATE_KEY_PATH {}: {e}", path.display()))?;
-                    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
-                        .map_err(|e| anyhow::anyhow!("VONAGE_PRIVATE_KEY_PATH is not an RSA private key: {e}"))?;
-                    Some(vonage::Signer::Application { application_id: app.clone(), key })
-                }
-                (None, None) => None,
-                _ => anyhow::bail!("set both VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH, or neither"),
-            };
-            (
-                args.twilio_api_base_url.clone().unwrap_or_else(|| twilio::DEFAULT_BASE_URL.into()),
-                args.vonage_api_base_url.clone().unwrap_or_else(|| vonage::DEFAULT_API_BASE_URL.into()),
-                args.vonage_numbers_base_url.clone().unwrap_or_else(|| vonage::DEFAULT_NUMBERS_BASE_URL.into()),
-                server_twilio,
-                signer,
-                args.vonage_signature_secret.clone(),
-                (args.vonage_api_key.clone(), args.vonage_api_secret.clone()),
-                None,
-            )
-        };
         let slots: Slots = Arc::new(tokio::sync::Semaphore::new(args.carrier_max_concurrency.max(1)));
         Ok(Telephony {
-            twilio: twilio::TwilioClient::new(http.clone(), slots.clone(), &twilio_base),
+            twilio: twilio::TwilioClient::new(http.clone(), slots.clone(), &endpoints.twilio_base),
             vonage: vonage::VonageClient::new(
                 http,
                 slots,
-                &vonage_base,
-                &numbers_base,
-                vonage_signer,
-                vonage_keys.0,
-                vonage_keys.1,
+                &endpoints.vonage_base,
+                &endpoints.vonage_numbers_base,
+                endpoints.vonage_signer,
+                endpoints.vonage_api_key,
+                endpoints.vonage_api_secret,
             ),
-            public_base,
-            local_base,
-            server_twilio,
-            vonage_signature_secret,
-            sandbox,
+            public_base: bases.public,
+            local_base: bases.local,
+            server_twilio: endpoints.server_twilio,
+            vonage_signature_secret: endpoints.vonage_signature_secret,
+            sandboxed: endpoints.sandbox,
             record_calls: args.record_calls,
-            dispatch_max_attempts: args.dispatch_max_attempts.max(1),
             reconcile_after: Duration::from_secs(args.reconcile_after_secs.max(1)),
-            streams: streams::Streams::default(),
+            streams: media::Streams::default(),
             stream_key: secrets.derive("media-stream-token"),
+            store,
+            secrets,
         })
     }
 
     pub fn mode(&self) -> &'static str {
-        if self.sandbox.is_some() {
+        if self.sandboxed {
             "sandbox"
         } else {
             "live"
@@ -275,6 +284,22 @@ impl Telephony {
         }
     }
 
+    /// The TwiML that connects a call's audio to its media stream here.
+    pub fn stream_twiml(&self, call_id: Uuid) -> String {
+        twilio::connect_stream_twiml(
+            &self.ws_url(&format!("/telephony/twilio/stream/{call_id}")),
+            &call_id.to_string(),
+            &self.stream_token(call_id),
+        )
+    }
+
+    /// The NCCO that connects a call's audio to its media stream here.
+    pub fn stream_ncco(&self, call_id: Uuid, record: bool) -> serde_json::Value {
+        let urls = self.vonage_call_urls(call_id);
+        let headers = serde_json::json!({"call_id": call_id.to_string(), "token": self.stream_token(call_id)});
+        vonage::ncco(&urls.stream, &urls.event, headers, record)
+    }
+
     /// Where a Twilio number sends its inbound calls.
     pub fn twilio_voice_url(&self) -> String {
         self.url("/telephony/twilio/inbound")
@@ -294,6 +319,6 @@ impl Telephony {
     }
 
     pub fn check_stream_token(&self, call_id: Uuid, token: &str) -> bool {
-        twilio::constant_time_eq(self.stream_token(call_id).as_bytes(), token.as_bytes())
+        crate::crypto::constant_time_eq(self.stream_token(call_id).as_bytes(), token.as_bytes())
     }
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use sha1::Sha1;
 
 use super::{CarrierError, Dial, Dialed};
+use crate::crypto::constant_time_eq;
 use crate::domain::call::{Event, HumanDetection};
 use crate::domain::phone::PhoneNumber;
 
@@ -354,14 +355,13 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+/// TwiML documents, built in one place.
+const TWIML_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
 
 /// The TwiML that connects an answered call's audio to this server's media-stream websocket.
 pub fn connect_stream_twiml(stream_url: &str, call_id: &str, token: &str) -> String {
     format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"{}\">\
+        "{TWIML_HEAD}<Response><Connect><Stream url=\"{}\">\
          <Parameter name=\"call_id\" value=\"{}\"/><Parameter name=\"token\" value=\"{}\"/>\
          </Stream></Connect></Response>",
         xml_escape(stream_url),
@@ -371,12 +371,13 @@ pub fn connect_stream_twiml(stream_url: &str, call_id: &str, token: &str) -> Str
 }
 
 /// The TwiML that turns an inbound call away.
-pub fn reject_twiml() -> &'static str {
-    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Reject reason=\"rejected\"/></Response>"
+pub fn reject_twiml() -> String {
+    format!("{TWIML_HEAD}<Response><Reject reason=\"rejected\"/></Response>")
 }
 
-pub fn empty_twiml() -> &'static str {
-    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>"
+/// The TwiML that ends a call that is already over for this server.
+pub fn hangup_twiml() -> String {
+    format!("{TWIML_HEAD}<Response><Hangup/></Response>")
 }
 
 fn xml_escape(s: &str) -> String {

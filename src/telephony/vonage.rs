@@ -366,7 +366,7 @@ pub fn verify_callback(secret: &str, authorization: Option<&str>, body: &[u8]) -
     }
     let expected = hex::encode(Sha256::digest(body));
     match data.claims.payload_hash {
-        Some(hash) if super::twilio::constant_time_eq(hash.to_ascii_lowercase().as_bytes(), expected.as_bytes()) => {
+        Some(hash) if crate::crypto::constant_time_eq(hash.to_ascii_lowercase().as_bytes(), expected.as_bytes()) => {
             Ok(())
         }
         Some(_) => Err("the callback's body does not match its signature"),

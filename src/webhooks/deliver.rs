@@ -6,7 +6,7 @@
 //! [`guard`](super::guard)) is not retried. Every attempt is recorded.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -15,11 +15,12 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use serde::Serialize;
+
 use super::{guard, signing};
-use crate::jobs::{Outcome, Ran};
-use crate::store::jobs::Job;
-use crate::store::{now, webhooks as store};
-use crate::AppState;
+use crate::crypto::SecretBox;
+use crate::jobs::{Attempt, Job, Outcome, Ran};
+use crate::store::{now, webhooks as store, Store};
 
 /// The wait before each retry: attempt 2 comes 5 s after attempt 1, and so on.
 pub const SCHEDULE: [Duration; 7] = [
@@ -36,15 +37,21 @@ pub const CLIENT_ERROR_ATTEMPTS: i32 = 3;
 /// How much of a receiver's answer is read (and then dropped): receivers owe us nothing but a status.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Deserialize)]
-struct Delivery {
-    event_id: String,
-    user_id: Uuid,
-    call_id: Option<Uuid>,
-    webhook_id: Option<Uuid>,
-    url: String,
-    method: String,
-    body: Value,
+/// The `deliver_webhook` job: one event for one receiver.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeliverWebhook {
+    pub event_id: String,
+    pub user_id: Uuid,
+    pub call_id: Option<Uuid>,
+    pub webhook_id: Option<Uuid>,
+    pub url: String,
+    pub method: String,
+    /// `{"type", "call_id", "payload"}`, as sent.
+    pub body: Value,
+}
+
+impl Job for DeliverWebhook {
+    const NAME: &'static str = "deliver_webhook";
 }
 
 /// The client that delivers webhooks, its rule for private targets, its timeout, and the users'
@@ -53,6 +60,8 @@ pub struct Webhooks {
     pub client: reqwest::Client,
     pub allow_private: bool,
     pub timeout: Duration,
+    store: Store,
+    keys: Arc<SecretBox>,
     secrets: Mutex<HashMap<Uuid, (Vec<String>, Instant)>>,
 }
 
@@ -61,17 +70,24 @@ pub struct Webhooks {
 const SECRETS_FRESH_FOR: Duration = Duration::from_secs(10);
 
 impl Webhooks {
-    pub fn new(allow_private: bool, timeout: Duration) -> Self {
-        Webhooks { client: guard::client(allow_private, timeout), allow_private, timeout, secrets: Mutex::default() }
+    pub fn new(store: Store, keys: Arc<SecretBox>, allow_private: bool, timeout: Duration) -> Self {
+        Webhooks {
+            client: guard::client(allow_private, timeout),
+            allow_private,
+            timeout,
+            store,
+            keys,
+            secrets: Mutex::default(),
+        }
     }
 
-    async fn secrets_of(&self, state: &AppState, user_id: Uuid) -> anyhow::Result<Vec<String>> {
+    async fn secrets_of(&self, user_id: Uuid) -> anyhow::Result<Vec<String>> {
         if let Some((secrets, read_at)) = self.secrets.lock().unwrap_or_else(|e| e.into_inner()).get(&user_id) {
             if read_at.elapsed() < SECRETS_FRESH_FOR {
                 return Ok(secrets.clone());
             }
         }
-        let secrets = signing::signing_secrets(state, user_id).await?;
+        let secrets = signing::signing_secrets(&self.store, &self.keys, user_id).await?;
         let mut cache = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 10_000 {
             cache.clear();
@@ -88,12 +104,9 @@ enum Answer {
     Refused(String),
 }
 
-pub async fn deliver(state: &AppState, job: &Job) -> Ran {
-    let delivery: Delivery = match serde_json::from_value(job.payload.0.clone()) {
-        Ok(d) => d,
-        Err(e) => return Outcome::Fail(format!("the delivery cannot be read: {e}")).into(),
-    };
-    let secrets = match state.webhooks.secrets_of(state, delivery.user_id).await {
+/// Runs a `deliver_webhook` job: one attempt, recorded with the job's outcome.
+pub async fn deliver(webhooks: &Webhooks, delivery: DeliverWebhook, job: Attempt) -> Ran {
+    let secrets = match webhooks.secrets_of(delivery.user_id).await {
         Ok(s) => s,
         Err(e) => {
             let error = format!("the signing secret cannot be read: {e}");
@@ -101,9 +114,9 @@ pub async fn deliver(state: &AppState, job: &Job) -> Ran {
         }
     };
     let started = Instant::now();
-    let answer = attempt(state, &delivery, &secrets).await;
+    let answer = attempt(webhooks, &delivery, &secrets).await;
     let latency = started.elapsed();
-    let attempt_no = job.attempts;
+    let attempt_no = job.number;
     let (outcome, status_code, error) = decide(&answer, attempt_no);
     let label = match &outcome {
         Outcome::Done => "delivered",
@@ -131,15 +144,18 @@ pub async fn deliver(state: &AppState, job: &Job) -> Ran {
         created_at: now(),
     };
     // The attempt is recorded with the job's outcome, in the same transaction.
-    Ran { outcome, attempt: Some(attempt) }
+    Ran::with_write(
+        outcome,
+        Box::new(move |tx| Box::pin(async move { store::insert_attempt(tx.conn(), &attempt).await })),
+    )
 }
 
-async fn attempt(state: &AppState, delivery: &Delivery, secrets: &[String]) -> Answer {
+async fn attempt(webhooks: &Webhooks, delivery: &DeliverWebhook, secrets: &[String]) -> Answer {
     let mut url = match url::Url::parse(&delivery.url) {
         Ok(u) => u,
         Err(e) => return Answer::Refused(format!("the webhook URL is not a URL: {e}")),
     };
-    if let Err(refused) = guard::check_url(&url, state.webhooks.allow_private) {
+    if let Err(refused) = guard::check_url(&url, webhooks.allow_private) {
         return Answer::Refused(refused.0);
     }
     let timestamp = now().timestamp();
@@ -152,9 +168,9 @@ async fn attempt(state: &AppState, delivery: &Delivery, secrets: &[String]) -> A
             .append_pair("call_id", delivery.body["call_id"].as_str().unwrap_or_default())
             .append_pair("payload", &delivery.body["payload"].to_string());
         let signed = url.query().unwrap_or_default().as_bytes().to_vec();
-        (state.webhooks.client.get(url), signed)
+        (webhooks.client.get(url), signed)
     } else {
-        let req = state.webhooks.client.post(url).header("content-type", "application/json").body(body.clone());
+        let req = webhooks.client.post(url).header("content-type", "application/json").body(body.clone());
         (req, body)
     };
     let signature =
@@ -189,7 +205,7 @@ async fn attempt(state: &AppState, delivery: &Delivery, secrets: &[String]) -> A
             if let Some(refused) = guard::refusal(&err) {
                 Answer::Refused(refused)
             } else if err.is_timeout() {
-                Answer::Failed(format!("no answer within {} s", state.webhooks.timeout.as_secs_f64()))
+                Answer::Failed(format!("no answer within {} s", webhooks.timeout.as_secs_f64()))
             } else if err.is_redirect() {
                 Answer::Failed(format!("redirects could not be followed: {err}"))
             } else {

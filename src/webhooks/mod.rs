@@ -7,16 +7,15 @@ use uuid::Uuid;
 
 use crate::domain::call::{billable_minutes, Effect};
 use crate::domain::documents::{AGENTS, WEBHOOKS};
+use crate::jobs::{Enqueue, Queue};
 use crate::store::calls::CallRow;
-use crate::store::jobs::{self, NewJob};
-use crate::store::{now, records, Tx};
-use crate::AppState;
+use crate::store::{records, Tx};
 
 pub mod deliver;
 pub mod guard;
 pub mod signing;
 
-pub const DELIVER: &str = "deliver_webhook";
+pub use deliver::{DeliverWebhook, Webhooks};
 
 /// The spec's `EventType`s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +47,10 @@ impl EventType {
     }
 }
 
-/// The events a call's change means, with their payloads.
+/// The events a call's change means, with their payloads. `public_base` is where this server is
+/// reached (the recording's URL is on it).
 pub fn events_for(
-    state: &AppState,
+    public_base: &str,
     row: &CallRow,
     effects: &[Effect],
     recording_now_available: bool,
@@ -62,17 +62,24 @@ pub fn events_for(
                 EventType::PhoneCallConnected,
                 json!({"to_number": row.to_number, "from_number": row.from_number}),
             )),
-            Effect::HumanDetected(result) => events.push((EventType::HumanDetection, json!({"result": result.as_str()}))),
+            Effect::HumanDetected(result) => {
+                events.push((EventType::HumanDetection, json!({"result": result.as_str()})))
+            }
             Effect::EndedAfterPickUp => {
-                let seconds = row.duration_seconds.unwrap_or(0);
+                let seconds = row.state.duration_seconds.unwrap_or(0);
+                let outcome = row.state.stage_outcome.map(|o| o.as_str());
                 events.push((
                     EventType::PhoneCallEnded,
-                    json!({"minutes": billable_minutes(seconds), "duration_seconds": seconds, "stage_outcome": row.stage_outcome}),
+                    json!({"minutes": billable_minutes(seconds), "duration_seconds": seconds, "stage_outcome": outcome}),
                 ))
             }
             Effect::DidNotConnect => events.push((
                 EventType::PhoneCallDidNotConnect,
-                json!({"telephony_status": row.carrier_status, "stage_outcome": row.stage_outcome, "error_message": row.error_message}),
+                json!({
+                    "telephony_status": row.state.carrier_status,
+                    "stage_outcome": row.state.stage_outcome.map(|o| o.as_str()),
+                    "error_message": row.state.error_message,
+                }),
             )),
             Effect::HangUp | Effect::CancelDispatch => {}
         }
@@ -80,7 +87,7 @@ pub fn events_for(
     if recording_now_available {
         events.push((
             EventType::Recording,
-            json!({"recording_url": state.telephony.url(&format!("/v1/calls/recording?id={}", row.id))}),
+            json!({"recording_url": format!("{public_base}/v1/calls/recording?id={}", row.id)}),
         ));
     }
     events
@@ -95,7 +102,12 @@ pub fn ordering_key(call_id: Uuid) -> String {
 pub const MAX_ATTEMPTS: i32 = deliver::SCHEDULE.len() as i32 + 1;
 
 /// Queues, in the transaction of the call's change, the events its agent's webhook subscribes to.
-pub async fn enqueue(tx: &mut Tx, row: &CallRow, events: Vec<(EventType, Value)>) -> sqlx::Result<usize> {
+pub async fn enqueue(
+    queue: &Queue,
+    tx: &mut Tx,
+    row: &CallRow,
+    events: Vec<(EventType, Value)>,
+) -> sqlx::Result<usize> {
     if events.is_empty() {
         return Ok(0);
     }
@@ -109,29 +121,21 @@ pub async fn enqueue(tx: &mut Tx, row: &CallRow, events: Vec<(EventType, Value)>
         return Ok(0);
     };
     let subscriptions = webhook.body.0["subscriptions"].as_array().cloned().unwrap_or_default();
-    let at = now();
     let mut queued = 0;
     for (kind, payload) in events {
         if !subscriptions.contains(&Value::from(kind.as_str())) {
             continue;
         }
-        let event_id = format!("msg_{}", Uuid::now_v7().simple());
-        let job = NewJob {
-            kind: DELIVER,
-            payload: json!({
-                "event_id": event_id,
-                "user_id": row.user_id,
-                "call_id": row.id,
-                "webhook_id": webhook.id,
-                "url": webhook.body.0["url"],
-                "method": webhook.body.0["method"],
-                "body": {"type": kind.as_str(), "call_id": row.id, "payload": payload},
-            }),
-            ordering_key: Some(ordering_key(row.id)),
-            run_at: at,
-            max_attempts: MAX_ATTEMPTS,
+        let job = DeliverWebhook {
+            event_id: format!("msg_{}", Uuid::now_v7().simple()),
+            user_id: row.user_id,
+            call_id: Some(row.id),
+            webhook_id: Some(webhook.id),
+            url: webhook.body.0["url"].as_str().unwrap_or_default().to_owned(),
+            method: webhook.body.0["method"].as_str().unwrap_or("POST").to_owned(),
+            body: json!({"type": kind.as_str(), "call_id": row.id, "payload": payload}),
         };
-        jobs::enqueue(tx.conn(), &job, at).await?;
+        queue.enqueue(tx, &job, Enqueue::now(MAX_ATTEMPTS).ordered_by(ordering_key(row.id))).await?;
         queued += 1;
     }
     Ok(queued)

@@ -9,8 +9,8 @@ use rand::RngCore;
 use sha2::Sha256;
 use uuid::Uuid;
 
+use crate::crypto::SecretBox;
 use crate::store::{now, users, Store};
-use crate::AppState;
 
 pub const SECRET_PREFIX: &str = "whsec_";
 
@@ -42,20 +42,20 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, content: &[u8]) -> String {
 /// Whether one of the space-separated signatures of a header is the secret's.
 pub fn verify(secret: &str, id: &str, timestamp: i64, content: &[u8], header: &str) -> bool {
     let expected = sign(secret, id, timestamp, content);
-    header.split(' ').any(|s| crate::telephony::twilio::constant_time_eq(s.as_bytes(), expected.as_bytes()))
+    header.split(' ').any(|s| crate::crypto::constant_time_eq(s.as_bytes(), expected.as_bytes()))
 }
 
 /// The secrets a user's deliveries are signed with: the current one (made on first use) and,
 /// for a day after a rotation, the previous one.
-pub async fn signing_secrets(state: &AppState, user_id: Uuid) -> anyhow::Result<Vec<String>> {
-    let current = read_or_create(&state.store, &state.secrets, user_id).await?;
-    let mut handle = state.store.read().await?;
+pub async fn signing_secrets(store: &Store, secrets: &SecretBox, user_id: Uuid) -> anyhow::Result<Vec<String>> {
+    let current = read_or_create(store, secrets, user_id).await?;
+    let mut handle = store.read().await?;
     let stored = users::webhook_secrets(handle.conn(), user_id).await?;
     let mut out = vec![current];
     if let Some(stored) = stored {
         if let (Some(previous), Some(rotated_at)) = (stored.previous, stored.rotated_at) {
             if now() - rotated_at < ROTATION_OVERLAP {
-                out.push(String::from_utf8(state.secrets.open(&previous)?)?);
+                out.push(String::from_utf8(secrets.open(&previous)?)?);
             }
         }
     }
@@ -63,11 +63,7 @@ pub async fn signing_secrets(state: &AppState, user_id: Uuid) -> anyhow::Result<
 }
 
 /// The user's signing secret, created (once, whoever asks first) when there is none.
-pub async fn read_or_create(
-    store: &Store,
-    secrets: &crate::crypto::SecretBox,
-    user_id: Uuid,
-) -> anyhow::Result<String> {
+pub async fn read_or_create(store: &Store, secrets: &SecretBox, user_id: Uuid) -> anyhow::Result<String> {
     let mut handle = store.read().await?;
     if let Some(sealed) = users::webhook_secrets(handle.conn(), user_id).await?.and_then(|s| s.current) {
         return Ok(String::from_utf8(secrets.open(&sealed)?)?);
@@ -84,7 +80,7 @@ pub async fn read_or_create(
 }
 
 /// Replaces the user's signing secret; the previous one keeps signing for a day.
-pub async fn rotate(store: &Store, secrets: &crate::crypto::SecretBox, user_id: Uuid) -> anyhow::Result<String> {
+pub async fn rotate(store: &Store, secrets: &SecretBox, user_id: Uuid) -> anyhow::Result<String> {
     read_or_create(store, secrets, user_id).await?;
     let secret = generate_secret();
     let mut tx = store.begin().await?;

@@ -1,0 +1,641 @@
+//! The sandbox carrier: a carrier built into the server, so that `cargo run --release` with no
+//! carrier account places calls end to end. It answers the same REST requests the Twilio and
+//! Vonage adapters send (under `/sandbox/twilio` and `/sandbox/vonage`), calls this server back
+//! with callbacks signed exactly as those carriers sign them (so the real verification path
+//! runs), streams silence into the call's media-stream websocket, and plays out a scenario chosen
+//! by the number dialled:
+//!
+//! | the number dialled ends in | what happens |
+//! |---|---|
+//! | `5550101` | a machine answers (answering-machine detection says `no_human`) and hangs up after 5 s |
+//! | `5550102` | busy |
+//! | `5550103` | rings, no answer |
+//! | `5550104` | the call fails |
+//! | `5550105` | a person answers and stays on the line until the call is ended through the API |
+//! | `5550106` | the carrier refuses the number |
+//! | anything else | a person answers, talks for 3 s and hangs up |
+//!
+//! It only ever calls back this server itself. It simulates the world outside the server — the
+//! carriers and the people on their lines — and is not one of the server's carrier adapters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use futures_util::SinkExt;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::crypto::SecretBox;
+use crate::domain::phone::PhoneNumber;
+use crate::telephony::{twilio as twilio_api, vonage as vonage_api, Endpoints};
+
+pub const VONAGE_API_KEY: &str = "sandbox";
+const VONAGE_APPLICATION_ID: &str = "sandbox-application";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Human,
+    Machine,
+    Busy,
+    NoAnswer,
+    Failed,
+    StaysOnLine,
+    Invalid,
+}
+
+impl Scenario {
+    pub fn of(number: &str) -> Scenario {
+        let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+        match digits.get(digits.len().saturating_sub(7)..) {
+            Some("5550101") => Scenario::Machine,
+            Some("5550102") => Scenario::Busy,
+            Some("5550103") => Scenario::NoAnswer,
+            Some("5550104") => Scenario::Failed,
+            Some("5550105") => Scenario::StaysOnLine,
+            Some("5550106") => Scenario::Invalid,
+            _ => Scenario::Human,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Twilio,
+    Vonage,
+}
+
+/// One simulated call.
+struct SimCall {
+    id: String,
+    protocol: Protocol,
+    account_sid: String,
+    auth_token: String,
+    to: String,
+    from: String,
+    status: Mutex<String>,
+    answered_at: Mutex<Option<Instant>>,
+    hung_up: AtomicBool,
+    hang_up: Notify,
+    media_stop: Notify,
+    sequence: AtomicU32,
+    /// Twilio: the StatusCallbackEvent list (completed is always sent).
+    events: Vec<String>,
+    status_url: Option<String>,
+    amd_url: Option<String>,
+    twiml_url: Option<String>,
+    /// Vonage: the event URL and the NCCO's websocket endpoint.
+    event_url: Option<String>,
+    ncco_stream: Option<(String, Value)>,
+    machine_detection: bool,
+    record: bool,
+    duration: Mutex<Option<i64>>,
+    created: chrono::DateTime<chrono::Utc>,
+}
+
+pub struct Sandbox {
+    http: reqwest::Client,
+    public_base: String,
+    local_base: String,
+    time_scale: f64,
+    twilio_sid: String,
+    twilio_token: String,
+    vonage_jwt_secret: Vec<u8>,
+    vonage_signature_secret: String,
+    vonage_api_secret: String,
+    calls: Mutex<HashMap<String, Arc<SimCall>>>,
+}
+
+fn hex32(bytes: [u8; 32]) -> String {
+    hex::encode(&bytes[..16])
+}
+
+impl Sandbox {
+    pub fn new(secrets: &SecretBox, public_base: &str, local_base: &str, time_scale: f64) -> Self {
+        Sandbox {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("an HTTP client"),
+            public_base: public_base.to_owned(),
+            local_base: local_base.to_owned(),
+            time_scale: if time_scale.is_finite() && time_scale > 0.0 { time_scale } else { 1.0 },
+            twilio_sid: format!("AC{}", hex32(secrets.derive("sandbox/twilio-account"))),
+            twilio_token: hex32(secrets.derive("sandbox/twilio-token")),
+            vonage_jwt_secret: secrets.derive("sandbox/vonage-application").to_vec(),
+            vonage_signature_secret: hex32(secrets.derive("sandbox/vonage-signature")),
+            vonage_api_secret: hex32(secrets.derive("sandbox/vonage-api-secret")),
+            calls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The carriers' endpoints and the server's accounts with them, all the sandbox's: where the
+    /// adapters send their requests when the server runs in sandbox mode.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            twilio_base: format!("{}/sandbox/twilio", self.local_base),
+            vonage_base: format!("{}/sandbox/vonage", self.local_base),
+            vonage_numbers_base: format!("{}/sandbox/vonage", self.local_base),
+            server_twilio: Some(self.twilio_account()),
+            vonage_signer: Some(self.vonage_signer()),
+            vonage_signature_secret: Some(self.vonage_signature_secret.clone()),
+            vonage_api_key: Some(VONAGE_API_KEY.to_owned()),
+            vonage_api_secret: Some(self.vonage_api_secret.clone()),
+            sandbox: true,
+        }
+    }
+
+    /// The server's own (sandbox) Twilio account.
+    pub fn twilio_account(&self) -> twilio_api::Credentials {
+        twilio_api::Credentials { account_sid: self.twilio_sid.clone(), auth_token: self.twilio_token.clone() }
+    }
+
+    pub fn vonage_signer(&self) -> vonage_api::Signer {
+        vonage_api::Signer::Sandbox {
+            application_id: VONAGE_APPLICATION_ID.into(),
+            secret: self.vonage_jwt_secret.clone(),
+        }
+    }
+
+    pub fn vonage_signature_secret(&self) -> &str {
+        &self.vonage_signature_secret
+    }
+
+    pub fn vonage_api_secret(&self) -> &str {
+        &self.vonage_api_secret
+    }
+
+    fn scaled(&self, seconds: f64) -> Duration {
+        Duration::from_secs_f64(seconds * self.time_scale)
+    }
+
+    /// Where to deliver a URL this server gave out: its own listener. Anything else is refused.
+    fn local(&self, url: &str) -> Option<String> {
+        let ws_public = self.public_base.replacen("http", "ws", 1);
+        let ws_local = self.local_base.replacen("http", "ws", 1);
+        if let Some(rest) = url.strip_prefix(&self.public_base) {
+            Some(format!("{}{rest}", self.local_base))
+        } else if let Some(rest) = url.strip_prefix(&ws_public) {
+            Some(format!("{ws_local}{rest}"))
+        } else if url.starts_with(&self.local_base) || url.starts_with(&ws_local) {
+            Some(url.to_owned())
+        } else {
+            None
+        }
+    }
+
+    fn call(&self, id: &str) -> Option<Arc<SimCall>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    fn recording_url(&self, call: &SimCall) -> String {
+        match call.protocol {
+            Protocol::Twilio => format!(
+                "{}/sandbox/twilio/2010-04-01/Accounts/{}/Recordings/RE{}",
+                self.public_base,
+                call.account_sid,
+                &call.id[2..]
+            ),
+            Protocol::Vonage => {
+                format!("{}/sandbox/vonage/recordings/{}", self.public_base, call.id)
+            }
+        }
+    }
+
+    /// Plays a call's scenario out.
+    async fn play(self: Arc<Self>, call: Arc<SimCall>) {
+        let scenario = Scenario::of(&call.to);
+        self.progress(&call, "initiated").await;
+        if self.wait(&call, 0.3).await {
+            return self.finish(&call, "canceled").await;
+        }
+        self.progress(&call, "ringing").await;
+        match scenario {
+            Scenario::Busy => {
+                self.wait(&call, 0.5).await;
+                return self.finish(&call, "busy").await;
+            }
+            Scenario::Failed => {
+                self.wait(&call, 0.2).await;
+                return self.finish(&call, "failed").await;
+            }
+            Scenario::NoAnswer => {
+                let hung_up = self.wait(&call, 3.0).await;
+                return self.finish(&call, if hung_up { "canceled" } else { "no-answer" }).await;
+            }
+            Scenario::Human | Scenario::Machine | Scenario::StaysOnLine | Scenario::Invalid => {}
+        }
+        if self.wait(&call, 0.7).await {
+            return self.finish(&call, "canceled").await;
+        }
+        *call.answered_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.progress(&call, "in-progress").await;
+        let media = tokio::spawn(self.clone().stream_media(call.clone()));
+        let talk = match scenario {
+            Scenario::Machine => 5.0,
+            Scenario::StaysOnLine => 3600.0,
+            _ => 3.0,
+        };
+        let mut talked = 0.0;
+        if call.machine_detection && !self.wait(&call, 0.5).await {
+            talked = 0.5;
+            self.detection(&call, scenario != Scenario::Machine).await;
+        }
+        let hung_up = call.hung_up.load(Ordering::SeqCst) || self.wait(&call, talk - talked).await;
+        let duration = if hung_up {
+            let answered = call.answered_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
+            (answered.elapsed().as_secs_f64() / self.time_scale).ceil() as i64
+        } else {
+            talk as i64
+        };
+        *call.duration.lock().unwrap_or_else(|e| e.into_inner()) = Some(duration.max(1));
+        call.media_stop.notify_waiters();
+        let _ = media.await;
+        self.finish(&call, "completed").await;
+    }
+
+    /// Waits (scaled); true when the server hung up meanwhile.
+    async fn wait(&self, call: &SimCall, seconds: f64) -> bool {
+        if call.hung_up.load(Ordering::SeqCst) {
+            return true;
+        }
+        tokio::select! {
+            _ = call.hang_up.notified() => true,
+            _ = tokio::time::sleep(self.scaled(seconds.max(0.0))) => call.hung_up.load(Ordering::SeqCst),
+        }
+    }
+
+    fn set_status(&self, call: &SimCall, status: &str) {
+        *call.status.lock().unwrap_or_else(|e| e.into_inner()) = status.to_owned();
+    }
+
+    async fn progress(&self, call: &SimCall, status: &str) {
+        self.set_status(call, status);
+        match call.protocol {
+            Protocol::Twilio => {
+                let event = match status {
+                    "in-progress" => "answered",
+                    other => other,
+                };
+                if call.events.iter().any(|e| e == event) {
+                    self.twilio_callback(call, status).await;
+                }
+            }
+            Protocol::Vonage => {
+                let status = match status {
+                    "initiated" => "started",
+                    "in-progress" => "answered",
+                    other => other,
+                };
+                self.vonage_event(call, json!({"status": status})).await;
+            }
+        }
+    }
+
+    async fn finish(&self, call: &SimCall, status: &str) {
+        self.set_status(call, status);
+        call.media_stop.notify_waiters();
+        match call.protocol {
+            Protocol::Twilio => self.twilio_callback(call, status).await,
+            Protocol::Vonage => {
+                let duration = call.duration.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(0);
+                if call.record && status == "completed" {
+                    let url = self.recording_url(call);
+                    self.vonage_event(call, json!({"recording_url": url, "recording_uuid": call.id, "size": 417}))
+                        .await;
+                }
+                let status = match status {
+                    "no-answer" => "timeout",
+                    "canceled" => "cancelled",
+                    other => other,
+                };
+                self.vonage_event(call, json!({"status": status, "duration": duration.to_string()})).await;
+            }
+        }
+    }
+
+    async fn detection(&self, call: &SimCall, human: bool) {
+        match call.protocol {
+            Protocol::Twilio => {
+                let Some(url) = &call.amd_url else { return };
+                let mut params = self.twilio_params(call);
+                params.push(("AnsweredBy".into(), if human { "human" } else { "machine_start" }.into()));
+                params.push(("MachineDetectionDuration".into(), "1200".into()));
+                self.post_signed(call, url, params).await;
+            }
+            Protocol::Vonage => {
+                let status = if human { "human" } else { "machine" };
+                self.vonage_event(call, json!({"status": status, "call_uuid": call.id})).await;
+            }
+        }
+    }
+
+    fn twilio_params(&self, call: &SimCall) -> Vec<(String, String)> {
+        let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        vec![
+            ("AccountSid".into(), call.account_sid.clone()),
+            ("ApiVersion".into(), "2010-04-01".into()),
+            ("CallSid".into(), call.id.clone()),
+            ("CallStatus".into(), status),
+            ("Called".into(), call.to.clone()),
+            ("Caller".into(), call.from.clone()),
+            ("Direction".into(), "outbound-api".into()),
+            ("From".into(), call.from.clone()),
+            ("To".into(), call.to.clone()),
+        ]
+    }
+
+    async fn twilio_callback(&self, call: &SimCall, status: &str) {
+        let Some(url) = &call.status_url else { return };
+        let mut params = self.twilio_params(call);
+        params.push(("CallbackSource".into(), "call-progress-events".into()));
+        params.push(("SequenceNumber".into(), call.sequence.fetch_add(1, Ordering::SeqCst).to_string()));
+        params.push(("Timestamp".into(), chrono::Utc::now().to_rfc2822()));
+        if status == "completed" {
+            let duration = call.duration.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(0);
+            params.push(("CallDuration".into(), duration.to_string()));
+            params.push(("Duration".into(), ((duration + 59) / 60).to_string()));
+            if call.record && duration > 0 {
+                params.push(("RecordingUrl".into(), self.recording_url(call)));
+                params.push(("RecordingSid".into(), format!("RE{}", &call.id[2..])));
+                params.push(("RecordingDuration".into(), duration.to_string()));
+            }
+        }
+        self.post_signed(call, url, params).await;
+    }
+
+    /// A form POST signed as Twilio signs it.
+    async fn post_signed(&self, call: &SimCall, url: &str, params: Vec<(String, String)>) -> Option<String> {
+        let target = self.local(url)?;
+        let signature = twilio_api::signature(&call.auth_token, url, &params);
+        let sent = self.http.post(target).header("x-twilio-signature", signature).form(&params).send().await;
+        match sent {
+            Ok(res) => res.text().await.ok(),
+            Err(err) => {
+                tracing::warn!(error = %err, "the sandbox could not deliver a callback");
+                None
+            }
+        }
+    }
+
+    async fn vonage_event(&self, call: &SimCall, mut fields: Value) {
+        let Some(url) = &call.event_url else { return };
+        let Some(target) = self.local(url) else {
+            return;
+        };
+        let common = json!({
+            "uuid": call.id,
+            "conversation_uuid": format!("CON-{}", call.id),
+            "from": call.from,
+            "to": call.to,
+            "direction": "outbound",
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        if let (Value::Object(f), Value::Object(c)) = (&mut fields, common) {
+            for (k, v) in c {
+                f.entry(k).or_insert(v);
+            }
+        }
+        let body = serde_json::to_vec(&fields).expect("JSON");
+        let token = vonage_api::sign_callback(&self.vonage_signature_secret, &body, VONAGE_API_KEY);
+        let sent = self
+            .http
+            .post(target)
+            .bearer_auth(token)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        if let Err(err) = sent {
+            tracing::warn!(error = %err, "the sandbox could not deliver an event");
+        }
+    }
+
+    /// Connects to the call's media-stream websocket and sends silence until the call ends.
+    async fn stream_media(self: Arc<Self>, call: Arc<SimCall>) {
+        let (url, first, parameters) = match call.protocol {
+            Protocol::Twilio => {
+                let Some(twiml_url) = &call.twiml_url else {
+                    return;
+                };
+                let Some(twiml) = self.post_signed(&call, twiml_url, self.twilio_params(&call)).await else {
+                    return;
+                };
+                let Some((url, params)) = parse_stream_twiml(&twiml) else {
+                    return;
+                };
+                (url, None, params)
+            }
+            Protocol::Vonage => {
+                let Some((uri, headers)) = &call.ncco_stream else {
+                    return;
+                };
+                let mut first = json!({"event": "websocket:connected", "content-type": "audio/l16;rate=16000"});
+                if let (Value::Object(f), Value::Object(h)) = (&mut first, headers) {
+                    f.extend(h.clone());
+                }
+                (uri.clone(), Some(first), Value::Null)
+            }
+        };
+        let Some(target) = self.local(&url) else {
+            return;
+        };
+        let Ok((mut socket, _)) = tokio_tungstenite::connect_async(target.as_str()).await else {
+            tracing::warn!("the sandbox could not open the media stream");
+            return;
+        };
+        let stream_sid = format!("MZ{}", &call.id[2..]);
+        let opening: Vec<Message> = match call.protocol {
+            Protocol::Twilio => vec![
+                Message::text(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}).to_string()),
+                Message::text(
+                    json!({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
+                           "start": {"accountSid": call.account_sid, "streamSid": stream_sid, "callSid": call.id,
+                                     "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                                     "customParameters": parameters}})
+                    .to_string(),
+                ),
+            ],
+            Protocol::Vonage => vec![Message::text(first.unwrap_or_default().to_string())],
+        };
+        for message in opening {
+            if socket.send(message).await.is_err() {
+                return;
+            }
+        }
+        let silence_ulaw = STANDARD.encode([0xFFu8; 160]);
+        let silence_pcm = vec![0u8; 640];
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        let mut chunk = 0u64;
+        let stop = call.media_stop.notified();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = ticker.tick() => {
+                    if call.hung_up.load(Ordering::SeqCst) || matches!(call.status.lock().unwrap_or_else(|e| e.into_inner()).as_str(), "completed" | "canceled") {
+                        break;
+                    }
+                    chunk += 1;
+                    let message = match call.protocol {
+                        Protocol::Twilio => Message::text(
+                            json!({"event": "media", "sequenceNumber": (chunk + 1).to_string(), "streamSid": stream_sid,
+                                   "media": {"track": "inbound", "chunk": chunk.to_string(), "timestamp": (chunk * 20).to_string(), "payload": silence_ulaw}})
+                            .to_string(),
+                        ),
+                        Protocol::Vonage => Message::binary(silence_pcm.clone()),
+                    };
+                    if socket.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if call.protocol == Protocol::Twilio {
+            let _ = socket
+                .send(Message::text(
+                    json!({"event": "stop", "sequenceNumber": (chunk + 2).to_string(), "streamSid": stream_sid,
+                           "stop": {"accountSid": call.account_sid, "callSid": call.id}})
+                    .to_string(),
+                ))
+                .await;
+        }
+        let _ = socket.close(None).await;
+    }
+
+    fn hang_up(&self, call: &SimCall) {
+        call.hung_up.store(true, Ordering::SeqCst);
+        call.hang_up.notify_waiters();
+    }
+}
+
+/// The `<Stream url>` and its `<Parameter>`s out of TwiML.
+fn parse_stream_twiml(twiml: &str) -> Option<(String, Value)> {
+    let unescape = |s: &str| {
+        s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    };
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = tag[start..].find('"')? + start;
+        Some(unescape(&tag[start..end]))
+    };
+    let stream_start = twiml.find("<Stream")?;
+    let stream_tag_end = twiml[stream_start..].find('>')? + stream_start;
+    let url = attr(&twiml[stream_start..stream_tag_end], "url")?;
+    let mut params = serde_json::Map::new();
+    let mut rest = &twiml[stream_tag_end..];
+    while let Some(p) = rest.find("<Parameter") {
+        let end = rest[p..].find("/>")? + p;
+        let tag = &rest[p..end];
+        if let (Some(n), Some(v)) = (attr(tag, "name"), attr(tag, "value")) {
+            params.insert(n, Value::String(v));
+        }
+        rest = &rest[end..];
+    }
+    Some((url, Value::Object(params)))
+}
+
+fn random_hex(len: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..len).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
+}
+
+/// A 417-byte MPEG-1 Layer III frame of silence (128 kbit/s, 44.1 kHz), repeated: the recording
+/// the sandbox keeps of every call.
+fn silent_mp3(frames: usize) -> Vec<u8> {
+    let mut frame = vec![0u8; 417];
+    frame[..4].copy_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
+    frame.repeat(frames)
+}
+
+mod twilio;
+mod vonage;
+
+/// The sandbox's calls of one protocol, newest first.
+fn newest_calls(sb: &Sandbox, protocol: Protocol) -> Vec<Arc<SimCall>> {
+    let mut calls: Vec<Arc<SimCall>> = sb
+        .calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|c| c.protocol == protocol)
+        .cloned()
+        .collect();
+    calls.sort_by_key(|c| std::cmp::Reverse(c.created));
+    calls
+}
+
+type SandboxState = State<Arc<Sandbox>>;
+
+pub fn router(sandbox: Arc<Sandbox>) -> Router {
+    Router::new()
+        .route("/twilio/2010-04-01/Accounts/{account}/Calls.json", get(twilio::list_calls).post(twilio::create_call))
+        .route("/twilio/2010-04-01/Accounts/{account}/Calls/{file}", get(twilio::fetch_call).post(twilio::modify_call))
+        .route(
+            "/twilio/2010-04-01/Accounts/{account}/AvailablePhoneNumbers/{country}/Local.json",
+            get(twilio::available),
+        )
+        .route(
+            "/twilio/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json",
+            get(twilio::list_numbers).post(twilio::buy_number),
+        )
+        .route(
+            "/twilio/2010-04-01/Accounts/{account}/IncomingPhoneNumbers/{file}",
+            post(twilio::update_number).delete(twilio::release_number),
+        )
+        .route("/twilio/2010-04-01/Accounts/{account}/Recordings/{file}", get(recording))
+        .route("/vonage/v1/calls", get(vonage::list_calls).post(vonage::create_call))
+        .route("/vonage/v1/calls/{uuid}", get(vonage::fetch_call).put(vonage::modify_call))
+        .route("/vonage/number/search", get(vonage::search))
+        .route("/vonage/number/buy", post(vonage::numbers_ok))
+        .route("/vonage/number/update", post(vonage::numbers_ok))
+        .route("/vonage/number/cancel", post(vonage::numbers_ok))
+        .route("/vonage/recordings/{file}", get(recording))
+        .with_state(sandbox)
+}
+
+async fn recording() -> Response {
+    ([(header::CONTENT_TYPE, "audio/mpeg")], silent_mp3(40)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_follow_the_number_dialled() {
+        assert_eq!(Scenario::of("14155550101"), Scenario::Machine);
+        assert_eq!(Scenario::of("+1 (212) 555-0102"), Scenario::Busy);
+        assert_eq!(Scenario::of("14155550105"), Scenario::StaysOnLine);
+        assert_eq!(Scenario::of("14155550199"), Scenario::Human);
+        assert_eq!(Scenario::of("123"), Scenario::Human);
+    }
+
+    #[test]
+    fn stream_twiml_is_read_back() {
+        let twiml = twilio_api::connect_stream_twiml("ws://h/telephony/twilio/stream/1?x=1&y=2", "c-1", "tok");
+        let (url, params) = parse_stream_twiml(&twiml).unwrap();
+        assert_eq!(url, "ws://h/telephony/twilio/stream/1?x=1&y=2");
+        assert_eq!(params, json!({"call_id": "c-1", "token": "tok"}));
+    }
+
+    #[test]
+    fn the_silent_recording_is_whole_mp3_frames() {
+        let mp3 = silent_mp3(3);
+        assert_eq!(mp3.len(), 3 * 417);
+        assert_eq!(&mp3[417..419], &[0xFF, 0xFB]);
+    }
+}

@@ -1,0 +1,171 @@
+//! Twilio's requests: status callbacks, answering-machine detection, the TwiML of an answered
+//! call, and inbound calls.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use super::{answer_inbound, apply_news, forbidden, holder_of, load_call, load_call_by_carrier_id, xml};
+use crate::calls::News;
+use crate::domain::call::{Event, Provider};
+use crate::error::ApiError;
+use crate::store::calls::CallRow;
+use crate::telephony::twilio as protocol;
+use crate::AppState;
+
+/// A request from Twilio: its form parameters, and the public URL and signature to verify it by.
+/// Extracting it verifies nothing: which account's token verifies it depends on what it is about,
+/// so handlers call [`TwilioRequest::verify`] (or extract [`TwilioCall`], which does).
+pub struct TwilioRequest {
+    url: String,
+    params: Vec<(String, String)>,
+    signature: Option<String>,
+}
+
+impl FromRequest<AppState> for TwilioRequest {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let signature = req.headers().get("x-twilio-signature").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = axum::body::Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        Ok(TwilioRequest {
+            url: state.telephony.url(&path),
+            params: form_urlencoded::parse(&body).into_owned().collect(),
+            signature,
+        })
+    }
+}
+
+impl TwilioRequest {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, ApiError> {
+        self.param(name).ok_or_else(|| ApiError::BadRequest(format!("{name} is missing")))
+    }
+
+    /// Verifies the signature with the account's token, and that the request is that account's.
+    pub fn verify(&self, creds: &protocol::Credentials) -> Result<(), ApiError> {
+        let Some(signature) = &self.signature else {
+            return Err(forbidden("the request is not signed"));
+        };
+        if !protocol::verify_signature(&creds.auth_token, &self.url, &self.params, signature) {
+            return Err(forbidden("the signature does not match"));
+        }
+        if self.param("AccountSid").is_some_and(|sid| sid != creds.account_sid) {
+            return Err(forbidden("the request is from another account"));
+        }
+        Ok(())
+    }
+
+    /// Verifies the request with the Twilio account a call or number goes through.
+    async fn verify_for(
+        &self,
+        state: &AppState,
+        user_id: Uuid,
+        connection_id: Option<Uuid>,
+        whose: &str,
+    ) -> Result<(), ApiError> {
+        let carrier = state
+            .telephony
+            .carrier(user_id, Provider::Twilio, connection_id)
+            .await
+            .map_err(|e| forbidden(&format!("{whose} account cannot verify the request ({e})")))?;
+        let creds = carrier.twilio_credentials().expect("a Twilio carrier has Twilio credentials");
+        self.verify(creds)
+    }
+
+    /// Progress news from a status callback.
+    fn news(&self) -> Result<News, ApiError> {
+        let status = self.required("CallStatus")?;
+        let duration = self.param("CallDuration").and_then(|d| d.parse().ok());
+        let event = protocol::status_event(status, duration)
+            .ok_or_else(|| ApiError::BadRequest(format!("unknown CallStatus '{status}'")))?;
+        let mut news = News::carrier(event, status);
+        news.recording_url = self.param("RecordingUrl").map(str::to_owned);
+        Ok(news)
+    }
+}
+
+/// A verified Twilio request about one of this server's Twilio calls, named in the path.
+pub struct TwilioCall {
+    pub row: CallRow,
+    pub req: TwilioRequest,
+}
+
+impl FromRequest<AppState> for TwilioCall {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let Path(call_id) =
+            Path::<Uuid>::from_request_parts(&mut parts, state).await.map_err(IntoResponse::into_response)?;
+        let row = load_call(state, call_id).await.map_err(IntoResponse::into_response)?;
+        if row.telephony_provider != Provider::Twilio {
+            return Err(forbidden("the call is not a Twilio call").into_response());
+        }
+        let req = TwilioRequest::from_request(Request::from_parts(parts, body), state).await?;
+        let verified = req.verify_for(state, row.user_id, row.telephony_account_connection_id, "the call's").await;
+        verified.map_err(IntoResponse::into_response)?;
+        if let (Some(known), Some(given)) = (&row.state.telephony_id, req.param("CallSid")) {
+            if known != given {
+                return Err(ApiError::BadRequest("CallSid is not this call's".into()).into_response());
+            }
+        }
+        Ok(TwilioCall { row, req })
+    }
+}
+
+pub async fn status(State(state): State<AppState>, call: TwilioCall) -> Result<StatusCode, ApiError> {
+    apply_news(&state, &call.row, call.req.param("CallSid"), call.req.news()?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Progress of inbound calls, which the number's status callback reports by `CallSid`.
+pub async fn status_by_sid(State(state): State<AppState>, req: TwilioRequest) -> Result<StatusCode, ApiError> {
+    let sid = req.required("CallSid")?;
+    let row = load_call_by_carrier_id(&state, Provider::Twilio, sid, "CallSid").await?;
+    req.verify_for(&state, row.user_id, row.telephony_account_connection_id, "the call's").await?;
+    apply_news(&state, &row, None, req.news()?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn amd(State(state): State<AppState>, call: TwilioCall) -> Result<StatusCode, ApiError> {
+    let answered_by = call.req.required("AnsweredBy")?;
+    if let Some(result) = protocol::answered_by(answered_by) {
+        let status = call.row.state.carrier_status.clone().unwrap_or_default();
+        apply_news(
+            &state,
+            &call.row,
+            call.req.param("CallSid"),
+            News::carrier(Event::MachineDetection(result), status),
+        )
+        .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Twilio asks what to do once the call is answered: connect its audio to this server.
+pub async fn twiml(State(state): State<AppState>, call: TwilioCall) -> Result<Response, ApiError> {
+    if call.row.state.is_final() {
+        return Ok(xml(protocol::hangup_twiml()));
+    }
+    apply_news(&state, &call.row, call.req.param("CallSid"), News::carrier(Event::Answered, "in-progress")).await?;
+    Ok(xml(state.telephony.stream_twiml(call.row.id)))
+}
+
+/// An inbound call to a number whose voice webhook points here.
+pub async fn inbound(State(state): State<AppState>, req: TwilioRequest) -> Result<Response, ApiError> {
+    let (Some(to), Some(from), Some(sid)) = (req.param("To"), req.param("From"), req.param("CallSid")) else {
+        return Err(ApiError::BadRequest("To, From and CallSid are required".into()));
+    };
+    let (to, holder) = holder_of(&state, to, Provider::Twilio).await?;
+    req.verify_for(&state, holder.user_id, holder.telephony_account_connection_id, "the number's").await?;
+    match answer_inbound(&state, &holder, Provider::Twilio, sid, from, &to).await? {
+        Some(call_id) => Ok(xml(state.telephony.stream_twiml(call_id))),
+        None => Ok(xml(protocol::reject_twiml())),
+    }
+}

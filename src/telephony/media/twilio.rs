@@ -1,0 +1,123 @@
+//! Twilio Media Streams: JSON text messages — `connected`, `start` (with the custom parameters
+//! that bind the stream to its call), `media` with base64 μ-law, `dtmf`, `mark`, `stop` — and, to
+//! Twilio, `media`, `mark` and `clear`.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{call_matches, refuse, token_ok, AudioFormat, ToCall};
+use crate::AppState;
+
+pub async fn stream(State(state): State<AppState>, Path(call_id): Path<Uuid>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| session(state, call_id, socket))
+}
+
+/// A message to Twilio on stream `stream_sid`.
+fn framed(stream_sid: &str, message: ToCall) -> Value {
+    match message {
+        ToCall::Audio(mulaw) => {
+            json!({"event": "media", "streamSid": stream_sid, "media": {"payload": STANDARD.encode(mulaw)}})
+        }
+        ToCall::Mark(name) => json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}),
+        ToCall::Clear => json!({"event": "clear", "streamSid": stream_sid}),
+    }
+}
+
+async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
+    let streams = &state.telephony.streams;
+    streams.update(call_id, |s| s.protocol = "twilio");
+    // Until `start` binds the stream, nothing can be sent to it.
+    let mut bound: Option<(String, mpsc::Receiver<ToCall>)> = None;
+    loop {
+        let outgoing = async {
+            match bound.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let message = tokio::select! {
+            received = socket.recv() => match received {
+                Some(Ok(message)) => message,
+                _ => break,
+            },
+            Some(out) = outgoing => {
+                let sid = bound.as_ref().map(|(sid, _)| sid.clone()).unwrap_or_default();
+                if let ToCall::Audio(audio) = &out {
+                    streams.update(call_id, |s| s.sent_bytes += audio.len() as u64);
+                }
+                if socket.send(Message::Text(framed(&sid, out).to_string().into())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Message::Text(text) = message else {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<Value>(text.as_str()) else {
+            return refuse(socket, "not a Twilio media-stream message").await;
+        };
+        match event["event"].as_str() {
+            Some("connected") => {}
+            Some("start") => {
+                let start = &event["start"];
+                let params = &start["customParameters"];
+                let token = token_ok(&state, call_id, params["call_id"].as_str(), params["token"].as_str());
+                if !token || !call_matches(&state, call_id, start["callSid"].as_str()).await {
+                    return refuse(socket, "this stream is not the call's").await;
+                }
+                let sid = start["streamSid"].as_str().or(event["streamSid"].as_str()).unwrap_or_default().to_owned();
+                bound = Some((sid, streams.bind(call_id, AudioFormat::Mulaw8k)));
+                tracing::info!(%call_id, "media stream started (twilio)");
+            }
+            Some("media") if bound.is_some() => {
+                let bytes = event["media"]["payload"]
+                    .as_str()
+                    .and_then(|p| STANDARD.decode(p).ok())
+                    .map(|b| b.len())
+                    .unwrap_or(0);
+                streams.update(call_id, |s| {
+                    s.media_frames += 1;
+                    s.media_bytes += bytes as u64;
+                });
+            }
+            Some("media") => return refuse(socket, "media before start").await,
+            Some("mark") if bound.is_some() => {
+                if let Some(name) = event["mark"]["name"].as_str() {
+                    streams.update(call_id, |s| s.marks_played.push(name.to_owned()));
+                }
+            }
+            Some("dtmf") if bound.is_some() => {
+                if let Some(digit) = event["dtmf"]["digit"].as_str() {
+                    streams.update(call_id, |s| s.dtmf.push_str(digit));
+                }
+            }
+            Some("stop") => break,
+            _ => {}
+        }
+    }
+    streams.close(call_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_to_twilio_are_framed_as_its_protocol_says() {
+        let media = framed("MZ1", ToCall::Audio(vec![0xff, 0x7f]));
+        assert_eq!(media, json!({"event": "media", "streamSid": "MZ1", "media": {"payload": "/38="}}));
+        let mark = framed("MZ1", ToCall::Mark("chunk-1".into()));
+        assert_eq!(mark, json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": "chunk-1"}}));
+        assert_eq!(framed("MZ1", ToCall::Clear), json!({"event": "clear", "streamSid": "MZ1"}));
+    }
+}

@@ -1,0 +1,93 @@
+//! What the suites share: the server (in-process on a fresh database, or the real binary as a
+//! process of its own), fakes of the outside world that speak its real protocols (Twilio, Vonage,
+//! a webhook receiver, a carrier that misbehaves, a database connection that can be cut), and the
+//! helpers every suite uses.
+
+mod app;
+mod broken_carrier;
+mod db;
+mod fake_carrier;
+mod fake_twilio;
+mod fake_vonage;
+mod fault_proxy;
+mod process;
+mod receiver;
+
+pub use app::{error_locs, link_twilio_number, post_ok, read, Options, TestApp};
+pub use broken_carrier::broken_carrier;
+pub use db::{Backend, TestDb};
+pub use fake_carrier::{Failure, RECORDING_BYTES};
+pub use fake_twilio::{twilio_signature, FakeTwilio};
+pub use fake_vonage::FakeVonage;
+pub use fault_proxy::FaultProxy;
+pub use process::ServerProcess;
+pub use receiver::{Behaviour, Received, Receiver};
+
+/// The RSA key pair the tests sign with: a Vonage application's key, a JWT issuer's.
+pub const PRIVATE_KEY_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt-test-private.pem");
+pub const PRIVATE_KEY_PEM: &str = include_str!("../../fixtures/jwt-test-private.pem");
+pub const PUBLIC_KEY_PEM: &str = include_str!("../../fixtures/jwt-test-public.pem");
+
+/// The upstream Vocode spec, vendored (see `scripts/openapi.py`).
+pub const UPSTREAM_OPENAPI: &str = include_str!("../../contract/upstream-openapi.json");
+/// Our own document.
+pub const OPENAPI_YAML: &str = include_str!("../../../openapi.yaml");
+
+/// A fresh 32-byte key, hex-encoded (`SECRETS_KEY`).
+pub fn hex_key() -> String {
+    let mut out = String::new();
+    for _ in 0..4 {
+        out.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    }
+    out[..64].to_owned()
+}
+
+/// Polls `check` until it returns `Some`, for at most `limit`: for what happens on another
+/// party's timeline (a carrier's), never for the server's own queue.
+pub async fn eventually<T, F, Fut>(limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Generates a `#[tokio::test]` per backend for each named `async fn(W)` of the calling module,
+/// named `<fn>::sqlite` and `<fn>::postgres`. `W` comes from `make(backend)`, an
+/// `async fn(Backend) -> Option<W>` of the calling module (`None` skips, as when Postgres is not
+/// reachable), or from `TestApp::spawn` unless one is named.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $crate::support::on_both_backends!(@with $crate::support::TestApp::spawn => $($name),*);
+    };
+    ($make:ident => $($name:ident),* $(,)?) => {
+        $crate::support::on_both_backends!(@with super::$make => $($name),*);
+    };
+    (@with $make:path => $($name:ident),*) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    if let Some(world) = $make($crate::support::Backend::Sqlite).await {
+                        super::$name(world).await;
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(world) = $make($crate::support::Backend::Postgres).await {
+                        super::$name(world).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+pub(crate) use on_both_backends;
