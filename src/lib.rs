@@ -20,6 +20,7 @@ use uuid::Uuid;
 pub mod api;
 pub mod calls;
 pub mod config;
+pub mod conversation;
 pub mod crypto;
 pub mod domain;
 pub mod error;

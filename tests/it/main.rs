@@ -13,6 +13,7 @@ mod faults;
 mod isolation;
 mod limits;
 mod migrations;
+mod providers;
 mod resources;
 mod sandbox;
 mod secrets;
