@@ -146,6 +146,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub telephony: TelephonyArgs,
 
+    #[command(flatten)]
+    pub conversation: ConversationArgs,
+
     /// Deliver webhooks to loopback, private and link-local addresses too (for tests and local
     /// development; never on a server reachable by users you do not trust).
     #[arg(long, env = "ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -189,6 +192,57 @@ pub struct ServeArgs {
     /// How long a client has to send a request's headers before its connection is closed.
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
     pub header_read_timeout_secs: u64,
+}
+
+/// The providers the agents listen, think and speak with. An agent's own objects come first (its
+/// voice's `api_key`, its `openai_account_connection`); these are the server's defaults.
+#[derive(Debug, Clone, Args)]
+pub struct ConversationArgs {
+    /// Deepgram's key: the speech-to-text of every call.
+    #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
+    pub deepgram_api_key: Option<String>,
+
+    /// Deepgram's live-streaming endpoint (default `wss://api.deepgram.com/v1/listen`).
+    #[arg(long, env = "DEEPGRAM_URL")]
+    pub deepgram_url: Option<String>,
+
+    /// The key of the OpenAI-compatible model server, when an agent has no
+    /// `openai_account_connection`.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+
+    /// An OpenAI-compatible chat-completions API (default `https://api.openai.com/v1`; Ollama,
+    /// vLLM and llama.cpp's server speak it too, and need no key).
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+
+    /// The model an agent uses when it names none (`openai_model_name_override`).
+    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    pub openai_model: String,
+
+    /// ElevenLabs' key, for `voice_eleven_labs` voices that carry none.
+    #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
+    pub elevenlabs_api_key: Option<String>,
+
+    /// ElevenLabs' API (default `https://api.elevenlabs.io`).
+    #[arg(long, env = "ELEVENLABS_BASE_URL")]
+    pub elevenlabs_base_url: Option<String>,
+
+    /// Azure Speech's key, for `voice_azure` voices.
+    #[arg(long, env = "AZURE_SPEECH_KEY", hide_env_values = true)]
+    pub azure_speech_key: Option<String>,
+
+    /// Azure Speech's region (e.g. `eastus`).
+    #[arg(long, env = "AZURE_SPEECH_REGION")]
+    pub azure_speech_region: Option<String>,
+
+    /// Azure Speech's endpoint, instead of the region's.
+    #[arg(long, env = "AZURE_SPEECH_BASE_URL")]
+    pub azure_speech_base_url: Option<String>,
+
+    /// The voice `voice_vocode` voices speak with: `elevenlabs:VOICE_ID` or `azure:VOICE_NAME`.
+    #[arg(long, env = "VOCODE_VOICE")]
+    pub vocode_voice: Option<String>,
 }
 
 /// Where calls go: the built-in sandbox carrier, or Twilio and Vonage.
@@ -298,6 +352,24 @@ impl Default for TelephonyArgs {
     }
 }
 
+impl Default for ConversationArgs {
+    fn default() -> Self {
+        ConversationArgs {
+            deepgram_api_key: None,
+            deepgram_url: None,
+            openai_api_key: None,
+            openai_base_url: None,
+            openai_model: "gpt-4o-mini".into(),
+            elevenlabs_api_key: None,
+            elevenlabs_base_url: None,
+            azure_speech_key: None,
+            azure_speech_region: None,
+            azure_speech_base_url: None,
+            vocode_voice: None,
+        }
+    }
+}
+
 impl TelephonyArgs {
     /// Whether calls go to the sandbox.
     pub fn sandbox(&self) -> bool {
@@ -324,6 +396,7 @@ impl Default for ServeArgs {
             jwt_public_key_pem: None,
             log_format: LogFormat::Text,
             telephony: TelephonyArgs::default(),
+            conversation: ConversationArgs::default(),
             allow_private_targets: false,
             webhook_timeout_secs: 10,
             job_lease_secs: 120,

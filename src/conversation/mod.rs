@@ -5,7 +5,12 @@
 //! ([`llm`]) and text-to-speech ([`tts`]) providers through traits, each with its base URL
 //! configurable, and reports what happens as conversation events.
 
+pub mod agent;
 pub mod audio;
+pub mod engine;
 pub mod llm;
+pub mod media;
+pub mod playout;
 pub mod stt;
 pub mod tts;
+pub mod turns;

@@ -1,1 +1,104 @@
-//! (being written)
+//! Speech-to-text: what the caller says, as it is said. A provider opens a streaming session per
+//! call; the engine pushes the call's audio frames in and reads transcription events out. The
+//! session's background task owns the provider connection (keep-alives, reconnects, closing), so
+//! the engine's loop never waits on the network.
+//!
+//! Implementations: [`deepgram`] (Deepgram's live websocket).
+
+pub mod deepgram;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use super::audio::Encoding;
+
+pub use deepgram::{Deepgram, DeepgramSettings};
+
+/// How many audio frames may wait for the connection (20 ms frames: about 5 s).
+pub const AUDIO_QUEUE_FRAMES: usize = 256;
+/// How many events may wait for the engine.
+pub const EVENT_QUEUE: usize = 256;
+
+/// What a session listens for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SttConfig {
+    /// The encoding of the frames the engine sends (the carrier's, passed through untouched).
+    pub encoding: Encoding,
+    /// A BCP-47 language (`en-US`); the provider's default when absent.
+    pub language: Option<String>,
+    /// Words to listen harder for (Vocode's `keywords`; `word` or `word:boost`).
+    pub keywords: Vec<String>,
+    /// Silence after speech, in milliseconds, that ends an utterance (`speech_final`); 0 turns
+    /// the provider's endpointing off.
+    pub endpointing_ms: u32,
+    /// The gap after the last finalised word that ends an utterance even in background noise
+    /// ([`SttEvent::UtteranceEnd`]).
+    pub utterance_end_ms: u32,
+}
+
+impl SttConfig {
+    /// Vocode's defaults: endpointing after 500 ms of silence, utterance end after 1 s.
+    pub fn new(encoding: Encoding) -> SttConfig {
+        SttConfig { encoding, language: None, keywords: Vec::new(), endpointing_ms: 500, utterance_end_ms: 1000 }
+    }
+}
+
+/// What a session hears, in the order it hears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SttEvent {
+    /// The provider's voice activity detector heard speech begin.
+    SpeechStarted,
+    /// A guess at the words of the current stretch of audio; later events revise it.
+    Interim { text: String },
+    /// Words that will not be revised. Consecutive finals make up an utterance;
+    /// `speech_final` marks the one after which the speaker paused (the endpoint).
+    Final { text: String, speech_final: bool },
+    /// The gap after the last final word has passed: the utterance is over even if no
+    /// `speech_final` came (background noise can keep the endpointer from firing).
+    UtteranceEnd,
+    /// The connection dropped and a new one was opened; audio sent in between was lost and an
+    /// utterance in progress may have been cut.
+    Reconnected,
+    /// The connection dropped and could not be reopened; the session is over (its event channel
+    /// closes after this).
+    Failed(String),
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    #[error("{provider}: could not connect: {source}")]
+    Connect {
+        provider: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{provider}: timed out connecting")]
+    Timeout { provider: &'static str },
+    #[error("{provider} refused the connection ({status}): {message}")]
+    Refused { provider: &'static str, status: u16, message: String },
+    #[error("{provider}: {message}")]
+    Settings { provider: &'static str, message: String },
+}
+
+/// A speech-to-text provider.
+pub trait SpeechToText: Send + Sync {
+    /// Opens a streaming session: connected when this returns `Ok`.
+    fn open(&self, config: SttConfig) -> BoxFuture<'_, Result<SttSession, SttError>>;
+
+    /// The provider's name, for logs and metrics.
+    fn name(&self) -> &str;
+}
+
+/// One open streaming session. Dropping it (or just closing `audio`) closes the provider
+/// connection cleanly: what the provider still had to say arrives on `events` (if it is still
+/// read) before the channel closes.
+#[derive(Debug)]
+pub struct SttSession {
+    /// Audio frames in the config's encoding, in order. Frames sent while the session is
+    /// reconnecting are dropped.
+    pub audio: mpsc::Sender<Vec<u8>>,
+    /// What the provider hears; closes when the session ends. Read it promptly: while it is
+    /// full the session stops reading the provider, and then `audio` fills up too.
+    pub events: mpsc::Receiver<SttEvent>,
+}

@@ -20,25 +20,8 @@ use crate::AppState;
 pub mod twilio;
 pub mod vonage;
 
-/// How a stream's audio is encoded, both ways.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AudioFormat {
-    /// Twilio: μ-law, 8 kHz, mono (base64 in JSON messages).
-    Mulaw8k,
-    /// Vonage: 16-bit linear PCM, little-endian, 16 kHz, mono (binary messages of 640 bytes).
-    Linear16k,
-}
-
-/// What can be sent to a call's audio.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToCall {
-    /// Audio in the stream's [`AudioFormat`], played after what is queued.
-    Audio(Vec<u8>),
-    /// Reported back (as played) once the audio queued before it has played.
-    Mark(String),
-    /// Drops the audio queued and not yet played.
-    Clear,
-}
+pub use crate::conversation::audio::Encoding as AudioFormat;
+pub use crate::conversation::media::ToCall;
 
 /// A bound stream's sending side.
 #[derive(Debug, Clone)]

@@ -1,0 +1,246 @@
+//! An agent, as the engine runs it: its documents (as stored, secrets in the clear) and the
+//! server's provider settings resolved into the engine's configuration and providers. The
+//! agent's own objects come first — its voice's `api_key`, its `openai_account_connection` —
+//! and the server's settings second. What cannot be resolved is named, so that `calls/create`
+//! can refuse a call that would be deaf or mute and say what to configure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+
+use super::audio::Encoding;
+use super::engine::{EngineConfig, Providers, END_CONVERSATION};
+use super::llm::openai::{OpenAiCompatible, OpenAiSettings};
+use super::llm::{ChatRequest, DeltaStream, Fallback, LanguageModel, LlmError};
+use super::stt::deepgram::{Deepgram, DeepgramSettings};
+use super::tts::azure::{Azure, AzureSettings};
+use super::tts::elevenlabs::{ElevenLabs, ElevenLabsSettings};
+use super::tts::Voice;
+use super::turns::Dials;
+use crate::config::ConversationArgs;
+
+/// An agent's documents, as stored (secrets in the clear).
+#[derive(Debug, Clone, Default)]
+pub struct AgentDocuments {
+    /// The agent (`AgentParams`, references as ids).
+    pub agent: Value,
+    /// Its prompt's content.
+    pub prompt: String,
+    /// Its voice.
+    pub voice: Option<Value>,
+    /// The key of its `openai_account_connection`.
+    pub openai_key: Option<String>,
+    /// The `type`s of its actions.
+    pub action_types: Vec<String>,
+}
+
+/// What a call's agent lacks to listen, think or speak.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Missing(pub String);
+
+/// The engine's configuration and providers for a call's agent.
+pub fn resolve(
+    docs: &AgentDocuments,
+    settings: &ConversationArgs,
+    encoding: Encoding,
+    carrier_echoes_marks: bool,
+) -> Result<(EngineConfig, Providers), Missing> {
+    let agent = &docs.agent;
+    let providers =
+        Providers { stt: speech_to_text(settings)?, llm: model(docs, settings)?, voice: voice(docs, settings)? };
+    let keywords = agent["deepgram_keywords"]
+        .as_object()
+        .map(|words| words.iter().map(|(word, boost)| format!("{word}:{}", boost.as_f64().unwrap_or(1.0))).collect())
+        .unwrap_or_default();
+    let config = EngineConfig {
+        encoding,
+        dials: Dials::from_agent(agent),
+        prompt: docs.prompt.clone(),
+        initial_message: agent["initial_message"].as_str().filter(|m| !m.trim().is_empty()).map(str::to_owned),
+        model: agent["openai_model_name_override"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .unwrap_or(&settings.openai_model)
+            .to_owned(),
+        temperature: agent["llm_temperature"].as_f64().map(|t| t as f32),
+        language: agent["language"].as_str().map(str::to_owned),
+        keywords,
+        end_conversation_tool: docs.action_types.iter().any(|t| t == END_CONVERSATION),
+        carrier_echoes_marks,
+    };
+    Ok((config, providers))
+}
+
+fn speech_to_text(settings: &ConversationArgs) -> Result<Arc<dyn super::stt::SpeechToText>, Missing> {
+    let Some(key) = settings.deepgram_api_key.clone() else {
+        return Err(Missing("the agent cannot hear: set DEEPGRAM_API_KEY (speech-to-text)".into()));
+    };
+    let mut deepgram = DeepgramSettings::new(key);
+    if let Some(url) = &settings.deepgram_url {
+        deepgram.url = url.clone();
+    }
+    Ok(Arc::new(Deepgram::new(deepgram)))
+}
+
+fn openai(settings: &ConversationArgs, key: Option<String>) -> Result<OpenAiCompatible, Missing> {
+    let base_url = settings.openai_base_url.clone().unwrap_or_else(|| super::llm::openai::DEFAULT_BASE_URL.into());
+    let official = base_url.trim_end_matches('/') == super::llm::openai::DEFAULT_BASE_URL;
+    if key.is_none() && official {
+        return Err(Missing(
+            "the agent cannot think: give it an openai_account_connection, or set OPENAI_API_KEY \
+             (or OPENAI_BASE_URL for a server that needs no key)"
+                .into(),
+        ));
+    }
+    Ok(OpenAiCompatible::new(OpenAiSettings { base_url, api_key: key, ..OpenAiSettings::default() }))
+}
+
+fn model(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn LanguageModel>, Missing> {
+    let key = docs.openai_key.clone().or_else(|| settings.openai_api_key.clone());
+    let primary: Arc<dyn LanguageModel> = Arc::new(openai(settings, key.clone())?);
+    let fallback = &docs.agent["llm_fallback"];
+    let Some(model_name) = fallback["model_name"].as_str() else {
+        return Ok(primary);
+    };
+    // Azure-compatible gateways speak the same protocol at OPENAI_BASE_URL.
+    let secondary = WithModel { inner: Arc::new(openai(settings, key)?), model: model_name.to_owned() };
+    Ok(Arc::new(Fallback { primary, secondary: Arc::new(secondary), first_token_timeout: Duration::from_secs(4) }))
+}
+
+/// A model that answers with another model name than the request's (the agent's fallback).
+struct WithModel {
+    inner: Arc<dyn LanguageModel>,
+    model: String,
+}
+
+impl LanguageModel for WithModel {
+    fn stream(&self, mut request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, LlmError>> {
+        request.model = self.model.clone();
+        self.inner.stream(request)
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+}
+
+fn voice(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn Voice>, Missing> {
+    let voice = docs.voice.clone().unwrap_or_else(crate::domain::agents::default_voice);
+    match voice["type"].as_str().unwrap_or_default() {
+        "voice_eleven_labs" => {
+            let key = voice["api_key"].as_str().map(str::to_owned).or_else(|| settings.elevenlabs_api_key.clone());
+            let Some(key) = key else {
+                return Err(Missing(
+                    "the agent cannot speak: its voice_eleven_labs has no api_key; set ELEVENLABS_API_KEY".into(),
+                ));
+            };
+            let mut eleven = ElevenLabsSettings::new(key, voice["voice_id"].as_str().unwrap_or_default());
+            if let Some(base) = &settings.elevenlabs_base_url {
+                eleven.base_url = base.clone();
+            }
+            eleven.model_id = voice["model_id"].as_str().map(str::to_owned);
+            eleven.stability = voice["stability"].as_f64().map(|v| v as f32);
+            eleven.similarity_boost = voice["similarity_boost"].as_f64().map(|v| v as f32);
+            eleven.optimize_streaming_latency = voice["optimize_streaming_latency"].as_u64().map(|v| v.min(4) as u8);
+            Ok(Arc::new(ElevenLabs::new(eleven)))
+        }
+        "voice_azure" => {
+            let name = voice["voice_name"].as_str().unwrap_or_default();
+            let mut azure = azure(settings, name)?;
+            azure.pitch = voice["pitch"].as_i64().unwrap_or(0) as i32;
+            azure.rate = voice["rate"].as_i64().unwrap_or(15) as i32;
+            Ok(Arc::new(Azure::new(azure)))
+        }
+        "voice_vocode" => match settings.vocode_voice.as_deref().and_then(|v| v.split_once(':')) {
+            Some(("elevenlabs", id)) => {
+                let Some(key) = settings.elevenlabs_api_key.clone() else {
+                    return Err(Missing("VOCODE_VOICE names an ElevenLabs voice: set ELEVENLABS_API_KEY".into()));
+                };
+                let mut eleven = ElevenLabsSettings::new(key, id);
+                if let Some(base) = &settings.elevenlabs_base_url {
+                    eleven.base_url = base.clone();
+                }
+                Ok(Arc::new(ElevenLabs::new(eleven)))
+            }
+            Some(("azure", name)) => Ok(Arc::new(Azure::new(azure(settings, name)?))),
+            _ => Err(Missing(
+                "the agent cannot speak: its voice is voice_vocode; set VOCODE_VOICE to elevenlabs:VOICE_ID or \
+                 azure:VOICE_NAME"
+                    .into(),
+            )),
+        },
+        other => Err(Missing(format!(
+            "the agent cannot speak: {other} voices are not supported by this server yet; use voice_eleven_labs, \
+             voice_azure or voice_vocode"
+        ))),
+    }
+}
+
+fn azure(settings: &ConversationArgs, voice_name: &str) -> Result<AzureSettings, Missing> {
+    let (Some(key), region) = (settings.azure_speech_key.clone(), settings.azure_speech_region.clone()) else {
+        return Err(Missing("the agent cannot speak: its voice is Azure's; set AZURE_SPEECH_KEY".into()));
+    };
+    if region.is_none() && settings.azure_speech_base_url.is_none() {
+        return Err(Missing("the agent cannot speak: set AZURE_SPEECH_REGION (or AZURE_SPEECH_BASE_URL)".into()));
+    }
+    let mut azure = AzureSettings::new(region.unwrap_or_default(), key, voice_name);
+    azure.base_url = settings.azure_speech_base_url.clone();
+    Ok(azure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings() -> ConversationArgs {
+        ConversationArgs {
+            deepgram_api_key: Some("dg".into()),
+            openai_api_key: Some("sk".into()),
+            vocode_voice: Some("elevenlabs:abc".into()),
+            elevenlabs_api_key: Some("el".into()),
+            ..ConversationArgs::default()
+        }
+    }
+
+    fn docs(agent: Value, voice: Option<Value>) -> AgentDocuments {
+        AgentDocuments { agent, prompt: "Be brief.".into(), voice, ..AgentDocuments::default() }
+    }
+
+    #[test]
+    fn an_agent_with_everything_configured_resolves() {
+        let agent = json!({"initial_message": "Hi!", "openai_model_name_override": "gpt-4o", "llm_temperature": 0.5,
+                           "deepgram_keywords": {"Ajay": 2}, "language": "en", "interrupt_sensitivity": "high"});
+        let (config, providers) = resolve(&docs(agent, None), &settings(), Encoding::Mulaw8k, true).unwrap();
+        assert_eq!(config.initial_message.as_deref(), Some("Hi!"));
+        assert_eq!((config.model.as_str(), config.temperature), ("gpt-4o", Some(0.5)));
+        assert_eq!(config.keywords, vec!["Ajay:2".to_owned()]);
+        assert_eq!(config.prompt, "Be brief.");
+        assert_eq!(config.dials.interrupt, super::super::turns::InterruptSensitivity::High);
+        assert_eq!(providers.stt.name(), "deepgram");
+        assert!(!config.end_conversation_tool);
+        let defaults = resolve(&docs(json!({}), None), &settings(), Encoding::Linear16k, false).unwrap().0;
+        assert_eq!(defaults.model, "gpt-4o-mini");
+    }
+
+    #[test]
+    fn what_is_missing_is_named() {
+        let none = ConversationArgs::default();
+        let err = |s: &ConversationArgs, voice: Option<Value>| {
+            resolve(&docs(json!({}), voice), s, Encoding::Mulaw8k, true).err().map(|m| m.0).unwrap_or_default()
+        };
+        assert!(err(&none, None).contains("DEEPGRAM_API_KEY"));
+        let mut s = ConversationArgs { deepgram_api_key: Some("dg".into()), ..ConversationArgs::default() };
+        assert!(err(&s, None).contains("OPENAI_API_KEY"));
+        s.openai_base_url = Some("http://127.0.0.1:11434/v1".into());
+        assert!(err(&s, None).contains("VOCODE_VOICE"), "a local model needs no key");
+        assert!(err(&s, Some(json!({"type": "voice_eleven_labs", "voice_id": "x"}))).contains("ELEVENLABS_API_KEY"));
+        assert!(err(&s, Some(json!({"type": "voice_azure", "voice_name": "x"}))).contains("AZURE_SPEECH_KEY"));
+        assert!(err(&s, Some(json!({"type": "voice_rime", "speaker": "x"}))).contains("not supported"));
+        let own_key = json!({"type": "voice_eleven_labs", "voice_id": "x", "api_key": "mine"});
+        assert_eq!(err(&s, Some(own_key)), "", "the voice's own key is enough");
+    }
+}

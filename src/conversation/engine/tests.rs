@@ -1,0 +1,354 @@
+//! The engine against providers that answer at once, a carrier that plays audio in (virtual) real
+//! time and echoes marks as Twilio does, and a person whose words arrive as speech-to-text events.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream;
+
+use super::*;
+use crate::conversation::llm::{DeltaStream, LlmError};
+use crate::conversation::stt::SttError;
+use crate::conversation::tts::{AudioStream, TtsError};
+use crate::conversation::turns::InterruptSensitivity;
+
+#[test]
+fn sentences_are_cut_after_three_words_at_their_end() {
+    assert_eq!(sentence_end("Hi. How are"), None);
+    assert_eq!(sentence_end("Sure, I can. Then"), Some(12));
+    assert_eq!(sentence_end("Is it three? "), Some(12));
+    assert_eq!(sentence_end("It costs 3.50 dollars"), None, "a decimal point is not an end");
+}
+
+/// Speech-to-text whose events the test sends.
+#[derive(Default)]
+struct FakeStt {
+    events: Mutex<Option<mpsc::Receiver<SttEvent>>>,
+    audio: Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
+}
+
+impl SpeechToText for FakeStt {
+    fn open(&self, _config: SttConfig) -> BoxFuture<'_, Result<SttSession, SttError>> {
+        Box::pin(async move {
+            let (audio, audio_rx) = mpsc::channel(64);
+            *self.audio.lock().unwrap() = Some(audio_rx);
+            let events = self.events.lock().unwrap().take().expect("one session");
+            Ok(SttSession { audio, events })
+        })
+    }
+
+    fn name(&self) -> &str {
+        "fake-stt"
+    }
+}
+
+/// A model that answers each request with the next scripted reply, and remembers the requests.
+struct FakeLlm {
+    replies: Mutex<VecDeque<Vec<LlmDelta>>>,
+    requests: Mutex<Vec<ChatRequest>>,
+}
+
+impl FakeLlm {
+    fn new(replies: Vec<Vec<LlmDelta>>) -> Arc<Self> {
+        Arc::new(FakeLlm { replies: Mutex::new(replies.into()), requests: Mutex::default() })
+    }
+}
+
+impl LanguageModel for FakeLlm {
+    fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, LlmError>> {
+        self.requests.lock().unwrap().push(request);
+        let reply = self.replies.lock().unwrap().pop_front().unwrap_or_default();
+        Box::pin(async move {
+            let items: Vec<Result<LlmDelta, LlmError>> = reply.into_iter().map(Ok).collect();
+            Ok(Box::pin(stream::iter(items)) as DeltaStream)
+        })
+    }
+
+    fn name(&self) -> &str {
+        "fake-llm"
+    }
+}
+
+/// A voice that speaks 100 ms of audio per word.
+struct FakeVoice;
+
+impl Voice for FakeVoice {
+    fn synthesize(&self, text: &str, encoding: Encoding) -> BoxFuture<'_, Result<AudioStream, TtsError>> {
+        let words = text.split_whitespace().count() as u32;
+        Box::pin(async move {
+            let audio = vec![encoding.silence_byte(); encoding.bytes_for_ms(100 * words)];
+            Ok(Box::pin(stream::iter(vec![Ok(audio)])) as AudioStream)
+        })
+    }
+
+    fn name(&self) -> &str {
+        "fake-voice"
+    }
+}
+
+fn words(n: usize) -> String {
+    (0..n).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ") + "."
+}
+
+fn reply(text: &str) -> Vec<LlmDelta> {
+    let mut deltas: Vec<LlmDelta> = text.split_inclusive(' ').map(|w| LlmDelta::Text(w.to_owned())).collect();
+    deltas.push(LlmDelta::Done { finish_reason: Some("stop".into()) });
+    deltas
+}
+
+/// What the carrier (and so the person) got, as it got it.
+#[derive(Debug, Default)]
+struct Played {
+    audio_ms: u64,
+    clears: usize,
+    marks: Vec<String>,
+}
+
+struct Call {
+    person: mpsc::Sender<SttEvent>,
+    stream: mpsc::Sender<FromCall>,
+    events: mpsc::Receiver<Event>,
+    played: Arc<Mutex<Played>>,
+    llm: Arc<FakeLlm>,
+    engine: JoinHandle<Vec<Message>>,
+}
+
+fn config(dials: Dials) -> EngineConfig {
+    EngineConfig {
+        encoding: Encoding::Mulaw8k,
+        dials,
+        prompt: "You book tables.".into(),
+        initial_message: Some("Hello, this is the restaurant.".into()),
+        model: "test-model".into(),
+        temperature: Some(0.0),
+        language: None,
+        keywords: Vec::new(),
+        end_conversation_tool: true,
+        carrier_echoes_marks: true,
+    }
+}
+
+/// Starts a call: the engine, and a carrier that plays audio in real time and echoes each mark
+/// once the audio before it has played (a clear drops what is queued, marks included).
+fn start(config: EngineConfig, replies: Vec<Vec<LlmDelta>>) -> Call {
+    let (person, person_rx) = mpsc::channel(16);
+    let stt = Arc::new(FakeStt { events: Mutex::new(Some(person_rx)), audio: Mutex::default() });
+    let llm = FakeLlm::new(replies);
+    let providers = Providers { stt, llm: llm.clone(), voice: Arc::new(FakeVoice) };
+    let (stream, from_call) = mpsc::channel(64);
+    let (to_call, mut carrier) = mpsc::channel::<ToCall>(64);
+    let (events_tx, events) = mpsc::channel(64);
+    let played = Arc::new(Mutex::new(Played::default()));
+    let encoding = config.encoding;
+    let engine = tokio::spawn(run(config, providers, from_call, to_call, events_tx));
+    let (echo, played_by_carrier) = (stream.clone(), played.clone());
+    tokio::spawn(async move {
+        let mut queue_ends = Instant::now();
+        let mut marks: VecDeque<(Instant, String)> = VecDeque::new();
+        loop {
+            let next_mark = marks.front().map(|(at, _)| *at);
+            tokio::select! {
+                item = carrier.recv() => match item {
+                    Some(ToCall::Audio(audio)) => {
+                        let ms = encoding.ms_of(audio.len());
+                        queue_ends = queue_ends.max(Instant::now()) + Duration::from_millis(ms);
+                        played_by_carrier.lock().unwrap().audio_ms += ms;
+                    }
+                    Some(ToCall::Mark(name)) => marks.push_back((queue_ends, name)),
+                    Some(ToCall::Clear) => {
+                        marks.clear();
+                        queue_ends = Instant::now();
+                        played_by_carrier.lock().unwrap().clears += 1;
+                    }
+                    None => return,
+                },
+                _ = sleep_until(next_mark.unwrap_or_else(Instant::now)), if next_mark.is_some() => {
+                    let (_, name) = marks.pop_front().expect("a mark");
+                    played_by_carrier.lock().unwrap().marks.push(name.clone());
+                    let _ = echo.send(FromCall::Played(name)).await;
+                }
+            }
+        }
+    });
+    Call { person, stream, events, played, llm, engine }
+}
+
+impl Call {
+    async fn says(&self, text: &str) {
+        self.person.send(SttEvent::Final { text: text.into(), speech_final: false }).await.unwrap();
+    }
+
+    async fn next_message(&mut self) -> Message {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(120), self.events.recv()).await {
+                Ok(Some(Event::Message(m))) => return m,
+                Ok(Some(_)) => continue,
+                other => panic!("no message: {other:?}"),
+            }
+        }
+    }
+
+    async fn end(self) -> Vec<Message> {
+        let _ = self.stream.send(FromCall::Stopped).await;
+        self.engine.await.unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_greeting_waits_for_its_delay_and_is_played_whole() {
+    let dials = Dials { initial_message_delay: Duration::from_secs(2), ..Dials::default() };
+    let mut call = start(config(dials), vec![]);
+    tokio::time::sleep(Duration::from_millis(1_900)).await;
+    assert_eq!(call.played.lock().unwrap().audio_ms, 0, "nothing before the delay");
+    let greeting = call.next_message().await;
+    assert_eq!(
+        greeting,
+        Message { speaker: Speaker::Bot, text: "Hello, this is the restaurant.".into(), cut_off: false }
+    );
+    // Five words at 100 ms each, every one played (the message is recorded once its marks came back).
+    let played = call.played.lock().unwrap().audio_ms;
+    assert_eq!(played, 500);
+    assert!(call.played.lock().unwrap().marks.last().is_some_and(|m| m.ends_with("-500")));
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_turn_is_answered_once_the_person_has_finished_and_its_latency_is_reported() {
+    let mut call = start(config(Dials::default()), vec![reply("Sure, for what time? ")]);
+    call.next_message().await;
+    call.says("A table for two.").await;
+    let heard = call.next_message().await;
+    assert_eq!((heard.speaker, heard.text.as_str()), (Speaker::Human, "A table for two."));
+    let answer = call.next_message().await;
+    assert_eq!((answer.speaker, answer.text.as_str(), answer.cut_off), (Speaker::Bot, "Sure, for what time?", false));
+    let request = call.llm.requests.lock().unwrap()[0].clone();
+    assert_eq!(request.model, "test-model");
+    assert!(matches!(&request.messages[0], ChatMessage::System(p) if p == "You book tables."));
+    assert!(matches!(&request.messages[1], ChatMessage::Assistant { content: Some(c), .. } if c.starts_with("Hello")));
+    assert!(matches!(&request.messages[2], ChatMessage::User(u) if u == "A table for two."));
+    assert!(request.tools.iter().any(|t| t.name == END_CONVERSATION));
+    let transcript = call.end().await;
+    assert_eq!(transcript.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_end_of_a_turn_waits_longer_after_an_unfinished_sentence() {
+    let mut call = start(config(Dials::default()), vec![reply("Okay then, noted. ")]);
+    call.next_message().await;
+    let before = Instant::now();
+    call.person.send(SttEvent::Final { text: "I would like".into(), speech_final: false }).await.unwrap();
+    call.next_message().await;
+    let waited = Instant::now() - before;
+    assert!(waited >= Duration::from_millis(1_000) && waited < Duration::from_millis(1_100), "{waited:?}");
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn barging_in_clears_the_carrier_and_keeps_what_was_heard() {
+    let mut call = start(config(Dials::default()), vec![reply(&format!("{} ", words(40))), reply("Three then. ")]);
+    call.next_message().await;
+    call.says("Book me a table please.").await;
+    call.next_message().await;
+    // Four seconds of answer; the person interrupts after about one.
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    call.person.send(SttEvent::Interim { text: "wait, actually make it three".into() }).await.unwrap();
+    let cut = call.next_message().await;
+    assert_eq!((cut.speaker, cut.cut_off), (Speaker::Bot, true));
+    let heard_words = cut.text.split_whitespace().count();
+    assert!((8..=12).contains(&heard_words), "about a second's worth of words: {:?}", cut.text);
+    assert_eq!(call.played.lock().unwrap().clears, 1);
+    call.person
+        .send(SttEvent::Final { text: "wait, actually make it three".into(), speech_final: true })
+        .await
+        .unwrap();
+    let human = call.next_message().await;
+    assert_eq!(human.text, "wait, actually make it three");
+    let answer = call.next_message().await;
+    assert_eq!(answer.text, "Three then.");
+    // The model was told the bot was cut off.
+    let second = call.llm.requests.lock().unwrap()[1].clone();
+    assert!(second
+        .messages
+        .iter()
+        .any(|m| matches!(m, ChatMessage::Assistant { content: Some(c), .. } if c.ends_with('-'))));
+    call.end().await;
+}
+
+async fn backchannel_during_an_answer(interrupt: InterruptSensitivity) -> (Vec<Message>, usize) {
+    let dials = Dials { interrupt, ..Dials::default() };
+    let mut call = start(config(dials), vec![reply(&format!("{} ", words(20)))]);
+    call.next_message().await;
+    call.says("What do you have?").await;
+    call.next_message().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    call.says("mhm").await;
+    let mut messages = Vec::new();
+    while messages.len() < 2 {
+        messages.push(call.next_message().await);
+    }
+    let clears = call.played.lock().unwrap().clears;
+    call.end().await;
+    (messages, clears)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backchannel_is_ignored_at_low_sensitivity_and_interrupts_at_high() {
+    let (low, clears) = backchannel_during_an_answer(InterruptSensitivity::Low).await;
+    assert_eq!(clears, 0);
+    assert_eq!((low[0].speaker, low[0].text.as_str()), (Speaker::Human, "mhm"), "kept in the transcript");
+    assert_eq!((low[1].speaker, low[1].cut_off), (Speaker::Bot, false), "the bot went on to the end");
+    assert_eq!(low[1].text.split_whitespace().count(), 20);
+
+    let (high, clears) = backchannel_during_an_answer(InterruptSensitivity::High).await;
+    assert_eq!(clears, 1);
+    assert_eq!((high[0].speaker, high[0].cut_off), (Speaker::Bot, true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_call_is_checked_on_once_then_ended() {
+    let dials = Dials { idle: Duration::from_secs(5), ask_if_human_present_on_idle: true, ..Dials::default() };
+    let mut call = start(config(dials), vec![]);
+    call.next_message().await;
+    let check = call.next_message().await;
+    assert_eq!((check.speaker, check.text.as_str()), (Speaker::Bot, CHECK_IN));
+    let checked_at = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(Event::HangUp) = call.events.recv().await {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the call ends");
+    // The check-in is played (0.4 s), then the idle time passes once more.
+    let waited = Instant::now() - checked_at;
+    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
+    let transcript = call.engine.await.unwrap();
+    assert_eq!(transcript.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_model_ends_the_conversation_after_its_goodbye_is_played() {
+    let mut goodbye = reply("Goodbye, see you soon! ");
+    goodbye.insert(
+        goodbye.len() - 1,
+        LlmDelta::ToolCallStart { index: 0, id: "call_1".into(), name: END_CONVERSATION.into() },
+    );
+    goodbye.insert(goodbye.len() - 1, LlmDelta::ToolCallArgs { index: 0, fragment: "{}".into() });
+    let mut call = start(config(Dials::default()), vec![goodbye]);
+    call.next_message().await;
+    call.says("That's all, bye.").await;
+    call.next_message().await;
+    let bye = call.next_message().await;
+    assert_eq!(bye.text, "Goodbye, see you soon!");
+    let audio_when_done = call.played.lock().unwrap().audio_ms;
+    loop {
+        if let Some(Event::HangUp) = call.events.recv().await {
+            break;
+        }
+    }
+    assert_eq!(audio_when_done, 500 + 400, "the goodbye was played whole before the hang-up");
+    call.engine.await.unwrap();
+}

@@ -1,0 +1,223 @@
+//! The bot's audio on its way to the call, paced by the server itself: at most `lookahead` of
+//! audio is ever queued at the carrier, a mark follows every `mark_every` of audio, and what the
+//! person has heard is known from the marks the carrier echoes (or, for a carrier that echoes
+//! none, from the clock). That makes barge-in, truncation of the bot's message to what was heard,
+//! and the carrier's buffer limits behave the same on every carrier.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::audio::{Encoding, FRAME_MS};
+use super::media::ToCall;
+
+/// How far ahead of the carrier's playback audio is sent.
+pub const LOOKAHEAD: Duration = Duration::from_millis(300);
+/// How much audio lies between two marks.
+pub const MARK_EVERY_MS: u64 = 100;
+
+/// One utterance of the bot (a turn's audio, sentence after sentence), as it is played.
+#[derive(Debug)]
+pub struct Playout {
+    encoding: Encoding,
+    turn: u64,
+    /// Audio received from the voice and not yet sent.
+    pending: VecDeque<u8>,
+    /// Milliseconds of audio sent, and when the first frame went out.
+    sent_ms: u64,
+    started: Option<Instant>,
+    /// Marks sent and not yet echoed: the audio position each stands for.
+    marks: VecDeque<(String, u64)>,
+    next_mark_ms: u64,
+    /// The position the last echoed mark stands for.
+    heard_ms: u64,
+    /// Whether this stream's carrier echoes marks at all (learned from the first echo).
+    echoes: bool,
+    /// The voice has delivered all of this utterance's audio.
+    complete: bool,
+}
+
+impl Playout {
+    pub fn new(encoding: Encoding, turn: u64, carrier_echoes_marks: bool) -> Self {
+        Playout {
+            encoding,
+            turn,
+            pending: VecDeque::new(),
+            sent_ms: 0,
+            started: None,
+            marks: VecDeque::new(),
+            next_mark_ms: MARK_EVERY_MS,
+            heard_ms: 0,
+            echoes: carrier_echoes_marks,
+            complete: false,
+        }
+    }
+
+    pub fn turn(&self) -> u64 {
+        self.turn
+    }
+
+    /// More audio of the utterance, in the call's encoding.
+    pub fn push(&mut self, audio: &[u8]) {
+        self.pending.extend(audio);
+    }
+
+    /// The voice has nothing more for this utterance.
+    pub fn finish(&mut self) {
+        self.complete = true;
+    }
+
+    /// The frames (and marks) to send now: as many as keep the carrier at most `LOOKAHEAD` ahead
+    /// of what it has played by `now`.
+    pub fn due(&mut self, now: Instant) -> Vec<ToCall> {
+        let frame = self.encoding.bytes_for_ms(FRAME_MS);
+        let mut out = Vec::new();
+        let started = *self.started.get_or_insert(now);
+        let played_by_clock = now.saturating_duration_since(started).as_millis() as u64;
+        let budget = played_by_clock + LOOKAHEAD.as_millis() as u64;
+        while self.sent_ms < budget {
+            let take = if self.pending.len() >= frame {
+                frame
+            } else if self.complete && !self.pending.is_empty() {
+                self.pending.len()
+            } else {
+                break;
+            };
+            let chunk: Vec<u8> = self.pending.drain(..take).collect();
+            self.sent_ms += self.encoding.ms_of(chunk.len()).max(1);
+            out.push(ToCall::Audio(chunk));
+            if self.sent_ms >= self.next_mark_ms || (self.complete && self.pending.is_empty()) {
+                let name = format!("t{}-{}", self.turn, self.sent_ms);
+                self.marks.push_back((name.clone(), self.sent_ms));
+                out.push(ToCall::Mark(name));
+                self.next_mark_ms = self.sent_ms + MARK_EVERY_MS;
+            }
+        }
+        out
+    }
+
+    /// When to call [`Playout::due`] next (one frame's time from now while audio waits).
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        let waiting = !self.pending.is_empty();
+        waiting.then(|| now + Duration::from_millis(u64::from(FRAME_MS)))
+    }
+
+    /// A mark the carrier echoed; `true` when it was this utterance's.
+    pub fn played(&mut self, mark: &str) -> bool {
+        let Some(i) = self.marks.iter().position(|(name, _)| name == mark) else {
+            return false;
+        };
+        self.echoes = true;
+        // Marks come back in order: an echo also covers every earlier one.
+        let (_, position) = self.marks.drain(..=i).next_back().expect("one mark at least");
+        self.heard_ms = self.heard_ms.max(position);
+        true
+    }
+
+    /// How much of the utterance the person has heard by `now`.
+    pub fn heard_ms(&self, now: Instant) -> u64 {
+        if self.echoes {
+            self.heard_ms
+        } else {
+            let elapsed = self.started.map(|s| now.saturating_duration_since(s).as_millis() as u64).unwrap_or(0);
+            elapsed.min(self.sent_ms)
+        }
+    }
+
+    /// Milliseconds of audio of the whole utterance known so far (sent and waiting).
+    pub fn total_ms(&self) -> u64 {
+        self.sent_ms + self.encoding.ms_of(self.pending.len())
+    }
+
+    /// Whether everything was sent and the carrier has played it (by its marks, or by the clock).
+    pub fn done(&self, now: Instant) -> bool {
+        self.complete && self.pending.is_empty() && self.heard_ms(now) >= self.sent_ms
+    }
+}
+
+/// The part of a message the person heard: as many characters as the share of its audio played
+/// (vocode's rule for voices that give no word timings), cut back to a word boundary.
+pub fn heard_text(text: &str, heard_ms: u64, total_ms: u64) -> String {
+    if total_ms == 0 || heard_ms >= total_ms {
+        return text.to_owned();
+    }
+    let chars = text.chars().count();
+    let keep = (chars as u64 * heard_ms / total_ms) as usize;
+    let prefix: String = text.chars().take(keep).collect();
+    let at_word = match text.chars().nth(keep) {
+        Some(c) if !c.is_whitespace() => prefix.rfind(char::is_whitespace).map(|i| &prefix[..i]).unwrap_or(""),
+        _ => prefix.as_str(),
+    };
+    at_word.trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audio_ms(items: &[ToCall], encoding: Encoding) -> u64 {
+        items.iter().map(|i| if let ToCall::Audio(a) = i { encoding.ms_of(a.len()) } else { 0 }).sum()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn audio_goes_out_no_more_than_the_lookahead_ahead_of_the_clock() {
+        let enc = Encoding::Mulaw8k;
+        let mut p = Playout::new(enc, 1, true);
+        p.push(&vec![0x7f; enc.bytes_for_ms(2_000)]);
+        let start = Instant::now();
+        let first = p.due(start);
+        assert_eq!(audio_ms(&first, enc), 300, "the lookahead at once");
+        assert!(first.iter().any(|i| matches!(i, ToCall::Mark(m) if m == "t1-100")));
+        assert!(p.due(start).is_empty(), "nothing more until the carrier has played some");
+        let later = p.due(start + Duration::from_millis(500));
+        assert_eq!(audio_ms(&later, enc), 500);
+        assert_eq!(p.total_ms(), 2_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn marks_tell_what_was_heard_and_the_clock_stands_in_without_them() {
+        let enc = Encoding::Linear16k;
+        let mut p = Playout::new(enc, 7, true);
+        p.push(&vec![0; enc.bytes_for_ms(1_000)]);
+        p.finish();
+        let t0 = Instant::now();
+        let sent = p.due(t0);
+        let marks: Vec<String> =
+            sent.iter().filter_map(|i| if let ToCall::Mark(m) = i { Some(m.clone()) } else { None }).collect();
+        assert_eq!(marks, vec!["t7-100", "t7-200", "t7-300"]);
+        assert!(!p.played("t6-100"), "another turn's mark");
+        assert!(p.played("t7-200"), "covers t7-100 too");
+        assert_eq!(p.heard_ms(t0 + Duration::from_secs(5)), 200, "marks, not the clock");
+
+        let mut q = Playout::new(enc, 8, false);
+        q.push(&vec![0; enc.bytes_for_ms(1_000)]);
+        q.due(t0);
+        assert_eq!(q.heard_ms(t0 + Duration::from_millis(120)), 120);
+        assert_eq!(q.heard_ms(t0 + Duration::from_secs(5)), 300, "never more than was sent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_utterance_is_done_once_all_of_it_was_played() {
+        let enc = Encoding::Mulaw8k;
+        let mut p = Playout::new(enc, 2, true);
+        p.push(&vec![0xff; 1_000]);
+        p.finish();
+        let t0 = Instant::now();
+        let out = p.due(t0);
+        assert_eq!(audio_ms(&out, enc), 125, "the short last frame goes too");
+        let Some(ToCall::Mark(last)) = out.last().cloned() else { panic!("a mark closes the utterance") };
+        assert!(!p.done(t0));
+        assert!(p.played(&last));
+        assert!(p.done(t0));
+    }
+
+    #[test]
+    fn the_heard_part_of_a_message_ends_at_a_word() {
+        let text = "Sure, I can book a table for four at seven.";
+        assert_eq!(heard_text(text, 0, 1_000), "");
+        assert_eq!(heard_text(text, 500, 1_000), "Sure, I can book a");
+        assert_eq!(heard_text(text, 1_000, 1_000), text);
+        assert_eq!(heard_text(text, 10, 0), text);
+    }
+}

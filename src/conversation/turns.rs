@@ -1,0 +1,268 @@
+//! Turn-taking, as the conversational-dials guide describes it, in pure functions of what was
+//! heard and how long ago: which utterances interrupt the bot (`interrupt_sensitivity`), when the
+//! person's turn is over (`endpointing_sensitivity`), how every wait scales with
+//! `conversation_speed`, and when a silent call is checked on and ended (`idle_time_seconds`,
+//! `ask_if_human_present_on_idle`, `ivr_navigation_mode`).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptSensitivity {
+    /// Backchannels ("mhm", "yeah", "I see") and utterances of three words or fewer do not stop
+    /// the bot.
+    Low,
+    /// Any word stops the bot.
+    High,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointingSensitivity {
+    /// The end of a sentence or a short pause ends the turn.
+    Sensitive,
+    /// A short wait after a finished sentence, a longer one after an unfinished one.
+    Relaxed,
+}
+
+/// The agent's dials, as they shape the conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dials {
+    pub interrupt: InterruptSensitivity,
+    pub endpointing: EndpointingSensitivity,
+    /// 0.5 to 2: every wait is divided by it.
+    pub speed: f64,
+    pub initial_message_delay: Duration,
+    /// How long both sides may be silent before the bot checks on the person or ends the call.
+    pub idle: Duration,
+    pub ask_if_human_present_on_idle: bool,
+    /// `ivr_navigation_mode: default`: silent while on hold, and a ten-minute idle limit.
+    pub ivr_navigation: bool,
+}
+
+/// The hosted service ends a call after 30 s in which nobody spoke.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+/// With IVR navigation, the bot waits on hold this long.
+pub const IVR_IDLE: Duration = Duration::from_secs(600);
+
+impl Default for Dials {
+    fn default() -> Self {
+        Dials {
+            interrupt: InterruptSensitivity::Low,
+            endpointing: EndpointingSensitivity::Relaxed,
+            speed: 1.0,
+            initial_message_delay: Duration::ZERO,
+            idle: DEFAULT_IDLE,
+            ask_if_human_present_on_idle: false,
+            ivr_navigation: false,
+        }
+    }
+}
+
+impl Dials {
+    /// The dials of an agent document (`AgentParams` as stored: defaults already filled in).
+    pub fn from_agent(agent: &Value) -> Dials {
+        let ivr_navigation = agent["ivr_navigation_mode"].as_str() == Some("default");
+        let idle = match agent["idle_time_seconds"].as_f64() {
+            Some(seconds) if seconds > 0.0 => Duration::from_secs_f64(seconds.min(86_400.0)),
+            _ if ivr_navigation => IVR_IDLE,
+            _ => DEFAULT_IDLE,
+        };
+        Dials {
+            interrupt: match agent["interrupt_sensitivity"].as_str() {
+                Some("high") => InterruptSensitivity::High,
+                _ => InterruptSensitivity::Low,
+            },
+            endpointing: match agent["endpointing_sensitivity"].as_str() {
+                Some("sensitive") => EndpointingSensitivity::Sensitive,
+                // `auto` is, for now, the same as `relaxed` (the guide says so).
+                _ => EndpointingSensitivity::Relaxed,
+            },
+            speed: agent["conversation_speed"].as_f64().filter(|s| s.is_finite()).unwrap_or(1.0).clamp(0.5, 2.0),
+            initial_message_delay: Duration::from_secs_f64(
+                agent["initial_message_delay"].as_f64().filter(|d| d.is_finite()).unwrap_or(0.0).clamp(0.0, 60.0),
+            ),
+            idle,
+            ask_if_human_present_on_idle: agent["ask_if_human_present_on_idle"].as_bool().unwrap_or(false),
+            ivr_navigation,
+        }
+    }
+
+    /// A wait at normal speed, scaled by `conversation_speed`.
+    pub fn scaled(&self, wait: Duration) -> Duration {
+        wait.div_f64(self.speed)
+    }
+
+    /// When the person's turn is over: after this much silence following a sentence's end, or
+    /// this much following anything else.
+    pub fn endpointing(&self) -> Endpointing {
+        let (after_punctuation, otherwise) = match self.endpointing {
+            EndpointingSensitivity::Sensitive => (Duration::from_millis(300), Duration::from_millis(600)),
+            EndpointingSensitivity::Relaxed => (Duration::from_millis(500), Duration::from_millis(1000)),
+        };
+        Endpointing { after_punctuation: self.scaled(after_punctuation), otherwise: self.scaled(otherwise) }
+    }
+
+    /// Whether an utterance heard while the bot speaks is only a backchannel, which leaves the
+    /// bot talking (it is still kept in the transcript).
+    pub fn ignores_while_speaking(&self, utterance: &str) -> bool {
+        let words = words(utterance);
+        if words.is_empty() {
+            return true;
+        }
+        match self.interrupt {
+            InterruptSensitivity::High => false,
+            InterruptSensitivity::Low => words.len() <= 3 || is_backchannel(utterance),
+        }
+    }
+}
+
+/// The silences that end a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpointing {
+    pub after_punctuation: Duration,
+    pub otherwise: Duration,
+}
+
+impl Endpointing {
+    /// How much silence after `heard` ends the turn.
+    pub fn silence_needed(&self, heard: &str) -> Duration {
+        if heard.trim_end().ends_with(['.', '!', '?']) {
+            self.after_punctuation
+        } else {
+            self.otherwise
+        }
+    }
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| {
+            w.chars().filter(|c| c.is_alphanumeric() || *c == '\'' || *c == '-').collect::<String>().to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// A word with its stretched letters folded ("yeahhh" → "yeah", "mmmhmm" → "mhm").
+fn folded(word: &str) -> String {
+    let mut out = String::new();
+    for c in word.chars().filter(|c| *c != '-') {
+        if !out.ends_with(c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The sounds and phrases people make to show they listen, not to take the turn.
+const BACKCHANNELS: &[&str] = &[
+    "mhm",
+    "mh",
+    "hm",
+    "uhuh",
+    "uh huh",
+    "oh",
+    "ah",
+    "ok",
+    "okay",
+    "yeah",
+    "yes",
+    "yep",
+    "yup",
+    "ya",
+    "right",
+    "sure",
+    "i see",
+    "of course",
+    "makes sense",
+    "got it",
+    "cool",
+    "nice",
+    "great",
+    "alright",
+    "all right",
+    "go on",
+    "uh",
+    "um",
+    "wow",
+    "true",
+    "exactly",
+    "indeed",
+    "i know",
+    "ok ok",
+    "yeah yeah",
+    "oh okay",
+    "oh ok",
+    "oh yeah",
+    "oh i see",
+    "that makes sense",
+];
+
+/// Whether the whole utterance is a backchannel.
+pub fn is_backchannel(utterance: &str) -> bool {
+    let phrase = words(utterance).iter().map(|w| folded(w)).collect::<Vec<_>>().join(" ");
+    BACKCHANNELS.iter().any(|b| b.split(' ').map(folded).collect::<Vec<_>>().join(" ") == phrase)
+}
+
+/// What the bot says when nobody has spoken for a while and it checks on the person.
+pub const CHECK_IN: &str = "Are you still there?";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dials_come_from_the_agent_with_the_guides_defaults() {
+        let d = Dials::from_agent(&json!({}));
+        assert_eq!(d, Dials::default());
+        let d = Dials::from_agent(&json!({
+            "interrupt_sensitivity": "high", "endpointing_sensitivity": "sensitive", "conversation_speed": 2.0,
+            "initial_message_delay": 1.5, "idle_time_seconds": 12, "ask_if_human_present_on_idle": true
+        }));
+        assert_eq!(d.interrupt, InterruptSensitivity::High);
+        assert_eq!(d.endpointing, EndpointingSensitivity::Sensitive);
+        assert_eq!(
+            (d.speed, d.initial_message_delay, d.idle),
+            (2.0, Duration::from_millis(1500), Duration::from_secs(12))
+        );
+        assert!(d.ask_if_human_present_on_idle);
+        let ivr = Dials::from_agent(&json!({"ivr_navigation_mode": "default"}));
+        assert_eq!(ivr.idle, IVR_IDLE);
+        assert_eq!(Dials::from_agent(&json!({"conversation_speed": 9})).speed, 2.0);
+    }
+
+    #[test]
+    fn speed_scales_every_wait() {
+        let slow = Dials { speed: 0.5, ..Dials::default() }.endpointing();
+        let fast = Dials { speed: 2.0, ..Dials::default() }.endpointing();
+        assert_eq!(slow.otherwise, Duration::from_secs(2));
+        assert_eq!(fast.after_punctuation, Duration::from_millis(250));
+        let sensitive = Dials { endpointing: EndpointingSensitivity::Sensitive, ..Dials::default() }.endpointing();
+        assert!(sensitive.otherwise < Dials::default().endpointing().otherwise);
+        assert_eq!(Dials::default().endpointing().silence_needed("I want a table."), Duration::from_millis(500));
+        assert_eq!(Dials::default().endpointing().silence_needed("I want a"), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn backchannels_are_recognised_however_they_are_stretched() {
+        for b in ["Mhm.", "mmm-hmm", "Yeahhh", "I see!", "of course", "Okay", "uh-huh", "Oh, okay."] {
+            assert!(is_backchannel(b), "{b}");
+        }
+        for not in ["I see a problem", "No", "Wait, stop", "yes please book it"] {
+            assert!(!is_backchannel(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn low_sensitivity_ignores_backchannels_and_short_utterances_high_ignores_nothing() {
+        let low = Dials::default();
+        let high = Dials { interrupt: InterruptSensitivity::High, ..Dials::default() };
+        assert!(low.ignores_while_speaking("mhm"));
+        assert!(low.ignores_while_speaking("no no no"));
+        assert!(!low.ignores_while_speaking("sorry, can you repeat the price"));
+        assert!(!high.ignores_while_speaking("mhm"));
+        assert!(high.ignores_while_speaking("  "), "nothing said interrupts nothing");
+    }
+}
