@@ -130,6 +130,13 @@ fn start_server(database_url: &str, carrier: &str, key: &str) -> Server {
         .env("VOCODE_API_KEY", key)
         .env("CARRIER_MODE", "live")
         .env("TWILIO_API_BASE_URL", carrier)
+        // Live calls need providers for their agents; these resolve and are never reached (the
+        // benchmark's calls never open a media stream).
+        .env("DEEPGRAM_API_KEY", "bench")
+        .env("OPENAI_API_KEY", "bench")
+        .env("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+        .env("ELEVENLABS_API_KEY", "bench")
+        .env("VOCODE_VOICE", "elevenlabs:bench")
         .env("ALLOW_PRIVATE_TARGETS", "true")
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())

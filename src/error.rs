@@ -68,7 +68,7 @@ impl From<crate::calls::CallsError> for ApiError {
     fn from(err: crate::calls::CallsError) -> Self {
         match err {
             crate::calls::CallsError::Database(err) => err.into(),
-            contended @ crate::calls::CallsError::Contended(_) => ApiError::Internal(contended.into()),
+            other => ApiError::Internal(other.into()),
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Shared {
     pub telephony: Telephony,
     pub webhooks: webhooks::Webhooks,
     pub jobs: Jobs<AppState>,
+    /// The providers agents listen, think and speak with.
+    pub conversation: config::ConversationArgs,
     /// The built-in carrier, when calls go to it.
     pub sandbox: Option<Arc<Sandbox>>,
 }
@@ -190,6 +192,7 @@ impl App {
                 calls,
                 telephony,
                 jobs,
+                conversation: serve.conversation.clone(),
                 sandbox,
             })),
             listener,

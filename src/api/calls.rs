@@ -17,6 +17,8 @@ use super::extract::{ValidJson, ValidQuery};
 use super::paging::{ListQuery, Page};
 use super::routes::V1;
 use crate::calls::{NewCall, News};
+use crate::conversation::agent::resolve;
+use crate::conversation::audio::Encoding;
 use crate::domain::agents::default_voice;
 use crate::domain::call::{Direction, Event, Provider};
 use crate::domain::documents::{ACCOUNT_CONNECTIONS, AGENTS};
@@ -24,7 +26,7 @@ use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
 use crate::store::calls::{self as calls_store, CallRow};
 use crate::store::records::{self, count_rows};
-use crate::store::{now, numbers, users, Conn};
+use crate::store::{now, numbers, users, Conn, Tx};
 use crate::telephony::CarrierError;
 use crate::AppState;
 
@@ -162,6 +164,9 @@ async fn create_call(
             create_agent(&state, &mut tx, caller.user_id, params, &agent_loc).await?.record.id
         }
     };
+    if !state.telephony.sandboxed {
+        check_agent_can_talk(&state, &mut tx, caller.user_id, agent_id, provider).await?;
+    }
     let on_no_human_answer =
         req.on_no_human_answer.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?;
     let new = NewCall {
@@ -198,6 +203,27 @@ async fn create_call(
     let mut handle = state.store.read().await?;
     let row = user_call(&mut handle, caller.user_id, row.id).await?;
     Ok(Json(call_view(&state, &mut handle, &row).await?))
+}
+
+/// A live call must not be deaf or mute: its agent's speech-to-text, model and voice must resolve
+/// with this server's settings, or the call is refused with what to configure.
+async fn check_agent_can_talk(
+    state: &AppState,
+    tx: &mut Tx,
+    user_id: Uuid,
+    agent_id: Uuid,
+    provider: Provider,
+) -> Result<()> {
+    let docs = crate::calls::agent::documents(tx, &state.secrets, user_id, agent_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("agent {agent_id} vanished in its own transaction")))?;
+    let (encoding, echoes) = match provider {
+        Provider::Twilio => (Encoding::Mulaw8k, true),
+        Provider::Vonage => (Encoding::Linear16k, false),
+    };
+    resolve(&docs, &state.conversation, encoding, echoes)
+        .map(|_| ())
+        .map_err(|missing| ApiError::BadRequest(format!("This server cannot run the call's agent: {missing}")))
 }
 
 async fn replay(

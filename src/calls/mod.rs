@@ -8,7 +8,7 @@
 //! the jobs it writes for immediate work come back to the caller as claimed jobs to run.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::domain::call::{transition, CallState, Direction, Effect, Event, NoHumanAnswer, Provider};
@@ -16,7 +16,9 @@ use crate::jobs::{Enqueue, Job, Queue};
 use crate::store::calls::{self, CallRow};
 use crate::store::jobs::JobRow;
 use crate::store::{now, numbers::NumberRow, Store, Tx};
-use crate::webhooks;
+use crate::webhooks::{self, EventType};
+
+pub mod agent;
 
 /// The job that asks the carrier to place a call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +55,9 @@ pub enum CallsError {
     /// Concurrent changes kept winning the compare-and-set.
     #[error("call {0} kept changing under concurrent updates")]
     Contended(Uuid),
+    /// A stored secret cannot be opened (the secrets key changed?).
+    #[error("a stored document cannot be read: {0}")]
+    Unreadable(String),
 }
 
 /// What a new call row is made of.
@@ -316,6 +321,40 @@ impl Calls {
         let events = webhooks::events_for(&self.public_base, row, effects, recording_now_available);
         webhooks::enqueue(&self.queue, tx, row, events).await?;
         Ok(claimed)
+    }
+
+    /// Adds a finished message to the call's transcript, with its `event_message`, in one
+    /// transaction. A HIPAA-compliant call keeps no transcript and sends no message.
+    pub async fn record_message(&self, call_id: Uuid, speaker: &str, text: &str) -> Result<(), CallsError> {
+        let mut tx = self.store.begin().await?;
+        let Some(row) = calls::by_id(tx.conn(), call_id).await? else {
+            return Ok(());
+        };
+        if row.hipaa_compliant {
+            return Ok(());
+        }
+        calls::append_transcript(tx.conn(), call_id, &format!("{speaker}: {text}\n"), now()).await?;
+        let payload = json!({"sender": speaker.to_lowercase(), "text": text, "timestamp": now()});
+        webhooks::enqueue(&self.queue, &mut tx, &row, vec![(EventType::Message, payload)]).await?;
+        tx.commit().await?;
+        self.queue.wake();
+        Ok(())
+    }
+
+    /// The conversation is over: its whole transcript goes out as `event_transcript`.
+    pub async fn conversation_ended(&self, call_id: Uuid) -> Result<(), CallsError> {
+        let mut tx = self.store.begin().await?;
+        let Some(row) = calls::by_id(tx.conn(), call_id).await? else {
+            return Ok(());
+        };
+        if row.hipaa_compliant {
+            return Ok(());
+        }
+        let payload = json!({"transcript": row.transcript.clone().unwrap_or_default()});
+        webhooks::enqueue(&self.queue, &mut tx, &row, vec![(EventType::Transcript, payload)]).await?;
+        tx.commit().await?;
+        self.queue.wake();
+        Ok(())
     }
 
     /// Marks that the carrier was asked about a call, so that it is not asked again at once.

@@ -270,6 +270,20 @@ pub async fn stale(c: DbConn<'_>, before: DateTime<Utc>, limit: i64) -> sqlx::Re
     all(run!(c, |c| sqlx::query_as(&sql).bind(before).bind(limit).fetch_all(&mut *c).await)?)
 }
 
+/// Adds lines to a call's transcript (the state machine's compare-and-set does not cover it: the
+/// conversation is its only writer).
+pub async fn append_transcript(c: DbConn<'_>, id: Uuid, lines: &str, at: DateTime<Utc>) -> sqlx::Result<()> {
+    run!(c, |c| sqlx::query(
+        "UPDATE calls SET transcript = COALESCE(transcript, '') || $2, updated_at = $3 WHERE id = $1"
+    )
+    .bind(id)
+    .bind(lines)
+    .bind(at)
+    .execute(&mut *c)
+    .await
+    .map(|_| ()))
+}
+
 /// Marks that the carrier was asked about a call, so that it is not asked again at once.
 pub async fn touch(c: DbConn<'_>, id: Uuid, at: DateTime<Utc>) -> sqlx::Result<()> {
     run!(c, |c| sqlx::query("UPDATE calls SET last_carrier_event_at = $2 WHERE id = $1")

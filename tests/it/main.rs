@@ -8,6 +8,7 @@ mod architecture;
 mod auth;
 mod calls;
 mod contract;
+mod conversation;
 mod embedded_faults;
 mod faults;
 mod isolation;

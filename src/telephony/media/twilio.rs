@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::converse::{self, offer};
 use super::{call_matches, refuse, token_ok, AudioFormat, ToCall};
+use crate::conversation::engine::FromCall;
 use crate::AppState;
 
 pub async fn stream(State(state): State<AppState>, Path(call_id): Path<Uuid>, ws: WebSocketUpgrade) -> Response {
@@ -34,6 +36,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
     streams.update(call_id, |s| s.protocol = "twilio");
     // Until `start` binds the stream, nothing can be sent to it.
     let mut bound: Option<(String, mpsc::Receiver<ToCall>)> = None;
+    let mut conversation = None;
     loop {
         let outgoing = async {
             match bound.as_mut() {
@@ -78,27 +81,32 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                 let sid = start["streamSid"].as_str().or(event["streamSid"].as_str()).unwrap_or_default().to_owned();
                 bound = Some((sid, streams.bind(call_id, AudioFormat::Mulaw8k)));
                 tracing::info!(%call_id, "media stream started (twilio)");
+                if let Some(port) = streams.port(call_id) {
+                    conversation = converse::start(&state, call_id, AudioFormat::Mulaw8k, port.to_call, true).await;
+                }
             }
             Some("media") if bound.is_some() => {
-                let bytes = event["media"]["payload"]
-                    .as_str()
-                    .and_then(|p| STANDARD.decode(p).ok())
-                    .map(|b| b.len())
-                    .unwrap_or(0);
+                let audio =
+                    event["media"]["payload"].as_str().and_then(|p| STANDARD.decode(p).ok()).unwrap_or_default();
                 streams.update(call_id, |s| {
                     s.media_frames += 1;
-                    s.media_bytes += bytes as u64;
+                    s.media_bytes += audio.len() as u64;
                 });
+                if !audio.is_empty() {
+                    offer(&conversation, FromCall::Audio(audio));
+                }
             }
             Some("media") => return refuse(socket, "media before start").await,
             Some("mark") if bound.is_some() => {
                 if let Some(name) = event["mark"]["name"].as_str() {
                     streams.update(call_id, |s| s.marks_played.push(name.to_owned()));
+                    offer(&conversation, FromCall::Played(name.to_owned()));
                 }
             }
             Some("dtmf") if bound.is_some() => {
                 if let Some(digit) = event["dtmf"]["digit"].as_str() {
                     streams.update(call_id, |s| s.dtmf.push_str(digit));
+                    offer(&conversation, FromCall::Dtmf(digit.to_owned()));
                 }
             }
             Some("stop") => break,
@@ -106,6 +114,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
         }
     }
     streams.close(call_id);
+    offer(&conversation, FromCall::Stopped);
 }
 
 #[cfg(test)]

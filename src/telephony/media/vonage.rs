@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::converse::{self, offer};
 use super::{call_matches, refuse, token_ok, AudioFormat, ToCall};
+use crate::conversation::engine::FromCall;
 use crate::AppState;
 
 /// The size of one audio message: 20 ms of 16-bit PCM at 16 kHz.
@@ -44,6 +46,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
     let streams = &state.telephony.streams;
     streams.update(call_id, |s| s.protocol = "vonage");
     let mut outgoing: Option<mpsc::Receiver<ToCall>> = None;
+    let mut conversation = None;
     loop {
         let next_out = async {
             match outgoing.as_mut() {
@@ -63,6 +66,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                 for message in framed(out) {
                     if socket.send(message).await.is_err() {
                         streams.close(call_id);
+                        offer(&conversation, FromCall::Stopped);
                         return;
                     }
                 }
@@ -82,16 +86,23 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                         }
                         outgoing = Some(streams.bind(call_id, AudioFormat::Linear16k));
                         tracing::info!(%call_id, "media stream started (vonage)");
+                        if let Some(port) = streams.port(call_id) {
+                            // Vonage's `notify` echoes are not confirmed: the clock tells what was played.
+                            conversation =
+                                converse::start(&state, call_id, AudioFormat::Linear16k, port.to_call, false).await;
+                        }
                     }
                     Some("websocket:dtmf") if outgoing.is_some() => {
                         let digit = event["digit"].as_str().or(event["dtmf"]["digit"].as_str());
                         if let Some(digit) = digit {
                             streams.update(call_id, |s| s.dtmf.push_str(digit));
+                            offer(&conversation, FromCall::Dtmf(digit.to_owned()));
                         }
                     }
                     Some("websocket:notify") if outgoing.is_some() => {
                         if let Some(name) = event["payload"]["mark"].as_str() {
                             streams.update(call_id, |s| s.marks_played.push(name.to_owned()));
+                            offer(&conversation, FromCall::Played(name.to_owned()));
                         }
                     }
                     _ => {}
@@ -102,6 +113,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                     s.media_frames += 1;
                     s.media_bytes += audio.len() as u64;
                 });
+                offer(&conversation, FromCall::Audio(audio.to_vec()));
             }
             Message::Binary(_) => return refuse(socket, "audio before websocket:connected").await,
             Message::Close(_) => break,
@@ -109,6 +121,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
         }
     }
     streams.close(call_id);
+    offer(&conversation, FromCall::Stopped);
 }
 
 #[cfg(test)]

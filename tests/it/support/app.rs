@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use vocode_server::config::{GlobalArgs, ServeArgs, TelephonyArgs};
+use vocode_server::config::{ConversationArgs, GlobalArgs, ServeArgs, TelephonyArgs};
 use vocode_server::store::{users, Store};
 use vocode_server::{crypto, App, AppState};
 
@@ -15,13 +15,61 @@ use super::db::{Backend, TestDb};
 use super::hex_key;
 
 /// Settings a test may change before the server starts.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Options {
     pub jwt_secret: Option<String>,
     pub jwt_public_key_pem: Option<String>,
     pub telephony: TelephonyArgs,
+    /// The agents' providers: by default configured but unreachable (see
+    /// [`unreachable_providers`]), so that live calls are accepted and stay silent.
+    pub conversation: ConversationArgs,
     /// Background workers; tests run jobs themselves (`drain`) unless they ask for some.
     pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            jwt_secret: None,
+            jwt_public_key_pem: None,
+            telephony: TelephonyArgs::default(),
+            conversation: unreachable_providers(),
+            workers: 0,
+        }
+    }
+}
+
+/// Where nothing listens: connections are refused at once.
+pub const NOWHERE: &str = "127.0.0.1:1";
+
+/// Providers for every agent, each a key and an address where nothing listens: live calls pass
+/// the check at `calls/create`, and their conversations fail to reach anyone (and say so in the
+/// log) instead of calling the real services.
+pub fn unreachable_providers() -> ConversationArgs {
+    ConversationArgs {
+        deepgram_api_key: Some("test-deepgram-key".into()),
+        deepgram_url: Some(format!("ws://{NOWHERE}/v1/listen")),
+        openai_api_key: Some("test-openai-key".into()),
+        openai_base_url: Some(format!("http://{NOWHERE}/v1")),
+        elevenlabs_api_key: Some("test-elevenlabs-key".into()),
+        elevenlabs_base_url: Some(format!("http://{NOWHERE}")),
+        vocode_voice: Some("elevenlabs:test-voice".into()),
+        ..ConversationArgs::default()
+    }
+}
+
+/// The same, as the environment of a server process.
+pub fn unreachable_providers_env() -> Vec<(&'static str, String)> {
+    let p = unreachable_providers();
+    vec![
+        ("DEEPGRAM_API_KEY", p.deepgram_api_key.unwrap()),
+        ("DEEPGRAM_URL", p.deepgram_url.unwrap()),
+        ("OPENAI_API_KEY", p.openai_api_key.unwrap()),
+        ("OPENAI_BASE_URL", p.openai_base_url.unwrap()),
+        ("ELEVENLABS_API_KEY", p.elevenlabs_api_key.unwrap()),
+        ("ELEVENLABS_BASE_URL", p.elevenlabs_base_url.unwrap()),
+        ("VOCODE_VOICE", p.vocode_voice.unwrap()),
+    ]
 }
 
 pub struct TestApp {
@@ -61,6 +109,7 @@ impl TestApp {
             jwt_secret: options.jwt_secret.clone(),
             jwt_public_key_pem: options.jwt_public_key_pem.clone(),
             telephony: options.telephony.clone(),
+            conversation: options.conversation.clone(),
             workers: options.workers,
             ..ServeArgs::default()
         };

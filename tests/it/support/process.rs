@@ -84,6 +84,10 @@ impl ServerProcess {
             .env_remove("CARRIER_MODE")
             .stdout(std::process::Stdio::piped())
             .stderr(log);
+        // Providers that resolve and cannot be reached, unless the test says otherwise.
+        for (k, v) in super::app::unreachable_providers_env() {
+            cmd.env(k, v);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

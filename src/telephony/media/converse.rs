@@ -1,0 +1,92 @@
+//! A bound media stream's conversation: the call's agent, resolved with the server's providers,
+//! run by the conversation engine on the stream's audio. What the engine reports goes to the
+//! calls service — each finished message into the transcript (with its `event_message`), the
+//! hang-up the bot asks for, and `event_transcript` once the conversation is over.
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::calls::News;
+use crate::conversation::agent::resolve;
+use crate::conversation::audio::Encoding;
+use crate::conversation::engine::{self, Event, FromCall};
+use crate::conversation::media::ToCall;
+use crate::domain::call::Event as CallEvent;
+use crate::AppState;
+
+/// How many frames from the carrier may wait for the engine (20 ms each: about 5 s).
+const FROM_CALL_QUEUE: usize = 256;
+
+/// Starts the call's conversation on its stream, and returns where the stream's inbound side goes;
+/// `None` when the call's agent cannot talk on this server (it says why in the log).
+pub async fn start(
+    state: &AppState,
+    call_id: Uuid,
+    encoding: Encoding,
+    to_call: mpsc::Sender<ToCall>,
+    carrier_echoes_marks: bool,
+) -> Option<mpsc::Sender<FromCall>> {
+    let row = match state.calls.find(call_id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(%call_id, error = %e, "cannot read the call: it stays silent");
+            return None;
+        }
+    };
+    let docs = match state.store.read().await {
+        Ok(mut handle) => crate::calls::agent::documents(&mut handle, &state.secrets, row.user_id, row.agent_id).await,
+        Err(e) => Err(e.into()),
+    };
+    let docs = match docs {
+        Ok(Some(docs)) => docs,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(%call_id, error = %e, "cannot read the call's agent: the call stays silent");
+            return None;
+        }
+    };
+    let (config, providers) = match resolve(&docs, &state.conversation, encoding, carrier_echoes_marks) {
+        Ok(resolved) => resolved,
+        Err(missing) => {
+            tracing::warn!(%call_id, %missing, "the call's agent cannot talk on this server: the call stays silent");
+            return None;
+        }
+    };
+    let (from_call, from_call_rx) = mpsc::channel(FROM_CALL_QUEUE);
+    let (events, mut events_rx) = mpsc::channel(64);
+    tokio::spawn(engine::run(config, providers, from_call_rx, to_call, events));
+    let state = state.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            match event {
+                Event::Message(message) => {
+                    if let Err(e) = state.calls.record_message(call_id, message.speaker.as_str(), &message.text).await {
+                        tracing::warn!(%call_id, error = %e, "a message could not be kept");
+                    }
+                }
+                Event::HangUp => match state.calls.apply(call_id, &News::api(CallEvent::EndRequested)).await {
+                    Ok(Some(applied)) => state.run_soon(applied.claimed),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(%call_id, error = %e, "the bot's hang-up could not be recorded"),
+                },
+                Event::Latency(_) => {}
+            }
+        }
+        if let Err(e) = state.calls.conversation_ended(call_id).await {
+            tracing::warn!(%call_id, error = %e, "the transcript event could not be queued");
+        }
+    });
+    tracing::info!(%call_id, "conversation started");
+    Some(from_call)
+}
+
+/// Hands a frame to the engine without waiting: a full queue drops it (and counts it) rather than
+/// stall the carrier's socket.
+pub fn offer(conversation: &Option<mpsc::Sender<FromCall>>, message: FromCall) {
+    if let Some(tx) = conversation {
+        if tx.try_send(message).is_err() {
+            metrics::counter!("vocode_media_frames_dropped_total").increment(1);
+        }
+    }
+}
