@@ -25,6 +25,9 @@ use super::stt::{SpeechToText, SttConfig, SttEvent, SttSession};
 use super::tts::Voice;
 use super::turns::{Dials, CHECK_IN};
 
+/// What the bot says when its model fails before saying anything.
+pub const APOLOGY: &str = "Sorry, I'm having trouble right now.";
+
 /// The tool the model calls to end the conversation (Vocode's `action_end_conversation`).
 pub const END_CONVERSATION: &str = "action_end_conversation";
 
@@ -127,7 +130,6 @@ enum Generated {
     EndConversation,
     /// Nothing more will come.
     Done,
-    Failed(String),
 }
 
 type Reports = mpsc::Sender<(u64, Generated)>;
@@ -458,13 +460,6 @@ impl Engine {
                 self.pump().await;
             }
             Generated::EndConversation => speaking.then_hang_up = true,
-            Generated::Failed(reason) => {
-                tracing::warn!(%reason, "the turn's generation failed");
-                speaking.generation_done = true;
-                speaking.playout.finish();
-                self.child = None;
-                self.after_playout().await;
-            }
             Generated::Done => {
                 speaking.generation_done = true;
                 speaking.playout.finish();
@@ -611,42 +606,51 @@ async fn generate(
     turn: u64,
     out: mpsc::Sender<(u64, Generated)>,
 ) {
-    let mut stream = match llm.stream(request).await {
-        Ok(stream) => stream,
-        Err(e) => {
-            say(&*voice, encoding, "Sorry, I'm having trouble right now.", turn, &out).await;
-            let _ = out.send((turn, Generated::Failed(e.to_string()))).await;
-            return;
-        }
-    };
+    let mut failure = None;
+    let mut spoke = false;
     let mut buffer = String::new();
     let mut tools = ToolCallAccumulator::default();
-    let mut first = true;
-    while let Some(delta) = stream.next().await {
-        let delta = match delta {
-            Ok(delta) => delta,
-            Err(e) => {
-                let _ = out.send((turn, Generated::Failed(e.to_string()))).await;
-                break;
-            }
-        };
-        if first {
-            first = false;
-            let _ = out.send((turn, Generated::FirstToken)).await;
-        }
-        tools.push(&delta);
-        if let LlmDelta::Text(text) = &delta {
-            buffer.push_str(text);
-            while let Some(end) = sentence_end(&buffer) {
-                let sentence: String = buffer.drain(..end).collect();
-                if !say(&*voice, encoding, sentence.trim(), turn, &out).await {
-                    return;
+    match llm.stream(request).await {
+        Ok(mut stream) => {
+            let mut first = true;
+            while let Some(delta) = stream.next().await {
+                let delta = match delta {
+                    Ok(delta) => delta,
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                };
+                if first {
+                    first = false;
+                    let _ = out.send((turn, Generated::FirstToken)).await;
+                }
+                tools.push(&delta);
+                if let LlmDelta::Text(text) = &delta {
+                    buffer.push_str(text);
+                    while let Some(end) = sentence_end(&buffer) {
+                        let sentence: String = buffer.drain(..end).collect();
+                        if !say(&*voice, encoding, sentence.trim(), turn, &out).await {
+                            return;
+                        }
+                        spoke = true;
+                    }
                 }
             }
         }
+        Err(e) => failure = Some(e.to_string()),
     }
     if !buffer.trim().is_empty() {
         say(&*voice, encoding, buffer.trim(), turn, &out).await;
+        spoke = true;
+    }
+    if let Some(failure) = failure {
+        tracing::warn!(%failure, model = llm.name(), "the model failed this turn");
+        metrics::counter!("vocode_conversation_model_failures_total").increment(1);
+        // Never a silent turn: if the model said nothing, the bot says why it cannot answer.
+        if !spoke {
+            say(&*voice, encoding, APOLOGY, turn, &out).await;
+        }
     }
     if tools.finish().iter().any(|call| call.name == END_CONVERSATION) {
         let _ = out.send((turn, Generated::EndConversation)).await;

@@ -43,7 +43,8 @@ impl SpeechToText for FakeStt {
     }
 }
 
-/// A model that answers each request with the next scripted reply, and remembers the requests.
+/// A model that answers each request with the next scripted reply (an empty one fails at once),
+/// and remembers the requests.
 struct FakeLlm {
     replies: Mutex<VecDeque<Vec<LlmDelta>>>,
     requests: Mutex<Vec<ChatRequest>>,
@@ -60,6 +61,9 @@ impl LanguageModel for FakeLlm {
         self.requests.lock().unwrap().push(request);
         let reply = self.replies.lock().unwrap().pop_front().unwrap_or_default();
         Box::pin(async move {
+            if reply.is_empty() {
+                return Ok(Box::pin(stream::iter(vec![Err(LlmError::Stalled(Duration::from_secs(10)))])) as DeltaStream);
+            }
             let items: Vec<Result<LlmDelta, LlmError>> = reply.into_iter().map(Ok).collect();
             Ok(Box::pin(stream::iter(items)) as DeltaStream)
         })
@@ -351,4 +355,16 @@ async fn the_model_ends_the_conversation_after_its_goodbye_is_played() {
     }
     assert_eq!(audio_when_done, 500 + 400, "the goodbye was played whole before the hang-up");
     call.engine.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_that_fails_before_a_word_gets_an_apology_not_silence() {
+    let mut call = start(config(Dials::default()), vec![vec![]]);
+    call.next_message().await;
+    call.says("Are you there?").await;
+    call.next_message().await;
+    let answer = call.next_message().await;
+    assert_eq!((answer.speaker, answer.text.as_str()), (Speaker::Bot, APOLOGY));
+    assert!(call.played.lock().unwrap().audio_ms > 500, "the apology was spoken");
+    call.end().await;
 }
