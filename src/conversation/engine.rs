@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
@@ -211,24 +211,32 @@ impl Engine {
         }
     }
 
-    async fn open_stt(&self) -> Option<SttSession> {
+    /// Opens speech-to-text in a child task, so that connecting never delays the greeting.
+    fn open_stt(&self) -> oneshot::Receiver<Option<SttSession>> {
         let mut stt = SttConfig::new(self.config.encoding);
         stt.language = self.config.language.clone();
         stt.keywords = self.config.keywords.clone();
         let endpointing = self.config.dials.endpointing();
         stt.endpointing_ms = endpointing.after_punctuation.as_millis() as u32;
         stt.utterance_end_ms = (endpointing.otherwise.as_millis() as u32).max(1000);
-        match self.providers.stt.open(stt).await {
-            Ok(session) => Some(session),
-            Err(e) => {
-                tracing::warn!(error = %e, "speech-to-text could not be opened: the bot cannot hear this call");
-                None
-            }
-        }
+        let provider = self.providers.stt.clone();
+        let (opened, session) = oneshot::channel();
+        tokio::spawn(async move {
+            let session = match provider.open(stt).await {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    tracing::warn!(error = %e, "speech-to-text could not be opened: the bot cannot hear this call");
+                    None
+                }
+            };
+            let _ = opened.send(session);
+        });
+        session
     }
 
     async fn conversation(&mut self, from_call: &mut mpsc::Receiver<FromCall>) {
-        let mut stt = self.open_stt().await;
+        let mut opening = Some(self.open_stt());
+        let mut stt: Option<SttSession> = None;
         let greeting_at =
             self.config.initial_message.as_ref().map(|_| Instant::now() + self.config.dials.initial_message_delay);
         let mut greeting_at = greeting_at;
@@ -262,6 +270,11 @@ impl Engine {
                     }
                     Some(FromCall::Stopped) | None => return,
                 },
+                opened = async { opening.as_mut().expect("guarded").await }, if opening.is_some() => {
+                    opening = None;
+                    // Audio that came while it connected was not heard.
+                    stt = opened.ok().flatten();
+                }
                 event = async { stt.as_mut().expect("guarded").events.recv().await }, if stt.is_some() => match event {
                     Some(event) => self.heard_event(event).await,
                     None => {

@@ -26,11 +26,14 @@ fn sentences_are_cut_after_three_words_at_their_end() {
 struct FakeStt {
     events: Mutex<Option<mpsc::Receiver<SttEvent>>>,
     audio: Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
+    /// How long connecting takes.
+    connect: Duration,
 }
 
 impl SpeechToText for FakeStt {
     fn open(&self, _config: SttConfig) -> BoxFuture<'_, Result<SttSession, SttError>> {
         Box::pin(async move {
+            tokio::time::sleep(self.connect).await;
             let (audio, audio_rx) = mpsc::channel(64);
             *self.audio.lock().unwrap() = Some(audio_rx);
             let events = self.events.lock().unwrap().take().expect("one session");
@@ -136,8 +139,12 @@ fn config(dials: Dials) -> EngineConfig {
 /// Starts a call: the engine, and a carrier that plays audio in real time and echoes each mark
 /// once the audio before it has played (a clear drops what is queued, marks included).
 fn start(config: EngineConfig, replies: Vec<Vec<LlmDelta>>) -> Call {
+    start_with_stt_connect(config, replies, Duration::ZERO)
+}
+
+fn start_with_stt_connect(config: EngineConfig, replies: Vec<Vec<LlmDelta>>, connect: Duration) -> Call {
     let (person, person_rx) = mpsc::channel(16);
-    let stt = Arc::new(FakeStt { events: Mutex::new(Some(person_rx)), audio: Mutex::default() });
+    let stt = Arc::new(FakeStt { events: Mutex::new(Some(person_rx)), audio: Mutex::default(), connect });
     let llm = FakeLlm::new(replies);
     let providers = Providers { stt, llm: llm.clone(), voice: Arc::new(FakeVoice) };
     let (stream, from_call) = mpsc::channel(64);
@@ -366,5 +373,15 @@ async fn a_model_that_fails_before_a_word_gets_an_apology_not_silence() {
     let answer = call.next_message().await;
     assert_eq!((answer.speaker, answer.text.as_str()), (Speaker::Bot, APOLOGY));
     assert!(call.played.lock().unwrap().audio_ms > 500, "the apology was spoken");
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_speech_to_text_connection_does_not_delay_the_greeting() {
+    let started = Instant::now();
+    let mut call = start_with_stt_connect(config(Dials::default()), vec![], Duration::from_secs(5));
+    let greeting = call.next_message().await;
+    assert_eq!(greeting.speaker, Speaker::Bot);
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     call.end().await;
 }
