@@ -152,6 +152,7 @@ fn voice(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn V
             let mut azure = azure(settings, name)?;
             azure.pitch = voice["pitch"].as_i64().unwrap_or(0) as i32;
             azure.rate = voice["rate"].as_i64().unwrap_or(15) as i32;
+            azure.language = docs.agent["language"].as_str().and_then(azure_locale).map(str::to_owned);
             Ok(Arc::new(Azure::new(azure)))
         }
         "voice_vocode" => match settings.vocode_voice.as_deref().and_then(|v| v.split_once(':')) {
@@ -177,6 +178,24 @@ fn voice(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn V
              voice_azure or voice_vocode"
         ))),
     }
+}
+
+/// The locale Azure speaks an agent's `language` in.
+fn azure_locale(language: &str) -> Option<&'static str> {
+    Some(match language {
+        "en" => "en-US",
+        "es" => "es-ES",
+        "de" => "de-DE",
+        "hi" => "hi-IN",
+        "pt" => "pt-BR",
+        "fr" => "fr-FR",
+        "nl" => "nl-NL",
+        "id" => "id-ID",
+        "it" => "it-IT",
+        "ja" => "ja-JP",
+        "ko" => "ko-KR",
+        _ => return None,
+    })
 }
 
 fn azure(settings: &ConversationArgs, voice_name: &str) -> Result<AzureSettings, Missing> {
@@ -224,6 +243,12 @@ mod tests {
         assert!(!config.end_conversation_tool);
         let defaults = resolve(&docs(json!({}), None), &settings(), Encoding::Linear16k, false).unwrap().0;
         assert_eq!(defaults.model, "gpt-4o-mini");
+    }
+
+    #[test]
+    fn the_agents_language_reaches_azure_as_a_locale() {
+        assert_eq!(azure_locale("es"), Some("es-ES"));
+        assert_eq!(azure_locale("xx"), None);
     }
 
     #[test]
