@@ -290,7 +290,7 @@ impl Engine {
                 _ = sleep_until(greeting_at.unwrap_or(far)), if greeting_at.is_some() => {
                     greeting_at = None;
                     let text = self.config.initial_message.clone().unwrap_or_default();
-                    self.speak_fixed(text, false, false).await;
+                    self.speak_fixed(text, false).await;
                 }
                 _ = sleep_until(self.turn_ends_at.unwrap_or(far)), if self.turn_ends_at.is_some() => {
                     self.turn_ends_at = None;
@@ -302,7 +302,7 @@ impl Engine {
                 _ = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
                     if self.config.dials.ask_if_human_present_on_idle && !self.checked_in {
                         self.checked_in = true;
-                        self.speak_fixed(CHECK_IN.to_owned(), true, false).await;
+                        self.speak_fixed(CHECK_IN.to_owned(), true).await;
                     } else {
                         tracing::info!("nobody spoke for the idle time: ending the call");
                         let _ = self.events.send(Event::HangUp).await;
@@ -393,17 +393,7 @@ impl Engine {
         let end_of_turn = self.last_word.map(|w| decided.saturating_duration_since(w)).unwrap_or_default();
         self.history.push(ChatMessage::User(heard.clone()));
         self.record_only(Speaker::Human, heard, false).await;
-        self.stop_child();
-        self.turn += 1;
-        let turn = self.turn;
-        self.speaking = Some(Speaking {
-            playout: Playout::new(self.config.encoding, turn, self.config.carrier_echoes_marks),
-            text: String::new(),
-            interruptible: true,
-            generation_done: false,
-            then_hang_up: false,
-            latency: Some((decided, TurnLatency { end_of_turn, ..TurnLatency::default() })),
-        });
+        let turn = self.begin_turn(true, Some((decided, TurnLatency { end_of_turn, ..TurnLatency::default() })));
         let request = ChatRequest {
             model: self.config.model.clone(),
             messages: self.history.clone(),
@@ -428,19 +418,24 @@ impl Engine {
         tools
     }
 
-    /// Says a fixed text (the greeting, the idle check-in) as its own turn.
-    async fn speak_fixed(&mut self, text: String, interruptible: bool, then_hang_up: bool) {
+    /// Starts a new turn of the bot's (whatever the previous one was doing stops); returns its id.
+    fn begin_turn(&mut self, interruptible: bool, latency: Option<(Instant, TurnLatency)>) -> u64 {
         self.stop_child();
         self.turn += 1;
-        let turn = self.turn;
         self.speaking = Some(Speaking {
-            playout: Playout::new(self.config.encoding, turn, self.config.carrier_echoes_marks),
+            playout: Playout::new(self.config.encoding, self.turn, self.config.carrier_echoes_marks),
             text: String::new(),
             interruptible,
             generation_done: false,
-            then_hang_up,
-            latency: None,
+            then_hang_up: false,
+            latency,
         });
+        self.turn
+    }
+
+    /// Says a fixed text (the greeting, the idle check-in) as its own turn.
+    async fn speak_fixed(&mut self, text: String, interruptible: bool) {
+        let turn = self.begin_turn(interruptible, None);
         let (voice, encoding, out) = (self.providers.voice.clone(), self.config.encoding, self.generated.0.clone());
         self.child = Some(tokio::spawn(async move {
             say(&*voice, encoding, &text, turn, &out).await;

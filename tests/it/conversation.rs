@@ -13,13 +13,13 @@ use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use vocode_server::config::{CarrierMode, ConversationArgs, TelephonyArgs};
+use vocode_server::config::ConversationArgs;
 
 use crate::support::fake_deepgram::{results, FakeDeepgram};
 use crate::support::fake_openai::{FakeOpenAi, Script};
 use crate::support::fake_tts::{audio_chunks, FakeTts};
 use crate::support::{
-    eventually, on_both_backends, Backend, FakeTwilio, FakeVonage, Options, Receiver, TestApp, PRIVATE_KEY_PATH,
+    eventually, live_telephony, on_both_backends, Backend, FakeTwilio, FakeVonage, Options, Receiver, TestApp,
     PUBLIC_KEY_PEM,
 };
 
@@ -40,18 +40,7 @@ async fn world_with(backend: Backend, conversation: Option<ConversationArgs>) ->
     let (twilio, vonage) = (FakeTwilio::start().await, FakeVonage::start(PUBLIC_KEY_PEM).await);
     let (deepgram, openai, tts) = (FakeDeepgram::start().await, FakeOpenAi::start().await, FakeTts::start().await);
     let receiver = Receiver::start().await;
-    let telephony = TelephonyArgs {
-        carrier_mode: CarrierMode::Live,
-        twilio_api_base_url: Some(twilio.base.clone()),
-        vonage_application_id: Some(vonage.state.application_id.clone()),
-        vonage_private_key_path: Some(PRIVATE_KEY_PATH.into()),
-        vonage_api_key: Some(vonage.state.api_key.clone()),
-        vonage_api_secret: Some(vonage.state.api_secret.clone()),
-        vonage_signature_secret: Some(vonage.state.signature_secret.clone()),
-        vonage_api_base_url: Some(vonage.base.clone()),
-        vonage_numbers_base_url: Some(vonage.base.clone()),
-        ..TelephonyArgs::default()
-    };
+    let telephony = live_telephony(&twilio, &vonage);
     let conversation = conversation.unwrap_or_else(|| ConversationArgs {
         deepgram_api_key: Some(deepgram.key.clone()),
         deepgram_url: Some(deepgram.url.clone()),

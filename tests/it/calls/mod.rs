@@ -14,9 +14,9 @@ mod vonage;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use vocode_server::config::{CarrierMode, TelephonyArgs};
+use vocode_server::config::TelephonyArgs;
 
-use crate::support::{Backend, FakeTwilio, FakeVonage, Options, TestApp, PRIVATE_KEY_PATH, PUBLIC_KEY_PEM};
+use crate::support::{live_telephony, Backend, FakeTwilio, FakeVonage, Options, TestApp, PUBLIC_KEY_PEM};
 
 const OUR_NUMBER: &str = "+14155550100";
 
@@ -31,20 +31,8 @@ struct World {
 async fn world(backend: Backend) -> Option<World> {
     let twilio = FakeTwilio::start().await;
     let vonage = FakeVonage::start(PUBLIC_KEY_PEM).await;
-    let telephony = TelephonyArgs {
-        carrier_mode: CarrierMode::Live,
-        twilio_api_base_url: Some(twilio.base.clone()),
-        vonage_application_id: Some(vonage.state.application_id.clone()),
-        vonage_private_key_path: Some(PRIVATE_KEY_PATH.into()),
-        vonage_api_key: Some(vonage.state.api_key.clone()),
-        vonage_api_secret: Some(vonage.state.api_secret.clone()),
-        vonage_signature_secret: Some(vonage.state.signature_secret.clone()),
-        vonage_api_base_url: Some(vonage.base.clone()),
-        vonage_numbers_base_url: Some(vonage.base.clone()),
-        carrier_timeout_secs: 1,
-        dispatch_max_attempts: 3,
-        ..TelephonyArgs::default()
-    };
+    let telephony =
+        TelephonyArgs { carrier_timeout_secs: 1, dispatch_max_attempts: 3, ..live_telephony(&twilio, &vonage) };
     let app = TestApp::spawn_with(backend, Options { telephony, ..Options::default() }).await?;
     twilio.own(OUR_NUMBER);
     let (status, conn) = app

@@ -31,6 +31,22 @@ pub const PRIVATE_KEY_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/f
 pub const PRIVATE_KEY_PEM: &str = include_str!("../../fixtures/jwt-test-private.pem");
 pub const PUBLIC_KEY_PEM: &str = include_str!("../../fixtures/jwt-test-public.pem");
 
+/// Live carrier settings that send everything to a fake Twilio and a fake Vonage.
+pub fn live_telephony(twilio: &FakeTwilio, vonage: &FakeVonage) -> vocode_server::config::TelephonyArgs {
+    vocode_server::config::TelephonyArgs {
+        carrier_mode: vocode_server::config::CarrierMode::Live,
+        twilio_api_base_url: Some(twilio.base.clone()),
+        vonage_application_id: Some(vonage.state.application_id.clone()),
+        vonage_private_key_path: Some(PRIVATE_KEY_PATH.into()),
+        vonage_api_key: Some(vonage.state.api_key.clone()),
+        vonage_api_secret: Some(vonage.state.api_secret.clone()),
+        vonage_signature_secret: Some(vonage.state.signature_secret.clone()),
+        vonage_api_base_url: Some(vonage.base.clone()),
+        vonage_numbers_base_url: Some(vonage.base.clone()),
+        ..Default::default()
+    }
+}
+
 /// The upstream Vocode spec, vendored (see `scripts/openapi.py`).
 pub const UPSTREAM_OPENAPI: &str = include_str!("../../contract/upstream-openapi.json");
 /// Our own document.
