@@ -378,8 +378,11 @@ impl Engine {
         metrics::counter!("vocode_conversation_interruptions_total").increment(1);
         self.stop_child();
         self.turn += 1;
-        self.history.push(ChatMessage::Assistant { content: Some(format!("{said}-")), tool_calls: Vec::new() });
-        self.record_only(Speaker::Bot, said, true).await;
+        // Nothing heard, nothing said: the person spoke before the answer reached them.
+        if !said.is_empty() {
+            self.history.push(ChatMessage::Assistant { content: Some(format!("{said}-")), tool_calls: Vec::new() });
+            self.record_only(Speaker::Bot, said, true).await;
+        }
         true
     }
 

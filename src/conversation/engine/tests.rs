@@ -385,3 +385,19 @@ async fn a_slow_speech_to_text_connection_does_not_delay_the_greeting() {
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     call.end().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_interrupted_before_a_word_was_heard_leaves_no_message() {
+    let mut call = start(config(Dials::default()), vec![reply(&format!("{} ", words(30))), reply("Go on. ")]);
+    call.next_message().await;
+    call.says("Tell me about the menu.").await;
+    call.next_message().await;
+    // The answer's first frames are out, but no mark has come back yet.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call.person.send(SttEvent::Final { text: "no wait, the wine list".into(), speech_final: true }).await.unwrap();
+    let next = call.next_message().await;
+    assert_eq!((next.speaker, next.text.as_str()), (Speaker::Human, "no wait, the wine list"));
+    tokio::task::yield_now().await;
+    assert_eq!(call.played.lock().unwrap().clears, 1, "the carrier's buffer was cleared");
+    call.end().await;
+}
