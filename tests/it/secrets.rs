@@ -28,6 +28,10 @@ async fn no_secret_reaches_the_logs_or_the_api() {
     let server_twilio_token = "server-twilio-token-5a4b3c2d1e";
     let vonage_secret = "vonage-api-secret-3c4d5e6f7a";
     let vonage_signature_secret = "vonage-signature-secret-8b9c0d1e2f";
+    let deepgram_key = "deepgram-secret-2d3e4f5a6b";
+    let server_openai_key = "sk-server-openai-secret-4e5f6a7b";
+    let server_eleven_key = "server-eleven-secret-8c9d0e1f";
+    let azure_key = "azure-speech-secret-0a1b2c3d";
     let server = ServerProcess::start(
         &db.url,
         &[
@@ -43,6 +47,11 @@ async fn no_secret_reaches_the_logs_or_the_api() {
             ("VONAGE_API_KEY", "vonage-key"),
             ("VONAGE_API_SECRET", vonage_secret),
             ("VONAGE_SIGNATURE_SECRET", vonage_signature_secret),
+            ("DEEPGRAM_API_KEY", deepgram_key),
+            ("OPENAI_API_KEY", server_openai_key),
+            ("ELEVENLABS_API_KEY", server_eleven_key),
+            ("AZURE_SPEECH_KEY", azure_key),
+            ("AZURE_SPEECH_REGION", "eastus"),
             ("ALLOW_PRIVATE_TARGETS", "true"),
             ("LOG_FORMAT", "json"),
             ("RUST_LOG", "debug"),
@@ -177,6 +186,10 @@ async fn no_secret_reaches_the_logs_or_the_api() {
         ("TWILIO_AUTH_TOKEN", server_twilio_token.to_owned()),
         ("VONAGE_API_SECRET", vonage_secret.to_owned()),
         ("VONAGE_SIGNATURE_SECRET", vonage_signature_secret.to_owned()),
+        ("DEEPGRAM_API_KEY", deepgram_key.to_owned()),
+        ("OPENAI_API_KEY", server_openai_key.to_owned()),
+        ("ELEVENLABS_API_KEY", server_eleven_key.to_owned()),
+        ("AZURE_SPEECH_KEY", azure_key.to_owned()),
         ("an account connection's Twilio token", twilio.state.auth_token.clone()),
         ("an OpenAI key", openai_key.to_owned()),
         ("a Pinecone key", pinecone_key.to_owned()),
