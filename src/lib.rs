@@ -58,6 +58,9 @@ pub struct Shared {
     pub conversation: config::ConversationArgs,
     /// The built-in carrier, when calls go to it.
     pub sandbox: Option<Arc<Sandbox>>,
+    /// With the sandbox carrier: what its simulated people say on each call, which the stand-in
+    /// speech-to-text of a sandbox call reads.
+    pub sandbox_speech: Option<Arc<conversation::stt::sandbox::SpokenLogs>>,
 }
 
 impl AppState {
@@ -148,10 +151,16 @@ impl App {
         let addr = listener.local_addr()?;
         let secrets = Arc::new(secrets);
         let bases = Bases::new(&serve.telephony, addr)?;
-        let sandbox = serve
-            .telephony
-            .sandbox()
-            .then(|| Arc::new(Sandbox::new(&secrets, &bases.public, &bases.local, serve.telephony.sandbox_time_scale)));
+        let sandbox_speech = serve.telephony.sandbox().then(Arc::<conversation::stt::sandbox::SpokenLogs>::default);
+        let sandbox = sandbox_speech.as_ref().map(|speech| {
+            Arc::new(Sandbox::new(
+                &secrets,
+                &bases.public,
+                &bases.local,
+                serve.telephony.sandbox_time_scale,
+                speech.clone(),
+            ))
+        });
         let endpoints = match &sandbox {
             Some(sandbox) => sandbox.endpoints(),
             None => Endpoints::live(&serve.telephony)?,
@@ -194,6 +203,7 @@ impl App {
                 jobs,
                 conversation: serve.conversation.clone(),
                 sandbox,
+                sandbox_speech,
             })),
             listener,
             workers: serve.workers,

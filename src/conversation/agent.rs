@@ -3,6 +3,10 @@
 //! agent's own objects come first — its voice's `api_key`, its `openai_account_connection` —
 //! and the server's settings second. What cannot be resolved is named, so that `calls/create`
 //! can refuse a call that would be deaf or mute and say what to configure.
+//!
+//! On the sandbox carrier's simulated calls, and only there, stand-ins take the place of what
+//! the server has not configured ([`Fallbacks`]): the sandbox's speech-to-text, the scripted
+//! model and the tone voice. Each says so in the log, once per call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +17,13 @@ use serde_json::Value;
 use super::audio::Encoding;
 use super::engine::{EngineConfig, Providers, END_CONVERSATION};
 use super::llm::openai::{OpenAiCompatible, OpenAiSettings};
+use super::llm::scripted::Scripted;
 use super::llm::{ChatRequest, DeltaStream, Fallback, LanguageModel, LlmError};
 use super::stt::deepgram::{Deepgram, DeepgramSettings};
+use super::stt::sandbox::{SandboxStt, SpokenLog};
 use super::tts::azure::{Azure, AzureSettings};
 use super::tts::elevenlabs::{ElevenLabs, ElevenLabsSettings};
+use super::tts::tone::Tone;
 use super::tts::Voice;
 use super::turns::Dials;
 use crate::config::ConversationArgs;
@@ -41,6 +48,27 @@ pub struct AgentDocuments {
 #[error("{0}")]
 pub struct Missing(pub String);
 
+/// What may stand in for a provider the server lacks. Only the sandbox carrier's simulated calls
+/// have any: a real call is never heard, answered or voiced by a stand-in.
+#[derive(Clone, Default)]
+pub struct Fallbacks {
+    /// The call is one of the sandbox's: its simulated person's side channel, which the sandbox's
+    /// speech-to-text reads (the scripted model and the tone voice need nothing).
+    pub sandbox: Option<SpokenLog>,
+}
+
+impl Fallbacks {
+    /// No stand-ins: every provider must be configured.
+    pub fn none() -> Self {
+        Fallbacks::default()
+    }
+
+    /// A sandbox call's stand-ins.
+    pub fn sandbox(spoken: SpokenLog) -> Self {
+        Fallbacks { sandbox: Some(spoken) }
+    }
+}
+
 /// The engine's configuration and providers for a call's agent.
 pub fn resolve(
     docs: &AgentDocuments,
@@ -48,9 +76,43 @@ pub fn resolve(
     encoding: Encoding,
     carrier_echoes_marks: bool,
 ) -> Result<(EngineConfig, Providers), Missing> {
+    resolve_with(docs, settings, encoding, carrier_echoes_marks, &Fallbacks::none())
+}
+
+/// [`resolve`], with stand-ins for what cannot be resolved (logged, once each).
+pub fn resolve_with(
+    docs: &AgentDocuments,
+    settings: &ConversationArgs,
+    encoding: Encoding,
+    carrier_echoes_marks: bool,
+    fallbacks: &Fallbacks,
+) -> Result<(EngineConfig, Providers), Missing> {
     let agent = &docs.agent;
-    let providers =
-        Providers { stt: speech_to_text(settings)?, llm: model(docs, settings)?, voice: voice(docs, settings)? };
+    let stand_in = |missing: &Missing, what: &str| {
+        tracing::info!(%missing, "this sandbox call uses a stand-in {what}: configure a real one to hear it");
+    };
+    let stt = match (speech_to_text(settings), &fallbacks.sandbox) {
+        (Err(missing), Some(spoken)) => {
+            stand_in(&missing, "speech-to-text (it reads what the simulated person says)");
+            Arc::new(SandboxStt::new(spoken.clone()))
+        }
+        (stt, _) => stt?,
+    };
+    let llm = match model(docs, settings) {
+        Err(missing) if fallbacks.sandbox.is_some() => {
+            stand_in(&missing, "language model (scripted replies)");
+            Arc::new(Scripted::new())
+        }
+        llm => llm?,
+    };
+    let voice = match voice(docs, settings) {
+        Err(missing) if fallbacks.sandbox.is_some() => {
+            stand_in(&missing, "voice (a synthetic tone as long as the words)");
+            Arc::new(Tone)
+        }
+        voice => voice?,
+    };
+    let providers = Providers { stt, llm, voice };
     let keywords = agent["deepgram_keywords"]
         .as_object()
         .map(|words| words.iter().map(|(word, boost)| format!("{word}:{}", boost.as_f64().unwrap_or(1.0))).collect())
@@ -267,5 +329,20 @@ mod tests {
         assert!(err(&s, Some(json!({"type": "voice_rime", "speaker": "x"}))).contains("not supported"));
         let own_key = json!({"type": "voice_eleven_labs", "voice_id": "x", "api_key": "mine"});
         assert_eq!(err(&s, Some(own_key)), "", "the voice's own key is enough");
+    }
+
+    #[test]
+    fn stand_ins_fill_in_only_for_sandbox_calls_and_only_what_is_missing() {
+        let none = ConversationArgs::default();
+        let sandbox = Fallbacks::sandbox(SpokenLog::new(1.0));
+        let (_, providers) = resolve_with(&docs(json!({}), None), &none, Encoding::Mulaw8k, true, &sandbox).unwrap();
+        let names = (providers.stt.name(), providers.llm.name(), providers.voice.name());
+        assert_eq!(names, ("sandbox", "scripted", "tone"));
+        let (_, providers) =
+            resolve_with(&docs(json!({}), None), &settings(), Encoding::Mulaw8k, true, &sandbox).unwrap();
+        assert_eq!(providers.stt.name(), "deepgram", "a configured provider is used even on a sandbox call");
+        assert_eq!(providers.voice.name(), "elevenlabs");
+        let real_call = resolve_with(&docs(json!({}), None), &none, Encoding::Mulaw8k, true, &Fallbacks::none());
+        assert!(real_call.is_err(), "no stand-in for a real call");
     }
 }

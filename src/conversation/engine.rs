@@ -268,7 +268,10 @@ impl Engine {
                         self.heard.push_str(&digit);
                         self.turn_ends_at = Some(Instant::now() + self.config.dials.endpointing().otherwise);
                     }
-                    Some(FromCall::Stopped) | None => return,
+                    Some(FromCall::Stopped) | None => {
+                        self.hung_up_while_speaking().await;
+                        return;
+                    }
                 },
                 opened = async { opening.as_mut().expect("guarded").await }, if opening.is_some() => {
                     opening = None;
@@ -384,6 +387,21 @@ impl Engine {
             self.record_only(Speaker::Bot, said, true).await;
         }
         true
+    }
+
+    /// The call ended while the bot spoke: what the person heard of it is kept.
+    async fn hung_up_while_speaking(&mut self) {
+        let Some(speaking) = self.speaking.take() else {
+            return;
+        };
+        let now = Instant::now();
+        let heard_ms = speaking.playout.heard_ms(now);
+        let total_ms = speaking.playout.total_ms();
+        let said = heard_text(&speaking.text, heard_ms, total_ms);
+        if !said.is_empty() {
+            let cut_off = !(speaking.generation_done && heard_ms >= total_ms);
+            self.record_only(Speaker::Bot, said, cut_off).await;
+        }
     }
 
     /// The person's turn is over: answer it.

@@ -30,6 +30,8 @@ pub struct Playout {
     /// Marks sent and not yet echoed: the audio position each stands for.
     marks: VecDeque<(String, u64)>,
     next_mark_ms: u64,
+    /// The position of the last mark sent.
+    marked_ms: u64,
     /// The position the last echoed mark stands for.
     heard_ms: u64,
     /// Whether this stream's carrier echoes marks at all (learned from the first echo).
@@ -48,6 +50,7 @@ impl Playout {
             started: None,
             marks: VecDeque::new(),
             next_mark_ms: MARK_EVERY_MS,
+            marked_ms: 0,
             heard_ms: 0,
             echoes: carrier_echoes_marks,
             complete: false,
@@ -87,14 +90,24 @@ impl Playout {
             let chunk: Vec<u8> = self.pending.drain(..take).collect();
             self.sent_ms += self.encoding.ms_of(chunk.len()).max(1);
             out.push(ToCall::Audio(chunk));
-            if self.sent_ms >= self.next_mark_ms || (self.complete && self.pending.is_empty()) {
-                let name = format!("t{}-{}", self.turn, self.sent_ms);
-                self.marks.push_back((name.clone(), self.sent_ms));
-                out.push(ToCall::Mark(name));
-                self.next_mark_ms = self.sent_ms + MARK_EVERY_MS;
+            if self.sent_ms >= self.next_mark_ms {
+                out.push(self.mark());
             }
         }
+        // The utterance's end is marked too, whenever the voice's last word comes (before or
+        // after its audio went out): otherwise its last moments would never be known as heard.
+        if self.complete && self.pending.is_empty() && self.marked_ms < self.sent_ms {
+            out.push(self.mark());
+        }
         out
+    }
+
+    fn mark(&mut self) -> ToCall {
+        let name = format!("t{}-{}", self.turn, self.sent_ms);
+        self.marks.push_back((name.clone(), self.sent_ms));
+        self.marked_ms = self.sent_ms;
+        self.next_mark_ms = self.sent_ms + MARK_EVERY_MS;
+        ToCall::Mark(name)
     }
 
     /// When to call [`Playout::due`] next (one frame's time from now while audio waits).
@@ -210,6 +223,22 @@ mod tests {
         assert!(!p.done(t0));
         assert!(p.played(&last));
         assert!(p.done(t0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_end_is_marked_even_when_the_voice_finishes_after_its_audio_went_out() {
+        let enc = Encoding::Mulaw8k;
+        let mut p = Playout::new(enc, 3, true);
+        p.push(&vec![0xff; enc.bytes_for_ms(240)]);
+        let t0 = Instant::now();
+        let sent = p.due(t0);
+        assert_eq!(audio_ms(&sent, enc), 240);
+        assert!(!sent.contains(&ToCall::Mark("t3-240".into())), "not the end yet: the voice may say more");
+        p.finish();
+        assert_eq!(p.due(t0), vec![ToCall::Mark("t3-240".into())]);
+        assert!(p.played("t3-240"));
+        assert!(p.done(t0));
+        assert!(p.due(t0).is_empty(), "marked once");
     }
 
     #[test]

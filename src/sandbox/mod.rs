@@ -2,8 +2,9 @@
 //! carrier account places calls end to end. It answers the same REST requests the Twilio and
 //! Vonage adapters send (under `/sandbox/twilio` and `/sandbox/vonage`), calls this server back
 //! with callbacks signed exactly as those carriers sign them (so the real verification path
-//! runs), streams silence into the call's media-stream websocket, and plays out a scenario chosen
-//! by the number dialled:
+//! runs), puts a simulated person on the line of the call's media-stream websocket ([`person`]:
+//! real recorded speech out, the bot's audio heard, marks and clears honoured as Twilio does, both
+//! sides recorded), and plays out a scenario chosen by the number dialled:
 //!
 //! | the number dialled ends in | what happens |
 //! |---|---|
@@ -11,9 +12,17 @@
 //! | `5550102` | busy |
 //! | `5550103` | rings, no answer |
 //! | `5550104` | the call fails |
-//! | `5550105` | a person answers and stays on the line until the call is ended through the API |
+//! | `5550105` | a person answers and stays on the line, silent, until the call is ended through the API |
 //! | `5550106` | the carrier refuses the number |
-//! | anything else | a person answers, talks for 3 s and hangs up |
+//! | `5550110` | a person answers, hears the greeting, says one thing, and barges in one second into the bot's answer to say goodbye; hangs up once the bot has answered that |
+//! | `5550111` | a person answers, hears the greeting, asks about an offer, says "mhm" and "yeah" while the bot answers, then says goodbye and hangs up |
+//! | `5550112` | a person answers and says nothing, until the server hangs up (or 120 s) |
+//! | anything else | a person answers, hears the greeting, says one thing, hears the answer, says goodbye, hears that answer and hangs up |
+//!
+//! Times are scaled by `SANDBOX_TIME_SCALE`, except the bot's audio, which plays in real time as
+//! the server paces it. On these calls the server's conversation uses stand-ins for the speech
+//! and model providers it lacks (see `conversation::agent::Fallbacks`): the person tells the
+//! stand-in speech-to-text what it said through a side channel, [`SpokenLogs`].
 //!
 //! It only ever calls back this server itself. It simulates the world outside the server — the
 //! carriers and the people on their lines — and is not one of the server's carrier adapters.
@@ -38,6 +47,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::conversation::stt::sandbox::SpokenLogs;
 use crate::crypto::SecretBox;
 use crate::domain::phone::PhoneNumber;
 use crate::telephony::{twilio as twilio_api, vonage as vonage_api, Endpoints};
@@ -54,6 +64,9 @@ pub enum Scenario {
     Failed,
     StaysOnLine,
     Invalid,
+    BargeIn,
+    Backchannel,
+    Silent,
 }
 
 impl Scenario {
@@ -66,6 +79,9 @@ impl Scenario {
             Some("5550104") => Scenario::Failed,
             Some("5550105") => Scenario::StaysOnLine,
             Some("5550106") => Scenario::Invalid,
+            Some("5550110") => Scenario::BargeIn,
+            Some("5550111") => Scenario::Backchannel,
+            Some("5550112") => Scenario::Silent,
             _ => Scenario::Human,
         }
     }
@@ -103,6 +119,8 @@ struct SimCall {
     record: bool,
     duration: Mutex<Option<i64>>,
     created: chrono::DateTime<chrono::Utc>,
+    /// What the call's line carried: the person's words, the recording.
+    wire: Arc<Wire>,
 }
 
 pub struct Sandbox {
@@ -116,6 +134,11 @@ pub struct Sandbox {
     vonage_signature_secret: String,
     vonage_api_secret: String,
     calls: Mutex<HashMap<String, Arc<SimCall>>>,
+    /// What the simulated people say, by the server's call id (the server's stand-in
+    /// speech-to-text reads it).
+    speech: Arc<SpokenLogs>,
+    /// The lines of calls, by the server's call id.
+    lines: Mutex<HashMap<String, Arc<Wire>>>,
 }
 
 fn hex32(bytes: [u8; 32]) -> String {
@@ -123,7 +146,13 @@ fn hex32(bytes: [u8; 32]) -> String {
 }
 
 impl Sandbox {
-    pub fn new(secrets: &SecretBox, public_base: &str, local_base: &str, time_scale: f64) -> Self {
+    pub fn new(
+        secrets: &SecretBox,
+        public_base: &str,
+        local_base: &str,
+        time_scale: f64,
+        speech: Arc<SpokenLogs>,
+    ) -> Self {
         Sandbox {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -139,7 +168,18 @@ impl Sandbox {
             vonage_signature_secret: hex32(secrets.derive("sandbox/vonage-signature")),
             vonage_api_secret: hex32(secrets.derive("sandbox/vonage-api-secret")),
             calls: Mutex::new(HashMap::new()),
+            speech,
+            lines: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What the line of a call (by the server's call id) has carried so far.
+    pub fn line(&self, call_id: &str) -> Option<LineReport> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).map(|wire| wire.report())
+    }
+
+    fn new_wire(&self) -> Arc<Wire> {
+        Arc::new(Wire::new(self.time_scale))
     }
 
     /// The carriers' endpoints and the server's accounts with them, all the sandbox's: where the
@@ -236,30 +276,44 @@ impl Sandbox {
                 let hung_up = self.wait(&call, 3.0).await;
                 return self.finish(&call, if hung_up { "canceled" } else { "no-answer" }).await;
             }
-            Scenario::Human | Scenario::Machine | Scenario::StaysOnLine | Scenario::Invalid => {}
+            _ => {}
         }
         if self.wait(&call, 0.7).await {
             return self.finish(&call, "canceled").await;
         }
         *call.answered_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.progress(&call, "in-progress").await;
-        let media = tokio::spawn(self.clone().stream_media(call.clone()));
+        let media = tokio::spawn(self.clone().stream_media(call.clone(), scenario));
+        // A machine and the patient person are on the line for a set time; the others until their
+        // script is over.
         let talk = match scenario {
-            Scenario::Machine => 5.0,
-            Scenario::StaysOnLine => 3600.0,
-            _ => 3.0,
+            Scenario::Machine => Some(5.0),
+            Scenario::StaysOnLine => Some(3600.0),
+            _ => None,
         };
         let mut talked = 0.0;
         if call.machine_detection && !self.wait(&call, 0.5).await {
             talked = 0.5;
             self.detection(&call, scenario != Scenario::Machine).await;
         }
-        let hung_up = call.hung_up.load(Ordering::SeqCst) || self.wait(&call, talk - talked).await;
-        let duration = if hung_up {
-            let answered = call.answered_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
-            (answered.elapsed().as_secs_f64() / self.time_scale).ceil() as i64
-        } else {
-            talk as i64
+        let hung_up = call.hung_up.load(Ordering::SeqCst)
+            || match talk {
+                Some(talk) => self.wait(&call, talk - talked).await,
+                None => {
+                    tokio::select! {
+                        _ = call.hang_up.notified() => true,
+                        _ = call.wire.finished() => call.hung_up.load(Ordering::SeqCst),
+                        // A stream that never opened leaves nobody to finish the script.
+                        _ = tokio::time::sleep(self.scaled(600.0)) => false,
+                    }
+                }
+            };
+        let duration = match talk {
+            Some(talk) if !hung_up => talk as i64,
+            _ => {
+                let answered = call.answered_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
+                (answered.elapsed().as_secs_f64() / self.time_scale).ceil() as i64
+            }
         };
         *call.duration.lock().unwrap_or_else(|e| e.into_inner()) = Some(duration.max(1));
         call.media_stop.notify_waiters();
@@ -424,8 +478,9 @@ impl Sandbox {
         }
     }
 
-    /// Connects to the call's media-stream websocket and sends silence until the call ends.
-    async fn stream_media(self: Arc<Self>, call: Arc<SimCall>) {
+    /// Connects to the call's media-stream websocket and puts the scenario's person on the line
+    /// until the call ends.
+    async fn stream_media(self: Arc<Self>, call: Arc<SimCall>, scenario: Scenario) {
         let (url, first, parameters) = match call.protocol {
             Protocol::Twilio => {
                 let Some(twiml_url) = &call.twiml_url else {
@@ -453,6 +508,16 @@ impl Sandbox {
         let Some(target) = self.local(&url) else {
             return;
         };
+        // The server's id of the call, as it named it in the stream's parameters: the person's side
+        // channel is kept under it before the stream starts, so the server finds it at once.
+        let server_call_id = match call.protocol {
+            Protocol::Twilio => parameters["call_id"].as_str().map(str::to_owned),
+            Protocol::Vonage => first.as_ref().and_then(|f| f["call_id"].as_str().map(str::to_owned)),
+        };
+        if let Some(id) = &server_call_id {
+            self.speech.insert(id, call.wire.spoken.clone());
+            self.lines.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), call.wire.clone());
+        }
         let Ok((mut socket, _)) = tokio_tungstenite::connect_async(target.as_str()).await else {
             tracing::warn!("the sandbox could not open the media stream");
             return;
@@ -476,44 +541,21 @@ impl Sandbox {
                 return;
             }
         }
-        let silence_ulaw = STANDARD.encode([0xFFu8; 160]);
-        let silence_pcm = vec![0u8; 640];
-        let mut ticker = tokio::time::interval(Duration::from_millis(20));
-        let mut chunk = 0u64;
-        let stop = call.media_stop.notified();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = ticker.tick() => {
-                    if call.hung_up.load(Ordering::SeqCst) || matches!(call.status.lock().unwrap_or_else(|e| e.into_inner()).as_str(), "completed" | "canceled") {
-                        break;
-                    }
-                    chunk += 1;
-                    let message = match call.protocol {
-                        Protocol::Twilio => Message::text(
-                            json!({"event": "media", "sequenceNumber": (chunk + 1).to_string(), "streamSid": stream_sid,
-                                   "media": {"track": "inbound", "chunk": chunk.to_string(), "timestamp": (chunk * 20).to_string(), "payload": silence_ulaw}})
-                            .to_string(),
-                        ),
-                        Protocol::Vonage => Message::binary(silence_pcm.clone()),
-                    };
-                    if socket.send(message).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        let framing = person::Framing { protocol: call.protocol, stream_sid: stream_sid.clone() };
+        let sequence = person::converse(&mut socket, &call, scenario, framing, self.time_scale).await;
         if call.protocol == Protocol::Twilio {
             let _ = socket
                 .send(Message::text(
-                    json!({"event": "stop", "sequenceNumber": (chunk + 2).to_string(), "streamSid": stream_sid,
+                    json!({"event": "stop", "sequenceNumber": (sequence + 1).to_string(), "streamSid": stream_sid,
                            "stop": {"accountSid": call.account_sid, "callSid": call.id}})
                     .to_string(),
                 ))
                 .await;
         }
         let _ = socket.close(None).await;
+        if let Some(id) = &server_call_id {
+            self.speech.remove(id);
+        }
     }
 
     fn hang_up(&self, call: &SimCall) {
@@ -561,8 +603,12 @@ fn silent_mp3(frames: usize) -> Vec<u8> {
     frame.repeat(frames)
 }
 
+mod person;
 mod twilio;
 mod vonage;
+
+pub use person::LineReport;
+use person::Wire;
 
 /// The sandbox's calls of one protocol, newest first.
 fn newest_calls(sb: &Sandbox, protocol: Protocol) -> Vec<Arc<SimCall>> {
@@ -596,19 +642,33 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
             "/twilio/2010-04-01/Accounts/{account}/IncomingPhoneNumbers/{file}",
             post(twilio::update_number).delete(twilio::release_number),
         )
-        .route("/twilio/2010-04-01/Accounts/{account}/Recordings/{file}", get(recording))
+        .route("/twilio/2010-04-01/Accounts/{account}/Recordings/{file}", get(twilio_recording))
         .route("/vonage/v1/calls", get(vonage::list_calls).post(vonage::create_call))
         .route("/vonage/v1/calls/{uuid}", get(vonage::fetch_call).put(vonage::modify_call))
         .route("/vonage/number/search", get(vonage::search))
         .route("/vonage/number/buy", post(vonage::numbers_ok))
         .route("/vonage/number/update", post(vonage::numbers_ok))
         .route("/vonage/number/cancel", post(vonage::numbers_ok))
-        .route("/vonage/recordings/{file}", get(recording))
+        .route("/vonage/recordings/{file}", get(vonage_recording))
         .with_state(sandbox)
 }
 
-async fn recording() -> Response {
-    ([(header::CONTENT_TYPE, "audio/mpeg")], silent_mp3(40)).into_response()
+/// A call's recording: both sides mixed, as a WAV file (8 kHz, 16-bit, mono), once anybody on
+/// it made a sound; a few seconds of silent MP3 for a call that stayed silent.
+fn recording(call: Option<Arc<SimCall>>) -> Response {
+    match call.and_then(|call| call.wire.wav()) {
+        Some(wav) => ([(header::CONTENT_TYPE, "audio/wav")], wav).into_response(),
+        None => ([(header::CONTENT_TYPE, "audio/mpeg")], silent_mp3(40)).into_response(),
+    }
+}
+
+async fn twilio_recording(State(sb): SandboxState, Path((_account, file)): Path<(String, String)>) -> Response {
+    let sid = file.split('.').next().unwrap_or_default();
+    recording(sid.strip_prefix("RE").and_then(|rest| sb.call(&format!("CA{rest}"))))
+}
+
+async fn vonage_recording(State(sb): SandboxState, Path(file): Path<String>) -> Response {
+    recording(sb.call(&file))
 }
 
 #[cfg(test)]
@@ -621,6 +681,9 @@ mod tests {
         assert_eq!(Scenario::of("+1 (212) 555-0102"), Scenario::Busy);
         assert_eq!(Scenario::of("14155550105"), Scenario::StaysOnLine);
         assert_eq!(Scenario::of("14155550199"), Scenario::Human);
+        assert_eq!(Scenario::of("+1 415 555 0110"), Scenario::BargeIn);
+        assert_eq!(Scenario::of("14155550111"), Scenario::Backchannel);
+        assert_eq!(Scenario::of("14155550112"), Scenario::Silent);
         assert_eq!(Scenario::of("123"), Scenario::Human);
     }
 

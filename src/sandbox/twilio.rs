@@ -85,6 +85,7 @@ pub(super) async fn create_call(
         record: field("Record").as_deref() == Some("true"),
         duration: Mutex::new(None),
         created: chrono::Utc::now(),
+        wire: sb.new_wire(),
     });
     let resource = call_resource(&call);
     sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());

@@ -76,6 +76,7 @@ pub(super) async fn create_call(State(sb): SandboxState, headers: HeaderMap, Jso
         record,
         duration: Mutex::new(None),
         created: chrono::Utc::now(),
+        wire: sb.new_wire(),
     });
     let answer = json!({"uuid": call.id, "status": "started", "direction": "outbound", "conversation_uuid": format!("CON-{}", call.id)});
     sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());

@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use vocode_server::config::TelephonyArgs;
+use vocode_server::config::{ConversationArgs, TelephonyArgs};
 
 use crate::support::{eventually, on_both_backends, Backend, Options, TestApp};
 
-on_both_backends!(sandbox => every_documented_scenario_ends_as_documented, buying_and_cancelling_sandbox_numbers);
+on_both_backends!(sandbox => every_documented_scenario_ends_as_documented, buying_and_cancelling_sandbox_numbers,
+    sandbox_people_talk_with_the_stand_ins);
 
 async fn sandbox(backend: Backend) -> Option<TestApp> {
     let telephony = TelephonyArgs { sandbox_time_scale: 0.05, ..TelephonyArgs::default() };
-    TestApp::spawn_with(backend, Options { telephony, workers: 2, ..Options::default() }).await
+    // No speech or model provider at all: sandbox calls talk with the stand-ins.
+    let conversation = ConversationArgs::default();
+    TestApp::spawn_with(backend, Options { telephony, conversation, workers: 2, ..Options::default() }).await
 }
 
 async fn ended(app: &TestApp, id: &str) -> Value {
@@ -85,8 +88,9 @@ async fn every_documented_scenario_ends_as_documented(app: TestApp) {
         .request(reqwest::Method::GET, &format!("/v1/calls/recording?id={}", created[0]), Some(&app.key), None)
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.headers()["content-type"], "audio/mpeg");
-    assert!(res.bytes().await.unwrap().starts_with(&[0xFF, 0xFB]));
+    // The person talked (with the server's stand-ins): both sides are in a WAV recording.
+    assert_eq!(res.headers()["content-type"], "audio/wav");
+    assert!(res.bytes().await.unwrap().starts_with(b"RIFF"));
     let (_, usage) = app.get("/v1/usage").await;
     // At least the person who talked 3 s and the machine that talked 5 s: a minute each.
     assert!(usage["monthly_usage_minutes"].as_i64().unwrap() >= 2, "{usage}");
@@ -127,4 +131,133 @@ async fn buying_and_cancelling_sandbox_numbers(app: TestApp) {
         .post("/v1/calls/create", json!({"from_number": from, "to_number": "14155550177", "agent": {"prompt": {}}}))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a cancelled number places no calls");
+}
+
+/// The call's transcript, line by line, once the call has ended.
+async fn transcript_of(app: &TestApp, id: &str) -> (Value, Vec<String>) {
+    let call = ended(app, id).await;
+    let lines = call["transcript"].as_str().unwrap_or_default().lines().map(str::to_owned).collect();
+    (call, lines)
+}
+
+/// How many 50 ms windows of a recording are the bot's tone alone, and how many are loud but
+/// not the tone (the person's speech).
+fn sides_of(wav: &[u8]) -> (usize, usize) {
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(&wav[8..16], b"WAVEfmt ");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "mono");
+    assert_eq!(u32::from_le_bytes(wav[24..28].try_into().unwrap()), 8_000);
+    assert_eq!(u16::from_le_bytes([wav[34], wav[35]]), 16);
+    let samples: Vec<f64> = wav[44..].chunks_exact(2).map(|b| f64::from(i16::from_le_bytes([b[0], b[1]]))).collect();
+    let (mut tone, mut speech) = (0, 0);
+    for window in samples.chunks_exact(400) {
+        let energy: f64 = window.iter().map(|x| x * x).sum();
+        if (energy / 400.0).sqrt() < 300.0 {
+            continue;
+        }
+        // Goertzel at the stand-in voice's 440 Hz (bin 22 of 400 at 8 kHz).
+        let coeff = 2.0 * (2.0 * std::f64::consts::PI * 22.0 / 400.0).cos();
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for x in window {
+            let s0 = x + coeff * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+        let share = power / (energy * 400.0 / 2.0);
+        if share > 0.6 {
+            tone += 1;
+        } else if share < 0.3 {
+            speech += 1;
+        }
+    }
+    (tone, speech)
+}
+
+/// With no speech or model provider configured, sandbox calls still talk: the sandbox's person
+/// speaks recorded speech, the server hears it through the stand-in speech-to-text, answers with
+/// the scripted model and speaks with the tone voice, and each scenario's person behaves as
+/// documented.
+async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
+    let sandbox = app.state.sandbox.clone().expect("sandbox mode");
+    let (_, twilio) = app.post("/v1/numbers/buy", json!({"telephony_provider": "twilio", "area_code": "415"})).await;
+    let (_, vonage) = app.post("/v1/numbers/buy", json!({"telephony_provider": "vonage", "area_code": "212"})).await;
+    let greeting = "Hi, it's Ana.";
+    let agent = json!({"prompt": {"content": "Ask Ajay if his refrigerator is running"}, "initial_message": greeting});
+    let silent_agent = json!({"prompt": {"content": "Wait."}, "initial_message": greeting,
+                              "idle_time_seconds": 1, "ask_if_human_present_on_idle": true});
+    let calls = [
+        (&twilio, "14155550199", &agent),
+        (&vonage, "14155550199", &agent),
+        (&twilio, "14155550110", &agent),
+        (&twilio, "14155550111", &agent),
+        (&twilio, "14155550112", &silent_agent),
+    ];
+    let mut ids = Vec::new();
+    for (number, to, agent) in calls {
+        let (status, call) = app
+            .post("/v1/calls/create", json!({"from_number": number["number"], "to_number": to, "agent": agent}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{call}");
+        ids.push(call["id"].as_str().unwrap().to_owned());
+    }
+    let bot_greets = format!("BOT: {greeting}");
+
+    // A person who hears the greeting, says one thing, hears the answer, says goodbye, hangs up:
+    // the same conversation on Twilio's μ-law and on Vonage's 16 kHz PCM.
+    for id in &ids[..2] {
+        let (call, lines) = transcript_of(&app, id).await;
+        assert_eq!(
+            lines,
+            [
+                bot_greets.as_str(),
+                "HUMAN: Yes, this is Ajay speaking.",
+                "BOT: Got it: Yes, this is Ajay speaking.",
+                "HUMAN: Okay, thank you. Goodbye.",
+                "BOT: Goodbye, and thanks for calling!",
+            ],
+            "{call}"
+        );
+        assert_eq!(call["stage_outcome"], "human_disconnected", "{call}");
+        let line = sandbox.line(id).expect("the call's line");
+        assert_eq!(line.said, ["Yes, this is Ajay speaking.", "Okay, thank you. Goodbye."]);
+        assert_eq!(line.clears, 0, "nobody interrupted");
+        assert!(line.marks_played >= 10, "marks came back as the bot's audio played: {line:?}");
+    }
+    // Its recording holds both sides.
+    let res =
+        app.request(reqwest::Method::GET, &format!("/v1/calls/recording?id={}", ids[0]), Some(&app.key), None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "audio/wav");
+    let (tone, speech) = sides_of(&res.bytes().await.unwrap());
+    // The bot spoke ~4.5 s of tone (90 windows), the person ~3 s of speech (60).
+    assert!(tone >= 20 && speech >= 10, "bot windows {tone}, person windows {speech}");
+
+    // Barging in one second into the bot's answer: the server clears the carrier's buffer, and
+    // the bot's message is cut to what the person heard.
+    let (call, lines) = transcript_of(&app, &ids[2]).await;
+    let answer = "Got it: Yes, this is Ajay speaking.";
+    assert_eq!(lines.len(), 5, "{call}");
+    assert_eq!(lines[..2], [bot_greets.clone(), "HUMAN: Yes, this is Ajay speaking.".to_owned()], "{call}");
+    let cut = lines[2].strip_prefix("BOT: ").expect("the bot's cut-off answer");
+    assert!(!cut.is_empty() && cut.len() < answer.len() && answer.starts_with(cut), "{cut:?} of {answer:?}");
+    assert_eq!(lines[3..], ["HUMAN: Sorry, I have to go now. Goodbye.", "BOT: Goodbye, and thanks for calling!"]);
+    assert!(sandbox.line(&ids[2]).unwrap().clears >= 1, "a clear reached the carrier");
+
+    // Backchannels while the bot talks (at the default low sensitivity) leave its message whole.
+    let (call, lines) = transcript_of(&app, &ids[3]).await;
+    let at = |line: &str| lines.iter().position(|l| l == line).unwrap_or_else(|| panic!("{line:?} in {call}"));
+    let asked = at("HUMAN: Tell me about the offer you have for me.");
+    let answered = at("BOT: Got it: Tell me about the offer you.");
+    assert!(asked < at("HUMAN: Mhm.") && at("HUMAN: Mhm.") < answered, "{lines:?}");
+    assert_eq!(lines.last().unwrap(), "BOT: Goodbye, and thanks for calling!");
+    let line = sandbox.line(&ids[3]).unwrap();
+    assert!(line.said.contains(&"Mhm.".to_owned()), "{line:?}");
+    assert_eq!(line.clears, 0, "the bot was not interrupted");
+
+    // Silence: the bot checks on the person once after the idle time, then hangs up.
+    let (call, lines) = transcript_of(&app, &ids[4]).await;
+    assert_eq!(lines, [bot_greets.as_str(), "BOT: Are you still there?"], "{call}");
+    assert_eq!(call["stage_outcome"], "bot_disconnected", "{call}");
+    assert!(sandbox.line(&ids[4]).unwrap().said.is_empty());
 }

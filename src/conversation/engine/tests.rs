@@ -401,3 +401,17 @@ async fn an_answer_interrupted_before_a_word_was_heard_leaves_no_message() {
     assert_eq!(call.played.lock().unwrap().clears, 1, "the carrier's buffer was cleared");
     call.end().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn when_the_call_ends_mid_answer_what_was_heard_is_kept() {
+    let mut call = start(config(Dials::default()), vec![reply(&format!("{} ", words(30)))]);
+    call.next_message().await;
+    call.says("Tell me everything.").await;
+    call.next_message().await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let transcript = call.end().await;
+    let last = transcript.last().unwrap();
+    assert_eq!((last.speaker, last.cut_off), (Speaker::Bot, true));
+    let words_heard = last.text.split_whitespace().count();
+    assert!((5..=12).contains(&words_heard), "about a second of it: {:?}", last.text);
+}

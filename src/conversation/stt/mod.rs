@@ -3,9 +3,11 @@
 //! session's background task owns the provider connection (keep-alives, reconnects, closing), so
 //! the engine's loop never waits on the network.
 //!
-//! Implementations: [`deepgram`] (Deepgram's live websocket).
+//! Implementations: [`deepgram`] (Deepgram's live websocket); [`sandbox`], which stands in on the
+//! sandbox carrier's simulated calls when no provider is configured.
 
 pub mod deepgram;
+pub mod sandbox;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;

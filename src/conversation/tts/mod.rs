@@ -1,10 +1,12 @@
 //! Text-to-speech: the agent's words as audio in the call's encoding, streamed as the provider
 //! produces it so playout can start on the first chunk. The engine asks for one sentence at a time.
 //!
-//! Implementations: [`elevenlabs`] (HTTP streaming), [`azure`] (REST with SSML).
+//! Implementations: [`elevenlabs`] (HTTP streaming), [`azure`] (REST with SSML); [`tone`], which
+//! stands in on the sandbox carrier's simulated calls when no voice is configured.
 
 pub mod azure;
 pub mod elevenlabs;
+pub mod tone;
 
 use std::time::Duration;
 

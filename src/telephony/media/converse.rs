@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::calls::News;
-use crate::conversation::agent::resolve;
+use crate::conversation::agent::{resolve_with, Fallbacks};
 use crate::conversation::audio::Encoding;
 use crate::conversation::engine::{self, Event, FromCall};
 use crate::conversation::media::ToCall;
@@ -46,7 +46,16 @@ pub async fn start(
             return None;
         }
     };
-    let (config, providers) = match resolve(&docs, &state.conversation, encoding, carrier_echoes_marks) {
+    // A sandbox call's simulated person tells the sandbox's stand-in speech-to-text what it says.
+    let fallbacks = match state.sandbox_speech.as_ref().and_then(|calls| calls.get(&call_id.to_string())) {
+        Some(spoken) => Fallbacks::sandbox(spoken),
+        None => Fallbacks::none(),
+    };
+    let resolved = {
+        let _call = tracing::info_span!("conversation", %call_id).entered();
+        resolve_with(&docs, &state.conversation, encoding, carrier_echoes_marks, &fallbacks)
+    };
+    let (config, providers) = match resolved {
         Ok(resolved) => resolved,
         Err(missing) => {
             tracing::warn!(%call_id, %missing, "the call's agent cannot talk on this server: the call stays silent");
