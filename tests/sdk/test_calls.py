@@ -53,7 +53,7 @@ def test_a_call_from_start_to_end(client, other, our_number):
     assert listed[call.id].agent == call.agent.id, "NormalizedCall carries the agent's id"
     assert isinstance(listed[call.id].start_time, float)
     audio = b"".join(client.calls.get_recording(id=call.id))
-    assert audio[:2] == b"\xff\xfb", "an MP3 recording"
+    assert audio[:4] == b"RIFF" and audio[8:12] == b"WAVE", "a WAV recording of both sides"
     with pytest.raises(ApiError) as err:
         other.calls.get_call(id=call.id)
     assert err.value.status_code == 404
