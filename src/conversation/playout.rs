@@ -110,10 +110,20 @@ impl Playout {
         ToCall::Mark(name)
     }
 
-    /// When to call [`Playout::due`] next (one frame's time from now while audio waits).
+    /// When the next frame falls due — a fixed point on the utterance's own clock, so that
+    /// whatever else wakes the caller, frames go out every 20 ms — or `None` while no whole frame
+    /// waits (more audio from the voice wakes the caller anyway).
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
-        let waiting = !self.pending.is_empty();
-        waiting.then(|| now + Duration::from_millis(u64::from(FRAME_MS)))
+        let frame = self.encoding.bytes_for_ms(FRAME_MS);
+        let sendable = self.pending.len() >= frame || (self.complete && !self.pending.is_empty());
+        if !sendable {
+            return None;
+        }
+        let Some(started) = self.started else {
+            return Some(now);
+        };
+        let due_ms = (self.sent_ms + u64::from(FRAME_MS)).saturating_sub(LOOKAHEAD.as_millis() as u64);
+        Some(started + Duration::from_millis(due_ms))
     }
 
     /// A mark the carrier echoed; `true` when it was this utterance's.
@@ -186,6 +196,29 @@ mod tests {
         let later = p.due(start + Duration::from_millis(500));
         assert_eq!(audio_ms(&later, enc), 500);
         assert_eq!(p.total_ms(), 2_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_fall_due_every_20_ms_on_the_utterances_own_clock() {
+        let enc = Encoding::Mulaw8k;
+        let mut p = Playout::new(enc, 4, true);
+        let t0 = Instant::now();
+        assert_eq!(p.next_due(t0), None, "nothing to send");
+        p.push(&vec![0xff; enc.bytes_for_ms(1_000)]);
+        assert_eq!(p.next_due(t0), Some(t0), "the first frames at once");
+        p.due(t0);
+        // Asked at any moment, the answer is the same point in time: frame by frame, 20 ms apart.
+        let next = t0 + Duration::from_millis(20);
+        assert_eq!(p.next_due(t0 + Duration::from_millis(7)), Some(next));
+        assert_eq!(p.next_due(t0 + Duration::from_millis(19)), Some(next));
+        assert_eq!(audio_ms(&p.due(next), enc), 20);
+        assert_eq!(p.next_due(next), Some(t0 + Duration::from_millis(40)));
+        // A part frame waits for more audio, or for the end.
+        let mut q = Playout::new(enc, 5, true);
+        q.push(&[0xff; 100]);
+        assert_eq!(q.next_due(t0), None);
+        q.finish();
+        assert_eq!(q.next_due(t0), Some(t0));
     }
 
     #[tokio::test(start_paused = true)]
