@@ -12,6 +12,11 @@
 //!
 //! Prints one table and appends it, dated, with the machine, to bench/RESULTS.md. These are
 //! measurements: nothing here fails on speed.
+//!
+//! `bench/run media` runs the media-plane benchmark instead (concurrent talking calls; see
+//! [`media`]).
+
+mod media;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -325,6 +330,9 @@ async fn call_api(client: &reqwest::Client, url: String, key: &str, body: Value)
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("media") {
+        return media::run().await;
+    }
     let s = settings();
     let admin =
         std::env::var("BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
