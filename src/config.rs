@@ -240,6 +240,26 @@ pub struct ConversationArgs {
     #[arg(long, env = "AZURE_SPEECH_BASE_URL")]
     pub azure_speech_base_url: Option<String>,
 
+    /// Rime's key, for `voice_rime` voices.
+    #[arg(long, env = "RIME_API_KEY", hide_env_values = true)]
+    pub rime_api_key: Option<String>,
+
+    /// Rime's API (default `https://users.rime.ai`).
+    #[arg(long, env = "RIME_BASE_URL")]
+    pub rime_base_url: Option<String>,
+
+    /// Play.ht's key, for `voice_play_ht` voices that carry no `api_key`.
+    #[arg(long, env = "PLAYHT_API_KEY", hide_env_values = true)]
+    pub playht_api_key: Option<String>,
+
+    /// Play.ht's user id, for `voice_play_ht` voices that carry no `api_user_id`.
+    #[arg(long, env = "PLAYHT_USER_ID")]
+    pub playht_user_id: Option<String>,
+
+    /// Play.ht's API (default `https://api.play.ht`).
+    #[arg(long, env = "PLAYHT_BASE_URL")]
+    pub playht_base_url: Option<String>,
+
     /// The voice `voice_vocode` voices speak with: `elevenlabs:VOICE_ID` or `azure:VOICE_NAME`.
     #[arg(long, env = "VOCODE_VOICE")]
     pub vocode_voice: Option<String>,
@@ -365,6 +385,11 @@ impl Default for ConversationArgs {
             azure_speech_key: None,
             azure_speech_region: None,
             azure_speech_base_url: None,
+            rime_api_key: None,
+            rime_base_url: None,
+            playht_api_key: None,
+            playht_user_id: None,
+            playht_base_url: None,
             vocode_voice: None,
         }
     }

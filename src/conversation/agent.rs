@@ -23,6 +23,8 @@ use super::stt::deepgram::{Deepgram, DeepgramSettings};
 use super::stt::sandbox::{SandboxStt, SpokenLog};
 use super::tts::azure::{Azure, AzureSettings};
 use super::tts::elevenlabs::{ElevenLabs, ElevenLabsSettings};
+use super::tts::playht::{PlayHt, PlayHtSettings};
+use super::tts::rime::{Rime, RimeSettings};
 use super::tts::tone::Tone;
 use super::tts::Voice;
 use super::turns::Dials;
@@ -217,6 +219,37 @@ fn voice(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn V
             azure.language = docs.agent["language"].as_str().and_then(azure_locale).map(str::to_owned);
             Ok(Arc::new(Azure::new(azure)))
         }
+        "voice_rime" => {
+            let Some(key) = settings.rime_api_key.clone() else {
+                return Err(Missing("the agent cannot speak: its voice is voice_rime; set RIME_API_KEY".into()));
+            };
+            let mut rime = RimeSettings::new(key, voice["speaker"].as_str().unwrap_or_default());
+            if let Some(base) = &settings.rime_base_url {
+                rime.base_url = base.clone();
+            }
+            rime.model_id = voice["model_id"].as_str().map(str::to_owned);
+            rime.speed_alpha = voice["speed_alpha"].as_f64().map(|v| v as f32);
+            Ok(Arc::new(Rime::new(rime)))
+        }
+        "voice_play_ht" => {
+            let own = |field: &str| voice[field].as_str().filter(|v| !v.is_empty()).map(str::to_owned);
+            let key = own("api_key").or_else(|| settings.playht_api_key.clone());
+            let user_id = own("api_user_id").or_else(|| settings.playht_user_id.clone());
+            let (Some(key), Some(user_id)) = (key, user_id) else {
+                return Err(Missing(
+                    "the agent cannot speak: its voice_play_ht needs an api_key and an api_user_id; set \
+                     PLAYHT_API_KEY and PLAYHT_USER_ID"
+                        .into(),
+                ));
+            };
+            let mut playht = PlayHtSettings::new(key, user_id, voice["voice_id"].as_str().unwrap_or_default());
+            if let Some(base) = &settings.playht_base_url {
+                playht.base_url = base.clone();
+            }
+            playht.speed = voice["speed"].as_f64().map(|v| v as f32);
+            playht.quality = voice["quality"].as_str().map(str::to_owned);
+            Ok(Arc::new(PlayHt::new(playht)))
+        }
         "voice_vocode" => match settings.vocode_voice.as_deref().and_then(|v| v.split_once(':')) {
             Some(("elevenlabs", id)) => {
                 let Some(key) = settings.elevenlabs_api_key.clone() else {
@@ -236,8 +269,8 @@ fn voice(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn V
             )),
         },
         other => Err(Missing(format!(
-            "the agent cannot speak: {other} voices are not supported by this server yet; use voice_eleven_labs, \
-             voice_azure or voice_vocode"
+            "the agent cannot speak: {other} voices are not supported by this server; use voice_eleven_labs, \
+             voice_azure, voice_rime, voice_play_ht or voice_vocode"
         ))),
     }
 }
@@ -326,9 +359,22 @@ mod tests {
         assert!(err(&s, None).contains("VOCODE_VOICE"), "a local model needs no key");
         assert!(err(&s, Some(json!({"type": "voice_eleven_labs", "voice_id": "x"}))).contains("ELEVENLABS_API_KEY"));
         assert!(err(&s, Some(json!({"type": "voice_azure", "voice_name": "x"}))).contains("AZURE_SPEECH_KEY"));
-        assert!(err(&s, Some(json!({"type": "voice_rime", "speaker": "x"}))).contains("not supported"));
+        assert!(err(&s, Some(json!({"type": "voice_rime", "speaker": "x"}))).contains("RIME_API_KEY"));
+        let play_ht = json!({"type": "voice_play_ht", "voice_id": "x"});
+        let message = err(&s, Some(play_ht.clone()));
+        assert!(message.contains("PLAYHT_API_KEY") && message.contains("PLAYHT_USER_ID"), "{message}");
+        let own_key_only = json!({"type": "voice_play_ht", "voice_id": "x", "api_key": "mine"});
+        assert!(err(&s, Some(own_key_only)).contains("PLAYHT_USER_ID"), "the user id is needed too");
+        assert!(err(&s, Some(json!({"type": "voice_gtts"}))).contains("not supported"));
         let own_key = json!({"type": "voice_eleven_labs", "voice_id": "x", "api_key": "mine"});
         assert_eq!(err(&s, Some(own_key)), "", "the voice's own key is enough");
+        let own_keys = json!({"type": "voice_play_ht", "voice_id": "x", "api_key": "mine", "api_user_id": "me"});
+        assert_eq!(err(&s, Some(own_keys)), "", "the voice's own key and user id are enough");
+        s.rime_api_key = Some("rk".into());
+        s.playht_api_key = Some("pk".into());
+        s.playht_user_id = Some("pu".into());
+        assert_eq!(err(&s, Some(json!({"type": "voice_rime", "speaker": "x"}))), "");
+        assert_eq!(err(&s, Some(play_ht)), "", "the server's Play.ht account");
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! Text-to-speech: the agent's words as audio in the call's encoding, streamed as the provider
 //! produces it so playout can start on the first chunk. The engine asks for one sentence at a time.
 //!
-//! Implementations: [`elevenlabs`] (HTTP streaming), [`azure`] (REST with SSML); [`tone`], which
-//! stands in on the sandbox carrier's simulated calls when no voice is configured.
+//! Implementations: [`elevenlabs`] (HTTP streaming), [`azure`] (REST with SSML), [`rime`] (a
+//! whole WAV file per sentence), [`playht`] (a streamed WAV file); [`tone`], which stands in on
+//! the sandbox carrier's simulated calls when no voice is configured. [`wav`] reads the WAV files.
 
 pub mod azure;
 pub mod elevenlabs;
+pub mod playht;
+pub mod rime;
 pub mod tone;
+pub mod wav;
 
 use std::time::Duration;
 
@@ -18,6 +22,8 @@ use super::audio::Encoding;
 
 pub use azure::{Azure, AzureSettings};
 pub use elevenlabs::{ElevenLabs, ElevenLabsSettings};
+pub use playht::{PlayHt, PlayHtSettings};
+pub use rime::{Rime, RimeSettings};
 
 /// Raw audio in the requested encoding (no container, no WAV header), chunk by chunk as it
 /// arrives; chunk boundaries fall anywhere, even inside a 16-bit sample.
@@ -48,6 +54,8 @@ pub enum TtsError {
     UnsupportedEncoding { provider: &'static str, encoding: Encoding },
     #[error("{provider}: {message}")]
     Settings { provider: &'static str, message: String },
+    #[error("{provider} answered audio that cannot be played: {message}")]
+    Audio { provider: &'static str, message: String },
 }
 
 /// A voice the agent can speak with.

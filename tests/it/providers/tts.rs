@@ -1,16 +1,18 @@
-//! ElevenLabs and Azure Speech against fakes of both: the request each voice sends for either
-//! encoding, audio streamed through as it arrives, and errors that say what the provider said
-//! without showing the key.
+//! ElevenLabs, Azure Speech, Rime and Play.ht against fakes of each: the request each voice sends
+//! for either encoding, audio streamed through as it arrives (for Rime and Play.ht, the samples of
+//! their WAV files in the call's encoding), and errors that say what the provider said without
+//! showing the key.
 
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use vocode_server::conversation::audio::Encoding;
 use vocode_server::conversation::tts::{
-    AudioStream, Azure, AzureSettings, ElevenLabs, ElevenLabsSettings, TtsError, Voice,
+    AudioStream, Azure, AzureSettings, ElevenLabs, ElevenLabsSettings, PlayHt, PlayHtSettings, Rime, RimeSettings,
+    TtsError, Voice,
 };
 
-use crate::support::fake_tts::{audio_chunks, FakeTts, TtsBehaviour};
+use crate::support::fake_tts::{audio_chunks, tone, FakeTts, TtsBehaviour};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -24,6 +26,39 @@ fn azure_settings(fake: &FakeTts) -> AzureSettings {
     let mut settings = AzureSettings::new("westeurope", fake.azure_key.clone(), "en-US-AriaNeural");
     settings.base_url = Some(fake.base.clone());
     settings
+}
+
+fn rime_settings(fake: &FakeTts) -> RimeSettings {
+    let mut settings = RimeSettings::new(fake.rime_key.clone(), "cove");
+    settings.base_url = fake.base.clone();
+    settings
+}
+
+const PLAYHT_VOICE: &str = "s3://voice-cloning-zero-shot/d9ff78ba/original/manifest.json";
+
+fn playht_settings(fake: &FakeTts) -> PlayHtSettings {
+    let mut settings = PlayHtSettings::new(fake.playht_key.clone(), fake.playht_user_id.clone(), PLAYHT_VOICE);
+    settings.base_url = fake.base.clone();
+    settings
+}
+
+/// G.711 μ-law of one sample, after the ITU reference (bias 0x84, clip 32635), written apart
+/// from the engine's codec.
+fn mulaw(sample: i16) -> u8 {
+    let (magnitude, mask) = if sample < 0 { (-i32::from(sample), 0x7F) } else { (i32::from(sample), 0xFF) };
+    let biased = magnitude.min(32635) + 0x84;
+    let segment =
+        [0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF, 0x3FFF, 0x7FFF].iter().position(|&end| biased <= end).unwrap();
+    (((segment << 4) as i32 | ((biased >> (segment + 3)) & 0x0F)) ^ mask) as u8
+}
+
+/// The fakes' tone as the call should get it: μ-law at 8 kHz for Twilio, the PCM itself at
+/// 16 kHz for Vonage.
+fn tone_in(encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::Mulaw8k => tone(8000).into_iter().map(mulaw).collect(),
+        Encoding::Linear16k => tone(16000).into_iter().flat_map(i16::to_le_bytes).collect(),
+    }
 }
 
 async fn all_of(stream: AudioStream) -> Vec<u8> {
@@ -109,6 +144,138 @@ async fn azure_sends_ssml_for_either_encoding_and_streams_it_back() {
     assert!(
         body.contains("xml:lang='es-ES'><voice name='es-ES-ElviraNeural'><lang xml:lang='es-ES'><prosody pitch='+0%' rate='+15%'>Hola</prosody></lang>"),
         "{body}"
+    );
+}
+
+#[test]
+fn the_tests_mulaw_agrees_with_known_values() {
+    assert_eq!(
+        [mulaw(0), mulaw(-1), mulaw(1000), mulaw(-1000), mulaw(i16::MAX), mulaw(i16::MIN)],
+        [0xFF, 0x7F, 0xCE, 0x4E, 0x80, 0x00]
+    );
+}
+
+#[tokio::test]
+async fn rime_asks_for_the_calls_rate_and_gives_the_wavs_samples_in_its_encoding() {
+    let fake = FakeTts::start().await;
+    let mut settings = rime_settings(&fake);
+    settings.model_id = Some("mistv2".into());
+    settings.speed_alpha = Some(0.9);
+    let voice = Rime::new(settings);
+    assert_eq!(voice.name(), "rime");
+
+    for encoding in [Encoding::Mulaw8k, Encoding::Linear16k] {
+        let audio = all_of(voice.synthesize("  Hello, how can I help?  ", encoding).await.unwrap()).await;
+        assert_eq!(audio.len(), tone_in(encoding).len(), "{encoding:?}");
+        assert!(audio == tone_in(encoding), "{encoding:?}: not the WAV's samples");
+        let request = fake.requests().pop().unwrap();
+        assert_eq!(request.path, "/v1/rime-tts");
+        assert_eq!(request.headers["authorization"], format!("Bearer {}", fake.rime_key));
+        assert_eq!(request.headers["content-type"], "application/json");
+        assert_eq!(
+            request.json(),
+            serde_json::json!({"text": "Hello, how can I help?", "speaker": "cove", "modelId": "mistv2",
+                               "samplingRate": encoding.sample_rate(), "speedAlpha": 0.9})
+        );
+    }
+
+    // The defaults: Rime's model and speed.
+    let voice = Rime::new(rime_settings(&fake));
+    all_of(voice.synthesize("Hi", Encoding::Mulaw8k).await.unwrap()).await;
+    let request = fake.requests().pop().unwrap();
+    assert_eq!(request.json(), serde_json::json!({"text": "Hi", "speaker": "cove", "samplingRate": 8000}));
+}
+
+#[tokio::test]
+async fn play_ht_streams_the_wavs_samples_in_the_calls_encoding() {
+    let fake = FakeTts::start().await;
+    let mut settings = playht_settings(&fake);
+    settings.speed = Some(1.25);
+    settings.quality = Some("premium".into());
+    let voice = PlayHt::new(settings);
+    assert_eq!(voice.name(), "playht");
+
+    for encoding in [Encoding::Mulaw8k, Encoding::Linear16k] {
+        let stream = voice.synthesize("Hello there.", encoding).await.unwrap();
+        let chunks: Vec<Vec<u8>> = tokio::time::timeout(WAIT, stream.try_collect()).await.unwrap().unwrap();
+        assert!(chunks.len() >= 3, "{encoding:?}: the audio arrives chunk by chunk, got {}", chunks.len());
+        assert!(chunks.iter().all(|c| !c.is_empty()));
+        let audio = chunks.concat();
+        assert_eq!(audio.len(), tone_in(encoding).len(), "{encoding:?}");
+        assert!(audio == tone_in(encoding), "{encoding:?}: not the WAV's samples");
+        let request = fake.requests().pop().unwrap();
+        assert_eq!(request.path, "/api/v2/tts/stream");
+        assert_eq!(request.headers["authorization"], fake.playht_key);
+        assert_eq!(request.headers["x-user-id"], fake.playht_user_id);
+        assert_eq!(request.headers["accept"], "audio/wav");
+        assert_eq!(request.headers["content-type"], "application/json");
+        assert_eq!(
+            request.json(),
+            serde_json::json!({"text": "Hello there.", "voice": PLAYHT_VOICE, "output_format": "wav",
+                               "sample_rate": encoding.sample_rate(), "speed": 1.25, "quality": "premium"})
+        );
+    }
+
+    // The defaults: Play.ht's speed and quality.
+    let voice = PlayHt::new(playht_settings(&fake));
+    all_of(voice.synthesize("Hi", Encoding::Linear16k).await.unwrap()).await;
+    let request = fake.requests().pop().unwrap();
+    assert_eq!(
+        request.json(),
+        serde_json::json!({"text": "Hi", "voice": PLAYHT_VOICE, "output_format": "wav", "sample_rate": 16000})
+    );
+}
+
+#[tokio::test]
+async fn rime_and_play_ht_errors_carry_the_providers_message_not_the_key() {
+    let fake = FakeTts::start().await;
+
+    let mut settings = rime_settings(&fake);
+    settings.api_key = "rime-wrong-key".into();
+    let error = Rime::new(settings).synthesize("Hi", Encoding::Mulaw8k).await.err().unwrap();
+    assert_eq!(status_of(&error), (401, "Unauthorized: the API key is invalid"));
+    assert!(!format!("{error} {error:?}").contains("rime-wrong-key"), "{error:?}");
+
+    let mut settings = playht_settings(&fake);
+    settings.api_key = "ph-wrong-key".into();
+    let error = PlayHt::new(settings).synthesize("Hi", Encoding::Mulaw8k).await.err().unwrap();
+    assert_eq!(status_of(&error), (401, "Invalid API key or user id"));
+    assert!(!format!("{error} {error:?}").contains("ph-wrong-key"), "{error:?}");
+
+    // Providers that echo the key back: it is cut out.
+    let rime = Rime::new(rime_settings(&fake));
+    fake.plan([TtsBehaviour::Status(500, format!(r#"{{"message":"internal error for {}"}}"#, fake.rime_key))]);
+    let error = rime.synthesize("Hi", Encoding::Mulaw8k).await.err().unwrap();
+    assert_eq!(status_of(&error), (500, "internal error for <redacted>"));
+    let playht = PlayHt::new(playht_settings(&fake));
+    let echo = format!(r#"{{"error_message":"quota exceeded for {}","error_id":"QUOTA"}}"#, fake.playht_key);
+    fake.plan([TtsBehaviour::Status(429, echo)]);
+    let error = playht.synthesize("Hi", Encoding::Linear16k).await.err().unwrap();
+    assert_eq!(status_of(&error), (429, "quota exceeded for <redacted>"));
+    assert_eq!(error.to_string(), "playht answered 429: quota exceeded for <redacted>");
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_a_wav_file_is_an_audio_error() {
+    let fake = FakeTts::start().await;
+    let rime = Rime::new(rime_settings(&fake));
+    fake.plan([TtsBehaviour::Status(200, r#"{"audioContent":"bm90IGEgd2F2IGZpbGU="}"#.into())]);
+    let error = rime.synthesize("Hi", Encoding::Mulaw8k).await.err().unwrap();
+    assert!(
+        matches!(&error, TtsError::Audio { provider: "rime", message } if message.contains("not a WAV")),
+        "{error}"
+    );
+    fake.plan([TtsBehaviour::Status(200, r#"{"audio":"elsewhere"}"#.into())]);
+    let error = rime.synthesize("Hi", Encoding::Mulaw8k).await.err().unwrap();
+    assert!(matches!(&error, TtsError::Audio { message, .. } if message.contains("no audioContent")), "{error}");
+
+    let playht = PlayHt::new(playht_settings(&fake));
+    fake.plan([TtsBehaviour::Status(200, "ID3\u{4}an mp3 after all".into())]);
+    let stream = playht.synthesize("Hi", Encoding::Mulaw8k).await.unwrap();
+    let error = tokio::time::timeout(WAIT, stream.try_collect::<Vec<_>>()).await.unwrap().unwrap_err();
+    assert!(
+        matches!(&error, TtsError::Audio { provider: "playht", message } if message.contains("not a WAV")),
+        "{error}"
     );
 }
 
@@ -210,8 +377,12 @@ async fn a_provider_that_goes_quiet_times_out() {
 #[tokio::test]
 async fn blank_text_asks_nothing_of_the_provider() {
     let fake = FakeTts::start().await;
-    let voices: Vec<Box<dyn Voice>> =
-        vec![Box::new(ElevenLabs::new(elevenlabs_settings(&fake))), Box::new(Azure::new(azure_settings(&fake)))];
+    let voices: Vec<Box<dyn Voice>> = vec![
+        Box::new(ElevenLabs::new(elevenlabs_settings(&fake))),
+        Box::new(Azure::new(azure_settings(&fake))),
+        Box::new(Rime::new(rime_settings(&fake))),
+        Box::new(PlayHt::new(playht_settings(&fake))),
+    ];
     for voice in voices {
         let audio = all_of(voice.synthesize("  \n", Encoding::Mulaw8k).await.unwrap()).await;
         assert!(audio.is_empty(), "{}", voice.name());

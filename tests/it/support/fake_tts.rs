@@ -1,8 +1,9 @@
-//! A fake ElevenLabs and a fake Azure Speech on one real HTTP server on a random port. Each
-//! checks a request as its provider does (the key header, the output format, the body) and answers
-//! with its provider's error bodies, or streams audio in the asked-for format back in several
-//! chunks, with pauses between them (or held until the test releases them). Every request is
-//! recorded, so tests can check what was sent.
+//! A fake ElevenLabs, Azure Speech, Rime and Play.ht on one real HTTP server on a random port.
+//! Each checks a request as its provider does (the key header, the output format, the body) and
+//! answers with its provider's error bodies, or with audio in the asked-for format: streamed back
+//! in several chunks, with pauses between them (or held until the test releases them); for Rime, a
+//! WAV file in base64 JSON; for Play.ht, a streamed WAV file whose header is split across the first
+//! two chunks. Every request is recorded, so tests can check what was sent.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -15,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
@@ -55,6 +57,9 @@ pub enum TtsBehaviour {
 struct TtsState {
     elevenlabs_key: String,
     azure_key: String,
+    rime_key: String,
+    playht_key: String,
+    playht_user_id: String,
     requests: Mutex<Vec<TtsRequest>>,
     plan: Mutex<VecDeque<TtsBehaviour>>,
     gate: Notify,
@@ -65,7 +70,54 @@ pub struct FakeTts {
     pub base: String,
     pub elevenlabs_key: String,
     pub azure_key: String,
+    pub rime_key: String,
+    pub playht_key: String,
+    pub playht_user_id: String,
     state: Arc<TtsState>,
+}
+
+/// A quarter of a second of a 440 Hz tone at `rate`: what Rime and Play.ht say.
+pub fn tone(rate: u32) -> Vec<i16> {
+    (0..rate / 4)
+        .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * f64::from(i) / f64::from(rate)).sin()) as i16)
+        .collect()
+}
+
+/// A 16-bit mono PCM WAV file of `samples`, with a `LIST` chunk between `fmt ` and `data` as
+/// ffmpeg writes one. A `streamed` file leaves its sizes unknown (`0xFFFFFFFF`), as a file
+/// written while it is being sent does.
+pub fn wav_file(rate: u32, samples: &[i16], streamed: bool) -> Vec<u8> {
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let list = b"INFOISFT\x0e\0\0\0Lavf61.7.100\0\0";
+    let mut file = Vec::new();
+    let riff_size = 4 + (8 + 16) + (8 + list.len()) + (8 + data.len());
+    file.extend_from_slice(b"RIFF");
+    file.extend_from_slice(&(if streamed { u32::MAX } else { riff_size as u32 }).to_le_bytes());
+    file.extend_from_slice(b"WAVEfmt ");
+    file.extend_from_slice(&16u32.to_le_bytes());
+    file.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    file.extend_from_slice(&1u16.to_le_bytes()); // mono
+    file.extend_from_slice(&rate.to_le_bytes());
+    file.extend_from_slice(&(rate * 2).to_le_bytes()); // bytes per second
+    file.extend_from_slice(&2u16.to_le_bytes()); // bytes per frame
+    file.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    file.extend_from_slice(b"LIST");
+    file.extend_from_slice(&(list.len() as u32).to_le_bytes());
+    file.extend_from_slice(list);
+    file.extend_from_slice(b"data");
+    file.extend_from_slice(&(if streamed { u32::MAX } else { data.len() as u32 }).to_le_bytes());
+    file.extend_from_slice(&data);
+    file
+}
+
+/// How the fake streams Play.ht's WAV file: the first chunk ends inside the `fmt ` chunk, the
+/// second holds the rest of the header and an odd number of sample bytes, the rest follow in
+/// odd-sized chunks.
+pub fn playht_chunks(rate: u32) -> Vec<Vec<u8>> {
+    let file = wav_file(rate, &tone(rate), true);
+    let mut chunks = vec![file[..20].to_vec(), file[20..201].to_vec()];
+    chunks.extend(file[201..].chunks(1001).map(<[u8]>::to_vec));
+    chunks
 }
 
 /// The audio the fake streams for an output format, chunk by chunk: distinct per format, so a
@@ -151,23 +203,87 @@ async fn azure(State(state): State<Arc<TtsState>>, headers: HeaderMap, body: Byt
     answer(&state, &format).await
 }
 
+/// The sampling rates Rime and Play.ht offer.
+const SAMPLE_RATES: &[u64] = &[8000, 16000, 22050, 24000, 44100, 48000];
+
+async fn rime(State(state): State<Arc<TtsState>>, headers: HeaderMap, body: Bytes) -> Response {
+    record(&state, "/v1/rime-tts".into(), None, &headers, &body);
+    let error = |status: StatusCode, message: &str| (status, axum::Json(json!({"message": message}))).into_response();
+    if header(&headers, "authorization") != Some(format!("Bearer {}", state.rime_key).as_str()) {
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized: the API key is invalid");
+    }
+    let body = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+    if body["text"].as_str().is_none_or(|t| t.trim().is_empty()) {
+        return error(StatusCode::BAD_REQUEST, "text is required");
+    }
+    if body["speaker"].as_str().is_none_or(str::is_empty) {
+        return error(StatusCode::BAD_REQUEST, "speaker is required");
+    }
+    let Some(rate) = body["samplingRate"].as_u64().filter(|r| SAMPLE_RATES.contains(r)) else {
+        return error(StatusCode::BAD_REQUEST, "samplingRate is not supported");
+    };
+    let behaviour = state.plan.lock().unwrap().pop_front().unwrap_or(TtsBehaviour::Audio);
+    match behaviour {
+        TtsBehaviour::Audio | TtsBehaviour::Gated => {
+            let wav = wav_file(rate as u32, &tone(rate as u32), false);
+            let content = base64::engine::general_purpose::STANDARD.encode(wav);
+            axum::Json(json!({"audioContent": content})).into_response()
+        }
+        other => misbehave(other).await,
+    }
+}
+
+async fn playht(State(state): State<Arc<TtsState>>, headers: HeaderMap, body: Bytes) -> Response {
+    record(&state, "/api/v2/tts/stream".into(), None, &headers, &body);
+    let error = |status: StatusCode, id: &str, message: &str| {
+        (status, axum::Json(json!({"error_message": message, "error_id": id}))).into_response()
+    };
+    if header(&headers, "authorization") != Some(state.playht_key.as_str())
+        || header(&headers, "x-user-id") != Some(state.playht_user_id.as_str())
+    {
+        return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "Invalid API key or user id");
+    }
+    let body = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+    if body["text"].as_str().is_none_or(|t| t.trim().is_empty()) || body["voice"].as_str().is_none_or(str::is_empty) {
+        return error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "text and voice are required");
+    }
+    if body["output_format"] != "wav" || header(&headers, "accept") != Some("audio/wav") {
+        return error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "this fake streams only WAV");
+    }
+    let Some(rate) = body["sample_rate"].as_u64().filter(|r| SAMPLE_RATES.contains(r)) else {
+        return error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "sample_rate is not supported");
+    };
+    stream(&state, playht_chunks(rate as u32), "audio/wav").await
+}
+
 async fn answer(state: &Arc<TtsState>, format: &str) -> Response {
+    stream(state, audio_chunks(format), "application/octet-stream").await
+}
+
+/// An answer other than audio.
+async fn misbehave(behaviour: TtsBehaviour) -> Response {
+    match behaviour {
+        TtsBehaviour::Status(status, body) => {
+            (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body).into_response()
+        }
+        TtsBehaviour::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::OK.into_response()
+        }
+        TtsBehaviour::Audio | TtsBehaviour::Gated => unreachable!("audio is answered by each provider"),
+    }
+}
+
+/// `audio` in chunks with pauses between them, as the plan says.
+async fn stream(state: &Arc<TtsState>, audio: Vec<Vec<u8>>, content_type: &'static str) -> Response {
     let behaviour = state.plan.lock().unwrap().pop_front().unwrap_or(TtsBehaviour::Audio);
     let gated = match behaviour {
         TtsBehaviour::Audio => false,
         TtsBehaviour::Gated => true,
-        TtsBehaviour::Status(status, body) => {
-            return (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body)
-                .into_response()
-        }
-        TtsBehaviour::Hang => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            return StatusCode::OK.into_response();
-        }
+        other => return misbehave(other).await,
     };
     let (chunks_in, chunks) = mpsc::channel::<Vec<u8>>(1);
     let state = state.clone();
-    let audio = audio_chunks(format);
     tokio::spawn(async move {
         for (i, chunk) in audio.into_iter().enumerate() {
             if i > 0 {
@@ -184,26 +300,34 @@ async fn answer(state: &Arc<TtsState>, format: &str) -> Response {
     let body = futures_util::stream::unfold(chunks, |mut chunks| async move {
         chunks.recv().await.map(|chunk| (Ok::<_, Infallible>(Bytes::from(chunk)), chunks))
     });
-    (StatusCode::OK, [("content-type", "application/octet-stream")], Body::from_stream(body)).into_response()
+    (StatusCode::OK, [("content-type", content_type)], Body::from_stream(body)).into_response()
 }
 
 impl FakeTts {
     pub async fn start() -> FakeTts {
         let elevenlabs_key = format!("xi-{}", uuid::Uuid::new_v4().simple());
         let azure_key = uuid::Uuid::new_v4().simple().to_string();
+        let rime_key = format!("rime-{}", uuid::Uuid::new_v4().simple());
+        let playht_key = format!("ph-{}", uuid::Uuid::new_v4().simple());
+        let playht_user_id = uuid::Uuid::new_v4().simple().to_string();
         let state = Arc::new(TtsState {
             elevenlabs_key: elevenlabs_key.clone(),
             azure_key: azure_key.clone(),
+            rime_key: rime_key.clone(),
+            playht_key: playht_key.clone(),
+            playht_user_id: playht_user_id.clone(),
             ..Default::default()
         });
         let router = Router::new()
             .route("/v1/text-to-speech/{voice_id}/stream", post(elevenlabs))
             .route("/cognitiveservices/v1", post(azure))
+            .route("/v1/rime-tts", post(rime))
+            .route("/api/v2/tts/stream", post(playht))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        FakeTts { base, elevenlabs_key, azure_key, state }
+        FakeTts { base, elevenlabs_key, azure_key, rime_key, playht_key, playht_user_id, state }
     }
 
     /// How the next valid requests are answered, in turn.
