@@ -21,11 +21,15 @@ async fn sandbox(backend: Backend) -> Option<TestApp> {
 }
 
 async fn ended(app: &TestApp, id: &str) -> Value {
-    eventually(Duration::from_secs(20), || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
         let (_, call) = app.get(&format!("/v1/calls?id={id}")).await;
-        matches!(call["status"].as_str(), Some("ended" | "error")).then_some(call)
-    })
-    .await
+        if matches!(call["status"].as_str(), Some("ended" | "error")) {
+            return call;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the call did not end within 20 s: {call}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn every_documented_scenario_ends_as_documented(app: TestApp) {
