@@ -374,7 +374,13 @@ where
     let mut up = Resampler::up();
     let mut sequence = 1u64;
     let mut chunk = 0u64;
-    let mut speak = tokio::time::interval(Duration::from_secs_f64(0.02 * time_scale).max(Duration::from_millis(1)));
+    // The person's audio runs on the world's clock (`time_scale`): 20 ms of it every 20 ms ×
+    // scale. Sped up, several of those frames go out as one message every 20 ms, so that a fast
+    // world sends no more messages than a real carrier does.
+    let frame_every = Duration::from_secs_f64(0.02 * time_scale);
+    let speak_every = frame_every.max(Duration::from_millis(20));
+    let per_message = FRAME * (speak_every.as_secs_f64() / frame_every.as_secs_f64()).round().max(1.0) as usize;
+    let mut speak = tokio::time::interval(speak_every);
     let mut play = tokio::time::interval(Duration::from_millis(20));
     play.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = call.media_stop.notified();
@@ -394,9 +400,9 @@ where
                 }
                 let frame: Vec<i16> = {
                     let mut mouth = person.mouth.lock().unwrap_or_else(|e| e.into_inner());
-                    let take = mouth.len().min(FRAME);
+                    let take = mouth.len().min(per_message);
                     let mut frame: Vec<i16> = mouth.drain(..take).collect();
-                    frame.resize(FRAME, 0);
+                    frame.resize(per_message, 0);
                     frame
                 };
                 wire.record(Side::Person, &frame);
