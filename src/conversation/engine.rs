@@ -339,7 +339,7 @@ impl Engine {
                 let interrupting = self.maybe_barge_in(&text).await;
                 if self.speaking.is_some() && !interrupting {
                     // A backchannel: kept, and the bot goes on.
-                    self.record_only(Speaker::Human, text, false).await;
+                    self.record(Speaker::Human, text, false).await;
                     return;
                 }
                 if !self.heard.is_empty() {
@@ -384,7 +384,7 @@ impl Engine {
         // Nothing heard, nothing said: the person spoke before the answer reached them.
         if !said.is_empty() {
             self.history.push(ChatMessage::Assistant { content: Some(format!("{said}-")), tool_calls: Vec::new() });
-            self.record_only(Speaker::Bot, said, true).await;
+            self.record(Speaker::Bot, said, true).await;
         }
         true
     }
@@ -400,7 +400,7 @@ impl Engine {
         let said = heard_text(&speaking.text, heard_ms, total_ms);
         if !said.is_empty() {
             let cut_off = !(speaking.generation_done && heard_ms >= total_ms);
-            self.record_only(Speaker::Bot, said, cut_off).await;
+            self.record(Speaker::Bot, said, cut_off).await;
         }
     }
 
@@ -413,7 +413,7 @@ impl Engine {
         let decided = Instant::now();
         let end_of_turn = self.last_word.map(|w| decided.saturating_duration_since(w)).unwrap_or_default();
         self.history.push(ChatMessage::User(heard.clone()));
-        self.record_only(Speaker::Human, heard, false).await;
+        self.record(Speaker::Human, heard, false).await;
         let turn = self.begin_turn(true, Some((decided, TurnLatency { end_of_turn, ..TurnLatency::default() })));
         let request = ChatRequest {
             model: self.config.model.clone(),
@@ -531,14 +531,14 @@ impl Engine {
         self.last_activity = now;
         if !speaking.text.is_empty() {
             self.history.push(ChatMessage::Assistant { content: Some(speaking.text.clone()), tool_calls: Vec::new() });
-            self.record_only(Speaker::Bot, speaking.text, false).await;
+            self.record(Speaker::Bot, speaking.text, false).await;
         }
         if speaking.then_hang_up {
             self.ending = true;
         }
     }
 
-    async fn record_only(&mut self, speaker: Speaker, text: String, cut_off: bool) {
+    async fn record(&mut self, speaker: Speaker, text: String, cut_off: bool) {
         let message = Message { speaker, text, cut_off };
         self.transcript.push(message.clone());
         let _ = self.events.send(Event::Message(message)).await;

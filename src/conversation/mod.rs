@@ -14,3 +14,41 @@ pub mod playout;
 pub mod stt;
 pub mod tts;
 pub mod turns;
+
+/// One HTTP client per configuration for the whole process. Building a client loads the TLS roots
+/// (milliseconds, on every `calls/create` that checks an agent's providers), and a shared client
+/// keeps its connections: the next call's requests to the same provider skip the TLS handshake.
+pub(crate) fn shared_http_client(
+    configuration: String,
+    build: impl FnOnce() -> reqwest::ClientBuilder,
+) -> reqwest::Client {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static CLIENTS: LazyLock<Mutex<HashMap<String, reqwest::Client>>> = LazyLock::new(Mutex::default);
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    clients
+        .entry(configuration)
+        .or_insert_with(|| build().build().expect("an HTTP client with the built-in TLS roots"))
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_builds_its_client_once() {
+        let mut built = 0;
+        for _ in 0..3 {
+            shared_http_client("test: once".into(), || {
+                built += 1;
+                reqwest::Client::builder()
+            });
+        }
+        shared_http_client("test: another".into(), || {
+            built += 1;
+            reqwest::Client::builder()
+        });
+        assert_eq!(built, 2);
+    }
+}

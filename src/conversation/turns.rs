@@ -36,8 +36,6 @@ pub struct Dials {
     /// How long both sides may be silent before the bot checks on the person or ends the call.
     pub idle: Duration,
     pub ask_if_human_present_on_idle: bool,
-    /// `ivr_navigation_mode: default`: silent while on hold, and a ten-minute idle limit.
-    pub ivr_navigation: bool,
 }
 
 /// The hosted service ends a call after 30 s in which nobody spoke.
@@ -54,7 +52,6 @@ impl Default for Dials {
             initial_message_delay: Duration::ZERO,
             idle: DEFAULT_IDLE,
             ask_if_human_present_on_idle: false,
-            ivr_navigation: false,
         }
     }
 }
@@ -62,6 +59,7 @@ impl Default for Dials {
 impl Dials {
     /// The dials of an agent document (`AgentParams` as stored: defaults already filled in).
     pub fn from_agent(agent: &Value) -> Dials {
+        // `ivr_navigation_mode: default` waits on hold: a ten-minute idle limit.
         let ivr_navigation = agent["ivr_navigation_mode"].as_str() == Some("default");
         let idle = match agent["idle_time_seconds"].as_f64() {
             Some(seconds) if seconds > 0.0 => Duration::from_secs_f64(seconds.min(86_400.0)),
@@ -84,7 +82,6 @@ impl Dials {
             ),
             idle,
             ask_if_human_present_on_idle: agent["ask_if_human_present_on_idle"].as_bool().unwrap_or(false),
-            ivr_navigation,
         }
     }
 

@@ -119,6 +119,8 @@ struct Call {
     played: Arc<Mutex<Played>>,
     llm: Arc<FakeLlm>,
     engine: JoinHandle<Vec<Message>>,
+    /// The turns' latencies reported so far.
+    latencies: Vec<TurnLatency>,
 }
 
 fn config(dials: Dials) -> EngineConfig {
@@ -182,7 +184,7 @@ fn start_with_stt_connect(config: EngineConfig, replies: Vec<Vec<LlmDelta>>, con
             }
         }
     });
-    Call { person, stream, events, played, llm, engine }
+    Call { person, stream, events, played, llm, engine, latencies: Vec::new() }
 }
 
 impl Call {
@@ -194,6 +196,7 @@ impl Call {
         loop {
             match tokio::time::timeout(Duration::from_secs(120), self.events.recv()).await {
                 Ok(Some(Event::Message(m))) => return m,
+                Ok(Some(Event::Latency(latency))) => self.latencies.push(latency),
                 Ok(Some(_)) => continue,
                 other => panic!("no message: {other:?}"),
             }
@@ -239,6 +242,14 @@ async fn a_turn_is_answered_once_the_person_has_finished_and_its_latency_is_repo
     assert!(matches!(&request.messages[1], ChatMessage::Assistant { content: Some(c), .. } if c.starts_with("Hello")));
     assert!(matches!(&request.messages[2], ChatMessage::User(u) if u == "A table for two."));
     assert!(request.tools.iter().any(|t| t.name == END_CONVERSATION));
+    // The sentence ended with a full stop: the turn ended 500 ms after the last word, and the
+    // instant providers added nothing after that.
+    let latency = call.latencies.last().copied().expect("the turn's latency");
+    assert_eq!(latency.end_of_turn, Duration::from_millis(500));
+    assert_eq!(
+        (latency.first_token, latency.first_audio, latency.first_frame),
+        (Some(Duration::ZERO), Some(Duration::ZERO), Some(Duration::ZERO))
+    );
     let transcript = call.end().await;
     assert_eq!(transcript.len(), 3);
 }

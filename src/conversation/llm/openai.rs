@@ -85,12 +85,13 @@ pub struct OpenAiCompatible {
 
 impl OpenAiCompatible {
     pub fn new(settings: OpenAiSettings) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
-            .user_agent(concat!("vocode-server/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("an HTTP client");
+        let configuration = format!("model, {:?} in all, {:?} to connect", settings.timeout, settings.connect_timeout);
+        let http = crate::conversation::shared_http_client(configuration, || {
+            reqwest::Client::builder()
+                .timeout(settings.timeout)
+                .connect_timeout(settings.connect_timeout)
+                .user_agent(concat!("vocode-server/", env!("CARGO_PKG_VERSION")))
+        });
         let base = settings.base_url.trim_end_matches('/');
         // The server's host names the provider in logs: `api.openai.com`, `localhost:11434`.
         let name = url::Url::parse(base)

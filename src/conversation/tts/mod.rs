@@ -70,11 +70,9 @@ pub trait Voice: Send + Sync {
 /// The HTTP client a provider uses: the timeout bounds each wait (connecting, the answer's
 /// start, every chunk), not the whole answer, which lasts as long as the speech does.
 fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(timeout)
-        .read_timeout(timeout)
-        .build()
-        .expect("an HTTP client with the built-in TLS roots")
+    super::shared_http_client(format!("voice, each wait {timeout:?}"), || {
+        reqwest::Client::builder().connect_timeout(timeout).read_timeout(timeout)
+    })
 }
 
 fn request_error(provider: &'static str, source: reqwest::Error) -> TtsError {
