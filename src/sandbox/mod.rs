@@ -437,6 +437,12 @@ impl Sandbox {
         let signature = twilio_api::signature(&call.auth_token, url, &params);
         let sent = self.http.post(target).header("x-twilio-signature", signature).form(&params).send().await;
         match sent {
+            Ok(res) if !res.status().is_success() => {
+                let status = res.status();
+                let body = res.text().await.unwrap_or_default();
+                tracing::warn!(call = %call.id, %status, %body, "the server refused a sandbox callback");
+                None
+            }
             Ok(res) => res.text().await.ok(),
             Err(err) => {
                 tracing::warn!(error = %err, "the sandbox could not deliver a callback");
@@ -484,12 +490,14 @@ impl Sandbox {
         let (url, first, parameters) = match call.protocol {
             Protocol::Twilio => {
                 let Some(twiml_url) = &call.twiml_url else {
+                    tracing::warn!(call = %call.id, "the sandbox call has no TwiML URL: nobody is put on the line");
                     return;
                 };
                 let Some(twiml) = self.post_signed(&call, twiml_url, self.twilio_params(&call)).await else {
                     return;
                 };
                 let Some((url, params)) = parse_stream_twiml(&twiml) else {
+                    tracing::warn!(call = %call.id, %twiml, "the server's TwiML connects no media stream");
                     return;
                 };
                 (url, None, params)
@@ -506,6 +514,7 @@ impl Sandbox {
             }
         };
         let Some(target) = self.local(&url) else {
+            tracing::warn!(call = %call.id, %url, "the media stream is not this server's: nobody is put on the line");
             return;
         };
         // The server's id of the call, as it named it in the stream's parameters: the person's side
@@ -518,9 +527,12 @@ impl Sandbox {
             self.speech.insert(id, call.wire.spoken.clone());
             self.lines.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), call.wire.clone());
         }
-        let Ok((mut socket, _)) = tokio_tungstenite::connect_async(target.as_str()).await else {
-            tracing::warn!("the sandbox could not open the media stream");
-            return;
+        let mut socket = match tokio_tungstenite::connect_async(target.as_str()).await {
+            Ok((socket, _)) => socket,
+            Err(err) => {
+                tracing::warn!(call = %call.id, error = %err, "the sandbox could not open the media stream");
+                return;
+            }
         };
         let stream_sid = format!("MZ{}", &call.id[2..]);
         let opening: Vec<Message> = match call.protocol {

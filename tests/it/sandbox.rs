@@ -27,7 +27,12 @@ async fn ended(app: &TestApp, id: &str) -> Value {
         if matches!(call["status"].as_str(), Some("ended" | "error")) {
             return call;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the call did not end within 20 s: {call}");
+        if tokio::time::Instant::now() >= deadline {
+            // How far it got: on the line (what the person said, marks) and on the stream.
+            let line = app.state.sandbox.as_ref().and_then(|sandbox| sandbox.line(id));
+            let stream = app.state.telephony.streams.get(uuid::Uuid::parse_str(id).unwrap());
+            panic!("the call did not end within 20 s: {call}\nline: {line:?}\nstream: {stream:?}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -190,26 +195,25 @@ async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
     let agent = json!({"prompt": {"content": "Ask Ajay if his refrigerator is running"}, "initial_message": greeting});
     let silent_agent = json!({"prompt": {"content": "Wait."}, "initial_message": greeting,
                               "idle_time_seconds": 1, "ask_if_human_present_on_idle": true});
-    let calls = [
-        (&twilio, "14155550199", &agent),
-        (&vonage, "14155550199", &agent),
-        (&twilio, "14155550110", &agent),
-        (&twilio, "14155550111", &agent),
-        (&twilio, "14155550112", &silent_agent),
-    ];
+    // Every scenario on both carriers: Twilio's μ-law 8 kHz and Vonage's 16 kHz PCM.
+    let scenarios =
+        [("14155550199", &agent), ("14155550110", &agent), ("14155550111", &agent), ("14155550112", &silent_agent)];
     let mut ids = Vec::new();
-    for (number, to, agent) in calls {
-        let (status, call) = app
-            .post("/v1/calls/create", json!({"from_number": number["number"], "to_number": to, "agent": agent}))
-            .await;
-        assert_eq!(status, StatusCode::OK, "{call}");
-        ids.push(call["id"].as_str().unwrap().to_owned());
+    for (to, agent) in scenarios {
+        let mut pair = Vec::new();
+        for number in [&twilio, &vonage] {
+            let (status, call) = app
+                .post("/v1/calls/create", json!({"from_number": number["number"], "to_number": to, "agent": agent}))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{call}");
+            pair.push(call["id"].as_str().unwrap().to_owned());
+        }
+        ids.push(pair);
     }
     let bot_greets = format!("BOT: {greeting}");
 
-    // A person who hears the greeting, says one thing, hears the answer, says goodbye, hangs up:
-    // the same conversation on Twilio's μ-law and on Vonage's 16 kHz PCM.
-    for id in &ids[..2] {
+    // A person who hears the greeting, says one thing, hears the answer, says goodbye, hangs up.
+    for id in &ids[0] {
         let (call, lines) = transcript_of(&app, id).await;
         assert_eq!(
             lines,
@@ -227,41 +231,47 @@ async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
         assert_eq!(line.said, ["Yes, this is Ajay speaking.", "Okay, thank you. Goodbye."]);
         assert_eq!(line.clears, 0, "nobody interrupted");
         assert!(line.marks_played >= 10, "marks came back as the bot's audio played: {line:?}");
+        // Its recording holds both sides.
+        let res =
+            app.request(reqwest::Method::GET, &format!("/v1/calls/recording?id={id}"), Some(&app.key), None).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "audio/wav");
+        let (tone, speech) = sides_of(&res.bytes().await.unwrap());
+        // The bot spoke ~4.5 s of tone (90 windows), the person ~3 s of speech (60).
+        assert!(tone >= 20 && speech >= 10, "{call}: bot windows {tone}, person windows {speech}");
     }
-    // Its recording holds both sides.
-    let res =
-        app.request(reqwest::Method::GET, &format!("/v1/calls/recording?id={}", ids[0]), Some(&app.key), None).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.headers()["content-type"], "audio/wav");
-    let (tone, speech) = sides_of(&res.bytes().await.unwrap());
-    // The bot spoke ~4.5 s of tone (90 windows), the person ~3 s of speech (60).
-    assert!(tone >= 20 && speech >= 10, "bot windows {tone}, person windows {speech}");
 
     // Barging in one second into the bot's answer: the server clears the carrier's buffer, and
     // the bot's message is cut to what the person heard.
-    let (call, lines) = transcript_of(&app, &ids[2]).await;
-    let answer = "Got it: Yes, this is Ajay speaking.";
-    assert_eq!(lines.len(), 5, "{call}");
-    assert_eq!(lines[..2], [bot_greets.clone(), "HUMAN: Yes, this is Ajay speaking.".to_owned()], "{call}");
-    let cut = lines[2].strip_prefix("BOT: ").expect("the bot's cut-off answer");
-    assert!(!cut.is_empty() && cut.len() < answer.len() && answer.starts_with(cut), "{cut:?} of {answer:?}");
-    assert_eq!(lines[3..], ["HUMAN: Sorry, I have to go now. Goodbye.", "BOT: Goodbye, and thanks for calling!"]);
-    assert!(sandbox.line(&ids[2]).unwrap().clears >= 1, "a clear reached the carrier");
+    for id in &ids[1] {
+        let (call, lines) = transcript_of(&app, id).await;
+        let answer = "Got it: Yes, this is Ajay speaking.";
+        assert_eq!(lines.len(), 5, "{call}");
+        assert_eq!(lines[..2], [bot_greets.clone(), "HUMAN: Yes, this is Ajay speaking.".to_owned()], "{call}");
+        let cut = lines[2].strip_prefix("BOT: ").expect("the bot's cut-off answer");
+        assert!(!cut.is_empty() && cut.len() < answer.len() && answer.starts_with(cut), "{cut:?} of {answer:?}");
+        assert_eq!(lines[3..], ["HUMAN: Sorry, I have to go now. Goodbye.", "BOT: Goodbye, and thanks for calling!"]);
+        assert!(sandbox.line(id).unwrap().clears >= 1, "a clear reached the carrier: {call}");
+    }
 
     // Backchannels while the bot talks (at the default low sensitivity) leave its message whole.
-    let (call, lines) = transcript_of(&app, &ids[3]).await;
-    let at = |line: &str| lines.iter().position(|l| l == line).unwrap_or_else(|| panic!("{line:?} in {call}"));
-    let asked = at("HUMAN: Tell me about the offer you have for me.");
-    let answered = at("BOT: Got it: Tell me about the offer you.");
-    assert!(asked < at("HUMAN: Mhm.") && at("HUMAN: Mhm.") < answered, "{lines:?}");
-    assert_eq!(lines.last().unwrap(), "BOT: Goodbye, and thanks for calling!");
-    let line = sandbox.line(&ids[3]).unwrap();
-    assert!(line.said.contains(&"Mhm.".to_owned()), "{line:?}");
-    assert_eq!(line.clears, 0, "the bot was not interrupted");
+    for id in &ids[2] {
+        let (call, lines) = transcript_of(&app, id).await;
+        let at = |line: &str| lines.iter().position(|l| l == line).unwrap_or_else(|| panic!("{line:?} in {call}"));
+        let asked = at("HUMAN: Tell me about the offer you have for me.");
+        let answered = at("BOT: Got it: Tell me about the offer you.");
+        assert!(asked < at("HUMAN: Mhm.") && at("HUMAN: Mhm.") < answered, "{lines:?}");
+        assert_eq!(lines.last().unwrap(), "BOT: Goodbye, and thanks for calling!");
+        let line = sandbox.line(id).unwrap();
+        assert!(line.said.contains(&"Mhm.".to_owned()), "{line:?}");
+        assert_eq!(line.clears, 0, "the bot was not interrupted: {call}");
+    }
 
     // Silence: the bot checks on the person once after the idle time, then hangs up.
-    let (call, lines) = transcript_of(&app, &ids[4]).await;
-    assert_eq!(lines, [bot_greets.as_str(), "BOT: Are you still there?"], "{call}");
-    assert_eq!(call["stage_outcome"], "bot_disconnected", "{call}");
-    assert!(sandbox.line(&ids[4]).unwrap().said.is_empty());
+    for id in &ids[3] {
+        let (call, lines) = transcript_of(&app, id).await;
+        assert_eq!(lines, [bot_greets.as_str(), "BOT: Are you still there?"], "{call}");
+        assert_eq!(call["stage_outcome"], "bot_disconnected", "{call}");
+        assert!(sandbox.line(id).unwrap().said.is_empty());
+    }
 }
