@@ -59,6 +59,47 @@ async fn get_call(
     Ok(Json(call_view(&state, &mut handle, &row).await?))
 }
 
+/// `GET /calls/latency` (this server's own): where each answered turn of the caller's call spent
+/// its time, with each stage's median and 95th percentile.
+pub async fn latency(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidQuery(q): ValidQuery<IdQuery>,
+) -> Result<Json<Value>> {
+    let mut handle = state.store.read().await?;
+    let row = user_call(&mut handle, caller.user_id, q.id).await?;
+    let turns = calls_store::turns(handle.conn(), row.id).await?;
+    type Stage = fn(&calls_store::TurnRow) -> Option<f64>;
+    let stages: [(&str, Stage); 4] = [
+        ("end_of_turn_ms", |t| Some(t.end_of_turn_ms)),
+        ("first_token_ms", |t| t.first_token_ms),
+        ("first_audio_ms", |t| t.first_audio_ms),
+        ("first_frame_ms", |t| t.first_frame_ms),
+    ];
+    let summary: serde_json::Map<String, Value> = stages
+        .iter()
+        .map(|(name, stage)| {
+            let mut values: Vec<f64> = turns.iter().filter_map(stage).collect();
+            values.sort_by(f64::total_cmp);
+            (name.to_string(), json!({"p50": percentile(&values, 50), "p95": percentile(&values, 95)}))
+        })
+        .collect();
+    let turns: Vec<Value> = turns
+        .iter()
+        .map(|t| {
+            json!({"turn": t.turn, "at": t.at, "end_of_turn_ms": t.end_of_turn_ms, "first_token_ms": t.first_token_ms,
+                   "first_audio_ms": t.first_audio_ms, "first_frame_ms": t.first_frame_ms})
+        })
+        .collect();
+    Ok(Json(json!({"call_id": row.id, "turns": turns, "summary": summary})))
+}
+
+/// The nearest-rank percentile of sorted values; `None` of none.
+fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
 async fn list_calls(
     State(state): State<AppState>,
     caller: Caller,
@@ -369,4 +410,19 @@ pub async fn call_view(state: &AppState, c: &mut impl Conn, row: &CallRow) -> Re
         };
     }
     Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        assert_eq!(percentile(&[], 50), None);
+        assert_eq!(percentile(&[7.0], 95), Some(7.0));
+        let values: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50), Some(10.0));
+        assert_eq!(percentile(&values, 95), Some(19.0));
+        assert_eq!(percentile(&values[..3], 95), Some(3.0));
+    }
 }

@@ -40,7 +40,8 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 pub fn router(state: AppState, settings: &limits::Settings) -> Router {
     let sandbox = state.sandbox.clone();
     // The operations of the Vocode API: limited per API key, when a limit is set.
-    let mut operations = Router::new().merge(routes::v1()).route("/metrics", get(metrics));
+    let mut operations =
+        Router::new().merge(routes::v1()).route("/metrics", get(metrics)).route("/calls/latency", get(calls::latency));
     if let Some(layer) = limits::rate_limit(settings) {
         operations = operations.layer(layer);
     }

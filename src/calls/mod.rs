@@ -341,6 +341,13 @@ impl Calls {
         Ok(())
     }
 
+    /// Keeps where an answered turn's time went (no words: HIPAA calls keep theirs too).
+    pub async fn record_turn(&self, call_id: Uuid, turn: &calls::TurnRow) -> sqlx::Result<()> {
+        let mut tx = self.store.begin().await?;
+        calls::record_turn(tx.conn(), call_id, turn).await?;
+        tx.commit().await
+    }
+
     /// The conversation is over: its whole transcript goes out as `event_transcript`.
     pub async fn conversation_ended(&self, call_id: Uuid) -> Result<(), CallsError> {
         let mut tx = self.store.begin().await?;

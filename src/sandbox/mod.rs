@@ -53,6 +53,9 @@ use crate::domain::phone::PhoneNumber;
 use crate::telephony::{twilio as twilio_api, vonage as vonage_api, Endpoints};
 
 pub const VONAGE_API_KEY: &str = "sandbox";
+/// The shortest time a machine or a person who stays on the line talks, however sped up the
+/// sandbox is.
+const SHORTEST_TALK: Duration = Duration::from_secs(1);
 const VONAGE_APPLICATION_ID: &str = "sandbox-application";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,7 +301,8 @@ impl Sandbox {
         }
         let hung_up = call.hung_up.load(Ordering::SeqCst)
             || match talk {
-                Some(talk) => self.wait(&call, talk - talked).await,
+                // Never so short, sped up, that the stream has no time to carry anything.
+                Some(talk) => self.wait_for(&call, self.scaled(talk - talked).max(SHORTEST_TALK)).await,
                 None => {
                     tokio::select! {
                         _ = call.hang_up.notified() => true,
@@ -323,12 +327,17 @@ impl Sandbox {
 
     /// Waits (scaled); true when the server hung up meanwhile.
     async fn wait(&self, call: &SimCall, seconds: f64) -> bool {
+        self.wait_for(call, self.scaled(seconds.max(0.0))).await
+    }
+
+    /// Waits `time` on the server's clock; true when the server hung up meanwhile.
+    async fn wait_for(&self, call: &SimCall, time: Duration) -> bool {
         if call.hung_up.load(Ordering::SeqCst) {
             return true;
         }
         tokio::select! {
             _ = call.hang_up.notified() => true,
-            _ = tokio::time::sleep(self.scaled(seconds.max(0.0))) => call.hung_up.load(Ordering::SeqCst),
+            _ = tokio::time::sleep(time) => call.hung_up.load(Ordering::SeqCst),
         }
     }
 

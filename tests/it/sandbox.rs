@@ -231,6 +231,21 @@ async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
         assert_eq!(line.said, ["Yes, this is Ajay speaking.", "Okay, thank you. Goodbye."]);
         assert_eq!(line.clears, 0, "nobody interrupted");
         assert!(line.marks_played >= 10, "marks came back as the bot's audio played: {line:?}");
+        // Where each answered turn's time went: both answers, each stage after the one before.
+        let (status, latency) = app.get(&format!("/calls/latency?id={id}")).await;
+        assert_eq!(status, StatusCode::OK, "{latency}");
+        assert_eq!(latency["call_id"], json!(id));
+        let turns = latency["turns"].as_array().unwrap();
+        assert_eq!(turns.iter().map(|t| t["turn"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2], "{latency}");
+        for turn in turns {
+            let stage = |name: &str| turn[name].as_f64().unwrap_or_else(|| panic!("{name} in {turn}"));
+            assert!(stage("end_of_turn_ms") >= 0.0, "{turn}");
+            assert!(stage("first_token_ms") <= stage("first_audio_ms"), "{turn}");
+            assert!(stage("first_audio_ms") <= stage("first_frame_ms"), "{turn}");
+        }
+        let p95 = latency["summary"]["first_frame_ms"]["p95"].as_f64().unwrap();
+        let slowest = turns.iter().map(|t| t["first_frame_ms"].as_f64().unwrap()).fold(0.0, f64::max);
+        assert_eq!(p95, slowest, "two turns: the 95th percentile is the slower one");
         // Its recording holds both sides.
         let res =
             app.request(reqwest::Method::GET, &format!("/v1/calls/recording?id={id}"), Some(&app.key), None).await;
@@ -240,6 +255,16 @@ async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
         // The bot spoke ~4.5 s of tone (90 windows), the person ~3 s of speech (60).
         assert!(tone >= 20 && speech >= 10, "{call}: bot windows {tone}, person windows {speech}");
     }
+
+    // The latencies are the caller's own, as the call is.
+    let (_, other) = app.new_user("someone-else").await;
+    let (status, refused) = app.get_as(&other, &format!("/calls/latency?id={}", ids[0][0])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{refused}");
+    assert_eq!(refused["detail"], format!("Call {} not found", ids[0][0]));
+    let res = app.request(reqwest::Method::GET, &format!("/calls/latency?id={}", ids[0][0]), None, None).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let (status, invalid) = app.get("/calls/latency?id=not-a-uuid").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{invalid}");
 
     // Barging in one second into the bot's answer: the server clears the carrier's buffer, and
     // the bot's message is cut to what the person heard.

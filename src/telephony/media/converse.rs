@@ -1,7 +1,8 @@
 //! A bound media stream's conversation: the call's agent, resolved with the server's providers,
 //! run by the conversation engine on the stream's audio. What the engine reports goes to the
 //! calls service — each finished message into the transcript (with its `event_message`), the
-//! hang-up the bot asks for, and `event_transcript` once the conversation is over.
+//! hang-up the bot asks for, each answered turn's latencies, and `event_transcript` once the
+//! conversation is over.
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -12,6 +13,7 @@ use crate::conversation::audio::Encoding;
 use crate::conversation::engine::{self, Event, FromCall};
 use crate::conversation::media::ToCall;
 use crate::domain::call::Event as CallEvent;
+use crate::store::calls::TurnRow;
 use crate::AppState;
 
 /// How many frames from the carrier may wait for the engine (20 ms each: about 5 s).
@@ -67,6 +69,7 @@ pub async fn start(
     tokio::spawn(engine::run(config, providers, from_call_rx, to_call, events));
     let state = state.clone();
     tokio::spawn(async move {
+        let mut turns = 0;
         while let Some(event) = events_rx.recv().await {
             match event {
                 Event::Message(message) => {
@@ -79,7 +82,21 @@ pub async fn start(
                     Ok(None) => {}
                     Err(e) => tracing::warn!(%call_id, error = %e, "the bot's hang-up could not be recorded"),
                 },
-                Event::Latency(_) => {}
+                Event::Latency(latency) => {
+                    turns += 1;
+                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+                    let turn = TurnRow {
+                        turn: turns,
+                        at: crate::store::now(),
+                        end_of_turn_ms: ms(latency.end_of_turn),
+                        first_token_ms: latency.first_token.map(ms),
+                        first_audio_ms: latency.first_audio.map(ms),
+                        first_frame_ms: latency.first_frame.map(ms),
+                    };
+                    if let Err(e) = state.calls.record_turn(call_id, &turn).await {
+                        tracing::warn!(%call_id, error = %e, "a turn's latency could not be kept");
+                    }
+                }
             }
         }
         if let Err(e) = state.calls.conversation_ended(call_id).await {
