@@ -59,13 +59,14 @@ impl Default for Dials {
 impl Dials {
     /// The dials of an agent document (`AgentParams` as stored: defaults already filled in).
     pub fn from_agent(agent: &Value) -> Dials {
-        // `ivr_navigation_mode: default` waits on hold: a ten-minute idle limit.
-        let ivr_navigation = agent["ivr_navigation_mode"].as_str() == Some("default");
         let idle = match agent["idle_time_seconds"].as_f64() {
             Some(seconds) if seconds > 0.0 => Duration::from_secs_f64(seconds.min(86_400.0)),
-            _ if ivr_navigation => IVR_IDLE,
             _ => DEFAULT_IDLE,
         };
+        // `ivr_navigation_mode: default` waits on hold, silent: at least ten minutes, however
+        // short `idle_time_seconds` is.
+        let ivr_navigation = agent["ivr_navigation_mode"].as_str() == Some("default");
+        let idle = if ivr_navigation { idle.max(IVR_IDLE) } else { idle };
         Dials {
             interrupt: match agent["interrupt_sensitivity"].as_str() {
                 Some("high") => InterruptSensitivity::High,
@@ -227,6 +228,10 @@ mod tests {
         assert!(d.ask_if_human_present_on_idle);
         let ivr = Dials::from_agent(&json!({"ivr_navigation_mode": "default"}));
         assert_eq!(ivr.idle, IVR_IDLE);
+        let on_hold = Dials::from_agent(&json!({"ivr_navigation_mode": "default", "idle_time_seconds": 5}));
+        assert_eq!(on_hold.idle, IVR_IDLE, "on hold, a short idle time does not end the call");
+        let longer = Dials::from_agent(&json!({"ivr_navigation_mode": "default", "idle_time_seconds": 900}));
+        assert_eq!(longer.idle, Duration::from_secs(900));
         assert_eq!(Dials::from_agent(&json!({"conversation_speed": 9})).speed, 2.0);
     }
 

@@ -239,6 +239,16 @@ impl FakeDeepgram {
         self.send_raw(Message::Text(message.to_string().into())).await;
     }
 
+    /// Sends a JSON message on the `index`th connection opened (0 for the first), once it is open.
+    pub async fn send_on(&self, index: usize, message: Value) {
+        let commands = super::eventually(Duration::from_secs(10), || async {
+            let open = self.state.connections.lock().unwrap().get(index).is_some_and(|c| c.open);
+            open.then(|| self.state.commands.lock().unwrap()[index].clone())
+        })
+        .await;
+        let _ = commands.send(Command::Send(Message::Text(message.to_string().into())));
+    }
+
     /// Sends a websocket message as it is (a malformed text, a binary frame).
     pub async fn send_raw(&self, message: Message) {
         let _ = self.newest().await.1.send(Command::Send(message));

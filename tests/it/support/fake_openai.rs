@@ -43,6 +43,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// The JSON body (a JSON string of the raw text if it was not JSON).
     pub body: Value,
+    /// When it came.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -192,6 +194,7 @@ async fn answer(
         path: uri.path().to_owned(),
         headers: headers.clone(),
         body: json,
+        at: std::time::Instant::now(),
     });
     if uri.path() != "/v1/chat/completions" {
         return openai_error(404, &format!("Invalid URL (POST {})", uri.path()));

@@ -47,6 +47,9 @@ pub enum TtsBehaviour {
     Audio,
     /// The first chunk, then the rest only once the test calls [`FakeTts::release`].
     Gated,
+    /// Audio of this length, every byte this byte (so a test can tell how much of it was played),
+    /// in chunks of 250 ms with the same pauses: for ElevenLabs and Azure.
+    Lasting(Duration, u8),
     /// This status with this body.
     Status(u16, String),
     /// Never answers.
@@ -224,7 +227,7 @@ async fn rime(State(state): State<Arc<TtsState>>, headers: HeaderMap, body: Byte
     };
     let behaviour = state.plan.lock().unwrap().pop_front().unwrap_or(TtsBehaviour::Audio);
     match behaviour {
-        TtsBehaviour::Audio | TtsBehaviour::Gated => {
+        TtsBehaviour::Audio | TtsBehaviour::Gated | TtsBehaviour::Lasting(..) => {
             let wav = wav_file(rate as u32, &tone(rate as u32), false);
             let content = base64::engine::general_purpose::STANDARD.encode(wav);
             axum::Json(json!({"audioContent": content})).into_response()
@@ -256,8 +259,25 @@ async fn playht(State(state): State<Arc<TtsState>>, headers: HeaderMap, body: By
     stream(&state, playht_chunks(rate as u32), "audio/wav").await
 }
 
+/// How many bytes a millisecond of audio takes in one of the raw formats the carriers use.
+fn bytes_per_ms(format: &str) -> usize {
+    match format {
+        "ulaw_8000" | "raw-8khz-8bit-mono-mulaw" => 8,
+        "pcm_16000" | "raw-16khz-16bit-mono-pcm" => 32,
+        other => panic!("no lasting audio in {other}"),
+    }
+}
+
 async fn answer(state: &Arc<TtsState>, format: &str) -> Response {
-    stream(state, audio_chunks(format), "application/octet-stream").await
+    let behaviour = state.plan.lock().unwrap().pop_front().unwrap_or(TtsBehaviour::Audio);
+    let audio = match behaviour {
+        TtsBehaviour::Lasting(length, byte) => {
+            let audio = vec![byte; bytes_per_ms(format) * length.as_millis() as usize];
+            audio.chunks(bytes_per_ms(format) * 250).map(<[u8]>::to_vec).collect()
+        }
+        _ => audio_chunks(format),
+    };
+    stream_as(state, behaviour, audio, "application/octet-stream").await
 }
 
 /// An answer other than audio.
@@ -270,15 +290,26 @@ async fn misbehave(behaviour: TtsBehaviour) -> Response {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::OK.into_response()
         }
-        TtsBehaviour::Audio | TtsBehaviour::Gated => unreachable!("audio is answered by each provider"),
+        TtsBehaviour::Audio | TtsBehaviour::Gated | TtsBehaviour::Lasting(..) => {
+            unreachable!("audio is answered by each provider")
+        }
     }
 }
 
 /// `audio` in chunks with pauses between them, as the plan says.
 async fn stream(state: &Arc<TtsState>, audio: Vec<Vec<u8>>, content_type: &'static str) -> Response {
     let behaviour = state.plan.lock().unwrap().pop_front().unwrap_or(TtsBehaviour::Audio);
+    stream_as(state, behaviour, audio, content_type).await
+}
+
+async fn stream_as(
+    state: &Arc<TtsState>,
+    behaviour: TtsBehaviour,
+    audio: Vec<Vec<u8>>,
+    content_type: &'static str,
+) -> Response {
     let gated = match behaviour {
-        TtsBehaviour::Audio => false,
+        TtsBehaviour::Audio | TtsBehaviour::Lasting(..) => false,
         TtsBehaviour::Gated => true,
         other => return misbehave(other).await,
     };

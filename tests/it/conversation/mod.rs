@@ -3,7 +3,11 @@
 //! hears what the person says (audio reaches Deepgram; Deepgram's words come back), answers with
 //! the model's words in the voice's audio, keeps the transcript readable through the API, and sends
 //! `event_message`s and the `event_transcript` in order — on Twilio and on Vonage, on SQLite and
-//! Postgres. The engine's turn-taking itself is tested in `src/conversation/engine/tests.rs`.
+//! Postgres. The engine's turn-taking itself is tested in `src/conversation/engine/tests.rs`, and
+//! end to end, dial by dial, on both carriers, in `behaviours`.
+
+mod behaviours;
+mod line;
 
 use std::time::Duration;
 
@@ -34,6 +38,8 @@ struct World {
     openai: FakeOpenAi,
     tts: FakeTts,
     receiver: Receiver,
+    /// A Vonage number of the account, bought when a test first needs one.
+    vonage_number: tokio::sync::OnceCell<String>,
 }
 
 async fn world_with(backend: Backend, conversation: Option<ConversationArgs>) -> Option<World> {
@@ -48,6 +54,8 @@ async fn world_with(backend: Backend, conversation: Option<ConversationArgs>) ->
         openai_base_url: Some(openai.base.clone()),
         elevenlabs_api_key: Some(tts.elevenlabs_key.clone()),
         elevenlabs_base_url: Some(tts.base.clone()),
+        azure_speech_key: Some(tts.azure_key.clone()),
+        azure_speech_base_url: Some(tts.base.clone()),
         ..ConversationArgs::default()
     });
     let options = Options { telephony, conversation, ..Options::default() };
@@ -65,7 +73,7 @@ async fn world_with(backend: Backend, conversation: Option<ConversationArgs>) ->
         .post("/v1/numbers/link", json!({"phone_number": OUR_NUMBER, "telephony_account_connection": conn["id"]}))
         .await;
     assert_eq!(status, StatusCode::OK, "{number}");
-    Some(World { app, twilio, vonage, deepgram, openai, tts, receiver })
+    Some(World { app, twilio, vonage, deepgram, openai, tts, receiver, vonage_number: Default::default() })
 }
 
 async fn world(backend: Backend) -> Option<World> {
