@@ -93,6 +93,10 @@ pub fn registry(reconcile_every: std::time::Duration) -> Registry<AppState> {
         .register(|state: AppState, job: webhooks::DeliverWebhook, attempt| async move {
             webhooks::deliver::deliver(&state.webhooks, job, attempt).await
         })
+        .register(|state: AppState, job: calls::do_not_call::DetectDoNotCall, attempt| async move {
+            let sandboxed = state.sandbox.is_some();
+            calls::do_not_call::run(&state.calls, &state.secrets, &state.conversation, sandboxed, job, attempt).await
+        })
         .every(reconcile_every, telephony::outbound::reconcile)
 }
 

@@ -205,6 +205,7 @@ async fn create_call(
             create_agent(&state, &mut tx, caller.user_id, params, &agent_loc).await?.record.id
         }
     };
+    check_required_context(&state, &mut tx, caller.user_id, agent_id, req.context.as_ref()).await?;
     if !state.telephony.sandboxed {
         check_agent_can_talk(&state, &mut tx, caller.user_id, agent_id, provider).await?;
     }
@@ -244,6 +245,45 @@ async fn create_call(
     let mut handle = state.store.read().await?;
     let row = user_call(&mut handle, caller.user_id, row.id).await?;
     Ok(Json(call_view(&state, &mut handle, &row).await?))
+}
+
+/// The call's `context` must have every key its agent's prompt template requires
+/// (`required_context_keys`); one issue names each missing key. Only the call's own context counts:
+/// the number's `example_context` is an example, and the context endpoint is not asked until the
+/// call is answered.
+async fn check_required_context(
+    state: &AppState,
+    tx: &mut Tx,
+    user_id: Uuid,
+    agent_id: Uuid,
+    context: Option<&Value>,
+) -> Result<()> {
+    let Some(agent) = records::get(tx.conn(), AGENTS.table, user_id, agent_id).await? else {
+        return Ok(());
+    };
+    let agent = agent.body.0;
+    let Some(prompt) = crate::calls::agent::prompt(tx, &state.secrets, user_id, &agent).await? else {
+        return Ok(());
+    };
+    let Some(template) = crate::calls::agent::prompt_template(tx, &state.secrets, user_id, &prompt).await? else {
+        return Ok(());
+    };
+    let missing = crate::conversation::context::missing_keys(&template["required_context_keys"], context);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Validation(
+        missing
+            .iter()
+            .map(|key| {
+                Issue::body(
+                    &["context", key],
+                    "missing",
+                    format!("Field required: the agent's prompt template requires the context key {key:?}"),
+                )
+            })
+            .collect(),
+    ))
 }
 
 /// A live call must not be deaf or mute: its agent's speech-to-text, model and voice must resolve

@@ -1,12 +1,14 @@
 //! A call's agent as its conversation runs it: the agent's documents read in the clear (its
-//! prompt's content, its voice with its key, its OpenAI connection's key, its actions' types).
+//! prompt's content, its voice with its key, its OpenAI connection's key, its actions).
 
 use uuid::Uuid;
 
 use super::CallsError;
 use crate::conversation::agent::AgentDocuments;
 use crate::crypto::SecretBox;
-use crate::domain::documents::{unseal, Resource, ACCOUNT_CONNECTIONS, ACTIONS, AGENTS, PROMPTS, VOICES};
+use crate::domain::documents::{
+    unseal, Resource, ACCOUNT_CONNECTIONS, ACTIONS, AGENTS, PROMPTS, PROMPT_TEMPLATES, VOICES,
+};
 use crate::store::records;
 use crate::store::Conn;
 
@@ -46,18 +48,38 @@ pub async fn documents(
     let prompt = open(c, secrets, &PROMPTS, user_id, id_at(&agent, "prompt")).await?;
     let voice = open(c, secrets, &VOICES, user_id, id_at(&agent, "voice")).await?;
     let openai = open(c, secrets, &ACCOUNT_CONNECTIONS, user_id, id_at(&agent, "openai_account_connection")).await?;
-    let mut action_types = Vec::new();
+    let mut actions = Vec::new();
     for id in agent["actions"].as_array().into_iter().flatten().filter_map(|a| a.as_str()) {
-        let action = open(c, secrets, &ACTIONS, user_id, Uuid::parse_str(id).ok()).await?;
-        if let Some(kind) = action.as_ref().and_then(|a| a["type"].as_str()) {
-            action_types.push(kind.to_owned());
+        if let Some(action) = open(c, secrets, &ACTIONS, user_id, Uuid::parse_str(id).ok()).await? {
+            actions.push(action);
         }
     }
     Ok(Some(AgentDocuments {
         prompt: prompt.as_ref().and_then(|p| p["content"].as_str()).unwrap_or_default().to_owned(),
         voice,
         openai_key: openai.as_ref().and_then(|o| o["credentials"]["openai_api_key"].as_str()).map(str::to_owned),
-        action_types,
+        actions,
         agent,
     }))
+}
+
+/// The prompt of a user's agent (`agent` as stored), whole: its `context_endpoint`,
+/// `collect_fields` and `prompt_template` besides the content [`documents`] reads.
+pub async fn prompt(
+    c: &mut impl Conn,
+    secrets: &SecretBox,
+    user_id: Uuid,
+    agent: &serde_json::Value,
+) -> Result<Option<serde_json::Value>, CallsError> {
+    open(c, secrets, &PROMPTS, user_id, id_at(agent, "prompt")).await
+}
+
+/// The template a user's prompt refers to (its `required_context_keys`).
+pub async fn prompt_template(
+    c: &mut impl Conn,
+    secrets: &SecretBox,
+    user_id: Uuid,
+    prompt: &serde_json::Value,
+) -> Result<Option<serde_json::Value>, CallsError> {
+    open(c, secrets, &PROMPT_TEMPLATES, user_id, id_at(prompt, "prompt_template")).await
 }

@@ -19,6 +19,7 @@ use crate::store::{now, numbers::NumberRow, Store, Tx};
 use crate::webhooks::{self, EventType};
 
 pub mod agent;
+pub mod do_not_call;
 
 /// The job that asks the carrier to place a call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -341,6 +342,24 @@ impl Calls {
         Ok(())
     }
 
+    /// Adds an action's start or result to the call's transcript, with its `event_action`, in
+    /// one transaction. A HIPAA-compliant call keeps and sends neither (the action's parameters
+    /// are the conversation's words).
+    pub async fn record_action(&self, call_id: Uuid, line: &str, payload: Value) -> Result<(), CallsError> {
+        let mut tx = self.store.begin().await?;
+        let Some(row) = calls::by_id(tx.conn(), call_id).await? else {
+            return Ok(());
+        };
+        if row.hipaa_compliant {
+            return Ok(());
+        }
+        calls::append_transcript(tx.conn(), call_id, &format!("{line}\n"), now()).await?;
+        webhooks::enqueue(&self.queue, &mut tx, &row, vec![(EventType::Action, payload)]).await?;
+        tx.commit().await?;
+        self.queue.wake();
+        Ok(())
+    }
+
     /// Keeps where an answered turn's time went (no words: HIPAA calls keep theirs too).
     pub async fn record_turn(&self, call_id: Uuid, turn: &calls::TurnRow) -> sqlx::Result<()> {
         let mut tx = self.store.begin().await?;
@@ -348,7 +367,8 @@ impl Calls {
         tx.commit().await
     }
 
-    /// The conversation is over: its whole transcript goes out as `event_transcript`.
+    /// The conversation is over: its whole transcript goes out as `event_transcript`, and, when
+    /// the call asked for it, is classified for do-not-call detection (a job written with it).
     pub async fn conversation_ended(&self, call_id: Uuid) -> Result<(), CallsError> {
         let mut tx = self.store.begin().await?;
         let Some(row) = calls::by_id(tx.conn(), call_id).await? else {
@@ -359,9 +379,20 @@ impl Calls {
         }
         let payload = json!({"transcript": row.transcript.clone().unwrap_or_default()});
         webhooks::enqueue(&self.queue, &mut tx, &row, vec![(EventType::Transcript, payload)]).await?;
+        if do_not_call::wanted(&row) {
+            let job = do_not_call::DetectDoNotCall { call_id };
+            self.queue.enqueue(&mut tx, &job, Enqueue::now(do_not_call::ATTEMPTS)).await?;
+        }
         tx.commit().await?;
         self.queue.wake();
         Ok(())
+    }
+
+    /// Keeps a call's do-not-call detection result.
+    pub async fn set_do_not_call_result(&self, call_id: Uuid, result: bool) -> sqlx::Result<()> {
+        let mut tx = self.store.begin().await?;
+        calls::set_do_not_call_result(tx.conn(), call_id, result, now()).await?;
+        tx.commit().await
     }
 
     /// Marks that the carrier was asked about a call, so that it is not asked again at once.

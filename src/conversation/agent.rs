@@ -14,8 +14,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
+use super::actions::{Action, NoRunner};
 use super::audio::Encoding;
-use super::engine::{EngineConfig, Providers, END_CONVERSATION};
+use super::engine::{EngineConfig, Providers};
 use super::llm::openai::{OpenAiCompatible, OpenAiSettings};
 use super::llm::scripted::Scripted;
 use super::llm::{ChatRequest, DeltaStream, Fallback, LanguageModel, LlmError};
@@ -41,8 +42,8 @@ pub struct AgentDocuments {
     pub voice: Option<Value>,
     /// The key of its `openai_account_connection`.
     pub openai_key: Option<String>,
-    /// The `type`s of its actions.
-    pub action_types: Vec<String>,
+    /// Its actions (`{"type", "config", "action_trigger"}`, secrets in the clear).
+    pub actions: Vec<Value>,
 }
 
 /// What a call's agent lacks to listen, think or speak.
@@ -114,7 +115,8 @@ pub fn resolve_with(
         }
         voice => voice?,
     };
-    let providers = Providers { stt, llm, voice };
+    // The call's edge gives its own runner (it knows the call); until then no action reaches out.
+    let providers = Providers { stt, llm, voice, actions: Arc::new(NoRunner) };
     let keywords = agent["deepgram_keywords"]
         .as_object()
         .map(|words| words.iter().map(|(word, boost)| format!("{word}:{}", boost.as_f64().unwrap_or(1.0))).collect())
@@ -124,15 +126,11 @@ pub fn resolve_with(
         dials: Dials::from_agent(agent),
         prompt: docs.prompt.clone(),
         initial_message: agent["initial_message"].as_str().filter(|m| !m.trim().is_empty()).map(str::to_owned),
-        model: agent["openai_model_name_override"]
-            .as_str()
-            .filter(|m| !m.is_empty())
-            .unwrap_or(&settings.openai_model)
-            .to_owned(),
+        model: model_name(docs, settings),
         temperature: agent["llm_temperature"].as_f64().map(|t| t as f32),
         language: agent["language"].as_str().map(str::to_owned),
         keywords,
-        end_conversation_tool: docs.action_types.iter().any(|t| t == END_CONVERSATION),
+        actions: docs.actions.iter().filter_map(Action::from_document).collect(),
         carrier_echoes_marks,
     };
     Ok((config, providers))
@@ -162,7 +160,18 @@ fn openai(settings: &ConversationArgs, key: Option<String>) -> Result<OpenAiComp
     Ok(OpenAiCompatible::new(OpenAiSettings { base_url, api_key: key, ..OpenAiSettings::default() }))
 }
 
-fn model(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn LanguageModel>, Missing> {
+/// The model the agent names (`openai_model_name_override`), else the server's `OPENAI_MODEL`.
+pub fn model_name(docs: &AgentDocuments, settings: &ConversationArgs) -> String {
+    docs.agent["openai_model_name_override"]
+        .as_str()
+        .filter(|m| !m.is_empty())
+        .unwrap_or(&settings.openai_model)
+        .to_owned()
+}
+
+/// The agent's language model: through its `openai_account_connection`'s key first, else the
+/// server's; with its `llm_fallback` behind it when it has one.
+pub fn model(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn LanguageModel>, Missing> {
     let key = docs.openai_key.clone().or_else(|| settings.openai_api_key.clone());
     let primary: Arc<dyn LanguageModel> = Arc::new(openai(settings, key.clone())?);
     let fallback = &docs.agent["llm_fallback"];
@@ -335,7 +344,7 @@ mod tests {
         assert_eq!(config.prompt, "Be brief.");
         assert_eq!(config.dials.interrupt, super::super::turns::InterruptSensitivity::High);
         assert_eq!(providers.stt.name(), "deepgram");
-        assert!(!config.end_conversation_tool);
+        assert!(config.actions.is_empty());
         let defaults = resolve(&docs(json!({}), None), &settings(), Encoding::Linear16k, false).unwrap().0;
         assert_eq!(defaults.model, "gpt-4o-mini");
     }

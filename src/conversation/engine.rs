@@ -17,8 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
+use serde_json::{json, Value};
+
+use super::actions::{self, dtmf, Action, ActionRequest, ActionRunner, Kind, Outcome};
 use super::audio::Encoding;
-use super::llm::{ChatMessage, ChatRequest, LanguageModel, LlmDelta, Tool, ToolCallAccumulator};
+use super::llm::{ChatMessage, ChatRequest, LanguageModel, LlmDelta, Tool, ToolCall, ToolCallAccumulator};
 use super::media::ToCall;
 use super::playout::{heard_text, Playout};
 use super::stt::{SpeechToText, SttConfig, SttEvent, SttSession};
@@ -28,8 +31,7 @@ use super::turns::{Dials, CHECK_IN};
 /// What the bot says when its model fails before saying anything.
 pub const APOLOGY: &str = "Sorry, I'm having trouble right now.";
 
-/// The tool the model calls to end the conversation (Vocode's `action_end_conversation`).
-pub const END_CONVERSATION: &str = "action_end_conversation";
+pub use super::actions::END_CONVERSATION;
 
 /// What the engine needs to know of the call and its agent.
 #[derive(Debug, Clone)]
@@ -44,8 +46,8 @@ pub struct EngineConfig {
     pub temperature: Option<f32>,
     pub language: Option<String>,
     pub keywords: Vec<String>,
-    /// Whether the model may end the conversation (the agent has `action_end_conversation`).
-    pub end_conversation_tool: bool,
+    /// The agent's actions: offered to the model as tools, or fired by phrases the bot says.
+    pub actions: Vec<Action>,
     /// Whether the carrier echoes marks (Twilio does; without echoes the clock tells what was
     /// played).
     pub carrier_echoes_marks: bool,
@@ -57,6 +59,8 @@ pub struct Providers {
     pub stt: Arc<dyn SpeechToText>,
     pub llm: Arc<dyn LanguageModel>,
     pub voice: Arc<dyn Voice>,
+    /// Carries out what actions ask of the world outside the call's audio.
+    pub actions: Arc<dyn ActionRunner>,
 }
 
 /// What the call's audio stream brings.
@@ -116,6 +120,9 @@ pub enum Event {
     Message(Message),
     /// A turn's latencies, once its first frame went out.
     Latency(TurnLatency),
+    /// An action started (`output` is `None`) or finished: its transcript line, and the
+    /// `event_action` payload.
+    Action { line: String, payload: Value },
     /// The conversation is over: hang up.
     HangUp,
 }
@@ -126,8 +133,8 @@ enum Generated {
     Sentence(String),
     FirstToken,
     Audio(Vec<u8>),
-    /// The model asked to end the conversation (after what it says now).
-    EndConversation,
+    /// The model called these tools (they run once what it says now has been played).
+    ToolCalls(Vec<ToolCall>),
     /// Nothing more will come.
     Done,
 }
@@ -141,10 +148,24 @@ struct Speaking {
     text: String,
     interruptible: bool,
     generation_done: bool,
-    /// Hang up once it has been played.
-    then_hang_up: bool,
+    /// The tools the model called this turn, run once it has been played.
+    tool_calls: Vec<ToolCall>,
+    /// An action this utterance carries out (key presses), finished once it has been played.
+    action: Option<Running>,
     latency: Option<(Instant, TurnLatency)>,
 }
+
+/// An action under way: which, with what, and the tool call it answers (`None` when a phrase
+/// fired it).
+#[derive(Debug, Clone)]
+struct Running {
+    action: Action,
+    params: Value,
+    tool_call_id: Option<String>,
+}
+
+/// An action that ran outside the call's audio, and how it ended.
+type Finished = (Running, Outcome);
 
 /// Runs the conversation until the stream ends or the bot hangs up; returns the transcript.
 pub async fn run(
@@ -180,6 +201,12 @@ struct Engine {
     last_activity: Instant,
     checked_in: bool,
     ending: bool,
+    /// Actions that run outside the call's audio report here when they finish (never dropped:
+    /// an action's result is kept whatever the turn).
+    finished: (mpsc::Sender<Finished>, mpsc::Receiver<Finished>),
+    /// External actions under way: the agent is muted meanwhile (`processing_mode: muted`), and
+    /// answers what the person said once their result is in.
+    outside: usize,
 }
 
 impl Engine {
@@ -208,6 +235,8 @@ impl Engine {
             last_activity: Instant::now(),
             checked_in: false,
             ending: false,
+            finished: mpsc::channel(16),
+            outside: 0,
         }
     }
 
@@ -289,6 +318,10 @@ impl Engine {
                     if turn == self.turn {
                         self.generation(generated).await;
                     }
+                }
+                Some((running, outcome)) = self.finished.1.recv() => {
+                    self.outside = self.outside.saturating_sub(1);
+                    self.action_finished(running, outcome).await;
                 }
                 _ = sleep_until(greeting_at.unwrap_or(far)), if greeting_at.is_some() => {
                     greeting_at = None;
@@ -406,6 +439,10 @@ impl Engine {
 
     /// The person's turn is over: answer it.
     async fn respond(&mut self) {
+        if self.outside > 0 {
+            // Muted while an external action runs: the person's words wait for its result.
+            return;
+        }
         let heard = std::mem::take(&mut self.heard);
         if heard.trim().is_empty() {
             return;
@@ -414,7 +451,12 @@ impl Engine {
         let end_of_turn = self.last_word.map(|w| decided.saturating_duration_since(w)).unwrap_or_default();
         self.history.push(ChatMessage::User(heard.clone()));
         self.record(Speaker::Human, heard, false).await;
-        let turn = self.begin_turn(true, Some((decided, TurnLatency { end_of_turn, ..TurnLatency::default() })));
+        self.generate_turn(Some((decided, TurnLatency { end_of_turn, ..TurnLatency::default() })));
+    }
+
+    /// A turn of the model's on the conversation so far, spoken as it streams.
+    fn generate_turn(&mut self, latency: Option<(Instant, TurnLatency)>) {
+        let turn = self.begin_turn(true, latency);
         let request = ChatRequest {
             model: self.config.model.clone(),
             messages: self.history.clone(),
@@ -428,15 +470,7 @@ impl Engine {
     }
 
     fn tools(&self) -> Vec<Tool> {
-        let mut tools = Vec::new();
-        if self.config.end_conversation_tool {
-            tools.push(Tool {
-                name: END_CONVERSATION.to_owned(),
-                description: "End the conversation and hang up, once you have said goodbye.".to_owned(),
-                parameters: serde_json::json!({"type": "object", "properties": {}}),
-            });
-        }
-        tools
+        self.config.actions.iter().filter_map(Action::tool).collect()
     }
 
     /// Starts a new turn of the bot's (whatever the previous one was doing stops); returns its id.
@@ -448,7 +482,8 @@ impl Engine {
             text: String::new(),
             interruptible,
             generation_done: false,
-            then_hang_up: false,
+            tool_calls: Vec::new(),
+            action: None,
             latency,
         });
         self.turn
@@ -488,7 +523,7 @@ impl Engine {
                 speaking.playout.push(&audio);
                 self.pump().await;
             }
-            Generated::EndConversation => speaking.then_hang_up = true,
+            Generated::ToolCalls(calls) => speaking.tool_calls.extend(calls),
             Generated::Done => {
                 speaking.generation_done = true;
                 speaking.playout.finish();
@@ -529,12 +564,129 @@ impl Engine {
         }
         let speaking = self.speaking.take().expect("checked");
         self.last_activity = now;
-        if !speaking.text.is_empty() {
-            self.history.push(ChatMessage::Assistant { content: Some(speaking.text.clone()), tool_calls: Vec::new() });
-            self.record(Speaker::Bot, speaking.text, false).await;
+        let said = (!speaking.text.is_empty()).then(|| speaking.text.clone());
+        if said.is_some() || !speaking.tool_calls.is_empty() {
+            self.history
+                .push(ChatMessage::Assistant { content: said.clone(), tool_calls: speaking.tool_calls.clone() });
         }
-        if speaking.then_hang_up {
-            self.ending = true;
+        if let Some(text) = said.clone() {
+            self.record(Speaker::Bot, text, false).await;
+        }
+        if let Some(running) = speaking.action {
+            let outcome = Outcome { success: true, response: json!({"success": true}), agent_message: None };
+            self.action_finished(running, outcome).await;
+        }
+        for call in speaking.tool_calls {
+            self.call_tool(call).await;
+        }
+        // Phrase triggers: after the turn, on what the bot said.
+        if let Some(said) = said {
+            let fired: Vec<Action> = self.config.actions.iter().filter(|a| a.fired_by(&said)).cloned().collect();
+            for action in fired {
+                self.start_action(Running { action, params: json!({}), tool_call_id: None }).await;
+            }
+        }
+        // What the person said while the bot could not answer (an action ran) is answered now.
+        if self.speaking.is_none() && self.outside == 0 && !self.heard.trim().is_empty() && self.turn_ends_at.is_none()
+        {
+            self.turn_ends_at = Some(now);
+        }
+    }
+
+    /// A tool the model called: the action it names, with its arguments checked. What cannot run
+    /// is said in the transcript and to the model, and the call goes on.
+    async fn call_tool(&mut self, call: ToolCall) {
+        let action = self.config.actions.iter().find(|a| a.tool().is_some() && a.name() == call.name).cloned();
+        let checked = match action {
+            Some(action) => actions::arguments(&action, &call.arguments).map(|(params, _said)| (action, params)),
+            None => Err(format!("there is no action {:?}", call.name)),
+        };
+        match checked {
+            Ok((action, params)) => {
+                let running = Running { action, params: Value::Object(params), tool_call_id: Some(call.id) };
+                self.start_action(running).await;
+            }
+            Err(reason) => {
+                tracing::warn!(tool = %call.name, %reason, "the model called a tool that cannot run");
+                metrics::counter!("vocode_conversation_action_failures_total").increment(1);
+                let line = format!("BOT_ACTION_FINISH: !ACTION {} FAILED: {reason}!", call.name);
+                let payload = json!({"action_type": call.name, "action_input": {"params": call.arguments},
+                                     "action_output": {"success": false, "error": reason}});
+                let _ = self.events.send(Event::Action { line, payload }).await;
+                let content = json!({"success": false, "error": reason}).to_string();
+                self.history.push(ChatMessage::Tool { tool_call_id: call.id, content });
+            }
+        }
+    }
+
+    /// Starts an action: its start goes into the transcript, then it runs.
+    async fn start_action(&mut self, running: Running) {
+        let line = running.action.attempt_line(&running.params);
+        let payload = json!({"action_type": running.action.action_type(), "action_input": {"params": running.params},
+                             "action_output": null});
+        let _ = self.events.send(Event::Action { line, payload }).await;
+        match running.action.kind.clone() {
+            Kind::EndConversation => {
+                self.ending = true;
+                let outcome = Outcome { success: true, response: json!({"success": true}), agent_message: None };
+                self.action_finished(running, outcome).await;
+            }
+            Kind::Dtmf => {
+                // The keys are played on the call's audio, as a turn of their own nobody can
+                // interrupt; the action is done once they have been played.
+                let keys = running.params["buttons"].as_str().unwrap_or_default().to_owned();
+                let turn = self.begin_turn(false, None);
+                let speaking = self.speaking.as_mut().expect("a turn just began");
+                speaking.playout.push(&dtmf::tones(&keys, self.config.encoding));
+                speaking.playout.finish();
+                speaking.generation_done = true;
+                speaking.action = Some(running);
+                debug_assert_eq!(turn, self.turn);
+                // The conversation's loop plays them out from here, as any utterance.
+            }
+            Kind::External(external) => {
+                self.outside += 1;
+                let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
+                let payload = running.params.clone();
+                tokio::spawn(async move {
+                    let outcome = runner.run(ActionRequest::External { action: external, payload }).await;
+                    let _ = done.send((running, outcome)).await;
+                });
+            }
+            Kind::Unsupported(kind) => {
+                let outcome = Outcome::failed(format!("{kind} is not supported by this server yet"));
+                self.action_finished(running, outcome).await;
+            }
+        }
+    }
+
+    /// An action is over: its result goes into the transcript and to the model, and the agent
+    /// says what it should.
+    async fn action_finished(&mut self, running: Running, outcome: Outcome) {
+        if !outcome.success {
+            metrics::counter!("vocode_conversation_action_failures_total").increment(1);
+        }
+        let line = running.action.result_line(&running.params, &outcome);
+        let payload = json!({"action_type": running.action.action_type(), "action_input": {"params": running.params},
+                             "action_output": {"response": outcome.response}});
+        let _ = self.events.send(Event::Action { line, payload }).await;
+        if let Some(id) = running.tool_call_id {
+            self.history.push(ChatMessage::Tool { tool_call_id: id, content: outcome.response.to_string() });
+        }
+        let Kind::External(external) = &running.action.kind else {
+            return;
+        };
+        if let Some(message) = outcome.agent_message.filter(|m| !m.trim().is_empty()) {
+            // The API's own words for the person, as a canned answer.
+            self.speak_fixed(message, true).await;
+        } else if external.speak_on_receive || !self.heard.trim().is_empty() {
+            // The model answers with the result in hand (and what the person said meanwhile).
+            let heard = std::mem::take(&mut self.heard);
+            if !heard.trim().is_empty() {
+                self.history.push(ChatMessage::User(heard.clone()));
+                self.record(Speaker::Human, heard, false).await;
+            }
+            self.generate_turn(None);
         }
     }
 
@@ -673,6 +825,7 @@ async fn generate(
         say(&*voice, encoding, buffer.trim(), turn, &out).await;
         spoke = true;
     }
+    let failed = failure.is_some();
     if let Some(failure) = failure {
         tracing::warn!(%failure, model = llm.name(), "the model failed this turn");
         metrics::counter!("vocode_conversation_model_failures_total").increment(1);
@@ -681,8 +834,18 @@ async fn generate(
             say(&*voice, encoding, APOLOGY, turn, &out).await;
         }
     }
-    if tools.finish().iter().any(|call| call.name == END_CONVERSATION) {
-        let _ = out.send((turn, Generated::EndConversation)).await;
+    let calls: Vec<ToolCall> = if failed { Vec::new() } else { tools.finish() };
+    // What the model wants said before its actions run (vocode's `user_message`).
+    for call in &calls {
+        let said = serde_json::from_str::<Value>(&call.arguments).ok();
+        if let Some(message) = said.as_ref().and_then(|a| a["user_message"].as_str()).filter(|m| !m.trim().is_empty()) {
+            if !say(&*voice, encoding, message.trim(), turn, &out).await {
+                return;
+            }
+        }
+    }
+    if !calls.is_empty() {
+        let _ = out.send((turn, Generated::ToolCalls(calls))).await;
     }
     let _ = out.send((turn, Generated::Done)).await;
 }

@@ -5,8 +5,11 @@
 //! ([`llm`]) and text-to-speech ([`tts`]) providers through traits, each with its base URL
 //! configurable, and reports what happens as conversation events.
 
+pub mod actions;
 pub mod agent;
 pub mod audio;
+pub mod context;
+pub mod do_not_call;
 pub mod engine;
 pub mod llm;
 pub mod media;

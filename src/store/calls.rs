@@ -284,6 +284,18 @@ pub async fn append_transcript(c: DbConn<'_>, id: Uuid, lines: &str, at: DateTim
     .map(|_| ()))
 }
 
+/// Keeps a call's do-not-call detection result (outside the state machine's compare-and-set, as
+/// the transcript is: the detection job is its only writer, and no state change writes it).
+pub async fn set_do_not_call_result(c: DbConn<'_>, id: Uuid, result: bool, at: DateTime<Utc>) -> sqlx::Result<()> {
+    run!(c, |c| sqlx::query("UPDATE calls SET do_not_call_result = $2, updated_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(result)
+        .bind(at)
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))
+}
+
 /// Marks that the carrier was asked about a call, so that it is not asked again at once.
 pub async fn touch(c: DbConn<'_>, id: Uuid, at: DateTime<Utc>) -> sqlx::Result<()> {
     run!(c, |c| sqlx::query("UPDATE calls SET last_carrier_event_at = $2 WHERE id = $1")

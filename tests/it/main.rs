@@ -7,6 +7,7 @@ mod agents_numbers;
 mod architecture;
 mod auth;
 mod calls;
+mod context;
 mod contract;
 mod conversation;
 mod embedded_faults;

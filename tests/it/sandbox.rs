@@ -210,6 +210,16 @@ async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
         }
         ids.push(pair);
     }
+    let hanging_up_agent = json!({"prompt": {"content": "Ask Ajay if his refrigerator is running"},
+                                  "initial_message": greeting, "actions": [{"type": "action_end_conversation"}]});
+    let (status, call) = app
+        .post(
+            "/v1/calls/create",
+            json!({"from_number": twilio["number"], "to_number": "14155550199", "agent": hanging_up_agent}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{call}");
+    ids.push(vec![call["id"].as_str().unwrap().to_owned()]);
     let bot_greets = format!("BOT: {greeting}");
 
     // A person who hears the greeting, says one thing, hears the answer, says goodbye, hangs up.
@@ -291,6 +301,20 @@ async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
         assert!(line.said.contains(&"Mhm.".to_owned()), "{line:?}");
         assert_eq!(line.clears, 0, "the bot was not interrupted: {call}");
     }
+
+    // An agent that may end the conversation says goodbye and hangs up itself.
+    let (call, lines) = transcript_of(&app, &ids[4][0]).await;
+    assert_eq!(
+        lines[3..],
+        [
+            "HUMAN: Okay, thank you. Goodbye.",
+            "BOT: Goodbye, and thanks for calling!",
+            "BOT_ACTION_START: Attempting to end conversation",
+            "BOT_ACTION_FINISH: Successfully ended conversation",
+        ],
+        "{call}"
+    );
+    assert_eq!(call["stage_outcome"], "bot_disconnected", "the bot hung up: {call}");
 
     // Silence: the bot checks on the person once after the idle time, then hangs up.
     for id in &ids[3] {

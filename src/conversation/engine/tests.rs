@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream;
 
 use super::*;
+use crate::conversation::actions::DTMF;
 use crate::conversation::llm::{DeltaStream, LlmError};
 use crate::conversation::stt::SttError;
 use crate::conversation::tts::{AudioStream, TtsError};
@@ -104,6 +105,29 @@ fn reply(text: &str) -> Vec<LlmDelta> {
     deltas
 }
 
+/// The user's API behind every external action: it echoes the payload back as the result, and
+/// asks the bot to say what it did.
+struct FakeRunner;
+
+impl ActionRunner for FakeRunner {
+    fn run(&self, request: ActionRequest) -> BoxFuture<'_, Outcome> {
+        Box::pin(async move {
+            let ActionRequest::External { action, payload } = request;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let agent_message = (action.name == "Book").then(|| "Booked for ten thirty.".to_owned());
+            Outcome { success: true, response: json!({"result": payload, "success": true}), agent_message }
+        })
+    }
+}
+
+fn tool_call(text: &str, name: &str, arguments: &str) -> Vec<LlmDelta> {
+    let mut deltas = reply(text);
+    let at = deltas.len() - 1;
+    deltas.insert(at, LlmDelta::ToolCallStart { index: 0, id: "call_1".into(), name: name.into() });
+    deltas.insert(at + 1, LlmDelta::ToolCallArgs { index: 0, fragment: arguments.into() });
+    deltas
+}
+
 /// What the carrier (and so the person) got, as it got it.
 #[derive(Debug, Default)]
 struct Played {
@@ -121,6 +145,8 @@ struct Call {
     engine: JoinHandle<Vec<Message>>,
     /// The turns' latencies reported so far.
     latencies: Vec<TurnLatency>,
+    /// Action lines seen while waiting for messages.
+    actions: Vec<String>,
 }
 
 fn config(dials: Dials) -> EngineConfig {
@@ -133,7 +159,7 @@ fn config(dials: Dials) -> EngineConfig {
         temperature: Some(0.0),
         language: None,
         keywords: Vec::new(),
-        end_conversation_tool: true,
+        actions: vec![Action::from_document(&json!({"type": "action_end_conversation"})).unwrap()],
         carrier_echoes_marks: true,
     }
 }
@@ -148,7 +174,7 @@ fn start_with_stt_connect(config: EngineConfig, replies: Vec<Vec<LlmDelta>>, con
     let (person, person_rx) = mpsc::channel(16);
     let stt = Arc::new(FakeStt { events: Mutex::new(Some(person_rx)), audio: Mutex::default(), connect });
     let llm = FakeLlm::new(replies);
-    let providers = Providers { stt, llm: llm.clone(), voice: Arc::new(FakeVoice) };
+    let providers = Providers { stt, llm: llm.clone(), voice: Arc::new(FakeVoice), actions: Arc::new(FakeRunner) };
     let (stream, from_call) = mpsc::channel(64);
     let (to_call, mut carrier) = mpsc::channel::<ToCall>(64);
     let (events_tx, events) = mpsc::channel(64);
@@ -184,7 +210,7 @@ fn start_with_stt_connect(config: EngineConfig, replies: Vec<Vec<LlmDelta>>, con
             }
         }
     });
-    Call { person, stream, events, played, llm, engine, latencies: Vec::new() }
+    Call { person, stream, events, played, llm, engine, latencies: Vec::new(), actions: Vec::new() }
 }
 
 impl Call {
@@ -197,8 +223,21 @@ impl Call {
             match tokio::time::timeout(Duration::from_secs(120), self.events.recv()).await {
                 Ok(Some(Event::Message(m))) => return m,
                 Ok(Some(Event::Latency(latency))) => self.latencies.push(latency),
+                Ok(Some(Event::Action { line, .. })) => self.actions.push(line),
                 Ok(Some(_)) => continue,
                 other => panic!("no message: {other:?}"),
+            }
+        }
+    }
+
+    /// The next action line (start or result), with its `event_action` payload.
+    async fn next_action(&mut self) -> (String, Value) {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(120), self.events.recv()).await {
+                Ok(Some(Event::Action { line, payload })) => return (line, payload),
+                Ok(Some(Event::Latency(latency))) => self.latencies.push(latency),
+                Ok(Some(_)) => continue,
+                other => panic!("no action: {other:?}"),
             }
         }
     }
@@ -425,4 +464,123 @@ async fn when_the_call_ends_mid_answer_what_was_heard_is_kept() {
     assert_eq!((last.speaker, last.cut_off), (Speaker::Bot, true));
     let words_heard = last.text.split_whitespace().count();
     assert!((5..=12).contains(&words_heard), "about a second of it: {:?}", last.text);
+}
+
+fn with_actions(documents: &[Value]) -> EngineConfig {
+    let mut config = config(Dials::default());
+    config.actions = documents.iter().map(|d| Action::from_document(d).unwrap()).collect();
+    config
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_the_model_presses_are_played_as_tones_after_what_it_says() {
+    let config = with_actions(&[json!({"type": "action_dtmf"})]);
+    let mut call = start(config, vec![tool_call("Pressing two now. ", DTMF, r#"{"buttons": "2#"}"#), reply("Done.")]);
+    call.next_message().await;
+    call.says("Press two for sales.").await;
+    call.next_message().await;
+    assert_eq!(call.next_message().await.text, "Pressing two now.");
+    let (start, payload) = call.next_action().await;
+    assert_eq!(start, "BOT_ACTION_START: Attempting to press numbers: ['2', '#']");
+    assert_eq!(
+        payload,
+        json!({"action_type": "action_dtmf", "action_input": {"params": {"buttons": "2#"}}, "action_output": null})
+    );
+    let (finish, payload) = call.next_action().await;
+    assert_eq!(finish, "BOT_ACTION_FINISH: Pressed numbers ['2', '#'] successfully");
+    assert_eq!(payload["action_output"]["response"]["success"], true);
+    // The greeting (500 ms) and the sentence (300 ms), then two keys: 2 × (300 ms tone + 100 ms rest).
+    assert_eq!(call.played.lock().unwrap().audio_ms, 500 + 300 + 800);
+    let tools: Vec<String> = call.llm.requests.lock().unwrap()[0].tools.iter().map(|t| t.name.clone()).collect();
+    assert_eq!(tools, [DTMF]);
+    call.says("Thanks.").await;
+    call.next_message().await;
+    call.next_message().await;
+    // The model saw its call and the result.
+    let history = call.llm.requests.lock().unwrap()[1].messages.clone();
+    assert!(history.iter().any(|m| matches!(m, ChatMessage::Assistant { tool_calls, .. } if tool_calls.len() == 1)));
+    assert!(history.iter().any(|m| matches!(m, ChatMessage::Tool { tool_call_id, .. } if tool_call_id == "call_1")));
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_external_action_runs_muted_and_its_agent_message_is_said() {
+    let book = json!({"type": "action_external", "config": {"name": "Book", "description": "Book a table.",
+        "url": "https://example.com/book", "input_schema": {"type": "object", "properties": {"time": {"type": "string"}}},
+        "speak_on_send": true, "speak_on_receive": false, "signature_secret": "c2VjcmV0"}});
+    let args = r#"{"time": "10:30", "user_message": "One moment while I book it."}"#;
+    let mut call = start(with_actions(&[book]), vec![tool_call("", "Book", args), reply("Anything else?")]);
+    call.next_message().await;
+    call.says("Book ten thirty please.").await;
+    call.next_message().await;
+    assert_eq!(call.next_message().await.text, "One moment while I book it.", "said before the action runs");
+    let (start, _) = call.next_action().await;
+    assert!(start.starts_with("BOT_ACTION_START: !STARTING ACTION action_external WITH PARAMETERS"), "{start}");
+    // Muted: what the person says while the API works is answered once its result is in.
+    call.says("Is it done?").await;
+    let (finish, payload) = call.next_action().await;
+    assert_eq!(payload["action_output"]["response"]["result"], json!({"time": "10:30"}));
+    assert!(finish.starts_with("BOT_ACTION_FINISH: !ACTION action_external FINISHED WITH OUTPUT"), "{finish}");
+    assert_eq!(call.next_message().await.text, "Booked for ten thirty.", "the API's own words");
+    // The person's question waited for the result, and is answered now, the result in hand.
+    assert_eq!(call.next_message().await.text, "Is it done?");
+    assert_eq!(call.next_message().await.text, "Anything else?");
+    let asked = call.llm.requests.lock().unwrap()[1].messages.clone();
+    assert!(
+        matches!(&asked[asked.len() - 3], ChatMessage::Tool { content, .. } if content.contains("10:30")),
+        "{asked:?}"
+    );
+    assert_eq!(asked.last(), Some(&ChatMessage::User("Is it done?".into())));
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_that_cannot_run_is_a_failure_in_the_transcript_and_the_call_goes_on() {
+    let config = with_actions(&[json!({"type": "action_dtmf"})]);
+    let replies = vec![
+        tool_call("Let me see. ", "action_transfer_call", "{}"),
+        tool_call("", DTMF, "{\"buttons\": 5"),
+        reply("Sorry."),
+    ];
+    let mut call = start(config, replies);
+    call.next_message().await;
+    call.says("Transfer me.").await;
+    call.next_message().await;
+    call.next_message().await;
+    let (line, _) = call.next_action().await;
+    assert_eq!(
+        line,
+        "BOT_ACTION_FINISH: !ACTION action_transfer_call FAILED: there is no action \"action_transfer_call\"!"
+    );
+    call.says("Press five.").await;
+    call.next_message().await;
+    let (line, payload) = call.next_action().await;
+    assert!(line.contains("FAILED: the arguments of action_dtmf are not JSON"), "{line}");
+    assert_eq!(payload["action_output"]["success"], false);
+    call.says("Hm.").await;
+    call.next_message().await;
+    assert_eq!(call.next_message().await.text, "Sorry.", "the call went on");
+    assert_eq!(call.played.lock().unwrap().clears, 0);
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_phrase_the_bot_says_fires_its_action() {
+    let end = json!({"type": "action_end_conversation", "action_trigger": {"type": "action_trigger_phrase_based",
+        "config": {"phrase_triggers": [{"phrase": "have a great day", "conditions": ["phrase_condition_type_contains"]}]}}});
+    let mut call = start(with_actions(&[end]), vec![reply("Thanks, have a GREAT day! ")]);
+    call.next_message().await;
+    assert!(call.llm.requests.lock().unwrap().is_empty());
+    call.says("Bye.").await;
+    call.next_message().await;
+    assert_eq!(call.next_message().await.text, "Thanks, have a GREAT day!");
+    assert!(call.llm.requests.lock().unwrap()[0].tools.is_empty(), "a phrase-triggered action is not the model's tool");
+    assert_eq!(call.next_action().await.0, "BOT_ACTION_START: Attempting to end conversation");
+    assert_eq!(call.next_action().await.0, "BOT_ACTION_FINISH: Successfully ended conversation");
+    loop {
+        if let Some(Event::HangUp) = call.events.recv().await {
+            break;
+        }
+    }
+    call.engine.await.unwrap();
 }

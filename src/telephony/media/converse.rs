@@ -8,6 +8,9 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::calls::News;
+use std::sync::Arc;
+
+use crate::conversation::actions::HttpRunner;
 use crate::conversation::agent::{resolve_with, Fallbacks};
 use crate::conversation::audio::Encoding;
 use crate::conversation::engine::{self, Event, FromCall};
@@ -48,6 +51,8 @@ pub async fn start(
             return None;
         }
     };
+    // The call's context in the prompt (`${name}` placeholders, context endpoint, collect_fields).
+    let docs = super::context::apply(state, &row, docs).await;
     // A sandbox call's simulated person tells the sandbox's stand-in speech-to-text what it says.
     let fallbacks = match state.sandbox_speech.as_ref().and_then(|calls| calls.get(&call_id.to_string())) {
         Some(spoken) => Fallbacks::sandbox(spoken),
@@ -57,13 +62,18 @@ pub async fn start(
         let _call = tracing::info_span!("conversation", %call_id).entered();
         resolve_with(&docs, &state.conversation, encoding, carrier_echoes_marks, &fallbacks)
     };
-    let (config, providers) = match resolved {
+    let (config, mut providers) = match resolved {
         Ok(resolved) => resolved,
         Err(missing) => {
             tracing::warn!(%call_id, %missing, "the call's agent cannot talk on this server: the call stays silent");
             return None;
         }
     };
+    providers.actions = Arc::new(HttpRunner {
+        client: state.webhooks.client.clone(),
+        allow_private: state.webhooks.allow_private,
+        call_id: call_id.to_string(),
+    });
     let (from_call, from_call_rx) = mpsc::channel(FROM_CALL_QUEUE);
     let (events, mut events_rx) = mpsc::channel(64);
     tokio::spawn(engine::run(config, providers, from_call_rx, to_call, events));
@@ -82,6 +92,11 @@ pub async fn start(
                     Ok(None) => {}
                     Err(e) => tracing::warn!(%call_id, error = %e, "the bot's hang-up could not be recorded"),
                 },
+                Event::Action { line, payload } => {
+                    if let Err(e) = state.calls.record_action(call_id, &line, payload).await {
+                        tracing::warn!(%call_id, error = %e, "an action could not be kept");
+                    }
+                }
                 Event::Latency(latency) => {
                     turns += 1;
                     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;

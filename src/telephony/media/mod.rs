@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 
+pub mod context;
 pub mod converse;
 pub mod twilio;
 pub mod vonage;

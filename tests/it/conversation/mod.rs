@@ -6,6 +6,7 @@
 //! Postgres. The engine's turn-taking itself is tested in `src/conversation/engine/tests.rs`, and
 //! end to end, dial by dial, on both carriers, in `behaviours`.
 
+mod actions;
 mod behaviours;
 mod line;
 

@@ -68,6 +68,8 @@ pub enum Behaviour {
     Hang,
     HugeBody,
     RedirectToSelf,
+    /// Answers with this status and JSON body.
+    Json(u16, Value),
 }
 
 #[derive(Default)]
@@ -112,6 +114,7 @@ async fn receive(
             StatusCode::OK.into_response()
         }
         Behaviour::HugeBody => (StatusCode::OK, vec![b'x'; 10 * 1024 * 1024]).into_response(),
+        Behaviour::Json(code, body) => (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response(),
         Behaviour::RedirectToSelf => {
             let base = state.base.lock().unwrap().clone();
             (StatusCode::FOUND, [("location", format!("{base}/hook"))]).into_response()
