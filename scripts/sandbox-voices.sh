@@ -24,4 +24,5 @@ say interrupt "Sorry, I have to go now. Goodbye."
 say offer "Tell me about the offer you have for me."
 say mhm "Mm hmm."
 say yeah "Yeah."
+say person "Can I speak to a person, please?"
 ls -l ./*.ulaw

@@ -15,9 +15,10 @@ use super::routes::V1;
 use super::spec::spec;
 use crate::crypto::random_signing_secret;
 use crate::domain::agents::check_dials;
+use crate::domain::call::Provider;
 use crate::domain::documents::{
     apply_update, render, seal, unseal, Resource, ACCOUNT_CONNECTIONS, ACTIONS, EXTERNAL_ACTION, PROMPTS,
-    PROMPT_TEMPLATES, SORT_COLUMNS, VECTOR_DATABASES, VOICES, WEBHOOKS,
+    PROMPT_TEMPLATES, SORT_COLUMNS, TWILIO_ACCOUNT_CONNECTION, VECTOR_DATABASES, VOICES, WEBHOOKS,
 };
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
@@ -342,6 +343,30 @@ async fn remove_from_steering_pool(
     change_steering_pool(&state, caller, q.id, body.phone_number, false).await
 }
 
+/// Buys a number on the account connection's Twilio account for its steering pool (as the
+/// warm-transfer guide says `add_to_steering_pool` without a number does). The number is bought
+/// before the pool is written: a pool that then cannot be written leaves a bought number, which
+/// the log names.
+async fn buy_for_pool(state: &AppState, caller: &Caller, id: Uuid) -> Result<PhoneNumber> {
+    {
+        let mut handle = state.store.read().await?;
+        let record = records::get(handle.conn(), ACCOUNT_CONNECTIONS.table, caller.user_id, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(ACCOUNT_CONNECTIONS.not_found(id)))?;
+        if record.kind != TWILIO_ACCOUNT_CONNECTION {
+            return Err(ApiError::BadRequest("Only Twilio account connections have a steering pool".into()));
+        }
+    }
+    let carrier = state
+        .telephony
+        .carrier(caller.user_id, Provider::Twilio, Some(id))
+        .await
+        .map_err(super::calls::carrier_error)?;
+    let (number, _sid) = carrier.buy_number(None).await.map_err(super::calls::carrier_error)?;
+    tracing::info!(account_connection = %id, number = %number, "bought a number for the steering pool");
+    Ok(number)
+}
+
 async fn change_steering_pool(
     state: &AppState,
     caller: Caller,
@@ -350,21 +375,20 @@ async fn change_steering_pool(
     add: bool,
 ) -> Result<Json<Value>> {
     let res = &ACCOUNT_CONNECTIONS;
+    let number = match number {
+        Some(number) => PhoneNumber::parse(&number)
+            .map_err(|msg| ApiError::invalid(Issue::body(&["phone_number"], "phone_number", msg)))?,
+        None if add => buy_for_pool(state, &caller, id).await?,
+        None => return Err(ApiError::invalid(Issue::body(&["phone_number"], "missing", "Field required"))),
+    };
     let mut tx = state.store.begin().await?;
     let record = records::get_for_update(tx.conn(), res.table, caller.user_id, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(res.not_found(id)))?;
     let current = Document::open(state, res, record)?;
-    if current.record.kind != "account_connection_twilio" {
+    if current.record.kind != TWILIO_ACCOUNT_CONNECTION {
         return Err(ApiError::BadRequest("Only Twilio account connections have a steering pool".into()));
     }
-    let Some(number) = number else {
-        return Err(ApiError::BadRequest(
-            "Give the phone_number of a number on this Twilio account to add to the steering pool: buying one for the pool is not available on this server".into(),
-        ));
-    };
-    let number = PhoneNumber::parse(&number)
-        .map_err(|msg| ApiError::invalid(Issue::body(&["phone_number"], "phone_number", msg)))?;
     let mut pool: Vec<Value> = current.clear["steering_pool"].as_array().cloned().unwrap_or_default();
     let entry = Value::String(number.digits().to_owned());
     let present = pool.contains(&entry);

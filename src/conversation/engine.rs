@@ -164,6 +164,10 @@ struct Running {
     tool_call_id: Option<String>,
 }
 
+/// How long, once the call's audio is gone, the results of actions still running outside it are
+/// waited for.
+const RESULTS_AFTER_THE_CALL: Duration = Duration::from_secs(10);
+
 /// An action that ran outside the call's audio, and how it ended.
 type Finished = (Running, Outcome);
 
@@ -207,6 +211,8 @@ struct Engine {
     /// External actions under way: the agent is muted meanwhile (`processing_mode: muted`), and
     /// answers what the person said once their result is in.
     outside: usize,
+    /// The call was handed to a third party: the bot says nothing more, and never hangs up.
+    transferred: bool,
 }
 
 impl Engine {
@@ -237,6 +243,7 @@ impl Engine {
             ending: false,
             finished: mpsc::channel(16),
             outside: 0,
+            transferred: false,
         }
     }
 
@@ -273,8 +280,9 @@ impl Engine {
         loop {
             let now = Instant::now();
             let playout_at = self.speaking.as_ref().and_then(|s| s.playout.next_due(now));
-            let idle_at = (self.speaking.is_none() && self.child.is_none() && greeting_at.is_none())
-                .then(|| self.last_activity + self.config.dials.idle);
+            let idle_at =
+                (self.speaking.is_none() && self.child.is_none() && greeting_at.is_none() && !self.transferred)
+                    .then(|| self.last_activity + self.config.dials.idle);
             let far = now + Duration::from_secs(86_400);
             tokio::select! {
                 biased;
@@ -299,6 +307,7 @@ impl Engine {
                     }
                     Some(FromCall::Stopped) | None => {
                         self.hung_up_while_speaking().await;
+                        self.results_after_the_call().await;
                         return;
                     }
                 },
@@ -439,6 +448,9 @@ impl Engine {
 
     /// The person's turn is over: answer it.
     async fn respond(&mut self) {
+        if self.transferred {
+            return;
+        }
         if self.outside > 0 {
             // Muted while an external action runs: the person's words wait for its result.
             return;
@@ -644,6 +656,25 @@ impl Engine {
                 debug_assert_eq!(turn, self.turn);
                 // The conversation's loop plays them out from here, as any utterance.
             }
+            Kind::TransferCall { .. } => {
+                let to = running.action.transfer_to(&running.params).unwrap_or_default();
+                match crate::domain::phone::PhoneNumber::parse(&to) {
+                    Err(reason) => {
+                        // Nothing is dialled.
+                        let outcome = Outcome::failed(format!("{to:?} is not a phone number to transfer to: {reason}"));
+                        self.action_finished(running, outcome).await;
+                    }
+                    Ok(number) => {
+                        self.outside += 1;
+                        let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
+                        let to = number.digits().to_owned();
+                        tokio::spawn(async move {
+                            let outcome = runner.run(ActionRequest::Transfer { to }).await;
+                            let _ = done.send((running, outcome)).await;
+                        });
+                    }
+                }
+            }
             Kind::External(external) => {
                 self.outside += 1;
                 let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
@@ -660,20 +691,48 @@ impl Engine {
         }
     }
 
-    /// An action is over: its result goes into the transcript and to the model, and the agent
-    /// says what it should.
-    async fn action_finished(&mut self, running: Running, outcome: Outcome) {
+    /// The call's audio is gone while actions still run outside it (a transfer: the carrier ends
+    /// the stream as it carries it out, before its answer is back here): their results still go
+    /// into the transcript, if they come within a while. Nobody is left to hear more.
+    async fn results_after_the_call(&mut self) {
+        let deadline = Instant::now() + RESULTS_AFTER_THE_CALL;
+        while self.outside > 0 {
+            let Ok(Some((running, outcome))) = tokio::time::timeout_at(deadline, self.finished.1.recv()).await else {
+                tracing::warn!(running = self.outside, "the call ended before its actions did: their results are lost");
+                return;
+            };
+            self.outside -= 1;
+            self.report_result(&running, &outcome).await;
+        }
+    }
+
+    /// An action's result, into the transcript and to the model.
+    async fn report_result(&mut self, running: &Running, outcome: &Outcome) {
         if !outcome.success {
             metrics::counter!("vocode_conversation_action_failures_total").increment(1);
         }
-        let line = running.action.result_line(&running.params, &outcome);
+        let line = running.action.result_line(&running.params, outcome);
         let payload = json!({"action_type": running.action.action_type(), "action_input": {"params": running.params},
                              "action_output": {"response": outcome.response}});
         let _ = self.events.send(Event::Action { line, payload }).await;
-        if let Some(id) = running.tool_call_id {
-            self.history.push(ChatMessage::Tool { tool_call_id: id, content: outcome.response.to_string() });
+        if let Some(id) = &running.tool_call_id {
+            self.history.push(ChatMessage::Tool { tool_call_id: id.clone(), content: outcome.response.to_string() });
+        }
+    }
+
+    /// An action is over: its result goes into the transcript and to the model, and the agent
+    /// says what it should.
+    async fn action_finished(&mut self, running: Running, outcome: Outcome) {
+        self.report_result(&running, &outcome).await;
+        if matches!(running.action.kind, Kind::TransferCall { .. }) && outcome.success {
+            self.transferred = true;
         }
         let Kind::External(external) = &running.action.kind else {
+            // An action the model asked for that failed (a transfer the carrier refused, a number
+            // that is not one): the model says so rather than leave the person in silence.
+            if !outcome.success && running.tool_call_id.is_some() && !self.transferred && !self.ending {
+                self.generate_turn(None);
+            }
             return;
         };
         if let Some(message) = outcome.agent_message.filter(|m| !m.trim().is_empty()) {

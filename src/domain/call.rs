@@ -75,7 +75,7 @@ string_enum!(HumanDetection { Human = "human", NoHuman = "no_human" });
 string_enum!(NoHumanAnswer { Continue = "continue", Hangup = "hangup" });
 string_enum!(
     /// Why the server hung up a call, remembered until the carrier confirms the end.
-    Hangup { Requested = "requested", NoHuman = "no_human" }
+    Hangup { Requested = "requested", NoHuman = "no_human", TransferUnanswered = "transfer_unanswered" }
 );
 string_enum!(Direction { Outbound = "outbound", Inbound = "inbound" });
 string_enum!(
@@ -171,6 +171,12 @@ pub enum Event {
     },
     /// `calls/end`, or the agent ending the conversation.
     EndRequested,
+    /// The agent is transferring the call to a third party (`action_transfer_call`).
+    TransferStarted,
+    /// The third party answered.
+    TransferAnswered,
+    /// The third party did not answer (busy, no answer, failed): the call is over.
+    TransferFailed,
 }
 
 /// What must happen because of a transition.
@@ -241,10 +247,13 @@ pub fn transition(state: &CallState, event: &Event, now: DateTime<Utc>) -> (Call
                     next.stage = Stage::PickedUp;
                     effects.push(Effect::Connected);
                 }
-                let outcome = match next.hangup {
-                    Some(Hangup::NoHuman) => StageOutcome::HumanUnanswered,
-                    Some(Hangup::Requested) => StageOutcome::BotDisconnected,
-                    None => StageOutcome::HumanDisconnected,
+                let outcome = match (next.hangup, next.stage) {
+                    (Some(Hangup::NoHuman), _) => StageOutcome::HumanUnanswered,
+                    (Some(Hangup::Requested), _) => StageOutcome::BotDisconnected,
+                    (Some(Hangup::TransferUnanswered), _) => StageOutcome::TransferUnanswered,
+                    // The person hung up while the third party's phone rang.
+                    (None, Stage::TransferStarted) => StageOutcome::TransferDisconnected,
+                    (None, _) => StageOutcome::HumanDisconnected,
                 };
                 finish(&mut next, outcome, now, *duration_seconds);
                 effects.push(Effect::EndedAfterPickUp);
@@ -284,6 +293,23 @@ pub fn transition(state: &CallState, event: &Event, now: DateTime<Utc>) -> (Call
             } else if next.hangup.is_none() {
                 next.hangup = Some(Hangup::Requested);
                 effects.push(Effect::HangUp);
+            }
+        }
+        Event::TransferStarted => {
+            if next.stage == Stage::PickedUp {
+                next.stage = Stage::TransferStarted;
+            }
+        }
+        Event::TransferAnswered => {
+            if next.stage == Stage::TransferStarted {
+                next.stage = Stage::TransferSuccessful;
+            }
+        }
+        Event::TransferFailed => {
+            // The carrier ends the call (Twilio's `<Dial>` is followed by nothing; Vonage is told
+            // to hang up by whoever heard of the failure): its end says why.
+            if next.stage == Stage::TransferStarted && next.hangup.is_none() {
+                next.hangup = Some(Hangup::TransferUnanswered);
             }
         }
     }
@@ -486,6 +512,27 @@ mod tests {
         let placed = run(CallState::new(NoHumanAnswer::Continue), &[accepted()]).0;
         let (after, _) = transition(&placed, &Event::Refused { reason: "x".into() }, t(5));
         assert_eq!(after, placed);
+    }
+
+    #[test]
+    fn a_transfer_moves_the_stage_on_and_its_end_says_how_it_went() {
+        let answered = run(CallState::new(NoHumanAnswer::Continue), &[accepted(), Event::Answered]).0;
+        let completed = Event::Completed { duration_seconds: Some(40) };
+        // Answered by the third party, then over: the transfer was a success.
+        let (s, _) = run(answered.clone(), &[Event::TransferStarted, Event::TransferAnswered, completed.clone()]);
+        assert_eq!(summary(&s), (Ended, TransferSuccessful, Some(HumanDisconnected)));
+        // Nobody answered.
+        let (s, effects) = run(answered.clone(), &[Event::TransferStarted, Event::TransferFailed, completed.clone()]);
+        assert_eq!(summary(&s), (Ended, TransferStarted, Some(TransferUnanswered)));
+        assert!(!effects.contains(&Effect::HangUp), "the carrier ends a failed transfer itself");
+        // The person hung up while it rang.
+        let (s, _) = run(answered.clone(), &[Event::TransferStarted, completed.clone()]);
+        assert_eq!(summary(&s), (Ended, TransferStarted, Some(TransferDisconnected)));
+        // Transfer news out of turn changes nothing.
+        let (s, _) = run(answered.clone(), &[Event::TransferAnswered, Event::TransferFailed]);
+        assert_eq!(s, answered);
+        let created = CallState::new(NoHumanAnswer::Continue);
+        assert_eq!(run(created.clone(), &[Event::TransferStarted]).0, created, "not before pick-up");
     }
 
     #[test]

@@ -17,7 +17,14 @@
 //! | `5550110` | a person answers, hears the greeting, says one thing, and barges in one second into the bot's answer to say goodbye; hangs up once the bot has answered that |
 //! | `5550111` | a person answers, hears the greeting, asks about an offer, says "mhm" and "yeah" while the bot answers, then says goodbye and hangs up |
 //! | `5550112` | a person answers and says nothing, until the server hangs up (or 120 s) |
+//! | `5550113` | a person answers, hears the greeting, asks "Can I speak to a person, please?" and waits on the line to be transferred (hangs up after 120 s) |
 //! | anything else | a person answers, hears the greeting, says one thing, hears the answer, says goodbye, hears that answer and hangs up |
+//!
+//! A call in progress can be transferred (Twilio: a `<Dial><Number>` TwiML redirect; Vonage: a
+//! `transfer` to a `connect` NCCO): the stream to the server ends, and the number transferred to
+//! plays its scenario as a third party — `5550102` (busy), `5550103` (no answer) and `5550104`
+//! (failed) do not answer, which ends the call; any other number answers, talks for 3 s and hangs
+//! up, and then the call is over. The third party's news goes to the transfer's own callbacks.
 //!
 //! Times are scaled by `SANDBOX_TIME_SCALE`, except the bot's audio, which plays in real time as
 //! the server paces it. On these calls the server's conversation uses stand-ins for the speech
@@ -56,6 +63,10 @@ pub const VONAGE_API_KEY: &str = "sandbox";
 /// The shortest time a machine or a person who stays on the line talks, however sped up the
 /// sandbox is.
 const SHORTEST_TALK: Duration = Duration::from_secs(1);
+/// The shortest time the third party of a transfer rings, however sped up the sandbox is: the
+/// server records the transfer's start once the carrier has accepted it, and hears of the third
+/// party only after that (as with a real carrier, where ringing takes seconds).
+const SHORTEST_RING: Duration = Duration::from_secs(1);
 const VONAGE_APPLICATION_ID: &str = "sandbox-application";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +81,7 @@ pub enum Scenario {
     BargeIn,
     Backchannel,
     Silent,
+    AsksForHuman,
 }
 
 impl Scenario {
@@ -85,6 +97,7 @@ impl Scenario {
             Some("5550110") => Scenario::BargeIn,
             Some("5550111") => Scenario::Backchannel,
             Some("5550112") => Scenario::Silent,
+            Some("5550113") => Scenario::AsksForHuman,
             _ => Scenario::Human,
         }
     }
@@ -124,6 +137,21 @@ struct SimCall {
     created: chrono::DateTime<chrono::Utc>,
     /// What the call's line carried: the person's words, the recording.
     wire: Arc<Wire>,
+    /// Where the server transferred the call, once it did; `transferred` tells the call's play.
+    transfer: Mutex<Option<Transfer>>,
+    transferred: Notify,
+}
+
+/// Where a call is transferred, and where its carrier reports the third party's leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Transfer {
+    /// The number dialled.
+    to: String,
+    /// Twilio: the `<Dial action>` (how the dial ended); Vonage: the `connect`'s event URL (all
+    /// the leg's news).
+    ended_url: Option<String>,
+    /// Twilio: the `<Number statusCallback>` (the third party answered).
+    answered_url: Option<String>,
 }
 
 pub struct Sandbox {
@@ -286,7 +314,7 @@ impl Sandbox {
         }
         *call.answered_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.progress(&call, "in-progress").await;
-        let media = tokio::spawn(self.clone().stream_media(call.clone(), scenario));
+        let mut media = Some(tokio::spawn(self.clone().stream_media(call.clone(), scenario)));
         // A machine and the patient person are on the line for a set time; the others until their
         // script is over.
         let talk = match scenario {
@@ -299,10 +327,18 @@ impl Sandbox {
             talked = 0.5;
             self.detection(&call, scenario != Scenario::Machine).await;
         }
-        let hung_up = call.hung_up.load(Ordering::SeqCst)
-            || match talk {
-                // Never so short, sped up, that the stream has no time to carry anything.
-                Some(talk) => self.wait_for(&call, self.scaled(talk - talked).max(SHORTEST_TALK)).await,
+        let talked_out = async {
+            if call.hung_up.load(Ordering::SeqCst) {
+                return true;
+            }
+            match talk {
+                // The talking starts once the line is open (a busy server may take a while to
+                // connect the stream), and is never so short, sped up, that the stream has no
+                // time to carry anything.
+                Some(talk) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), call.wire.opened()).await;
+                    self.wait_for(&call, self.scaled(talk - talked).max(SHORTEST_TALK)).await
+                }
                 None => {
                     tokio::select! {
                         _ = call.hang_up.notified() => true,
@@ -311,9 +347,25 @@ impl Sandbox {
                         _ = tokio::time::sleep(self.scaled(600.0)) => false,
                     }
                 }
-            };
+            }
+        };
+        // Unless the server transfers the call first: then the transfer plays out.
+        let (hung_up, transfer) = tokio::select! {
+            hung_up = talked_out => (hung_up, None),
+            _ = call.transferred.notified() => (false, call.transfer.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        };
+        if let Some(transfer) = &transfer {
+            // The stream to the server ends (Twilio's redirect ends `<Connect><Stream>`, Vonage's
+            // transfer replaces the websocket's NCCO), then the third party is dialled.
+            call.media_stop.notify_waiters();
+            if let Some(media) = media.take() {
+                let _ = media.await;
+            }
+            tracing::info!(call = %call.id, "sandbox: the media stream to the server ended for the transfer");
+            self.put_through(&call, transfer).await;
+        }
         let duration = match talk {
-            Some(talk) if !hung_up => talk as i64,
+            Some(talk) if !hung_up && transfer.is_none() => talk as i64,
             _ => {
                 let answered = call.answered_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
                 (answered.elapsed().as_secs_f64() / self.time_scale).ceil() as i64
@@ -321,8 +373,128 @@ impl Sandbox {
         };
         *call.duration.lock().unwrap_or_else(|e| e.into_inner()) = Some(duration.max(1));
         call.media_stop.notify_waiters();
-        let _ = media.await;
+        if let Some(media) = media {
+            let _ = media.await;
+        }
         self.finish(&call, "completed").await;
+    }
+
+    /// Starts transferring an answered call, as its carrier accepted the request: the stream to
+    /// the server ends and the third party is dialled. Refused unless the call is in progress and
+    /// not being transferred already.
+    fn transfer(&self, call: &SimCall, transfer: Transfer) -> Result<(), String> {
+        let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if status != "in-progress" || call.hung_up.load(Ordering::SeqCst) {
+            return Err(format!("the call is {status}: only a call in progress can be transferred"));
+        }
+        let mut current = call.transfer.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_some() {
+            return Err("the call is being transferred already".into());
+        }
+        tracing::info!(call = %call.id, to = %transfer.to, "sandbox: the server transfers the call");
+        *current = Some(transfer);
+        drop(current);
+        call.transferred.notify_one();
+        Ok(())
+    }
+
+    /// The third party of a transferred call, as the scenario of its number says: it rings, then
+    /// does not answer (and the call ends), or answers, talks a while and hangs up. Its news goes
+    /// to the transfer's callbacks, as the carrier sends it. Returns once the call is to end.
+    async fn put_through(&self, call: &SimCall, transfer: &Transfer) {
+        let scenario = Scenario::of(&transfer.to);
+        let leg = match call.protocol {
+            Protocol::Twilio => format!("CA{}", random_hex(32)),
+            Protocol::Vonage => uuid::Uuid::new_v4().to_string(),
+        };
+        tracing::info!(call = %call.id, to = %transfer.to, ?scenario, %leg, "sandbox: dialling the third party");
+        if call.protocol == Protocol::Vonage {
+            self.leg_event(call, transfer, &leg, json!({"status": "ringing"})).await;
+        }
+        let (ring, unanswered) = match scenario {
+            Scenario::Busy => (0.5, Some("busy")),
+            Scenario::Failed => (0.2, Some("failed")),
+            Scenario::NoAnswer => (6.0, Some("no-answer")),
+            _ => (2.0, None),
+        };
+        if self.wait_for(call, self.scaled(ring).max(SHORTEST_RING)).await {
+            tracing::info!(call = %call.id, "sandbox: the call was ended while the third party's phone rang");
+            return;
+        }
+        if let Some(status) = unanswered {
+            tracing::info!(call = %call.id, to = %transfer.to, status, "sandbox: the third party did not answer");
+            return self.leg_ended(call, transfer, &leg, status, 0).await;
+        }
+        tracing::info!(call = %call.id, to = %transfer.to, "sandbox: the third party answered");
+        match call.protocol {
+            Protocol::Twilio => {
+                if let Some(url) = &transfer.answered_url {
+                    let params = vec![
+                        ("AccountSid".into(), call.account_sid.clone()),
+                        ("ApiVersion".into(), "2010-04-01".into()),
+                        ("CallSid".into(), leg.clone()),
+                        ("ParentCallSid".into(), call.id.clone()),
+                        ("CallStatus".into(), "in-progress".into()),
+                        ("Called".into(), transfer.to.clone()),
+                        ("Caller".into(), call.from.clone()),
+                        ("Direction".into(), "outbound-dial".into()),
+                        ("From".into(), call.from.clone()),
+                        ("To".into(), transfer.to.clone()),
+                        ("CallbackSource".into(), "call-progress-events".into()),
+                        ("SequenceNumber".into(), "0".into()),
+                        ("Timestamp".into(), chrono::Utc::now().to_rfc2822()),
+                    ];
+                    self.post_signed(call, url, params).await;
+                }
+            }
+            Protocol::Vonage => self.leg_event(call, transfer, &leg, json!({"status": "answered"})).await,
+        }
+        let answered = Instant::now();
+        if self.wait_for(call, self.scaled(3.0).max(SHORTEST_TALK)).await {
+            tracing::info!(call = %call.id, "sandbox: the call was ended while the third party talked");
+            return;
+        }
+        let talked = (answered.elapsed().as_secs_f64() / self.time_scale).round() as i64;
+        tracing::info!(call = %call.id, to = %transfer.to, talked, "sandbox: the third party hung up");
+        self.leg_ended(call, transfer, &leg, "completed", talked).await;
+    }
+
+    /// The third party's leg is over (`status` as Twilio's `DialCallStatus` says it): Twilio
+    /// posts the `<Dial action>` (its answer, `<Hangup/>`, ends the call), Vonage the leg's last
+    /// event.
+    async fn leg_ended(&self, call: &SimCall, transfer: &Transfer, leg: &str, status: &str, seconds: i64) {
+        match call.protocol {
+            Protocol::Twilio => {
+                let Some(url) = &transfer.ended_url else { return };
+                let mut params = self.twilio_params(call);
+                params.push(("DialCallStatus".into(), status.into()));
+                params.push(("DialCallSid".into(), leg.into()));
+                params.push(("DialCallDuration".into(), seconds.to_string()));
+                let twiml = self.post_signed(call, url, params).await;
+                tracing::info!(call = %call.id, twiml = twiml.as_deref().unwrap_or_default(), "sandbox: the dial's action answered");
+            }
+            Protocol::Vonage => {
+                let status = if status == "no-answer" { "timeout" } else { status };
+                let mut fields = json!({"status": status});
+                if status == "completed" {
+                    fields["duration"] = json!(seconds.to_string());
+                }
+                self.leg_event(call, transfer, leg, fields).await;
+            }
+        }
+    }
+
+    /// An event of a Vonage transfer's leg, to the `connect`'s event URL.
+    async fn leg_event(&self, call: &SimCall, transfer: &Transfer, leg: &str, fields: Value) {
+        let Some(url) = &transfer.ended_url else { return };
+        let common = json!({
+            "uuid": leg,
+            "conversation_uuid": format!("CON-{}", call.id),
+            "from": call.from,
+            "to": transfer.to,
+            "direction": "outbound",
+        });
+        self.vonage_post(call, url, fields, common).await;
     }
 
     /// Waits (scaled); true when the server hung up meanwhile.
@@ -460,19 +632,24 @@ impl Sandbox {
         }
     }
 
-    async fn vonage_event(&self, call: &SimCall, mut fields: Value) {
+    async fn vonage_event(&self, call: &SimCall, fields: Value) {
         let Some(url) = &call.event_url else { return };
-        let Some(target) = self.local(url) else {
-            return;
-        };
         let common = json!({
             "uuid": call.id,
             "conversation_uuid": format!("CON-{}", call.id),
             "from": call.from,
             "to": call.to,
             "direction": "outbound",
-            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
+        self.vonage_post(call, url, fields, common).await;
+    }
+
+    /// An event POSTed as Vonage sends it (signed): `fields`, and of `common` what they lack.
+    async fn vonage_post(&self, call: &SimCall, url: &str, mut fields: Value, mut common: Value) {
+        let Some(target) = self.local(url) else {
+            return;
+        };
+        common["timestamp"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         if let (Value::Object(f), Value::Object(c)) = (&mut fields, common) {
             for (k, v) in c {
                 f.entry(k).or_insert(v);
@@ -488,8 +665,13 @@ impl Sandbox {
             .body(body)
             .send()
             .await;
-        if let Err(err) = sent {
-            tracing::warn!(error = %err, "the sandbox could not deliver an event");
+        match sent {
+            Ok(res) if !res.status().is_success() => {
+                let status = res.status();
+                tracing::warn!(call = %call.id, %status, "the server refused a sandbox event");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "the sandbox could not deliver an event"),
         }
     }
 
@@ -585,16 +767,42 @@ impl Sandbox {
     }
 }
 
+fn xml_unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+/// An attribute of an XML start tag (`<Name a="…" …`), unescaped.
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let end = tag[start..].find('"')? + start;
+    Some(xml_unescape(&tag[start..end]))
+}
+
+/// The start tag `<name …>` in `xml`, and what follows it.
+fn start_tag<'a>(xml: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
+    let at = xml
+        .match_indices(&format!("<{name}"))
+        .map(|(i, _)| i)
+        .find(|&i| xml[i + name.len() + 1..].starts_with(|c: char| c.is_whitespace() || c == '>' || c == '/'))?;
+    let end = xml[at..].find('>')? + at;
+    Some((&xml[at..end], &xml[end + 1..]))
+}
+
+/// A transfer out of TwiML: its `<Dial action>`, and the number of its `<Number>` with that
+/// number's `statusCallback`.
+fn parse_dial_twiml(twiml: &str) -> Option<Transfer> {
+    let (dial, rest) = start_tag(twiml, "Dial")?;
+    let (number, rest) = start_tag(rest, "Number")?;
+    let to = xml_unescape(rest[..rest.find("</Number>")?].trim());
+    (!to.is_empty()).then(|| Transfer {
+        to,
+        ended_url: attr(dial, "action"),
+        answered_url: attr(number, "statusCallback"),
+    })
+}
+
 /// The `<Stream url>` and its `<Parameter>`s out of TwiML.
 fn parse_stream_twiml(twiml: &str) -> Option<(String, Value)> {
-    let unescape = |s: &str| {
-        s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-    };
-    let attr = |tag: &str, name: &str| -> Option<String> {
-        let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
-        let end = tag[start..].find('"')? + start;
-        Some(unescape(&tag[start..end]))
-    };
     let stream_start = twiml.find("<Stream")?;
     let stream_tag_end = twiml[stream_start..].find('>')? + stream_start;
     let url = attr(&twiml[stream_start..stream_tag_end], "url")?;
@@ -705,6 +913,7 @@ mod tests {
         assert_eq!(Scenario::of("+1 415 555 0110"), Scenario::BargeIn);
         assert_eq!(Scenario::of("14155550111"), Scenario::Backchannel);
         assert_eq!(Scenario::of("14155550112"), Scenario::Silent);
+        assert_eq!(Scenario::of("+14155550113"), Scenario::AsksForHuman);
         assert_eq!(Scenario::of("123"), Scenario::Human);
     }
 
@@ -714,6 +923,23 @@ mod tests {
         let (url, params) = parse_stream_twiml(&twiml).unwrap();
         assert_eq!(url, "ws://h/telephony/twilio/stream/1?x=1&y=2");
         assert_eq!(params, json!({"call_id": "c-1", "token": "tok"}));
+    }
+
+    #[test]
+    fn transfer_twiml_is_read_back() {
+        let twiml =
+            twilio_api::transfer_twiml("+14155550199", "http://h/transfer/1?a=1&b=2", "http://h/transfer/1/answered");
+        let transfer = parse_dial_twiml(&twiml).unwrap();
+        assert_eq!(
+            transfer,
+            Transfer {
+                to: "+14155550199".into(),
+                ended_url: Some("http://h/transfer/1?a=1&b=2".into()),
+                answered_url: Some("http://h/transfer/1/answered".into()),
+            }
+        );
+        assert_eq!(parse_dial_twiml("<Response><Hangup/></Response>"), None);
+        assert_eq!(parse_dial_twiml("<Response><Dial><Number></Number></Dial></Response>"), None);
     }
 
     #[test]

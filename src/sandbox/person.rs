@@ -48,6 +48,7 @@ pub const INTERRUPT: Line = line!("Sorry, I have to go now. Goodbye.", "interrup
 pub const OFFER: Line = line!("Tell me about the offer you have for me.", "offer.ulaw");
 pub const MHM: Line = line!("Mhm.", "mhm.ulaw");
 pub const YEAH: Line = line!("Yeah.", "yeah.ulaw");
+pub const ASK_FOR_PERSON: Line = line!("Can I speak to a person, please?", "person.ulaw");
 
 /// A 20 ms frame at 8 kHz.
 const FRAME: usize = 160;
@@ -72,6 +73,9 @@ pub struct Wire {
     marks: AtomicU32,
     done: AtomicBool,
     finished: Notify,
+    /// The person is on the line: the call's media stream is open.
+    on_line: AtomicBool,
+    opened: Notify,
 }
 
 /// What happened on a sandbox call's line, for tests and the curious.
@@ -94,6 +98,8 @@ impl Wire {
             marks: AtomicU32::new(0),
             done: AtomicBool::new(false),
             finished: Notify::new(),
+            on_line: AtomicBool::new(false),
+            opened: Notify::new(),
         }
     }
 
@@ -118,6 +124,17 @@ impl Wire {
                 return;
             }
             finished.await;
+        }
+    }
+
+    /// Waits until the person is on the line (the media stream is open).
+    pub async fn opened(&self) {
+        loop {
+            let opened = self.opened.notified();
+            if self.on_line.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.await;
         }
     }
 
@@ -328,6 +345,13 @@ impl Person {
                 self.say(GOODBYE).await;
                 self.hear_out(self.patience_for_answer(6.0)).await;
             }
+            // Asks for a person, then waits on the line to be put through (or gives up after a
+            // while, and hangs up).
+            Scenario::AsksForHuman => {
+                self.hear_out(self.patience(3.0)).await;
+                self.say(ASK_FOR_PERSON).await;
+                sleep(self.scaled(120.0).max(Duration::from_secs(30))).await;
+            }
             // Says nothing, and stays until the server hangs up (or gives up after a while).
             Scenario::Silent => sleep(self.scaled(120.0).max(Duration::from_secs(30))).await,
             // A machine's or a patient person's silence, for the scenario's time.
@@ -358,6 +382,8 @@ where
         + Unpin,
 {
     let wire = call.wire.clone();
+    wire.on_line.store(true, Ordering::SeqCst);
+    wire.opened.notify_waiters();
     let (heard, _) = watch::channel(Heard { talking: false, since: Instant::now() });
     let person = Arc::new(Person { mouth: Mutex::new(VecDeque::new()), heard, wire: wire.clone(), time_scale });
     let script = {
@@ -390,8 +416,10 @@ where
     play.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = call.media_stop.notified();
     tokio::pin!(stop);
+    // Over once hung up, ended, or transferred (the carrier then ends the stream to the server).
     let over = |call: &SimCall| {
         call.hung_up.load(Ordering::SeqCst)
+            || call.transfer.lock().unwrap_or_else(|e| e.into_inner()).is_some()
             || matches!(call.status.lock().unwrap_or_else(|e| e.into_inner()).as_str(), "completed" | "canceled")
     };
     loop {
@@ -550,7 +578,7 @@ mod tests {
 
     #[test]
     fn the_recordings_are_speech_of_a_sensible_length() {
-        for line in [HELLO, GOODBYE, INTERRUPT, OFFER, MHM, YEAH] {
+        for line in [HELLO, GOODBYE, INTERRUPT, OFFER, MHM, YEAH, ASK_FOR_PERSON] {
             let samples = Encoding::Mulaw8k.decode(line.audio);
             let seconds = samples.len() as f64 / 8_000.0;
             assert!((0.1..4.0).contains(&seconds), "{}: {seconds} s", line.text);

@@ -86,6 +86,8 @@ pub(super) async fn create_call(
         duration: Mutex::new(None),
         created: chrono::Utc::now(),
         wire: sb.new_wire(),
+        transfer: Mutex::new(None),
+        transferred: Notify::new(),
     });
     let resource = call_resource(&call);
     sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());
@@ -153,27 +155,51 @@ pub(super) async fn modify_call(
     let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let answered = status == "in-progress";
     let over = matches!(status.as_str(), "completed" | "canceled" | "busy" | "failed" | "no-answer");
-    match form.get("Status").map(String::as_str) {
-        Some(_) if over => {
+    match (form.get("Status").map(String::as_str), form.get("Twiml")) {
+        (Some(_), _) | (None, Some(_)) if over => {
             twilio_error(StatusCode::BAD_REQUEST, 21220, "Call is not in-progress. Cannot redirect.".into())
         }
-        Some("completed") if answered => {
+        (Some("completed"), _) if answered => {
             sb.hang_up(&call);
             let mut resource = call_resource(&call);
             resource["status"] = json!("completed");
             Json(resource).into_response()
         }
-        Some("canceled") if !answered => {
+        (Some("canceled"), _) if !answered => {
             sb.hang_up(&call);
             let mut resource = call_resource(&call);
             resource["status"] = json!("canceled");
             Json(resource).into_response()
         }
-        Some(_) => {
+        (Some(_), _) => {
             twilio_error(StatusCode::BAD_REQUEST, 21220, format!("The call is {status}: it cannot take this status."))
         }
-        None => Json(call_resource(&call)).into_response(),
+        (None, Some(twiml)) => redirect(&sb, &call, twiml),
+        (None, None) => Json(call_resource(&call)).into_response(),
     }
+}
+
+/// New TwiML for a call in progress, of which the sandbox plays a transfer (`<Dial><Number>`:
+/// the call's `<Connect><Stream>` ends, and the number is dialled) and `<Hangup/>`.
+fn redirect(sb: &Arc<Sandbox>, call: &SimCall, twiml: &str) -> Response {
+    if let Some(transfer) = parse_dial_twiml(twiml) {
+        return match sb.transfer(call, transfer) {
+            Ok(()) => Json(call_resource(call)).into_response(),
+            Err(reason) => twilio_error(StatusCode::BAD_REQUEST, 21220, format!("Cannot redirect: {reason}.")),
+        };
+    }
+    if start_tag(twiml, "Hangup").is_some() {
+        sb.hang_up(call);
+        let mut resource = call_resource(call);
+        resource["status"] = json!("completed");
+        return Json(resource).into_response();
+    }
+    tracing::warn!(call = %call.id, %twiml, "the sandbox does not play this TwiML");
+    twilio_error(
+        StatusCode::BAD_REQUEST,
+        12100,
+        "The sandbox plays only <Dial><Number> and <Hangup/> on a call in progress.".into(),
+    )
 }
 
 pub(super) async fn available(

@@ -77,6 +77,8 @@ pub(super) async fn create_call(State(sb): SandboxState, headers: HeaderMap, Jso
         duration: Mutex::new(None),
         created: chrono::Utc::now(),
         wire: sb.new_wire(),
+        transfer: Mutex::new(None),
+        transferred: Notify::new(),
     });
     let answer = json!({"uuid": call.id, "status": "started", "direction": "outbound", "conversation_uuid": format!("CON-{}", call.id)});
     sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());
@@ -150,6 +152,32 @@ pub(super) async fn modify_call(
         Some("hangup") => {
             sb.hang_up(&call);
             StatusCode::NO_CONTENT.into_response()
+        }
+        // A transfer to an NCCO that connects a phone: the websocket's NCCO is replaced (the
+        // stream ends), and the phone is dialled.
+        Some("transfer") => {
+            let ncco = &body["destination"]["ncco"];
+            let connect = ncco.as_array().and_then(|actions| actions.iter().find(|a| a["action"] == "connect"));
+            let phone = connect
+                .and_then(|c| c["endpoint"].as_array())
+                .and_then(|endpoints| endpoints.iter().find(|e| e["type"] == "phone"))
+                .and_then(|e| e["number"].as_str());
+            let (Some(connect), Some(phone)) = (connect, phone) else {
+                return vonage_error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    "The sandbox transfers only to an NCCO that connects a phone",
+                );
+            };
+            let transfer = Transfer {
+                to: phone.to_owned(),
+                ended_url: connect["eventUrl"][0].as_str().map(str::to_owned),
+                answered_url: None,
+            };
+            match sb.transfer(&call, transfer) {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(reason) => vonage_error(StatusCode::BAD_REQUEST, "Bad Request", &reason),
+            }
         }
         _ => vonage_error(StatusCode::BAD_REQUEST, "Bad Request", "Unsupported action"),
     }

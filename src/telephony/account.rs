@@ -159,6 +159,31 @@ impl Carrier<'_> {
         }
     }
 
+    /// Transfers an answered call to `to`: Twilio dials it in place of the call's stream, Vonage
+    /// connects it; the third party's progress comes back to this server's transfer callbacks.
+    pub async fn transfer(&self, row: &CallRow, to: &PhoneNumber) -> Result<(), CarrierError> {
+        let t = self.telephony;
+        let telephony_id =
+            row.state.telephony_id.as_deref().ok_or_else(|| {
+                CarrierError::Rejected("the call has no carrier id yet: it cannot be transferred".into())
+            })?;
+        match &self.account {
+            CarrierAccount::Twilio(creds) => {
+                let twiml = twilio::transfer_twiml(
+                    &to.e164(),
+                    &t.url(&format!("/telephony/twilio/transfer/{}", row.id)),
+                    &t.url(&format!("/telephony/twilio/transfer/{}/answered", row.id)),
+                );
+                t.twilio.redirect(creds, telephony_id, &twiml).await.map(|_| ())
+            }
+            CarrierAccount::Vonage => {
+                let event_url = t.url(&format!("/telephony/vonage/transfer/{}", row.id));
+                let ncco = vonage::transfer_ncco(to.digits(), &row.agent_phone_number, &event_url);
+                t.vonage.transfer(telephony_id, ncco).await
+            }
+        }
+    }
+
     /// What the carrier says of a call now.
     pub async fn fetch_call(&self, telephony_id: &str) -> Result<Reported, CarrierError> {
         let t = self.telephony;

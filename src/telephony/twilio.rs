@@ -370,6 +370,19 @@ pub fn connect_stream_twiml(stream_url: &str, call_id: &str, token: &str) -> Str
     )
 }
 
+/// The TwiML that transfers a call to `to` (E.164): `<Dial>` it, tell `answered_url` when the
+/// third party picks up, and `action_url` how the dial ended (Twilio then runs what that answers).
+pub fn transfer_twiml(to: &str, action_url: &str, answered_url: &str) -> String {
+    format!(
+        "{TWIML_HEAD}<Response><Dial action=\"{}\" method=\"POST\" answerOnBridge=\"true\" timeout=\"30\">\
+         <Number statusCallbackEvent=\"answered\" statusCallback=\"{}\" statusCallbackMethod=\"POST\">{}</Number>\
+         </Dial></Response>",
+        xml_escape(action_url),
+        xml_escape(answered_url),
+        xml_escape(to)
+    )
+}
+
 /// The TwiML that turns an inbound call away.
 pub fn reject_twiml() -> String {
     format!("{TWIML_HEAD}<Response><Reject reason=\"rejected\"/></Response>")

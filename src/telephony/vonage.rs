@@ -201,6 +201,13 @@ impl VonageClient {
         self.send(req).await.map(|_| ())
     }
 
+    /// Transfers a call in progress to an NCCO: what the call does from now on.
+    pub async fn transfer(&self, uuid: &str, ncco: Value) -> Result<(), CarrierError> {
+        let body = json!({"action": "transfer", "destination": {"type": "ncco", "ncco": ncco}});
+        let req = self.http.put(format!("{}/v1/calls/{uuid}", self.api_base)).bearer_auth(self.jwt()?).json(&body);
+        self.send(req).await.map(|_| ())
+    }
+
     /// The application's calls from `from` to `to` since `since` (newest first): how a call that
     /// may have been placed before a crash or a timeout is found again.
     pub async fn find_calls(
@@ -316,6 +323,13 @@ pub fn ncco(stream_url: &str, event_url: &str, headers: Value, record: bool) -> 
         "endpoint": [{"type": "websocket", "uri": stream_url, "content-type": "audio/l16;rate=16000", "headers": headers}],
     }));
     Value::Array(actions)
+}
+
+/// The NCCO that transfers a call to `to` (digits), calling from `from`: the third party's leg
+/// reports to `event_url`.
+pub fn transfer_ncco(to: &str, from: &str, event_url: &str) -> Value {
+    json!([{"action": "connect", "from": from, "timeout": 30, "eventType": "synchronous", "eventUrl": [event_url],
+            "endpoint": [{"type": "phone", "number": to}]}])
 }
 
 /// The NCCO that turns an inbound call away politely.

@@ -11,7 +11,7 @@ use vocode_server::config::{ConversationArgs, TelephonyArgs};
 use crate::support::{eventually, on_both_backends, Backend, Options, TestApp};
 
 on_both_backends!(sandbox => every_documented_scenario_ends_as_documented, buying_and_cancelling_sandbox_numbers,
-    sandbox_people_talk_with_the_stand_ins);
+    sandbox_people_talk_with_the_stand_ins, sandbox_calls_are_transferred);
 
 async fn sandbox(backend: Backend) -> Option<TestApp> {
     let telephony = TelephonyArgs { sandbox_time_scale: 0.05, ..TelephonyArgs::default() };
@@ -322,5 +322,62 @@ async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
         assert_eq!(lines, [bot_greets.as_str(), "BOT: Are you still there?"], "{call}");
         assert_eq!(call["stage_outcome"], "bot_disconnected", "{call}");
         assert!(sandbox.line(id).unwrap().said.is_empty());
+    }
+}
+
+/// A person who asks for a person, on an agent that may transfer the call: the scripted model
+/// transfers it, the sandbox ends the call's stream and plays the third party, on Twilio and on
+/// Vonage — one that answers (the transfer succeeds, and the call ends once the third party hangs
+/// up) and one that never does (the call ends with the transfer unanswered).
+async fn sandbox_calls_are_transferred(app: TestApp) {
+    let sandbox = app.state.sandbox.clone().expect("sandbox mode");
+    let (_, twilio) = app.post("/v1/numbers/buy", json!({"telephony_provider": "twilio", "area_code": "415"})).await;
+    let (_, vonage) = app.post("/v1/numbers/buy", json!({"telephony_provider": "vonage", "area_code": "212"})).await;
+    let greeting = "Hi, it's Ana.";
+    let expected = [
+        ("+14155550199", ("transfer_successful", "human_disconnected")),
+        ("+14155550103", ("transfer_started", "transfer_unanswered")),
+    ];
+    let mut calls = Vec::new();
+    for (transfer_to, outcome) in expected {
+        let agent = json!({"prompt": {"content": "Put the caller through when they ask."}, "initial_message": greeting,
+                           "actions": [{"type": "action_transfer_call", "config": {"phone_number": transfer_to}}]});
+        for number in [&twilio, &vonage] {
+            let (status, call) = app
+                .post(
+                    "/v1/calls/create",
+                    json!({"from_number": number["number"], "to_number": "14155550113", "agent": agent}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{call}");
+            let provider = number["telephony_provider"].as_str().unwrap().to_owned();
+            calls.push((transfer_to, outcome, provider, call["id"].as_str().unwrap().to_owned()));
+        }
+    }
+    for (transfer_to, (stage, outcome), provider, id) in &calls {
+        let (call, lines) = transcript_of(&app, id).await;
+        assert_eq!(
+            lines,
+            [
+                format!("BOT: {greeting}"),
+                "HUMAN: Can I speak to a person, please?".to_owned(),
+                "BOT: Sure, transferring you now.".to_owned(),
+                format!("BOT_ACTION_START: Attempting to transfer call to {transfer_to}"),
+                "BOT_ACTION_FINISH: Successfully transferred call".to_owned(),
+            ],
+            "{provider} to {transfer_to}: {call}"
+        );
+        assert_eq!(
+            (call["status"].as_str(), call["stage"].as_str(), call["stage_outcome"].as_str()),
+            (Some("ended"), Some(*stage), Some(*outcome)),
+            "{provider} to {transfer_to}: {call}"
+        );
+        assert_eq!(call["telephony_metadata"]["type"], format!("telephony_metadata_{provider}"), "{call}");
+        // The person asked once and waited on the line; the stream to the server ended with the
+        // transfer, and the person said nothing more.
+        let line = sandbox.line(id).expect("the call's line");
+        assert_eq!(line.said, ["Can I speak to a person, please?"], "{provider} to {transfer_to}");
+        let stream = app.state.telephony.streams.get(uuid::Uuid::parse_str(id).unwrap()).expect("a media stream");
+        assert!(stream.bound && stream.media_frames > 0, "{provider} to {transfer_to}: {stream:?}");
     }
 }

@@ -4,9 +4,10 @@
 //! the transcript says of its start and its result (vocode's wording); and the requests the
 //! engine cannot carry out itself, which go to an [`ActionRunner`] (external APIs, carriers).
 //!
-//! Supported here: `action_end_conversation`, `action_dtmf` (tones played on the call's audio)
-//! and `action_external`. Transfers and the warm-transfer pair are recognised but not offered to
-//! the model yet: the agent never promises what the server cannot do.
+//! Supported here: `action_end_conversation`, `action_dtmf` (tones played on the call's audio),
+//! `action_transfer_call` (through the call's carrier) and `action_external`. The warm-transfer
+//! pair is recognised but not offered to the model yet: the agent never promises what the server
+//! cannot do.
 
 use futures_util::future::BoxFuture;
 use serde_json::{json, Map, Value};
@@ -34,6 +35,7 @@ const END_CONVERSATION_DESCRIPTION: &str =
 when: someone has indicated they expect the call to finish, and there are no further objectives\n\
 to accomplish on the call. Do not use this when a human interrupts you or asks to speak to you\n";
 const DTMF_DESCRIPTION: &str = "Presses a string numbers using DTMF tones.";
+const TRANSFER_DESCRIPTION: &str = "Transfers the call to a new number. This is never used while on hold.";
 
 /// When an action runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,10 @@ pub struct External {
 pub enum Kind {
     EndConversation,
     Dtmf,
+    /// To the configured number, or (without one) the number the model gives.
+    TransferCall {
+        phone_number: Option<String>,
+    },
     External(External),
     /// Recognised, not carried out yet (see the module's note).
     Unsupported(String),
@@ -87,6 +93,12 @@ impl Action {
         let kind = match doc["type"].as_str()? {
             END_CONVERSATION => Kind::EndConversation,
             DTMF => Kind::Dtmf,
+            TRANSFER_CALL => Kind::TransferCall {
+                phone_number: doc["config"]["phone_number"]
+                    .as_str()
+                    .filter(|n| !n.trim().is_empty())
+                    .map(str::to_owned),
+            },
             EXTERNAL => {
                 let config = &doc["config"];
                 Kind::External(External {
@@ -121,6 +133,7 @@ impl Action {
         match &self.kind {
             Kind::EndConversation => END_CONVERSATION,
             Kind::Dtmf => DTMF,
+            Kind::TransferCall { .. } => TRANSFER_CALL,
             Kind::External(_) => EXTERNAL,
             Kind::Unsupported(kind) => kind,
         }
@@ -138,6 +151,7 @@ impl Action {
         match &self.kind {
             Kind::EndConversation => Respond::Sometimes,
             Kind::Dtmf => Respond::Never,
+            Kind::TransferCall { .. } => Respond::Always,
             Kind::External(e) if e.speak_on_send => Respond::Always,
             Kind::External(_) => Respond::Never,
             Kind::Unsupported(_) => Respond::Never,
@@ -158,6 +172,14 @@ impl Action {
                 DTMF_DESCRIPTION.to_owned(),
                 json!({"type": "object", "properties": {"buttons": {"type": "string", "description": "The buttons to press."}},
                        "required": ["buttons"]}),
+            ),
+            Kind::TransferCall { phone_number: Some(_) } => {
+                (TRANSFER_DESCRIPTION.to_owned(), json!({"type": "object", "properties": {}}))
+            }
+            Kind::TransferCall { phone_number: None } => (
+                TRANSFER_DESCRIPTION.to_owned(),
+                json!({"type": "object", "properties": {"phone_number": {"type": "string",
+                       "description": "The phone number to transfer the call to"}}, "required": ["phone_number"]}),
             ),
             Kind::External(e) => (e.description.clone(), without_titles(&e.input_schema)),
             Kind::Unsupported(_) => return None,
@@ -184,6 +206,9 @@ impl Action {
             Kind::Dtmf => {
                 format!("Attempting to press numbers: {}", python_list(params["buttons"].as_str().unwrap_or("")))
             }
+            Kind::TransferCall { .. } => {
+                format!("Attempting to transfer call to {}", self.transfer_to(params).unwrap_or_default())
+            }
             _ => format!("!STARTING ACTION {} WITH PARAMETERS {}!", self.action_type(), params),
         };
         format!("BOT_ACTION_START: {text}")
@@ -200,9 +225,22 @@ impl Action {
             (Kind::Dtmf, false) => {
                 format!("Failed to press numbers {}", python_list(params["buttons"].as_str().unwrap_or("")))
             }
+            (Kind::TransferCall { .. }, true) => "Successfully transferred call".to_owned(),
+            (Kind::TransferCall { .. }, false) => {
+                format!("Did not transfer call: {}", outcome.response["error"].as_str().unwrap_or("it failed"))
+            }
             _ => format!("!ACTION {} FINISHED WITH OUTPUT {}!", self.action_type(), outcome.response),
         };
         format!("BOT_ACTION_FINISH: {text}")
+    }
+
+    /// The number a transfer goes to: the configured one, else the model's.
+    pub fn transfer_to(&self, params: &Value) -> Option<String> {
+        match &self.kind {
+            Kind::TransferCall { phone_number: Some(number) } => Some(number.clone()),
+            Kind::TransferCall { phone_number: None } => params["phone_number"].as_str().map(str::to_owned),
+            _ => None,
+        }
     }
 
     /// Whether the bot's finished turn fires this action's phrase trigger.
@@ -261,10 +299,14 @@ impl Outcome {
 }
 
 /// What the engine asks of the world outside the call's audio.
+// (One request per action run: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ActionRequest {
     /// POST the model's arguments to the user's API.
     External { action: External, payload: Value },
+    /// Transfer the call to `to` (a plausible phone number, digits).
+    Transfer { to: String },
 }
 
 /// Carries out the requests the engine cannot: the user's APIs, the carrier.
@@ -295,6 +337,7 @@ impl ActionRunner for HttpRunner {
                 ActionRequest::External { action, payload } => {
                     external::request(&self.client, self.allow_private, &action, &self.call_id, &payload).await
                 }
+                ActionRequest::Transfer { .. } => Outcome::failed("this call's carrier cannot transfer it"),
             }
         })
     }
@@ -371,9 +414,25 @@ mod tests {
         assert_eq!(phrased.tool(), None);
         assert!(phrased.fired_by("Thanks! HAVE a great   day."));
         assert!(!phrased.fired_by("Have a day"));
-        let transfer = action(json!({"type": "action_transfer_call", "config": {"phone_number": "+14155550100"}}));
-        assert_eq!(transfer.tool(), None);
-        assert!(!transfer.fired_by("anything"));
+        let hold = action(json!({"type": "action_set_hold"}));
+        assert_eq!(hold.tool(), None, "not carried out yet: not offered");
+        assert!(!hold.fired_by("anything"));
+    }
+
+    #[test]
+    fn a_transfer_goes_to_its_number_or_to_the_models() {
+        let fixed = action(json!({"type": "action_transfer_call", "config": {"phone_number": "+14155550100"}}));
+        let tool = fixed.tool().unwrap();
+        assert_eq!(
+            tool.parameters["properties"],
+            json!({"user_message": {"type": "string", "description": USER_MESSAGE}})
+        );
+        assert_eq!(tool.parameters["required"], json!(["user_message"]));
+        assert_eq!(fixed.transfer_to(&json!({"phone_number": "+1999"})).as_deref(), Some("+14155550100"));
+        assert_eq!(fixed.attempt_line(&json!({})), "BOT_ACTION_START: Attempting to transfer call to +14155550100");
+        let open = action(json!({"type": "action_transfer_call", "config": {}}));
+        assert_eq!(open.tool().unwrap().parameters["required"], json!(["phone_number", "user_message"]));
+        assert_eq!(open.transfer_to(&json!({"phone_number": "+1 650 555 0100"})).as_deref(), Some("+1 650 555 0100"));
     }
 
     #[test]

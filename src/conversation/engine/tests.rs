@@ -112,7 +112,18 @@ struct FakeRunner;
 impl ActionRunner for FakeRunner {
     fn run(&self, request: ActionRequest) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
-            let ActionRequest::External { action, payload } = request;
+            let (action, payload) = match request {
+                ActionRequest::External { action, payload } => (action, payload),
+                // The carrier takes a second to accept a transfer.
+                ActionRequest::Transfer { to } => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return Outcome {
+                        success: true,
+                        response: json!({"success": true, "phone_number": to}),
+                        agent_message: None,
+                    };
+                }
+            };
             tokio::time::sleep(Duration::from_secs(3)).await;
             let agent_message = (action.name == "Book").then(|| "Booked for ten thirty.".to_owned());
             Outcome { success: true, response: json!({"result": payload, "success": true}), agent_message }
@@ -535,6 +546,25 @@ async fn an_external_action_runs_muted_and_its_agent_message_is_said() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_transfer_that_ends_the_stream_still_reports_its_result() {
+    let transfer = json!({"type": "action_transfer_call", "config": {"phone_number": "+14155550199"}});
+    let args = r#"{"user_message": "Sure, transferring you now."}"#;
+    let mut call = start(with_actions(&[transfer]), vec![tool_call("", "action_transfer_call", args)]);
+    call.next_message().await;
+    call.says("Can I speak to a person, please?").await;
+    call.next_message().await;
+    assert_eq!(call.next_message().await.text, "Sure, transferring you now.");
+    assert_eq!(call.next_action().await.0, "BOT_ACTION_START: Attempting to transfer call to +14155550199");
+    // The carrier carries the transfer out: the call's stream ends before the runner's answer is back.
+    call.stream.send(FromCall::Stopped).await.unwrap();
+    let (finish, payload) = call.next_action().await;
+    assert_eq!(finish, "BOT_ACTION_FINISH: Successfully transferred call");
+    assert_eq!(payload["action_output"]["response"]["phone_number"], "14155550199");
+    let transcript = call.engine.await.unwrap();
+    assert_eq!(transcript.last().map(|m| m.text.as_str()), Some("Sure, transferring you now."), "nothing more is said");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_tool_that_cannot_run_is_a_failure_in_the_transcript_and_the_call_goes_on() {
     let config = with_actions(&[json!({"type": "action_dtmf"})]);
     let replies = vec![
@@ -583,4 +613,31 @@ async fn a_phrase_the_bot_says_fires_its_action() {
         }
     }
     call.engine.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_transferred_the_bot_neither_answers_nor_hangs_up() {
+    let transfer = json!({"type": "action_transfer_call", "config": {"phone_number": "+14155550199"}});
+    let args = r#"{"user_message": "Transferring."}"#;
+    let mut call =
+        start(with_actions(&[transfer]), vec![tool_call("", "action_transfer_call", args), reply("Hi again!")]);
+    call.next_message().await;
+    call.says("A person, please.").await;
+    call.next_message().await;
+    call.next_message().await;
+    call.next_action().await;
+    assert_eq!(call.next_action().await.0, "BOT_ACTION_FINISH: Successfully transferred call");
+    // The stream stays open a while (the carrier is connecting the third party): words on it are
+    // not the bot's to answer, and a long silence is not the bot's to end.
+    call.says("Hello? Who is this?").await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(call.llm.requests.lock().unwrap().len(), 1, "no answer after the transfer");
+    let _ = call.stream.send(FromCall::Stopped).await;
+    let mut hung_up = false;
+    while let Some(event) = call.events.recv().await {
+        hung_up |= event == Event::HangUp;
+    }
+    assert!(!hung_up, "the bot never hangs up a transferred call");
+    let transcript = call.engine.await.unwrap();
+    assert_eq!(transcript.last().map(|m| m.text.as_str()), Some("Transferring."));
 }

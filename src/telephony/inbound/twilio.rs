@@ -157,6 +157,37 @@ pub async fn twiml(State(state): State<AppState>, call: TwilioCall) -> Result<Re
     Ok(xml(state.telephony.stream_twiml(call.row.id)))
 }
 
+/// How a transfer's `<Dial>` ended (its `action` callback, about the call itself): answered and
+/// over, or not answered at all. Either way the call ends here.
+pub async fn transfer_ended(State(state): State<AppState>, call: TwilioCall) -> Result<Response, ApiError> {
+    let event = match call.req.param("DialCallStatus") {
+        Some("completed" | "answered") => Event::TransferAnswered,
+        _ => Event::TransferFailed,
+    };
+    apply_news(&state, &call.row, call.req.param("CallSid"), News::api(event)).await?;
+    Ok(xml(protocol::hangup_twiml()))
+}
+
+/// The third party's leg of a transfer (its `<Number>` status callback): it picked up.
+pub async fn transfer_answered(
+    State(state): State<AppState>,
+    Path(call_id): Path<Uuid>,
+    req: TwilioRequest,
+) -> Result<StatusCode, ApiError> {
+    let row = load_call(&state, call_id).await?;
+    if row.telephony_provider != Provider::Twilio {
+        return Err(forbidden("the call is not a Twilio call"));
+    }
+    req.verify_for(&state, row.user_id, row.telephony_account_connection_id, "the call's").await?;
+    if row.state.telephony_id.as_deref() != req.param("ParentCallSid") {
+        return Err(ApiError::BadRequest("ParentCallSid is not this call's".into()));
+    }
+    if matches!(req.param("CallStatus"), Some("in-progress" | "answered")) {
+        apply_news(&state, &row, None, News::api(Event::TransferAnswered)).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// An inbound call to a number whose voice webhook points here.
 pub async fn inbound(State(state): State<AppState>, req: TwilioRequest) -> Result<Response, ApiError> {
     let (Some(to), Some(from), Some(sid)) = (req.param("To"), req.param("From"), req.param("CallSid")) else {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{answer_inbound, apply_news, forbidden, holder_of, load_call, load_call_by_carrier_id};
 use crate::calls::News;
-use crate::domain::call::Provider;
+use crate::domain::call::{Event, Provider};
 use crate::error::ApiError;
 use crate::telephony::vonage as protocol;
 use crate::AppState;
@@ -92,6 +92,28 @@ pub async fn event(
         }
     }
     apply_news(&state, &row, uuid, news(&event)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The third party's leg of a transfer (the `connect` NCCO's event URL). `answered` makes the
+/// transfer a success; a leg that was not answered makes it a failure, and the call ends (nothing
+/// follows the `connect` in its NCCO).
+pub async fn transfer_event(
+    State(state): State<AppState>,
+    Path(call_id): Path<Uuid>,
+    signed: VerifiedVonage,
+) -> Result<StatusCode, ApiError> {
+    let event = signed.json("event")?;
+    let row = load_call(&state, call_id).await?;
+    if row.telephony_provider != Provider::Vonage {
+        return Err(forbidden("the call is not a Vonage call"));
+    }
+    let news = match event["status"].as_str() {
+        Some("answered") => Event::TransferAnswered,
+        Some("busy" | "timeout" | "unanswered" | "failed" | "rejected" | "cancelled") => Event::TransferFailed,
+        _ => return Ok(StatusCode::NO_CONTENT),
+    };
+    apply_news(&state, &row, None, News::api(news)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

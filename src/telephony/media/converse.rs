@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::calls::News;
 use std::sync::Arc;
 
+use super::actions::CallRunner;
 use crate::conversation::actions::HttpRunner;
 use crate::conversation::agent::{resolve_with, Fallbacks};
 use crate::conversation::audio::Encoding;
@@ -69,11 +70,12 @@ pub async fn start(
             return None;
         }
     };
-    providers.actions = Arc::new(HttpRunner {
+    let http = HttpRunner {
         client: state.webhooks.client.clone(),
         allow_private: state.webhooks.allow_private,
         call_id: call_id.to_string(),
-    });
+    };
+    providers.actions = Arc::new(CallRunner { http, state: state.clone(), call_id });
     let (from_call, from_call_rx) = mpsc::channel(FROM_CALL_QUEUE);
     let (events, mut events_rx) = mpsc::channel(64);
     tokio::spawn(engine::run(config, providers, from_call_rx, to_call, events));

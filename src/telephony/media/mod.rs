@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 
+pub mod actions;
 pub mod context;
 pub mod converse;
 pub mod twilio;

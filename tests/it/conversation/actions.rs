@@ -45,6 +45,9 @@ on_both_lines!(
     an_external_action_is_signed_as_the_guide_checks_and_its_answer_is_said,
     keys_the_model_presses_are_played_and_kept,
     the_bot_hangs_up_after_its_goodbye,
+    a_transfer_that_is_answered_succeeds,
+    a_transfer_nobody_answers_ends_the_call_unanswered,
+    a_transfer_to_something_that_is_not_a_number_dials_nothing,
 );
 
 /// An agent with `actions` (ids), whose webhook takes every event.
@@ -234,4 +237,155 @@ async fn the_bot_hangs_up_after_its_goodbye(w: World, line: Line) {
         line.hung_up(&w, &call).then_some(())
     })
     .await;
+}
+
+/// The call's stage and outcome now.
+async fn stage_of(w: &World, id: &str) -> (Value, Value) {
+    let (_, call) = w.app.get(&format!("/v1/calls?id={id}")).await;
+    (call["stage"].clone(), call["stage_outcome"].clone())
+}
+
+/// The model asks for a transfer to the action's number; returns the call once the carrier was
+/// asked to carry it out, and what it was asked (Twilio's TwiML or Vonage's NCCO).
+async fn transferred(w: &World, line: Line) -> (Value, Value) {
+    let action =
+        create_action(w, json!({"type": "action_transfer_call", "config": {"phone_number": "+1 650 555 0188"}})).await;
+    w.openai.then(Script::tool_calls(&[(
+        "call_1",
+        "action_transfer_call",
+        &[r#"{"user_message": "Transferring you now."}"#],
+    )]));
+    let call = line.call(w, agent_with(w, &[&action])).await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let _carrier = line.answer(w, &call).await;
+    transcript_has(w, &id, &format!("BOT: {GREETING}")).await;
+    w.deepgram.wait_for_connections(1).await;
+    w.deepgram.send(results("Can I talk to a person?", true, true)).await;
+    let text = transcript_has(w, &id, "BOT_ACTION_FINISH").await;
+    assert_eq!(
+        text.lines().skip(2).collect::<Vec<_>>(),
+        [
+            "BOT: Transferring you now.",
+            "BOT_ACTION_START: Attempting to transfer call to +1 650 555 0188",
+            "BOT_ACTION_FINISH: Successfully transferred call"
+        ]
+    );
+    assert_eq!(stage_of(w, &id).await, (json!("transfer_started"), Value::Null));
+    let telephony_id = call["telephony_id"].as_str().unwrap();
+    let asked = match line {
+        Line::Twilio => {
+            let forms = w.twilio.requests("POST", &format!("/Calls/{telephony_id}"));
+            let twiml = forms.iter().flatten().find(|(k, _)| k == "Twiml").expect("the call redirected").1.clone();
+            json!(twiml)
+        }
+        Line::Vonage => {
+            let placed = w.vonage.calls().into_iter().find(|c| c.uuid == telephony_id).unwrap();
+            assert_eq!(placed.transfers.len(), 1, "one transfer");
+            placed.transfers[0].clone()
+        }
+    };
+    (call, asked)
+}
+
+/// The carrier's news of the third party's leg: it answered, or it did not.
+async fn third_party(w: &World, line: Line, call: &Value, asked: &Value, answered: bool) {
+    let telephony_id = call["telephony_id"].as_str().unwrap();
+    match line {
+        Line::Twilio => {
+            let twiml = asked.as_str().unwrap();
+            let attribute = |name: &str| {
+                twiml.split(&format!("{name}=\"")).nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&")
+            };
+            assert!(twiml.contains(">+16505550188</Number></Dial>"), "{twiml}");
+            let token = w.twilio.state.auth_token.clone();
+            let account = w.twilio.state.account_sid.clone();
+            let form = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+                let mut form = vec![("AccountSid".to_owned(), account.clone())];
+                form.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+                form
+            };
+            if answered {
+                let leg = form(&[
+                    ("CallSid", "CAthirdparty"),
+                    ("ParentCallSid", telephony_id),
+                    ("CallStatus", "in-progress"),
+                ]);
+                let (status, _) = w.twilio.post_signed(&attribute("statusCallback"), &leg, Some(&token)).await;
+                assert_eq!(status.as_u16(), 204);
+                // Someone else's call cannot claim this one's transfer.
+                let forged = form(&[("CallSid", "CAx"), ("ParentCallSid", "CAother"), ("CallStatus", "in-progress")]);
+                let (status, _) = w.twilio.post_signed(&attribute("statusCallback"), &forged, Some(&token)).await;
+                assert_eq!(status.as_u16(), 400);
+            }
+            let dial_status = if answered { "completed" } else { "no-answer" };
+            let ended =
+                form(&[("CallSid", telephony_id), ("DialCallStatus", dial_status), ("DialCallSid", "CAthirdparty")]);
+            let (status, next) = w.twilio.post_signed(&attribute("action"), &ended, Some(&token)).await;
+            assert_eq!(status.as_u16(), 200);
+            assert!(next.contains("<Hangup/>"), "the call ends after its transfer: {next}");
+            w.twilio.status(telephony_id, "completed", &[("CallDuration", "42")]).await;
+        }
+        Line::Vonage => {
+            let connect = &asked[0];
+            assert_eq!(connect["action"], "connect");
+            assert_eq!(connect["endpoint"][0], json!({"type": "phone", "number": "16505550188"}));
+            let event_url = connect["eventUrl"][0].as_str().unwrap();
+            let secret = w.vonage.state.signature_secret.clone();
+            let leg = if answered { "answered" } else { "timeout" };
+            let status = w.vonage.post_event(event_url, "leg-2", json!({"status": leg}), Some(&secret)).await;
+            assert_eq!(status.as_u16(), 204);
+            let unsigned = w.vonage.post_event(event_url, "leg-2", json!({"status": "answered"}), None).await;
+            assert_eq!(unsigned.as_u16(), 403, "an unsigned event changes nothing");
+            w.vonage.event(telephony_id, json!({"status": "completed", "duration": "42"}), Some(&secret)).await;
+        }
+    }
+}
+
+async fn a_transfer_that_is_answered_succeeds(w: World, line: Line) {
+    let (call, asked) = transferred(&w, line).await;
+    let id = call["id"].as_str().unwrap();
+    third_party(&w, line, &call, &asked, true).await;
+    let (_, ended) = w.app.get(&format!("/v1/calls?id={id}")).await;
+    assert_eq!(
+        (ended["status"].clone(), ended["stage"].clone(), ended["stage_outcome"].clone()),
+        (json!("ended"), json!("transfer_successful"), json!("human_disconnected")),
+        "{ended}"
+    );
+}
+
+async fn a_transfer_nobody_answers_ends_the_call_unanswered(w: World, line: Line) {
+    let (call, asked) = transferred(&w, line).await;
+    let id = call["id"].as_str().unwrap();
+    third_party(&w, line, &call, &asked, false).await;
+    let (_, ended) = w.app.get(&format!("/v1/calls?id={id}")).await;
+    assert_eq!(
+        (ended["status"].clone(), ended["stage"].clone(), ended["stage_outcome"].clone()),
+        (json!("ended"), json!("transfer_started"), json!("transfer_unanswered")),
+        "{ended}"
+    );
+}
+
+async fn a_transfer_to_something_that_is_not_a_number_dials_nothing(w: World, line: Line) {
+    // The API takes any string as the number (the spec's type): the action checks it when it runs.
+    let action =
+        create_action(&w, json!({"type": "action_transfer_call", "config": {"phone_number": "my manager"}})).await;
+    let arguments = r#"{"user_message": "Let me get them."}"#;
+    w.openai.then(Script::tool_calls(&[("call_1", "action_transfer_call", &[arguments])]));
+    w.openai.then(Script::text(&["Sorry, I could not transfer you."]));
+    let (id, _carrier) = person_says(&w, line, agent_with(&w, &[&action]), "Put my manager on.").await;
+    let text = transcript_has(&w, &id, "BOT: Sorry, I could not transfer you.").await;
+    let finish = text.lines().find(|l| l.starts_with("BOT_ACTION_FINISH")).expect("the action's result");
+    assert!(
+        finish.starts_with(r#"BOT_ACTION_FINISH: Did not transfer call: "my manager" is not a phone number"#),
+        "{finish}"
+    );
+    assert_eq!(stage_of(&w, &id).await, (json!("picked_up"), Value::Null), "the call goes on with the bot");
+    let (_, call) = w.app.get(&format!("/v1/calls?id={id}")).await;
+    let telephony_id = call["telephony_id"].as_str().unwrap();
+    match line {
+        Line::Twilio => {
+            assert!(w.twilio.requests("POST", &format!("/Calls/{telephony_id}")).is_empty(), "nothing dialled")
+        }
+        Line::Vonage => assert!(w.vonage.calls().iter().all(|c| c.transfers.is_empty()), "nothing dialled"),
+    }
 }

@@ -26,6 +26,8 @@ pub struct VonageCall {
     pub body: Value,
     pub hung_up: bool,
     pub created: chrono::DateTime<chrono::Utc>,
+    /// The NCCOs the call was transferred to, in order.
+    pub transfers: Vec<Value>,
 }
 
 #[derive(Default)]
@@ -186,6 +188,7 @@ async fn v_create_call(State(state): State<Arc<VonageState>>, headers: HeaderMap
         body,
         hung_up: false,
         created: chrono::Utc::now(),
+        transfers: Vec::new(),
     });
     let latency = *state.create_latency.lock().unwrap();
     if !latency.is_zero() {
@@ -256,10 +259,13 @@ async fn v_modify_call(
     let Some(call) = calls.iter_mut().find(|c| c.uuid == uuid) else {
         return vonage_error(404, "Not Found", "No such call");
     };
-    if body["action"] != "hangup" {
-        return vonage_error(400, "Bad Request", "Unknown action");
+    match body["action"].as_str() {
+        Some("hangup") => call.hung_up = true,
+        Some("transfer") if body["destination"]["type"] == "ncco" && body["destination"]["ncco"].is_array() => {
+            call.transfers.push(body["destination"]["ncco"].clone());
+        }
+        _ => return vonage_error(400, "Bad Request", "Unknown action"),
     }
-    call.hung_up = true;
     StatusCode::NO_CONTENT.into_response()
 }
 
