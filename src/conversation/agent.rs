@@ -130,7 +130,8 @@ pub fn resolve_with(
         temperature: agent["llm_temperature"].as_f64().map(|t| t as f32),
         language: agent["language"].as_str().map(str::to_owned),
         keywords,
-        actions: docs.actions.iter().filter_map(Action::from_document).collect(),
+        actions: actions(docs),
+        keys_in_band: true,
         carrier_echoes_marks,
     };
     Ok((config, providers))
@@ -158,6 +159,17 @@ fn openai(settings: &ConversationArgs, key: Option<String>) -> Result<OpenAiComp
         ));
     }
     Ok(OpenAiCompatible::new(OpenAiSettings { base_url, api_key: key, ..OpenAiSettings::default() }))
+}
+
+/// The agent's actions; an agent that navigates phone menus (`ivr_navigation_mode: default`)
+/// can always press keys.
+fn actions(docs: &AgentDocuments) -> Vec<Action> {
+    let mut actions: Vec<Action> = docs.actions.iter().filter_map(Action::from_document).collect();
+    let navigates = docs.agent["ivr_navigation_mode"].as_str() == Some("default");
+    if navigates && !actions.iter().any(|a| a.tool().is_some_and(|t| t.name == super::actions::DTMF)) {
+        actions.extend(Action::from_document(&serde_json::json!({"type": super::actions::DTMF})));
+    }
+    actions
 }
 
 /// The model the agent names (`openai_model_name_override`), else the server's `OPENAI_MODEL`.
@@ -331,6 +343,21 @@ mod tests {
 
     fn docs(agent: Value, voice: Option<Value>) -> AgentDocuments {
         AgentDocuments { agent, prompt: "Be brief.".into(), voice, ..AgentDocuments::default() }
+    }
+
+    #[test]
+    fn an_agent_that_navigates_phone_menus_can_press_keys() {
+        let navigating =
+            resolve(&docs(json!({"ivr_navigation_mode": "default"}), None), &settings(), Encoding::Mulaw8k, true);
+        let tools: Vec<String> =
+            navigating.unwrap().0.actions.iter().filter_map(|a| a.tool()).map(|t| t.name).collect();
+        assert_eq!(tools, ["action_dtmf"]);
+        let mut with_keys = docs(json!({"ivr_navigation_mode": "default"}), None);
+        with_keys.actions = vec![json!({"type": "action_dtmf"})];
+        let (config, _) = resolve(&with_keys, &settings(), Encoding::Mulaw8k, true).unwrap();
+        assert_eq!(config.actions.len(), 1, "offered once");
+        let (config, _) = resolve(&docs(json!({}), None), &settings(), Encoding::Mulaw8k, true).unwrap();
+        assert!(config.actions.is_empty(), "not without IVR navigation");
     }
 
     #[test]

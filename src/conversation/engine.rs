@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub keywords: Vec<String>,
     /// The agent's actions: offered to the model as tools, or fired by phrases the bot says.
     pub actions: Vec<Action>,
+    /// Whether keys are pressed as tones on the call's audio (Twilio, the sandbox), or sent through
+    /// the carrier's own API (Vonage's DTMF endpoint).
+    pub keys_in_band: bool,
     /// Whether the carrier echoes marks (Twilio does; without echoes the clock tells what was
     /// played).
     pub carrier_echoes_marks: bool,
@@ -642,6 +645,15 @@ impl Engine {
                 self.ending = true;
                 let outcome = Outcome { success: true, response: json!({"success": true}), agent_message: None };
                 self.action_finished(running, outcome).await;
+            }
+            Kind::Dtmf if !self.config.keys_in_band => {
+                self.outside += 1;
+                let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
+                let keys = running.params["buttons"].as_str().unwrap_or_default().to_owned();
+                tokio::spawn(async move {
+                    let outcome = runner.run(ActionRequest::Keys { keys }).await;
+                    let _ = done.send((running, outcome)).await;
+                });
             }
             Kind::Dtmf => {
                 // The keys are played on the call's audio, as a turn of their own nobody can

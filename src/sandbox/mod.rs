@@ -874,6 +874,7 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
         .route("/twilio/2010-04-01/Accounts/{account}/Recordings/{file}", get(twilio_recording))
         .route("/vonage/v1/calls", get(vonage::list_calls).post(vonage::create_call))
         .route("/vonage/v1/calls/{uuid}", get(vonage::fetch_call).put(vonage::modify_call))
+        .route("/vonage/v1/calls/{uuid}/dtmf", axum::routing::put(vonage::dtmf))
         .route("/vonage/number/search", get(vonage::search))
         .route("/vonage/number/buy", post(vonage::numbers_ok))
         .route("/vonage/number/update", post(vonage::numbers_ok))

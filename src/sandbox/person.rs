@@ -76,6 +76,7 @@ pub struct Wire {
     /// The person is on the line: the call's media stream is open.
     on_line: AtomicBool,
     opened: Notify,
+    keys: Mutex<String>,
 }
 
 /// What happened on a sandbox call's line, for tests and the curious.
@@ -87,6 +88,8 @@ pub struct LineReport {
     pub clears: u32,
     /// The marks (or notifies) sent back as played.
     pub marks_played: u32,
+    /// The keys the server pressed through the carrier's DTMF API.
+    pub keys: String,
 }
 
 impl Wire {
@@ -100,6 +103,7 @@ impl Wire {
             finished: Notify::new(),
             on_line: AtomicBool::new(false),
             opened: Notify::new(),
+            keys: Mutex::default(),
         }
     }
 
@@ -108,6 +112,7 @@ impl Wire {
             said: self.spoken.said().into_iter().map(|u| u.text).collect(),
             clears: self.clears.load(Ordering::SeqCst),
             marks_played: self.marks.load(Ordering::SeqCst),
+            keys: self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 
@@ -125,6 +130,11 @@ impl Wire {
             }
             finished.await;
         }
+    }
+
+    /// The carrier played keys into the call.
+    pub fn pressed(&self, keys: &str) {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).push_str(keys);
     }
 
     /// Waits until the person is on the line (the media stream is open).

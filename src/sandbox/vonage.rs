@@ -136,6 +136,27 @@ pub(super) async fn fetch_call(State(sb): SandboxState, Path(uuid): Path<String>
     }
 }
 
+/// `PUT /v1/calls/{uuid}/dtmf`: the keys are played into the call (the person hears them).
+pub(super) async fn dtmf(
+    State(sb): SandboxState,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Err(r) = vonage_auth(&sb, &headers) {
+        return r;
+    }
+    let Some(call) = sb.call(&uuid) else {
+        return vonage_error(StatusCode::NOT_FOUND, "Not Found", "No call with this uuid");
+    };
+    let Some(digits) = body["digits"].as_str().filter(|d| !d.is_empty()) else {
+        return vonage_error(StatusCode::BAD_REQUEST, "Bad Request", "digits is required");
+    };
+    tracing::info!(call = %call.id, digits, "sandbox: keys pressed on the call");
+    call.wire.pressed(digits);
+    Json(json!({"message": "DTMF sent", "uuid": uuid})).into_response()
+}
+
 pub(super) async fn modify_call(
     State(sb): SandboxState,
     Path(uuid): Path<String>,

@@ -184,6 +184,21 @@ impl Carrier<'_> {
         }
     }
 
+    /// Presses `keys` on an answered call through the carrier's API (Vonage's `dtmf`; Twilio has
+    /// none: its keys go as tones on the media stream).
+    pub async fn press(&self, row: &CallRow, keys: &str) -> Result<(), CarrierError> {
+        let telephony_id =
+            row.state.telephony_id.as_deref().ok_or_else(|| {
+                CarrierError::Rejected("the call has no carrier id yet: no keys can be pressed".into())
+            })?;
+        match &self.account {
+            CarrierAccount::Twilio(_) => {
+                Err(CarrierError::Rejected("Twilio takes keys as tones on the media stream, not by its API".into()))
+            }
+            CarrierAccount::Vonage => self.telephony.vonage.send_dtmf(telephony_id, keys).await,
+        }
+    }
+
     /// What the carrier says of a call now.
     pub async fn fetch_call(&self, telephony_id: &str) -> Result<Reported, CarrierError> {
         let t = self.telephony;

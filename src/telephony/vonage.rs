@@ -201,6 +201,16 @@ impl VonageClient {
         self.send(req).await.map(|_| ())
     }
 
+    /// `PUT /v1/calls/{uuid}/dtmf`: plays the keys into the call.
+    pub async fn send_dtmf(&self, uuid: &str, digits: &str) -> Result<(), CarrierError> {
+        let req = self
+            .http
+            .put(format!("{}/v1/calls/{uuid}/dtmf", self.api_base))
+            .bearer_auth(self.jwt()?)
+            .json(&json!({"digits": digits}));
+        self.send(req).await.map(|_| ())
+    }
+
     /// Transfers a call in progress to an NCCO: what the call does from now on.
     pub async fn transfer(&self, uuid: &str, ncco: Value) -> Result<(), CarrierError> {
         let body = json!({"action": "transfer", "destination": {"type": "ncco", "ncco": ncco}});

@@ -307,6 +307,8 @@ pub enum ActionRequest {
     External { action: External, payload: Value },
     /// Transfer the call to `to` (a plausible phone number, digits).
     Transfer { to: String },
+    /// Press `keys` through the carrier's DTMF API.
+    Keys { keys: String },
 }
 
 /// Carries out the requests the engine cannot: the user's APIs, the carrier.
@@ -338,6 +340,7 @@ impl ActionRunner for HttpRunner {
                     external::request(&self.client, self.allow_private, &action, &self.call_id, &payload).await
                 }
                 ActionRequest::Transfer { .. } => Outcome::failed("this call's carrier cannot transfer it"),
+                ActionRequest::Keys { .. } => Outcome::failed("this call's carrier cannot press keys"),
             }
         })
     }

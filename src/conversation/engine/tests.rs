@@ -114,6 +114,13 @@ impl ActionRunner for FakeRunner {
         Box::pin(async move {
             let (action, payload) = match request {
                 ActionRequest::External { action, payload } => (action, payload),
+                ActionRequest::Keys { keys } => {
+                    return Outcome {
+                        success: true,
+                        response: json!({"success": true, "keys": keys}),
+                        agent_message: None,
+                    };
+                }
                 // The carrier takes a second to accept a transfer.
                 ActionRequest::Transfer { to } => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -171,6 +178,7 @@ fn config(dials: Dials) -> EngineConfig {
         language: None,
         keywords: Vec::new(),
         actions: vec![Action::from_document(&json!({"type": "action_end_conversation"})).unwrap()],
+        keys_in_band: true,
         carrier_echoes_marks: true,
     }
 }

@@ -12,6 +12,7 @@ use super::{answer_inbound, apply_news, forbidden, holder_of, load_call, load_ca
 use crate::calls::News;
 use crate::domain::call::{Event, Provider};
 use crate::error::ApiError;
+use crate::store::calls::CallRow;
 use crate::telephony::vonage as protocol;
 use crate::AppState;
 
@@ -74,6 +75,15 @@ fn call_uuid(event: &Value) -> Option<&str> {
     event["uuid"].as_str().or_else(|| event["call_uuid"].as_str())
 }
 
+/// One of this server's Vonage calls, named in a callback's path.
+async fn vonage_call(state: &AppState, call_id: Uuid) -> Result<CallRow, ApiError> {
+    let row = load_call(state, call_id).await?;
+    if row.telephony_provider != Provider::Vonage {
+        return Err(forbidden("the call is not a Vonage call"));
+    }
+    Ok(row)
+}
+
 /// An event about one of this server's Vonage calls, named in the path.
 pub async fn event(
     State(state): State<AppState>,
@@ -81,10 +91,7 @@ pub async fn event(
     signed: VerifiedVonage,
 ) -> Result<StatusCode, ApiError> {
     let event = signed.json("event")?;
-    let row = load_call(&state, call_id).await?;
-    if row.telephony_provider != Provider::Vonage {
-        return Err(forbidden("the call is not a Vonage call"));
-    }
+    let row = vonage_call(&state, call_id).await?;
     let uuid = call_uuid(&event);
     if let (Some(known), Some(given)) = (&row.state.telephony_id, uuid) {
         if known != given && event["recording_url"].is_null() {
@@ -104,10 +111,7 @@ pub async fn transfer_event(
     signed: VerifiedVonage,
 ) -> Result<StatusCode, ApiError> {
     let event = signed.json("event")?;
-    let row = load_call(&state, call_id).await?;
-    if row.telephony_provider != Provider::Vonage {
-        return Err(forbidden("the call is not a Vonage call"));
-    }
+    let row = vonage_call(&state, call_id).await?;
     let news = match event["status"].as_str() {
         Some("answered") => Event::TransferAnswered,
         Some("busy" | "timeout" | "unanswered" | "failed" | "rejected" | "cancelled") => Event::TransferFailed,

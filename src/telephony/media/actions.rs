@@ -23,9 +23,30 @@ impl ActionRunner for CallRunner {
         Box::pin(async move {
             match request {
                 ActionRequest::Transfer { to } => transfer(&self.state, self.call_id, &to).await,
+                ActionRequest::Keys { keys } => press(&self.state, self.call_id, &keys).await,
                 other => self.http.run(other).await,
             }
         })
+    }
+}
+
+/// Presses keys on the call through its carrier's DTMF API.
+async fn press(state: &AppState, call_id: Uuid, keys: &str) -> Outcome {
+    let row = match state.calls.find(call_id).await {
+        Ok(Some(row)) if !row.state.is_final() => row,
+        Ok(_) => return Outcome::failed("the call is not in progress"),
+        Err(e) => return Outcome::failed(format!("the call cannot be read: {e}")),
+    };
+    let carrier = match state.telephony.carrier_of(&row).await {
+        Ok(carrier) => carrier,
+        Err(e) => return Outcome::failed(e.to_string()),
+    };
+    match carrier.press(&row, keys).await {
+        Ok(()) => Outcome { success: true, response: json!({"success": true}), agent_message: None },
+        Err(e) => {
+            tracing::warn!(%call_id, error = %e, "the carrier did not press the keys");
+            Outcome::failed(format!("the carrier did not press the keys: {e}"))
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use crate::conversation::audio::Encoding;
 use crate::conversation::engine::{self, Event, FromCall};
 use crate::conversation::media::ToCall;
 use crate::domain::call::Event as CallEvent;
+use crate::domain::call::Provider;
 use crate::store::calls::TurnRow;
 use crate::AppState;
 
@@ -63,13 +64,15 @@ pub async fn start(
         let _call = tracing::info_span!("conversation", %call_id).entered();
         resolve_with(&docs, &state.conversation, encoding, carrier_echoes_marks, &fallbacks)
     };
-    let (config, mut providers) = match resolved {
+    let (mut config, mut providers) = match resolved {
         Ok(resolved) => resolved,
         Err(missing) => {
             tracing::warn!(%call_id, %missing, "the call's agent cannot talk on this server: the call stays silent");
             return None;
         }
     };
+    // Vonage presses keys through its DTMF API; Twilio (and the sandbox's) hear them as tones.
+    config.keys_in_band = row.telephony_provider != Provider::Vonage;
     let http = HttpRunner {
         client: state.webhooks.client.clone(),
         allow_private: state.webhooks.allow_private,

@@ -28,6 +28,8 @@ pub struct VonageCall {
     pub created: chrono::DateTime<chrono::Utc>,
     /// The NCCOs the call was transferred to, in order.
     pub transfers: Vec<Value>,
+    /// The keys pressed through the DTMF API, in order.
+    pub dtmf: Vec<String>,
 }
 
 #[derive(Default)]
@@ -72,6 +74,7 @@ impl FakeVonage {
         let router = Router::new()
             .route("/v1/calls", get(v_list_calls).post(v_create_call))
             .route("/v1/calls/{uuid}", get(v_fetch_call).put(v_modify_call))
+            .route("/v1/calls/{uuid}/dtmf", axum::routing::put(v_dtmf))
             .route("/number/search", get(v_search))
             .route("/number/buy", post(v_number_op))
             .route("/number/update", post(v_number_op))
@@ -189,6 +192,7 @@ async fn v_create_call(State(state): State<Arc<VonageState>>, headers: HeaderMap
         hung_up: false,
         created: chrono::Utc::now(),
         transfers: Vec::new(),
+        dtmf: Vec::new(),
     });
     let latency = *state.create_latency.lock().unwrap();
     if !latency.is_zero() {
@@ -267,6 +271,27 @@ async fn v_modify_call(
         _ => return vonage_error(400, "Bad Request", "Unknown action"),
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `PUT /v1/calls/{uuid}/dtmf` `{"digits"}`, as Vonage's Voice API takes it.
+async fn v_dtmf(
+    State(state): State<Arc<VonageState>>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Err(r) = v_auth(&state, &headers) {
+        return r;
+    }
+    let mut calls = state.calls.lock().unwrap();
+    let Some(call) = calls.iter_mut().find(|c| c.uuid == uuid) else {
+        return vonage_error(404, "Not Found", "No such call");
+    };
+    let Some(digits) = body["digits"].as_str() else {
+        return vonage_error(400, "Bad Request", "digits is required");
+    };
+    call.dtmf.push(digits.to_owned());
+    Json(json!({"message": "DTMF sent", "uuid": uuid})).into_response()
 }
 
 fn v_numbers_auth(state: &VonageState, headers: &HeaderMap) -> bool {
