@@ -260,6 +260,11 @@ pub struct ConversationArgs {
     #[arg(long, env = "PLAYHT_BASE_URL")]
     pub playht_base_url: Option<String>,
 
+    /// Where agents' Pinecone indexes are queried, instead of each index's own
+    /// `https://INDEX.svc.ENVIRONMENT.pinecone.io` (a proxy, a test double).
+    #[arg(long, env = "PINECONE_BASE_URL")]
+    pub pinecone_base_url: Option<String>,
+
     /// The voice `voice_vocode` voices speak with: `elevenlabs:VOICE_ID` or `azure:VOICE_NAME`.
     #[arg(long, env = "VOCODE_VOICE")]
     pub vocode_voice: Option<String>,
@@ -390,6 +395,7 @@ impl Default for ConversationArgs {
             playht_api_key: None,
             playht_user_id: None,
             playht_base_url: None,
+            pinecone_base_url: None,
             vocode_voice: None,
         }
     }

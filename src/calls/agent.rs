@@ -1,5 +1,6 @@
 //! A call's agent as its conversation runs it: the agent's documents read in the clear (its
-//! prompt's content, its voice with its key, its OpenAI connection's key, its actions).
+//! prompt's content, its voice with its key, its OpenAI connection's key, its actions, its vector
+//! database with its key).
 
 use uuid::Uuid;
 
@@ -7,7 +8,7 @@ use super::CallsError;
 use crate::conversation::agent::AgentDocuments;
 use crate::crypto::SecretBox;
 use crate::domain::documents::{
-    unseal, Resource, ACCOUNT_CONNECTIONS, ACTIONS, AGENTS, PROMPTS, PROMPT_TEMPLATES, VOICES,
+    unseal, Resource, ACCOUNT_CONNECTIONS, ACTIONS, AGENTS, PROMPTS, PROMPT_TEMPLATES, VECTOR_DATABASES, VOICES,
 };
 use crate::store::records;
 use crate::store::Conn;
@@ -48,6 +49,7 @@ pub async fn documents(
     let prompt = open(c, secrets, &PROMPTS, user_id, id_at(&agent, "prompt")).await?;
     let voice = open(c, secrets, &VOICES, user_id, id_at(&agent, "voice")).await?;
     let openai = open(c, secrets, &ACCOUNT_CONNECTIONS, user_id, id_at(&agent, "openai_account_connection")).await?;
+    let vector_database = open(c, secrets, &VECTOR_DATABASES, user_id, id_at(&agent, "vector_database")).await?;
     let mut actions = Vec::new();
     for id in agent["actions"].as_array().into_iter().flatten().filter_map(|a| a.as_str()) {
         if let Some(action) = open(c, secrets, &ACTIONS, user_id, Uuid::parse_str(id).ok()).await? {
@@ -59,6 +61,7 @@ pub async fn documents(
         voice,
         openai_key: openai.as_ref().and_then(|o| o["credentials"]["openai_api_key"].as_str()).map(str::to_owned),
         actions,
+        vector_database,
         agent,
     }))
 }

@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::actions::{Action, NoRunner};
 use super::audio::Encoding;
 use super::engine::{EngineConfig, Providers};
+use super::knowledge::{Knowledge, Pinecone};
 use super::llm::openai::{OpenAiCompatible, OpenAiSettings};
 use super::llm::scripted::Scripted;
 use super::llm::{ChatRequest, DeltaStream, Fallback, LanguageModel, LlmError};
@@ -44,6 +45,8 @@ pub struct AgentDocuments {
     pub openai_key: Option<String>,
     /// Its actions (`{"type", "config", "action_trigger"}`, secrets in the clear).
     pub actions: Vec<Value>,
+    /// Its vector database (`api_key` in the clear).
+    pub vector_database: Option<Value>,
 }
 
 /// What a call's agent lacks to listen, think or speak.
@@ -116,7 +119,7 @@ pub fn resolve_with(
         voice => voice?,
     };
     // The call's edge gives its own runner (it knows the call); until then no action reaches out.
-    let providers = Providers { stt, llm, voice, actions: Arc::new(NoRunner) };
+    let providers = Providers { stt, llm, voice, actions: Arc::new(NoRunner), knowledge: knowledge(docs, settings) };
     let keywords = agent["deepgram_keywords"]
         .as_object()
         .map(|words| words.iter().map(|(word, boost)| format!("{word}:{}", boost.as_f64().unwrap_or(1.0))).collect())
@@ -159,6 +162,28 @@ fn openai(settings: &ConversationArgs, key: Option<String>) -> Result<OpenAiComp
         ));
     }
     Ok(OpenAiCompatible::new(OpenAiSettings { base_url, api_key: key, ..OpenAiSettings::default() }))
+}
+
+/// The agent's `vector_database`, its words embedded through the same OpenAI-compatible server
+/// and key as its model. One that cannot be consulted is logged, and the call goes on without it.
+fn knowledge(docs: &AgentDocuments, settings: &ConversationArgs) -> Option<Arc<dyn Knowledge>> {
+    let document = docs.vector_database.as_ref()?;
+    let not_consulted = |reason: &str| {
+        tracing::warn!(%reason, "the agent's vector database is not consulted on this call");
+        None
+    };
+    if document["type"] != "vector_database_pinecone" {
+        return not_consulted(&format!("{} is not supported", document["type"]));
+    }
+    let key = docs.openai_key.clone().or_else(|| settings.openai_api_key.clone());
+    let base_url = settings.openai_base_url.clone().unwrap_or_else(|| super::llm::openai::DEFAULT_BASE_URL.into());
+    if key.is_none() && base_url.trim_end_matches('/') == super::llm::openai::DEFAULT_BASE_URL {
+        return not_consulted("embeddings need an openai_account_connection or OPENAI_API_KEY");
+    }
+    match Pinecone::from_document(document, settings.pinecone_base_url.as_deref(), &base_url, key) {
+        Ok(index) => Some(Arc::new(index)),
+        Err(reason) => not_consulted(&format!("its Pinecone index cannot be queried: {reason}")),
+    }
 }
 
 /// The agent's actions; an agent that navigates phone menus (`ivr_navigation_mode: default`)
@@ -374,6 +399,25 @@ mod tests {
         assert!(config.actions.is_empty());
         let defaults = resolve(&docs(json!({}), None), &settings(), Encoding::Linear16k, false).unwrap().0;
         assert_eq!(defaults.model, "gpt-4o-mini");
+    }
+
+    #[test]
+    fn a_vector_database_is_consulted_when_its_words_can_be_embedded() {
+        let pinecone =
+            json!({"type": "vector_database_pinecone", "index": "docs", "api_key": "pc", "api_environment": "gcp"});
+        let with = |vector_database: Option<Value>, s: &ConversationArgs| {
+            let docs = AgentDocuments { vector_database, ..docs(json!({}), None) };
+            resolve(&docs, s, Encoding::Mulaw8k, true).unwrap().1.knowledge.is_some()
+        };
+        assert!(with(Some(pinecone.clone()), &settings()));
+        assert!(!with(None, &settings()));
+        assert!(!with(Some(json!({"type": "vector_database_other"})), &settings()));
+        let local_model = ConversationArgs {
+            openai_api_key: None,
+            openai_base_url: Some("http://127.0.0.1:11434/v1".into()),
+            ..settings()
+        };
+        assert!(with(Some(pinecone), &local_model), "a local server embeds without a key");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::actions::{self, dtmf, Action, ActionRequest, ActionRunner, Kind, Outcome};
 use super::audio::Encoding;
+use super::knowledge::Knowledge;
 use super::llm::{ChatMessage, ChatRequest, LanguageModel, LlmDelta, Tool, ToolCall, ToolCallAccumulator};
 use super::media::ToCall;
 use super::playout::{heard_text, Playout};
@@ -64,6 +65,8 @@ pub struct Providers {
     pub voice: Arc<dyn Voice>,
     /// Carries out what actions ask of the world outside the call's audio.
     pub actions: Arc<dyn ActionRunner>,
+    /// The agent's `vector_database`, consulted before each answer to the person.
+    pub knowledge: Option<Arc<dyn Knowledge>>,
 }
 
 /// What the call's audio stream brings.
@@ -481,7 +484,15 @@ impl Engine {
         };
         let (llm, voice, encoding, out) =
             (self.providers.llm.clone(), self.providers.voice.clone(), self.config.encoding, self.generated.0.clone());
-        self.child = Some(tokio::spawn(generate(llm, voice, encoding, request, turn, out)));
+        let knowledge = self.providers.knowledge.clone();
+        self.child = Some(tokio::spawn(async move {
+            let mut request = request;
+            // In the child, bounded: this task never waits on the index.
+            if let Some(knowledge) = knowledge {
+                super::knowledge::consult(&*knowledge, &mut request).await;
+            }
+            generate(llm, voice, encoding, request, turn, out).await
+        }));
     }
 
     fn tools(&self) -> Vec<Tool> {

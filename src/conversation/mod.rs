@@ -11,6 +11,7 @@ pub mod audio;
 pub mod context;
 pub mod do_not_call;
 pub mod engine;
+pub mod knowledge;
 pub mod llm;
 pub mod media;
 pub mod playout;

@@ -9,6 +9,7 @@ use futures_util::stream;
 
 use super::*;
 use crate::conversation::actions::DTMF;
+use crate::conversation::knowledge::{KnowledgeError, Passage};
 use crate::conversation::llm::{DeltaStream, LlmError};
 use crate::conversation::stt::SttError;
 use crate::conversation::tts::{AudioStream, TtsError};
@@ -190,10 +191,20 @@ fn start(config: EngineConfig, replies: Vec<Vec<LlmDelta>>) -> Call {
 }
 
 fn start_with_stt_connect(config: EngineConfig, replies: Vec<Vec<LlmDelta>>, connect: Duration) -> Call {
+    start_with(config, replies, connect, None)
+}
+
+fn start_with(
+    config: EngineConfig,
+    replies: Vec<Vec<LlmDelta>>,
+    connect: Duration,
+    knowledge: Option<Arc<dyn Knowledge>>,
+) -> Call {
     let (person, person_rx) = mpsc::channel(16);
     let stt = Arc::new(FakeStt { events: Mutex::new(Some(person_rx)), audio: Mutex::default(), connect });
     let llm = FakeLlm::new(replies);
-    let providers = Providers { stt, llm: llm.clone(), voice: Arc::new(FakeVoice), actions: Arc::new(FakeRunner) };
+    let providers =
+        Providers { stt, llm: llm.clone(), voice: Arc::new(FakeVoice), actions: Arc::new(FakeRunner), knowledge };
     let (stream, from_call) = mpsc::channel(64);
     let (to_call, mut carrier) = mpsc::channel::<ToCall>(64);
     let (events_tx, events) = mpsc::channel(64);
@@ -648,4 +659,59 @@ async fn once_transferred_the_bot_neither_answers_nor_hangs_up() {
     assert!(!hung_up, "the bot never hangs up a transferred call");
     let transcript = call.engine.await.unwrap();
     assert_eq!(transcript.last().map(|m| m.text.as_str()), Some("Transferring."));
+}
+
+/// An index that finds one passage about opening hours, after `delay`.
+struct FakeKnowledge {
+    delay: Duration,
+    queries: Mutex<Vec<String>>,
+}
+
+impl Knowledge for FakeKnowledge {
+    fn search<'a>(&'a self, query: &'a str) -> BoxFuture<'a, Result<Vec<Passage>, KnowledgeError>> {
+        self.queries.lock().unwrap().push(query.to_owned());
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            Ok(vec![Passage { text: "Open 9 to 5.".into(), source: "hours.md".into(), score: 0.9 }])
+        })
+    }
+}
+
+/// The person asks; returns how long after their turn ended the model was asked, and what.
+async fn asked_with_knowledge(delay: Duration) -> (Duration, ChatRequest, Vec<String>) {
+    let knowledge = Arc::new(FakeKnowledge { delay, queries: Mutex::default() });
+    let mut call =
+        start_with(config(Dials::default()), vec![reply("We open at nine. ")], Duration::ZERO, Some(knowledge.clone()));
+    call.next_message().await;
+    call.person.send(SttEvent::Final { text: "When are you open?".into(), speech_final: true }).await.unwrap();
+    call.next_message().await;
+    let answer = call.next_message().await;
+    assert_eq!((answer.speaker, answer.text.as_str()), (Speaker::Bot, "We open at nine."));
+    let latency = call.latencies.last().copied().expect("the turn's latency");
+    let request = call.llm.requests.lock().unwrap()[0].clone();
+    let queries = knowledge.queries.lock().unwrap().clone();
+    call.end().await;
+    (latency.first_token.expect("a first token"), request, queries)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_model_is_shown_what_the_index_found_before_the_persons_words() {
+    let (waited, request, queries) = asked_with_knowledge(Duration::from_millis(300)).await;
+    assert_eq!(queries, ["When are you open?"]);
+    assert_eq!(waited, Duration::from_millis(300));
+    let n = request.messages.len();
+    assert!(
+        matches!(&request.messages[n - 2], ChatMessage::User(m)
+            if m == "Found 1 similar documents:\nDocument: hours.md (Confidence: 0.9)\nOpen 9 to 5."),
+        "{:?}",
+        request.messages
+    );
+    assert!(matches!(&request.messages[n - 1], ChatMessage::User(m) if m == "When are you open?"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_index_delays_the_answer_by_the_bound_at_most() {
+    let (waited, request, _) = asked_with_knowledge(Duration::from_secs(30)).await;
+    assert_eq!(waited, crate::conversation::knowledge::LOOKUP_BOUND);
+    assert!(!request.messages.iter().any(|m| matches!(m, ChatMessage::User(u) if u.starts_with("Found"))));
 }

@@ -8,6 +8,7 @@
 
 mod actions;
 mod behaviours;
+mod knowledge;
 mod line;
 
 use std::time::Duration;
@@ -43,12 +44,13 @@ struct World {
     vonage_number: tokio::sync::OnceCell<String>,
 }
 
-async fn world_with(backend: Backend, conversation: Option<ConversationArgs>) -> Option<World> {
+/// A world whose server's provider settings `adjust` changes.
+async fn world_with(backend: Backend, adjust: impl FnOnce(&mut ConversationArgs)) -> Option<World> {
     let (twilio, vonage) = (FakeTwilio::start().await, FakeVonage::start(PUBLIC_KEY_PEM).await);
     let (deepgram, openai, tts) = (FakeDeepgram::start().await, FakeOpenAi::start().await, FakeTts::start().await);
     let receiver = Receiver::start().await;
     let telephony = live_telephony(&twilio, &vonage);
-    let conversation = conversation.unwrap_or_else(|| ConversationArgs {
+    let mut conversation = ConversationArgs {
         deepgram_api_key: Some(deepgram.key.clone()),
         deepgram_url: Some(deepgram.url.clone()),
         openai_api_key: Some("sk-test-conversation".into()),
@@ -58,7 +60,8 @@ async fn world_with(backend: Backend, conversation: Option<ConversationArgs>) ->
         azure_speech_key: Some(tts.azure_key.clone()),
         azure_speech_base_url: Some(tts.base.clone()),
         ..ConversationArgs::default()
-    });
+    };
+    adjust(&mut conversation);
     let options = Options { telephony, conversation, ..Options::default() };
     let app = TestApp::spawn_with_serve(backend, options, |serve| serve.allow_private_targets = true).await?;
     twilio.own(OUR_NUMBER);
@@ -78,7 +81,7 @@ async fn world_with(backend: Backend, conversation: Option<ConversationArgs>) ->
 }
 
 async fn world(backend: Backend) -> Option<World> {
-    world_with(backend, None).await
+    world_with(backend, |_| {}).await
 }
 
 fn agent(w: &World) -> Value {
@@ -324,7 +327,7 @@ async fn a_hipaa_call_talks_and_keeps_no_transcript(w: World) {
 }
 
 async fn unconfigured(backend: Backend) -> Option<World> {
-    world_with(backend, Some(ConversationArgs::default())).await
+    world_with(backend, |settings| *settings = ConversationArgs::default()).await
 }
 
 on_both_backends!(unconfigured =>

@@ -8,6 +8,8 @@
 //! - a stream cut before its end;
 //! - a first chunk that comes late.
 //!
+//! It also makes embeddings (`POST /v1/embeddings`): [`EMBEDDING`] for any text.
+//!
 //! The events can also be packed several to a TCP write, or split in the middle of a line.
 //!
 //! Every streamed answer carries what real servers add around it:
@@ -196,6 +198,9 @@ async fn answer(
         body: json,
         at: std::time::Instant::now(),
     });
+    if uri.path() == "/v1/embeddings" {
+        return embeddings(&serde_json::from_slice(&body).unwrap_or(Value::Null));
+    }
     if uri.path() != "/v1/chat/completions" {
         return openai_error(404, &format!("Invalid URL (POST {})", uri.path()));
     }
@@ -235,6 +240,21 @@ async fn answer(
         .body(Body::from_stream(body))
         .unwrap()
 }
+
+/// `POST /v1/embeddings`: `{"model", "input"}` (a string) answered with one embedding, the same
+/// for any text.
+fn embeddings(body: &Value) -> Response {
+    let (Some(model), Some(_input)) = (body["model"].as_str(), body["input"].as_str()) else {
+        return openai_error(400, "'model' and 'input' are required");
+    };
+    let body = json!({"object": "list", "model": model,
+        "data": [{"object": "embedding", "index": 0, "embedding": EMBEDDING}],
+        "usage": {"prompt_tokens": 5, "total_tokens": 5}});
+    Json(body).into_response()
+}
+
+/// What the fake embeds any text as.
+pub const EMBEDDING: [f32; 4] = [0.25, -0.5, 0.125, 1.0];
 
 /// The events of a streamed answer, each ending in its blank line.
 fn events(reply: &Reply, model: &str) -> Vec<String> {

@@ -9,6 +9,7 @@ mod db;
 mod fake_carrier;
 pub mod fake_deepgram;
 pub mod fake_openai;
+pub mod fake_pinecone;
 pub mod fake_tts;
 mod fake_twilio;
 mod fake_vonage;
