@@ -15,7 +15,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --create-home --home-dir /var/lib/vocode vocode
+    && useradd --system --uid 10001 --create-home --home-dir /var/lib/vocode vocode \
+    && install -d -o vocode /var/lib/vocode/recordings
 COPY --from=build /src/target/release/vocode-server /usr/local/bin/vocode-server
 USER vocode
 WORKDIR /var/lib/vocode

@@ -347,9 +347,28 @@ pub struct TelephonyArgs {
     #[arg(long, env = "RECORD_CALLS", default_value_t = true, action = clap::ArgAction::Set)]
     pub record_calls: bool,
 
+    /// Record calls on this server instead of at the carrier: both sides of the conversation, as
+    /// the media stream carried them, mixed into an 8 kHz WAV file in `RECORDINGS_DIR` when the
+    /// stream ends (at most an hour; never HIPAA-compliant calls).
+    #[arg(long, env = "RECORD_ON_SERVER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub record_on_server: bool,
+
+    /// Where recordings made on this server are kept. Default: `recordings` beside the SQLite
+    /// database, or `./data/recordings`.
+    #[arg(long, env = "RECORDINGS_DIR")]
+    pub recordings_dir: Option<PathBuf>,
+
     /// Speed of the sandbox's scenarios: 0.1 plays them ten times faster.
     #[arg(long, env = "SANDBOX_TIME_SCALE", default_value_t = 1.0)]
     pub sandbox_time_scale: f64,
+}
+
+impl TelephonyArgs {
+    /// Where this server keeps the recordings it makes, when it makes them.
+    pub fn recordings(&self, database_url: &str) -> Option<PathBuf> {
+        let default = || sqlite_data_dir(database_url).unwrap_or_else(|| PathBuf::from("./data")).join("recordings");
+        self.record_on_server.then(|| self.recordings_dir.clone().unwrap_or_else(default))
+    }
 }
 
 impl Default for TelephonyArgs {
@@ -372,6 +391,8 @@ impl Default for TelephonyArgs {
             dispatch_max_attempts: 5,
             reconcile_after_secs: 300,
             record_calls: true,
+            record_on_server: false,
+            recordings_dir: None,
             sandbox_time_scale: 1.0,
         }
     }
@@ -511,5 +532,16 @@ mod tests {
         assert_eq!(sqlite_path("sqlite::memory:"), None);
         assert_eq!(sqlite_path("postgres://x@y/z"), None);
         assert_eq!(sqlite_data_dir("sqlite:v.db"), Some(PathBuf::from(".")));
+    }
+
+    #[test]
+    fn recordings_go_beside_the_database_unless_told_otherwise() {
+        let mut args = TelephonyArgs::default();
+        assert_eq!(args.recordings("sqlite:///var/lib/v.db"), None, "off by default");
+        args.record_on_server = true;
+        assert_eq!(args.recordings("sqlite:///var/lib/v.db"), Some(PathBuf::from("/var/lib/recordings")));
+        assert_eq!(args.recordings("postgres://x@y/z"), Some(PathBuf::from("./data/recordings")));
+        args.recordings_dir = Some(PathBuf::from("/srv/rec"));
+        assert_eq!(args.recordings("postgres://x@y/z"), Some(PathBuf::from("/srv/rec")));
     }
 }

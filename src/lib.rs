@@ -169,7 +169,8 @@ impl App {
             Some(sandbox) => sandbox.endpoints(),
             None => Endpoints::live(&serve.telephony)?,
         };
-        let telephony = Telephony::new(&serve.telephony, bases, endpoints, store.clone(), secrets.clone())?;
+        let recordings = serve.telephony.recordings(&global.database_url);
+        let telephony = Telephony::new(&serve.telephony, bases, endpoints, store.clone(), secrets.clone(), recordings)?;
         let queue = Queue::new(
             store.clone(),
             format!("{addr}-{}", Uuid::new_v4().simple()),

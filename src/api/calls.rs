@@ -356,11 +356,27 @@ async fn get_recording(
         .filter(|_| !row.hipaa_compliant)
         .ok_or_else(|| ApiError::NotFound(format!("Call {} has no recording", row.id)))?;
     drop(handle);
+    if url == crate::telephony::media::record::ON_SERVER {
+        return recording_made_here(&state, row.id).await;
+    }
     let carrier = state.telephony.carrier_of(&row).await.map_err(carrier_error)?;
     let fetched = carrier.fetch_recording(&url).await.map_err(carrier_error)?;
     let content_type =
         fetched.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("audio/mpeg").to_owned();
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(fetched.bytes_stream())).into_response())
+}
+
+/// A recording this server made of the call, from its recordings folder.
+async fn recording_made_here(state: &AppState, call_id: Uuid) -> Result<Response> {
+    let missing = || ApiError::NotFound(format!("Call {call_id}'s recording is no longer kept on this server"));
+    let dir = state.telephony.recordings.as_deref().ok_or_else(missing)?;
+    let path = crate::telephony::media::record::path(dir, call_id);
+    let wav = match tokio::fs::read(&path).await {
+        Ok(wav) => wav,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(ApiError::Internal(anyhow::Error::new(e).context("reading a recording"))),
+    };
+    Ok(([(header::CONTENT_TYPE, "audio/wav")], wav).into_response())
 }
 
 /// How a carrier's failure reaches the client of a request that needed it.

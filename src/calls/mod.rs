@@ -136,6 +136,11 @@ impl News {
         }
     }
 
+    /// A recording this server made of the call itself.
+    pub fn recording(recording_url: String) -> Self {
+        News { event: None, carrier_status: None, recording_url: Some(recording_url), from_carrier: false }
+    }
+
     /// Word from the carrier that changes no state (an informational status, a recording alone).
     pub fn carrier_word(recording_url: Option<String>) -> Self {
         News { event: None, carrier_status: None, recording_url, from_carrier: true }

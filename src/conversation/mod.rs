@@ -15,6 +15,7 @@ pub mod knowledge;
 pub mod llm;
 pub mod media;
 pub mod playout;
+pub mod recording;
 pub mod stt;
 pub mod tts;
 pub mod turns;

@@ -26,6 +26,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use super::*;
 use crate::conversation::audio::{rms, Encoding, Resampler};
+use crate::conversation::recording::{Recording, Side};
 use crate::conversation::stt::sandbox::SpokenLog;
 
 /// One thing the person can say: its words, and its audio (μ-law 8 kHz).
@@ -61,14 +62,16 @@ const HANGOVER: Duration = Duration::from_millis(400);
 const ANSWER_AFTER_S: f64 = 0.3;
 /// At most this much of the bot's audio is kept queued; a carrier's buffer is bounded too.
 const PLAYBACK_LIMIT: usize = 8_000 * 60;
-/// A recording keeps at most this many samples per side (10 minutes).
-const RECORDING_LIMIT: usize = 8_000 * 600;
+/// A recording keeps at most this much.
+const RECORDING_LIMIT: Duration = Duration::from_secs(600);
 
 /// What a sandbox call's line has carried: the person's side channel, the recording, and the
 /// counts tests check.
 pub struct Wire {
     pub spoken: SpokenLog,
     recording: Mutex<Recording>,
+    /// Somebody made a sound: a silent line has no recording.
+    loud: AtomicBool,
     clears: AtomicU32,
     marks: AtomicU32,
     done: AtomicBool,
@@ -96,7 +99,8 @@ impl Wire {
     pub fn new(time_scale: f64) -> Self {
         Wire {
             spoken: SpokenLog::new(time_scale),
-            recording: Mutex::new(Recording::default()),
+            recording: Mutex::new(Recording::new(RECORDING_LIMIT)),
+            loud: AtomicBool::new(false),
             clears: AtomicU32::new(0),
             marks: AtomicU32::new(0),
             done: AtomicBool::new(false),
@@ -118,7 +122,7 @@ impl Wire {
 
     /// The recording as a WAV file, if anybody made a sound.
     pub fn wav(&self) -> Option<Vec<u8>> {
-        self.recording.lock().unwrap_or_else(|e| e.into_inner()).wav()
+        self.loud.load(Ordering::SeqCst).then(|| self.recording.lock().unwrap_or_else(|e| e.into_inner()).wav())
     }
 
     /// Waits until the person's script is over.
@@ -154,76 +158,11 @@ impl Wire {
     }
 
     fn record(&self, side: Side, samples: &[i16]) {
-        self.recording.lock().unwrap_or_else(|e| e.into_inner()).put(side, Instant::now(), samples);
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Person,
-    Bot,
-}
-
-/// Both sides of a call on one timeline, 8 kHz: each side's audio is placed where it was heard
-/// (and after that side's audio before it, when the sandbox runs faster than real time).
-#[derive(Default)]
-struct Recording {
-    start: Option<Instant>,
-    person: Vec<i16>,
-    bot: Vec<i16>,
-    loud: bool,
-}
-
-impl Recording {
-    fn put(&mut self, side: Side, at: Instant, samples: &[i16]) {
-        let start = *self.start.get_or_insert(at);
-        let track = match side {
-            Side::Person => &mut self.person,
-            Side::Bot => &mut self.bot,
-        };
-        let position = (at.saturating_duration_since(start).as_secs_f64() * 8_000.0) as usize;
-        let position = position.max(track.len());
-        if position + samples.len() > RECORDING_LIMIT {
-            return;
+        if rms(samples) > TALKING_RMS {
+            self.loud.store(true, Ordering::SeqCst);
         }
-        self.loud |= rms(samples) > TALKING_RMS;
-        track.resize(position, 0);
-        track.extend_from_slice(samples);
+        self.recording.lock().unwrap_or_else(|e| e.into_inner()).put(side, std::time::Instant::now(), samples);
     }
-
-    fn wav(&self) -> Option<Vec<u8>> {
-        if !self.loud {
-            return None;
-        }
-        let length = self.person.len().max(self.bot.len());
-        let at = |track: &[i16], i: usize| i32::from(track.get(i).copied().unwrap_or(0));
-        let mixed: Vec<i16> = (0..length)
-            .map(|i| (at(&self.person, i) + at(&self.bot, i)).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16)
-            .collect();
-        Some(wav(&mixed, 8_000))
-    }
-}
-
-/// A WAV file of 16-bit mono PCM.
-pub fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
-    let data = (samples.len() * 2) as u32;
-    let mut out = Vec::with_capacity(44 + data as usize);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data.to_le_bytes());
-    for s in samples {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out
 }
 
 /// What the person hears of the bot right now.
@@ -594,21 +533,5 @@ mod tests {
             assert!((0.1..4.0).contains(&seconds), "{}: {seconds} s", line.text);
             assert!(rms(&samples) > TALKING_RMS, "{}: {}", line.text, rms(&samples));
         }
-    }
-
-    #[test]
-    fn a_recording_mixes_both_sides_where_they_were_heard() {
-        let mut recording = Recording::default();
-        let start = Instant::now();
-        assert_eq!(recording.wav(), None, "nothing heard, no recording");
-        recording.put(Side::Bot, start, &[1000; 800]);
-        recording.put(Side::Person, start + Duration::from_millis(50), &[500; 800]);
-        recording.put(Side::Person, start + Duration::from_millis(60), &[500; 10]);
-        let wav = recording.wav().unwrap();
-        assert_eq!(&wav[..4], b"RIFF");
-        assert_eq!(u32::from_le_bytes(wav[24..28].try_into().unwrap()), 8_000);
-        let samples: Vec<i16> = wav[44..].chunks(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
-        assert_eq!(samples.len(), 400 + 810, "the person's second frame follows their first");
-        assert_eq!((samples[0], samples[400], samples[900], samples[1205]), (1000, 1500, 500, 500));
     }
 }

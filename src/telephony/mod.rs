@@ -197,6 +197,9 @@ pub struct Telephony {
     /// Calls go to the built-in sandbox carrier.
     pub sandboxed: bool,
     pub record_calls: bool,
+    /// Where this server keeps the recordings it makes itself (`RECORD_ON_SERVER`); `None` when
+    /// the carriers record.
+    pub recordings: Option<std::path::PathBuf>,
     pub reconcile_after: Duration,
     pub streams: media::Streams,
     stream_key: [u8; 32],
@@ -212,6 +215,7 @@ impl Telephony {
         endpoints: Endpoints,
         store: Store,
         secrets: Arc<SecretBox>,
+        recordings: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Telephony> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(args.carrier_timeout_secs.max(1)))
@@ -236,6 +240,7 @@ impl Telephony {
             vonage_signature_secret: endpoints.vonage_signature_secret,
             sandboxed: endpoints.sandbox,
             record_calls: args.record_calls,
+            recordings,
             reconcile_after: Duration::from_secs(args.reconcile_after_secs.max(1)),
             streams: media::Streams::default(),
             stream_key: secrets.derive("media-stream-token"),

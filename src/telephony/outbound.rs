@@ -80,7 +80,8 @@ async fn dispatch_inner(state: &AppState, call_id: Uuid, attempt: Attempt) -> Ou
         to,
         from,
         machine_detection,
-        record: row.record,
+        // A call this server records itself is not recorded twice.
+        record: row.record && state.telephony.recordings.is_none(),
         extra: row
             .telephony_params
             .as_ref()

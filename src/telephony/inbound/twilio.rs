@@ -161,10 +161,14 @@ pub async fn twiml(State(state): State<AppState>, call: TwilioCall) -> Result<Re
 /// over, or not answered at all. Either way the call ends here.
 pub async fn transfer_ended(State(state): State<AppState>, call: TwilioCall) -> Result<Response, ApiError> {
     let event = match call.req.param("DialCallStatus") {
-        Some("completed" | "answered") => Event::TransferAnswered,
-        _ => Event::TransferFailed,
+        Some("completed" | "answered") => Some(Event::TransferAnswered),
+        // The person hung up while it rang: the call's own end says so (`transfer_disconnected`).
+        Some("canceled") => None,
+        _ => Some(Event::TransferFailed),
     };
-    apply_news(&state, &call.row, call.req.param("CallSid"), News::api(event)).await?;
+    if let Some(event) = event {
+        apply_news(&state, &call.row, call.req.param("CallSid"), News::api(event)).await?;
+    }
     Ok(xml(protocol::hangup_twiml()))
 }
 

@@ -20,6 +20,7 @@ use crate::AppState;
 pub mod actions;
 pub mod context;
 pub mod converse;
+pub mod record;
 pub mod twilio;
 pub mod vonage;
 

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::converse::{self, offer};
+use super::record::Recorder;
 use super::{call_matches, refuse, token_ok, AudioFormat, ToCall};
 use crate::conversation::engine::FromCall;
 use crate::AppState;
@@ -37,6 +38,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
     // Until `start` binds the stream, nothing can be sent to it.
     let mut bound: Option<(String, mpsc::Receiver<ToCall>)> = None;
     let mut conversation = None;
+    let mut recorder: Option<Recorder> = None;
     loop {
         let outgoing = async {
             match bound.as_mut() {
@@ -53,6 +55,9 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                 let sid = bound.as_ref().map(|(sid, _)| sid.clone()).unwrap_or_default();
                 if let ToCall::Audio(audio) = &out {
                     streams.update(call_id, |s| s.sent_bytes += audio.len() as u64);
+                    if let Some(recorder) = recorder.as_mut() {
+                        recorder.said(audio);
+                    }
                 }
                 if socket.send(Message::Text(framed(&sid, out).to_string().into())).await.is_err() {
                     break;
@@ -81,6 +86,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                 let sid = start["streamSid"].as_str().or(event["streamSid"].as_str()).unwrap_or_default().to_owned();
                 bound = Some((sid, streams.bind(call_id, AudioFormat::Mulaw8k)));
                 tracing::info!(%call_id, "media stream started (twilio)");
+                recorder = Recorder::for_call(&state, call_id, AudioFormat::Mulaw8k).await;
                 if let Some(port) = streams.port(call_id) {
                     conversation = converse::start(&state, call_id, AudioFormat::Mulaw8k, port.to_call, true).await;
                 }
@@ -93,6 +99,9 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                     s.media_bytes += audio.len() as u64;
                 });
                 if !audio.is_empty() {
+                    if let Some(recorder) = recorder.as_mut() {
+                        recorder.heard(&audio);
+                    }
                     offer(&conversation, FromCall::Audio(audio));
                 }
             }
@@ -115,6 +124,9 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
     }
     streams.close(call_id);
     offer(&conversation, FromCall::Stopped);
+    if let Some(recorder) = recorder {
+        recorder.finish(state.clone(), call_id).await;
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::converse::{self, offer};
+use super::record::Recorder;
 use super::{call_matches, refuse, token_ok, AudioFormat, ToCall};
 use crate::conversation::engine::FromCall;
 use crate::AppState;
@@ -47,7 +48,8 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
     streams.update(call_id, |s| s.protocol = "vonage");
     let mut outgoing: Option<mpsc::Receiver<ToCall>> = None;
     let mut conversation = None;
-    loop {
+    let mut recorder: Option<Recorder> = None;
+    'session: loop {
         let next_out = async {
             match outgoing.as_mut() {
                 Some(rx) => rx.recv().await,
@@ -62,12 +64,13 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
             Some(out) = next_out => {
                 if let ToCall::Audio(audio) = &out {
                     streams.update(call_id, |s| s.sent_bytes += audio.len() as u64);
+                    if let Some(recorder) = recorder.as_mut() {
+                        recorder.said(audio);
+                    }
                 }
                 for message in framed(out) {
                     if socket.send(message).await.is_err() {
-                        streams.close(call_id);
-                        offer(&conversation, FromCall::Stopped);
-                        return;
+                        break 'session;
                     }
                 }
                 continue;
@@ -86,6 +89,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                         }
                         outgoing = Some(streams.bind(call_id, AudioFormat::Linear16k));
                         tracing::info!(%call_id, "media stream started (vonage)");
+                        recorder = Recorder::for_call(&state, call_id, AudioFormat::Linear16k).await;
                         if let Some(port) = streams.port(call_id) {
                             // Vonage's `notify` echoes are not confirmed: the clock tells what was played.
                             conversation =
@@ -113,6 +117,9 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                     s.media_frames += 1;
                     s.media_bytes += audio.len() as u64;
                 });
+                if let Some(recorder) = recorder.as_mut() {
+                    recorder.heard(&audio);
+                }
                 offer(&conversation, FromCall::Audio(audio.to_vec()));
             }
             Message::Binary(_) => return refuse(socket, "audio before websocket:connected").await,
@@ -122,6 +129,9 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
     }
     streams.close(call_id);
     offer(&conversation, FromCall::Stopped);
+    if let Some(recorder) = recorder {
+        recorder.finish(state.clone(), call_id).await;
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ on_both_lines!(
     the_bot_hangs_up_after_its_goodbye,
     a_transfer_that_is_answered_succeeds,
     a_transfer_nobody_answers_ends_the_call_unanswered,
+    a_transfer_the_person_leaves_while_it_rings_ends_disconnected,
     a_transfer_to_something_that_is_not_a_number_dials_nothing,
 );
 
@@ -392,4 +393,37 @@ async fn a_transfer_to_something_that_is_not_a_number_dials_nothing(w: World, li
         }
         Line::Vonage => assert!(w.vonage.calls().iter().all(|c| c.transfers.is_empty()), "nothing dialled"),
     }
+}
+
+async fn a_transfer_the_person_leaves_while_it_rings_ends_disconnected(w: World, line: Line) {
+    let (call, asked) = transferred(&w, line).await;
+    let (id, telephony_id) = (call["id"].as_str().unwrap(), call["telephony_id"].as_str().unwrap());
+    match line {
+        Line::Twilio => {
+            // Twilio's `<Dial>` ends `canceled` when the caller hangs up before the answer.
+            let twiml = asked.as_str().unwrap();
+            let action = twiml.split("action=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+            let form: Vec<(String, String)> = [
+                ("AccountSid", w.twilio.state.account_sid.as_str()),
+                ("CallSid", telephony_id),
+                ("DialCallStatus", "canceled"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            let (status, _) = w.twilio.post_signed(&action, &form, Some(&w.twilio.state.auth_token.clone())).await;
+            assert_eq!(status.as_u16(), 200);
+            w.twilio.status(telephony_id, "completed", &[("CallDuration", "12")]).await;
+        }
+        Line::Vonage => {
+            let secret = w.vonage.state.signature_secret.clone();
+            w.vonage.event(telephony_id, json!({"status": "completed", "duration": "12"}), Some(&secret)).await;
+        }
+    }
+    let (_, ended) = w.app.get(&format!("/v1/calls?id={id}")).await;
+    assert_eq!(
+        (ended["status"].clone(), ended["stage"].clone(), ended["stage_outcome"].clone()),
+        (json!("ended"), json!("transfer_started"), json!("transfer_disconnected")),
+        "{ended}"
+    );
 }

@@ -10,6 +10,7 @@ mod actions;
 mod behaviours;
 mod knowledge;
 mod line;
+mod recordings_made_here;
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use vocode_server::config::ConversationArgs;
+use vocode_server::config::{ConversationArgs, ServeArgs};
 
 use crate::support::fake_deepgram::{results, FakeDeepgram};
 use crate::support::fake_openai::{FakeOpenAi, Script};
@@ -46,6 +47,15 @@ struct World {
 
 /// A world whose server's provider settings `adjust` changes.
 async fn world_with(backend: Backend, adjust: impl FnOnce(&mut ConversationArgs)) -> Option<World> {
+    world_serving(backend, adjust, |_| {}).await
+}
+
+/// A world whose server's provider settings `adjust` changes, and any other setting `tweak`.
+async fn world_serving(
+    backend: Backend,
+    adjust: impl FnOnce(&mut ConversationArgs),
+    tweak: impl FnOnce(&mut ServeArgs),
+) -> Option<World> {
     let (twilio, vonage) = (FakeTwilio::start().await, FakeVonage::start(PUBLIC_KEY_PEM).await);
     let (deepgram, openai, tts) = (FakeDeepgram::start().await, FakeOpenAi::start().await, FakeTts::start().await);
     let receiver = Receiver::start().await;
@@ -63,7 +73,11 @@ async fn world_with(backend: Backend, adjust: impl FnOnce(&mut ConversationArgs)
     };
     adjust(&mut conversation);
     let options = Options { telephony, conversation, ..Options::default() };
-    let app = TestApp::spawn_with_serve(backend, options, |serve| serve.allow_private_targets = true).await?;
+    let app = TestApp::spawn_with_serve(backend, options, |serve| {
+        serve.allow_private_targets = true;
+        tweak(serve);
+    })
+    .await?;
     twilio.own(OUR_NUMBER);
     let (status, conn) = app
         .post(
