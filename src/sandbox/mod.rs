@@ -323,6 +323,11 @@ impl Sandbox {
             _ => None,
         };
         let mut talked = 0.0;
+        // Whoever answered is heard once the line is open (a busy server may take a while to
+        // connect the stream): answering-machine detection listens to that.
+        if call.machine_detection {
+            let _ = tokio::time::timeout(Duration::from_secs(10), call.wire.opened()).await;
+        }
         if call.machine_detection && !self.wait(&call, 0.5).await {
             talked = 0.5;
             self.detection(&call, scenario != Scenario::Machine).await;
