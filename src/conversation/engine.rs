@@ -23,7 +23,7 @@ use super::actions::{self, dtmf, Action, ActionRequest, ActionRunner, Kind, Outc
 use super::audio::Encoding;
 use super::knowledge::Knowledge;
 use super::llm::{ChatMessage, ChatRequest, LanguageModel, LlmDelta, Tool, ToolCall, ToolCallAccumulator};
-use super::media::ToCall;
+use super::media::{Outlet, ToCall};
 use super::playout::{heard_text, Playout};
 use super::stt::{SpeechToText, SttConfig, SttEvent, SttSession};
 use super::tts::Voice;
@@ -182,10 +182,10 @@ pub async fn run(
     config: EngineConfig,
     providers: Providers,
     mut from_call: mpsc::Receiver<FromCall>,
-    to_call: mpsc::Sender<ToCall>,
+    to_call: impl Into<Outlet>,
     events: mpsc::Sender<Event>,
 ) -> Vec<Message> {
-    let mut engine = Engine::new(config, providers, to_call, events);
+    let mut engine = Engine::new(config, providers, to_call.into(), events);
     engine.conversation(&mut from_call).await;
     engine.stop_child();
     engine.transcript
@@ -194,7 +194,7 @@ pub async fn run(
 struct Engine {
     config: EngineConfig,
     providers: Providers,
-    to_call: mpsc::Sender<ToCall>,
+    to_call: Outlet,
     events: mpsc::Sender<Event>,
     transcript: Vec<Message>,
     history: Vec<ChatMessage>,
@@ -222,12 +222,7 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(
-        config: EngineConfig,
-        providers: Providers,
-        to_call: mpsc::Sender<ToCall>,
-        events: mpsc::Sender<Event>,
-    ) -> Self {
+    fn new(config: EngineConfig, providers: Providers, to_call: Outlet, events: mpsc::Sender<Event>) -> Self {
         let history = vec![ChatMessage::System(config.prompt.clone())];
         Engine {
             config,
@@ -658,13 +653,8 @@ impl Engine {
                 self.action_finished(running, outcome).await;
             }
             Kind::Dtmf if !self.config.keys_in_band => {
-                self.outside += 1;
-                let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
                 let keys = running.params["buttons"].as_str().unwrap_or_default().to_owned();
-                tokio::spawn(async move {
-                    let outcome = runner.run(ActionRequest::Keys { keys }).await;
-                    let _ = done.send((running, outcome)).await;
-                });
+                self.run_outside(running, ActionRequest::Keys { keys });
             }
             Kind::Dtmf => {
                 // The keys are played on the call's audio, as a turn of their own nobody can
@@ -687,31 +677,44 @@ impl Engine {
                         let outcome = Outcome::failed(format!("{to:?} is not a phone number to transfer to: {reason}"));
                         self.action_finished(running, outcome).await;
                     }
+                    Ok(number) => self.run_outside(running, ActionRequest::Transfer { to: number.digits().to_owned() }),
+                }
+            }
+            Kind::AddToConference { phone_number, place_primary_on_hold } => {
+                match crate::domain::phone::PhoneNumber::parse(&phone_number) {
+                    Err(reason) => {
+                        let outcome =
+                            Outcome::failed(format!("{phone_number:?} is not a phone number to dial in: {reason}"));
+                        self.action_finished(running, outcome).await;
+                    }
                     Ok(number) => {
-                        self.outside += 1;
-                        let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
-                        let to = number.digits().to_owned();
-                        tokio::spawn(async move {
-                            let outcome = runner.run(ActionRequest::Transfer { to }).await;
-                            let _ = done.send((running, outcome)).await;
-                        });
+                        let request =
+                            ActionRequest::Conference { to: number.digits().to_owned(), hold: place_primary_on_hold };
+                        self.run_outside(running, request);
                     }
                 }
             }
+            Kind::SetHold => self.run_outside(running, ActionRequest::Hold),
             Kind::External(external) => {
-                self.outside += 1;
-                let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
                 let payload = running.params.clone();
-                tokio::spawn(async move {
-                    let outcome = runner.run(ActionRequest::External { action: external, payload }).await;
-                    let _ = done.send((running, outcome)).await;
-                });
+                self.run_outside(running, ActionRequest::External { action: external, payload });
             }
             Kind::Unsupported(kind) => {
                 let outcome = Outcome::failed(format!("{kind} is not supported by this server yet"));
                 self.action_finished(running, outcome).await;
             }
         }
+    }
+
+    /// Runs an action outside the call's audio: the bot answers nothing meanwhile, and the result
+    /// comes back to the conversation's loop.
+    fn run_outside(&mut self, running: Running, request: ActionRequest) {
+        self.outside += 1;
+        let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
+        tokio::spawn(async move {
+            let outcome = runner.run(request).await;
+            let _ = done.send((running, outcome)).await;
+        });
     }
 
     /// The call's audio is gone while actions still run outside it (a transfer: the carrier ends
@@ -747,13 +750,30 @@ impl Engine {
     /// says what it should.
     async fn action_finished(&mut self, running: Running, outcome: Outcome) {
         self.report_result(&running, &outcome).await;
-        if matches!(running.action.kind, Kind::TransferCall { .. }) && outcome.success {
+        let handed_over = match &running.action.kind {
+            Kind::TransferCall { .. } => outcome.success,
+            Kind::SetHold => outcome.response["handed_over"] == true,
+            _ => false,
+        };
+        if handed_over {
             self.transferred = true;
         }
         let Kind::External(external) = &running.action.kind else {
-            // An action the model asked for that failed (a transfer the carrier refused, a number
-            // that is not one): the model says so rather than leave the person in silence.
-            if !outcome.success && running.tool_call_id.is_some() && !self.transferred && !self.ending {
+            if self.transferred || self.ending {
+                return;
+            }
+            if !outcome.success {
+                // An action that failed (a transfer the carrier refused, a number that is not
+                // one): the model says so rather than leave the person in silence. A phrase
+                // trigger's failure is told to it, as it asked for nothing.
+                if running.tool_call_id.is_none() {
+                    let error = outcome.response["error"].as_str().unwrap_or("it failed");
+                    let note = format!("{} failed: {error}", running.action.action_type());
+                    self.history.push(ChatMessage::System(note));
+                }
+                self.generate_turn(None);
+            } else if matches!(running.action.kind, Kind::AddToConference { .. }) && running.tool_call_id.is_some() {
+                // The third party is on the line: the model speaks to them.
                 self.generate_turn(None);
             }
             return;

@@ -13,6 +13,10 @@
 //! | busy, no-answer, canceled before pick-up | ended | created | human_unanswered | |
 //! | failed, rejected before pick-up | ended | created | call_did_not_connect | |
 //! | carrier refused the create request | error | created | call_did_not_connect | error_message |
+//! | a transfer starts (`action_transfer_call`, `action_add_to_conference`) after pick-up | – | transfer_started | – | |
+//! | the third party answers | – | transfer_successful | – | |
+//! | the third party does not answer | – | – | – | the end says `transfer_unanswered` (a warm transfer's call goes on with the bot, which may still end it: `bot_disconnected`) |
+//! | completed while the third party's phone rang | ended | transfer_started | transfer_disconnected | |
 
 use std::fmt;
 use std::str::FromStr;
@@ -290,7 +294,8 @@ pub fn transition(state: &CallState, event: &Event, now: DateTime<Utc>) -> (Call
                 next.hangup = Some(Hangup::Requested);
                 effects.push(Effect::CancelDispatch);
                 effects.push(Effect::DidNotConnect);
-            } else if next.hangup.is_none() {
+            } else if matches!(next.hangup, None | Some(Hangup::TransferUnanswered)) {
+                // (A warm transfer nobody answered leaves the call with the bot, which may end it.)
                 next.hangup = Some(Hangup::Requested);
                 effects.push(Effect::HangUp);
             }
@@ -526,6 +531,13 @@ mod tests {
         assert_eq!(summary(&s), (Ended, TransferStarted, Some(TransferUnanswered)));
         assert!(!effects.contains(&Effect::HangUp), "the carrier ends a failed transfer itself");
         // The person hung up while it rang.
+        // A warm transfer nobody answered leaves the bot on the call, which it may end.
+        let (s, effects) = run(
+            answered.clone(),
+            &[Event::TransferStarted, Event::TransferFailed, Event::EndRequested, completed.clone()],
+        );
+        assert_eq!(summary(&s), (Ended, TransferStarted, Some(BotDisconnected)));
+        assert_eq!(effects.iter().filter(|e| **e == Effect::HangUp).count(), 1);
         let (s, _) = run(answered.clone(), &[Event::TransferStarted, completed.clone()]);
         assert_eq!(summary(&s), (Ended, TransferStarted, Some(TransferDisconnected)));
         // Transfer news out of turn changes nothing.

@@ -20,6 +20,7 @@ use crate::domain::phone::PhoneNumber;
 use crate::store::Store;
 
 pub mod account;
+pub mod conference;
 pub mod inbound;
 pub mod media;
 pub mod outbound;
@@ -202,6 +203,8 @@ pub struct Telephony {
     pub recordings: Option<std::path::PathBuf>,
     pub reconcile_after: Duration,
     pub streams: media::Streams,
+    /// Warm transfers under way on this process.
+    pub conferences: conference::Conferences,
     stream_key: [u8; 32],
     /// Where account connections (and their sealed credentials) are read.
     store: Store,
@@ -243,6 +246,7 @@ impl Telephony {
             recordings,
             reconcile_after: Duration::from_secs(args.reconcile_after_secs.max(1)),
             streams: media::Streams::default(),
+            conferences: conference::Conferences::default(),
             stream_key: secrets.derive("media-stream-token"),
             store,
             secrets,

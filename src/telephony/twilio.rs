@@ -52,6 +52,19 @@ pub struct CallResource {
     pub duration: Option<String>,
 }
 
+/// What the REST API says of a conference participant it added.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Participant {
+    pub call_sid: String,
+    #[serde(default)]
+    pub conference_sid: Option<String>,
+}
+
+/// A path segment as sent: ids and names of this server's own making, escaped all the same.
+fn path_segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 #[derive(Debug, Deserialize)]
 struct ErrorBody {
     code: Option<i64>,
@@ -166,6 +179,38 @@ impl TwilioClient {
     pub async fn redirect(&self, creds: &Credentials, sid: &str, twiml: &str) -> Result<CallResource, CarrierError> {
         let req = self.http.post(self.url(creds, &format!("Calls/{sid}.json"))).form(&[("Twiml", twiml)]);
         self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)
+    }
+
+    /// `POST /Conferences/{name}/Participants.json`: dials `to` from `from` into the conference
+    /// (created by its first participant; Twilio takes its friendly name here), with `options`
+    /// (`StartConferenceOnEnter`, `StatusCallback`, …).
+    pub async fn add_participant(
+        &self,
+        creds: &Credentials,
+        conference: &str,
+        from: &PhoneNumber,
+        to: &PhoneNumber,
+        options: &[(&str, String)],
+    ) -> Result<Participant, CarrierError> {
+        let mut form: Vec<(&str, String)> = vec![("From", from.e164()), ("To", to.e164())];
+        form.extend(options.iter().cloned());
+        let path = format!("Conferences/{}/Participants.json", path_segment(conference));
+        let req = self.http.post(self.url(creds, &path)).form(&form);
+        self.send(creds, req).await?.json().await.map_err(CarrierError::bad_answer)
+    }
+
+    /// `POST /Conferences/{sid}/Participants/{call}.json` with `Hold`: puts a participant on hold
+    /// (Twilio's hold music) or takes them off it.
+    pub async fn hold_participant(
+        &self,
+        creds: &Credentials,
+        conference_sid: &str,
+        call_sid: &str,
+        hold: bool,
+    ) -> Result<(), CarrierError> {
+        let path = format!("Conferences/{}/Participants/{}.json", path_segment(conference_sid), path_segment(call_sid));
+        let req = self.http.post(self.url(creds, &path)).form(&[("Hold", if hold { "true" } else { "false" })]);
+        self.send(creds, req).await.map(|_| ())
     }
 
     /// The account's most recent calls from `from` to `to` (Twilio lists newest first): how a
@@ -380,6 +425,19 @@ pub fn transfer_twiml(to: &str, action_url: &str, answered_url: &str) -> String 
         xml_escape(action_url),
         xml_escape(answered_url),
         xml_escape(to)
+    )
+}
+
+/// The TwiML that moves a call into the conference `name` (ending its media stream): the
+/// conference starts when it enters and ends when it leaves, with no beep and no waiting music,
+/// and `events_url` hears when it joins.
+pub fn conference_twiml(name: &str, events_url: &str) -> String {
+    format!(
+        "{TWIML_HEAD}<Response><Dial><Conference startConferenceOnEnter=\"true\" endConferenceOnExit=\"true\" \
+         beep=\"false\" waitUrl=\"\" statusCallback=\"{}\" statusCallbackMethod=\"POST\" \
+         statusCallbackEvent=\"join leave\">{}</Conference></Dial></Response>",
+        xml_escape(events_url),
+        xml_escape(name)
     )
 }
 

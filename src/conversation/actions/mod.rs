@@ -4,10 +4,10 @@
 //! the transcript says of its start and its result (vocode's wording); and the requests the
 //! engine cannot carry out itself, which go to an [`ActionRunner`] (external APIs, carriers).
 //!
-//! Supported here: `action_end_conversation`, `action_dtmf` (tones played on the call's audio),
-//! `action_transfer_call` (through the call's carrier) and `action_external`. The warm-transfer
-//! pair is recognised but not offered to the model yet: the agent never promises what the server
-//! cannot do.
+//! Supported here: `action_end_conversation`, `action_dtmf` (tones played on the call's audio, or
+//! the carrier's DTMF API), `action_transfer_call` (through the call's carrier), the warm-transfer
+//! pair `action_add_to_conference` and `action_set_hold` (Twilio conferences), and
+//! `action_external`.
 
 use futures_util::future::BoxFuture;
 use serde_json::{json, Map, Value};
@@ -36,6 +36,11 @@ when: someone has indicated they expect the call to finish, and there are no fur
 to accomplish on the call. Do not use this when a human interrupts you or asks to speak to you\n";
 const DTMF_DESCRIPTION: &str = "Presses a string numbers using DTMF tones.";
 const TRANSFER_DESCRIPTION: &str = "Transfers the call to a new number. This is never used while on hold.";
+const ADD_TO_CONFERENCE_DESCRIPTION: &str = "Dials a third party into this call as a conference, placing the person \
+on hold while you speak with the third party first (unless configured not to). Once they answer, introduce the call \
+to them; then take the person off hold with action_set_hold to connect them.";
+const SET_HOLD_DESCRIPTION: &str = "Takes the person off hold (or puts them back on hold) in this call's conference. \
+Taken off hold once the third party has joined, the person is connected to the third party and you leave the call.";
 
 /// When an action runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +73,14 @@ pub enum Kind {
         phone_number: Option<String>,
     },
     External(External),
-    /// Recognised, not carried out yet (see the module's note).
+    /// Warm transfer: dial `phone_number` into the call's conference.
+    AddToConference {
+        phone_number: String,
+        place_primary_on_hold: bool,
+    },
+    /// Warm transfer: the person off hold (or on hold).
+    SetHold,
+    /// Not an action this server knows.
     Unsupported(String),
 }
 
@@ -111,6 +123,11 @@ impl Action {
                     signature_secret: config["signature_secret"].as_str().unwrap_or_default().to_owned(),
                 })
             }
+            ADD_TO_CONFERENCE => Kind::AddToConference {
+                phone_number: doc["config"]["phone_number"].as_str().unwrap_or_default().to_owned(),
+                place_primary_on_hold: doc["config"]["place_primary_on_hold"].as_bool().unwrap_or(true),
+            },
+            SET_HOLD => Kind::SetHold,
             other => Kind::Unsupported(other.to_owned()),
         };
         let trigger = match doc["action_trigger"]["type"].as_str() {
@@ -135,6 +152,8 @@ impl Action {
             Kind::Dtmf => DTMF,
             Kind::TransferCall { .. } => TRANSFER_CALL,
             Kind::External(_) => EXTERNAL,
+            Kind::AddToConference { .. } => ADD_TO_CONFERENCE,
+            Kind::SetHold => SET_HOLD,
             Kind::Unsupported(kind) => kind,
         }
     }
@@ -154,6 +173,8 @@ impl Action {
             Kind::TransferCall { .. } => Respond::Always,
             Kind::External(e) if e.speak_on_send => Respond::Always,
             Kind::External(_) => Respond::Never,
+            Kind::AddToConference { .. } => Respond::Always,
+            Kind::SetHold => Respond::Sometimes,
             Kind::Unsupported(_) => Respond::Never,
         }
     }
@@ -182,6 +203,10 @@ impl Action {
                        "description": "The phone number to transfer the call to"}}, "required": ["phone_number"]}),
             ),
             Kind::External(e) => (e.description.clone(), without_titles(&e.input_schema)),
+            Kind::AddToConference { .. } => {
+                (ADD_TO_CONFERENCE_DESCRIPTION.to_owned(), json!({"type": "object", "properties": {}}))
+            }
+            Kind::SetHold => (SET_HOLD_DESCRIPTION.to_owned(), json!({"type": "object", "properties": {}})),
             Kind::Unsupported(_) => return None,
         };
         if !parameters["properties"].is_object() {
@@ -209,6 +234,10 @@ impl Action {
             Kind::TransferCall { .. } => {
                 format!("Attempting to transfer call to {}", self.transfer_to(params).unwrap_or_default())
             }
+            Kind::AddToConference { phone_number, .. } => {
+                format!("Attempting to add {phone_number} to the conference")
+            }
+            Kind::SetHold => "Attempting to change the hold".to_owned(),
             _ => format!("!STARTING ACTION {} WITH PARAMETERS {}!", self.action_type(), params),
         };
         format!("BOT_ACTION_START: {text}")
@@ -228,6 +257,16 @@ impl Action {
             (Kind::TransferCall { .. }, true) => "Successfully transferred call".to_owned(),
             (Kind::TransferCall { .. }, false) => {
                 format!("Did not transfer call: {}", outcome.response["error"].as_str().unwrap_or("it failed"))
+            }
+            (Kind::AddToConference { phone_number, .. }, true) => format!("Added {phone_number} to the conference"),
+            (Kind::SetHold, true) if outcome.response["on_hold"] == true => "Placed the person on hold".to_owned(),
+            (Kind::SetHold, true) => "Took the person off hold".to_owned(),
+            (Kind::AddToConference { phone_number, .. }, false) => format!(
+                "Did not add {phone_number} to the conference: {}",
+                outcome.response["error"].as_str().unwrap_or("it failed")
+            ),
+            (Kind::SetHold, false) => {
+                format!("Did not change the hold: {}", outcome.response["error"].as_str().unwrap_or("it failed"))
             }
             _ => format!("!ACTION {} FINISHED WITH OUTPUT {}!", self.action_type(), outcome.response),
         };
@@ -309,6 +348,11 @@ pub enum ActionRequest {
     Transfer { to: String },
     /// Press `keys` through the carrier's DTMF API.
     Keys { keys: String },
+    /// Dial `to` (digits) into the call's conference; the person on hold while it rings when
+    /// `hold`.
+    Conference { to: String, hold: bool },
+    /// The person off hold (or on hold) in the call's conference.
+    Hold,
 }
 
 /// Carries out the requests the engine cannot: the user's APIs, the carrier.
@@ -341,6 +385,9 @@ impl ActionRunner for HttpRunner {
                 }
                 ActionRequest::Transfer { .. } => Outcome::failed("this call's carrier cannot transfer it"),
                 ActionRequest::Keys { .. } => Outcome::failed("this call's carrier cannot press keys"),
+                ActionRequest::Conference { .. } | ActionRequest::Hold => {
+                    Outcome::failed("this call's carrier has no conferences")
+                }
             }
         })
     }
@@ -417,9 +464,36 @@ mod tests {
         assert_eq!(phrased.tool(), None);
         assert!(phrased.fired_by("Thanks! HAVE a great   day."));
         assert!(!phrased.fired_by("Have a day"));
-        let hold = action(json!({"type": "action_set_hold"}));
-        assert_eq!(hold.tool(), None, "not carried out yet: not offered");
-        assert!(!hold.fired_by("anything"));
+        let unknown = action(json!({"type": "action_teleport"}));
+        assert_eq!(unknown.tool(), None, "an action this server does not know is not offered");
+        assert!(!unknown.fired_by("anything"));
+    }
+
+    #[test]
+    fn the_warm_transfer_pair_is_offered_with_its_configuration() {
+        let add = action(json!({"type": "action_add_to_conference", "config": {"phone_number": "+14155550199"}}));
+        assert_eq!(
+            add.kind,
+            Kind::AddToConference { phone_number: "+14155550199".into(), place_primary_on_hold: true }
+        );
+        let tool = add.tool().unwrap();
+        assert_eq!(tool.name, "action_add_to_conference");
+        assert_eq!(tool.parameters["required"], json!(["user_message"]), "it says something before it dials");
+        let quiet = action(json!({"type": "action_add_to_conference",
+                                  "config": {"phone_number": "+14155550199", "place_primary_on_hold": false}}));
+        assert!(matches!(quiet.kind, Kind::AddToConference { place_primary_on_hold: false, .. }));
+        let hold = action(json!({"type": "action_set_hold", "config": {}}));
+        assert_eq!(hold.tool().unwrap().name, "action_set_hold");
+        let off = Outcome { success: true, response: json!({"success": true, "on_hold": false}), agent_message: None };
+        assert_eq!(hold.result_line(&json!({}), &off), "BOT_ACTION_FINISH: Took the person off hold");
+        let on = Outcome { success: true, response: json!({"success": true, "on_hold": true}), agent_message: None };
+        assert_eq!(hold.result_line(&json!({}), &on), "BOT_ACTION_FINISH: Placed the person on hold");
+        let busy = Outcome::failed("every number of the account connection's steering pool is in use");
+        assert_eq!(
+            add.result_line(&json!({}), &busy),
+            "BOT_ACTION_FINISH: Did not add +14155550199 to the conference: every number of the account connection's \
+             steering pool is in use"
+        );
     }
 
     #[test]

@@ -122,6 +122,25 @@ impl ActionRunner for FakeRunner {
                         agent_message: None,
                     };
                 }
+                // The third party answers after three seconds, unless it is the number that never does.
+                ActionRequest::Conference { to, hold } => {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    if to == "14155550000" {
+                        return Outcome::failed("+14155550000 did not join the conference (no-answer)");
+                    }
+                    return Outcome {
+                        success: true,
+                        response: json!({"success": true, "phone_number": to, "person_on_hold": hold}),
+                        agent_message: None,
+                    };
+                }
+                ActionRequest::Hold => {
+                    return Outcome {
+                        success: true,
+                        response: json!({"success": true, "on_hold": false, "handed_over": true}),
+                        agent_message: None,
+                    };
+                }
                 // The carrier takes a second to accept a transfer.
                 ActionRequest::Transfer { to } => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -659,6 +678,73 @@ async fn once_transferred_the_bot_neither_answers_nor_hangs_up() {
     assert!(!hung_up, "the bot never hangs up a transferred call");
     let transcript = call.engine.await.unwrap();
     assert_eq!(transcript.last().map(|m| m.text.as_str()), Some("Transferring."));
+}
+
+/// The warm-transfer guide's agent: both actions fired by phrases the bot says.
+fn warm_transfer_actions(number: &str) -> Vec<Value> {
+    let phrase = |p: &str| {
+        json!({"type": "action_trigger_phrase_based",
+               "config": {"phrase_triggers": [{"phrase": p, "conditions": ["phrase_condition_type_contains"]}]}})
+    };
+    vec![
+        json!({"type": "action_set_hold", "config": {}, "action_trigger": phrase("Removing participant from hold")}),
+        json!({"type": "action_add_to_conference", "config": {"phone_number": number},
+               "action_trigger": phrase("I connect you now please hold")}),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_transfer_by_phrases_talks_to_the_third_party_then_hands_the_person_over() {
+    let replies = vec![
+        reply("Sure, I connect you now, please hold."),
+        reply("Hi, I have a customer who wants a refund. Removing participant from hold."),
+        reply("Should not be said."),
+    ];
+    let mut call = start(with_actions(&warm_transfer_actions("+14155550199")), replies);
+    call.next_message().await;
+    call.says("I want to talk to your manager.").await;
+    call.next_message().await;
+    assert_eq!(call.next_message().await.text, "Sure, I connect you now, please hold.");
+    assert_eq!(call.next_action().await.0, "BOT_ACTION_START: Attempting to add +14155550199 to the conference");
+    // While the third party's phone rings, nothing is answered.
+    call.says("Hello?").await;
+    let (finish, payload) = call.next_action().await;
+    assert_eq!(finish, "BOT_ACTION_FINISH: Added +14155550199 to the conference");
+    assert_eq!(payload["action_output"]["response"]["person_on_hold"], true);
+    assert_eq!(call.llm.requests.lock().unwrap().len(), 1, "muted while it rang");
+    // The third party speaks; the bot introduces the call, and its phrase takes the person off hold.
+    call.says("This is the manager.").await;
+    call.next_message().await;
+    let said = call.next_message().await.text;
+    assert!(said.ends_with("Removing participant from hold."), "{said}");
+    assert_eq!(call.next_action().await.0, "BOT_ACTION_START: Attempting to change the hold");
+    assert_eq!(call.next_action().await.0, "BOT_ACTION_FINISH: Took the person off hold");
+    // Handed over: the bot answers no more.
+    call.says("Thanks, I'll take it from here.").await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(call.llm.requests.lock().unwrap().len(), 2, "the bot left the conversation");
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_transfer_nobody_answers_is_told_to_the_model_and_the_bot_goes_on() {
+    let replies =
+        vec![reply("I connect you now, please hold."), reply("I'm sorry, the manager did not answer. Anything else?")];
+    let mut call = start(with_actions(&warm_transfer_actions("+14155550000")), replies);
+    call.next_message().await;
+    call.says("Manager, please.").await;
+    call.next_message().await;
+    call.next_message().await;
+    call.next_action().await;
+    let (finish, _) = call.next_action().await;
+    assert!(finish.starts_with("BOT_ACTION_FINISH: Did not add +14155550000 to the conference"), "{finish}");
+    assert_eq!(call.next_message().await.text, "I'm sorry, the manager did not answer. Anything else?");
+    let asked = call.llm.requests.lock().unwrap()[1].messages.clone();
+    assert!(
+        matches!(asked.last(), Some(ChatMessage::System(note)) if note.starts_with("action_add_to_conference failed")),
+        "the model is told: {asked:?}"
+    );
+    call.end().await;
 }
 
 /// An index that finds one passage about opening hours, after `delay`.

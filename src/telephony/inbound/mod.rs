@@ -30,6 +30,8 @@ pub fn router() -> Router<AppState> {
         .route("/telephony/twilio/twiml/{call_id}", post(twilio::twiml))
         .route("/telephony/twilio/transfer/{call_id}", post(twilio::transfer_ended))
         .route("/telephony/twilio/transfer/{call_id}/answered", post(twilio::transfer_answered))
+        .route("/telephony/twilio/conference/{call_id}", post(twilio::conference_event))
+        .route("/telephony/twilio/conference/{call_id}/third_party", post(twilio::third_party))
         .route("/telephony/vonage/transfer/{call_id}", post(vonage::transfer_event))
         .route("/telephony/twilio/inbound", post(twilio::inbound))
         .route("/telephony/twilio/stream/{call_id}", get(media::twilio::stream))

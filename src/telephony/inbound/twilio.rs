@@ -172,17 +172,34 @@ pub async fn transfer_ended(State(state): State<AppState>, call: TwilioCall) -> 
     Ok(xml(protocol::hangup_twiml()))
 }
 
-/// The third party's leg of a transfer (its `<Number>` status callback): it picked up.
-pub async fn transfer_answered(
-    State(state): State<AppState>,
-    Path(call_id): Path<Uuid>,
-    req: TwilioRequest,
-) -> Result<StatusCode, ApiError> {
-    let row = load_call(&state, call_id).await?;
-    if row.telephony_provider != Provider::Twilio {
-        return Err(forbidden("the call is not a Twilio call"));
+/// A verified Twilio request about another leg of one of this server's Twilio calls (named in the
+/// path): a transfer's or a conference's, whose `CallSid` is not the call's own.
+pub struct TwilioLeg {
+    pub row: CallRow,
+    pub req: TwilioRequest,
+}
+
+impl FromRequest<AppState> for TwilioLeg {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let Path(call_id) =
+            Path::<Uuid>::from_request_parts(&mut parts, state).await.map_err(IntoResponse::into_response)?;
+        let row = load_call(state, call_id).await.map_err(IntoResponse::into_response)?;
+        if row.telephony_provider != Provider::Twilio {
+            return Err(forbidden("the call is not a Twilio call").into_response());
+        }
+        let req = TwilioRequest::from_request(Request::from_parts(parts, body), state).await?;
+        let verified = req.verify_for(state, row.user_id, row.telephony_account_connection_id, "the call's").await;
+        verified.map_err(IntoResponse::into_response)?;
+        Ok(TwilioLeg { row, req })
     }
-    req.verify_for(&state, row.user_id, row.telephony_account_connection_id, "the call's").await?;
+}
+
+/// The third party's leg of a transfer (its `<Number>` status callback): it picked up.
+pub async fn transfer_answered(State(state): State<AppState>, leg: TwilioLeg) -> Result<StatusCode, ApiError> {
+    let TwilioLeg { row, req } = leg;
     if row.state.telephony_id.as_deref() != req.param("ParentCallSid") {
         return Err(ApiError::BadRequest("ParentCallSid is not this call's".into()));
     }
@@ -192,11 +209,69 @@ pub async fn transfer_answered(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A warm transfer's conference (its `statusCallback`): the person's call joined it.
+pub async fn conference_event(State(state): State<AppState>, leg: TwilioLeg) -> Result<StatusCode, ApiError> {
+    let TwilioLeg { row, req } = leg;
+    let joined = req.param("StatusCallbackEvent") == Some("participant-join");
+    if joined && req.param("CallSid").is_some() && req.param("CallSid") == row.state.telephony_id.as_deref() {
+        let conference = req.required("ConferenceSid")?;
+        state.telephony.conferences.person_joined(row.id, conference);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The third party's leg of a warm transfer (its participant's status callback): answered, not
+/// answered, or over — once the person was handed over to them, its end is the call's.
+pub async fn third_party(State(state): State<AppState>, leg: TwilioLeg) -> Result<StatusCode, ApiError> {
+    use crate::telephony::conference::ThirdParty;
+    let TwilioLeg { row, req } = leg;
+    let sid = req.required("CallSid")?;
+    let status = req.required("CallStatus")?;
+    let conferences = &state.telephony.conferences;
+    let news = match status {
+        "in-progress" | "answered" => ThirdParty::Answered,
+        "busy" | "no-answer" | "failed" | "canceled" => ThirdParty::NotAnswered(status.to_owned()),
+        "completed" if conferences.is_third_party(row.id, sid) && conferences.handed_over(row.id) => {
+            // The person would be left alone in the conference: the call is over.
+            conferences.forget(row.id);
+            if let Some(person) = row.state.telephony_id.as_deref().filter(|_| !row.state.is_final()) {
+                let carrier =
+                    state.telephony.carrier_of(&row).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                if let Err(e) = carrier.hang_up(person, true).await {
+                    tracing::warn!(call_id = %row.id, error = %e, "the call could not be ended after its third party left");
+                }
+            }
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        "completed"
+            if conferences.is_third_party(row.id, sid)
+                && conferences.snapshot(row.id).is_some_and(|s| s.third_party_answered) =>
+        {
+            // Before the bot handed the person over: the bot goes on with the person.
+            crate::telephony::media::warm::third_party_left(&state, &row).await;
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        "completed" => ThirdParty::NotAnswered(status.to_owned()),
+        _ => return Ok(StatusCode::NO_CONTENT),
+    };
+    if !conferences.third_party(row.id, sid, news) {
+        return Err(ApiError::BadRequest("CallSid is not this call's third party".into()));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// An inbound call to a number whose voice webhook points here.
 pub async fn inbound(State(state): State<AppState>, req: TwilioRequest) -> Result<Response, ApiError> {
     let (Some(to), Some(from), Some(sid)) = (req.param("To"), req.param("From"), req.param("CallSid")) else {
         return Err(ApiError::BadRequest("To, From and CallSid are required".into()));
     };
+    if let Some(call_id) = state.telephony.conferences.steered(to) {
+        // A steering number the call's conference dialled: the bot's leg of a warm transfer.
+        let row = load_call(&state, call_id).await?;
+        req.verify_for(&state, row.user_id, row.telephony_account_connection_id, "the call's").await?;
+        state.telephony.conferences.bot_leg_answered(call_id, sid);
+        return Ok(xml(state.telephony.stream_twiml(call_id)));
+    }
     let (to, holder) = holder_of(&state, to, Provider::Twilio).await?;
     req.verify_for(&state, holder.user_id, holder.telephony_account_connection_id, "the number's").await?;
     match answer_inbound(&state, &holder, Provider::Twilio, sid, from, &to).await? {

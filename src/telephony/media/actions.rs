@@ -1,6 +1,6 @@
 //! What a call's actions ask of the world outside its audio, carried out where the call's state
-//! and carrier are known: transfers through the call's carrier account; everything else (the
-//! users' APIs) through [`HttpRunner`].
+//! and carrier are known: transfers, keys and warm transfers ([`super::warm`]) through the call's
+//! carrier account; everything else (the users' APIs) through [`HttpRunner`].
 
 use futures_util::future::BoxFuture;
 use serde_json::json;
@@ -24,6 +24,10 @@ impl ActionRunner for CallRunner {
             match request {
                 ActionRequest::Transfer { to } => transfer(&self.state, self.call_id, &to).await,
                 ActionRequest::Keys { keys } => press(&self.state, self.call_id, &keys).await,
+                ActionRequest::Conference { to, hold } => {
+                    super::warm::add_to_conference(&self.state, self.call_id, &to, hold).await
+                }
+                ActionRequest::Hold => super::warm::set_hold(&self.state, self.call_id).await,
                 other => self.http.run(other).await,
             }
         })

@@ -15,7 +15,7 @@ use crate::conversation::actions::HttpRunner;
 use crate::conversation::agent::{resolve_with, Fallbacks};
 use crate::conversation::audio::Encoding;
 use crate::conversation::engine::{self, Event, FromCall};
-use crate::conversation::media::ToCall;
+use crate::conversation::media::Outlet;
 use crate::domain::call::Event as CallEvent;
 use crate::domain::call::Provider;
 use crate::store::calls::TurnRow;
@@ -30,7 +30,7 @@ pub async fn start(
     state: &AppState,
     call_id: Uuid,
     encoding: Encoding,
-    to_call: mpsc::Sender<ToCall>,
+    to_call: Outlet,
     carrier_echoes_marks: bool,
 ) -> Option<mpsc::Sender<FromCall>> {
     let row = match state.calls.find(call_id).await {

@@ -9,7 +9,8 @@
 //! once the audio queued before them has played.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use tokio::sync::mpsc;
@@ -23,8 +24,11 @@ pub mod converse;
 pub mod record;
 pub mod twilio;
 pub mod vonage;
+pub mod warm;
 
 pub use crate::conversation::audio::Encoding as AudioFormat;
+use crate::conversation::engine::FromCall;
+use crate::conversation::media::Outlet;
 pub use crate::conversation::media::ToCall;
 
 /// A bound stream's sending side.
@@ -53,7 +57,43 @@ pub struct StreamStats {
 
 struct Entry {
     stats: StreamStats,
+    /// The port of the call's current stream: where its conversation's audio goes.
     port: Option<MediaPort>,
+    /// Streams bound so far (each stream's generation is its number).
+    generations: u64,
+    /// The generation of the current stream, read by each stream to know whether what it hears
+    /// is the call's (a stream that is no longer current is heard by nobody).
+    current: Arc<AtomicU64>,
+    /// A stream bound and waiting to take over (a warm transfer's conference leg).
+    standby: Option<(u64, MediaPort)>,
+    /// The call's running conversation: where its streams' audio goes, and where it sends audio.
+    conversation: Option<(mpsc::Sender<FromCall>, Outlet)>,
+}
+
+impl Entry {
+    fn new() -> Self {
+        Entry {
+            stats: StreamStats::default(),
+            port: None,
+            generations: 0,
+            current: Arc::new(AtomicU64::new(0)),
+            standby: None,
+            conversation: None,
+        }
+    }
+}
+
+/// A stream's place among its call's streams.
+pub struct Binding {
+    pub generation: u64,
+    current: Arc<AtomicU64>,
+}
+
+impl Binding {
+    /// Whether this is the call's current stream: only its audio is the call's.
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::Relaxed) == self.generation
+    }
 }
 
 /// The streams of this process, by call. Finished streams are forgotten past a bound.
@@ -67,32 +107,88 @@ const REMEMBERED: usize = 10_000;
 const PORT_BUFFER: usize = 256;
 
 impl Streams {
-    fn update(&self, call_id: Uuid, f: impl FnOnce(&mut StreamStats)) {
+    fn with<T>(&self, call_id: Uuid, f: impl FnOnce(&mut Entry) -> T) -> T {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= REMEMBERED {
             map.retain(|_, e| !e.stats.closed);
         }
-        let entry = map.entry(call_id).or_insert_with(|| Entry { stats: StreamStats::default(), port: None });
-        f(&mut entry.stats);
+        f(map.entry(call_id).or_insert_with(Entry::new))
     }
 
-    /// Marks the stream bound and opens its port; returns the receiving end for the session.
-    fn bind(&self, call_id: Uuid, format: AudioFormat) -> mpsc::Receiver<ToCall> {
+    fn update(&self, call_id: Uuid, f: impl FnOnce(&mut StreamStats)) {
+        self.with(call_id, |e| f(&mut e.stats));
+    }
+
+    /// Marks the stream bound and makes it the call's current stream (a conversation already
+    /// running on the call now talks through it); returns the receiving end for the session.
+    fn bind(&self, call_id: Uuid, format: AudioFormat) -> (mpsc::Receiver<ToCall>, Binding) {
+        self.bind_as(call_id, format, false)
+    }
+
+    /// Binds a stream that waits to take over the call's audio until [`Streams::promote`].
+    fn bind_standby(&self, call_id: Uuid, format: AudioFormat) -> (mpsc::Receiver<ToCall>, Binding) {
+        self.bind_as(call_id, format, true)
+    }
+
+    fn bind_as(&self, call_id: Uuid, format: AudioFormat, standby: bool) -> (mpsc::Receiver<ToCall>, Binding) {
         let (tx, rx) = mpsc::channel(PORT_BUFFER);
-        self.update(call_id, |s| s.bound = true);
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = map.get_mut(&call_id) {
-            entry.port = Some(MediaPort { format, to_call: tx });
-        }
-        rx
+        let port = MediaPort { format, to_call: tx };
+        self.with(call_id, |entry| {
+            entry.stats.bound = true;
+            entry.stats.closed = false;
+            entry.generations += 1;
+            let generation = entry.generations;
+            if standby {
+                entry.standby = Some((generation, port));
+            } else {
+                if let Some((_, outlet)) = &entry.conversation {
+                    outlet.redirect(port.to_call.clone());
+                }
+                entry.port = Some(port);
+                entry.current.store(generation, Ordering::Relaxed);
+            }
+            (rx, Binding { generation, current: entry.current.clone() })
+        })
     }
 
-    fn close(&self, call_id: Uuid) {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = map.get_mut(&call_id) {
+    /// The stream waiting to take over becomes the call's current one; `false` when there is none.
+    pub fn promote(&self, call_id: Uuid) -> bool {
+        self.with(call_id, |entry| {
+            let Some((generation, port)) = entry.standby.take() else {
+                return false;
+            };
+            if let Some((_, outlet)) = &entry.conversation {
+                outlet.redirect(port.to_call.clone());
+            }
+            entry.port = Some(port);
+            entry.current.store(generation, Ordering::Relaxed);
+            true
+        })
+    }
+
+    /// A stream ended; returns whether it was the call's current one (whose end is the end of
+    /// the call's audio).
+    fn close(&self, call_id: Uuid, binding: &Binding) -> bool {
+        self.with(call_id, |entry| {
+            if entry.standby.as_ref().is_some_and(|(g, _)| *g == binding.generation) {
+                entry.standby = None;
+            }
+            if !binding.is_current() {
+                return false;
+            }
             entry.stats.closed = true;
             entry.port = None;
-        }
+            true
+        })
+    }
+
+    /// A stream that ended before it was bound.
+    fn close_unbound(&self, call_id: Uuid) {
+        self.with(call_id, |entry| {
+            if entry.port.is_none() {
+                entry.stats.closed = true;
+            }
+        });
     }
 
     pub fn get(&self, call_id: Uuid) -> Option<StreamStats> {
@@ -103,6 +199,35 @@ impl Streams {
     pub fn port(&self, call_id: Uuid) -> Option<MediaPort> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(&call_id).and_then(|e| e.port.clone())
     }
+
+    /// The call's conversation, while it runs.
+    pub(crate) fn running(&self, call_id: Uuid) -> Option<mpsc::Sender<FromCall>> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&call_id)?.conversation.as_ref().map(|(tx, _)| tx.clone()).filter(|tx| !tx.is_closed())
+    }
+
+    fn set_conversation(&self, call_id: Uuid, from_call: mpsc::Sender<FromCall>, outlet: Outlet) {
+        self.with(call_id, |entry| entry.conversation = Some((from_call, outlet)));
+    }
+}
+
+/// The conversation a newly bound stream carries: the call's running one (its audio moved to this
+/// stream), or a new one.
+async fn conversation_for(
+    state: &AppState,
+    call_id: Uuid,
+    format: AudioFormat,
+    carrier_echoes_marks: bool,
+) -> Option<mpsc::Sender<FromCall>> {
+    let streams = &state.telephony.streams;
+    if let Some(running) = streams.running(call_id) {
+        return Some(running);
+    }
+    let port = streams.port(call_id)?;
+    let outlet = Outlet::new(port.to_call);
+    let from_call = converse::start(state, call_id, format, outlet.clone(), carrier_echoes_marks).await?;
+    streams.set_conversation(call_id, from_call.clone(), outlet);
+    Some(from_call)
 }
 
 const POLICY_VIOLATION: u16 = 1008;

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::converse::{self, offer};
+use super::converse::offer;
 use super::record::Recorder;
-use super::{call_matches, refuse, token_ok, AudioFormat, ToCall};
+use super::{call_matches, conversation_for, refuse, token_ok, AudioFormat, Binding, ToCall};
 use crate::conversation::engine::FromCall;
 use crate::AppState;
 
@@ -37,6 +37,9 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
     streams.update(call_id, |s| s.protocol = "twilio");
     // Until `start` binds the stream, nothing can be sent to it.
     let mut bound: Option<(String, mpsc::Receiver<ToCall>)> = None;
+    let mut binding: Option<Binding> = None;
+    // The bot's leg of a warm transfer's conference, which takes over the call's conversation.
+    let mut bot_leg = false;
     let mut conversation = None;
     let mut recorder: Option<Recorder> = None;
     loop {
@@ -80,15 +83,25 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                 let start = &event["start"];
                 let params = &start["customParameters"];
                 let token = token_ok(&state, call_id, params["call_id"].as_str(), params["token"].as_str());
-                if !token || !call_matches(&state, call_id, start["callSid"].as_str()).await {
+                let call_sid = start["callSid"].as_str();
+                let conferences = &state.telephony.conferences;
+                bot_leg = conferences.is_bot_leg(call_id, call_sid);
+                if !token || !(bot_leg || call_matches(&state, call_id, call_sid).await) {
                     return refuse(socket, "this stream is not the call's").await;
                 }
                 let sid = start["streamSid"].as_str().or(event["streamSid"].as_str()).unwrap_or_default().to_owned();
-                bound = Some((sid, streams.bind(call_id, AudioFormat::Mulaw8k)));
-                tracing::info!(%call_id, "media stream started (twilio)");
-                recorder = Recorder::for_call(&state, call_id, AudioFormat::Mulaw8k).await;
-                if let Some(port) = streams.port(call_id) {
-                    conversation = converse::start(&state, call_id, AudioFormat::Mulaw8k, port.to_call, true).await;
+                if bot_leg {
+                    let (rx, standby) = streams.bind_standby(call_id, AudioFormat::Mulaw8k);
+                    (bound, binding) = (Some((sid, rx)), Some(standby));
+                    tracing::info!(%call_id, "the bot's conference leg connected");
+                    conversation = streams.running(call_id);
+                    conferences.bot_bound(call_id);
+                } else {
+                    let (rx, current) = streams.bind(call_id, AudioFormat::Mulaw8k);
+                    (bound, binding) = (Some((sid, rx)), Some(current));
+                    tracing::info!(%call_id, "media stream started (twilio)");
+                    recorder = Recorder::for_call(&state, call_id, AudioFormat::Mulaw8k).await;
+                    conversation = conversation_for(&state, call_id, AudioFormat::Mulaw8k, true).await;
                 }
             }
             Some("media") if bound.is_some() => {
@@ -98,7 +111,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                     s.media_frames += 1;
                     s.media_bytes += audio.len() as u64;
                 });
-                if !audio.is_empty() {
+                if !audio.is_empty() && binding.as_ref().is_some_and(Binding::is_current) {
                     if let Some(recorder) = recorder.as_mut() {
                         recorder.heard(&audio);
                     }
@@ -107,7 +120,9 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
             }
             Some("media") => return refuse(socket, "media before start").await,
             Some("mark") if bound.is_some() => {
-                if let Some(name) = event["mark"]["name"].as_str() {
+                if let Some(name) =
+                    event["mark"]["name"].as_str().filter(|_| binding.as_ref().is_some_and(Binding::is_current))
+                {
                     streams.update(call_id, |s| s.marks_played.push(name.to_owned()));
                     offer(&conversation, FromCall::Played(name.to_owned()));
                 }
@@ -122,8 +137,19 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
             _ => {}
         }
     }
-    streams.close(call_id);
-    offer(&conversation, FromCall::Stopped);
+    let current = match &binding {
+        Some(binding) => streams.close(call_id, binding),
+        None => {
+            streams.close_unbound(call_id);
+            true
+        }
+    };
+    if current {
+        offer(&conversation, FromCall::Stopped);
+    }
+    if bot_leg {
+        state.telephony.conferences.bot_left(call_id);
+    }
     if let Some(recorder) = recorder {
         recorder.finish(state.clone(), call_id).await;
     }

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::converse::{self, offer};
+use super::converse::offer;
 use super::record::Recorder;
-use super::{call_matches, refuse, token_ok, AudioFormat, ToCall};
+use super::{call_matches, conversation_for, refuse, token_ok, AudioFormat, Binding, ToCall};
 use crate::conversation::engine::FromCall;
 use crate::AppState;
 
@@ -47,6 +47,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
     let streams = &state.telephony.streams;
     streams.update(call_id, |s| s.protocol = "vonage");
     let mut outgoing: Option<mpsc::Receiver<ToCall>> = None;
+    let mut binding: Option<Binding> = None;
     let mut conversation = None;
     let mut recorder: Option<Recorder> = None;
     'session: loop {
@@ -87,14 +88,12 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
                         if !token || !call_matches(&state, call_id, None).await {
                             return refuse(socket, "this stream is not the call's").await;
                         }
-                        outgoing = Some(streams.bind(call_id, AudioFormat::Linear16k));
+                        let (rx, bound) = streams.bind(call_id, AudioFormat::Linear16k);
+                        (outgoing, binding) = (Some(rx), Some(bound));
                         tracing::info!(%call_id, "media stream started (vonage)");
                         recorder = Recorder::for_call(&state, call_id, AudioFormat::Linear16k).await;
-                        if let Some(port) = streams.port(call_id) {
-                            // Vonage's `notify` echoes are not confirmed: the clock tells what was played.
-                            conversation =
-                                converse::start(&state, call_id, AudioFormat::Linear16k, port.to_call, false).await;
-                        }
+                        // Vonage's `notify` echoes are not confirmed: the clock tells what was played.
+                        conversation = conversation_for(&state, call_id, AudioFormat::Linear16k, false).await;
                     }
                     Some("websocket:dtmf") if outgoing.is_some() => {
                         let digit = event["digit"].as_str().or(event["dtmf"]["digit"].as_str());
@@ -127,8 +126,16 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
             _ => {}
         }
     }
-    streams.close(call_id);
-    offer(&conversation, FromCall::Stopped);
+    let current = match &binding {
+        Some(binding) => streams.close(call_id, binding),
+        None => {
+            streams.close_unbound(call_id);
+            true
+        }
+    };
+    if current {
+        offer(&conversation, FromCall::Stopped);
+    }
     if let Some(recorder) = recorder {
         recorder.finish(state.clone(), call_id).await;
     }

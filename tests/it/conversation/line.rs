@@ -94,26 +94,7 @@ impl Line {
             Line::Twilio => {
                 w.twilio.status(telephony_id, "in-progress", &[]).await;
                 let (_, twiml) = w.twilio.twiml(telephony_id).await;
-                let url = twiml.split("url=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
-                let param = |name: &str| {
-                    twiml
-                        .split(&format!("name=\"{name}\" value=\""))
-                        .nth(1)
-                        .unwrap()
-                        .split('"')
-                        .next()
-                        .unwrap()
-                        .to_owned()
-                };
-                let (socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
-                let carrier = Carrier::start(self, socket);
-                carrier.send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}));
-                carrier.send(json!({"event": "start", "sequenceNumber": "1", "streamSid": STREAM_SID,
-                    "start": {"accountSid": w.twilio.state.account_sid, "streamSid": STREAM_SID, "callSid": telephony_id,
-                              "tracks": ["inbound"],
-                              "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                              "customParameters": {"call_id": param("call_id"), "token": param("token")}}}));
-                carrier
+                twilio_stream(w, &twiml, telephony_id).await
             }
             Line::Vonage => {
                 let secret = w.vonage.state.signature_secret.clone();
@@ -147,6 +128,23 @@ impl Line {
             Line::Vonage => w.vonage.calls().iter().any(|c| c.uuid == telephony_id && c.hung_up),
         }
     }
+}
+
+/// Twilio connects the stream `twiml` (`<Connect><Stream>`) asks for, for its call `call_sid`.
+pub async fn twilio_stream(w: &World, twiml: &str, call_sid: &str) -> Carrier {
+    let url = twiml.split("url=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    let param = |name: &str| {
+        twiml.split(&format!("name=\"{name}\" value=\"")).nth(1).unwrap().split('"').next().unwrap().to_owned()
+    };
+    let (socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let carrier = Carrier::start(Line::Twilio, socket);
+    carrier.send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}));
+    carrier.send(json!({"event": "start", "sequenceNumber": "1", "streamSid": STREAM_SID,
+        "start": {"accountSid": w.twilio.state.account_sid, "streamSid": STREAM_SID, "callSid": call_sid,
+                  "tracks": ["inbound"],
+                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                  "customParameters": {"call_id": param("call_id"), "token": param("token")}}}));
+    carrier
 }
 
 /// A clear, as the carrier got it.
@@ -303,6 +301,13 @@ impl Carrier {
 
     fn send(&self, message: Value) {
         self.send.send(Message::text(message.to_string())).unwrap();
+    }
+
+    /// Twilio ends the stream (the call hung up, or moved on to other TwiML).
+    pub fn stop(&self) {
+        assert_eq!(self.line, Line::Twilio);
+        self.send(json!({"event": "stop", "sequenceNumber": "99", "streamSid": STREAM_SID,
+                         "stop": {"accountSid": "AC", "callSid": "CA"}}));
     }
 
     /// A frame of the person's voice, 20 ms in the stream's encoding, sent up the stream.

@@ -11,6 +11,7 @@ mod behaviours;
 mod knowledge;
 mod line;
 mod recordings_made_here;
+mod warm_transfer;
 
 use std::time::Duration;
 

@@ -41,6 +41,19 @@ impl TwilioCall {
     }
 }
 
+/// A conference the fake holds: created by its first participant.
+#[derive(Debug, Clone, Default)]
+pub struct Conference {
+    pub sid: String,
+    /// Participants added through the API, in order: their call's sid.
+    pub added: Vec<String>,
+    /// Calls in the conference: those added, and those that joined by TwiML (once the test,
+    /// playing Twilio, says so with [`FakeTwilio::conference_event`]).
+    pub joined: Vec<String>,
+    /// Participants on hold.
+    pub on_hold: Vec<String>,
+}
+
 /// A request the fake received: method, path, form.
 pub type Request = (String, String, Vec<(String, String)>);
 
@@ -55,6 +68,8 @@ pub struct TwilioState {
     pub requests: Mutex<Vec<Request>>,
     pub failures: Mutex<VecDeque<Failure>>,
     pub released: Mutex<Vec<String>>,
+    /// Conferences by friendly name: their sid, and each participant's call and hold.
+    pub conferences: Mutex<HashMap<String, Conference>>,
     /// How long creating a call takes to answer (the call exists from the start, as when a
     /// carrier has acted on a request whose answer is still on its way).
     pub create_latency: Mutex<Duration>,
@@ -108,6 +123,11 @@ impl FakeTwilio {
                 post(t_update_number).delete(t_release),
             )
             .route("/2010-04-01/Accounts/{account}/Recordings/{file}", get(t_recording))
+            .route("/2010-04-01/Accounts/{account}/Conferences/{conference}/Participants.json", post(t_add_participant))
+            .route(
+                "/2010-04-01/Accounts/{account}/Conferences/{conference}/Participants/{file}",
+                post(t_update_participant),
+            )
             .with_state(state.clone());
         FakeTwilio { base: serve(router).await, state, client: reqwest::Client::new() }
     }
@@ -140,6 +160,33 @@ impl FakeTwilio {
         if let Some(c) = calls.iter_mut().find(|c| c.sid == sid) {
             c.status = status.into();
         }
+    }
+
+    /// The conference named `name`, once its first participant was added.
+    pub fn conference(&self, name: &str) -> Option<Conference> {
+        self.state.conferences.lock().unwrap().get(name).cloned()
+    }
+
+    /// A conference's `statusCallback`, about a participant's call, signed by the account.
+    pub async fn conference_event(&self, url: &str, conference_sid: &str, call_sid: &str, event: &str) -> StatusCode {
+        if event == "participant-join" {
+            let mut conferences = self.state.conferences.lock().unwrap();
+            if let Some(c) = conferences.values_mut().find(|c| c.sid == conference_sid) {
+                c.joined.push(call_sid.to_owned());
+            }
+        }
+        let params: Vec<(String, String)> = [
+            ("AccountSid", self.state.account_sid.as_str()),
+            ("ConferenceSid", conference_sid),
+            ("FriendlyName", "conference"),
+            ("CallSid", call_sid),
+            ("StatusCallbackEvent", event),
+            ("Timestamp", &chrono::Utc::now().to_rfc2822()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        self.post_signed(url, &params, Some(&self.state.auth_token.clone())).await.0
     }
 
     pub fn requests(&self, method: &str, path_part: &str) -> Vec<Vec<(String, String)>> {
@@ -524,4 +571,81 @@ async fn t_recording(
         return r;
     }
     ([(header::CONTENT_TYPE, "audio/mpeg")], RECORDING_BYTES).into_response()
+}
+
+/// `POST Conferences/{name or sid}/Participants.json`: dials `To` from `From` into the conference,
+/// creating it (by its friendly name) with its first participant, as Twilio documents.
+async fn t_add_participant(
+    State(state): State<Arc<TwilioState>>,
+    Path((account, conference)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    t_record(&state, "POST", format!("/Conferences/{conference}/Participants.json"), &form);
+    if let Err(r) = t_auth(&state, &headers, &account) {
+        return r;
+    }
+    let call = TwilioCall {
+        sid: format!("CA{}", uuid::Uuid::new_v4().simple()),
+        form: form.clone(),
+        status: "queued".into(),
+        created: chrono::Utc::now(),
+    };
+    if !e164(call.field("To")) || !e164(call.field("From")) {
+        return twilio_error(400, 21211, "From and To must be phone numbers");
+    }
+    if call.field("To") == call.field("From") {
+        return twilio_error(400, 21266, "'To' and 'From' cannot be the same");
+    }
+    if let Some(r) = t_failure(&state).await {
+        return r;
+    }
+    let conference_sid = {
+        let mut conferences = state.conferences.lock().unwrap();
+        let entry = conferences.entry(conference.clone()).or_insert_with(|| Conference {
+            sid: format!("CF{}", uuid::Uuid::new_v4().simple()),
+            ..Conference::default()
+        });
+        entry.added.push(call.sid.clone());
+        entry.joined.push(call.sid.clone());
+        entry.sid.clone()
+    };
+    let answer = json!({"account_sid": state.account_sid, "call_sid": call.sid, "conference_sid": conference_sid,
+                        "hold": false, "muted": false, "status": "queued", "label": null,
+                        "start_conference_on_enter": call.field("StartConferenceOnEnter") == Some("true"),
+                        "end_conference_on_exit": call.field("EndConferenceOnExit") == Some("true")});
+    state.calls.lock().unwrap().push(call);
+    (StatusCode::CREATED, Json(answer)).into_response()
+}
+
+/// `POST Conferences/{sid}/Participants/{call}.json`: `Hold` puts a participant on hold or takes
+/// them off it. Only a conference's sid names it here, and only its participants are found.
+async fn t_update_participant(
+    State(state): State<Arc<TwilioState>>,
+    Path((account, conference, file)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    t_record(&state, "POST", format!("/Conferences/{conference}/Participants/{file}"), &form);
+    if let Err(r) = t_auth(&state, &headers, &account) {
+        return r;
+    }
+    let call = sid_of(&file);
+    let mut conferences = state.conferences.lock().unwrap();
+    let Some(found) = conferences.values_mut().find(|c| c.sid == conference) else {
+        return twilio_error(404, 20404, "The requested resource was not found");
+    };
+    if !found.joined.contains(&call) {
+        return twilio_error(404, 20404, "The requested resource was not found");
+    }
+    let hold = form.iter().find(|(k, _)| k == "Hold").map(|(_, v)| v.as_str());
+    match hold {
+        Some("true") if !found.on_hold.contains(&call) => found.on_hold.push(call.clone()),
+        Some("false") => found.on_hold.retain(|c| *c != call),
+        _ => {}
+    }
+    let on_hold = found.on_hold.contains(&call);
+    Json(json!({"call_sid": call, "conference_sid": conference, "hold": on_hold})).into_response()
 }

@@ -1,0 +1,320 @@
+//! Warm transfers on Twilio (`action_add_to_conference`, `action_set_hold`), as `warm-transfer.mdx`
+//! describes them: the call moves into a conference, the bot joins it on a leg of its own, the
+//! person is put on hold, the third party is dialled in, and the person is taken off hold.
+//!
+//! The bot's audio is a media stream, which Twilio can only connect to a call, not to a
+//! conference. So the conference calls a number of the account connection's **steering pool**;
+//! that number's calls come to this server, which connects them to the call's running
+//! conversation (the stream waits on standby until the person's call has moved into the
+//! conference, then takes over). The steering number is leased to the call from then until the
+//! bot leaves the conference, and dials the third party in: the pool's size is the number of warm
+//! transfers under way at once. A pool with no free number refuses (429, as the guide says).
+//!
+//! What is kept here is this process's: the carrier's news of the conference (who joined, how the
+//! third party's leg went) comes to the callbacks of [`crate::telephony::inbound::twilio`], which
+//! hand it to the action waiting for it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::domain::phone::PhoneNumber;
+
+/// The third party's leg, as the carrier reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThirdParty {
+    Answered,
+    /// Busy, no answer, failed, canceled: the carrier's word for it.
+    NotAnswered(String),
+}
+
+/// Why no steering number could be leased.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoLease {
+    #[error("this call is already in a conference")]
+    AlreadyInConference,
+    #[error("the account connection's steering pool has no numbers: add one with add_to_steering_pool")]
+    EmptyPool,
+    #[error("every number of the account connection's steering pool is in use by another warm transfer")]
+    Exhausted,
+}
+
+/// One call's warm transfer.
+#[derive(Debug, Default)]
+struct Warm {
+    name: String,
+    steering: Option<PhoneNumber>,
+    /// The conference's call to the steering number (the bot's participant).
+    bot_participant: Option<String>,
+    /// The steering number's inbound call, whose media stream carries the bot.
+    bot_leg: Option<String>,
+    bot_bound: Option<oneshot::Sender<()>>,
+    conference_sid: Option<String>,
+    /// The person's call joined the conference.
+    person_joined: Option<oneshot::Sender<()>>,
+    person_on_hold: bool,
+    third_party: Option<String>,
+    third_party_news: Option<oneshot::Sender<ThirdParty>>,
+    third_party_answered: bool,
+    /// The bot left the conference (the person was handed to the third party).
+    bot_left: bool,
+}
+
+/// What an action needs to know of a call's conference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub name: String,
+    pub conference_sid: Option<String>,
+    pub bot_participant: Option<String>,
+    pub person_on_hold: bool,
+    pub third_party_answered: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: HashMap<Uuid, Warm>,
+    /// Steering numbers in use (digits), and the call each is leased to.
+    leased: HashMap<String, Uuid>,
+}
+
+/// This process's warm transfers.
+#[derive(Default)]
+pub struct Conferences {
+    inner: Mutex<Inner>,
+}
+
+/// The conference's name at the carrier.
+pub fn conference_name(call_id: Uuid) -> String {
+    format!("vocode-{call_id}")
+}
+
+impl Conferences {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn with_call<T>(&self, call_id: Uuid, f: impl FnOnce(&mut Warm) -> T) -> Option<T> {
+        self.with(|inner| inner.calls.get_mut(&call_id).map(f))
+    }
+
+    /// Leases a free number of `pool` (digits) to the call, and opens its warm transfer.
+    pub fn lease(&self, call_id: Uuid, pool: &[String]) -> Result<PhoneNumber, NoLease> {
+        self.with(|inner| {
+            if inner.calls.contains_key(&call_id) {
+                return Err(NoLease::AlreadyInConference);
+            }
+            let numbers: Vec<PhoneNumber> = pool.iter().filter_map(|n| PhoneNumber::parse(n).ok()).collect();
+            if numbers.is_empty() {
+                return Err(NoLease::EmptyPool);
+            }
+            let free =
+                numbers.into_iter().find(|n| !inner.leased.contains_key(n.digits())).ok_or(NoLease::Exhausted)?;
+            inner.leased.insert(free.digits().to_owned(), call_id);
+            let warm = Warm { name: conference_name(call_id), steering: Some(free.clone()), ..Warm::default() };
+            inner.calls.insert(call_id, warm);
+            Ok(free)
+        })
+    }
+
+    /// The call a steering number is leased to, for a call the carrier brings to that number.
+    pub fn steered(&self, to: &str) -> Option<Uuid> {
+        let number = PhoneNumber::parse(to).ok()?;
+        self.with(|inner| inner.leased.get(number.digits()).copied())
+    }
+
+    /// Waits for the bot's leg to bind its stream; call before the conference dials it.
+    pub fn expect_bot(&self, call_id: Uuid, participant: Option<String>) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        self.with_call(call_id, |warm| {
+            warm.bot_bound = Some(tx);
+            if participant.is_some() {
+                warm.bot_participant = participant;
+            }
+        })?;
+        Some(rx)
+    }
+
+    pub fn set_bot_participant(&self, call_id: Uuid, participant: String, conference_sid: Option<String>) {
+        self.with_call(call_id, |warm| {
+            warm.bot_participant = Some(participant);
+            if conference_sid.is_some() {
+                warm.conference_sid = conference_sid;
+            }
+        });
+    }
+
+    /// The steering number's inbound call is the bot's leg.
+    pub fn bot_leg_answered(&self, call_id: Uuid, call_sid: &str) {
+        self.with_call(call_id, |warm| warm.bot_leg = Some(call_sid.to_owned()));
+    }
+
+    /// Whether a stream the carrier opens for `call_sid` is the bot's conference leg.
+    pub fn is_bot_leg(&self, call_id: Uuid, call_sid: Option<&str>) -> bool {
+        let Some(sid) = call_sid else { return false };
+        self.with_call(call_id, |warm| warm.bot_leg.as_deref() == Some(sid)).unwrap_or(false)
+    }
+
+    /// The bot's leg has bound its stream.
+    pub fn bot_bound(&self, call_id: Uuid) {
+        if let Some(Some(tx)) = self.with_call(call_id, |warm| warm.bot_bound.take()) {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn expect_person(&self, call_id: Uuid) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        self.with_call(call_id, |warm| warm.person_joined = Some(tx))?;
+        Some(rx)
+    }
+
+    /// The person's call joined the conference `conference_sid`.
+    pub fn person_joined(&self, call_id: Uuid, conference_sid: &str) {
+        let tx = self.with_call(call_id, |warm| {
+            warm.conference_sid = Some(conference_sid.to_owned());
+            warm.person_joined.take()
+        });
+        if let Some(Some(tx)) = tx {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn set_on_hold(&self, call_id: Uuid, on_hold: bool) {
+        self.with_call(call_id, |warm| warm.person_on_hold = on_hold);
+    }
+
+    /// Waits for news of the third party; call before dialling it.
+    pub fn expect_third_party(&self, call_id: Uuid) -> Option<oneshot::Receiver<ThirdParty>> {
+        let (tx, rx) = oneshot::channel();
+        self.with_call(call_id, |warm| warm.third_party_news = Some(tx))?;
+        Some(rx)
+    }
+
+    /// The carrier's id of the third party's leg, once it has said it.
+    pub fn third_party_dialled(&self, call_id: Uuid, call_sid: &str) {
+        self.with_call(call_id, |warm| {
+            warm.third_party.get_or_insert_with(|| call_sid.to_owned());
+        });
+    }
+
+    /// News of the third party's leg `call_sid` (its callback may come before the carrier's
+    /// answer to the dial request); `false` when the call's third party is another leg.
+    pub fn third_party(&self, call_id: Uuid, call_sid: &str, news: ThirdParty) -> bool {
+        let tx = self.with_call(call_id, |warm| {
+            if warm.third_party.get_or_insert_with(|| call_sid.to_owned()) != call_sid {
+                return None;
+            }
+            if news == ThirdParty::Answered {
+                warm.third_party_answered = true;
+            }
+            Some(warm.third_party_news.take())
+        });
+        match tx.flatten() {
+            Some(Some(tx)) => {
+                let _ = tx.send(news);
+                true
+            }
+            Some(None) => true,
+            None => false,
+        }
+    }
+
+    pub fn is_third_party(&self, call_id: Uuid, call_sid: &str) -> bool {
+        self.with_call(call_id, |warm| warm.third_party.as_deref() == Some(call_sid)).unwrap_or(false)
+    }
+
+    pub fn snapshot(&self, call_id: Uuid) -> Option<Snapshot> {
+        self.with_call(call_id, |warm| Snapshot {
+            name: warm.name.clone(),
+            conference_sid: warm.conference_sid.clone(),
+            bot_participant: warm.bot_participant.clone(),
+            person_on_hold: warm.person_on_hold,
+            third_party_answered: warm.third_party_answered,
+        })
+    }
+
+    /// The steering number goes back to the pool. The call's conference is forgotten unless the
+    /// person stays in it with the third party (whose leaving ends the call).
+    pub fn bot_left(&self, call_id: Uuid) {
+        self.with(|inner| {
+            let Some(warm) = inner.calls.get_mut(&call_id) else { return };
+            if let Some(number) = warm.steering.take() {
+                inner.leased.remove(number.digits());
+            }
+            warm.bot_left = true;
+            if !warm.third_party_answered {
+                inner.calls.remove(&call_id);
+            }
+        });
+    }
+
+    /// Whether the bot has handed the person to the third party and left.
+    pub fn handed_over(&self, call_id: Uuid) -> bool {
+        self.with_call(call_id, |warm| warm.bot_left && warm.third_party_answered).unwrap_or(false)
+    }
+
+    /// Forgets the call's conference, and gives its steering number back.
+    pub fn forget(&self, call_id: Uuid) {
+        self.with(|inner| {
+            if let Some(warm) = inner.calls.remove(&call_id) {
+                if let Some(number) = warm.steering {
+                    inner.leased.remove(number.digits());
+                }
+            }
+        });
+    }
+
+    /// How many steering numbers are leased now.
+    pub fn leased(&self) -> usize {
+        self.with(|inner| inner.leased.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(numbers: &[&str]) -> Vec<String> {
+        numbers.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_pool_leases_each_number_to_one_call_at_a_time() {
+        let conferences = Conferences::default();
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let pool = pool(&["14155550101", "14155550102"]);
+        let first = conferences.lease(a, &pool).unwrap();
+        assert_eq!(conferences.lease(a, &pool), Err(NoLease::AlreadyInConference));
+        let second = conferences.lease(b, &pool).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(conferences.lease(c, &pool), Err(NoLease::Exhausted));
+        assert_eq!(conferences.steered("+1 415 555 0101"), Some(a));
+        conferences.bot_left(a);
+        assert_eq!(conferences.steered("14155550101"), None, "the number is back in the pool");
+        assert_eq!(conferences.lease(c, &pool).unwrap(), first);
+        assert_eq!(conferences.lease(Uuid::new_v4(), &[]), Err(NoLease::EmptyPool));
+        conferences.forget(b);
+        conferences.forget(c);
+        assert_eq!(conferences.leased(), 0);
+    }
+
+    #[test]
+    fn news_reaches_the_action_waiting_for_it_and_nobody_else() {
+        let conferences = Conferences::default();
+        let call = Uuid::new_v4();
+        conferences.lease(call, &pool(&["14155550101"])).unwrap();
+        let mut news = conferences.expect_third_party(call).unwrap();
+        conferences.third_party_dialled(call, "CA3");
+        assert!(!conferences.third_party(call, "CAother", ThirdParty::Answered), "another leg's news");
+        assert!(news.try_recv().is_err());
+        assert!(conferences.third_party(call, "CA3", ThirdParty::Answered));
+        assert_eq!(news.try_recv().unwrap(), ThirdParty::Answered);
+        assert!(conferences.snapshot(call).unwrap().third_party_answered);
+        conferences.bot_left(call);
+        assert!(conferences.handed_over(call), "the person stays with the third party");
+        conferences.bot_leg_answered(call, "CAleg");
+        assert!(conferences.is_bot_leg(call, Some("CAleg")));
+        assert!(!conferences.is_bot_leg(Uuid::new_v4(), Some("CAleg")));
+    }
+}

@@ -1,0 +1,314 @@
+//! A warm transfer carried out (see [`crate::telephony::conference`] for its design): the steps
+//! of `action_add_to_conference` and `action_set_hold` on a Twilio call, in order, each waiting
+//! for the carrier's news before the next, and undoing what was done when a step fails before the
+//! person's call moved.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::calls::News;
+use crate::conversation::actions::Outcome;
+use crate::domain::call::{Event, Provider, Stage};
+use crate::domain::documents::{unseal, ACCOUNT_CONNECTIONS};
+use crate::domain::phone::PhoneNumber;
+use crate::store::calls::CallRow;
+use crate::store::records;
+use crate::telephony::conference::{NoLease, ThirdParty};
+use crate::telephony::twilio::{self, Credentials};
+use crate::AppState;
+
+/// How long the steering number's call may take to reach this server and open its stream.
+const BOT_JOINS: Duration = Duration::from_secs(20);
+/// How long the person's call may take to join the conference.
+const PERSON_JOINS: Duration = Duration::from_secs(10);
+/// How long the third party's phone rings.
+const RINGS: Duration = Duration::from_secs(30);
+/// Beyond the ringing, how long the carrier may take to say how it went.
+const NEWS_GRACE: Duration = Duration::from_secs(15);
+
+/// What was refused, as the action's output says it: the guide's 429 for a pool with no free
+/// number.
+fn refused(error: impl std::fmt::Display, status_code: u16) -> Outcome {
+    Outcome {
+        success: false,
+        response: json!({"success": false, "error": error.to_string(), "status_code": status_code}),
+        agent_message: None,
+    }
+}
+
+/// The call's Twilio account and the steering pool of its account connection.
+async fn account_and_pool(state: &AppState, row: &CallRow) -> Result<(Credentials, Vec<String>), String> {
+    let Some(connection) = row.telephony_account_connection_id else {
+        return Err("warm transfers take a number of an account connection's steering pool, and this call goes \
+                    through no account connection"
+            .into());
+    };
+    let carrier = state.telephony.carrier_of(row).await.map_err(|e| e.to_string())?;
+    let creds = carrier.twilio_credentials().cloned().ok_or("warm transfers are for Twilio calls")?;
+    let mut handle = state.store.read().await.map_err(|e| format!("the database is unavailable: {e}"))?;
+    let record = records::get(handle.conn(), ACCOUNT_CONNECTIONS.table, row.user_id, connection)
+        .await
+        .map_err(|e| format!("the database is unavailable: {e}"))?
+        .ok_or_else(|| format!("account connection {connection} no longer exists"))?;
+    drop(handle);
+    let clear =
+        unseal(ACCOUNT_CONNECTIONS.table, &record.kind, record.body.0, record.sealed.as_deref(), &state.secrets)
+            .map_err(|e| format!("the account connection cannot be read: {e}"))?;
+    let pool = clear["steering_pool"].as_array().into_iter().flatten().filter_map(Value::as_str);
+    Ok((creds, pool.map(str::to_owned).collect()))
+}
+
+async fn in_progress(state: &AppState, call_id: Uuid) -> Result<CallRow, String> {
+    match state.calls.find(call_id).await {
+        Ok(Some(row)) if row.telephony_provider != Provider::Twilio => {
+            Err("warm transfers are for Twilio calls (the guide's limits)".into())
+        }
+        Ok(Some(row)) if !row.state.is_final() && row.state.stage != Stage::Created => Ok(row),
+        Ok(_) => Err("the call is not in progress".into()),
+        Err(e) => Err(format!("the call cannot be read: {e}")),
+    }
+}
+
+async fn apply(state: &AppState, call_id: Uuid, event: Event) {
+    match state.calls.apply(call_id, &News::api(event)).await {
+        Ok(Some(applied)) => state.run_soon(applied.claimed),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(%call_id, error = %e, "the warm transfer's progress could not be recorded"),
+    }
+}
+
+/// `action_add_to_conference`: the call into a conference, the bot on a steering number's leg,
+/// the person on hold (when asked), the third party dialled in from the steering number. Done
+/// once the third party answers; when they do not, the person is taken off hold and the bot goes
+/// on with them.
+pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: bool) -> Outcome {
+    let to = match PhoneNumber::parse(to) {
+        Ok(to) => to,
+        Err(reason) => return Outcome::failed(format!("{to:?} is not a phone number: {reason}")),
+    };
+    let row = match in_progress(state, call_id).await {
+        Ok(row) if row.state.stage == Stage::PickedUp => row,
+        Ok(_) => return Outcome::failed("the call has already been transferred"),
+        Err(reason) => return Outcome::failed(reason),
+    };
+    let Some(person) = row.state.telephony_id.clone() else {
+        return Outcome::failed("the call has no carrier id yet");
+    };
+    let (creds, pool) = match account_and_pool(state, &row).await {
+        Ok(found) => found,
+        Err(reason) => return Outcome::failed(reason),
+    };
+    let conferences = &state.telephony.conferences;
+    let steering = match conferences.lease(call_id, &pool) {
+        Ok(number) => number,
+        Err(e @ NoLease::Exhausted) => return refused(e, 429),
+        Err(e) => return refused(e, 409),
+    };
+    let name = crate::telephony::conference::conference_name(call_id);
+    match bring_the_bot(state, &row, &creds, &steering, &name).await {
+        Ok(()) => {}
+        Err(reason) => {
+            conferences.forget(call_id);
+            tracing::warn!(%call_id, %reason, "the warm transfer could not start");
+            return Outcome::failed(reason);
+        }
+    }
+    // The person's call moves into the conference; the bot's leg takes over its conversation.
+    let joined = conferences.expect_person(call_id);
+    let events = state.telephony.url(&format!("/telephony/twilio/conference/{call_id}"));
+    if let Err(e) = state.telephony.twilio.redirect(&creds, &person, &twilio::conference_twiml(&name, &events)).await {
+        leave(state, call_id, &creds).await;
+        return Outcome::failed(format!("the call could not be moved into the conference: {e}"));
+    }
+    state.telephony.streams.promote(call_id);
+    if let Some(joined) = joined {
+        if tokio::time::timeout(PERSON_JOINS, joined).await.is_err() {
+            tracing::warn!(%call_id, "the carrier did not say the person joined the conference");
+        }
+    }
+    if hold {
+        match set_person_on_hold(state, call_id, &creds, &person, true).await {
+            Ok(()) => {}
+            Err(reason) => tracing::warn!(%call_id, %reason, "the person could not be put on hold"),
+        }
+    }
+    apply(state, call_id, Event::TransferStarted).await;
+    let news = match dial_third_party(state, call_id, &creds, &steering, &to, &name).await {
+        Ok(news) => news,
+        Err(reason) => ThirdParty::NotAnswered(reason),
+    };
+    match news {
+        ThirdParty::Answered => {
+            apply(state, call_id, Event::TransferAnswered).await;
+            tracing::info!(%call_id, "the third party joined the conference");
+            Outcome {
+                success: true,
+                response: json!({"success": true, "phone_number": to.e164(), "person_on_hold": hold}),
+                agent_message: None,
+            }
+        }
+        ThirdParty::NotAnswered(why) => {
+            apply(state, call_id, Event::TransferFailed).await;
+            if hold {
+                if let Err(reason) = set_person_on_hold(state, call_id, &creds, &person, false).await {
+                    tracing::warn!(%call_id, %reason, "the person could not be taken off hold");
+                }
+            }
+            Outcome::failed(format!("{} did not join the conference ({why})", to.e164()))
+        }
+    }
+}
+
+/// The conference calls the steering number, whose call comes back here and binds its stream on
+/// standby. The number is pointed at this server first (the pool may hold numbers linked with
+/// their own settings).
+async fn bring_the_bot(
+    state: &AppState,
+    row: &CallRow,
+    creds: &Credentials,
+    steering: &PhoneNumber,
+    name: &str,
+) -> Result<(), String> {
+    let call_id = row.id;
+    let carrier = state.telephony.carrier_of(row).await.map_err(|e| e.to_string())?;
+    match carrier.point_number_here(steering, true).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(format!("the steering number {steering} is not a number of this Twilio account")),
+        Err(e) => return Err(format!("the steering number {steering} could not be pointed at this server: {e}")),
+    }
+    let from = PhoneNumber::parse(&row.agent_phone_number).map_err(|e| format!("the call's number: {e}"))?;
+    let bound = state.telephony.conferences.expect_bot(call_id, None).ok_or("the warm transfer was abandoned")?;
+    let options = [
+        ("StartConferenceOnEnter", "true".to_owned()),
+        ("EndConferenceOnExit", "false".to_owned()),
+        ("Beep", "false".to_owned()),
+        ("Timeout", BOT_JOINS.as_secs().to_string()),
+    ];
+    let participant = state
+        .telephony
+        .twilio
+        .add_participant(creds, name, &from, steering, &options)
+        .await
+        .map_err(|e| format!("the conference could not be started: {e}"))?;
+    state.telephony.conferences.set_bot_participant(call_id, participant.call_sid.clone(), participant.conference_sid);
+    if tokio::time::timeout(BOT_JOINS, bound).await.is_err() {
+        let _ = state.telephony.twilio.hang_up(creds, &participant.call_sid, true).await;
+        return Err(format!("the steering number {steering}'s call did not reach this server's media stream"));
+    }
+    Ok(())
+}
+
+/// Dials the third party into the conference from the steering number, and waits for its news.
+async fn dial_third_party(
+    state: &AppState,
+    call_id: Uuid,
+    creds: &Credentials,
+    steering: &PhoneNumber,
+    to: &PhoneNumber,
+    name: &str,
+) -> Result<ThirdParty, String> {
+    let conferences = &state.telephony.conferences;
+    let news = conferences.expect_third_party(call_id).ok_or("the warm transfer was abandoned")?;
+    let mut options = vec![
+        ("StartConferenceOnEnter", "true".to_owned()),
+        ("EndConferenceOnExit", "false".to_owned()),
+        ("Beep", "false".to_owned()),
+        ("Timeout", RINGS.as_secs().to_string()),
+        ("StatusCallback", state.telephony.url(&format!("/telephony/twilio/conference/{call_id}/third_party"))),
+        ("StatusCallbackMethod", "POST".to_owned()),
+    ];
+    for event in ["initiated", "ringing", "answered", "completed"] {
+        options.push(("StatusCallbackEvent", event.to_owned()));
+    }
+    let participant = state
+        .telephony
+        .twilio
+        .add_participant(creds, name, steering, to, &options)
+        .await
+        .map_err(|e| format!("the carrier did not dial it: {e}"))?;
+    conferences.third_party_dialled(call_id, &participant.call_sid);
+    match tokio::time::timeout(RINGS + NEWS_GRACE, news).await {
+        Ok(Ok(news)) => Ok(news),
+        _ => {
+            let _ = state.telephony.twilio.hang_up(creds, &participant.call_sid, false).await;
+            Err("the carrier gave no news of it".into())
+        }
+    }
+}
+
+async fn set_person_on_hold(
+    state: &AppState,
+    call_id: Uuid,
+    creds: &Credentials,
+    person: &str,
+    hold: bool,
+) -> Result<(), String> {
+    let conferences = &state.telephony.conferences;
+    let conference = conferences
+        .snapshot(call_id)
+        .and_then(|s| s.conference_sid)
+        .ok_or("the carrier has not said which conference the call is in")?;
+    state.telephony.twilio.hold_participant(creds, &conference, person, hold).await.map_err(|e| e.to_string())?;
+    conferences.set_on_hold(call_id, hold);
+    Ok(())
+}
+
+/// The bot leaves the conference: its leg is hung up (its stream's end gives the steering number
+/// back).
+async fn leave(state: &AppState, call_id: Uuid, creds: &Credentials) {
+    let participant = state.telephony.conferences.snapshot(call_id).and_then(|s| s.bot_participant);
+    match participant {
+        Some(sid) => {
+            if let Err(e) = state.telephony.twilio.hang_up(creds, &sid, true).await {
+                tracing::warn!(%call_id, error = %e, "the bot's conference leg could not be hung up");
+                state.telephony.conferences.forget(call_id);
+            }
+        }
+        None => state.telephony.conferences.forget(call_id),
+    }
+}
+
+/// `action_set_hold`: the person goes on hold, or comes off it. Taken off hold with the third
+/// party in the conference, the person is handed over: the bot leaves.
+pub async fn set_hold(state: &AppState, call_id: Uuid) -> Outcome {
+    let Some(snapshot) = state.telephony.conferences.snapshot(call_id) else {
+        return Outcome::failed("the call is not in a conference (action_add_to_conference puts it in one)");
+    };
+    let row = match in_progress(state, call_id).await {
+        Ok(row) => row,
+        Err(reason) => return Outcome::failed(reason),
+    };
+    let (Some(person), Ok((creds, _))) = (row.state.telephony_id.clone(), account_and_pool(state, &row).await) else {
+        return Outcome::failed("the call's Twilio account cannot be reached");
+    };
+    let hold = !snapshot.person_on_hold;
+    if let Err(reason) = set_person_on_hold(state, call_id, &creds, &person, hold).await {
+        return Outcome::failed(format!("the person's hold could not be changed: {reason}"));
+    }
+    let handed_over = !hold && snapshot.third_party_answered;
+    if handed_over {
+        leave(state, call_id, &creds).await;
+    }
+    Outcome {
+        success: true,
+        response: json!({"success": true, "on_hold": hold, "handed_over": handed_over}),
+        agent_message: None,
+    }
+}
+
+/// The third party left the conference before the bot handed the person over: the person, if on
+/// hold, is taken off it, and the bot goes on with them.
+pub async fn third_party_left(state: &AppState, row: &CallRow) {
+    let on_hold = state.telephony.conferences.snapshot(row.id).is_some_and(|s| s.person_on_hold);
+    let (Some(person), true) = (row.state.telephony_id.clone(), on_hold) else { return };
+    match account_and_pool(state, row).await {
+        Ok((creds, _)) => {
+            if let Err(reason) = set_person_on_hold(state, row.id, &creds, &person, false).await {
+                tracing::warn!(call_id = %row.id, %reason, "the person could not be taken off hold");
+            }
+        }
+        Err(reason) => tracing::warn!(call_id = %row.id, %reason, "the person could not be taken off hold"),
+    }
+}
