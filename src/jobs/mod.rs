@@ -188,6 +188,30 @@ impl Queue {
         Ok(released)
     }
 
+    /// Renews a running job's lease every third of it, for as long as this worker holds it.
+    async fn keep_leased(&self, id: Uuid) -> std::convert::Infallible {
+        let every = self.0.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let renewed = match self.0.store.begin().await {
+                Ok(mut tx) => match queue::extend_lease(tx.conn(), id, self.worker_id(), self.lease_until(now())).await
+                {
+                    Ok(held) => tx.commit().await.map(|_| held),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match renewed {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(job = %id, "a running job's lease was lost: another worker may run it too");
+                    return std::future::pending().await;
+                }
+                Err(e) => tracing::warn!(job = %id, error = %e, "a running job's lease could not be renewed"),
+            }
+        }
+    }
+
     async fn record(&self, job: &JobRow, ran: Ran) -> sqlx::Result<()> {
         let mut tx = self.0.store.begin().await?;
         queue::outcome_durability(tx.conn()).await?;
@@ -316,12 +340,18 @@ impl<C: Clone + Send + Sync + 'static> Jobs<C> {
         }
     }
 
-    /// Runs a claimed job and records its outcome. A panic counts as a failed attempt.
+    /// Runs a claimed job and records its outcome. A panic counts as a failed attempt. While it
+    /// runs its lease is renewed, so that a slow run (a busy machine, a slow carrier) is not taken
+    /// for a dead one and run twice; only a process that stopped lets its leases run out.
     pub async fn run_claimed(&self, ctx: C, job: JobRow) {
         let span = tracing::info_span!("job", kind = %job.kind, id = %job.id, attempt = job.attempts);
-        let ran = match AssertUnwindSafe(self.run(ctx, &job)).catch_unwind().instrument(span.clone()).await {
-            Ok(ran) => ran,
-            Err(_) => Outcome::Retry { after: Duration::from_secs(5), error: "the job panicked".into() }.into(),
+        let work = AssertUnwindSafe(self.run(ctx, &job)).catch_unwind().instrument(span.clone());
+        let ran = tokio::select! {
+            ran = work => match ran {
+                Ok(ran) => ran,
+                Err(_) => Outcome::Retry { after: Duration::from_secs(5), error: "the job panicked".into() }.into(),
+            },
+            never = self.0.queue.keep_leased(job.id) => match never {},
         };
         if let Err(err) = self.0.queue.record(&job, ran).instrument(span).await {
             // The lease expires and the job runs again: at least once, never lost.

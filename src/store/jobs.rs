@@ -135,6 +135,18 @@ fn held(worker_param: &str) -> String {
     format!("(locked_by = {worker_param} OR locked_by IS NULL)")
 }
 
+/// Extends the lease of a job this worker still holds, while it runs; `false` when it holds it no
+/// more (its lease ran out and another worker took it).
+pub async fn extend_lease(c: DbConn<'_>, id: Uuid, worker: &str, until: DateTime<Utc>) -> sqlx::Result<bool> {
+    run!(c, |c| sqlx::query("UPDATE jobs SET locked_until = $3 WHERE id = $1 AND locked_by = $2 AND state = 'ready'")
+        .bind(id)
+        .bind(worker)
+        .bind(until)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected() == 1))
+}
+
 /// The job is done: it leaves the queue.
 pub async fn complete(c: DbConn<'_>, id: Uuid, worker: &str) -> sqlx::Result<()> {
     let sql = format!("DELETE FROM jobs WHERE id = $1 AND {}", held("$2"));

@@ -13,6 +13,7 @@ mod conversation;
 mod embedded_faults;
 mod faults;
 mod isolation;
+mod jobs;
 mod limits;
 mod migrations;
 mod providers;
