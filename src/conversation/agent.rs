@@ -255,6 +255,7 @@ fn voice(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn V
             eleven.stability = voice["stability"].as_f64().map(|v| v as f32);
             eleven.similarity_boost = voice["similarity_boost"].as_f64().map(|v| v as f32);
             eleven.optimize_streaming_latency = voice["optimize_streaming_latency"].as_u64().map(|v| v.min(4) as u8);
+            eleven.language_code = docs.agent["language"].as_str().map(str::to_owned);
             Ok(Arc::new(ElevenLabs::new(eleven)))
         }
         "voice_azure" => {

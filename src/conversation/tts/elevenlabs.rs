@@ -29,6 +29,9 @@ pub struct ElevenLabsSettings {
     pub similarity_boost: Option<f32>,
     /// 0 (none) to 4 (most, text normalisation off).
     pub optimize_streaming_latency: Option<u8>,
+    /// The language to speak (ISO 639-1, the agent's `language`): sent to the models that take
+    /// it (ElevenLabs refuses it from the others).
+    pub language_code: Option<String>,
     /// How long ElevenLabs may go quiet: before its answer starts, or between two chunks.
     pub timeout: Duration,
 }
@@ -43,6 +46,7 @@ impl ElevenLabsSettings {
             stability: None,
             similarity_boost: None,
             optimize_streaming_latency: None,
+            language_code: None,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -59,6 +63,7 @@ impl std::fmt::Debug for ElevenLabsSettings {
             .field("stability", &self.stability)
             .field("similarity_boost", &self.similarity_boost)
             .field("optimize_streaming_latency", &self.optimize_streaming_latency)
+            .field("language_code", &self.language_code)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -104,6 +109,8 @@ impl ElevenLabs {
             text: &'a str,
             model_id: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
+            language_code: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
             voice_settings: Option<VoiceSettings>,
         }
         #[derive(Serialize)]
@@ -116,9 +123,17 @@ impl ElevenLabs {
         let settings = &self.settings;
         let voice_settings = (settings.stability.is_some() || settings.similarity_boost.is_some())
             .then_some(VoiceSettings { stability: settings.stability, similarity_boost: settings.similarity_boost });
-        let body = Body { text, model_id: settings.model_id.as_deref().unwrap_or(DEFAULT_MODEL_ID), voice_settings };
+        let model_id = settings.model_id.as_deref().unwrap_or(DEFAULT_MODEL_ID);
+        let language_code = settings.language_code.as_deref().filter(|_| takes_language(model_id));
+        let body = Body { text, model_id, language_code, voice_settings };
         serde_json::to_string(&body).expect("a body of strings and numbers serialises")
     }
+}
+
+/// Whether a model takes `language_code` (ElevenLabs documents it for its v2.5 Flash and Turbo
+/// models and refuses it from the others).
+fn takes_language(model_id: &str) -> bool {
+    matches!(model_id, "eleven_flash_v2_5" | "eleven_turbo_v2_5")
 }
 
 impl Voice for ElevenLabs {
@@ -191,6 +206,18 @@ mod tests {
             ElevenLabs::new(settings).body("Hi"),
             r#"{"text":"Hi","model_id":"eleven_turbo_v2_5","voice_settings":{"stability":0.7}}"#
         );
+    }
+
+    #[test]
+    fn the_language_goes_only_to_the_models_that_take_it() {
+        let mut settings = ElevenLabsSettings::new("key", "v");
+        settings.language_code = Some("es".into());
+        assert_eq!(
+            ElevenLabs::new(settings.clone()).body("Hola"),
+            r#"{"text":"Hola","model_id":"eleven_flash_v2_5","language_code":"es"}"#
+        );
+        settings.model_id = Some("eleven_multilingual_v2".into());
+        assert_eq!(ElevenLabs::new(settings).body("Hola"), r#"{"text":"Hola","model_id":"eleven_multilingual_v2"}"#);
     }
 
     #[test]
