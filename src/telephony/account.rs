@@ -69,6 +69,22 @@ impl Telephony {
                 )
             });
         };
+        let clear = self.twilio_connection(user_id, id).await?;
+        Ok(twilio::Credentials {
+            account_sid: clear["credentials"]["twilio_account_sid"].as_str().unwrap_or_default().to_owned(),
+            auth_token: clear["credentials"]["twilio_auth_token"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// The numbers (digits) of a Twilio account connection's steering pool.
+    pub async fn steering_pool(&self, user_id: Uuid, connection_id: Uuid) -> Result<Vec<String>, CarrierError> {
+        let clear = self.twilio_connection(user_id, connection_id).await?;
+        let pool = clear["steering_pool"].as_array().into_iter().flatten().filter_map(serde_json::Value::as_str);
+        Ok(pool.map(str::to_owned).collect())
+    }
+
+    /// A user's Twilio account connection, its secrets unsealed.
+    async fn twilio_connection(&self, user_id: Uuid, id: Uuid) -> Result<serde_json::Value, CarrierError> {
         let unavailable = |e: sqlx::Error| CarrierError::Transient(format!("the database is unavailable: {e}"));
         let mut handle = self.store.read().await.map_err(unavailable)?;
         let record = records::get(handle.conn(), ACCOUNT_CONNECTIONS.table, user_id, id)
@@ -79,13 +95,8 @@ impl Telephony {
         if record.kind != TWILIO_ACCOUNT_CONNECTION {
             return Err(CarrierError::Rejected(format!("account connection {id} is not a Twilio account")));
         }
-        let clear =
-            unseal(ACCOUNT_CONNECTIONS.table, &record.kind, record.body.0, record.sealed.as_deref(), &self.secrets)
-                .map_err(|e| CarrierError::Rejected(format!("the account connection's secret cannot be read: {e}")))?;
-        Ok(twilio::Credentials {
-            account_sid: clear["credentials"]["twilio_account_sid"].as_str().unwrap_or_default().to_owned(),
-            auth_token: clear["credentials"]["twilio_auth_token"].as_str().unwrap_or_default().to_owned(),
-        })
+        unseal(ACCOUNT_CONNECTIONS.table, &record.kind, record.body.0, record.sealed.as_deref(), &self.secrets)
+            .map_err(|e| CarrierError::Rejected(format!("the account connection's secret cannot be read: {e}")))
     }
 }
 

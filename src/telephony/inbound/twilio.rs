@@ -100,16 +100,7 @@ impl FromRequest<AppState> for TwilioCall {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
-        let (mut parts, body) = req.into_parts();
-        let Path(call_id) =
-            Path::<Uuid>::from_request_parts(&mut parts, state).await.map_err(IntoResponse::into_response)?;
-        let row = load_call(state, call_id).await.map_err(IntoResponse::into_response)?;
-        if row.telephony_provider != Provider::Twilio {
-            return Err(forbidden("the call is not a Twilio call").into_response());
-        }
-        let req = TwilioRequest::from_request(Request::from_parts(parts, body), state).await?;
-        let verified = req.verify_for(state, row.user_id, row.telephony_account_connection_id, "the call's").await;
-        verified.map_err(IntoResponse::into_response)?;
+        let TwilioLeg { row, req } = TwilioLeg::from_request(req, state).await?;
         if let (Some(known), Some(given)) = (&row.state.telephony_id, req.param("CallSid")) {
             if known != given {
                 return Err(ApiError::BadRequest("CallSid is not this call's".into()).into_response());

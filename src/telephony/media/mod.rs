@@ -182,13 +182,21 @@ impl Streams {
         })
     }
 
-    /// A stream that ended before it was bound.
-    fn close_unbound(&self, call_id: Uuid) {
-        self.with(call_id, |entry| {
-            if entry.port.is_none() {
-                entry.stats.closed = true;
-            }
-        });
+    /// A stream ended (bound or not); returns whether its end is the end of the call's audio,
+    /// which its conversation is then told.
+    fn finish(&self, call_id: Uuid, binding: Option<&Binding>, conversation: &Option<mpsc::Sender<FromCall>>) {
+        let current = match binding {
+            Some(binding) => self.close(call_id, binding),
+            None => self.with(call_id, |entry| {
+                if entry.port.is_none() {
+                    entry.stats.closed = true;
+                }
+                true
+            }),
+        };
+        if current {
+            converse::offer(conversation, FromCall::Stopped);
+        }
     }
 
     pub fn get(&self, call_id: Uuid) -> Option<StreamStats> {

@@ -126,16 +126,7 @@ async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
             _ => {}
         }
     }
-    let current = match &binding {
-        Some(binding) => streams.close(call_id, binding),
-        None => {
-            streams.close_unbound(call_id);
-            true
-        }
-    };
-    if current {
-        offer(&conversation, FromCall::Stopped);
-    }
+    streams.finish(call_id, binding.as_ref(), &conversation);
     if let Some(recorder) = recorder {
         recorder.finish(state.clone(), call_id).await;
     }

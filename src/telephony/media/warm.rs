@@ -5,16 +5,14 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::calls::News;
 use crate::conversation::actions::Outcome;
 use crate::domain::call::{Event, Provider, Stage};
-use crate::domain::documents::{unseal, ACCOUNT_CONNECTIONS};
 use crate::domain::phone::PhoneNumber;
 use crate::store::calls::CallRow;
-use crate::store::records;
 use crate::telephony::conference::{NoLease, ThirdParty};
 use crate::telephony::twilio::{self, Credentials};
 use crate::AppState;
@@ -47,17 +45,8 @@ async fn account_and_pool(state: &AppState, row: &CallRow) -> Result<(Credential
     };
     let carrier = state.telephony.carrier_of(row).await.map_err(|e| e.to_string())?;
     let creds = carrier.twilio_credentials().cloned().ok_or("warm transfers are for Twilio calls")?;
-    let mut handle = state.store.read().await.map_err(|e| format!("the database is unavailable: {e}"))?;
-    let record = records::get(handle.conn(), ACCOUNT_CONNECTIONS.table, row.user_id, connection)
-        .await
-        .map_err(|e| format!("the database is unavailable: {e}"))?
-        .ok_or_else(|| format!("account connection {connection} no longer exists"))?;
-    drop(handle);
-    let clear =
-        unseal(ACCOUNT_CONNECTIONS.table, &record.kind, record.body.0, record.sealed.as_deref(), &state.secrets)
-            .map_err(|e| format!("the account connection cannot be read: {e}"))?;
-    let pool = clear["steering_pool"].as_array().into_iter().flatten().filter_map(Value::as_str);
-    Ok((creds, pool.map(str::to_owned).collect()))
+    let pool = state.telephony.steering_pool(row.user_id, connection).await.map_err(|e| e.to_string())?;
+    Ok((creds, pool))
 }
 
 async fn in_progress(state: &AppState, call_id: Uuid) -> Result<CallRow, String> {
