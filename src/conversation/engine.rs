@@ -281,9 +281,13 @@ impl Engine {
         loop {
             let now = Instant::now();
             let playout_at = self.speaking.as_ref().and_then(|s| s.playout.next_due(now));
-            let idle_at =
-                (self.speaking.is_none() && self.child.is_none() && greeting_at.is_none() && !self.transferred)
-                    .then(|| self.last_activity + self.config.dials.idle);
+            // Nobody is idle while an action runs (a third party's phone ringing, a slow API).
+            let idle_at = (self.speaking.is_none()
+                && self.child.is_none()
+                && greeting_at.is_none()
+                && !self.transferred
+                && self.outside == 0)
+                .then(|| self.last_activity + self.config.dials.idle);
             let far = now + Duration::from_secs(86_400);
             tokio::select! {
                 biased;
@@ -331,6 +335,7 @@ impl Engine {
                 }
                 Some((running, outcome)) = self.finished.1.recv() => {
                     self.outside = self.outside.saturating_sub(1);
+                    self.last_activity = Instant::now();
                     self.action_finished(running, outcome).await;
                 }
                 _ = sleep_until(greeting_at.unwrap_or(far)), if greeting_at.is_some() => {

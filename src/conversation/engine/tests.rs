@@ -700,7 +700,10 @@ async fn a_warm_transfer_by_phrases_talks_to_the_third_party_then_hands_the_pers
         reply("Hi, I have a customer who wants a refund. Removing participant from hold."),
         reply("Should not be said."),
     ];
-    let mut call = start(with_actions(&warm_transfer_actions("+14155550199")), replies);
+    let mut config = with_actions(&warm_transfer_actions("+14155550199"));
+    // Shorter than the ring: nobody is idle while the third party's phone rings.
+    config.dials.idle = Duration::from_secs(2);
+    let mut call = start(config, replies);
     call.next_message().await;
     call.says("I want to talk to your manager.").await;
     call.next_message().await;
