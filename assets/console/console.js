@@ -510,6 +510,7 @@
   function transcriptView(box) {
     let shown = TRANSCRIPT_PAGE;
     let lines = [];
+    let loaded = false;
     let hipaa = false;
     const draw = () => {
       if (hipaa) return fill(box, h("p", { class: "empty" }, "HIPAA-compliant calls keep no transcript."));
@@ -551,7 +552,8 @@
         hipaa = call.hipaa_compliant;
         const next = (call.transcript || "").split("\n").filter((l) => l.length);
         // While the call runs, new lines show up when the end of the transcript was in view.
-        if (shown >= lines.length) shown = Math.max(TRANSCRIPT_PAGE, Math.min(next.length, shown + TRANSCRIPT_PAGE));
+        if (loaded && shown >= lines.length) shown = Math.max(shown, Math.min(next.length, lines.length + TRANSCRIPT_PAGE));
+        loaded = true;
         if (next.length !== lines.length || next.some((l, i) => l !== lines[i])) {
           lines = next;
           draw();

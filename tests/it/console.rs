@@ -349,7 +349,40 @@ async fn the_console_shows_calls_in_a_real_browser() {
     let minutes = usage["monthly_usage_minutes"].as_i64().unwrap();
     assert!(minutes >= 1, "{usage}");
     assert_eq!(used, json!(format!("{minutes} minutes of calls this month. No monthly limit is set.")));
+    // With the operator's limit: the minutes against it.
+    let user_id = uuid::Uuid::parse_str(usage["user_id"].as_str().unwrap()).unwrap();
+    let mut tx = app.store().begin().await.unwrap();
+    assert!(vocode_server::store::users::set_usage_limit(tx.conn(), user_id, Some(60)).await.unwrap());
+    tx.commit().await.unwrap();
+    browser.goto(&format!("{}/console#/usage?limit", app.base)).await;
+    let used = browser
+        .wait_for("document.getElementById('usage-meter') && document.getElementById('usage-text').textContent")
+        .await;
+    assert_eq!(used, json!(format!("{minutes} of 60 minutes of calls used this month.")));
+    let meter = browser.eval("(m => [m.value, m.max])(document.getElementById('usage-meter'))").await;
+    assert_eq!(meter, json!([minutes, 60]));
     shots.take(&mut browser, "usage").await;
+
+    // A transcript of thousands of lines is shown a page at a time.
+    let long: String = (1..=450).map(|i| format!("HUMAN: line {i}\n")).collect();
+    let mut tx = app.store().begin().await.unwrap();
+    let talked_id = uuid::Uuid::parse_str(&talked).unwrap();
+    vocode_server::store::calls::append_transcript(tx.conn(), talked_id, &long, vocode_server::store::now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let total = transcript.lines().count() + 450;
+    browser.goto(&format!("{}/console#/calls/{talked}", app.base)).await;
+    browser.wait_for("document.querySelectorAll('#transcript li').length === 200").await;
+    let more = browser.eval("document.getElementById('more-lines').textContent").await;
+    assert_eq!(more, json!(format!("Show 200 more of {} lines", total - 200)));
+    browser.eval("document.getElementById('more-lines').click(); true").await;
+    browser.wait_for("document.querySelectorAll('#transcript li').length === 400").await;
+    browser.eval("document.getElementById('more-lines').click(); true").await;
+    browser.wait_for(&format!("document.querySelectorAll('#transcript li').length === {total}")).await;
+    assert_eq!(browser.eval("document.getElementById('more-lines')").await, Value::Null);
+    let last = browser.eval("[...document.querySelectorAll('#transcript .said')].at(-1).textContent").await;
+    assert_eq!(last, "line 450");
 
     // Another user's call: not found, as the API says it; then that user's key is revoked.
     let (other_id, other_key) = app.new_user("mallory").await;

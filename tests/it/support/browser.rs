@@ -182,7 +182,7 @@ impl Browser {
                 return value;
             }
             if tokio::time::Instant::now() >= deadline {
-                let body = self.eval("document.body ? document.body.innerText : ''").await;
+                let body = self.eval("document.body ? document.body.innerText.slice(0, 3000) : ''").await;
                 panic!("{expression} stayed {value} (exception: {exception:?}) for {STEP:?}; the page reads: {body}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
