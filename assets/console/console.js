@@ -11,6 +11,7 @@
 (() => {
   const KEY = "vocode-console-key";
   const PAGE_SIZE = 20;
+  const MAX_PAGE_SIZE = 100;
   const TRANSCRIPT_PAGE = 200;
   const TURNS_PAGE = 50;
   const POLL_MS = 2000;
@@ -295,16 +296,18 @@
     const gen = generation;
     const page = Math.max(1, parseInt(params.get("page"), 10) || 1);
     const status = STATUSES.includes(params.get("status")) ? params.get("status") : "";
-    const data = await getJson(
-      `/v1/calls/list?page=${page}&size=${PAGE_SIZE}&sort_column=created_at&sort_desc=true`,
-    );
+    // The API lists calls without a status filter: a filtered view reads the largest pages the
+    // API gives, and shows the calls of each that match.
+    const size = status ? MAX_PAGE_SIZE : PAGE_SIZE;
+    const data = await getJson(`/v1/calls/list?page=${page}&size=${size}&sort_column=created_at&sort_desc=true`);
     if (gen !== generation) return;
     const filter = h(
       "select",
       {
         id: "status-filter",
         onchange: (e) => {
-          const next = new URLSearchParams({ page: String(page) });
+          // Pages of different sizes do not line up: a new filter starts from the first.
+          const next = new URLSearchParams({ page: "1" });
           if (e.target.value) next.set("status", e.target.value);
           location.hash = `#/calls?${next}`;
         },
@@ -318,7 +321,7 @@
       "p",
       { class: "muted", id: "calls-count" },
       `${data.total} call${data.total === 1 ? "" : "s"} in all, newest first.`,
-      status ? ` ${items.length} of the ${data.items.length} on this page are ${status}.` : "",
+      status ? ` ${items.length} of the ${data.items.length} calls on this page are ${status}.` : "",
     );
     let body;
     if (data.total === 0) {

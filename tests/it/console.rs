@@ -256,6 +256,8 @@ async fn the_console_shows_calls_in_a_real_browser() {
         .wait_for("location.hash.includes('status=ended') && document.querySelectorAll('#calls tbody tr').length === 1")
         .await;
     assert_eq!(browser.eval("document.querySelector('#calls tbody tr').dataset.call").await, json!(talked));
+    let count = browser.eval("document.getElementById('calls-count').textContent").await;
+    assert_eq!(count, "2 calls in all, newest first. 1 of the 2 calls on this page are ended.");
 
     // By keyboard: from the heading, Tab reaches the filter, then the call's link; Enter opens it.
     browser.wait_for("document.activeElement && document.activeElement.tagName === 'H1'").await;
