@@ -217,7 +217,16 @@
     $("view").hidden = false;
     const [path, query] = location.hash.replace(/^#/, "").split("?");
     const params = new URLSearchParams(query || "");
-    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    const parts = path
+      .split("/")
+      .filter(Boolean)
+      .map((part) => {
+        try {
+          return decodeURIComponent(part);
+        } catch (_) {
+          return part; // a malformed escape: the API will say the id is not valid
+        }
+      });
     const section = parts[0] || "calls";
     for (const a of document.querySelectorAll("[data-nav]")) {
       if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
@@ -244,7 +253,8 @@
       await view(gen);
     } catch (e) {
       if (e instanceof SignedOut || gen !== generation) return;
-      const title = e instanceof ApiError && e.status === 404 ? "Not found" : "Something went wrong";
+      const status = e instanceof ApiError ? e.status : 0;
+      const title = status === 404 ? "Not found" : status === 422 ? "Not valid" : "Something went wrong";
       render(title, h("p", { class: "error", role: "alert", id: "error" }, e.message));
     }
   }

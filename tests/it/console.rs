@@ -402,6 +402,12 @@ async fn the_console_shows_calls_in_a_real_browser() {
     assert_eq!(shown, api_body["detail"], "the API's answer");
     assert_eq!(browser.eval("document.querySelector('#view h1').textContent").await, "Not found");
     assert_eq!(browser.eval("document.getElementById('transcript')").await, Value::Null);
+    // An address that is no call id at all (a malformed escape, even): the API's 422, in its words.
+    let (status, api_body) = app.get_as(&other_key, "/v1/calls?id=%25E0%25A4%25A").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    browser.eval("location.hash = '#/calls/%E0%A4%A'; true").await;
+    browser.wait_for("document.querySelector('#view h1').textContent === 'Not valid'").await;
+    assert_eq!(browser.eval("document.getElementById('error').textContent").await, api_body["detail"][0]["msg"]);
 
     let mut handle = app.store().read().await.unwrap();
     let keys = vocode_server::store::users::list_keys(handle.conn()).await.unwrap();
