@@ -15,7 +15,7 @@
   const TRANSCRIPT_PAGE = 200;
   const TURNS_PAGE = 50;
   const POLL_MS = 2000;
-  const AFTER_END_POLLS = 5;
+  const AFTER_END_POLLS = 10;
   const STATUSES = ["not_started", "in_progress", "ended", "error"];
   // Outcomes of calls that did not reach anyone, or did not reach who they were meant to.
   const FAILED_OUTCOMES = ["call_did_not_connect", "human_unanswered", "transfer_unanswered"];
