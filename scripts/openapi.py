@@ -85,6 +85,43 @@ LATENCY = {
     "required": ["call_id", "turns", "summary"],
 }
 
+STEP = {
+    "type": "object",
+    "properties": {
+        "event": {
+            "type": "string",
+            "enum": ["created", "ringing", "picked_up", "ended", "error"],
+            "description": "created: the call was written; ringing: the carrier took it (the"
+            " call's `start_time`); picked_up: someone answered; ended / error: it is over.",
+        },
+        "at": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "description": "When; null for a pick-up the carrier never reported on its own.",
+        },
+        "status": {"$ref": "#/components/schemas/CallStatus"},
+        "stage": {"type": "string", "enum": ["created", "picked_up", "transfer_started", "transfer_successful"]},
+        "stage_outcome": {
+            "type": ["string", "null"],
+            "enum": ["human_unanswered", "call_did_not_connect", "human_disconnected", "bot_disconnected",
+                     "transfer_unanswered", "transfer_disconnected", None],
+            "description": "On the last step only.",
+        },
+        "duration_seconds": {"type": ["integer", "null"], "description": "On the last step only."},
+    },
+    "required": ["event", "at", "status", "stage"],
+}
+EVENTS = {
+    "type": "object",
+    "properties": {
+        "call_id": {"type": "string", "format": "uuid"},
+        "direction": {"type": "string", "enum": ["outbound", "inbound"]},
+        "status": {"$ref": "#/components/schemas/CallStatus"},
+        "events": {"type": "array", "items": STEP},
+    },
+    "required": ["call_id", "direction", "status", "events"],
+}
+
 # This server's own endpoints: not part of the Vocode API, and marked so.
 INTERNAL = {
     "/calls/latency": {
@@ -108,6 +145,42 @@ INTERNAL = {
                 "200": {
                     "description": "The call's turns, in order",
                     "content": {"application/json": {"schema": LATENCY}},
+                },
+                "404": {
+                    "description": "No such call of the caller's",
+                    "content": {"application/json": {"schema": DETAIL}},
+                },
+                "422": {
+                    "description": "Validation Error",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+                    },
+                },
+            },
+        }
+    },
+    "/calls/events": {
+        "get": {
+            "tags": ["internal"],
+            "summary": "A call's state timeline",
+            "description": "The steps the call went through, with their times, as the server"
+            " recorded them: created, ringing (the carrier took the call), picked_up, and ended or"
+            " error with the stage outcome. Steps not reached are left out. The caller's own calls"
+            " only, as `GET /v1/calls`; the call console (`/console`) draws it.",
+            "operationId": "get_call_events",
+            "security": [{"HTTPBearer": []}],
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string", "format": "uuid", "title": "Id"},
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "The call's steps, in order",
+                    "content": {"application/json": {"schema": EVENTS}},
                 },
                 "404": {
                     "description": "No such call of the caller's",

@@ -176,7 +176,8 @@ pub struct ServeArgs {
     pub workers: usize,
 
     /// Requests per second each API key may make (a token bucket refilled at this rate); off
-    /// when unset. `/health`, `/ready`, `/docs` and the carriers' callbacks are not limited.
+    /// when unset. `/health`, `/ready`, `/docs`, the console's files (`/console`) and the
+    /// carriers' callbacks are not limited.
     #[arg(long, env = "RATE_LIMIT_PER_SECOND")]
     pub rate_limit_per_second: Option<u32>,
 

@@ -94,6 +94,46 @@ pub async fn latency(
     Ok(Json(json!({"call_id": row.id, "turns": turns, "summary": summary})))
 }
 
+/// `GET /calls/events` (this server's own): the caller's call's state timeline, from the times the
+/// call's row keeps — created, the carrier took it (ringing), picked up, ended — in the API's
+/// words for the status and stage each step moved it to. Steps not reached are left out; a call
+/// picked up whose answer the carrier never reported has its `picked_up` step at `null`.
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidQuery(q): ValidQuery<IdQuery>,
+) -> Result<Json<Value>> {
+    let mut handle = state.store.read().await?;
+    let row = user_call(&mut handle, caller.user_id, q.id).await?;
+    Ok(Json(timeline(&row)))
+}
+
+fn timeline(row: &CallRow) -> Value {
+    let st = &row.state;
+    let iso = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut events =
+        vec![json!({"event": "created", "at": iso(row.created_at), "status": "not_started", "stage": "created"})];
+    if let Some(at) = st.start_time {
+        events.push(json!({"event": "ringing", "at": iso(at), "status": "in_progress", "stage": "created"}));
+    }
+    if st.stage != crate::domain::call::Stage::Created {
+        events.push(
+            json!({"event": "picked_up", "at": st.answered_at.map(iso), "status": "in_progress", "stage": "picked_up"}),
+        );
+    }
+    if st.status.is_final() {
+        events.push(json!({
+            "event": st.status.as_str(),
+            "at": st.end_time.map(iso),
+            "status": st.status.as_str(),
+            "stage": st.stage.as_str(),
+            "stage_outcome": st.stage_outcome.map(|o| o.as_str()),
+            "duration_seconds": st.duration_seconds,
+        }));
+    }
+    json!({"call_id": row.id, "direction": row.direction.as_str(), "status": st.status.as_str(), "events": events})
+}
+
 /// The nearest-rank percentile of sorted values; `None` of none.
 fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
     let rank = (p * sorted.len()).div_ceil(100).max(1);

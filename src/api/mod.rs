@@ -24,6 +24,7 @@ use crate::AppState;
 pub mod agents;
 pub mod auth;
 pub mod calls;
+pub mod console;
 pub mod docs;
 pub mod documents;
 pub mod extract;
@@ -40,14 +41,18 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 pub fn router(state: AppState, settings: &limits::Settings) -> Router {
     let sandbox = state.sandbox.clone();
     // The operations of the Vocode API: limited per API key, when a limit is set.
-    let mut operations =
-        Router::new().merge(routes::v1()).route("/metrics", get(metrics)).route("/calls/latency", get(calls::latency));
+    let mut operations = Router::new()
+        .merge(routes::v1())
+        .route("/metrics", get(metrics))
+        .route("/calls/latency", get(calls::latency))
+        .route("/calls/events", get(calls::events));
     if let Some(layer) = limits::rate_limit(settings) {
         operations = operations.layer(layer);
     }
     let router = Router::new()
         .merge(operations)
         .merge(docs::router())
+        .merge(console::router())
         .merge(crate::telephony::inbound::router())
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -7,6 +7,7 @@ mod agents_numbers;
 mod architecture;
 mod auth;
 mod calls;
+mod console;
 mod context;
 mod contract;
 mod conversation;

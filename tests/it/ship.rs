@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use crate::support::browser::require_chromium;
 use crate::support::{Backend, TestApp, OPENAPI_YAML};
 
 fn read(path: &str) -> String {
@@ -100,23 +101,9 @@ async fn the_healthcheck_command_knows_a_live_server_from_a_dead_one() {
     assert_eq!(String::from_utf8_lossy(&dead.stderr).trim().lines().count(), 1);
 }
 
-fn chromium() -> Option<String> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .map(str::to_owned)
-        .find(|c| std::process::Command::new("which").arg(c).output().is_ok_and(|o| o.status.success()))
-}
-
 #[tokio::test]
 async fn the_docs_render_every_operation_in_a_browser_with_no_internet() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var("REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "REQUIRE_BROWSER=1 but no Chromium is installed (apt-get install chromium)"
-        );
-        eprintln!("SKIPPED: no Chromium installed (apt-get install chromium); the docs page was not rendered");
-        return;
-    };
+    let Some(browser) = require_chromium("the docs page") else { return };
     let Some(app) = TestApp::spawn(Backend::Sqlite).await else { return };
     let profile = std::env::temp_dir().join(format!("vocode-chromium-{}", uuid::Uuid::new_v4().simple()));
     let url = format!("{}/docs", app.base);

@@ -5,6 +5,7 @@
 
 mod app;
 mod broken_carrier;
+pub mod browser;
 mod db;
 mod fake_carrier;
 pub mod fake_deepgram;
