@@ -54,7 +54,9 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::conversation::local::LocalSpeech;
 use crate::conversation::stt::sandbox::SpokenLogs;
+use crate::conversation::tts::flite::{self, Flite};
 use crate::crypto::SecretBox;
 use crate::domain::phone::PhoneNumber;
 use crate::telephony::{twilio as twilio_api, vonage as vonage_api, Endpoints};
@@ -170,6 +172,13 @@ pub struct Sandbox {
     speech: Arc<SpokenLogs>,
     /// The lines of calls, by the server's call id.
     lines: Mutex<HashMap<String, Arc<Wire>>>,
+    /// The local recogniser, when installed: the people listen with it.
+    local: Arc<LocalSpeech>,
+    /// Background noise on the people's lines (RMS).
+    noise: f32,
+    /// What the people at some numbers say instead of their scenario's lines, by the number's
+    /// digits ([`script`](Self::script)).
+    scripts: Mutex<HashMap<String, Vec<String>>>,
 }
 
 fn hex32(bytes: [u8; 32]) -> String {
@@ -183,6 +192,20 @@ impl Sandbox {
         local_base: &str,
         time_scale: f64,
         speech: Arc<SpokenLogs>,
+        local: Arc<LocalSpeech>,
+    ) -> Self {
+        Sandbox::with_noise(secrets, public_base, local_base, time_scale, speech, local, 0.0)
+    }
+
+    /// [`new`](Self::new), with background noise of this level (RMS) on the people's lines.
+    pub fn with_noise(
+        secrets: &SecretBox,
+        public_base: &str,
+        local_base: &str,
+        time_scale: f64,
+        speech: Arc<SpokenLogs>,
+        local: Arc<LocalSpeech>,
+        noise: f32,
     ) -> Self {
         Sandbox {
             http: reqwest::Client::builder()
@@ -201,6 +224,9 @@ impl Sandbox {
             calls: Mutex::new(HashMap::new()),
             speech,
             lines: Mutex::new(HashMap::new()),
+            local,
+            noise: if noise.is_finite() { noise.clamp(0.0, 10_000.0) } else { 0.0 },
+            scripts: Mutex::default(),
         }
     }
 
@@ -209,8 +235,25 @@ impl Sandbox {
         self.lines.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).map(|wire| wire.report())
     }
 
+    /// From now on, the person who answers `number` says `sentences` with the local voice (when
+    /// it is installed): after the greeting, one sentence per turn, each once the bot has
+    /// answered the one before; then they hang up.
+    pub fn script(&self, number: &str, sentences: Vec<String>) {
+        let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+        self.scripts.lock().unwrap_or_else(|e| e.into_inner()).insert(digits, sentences);
+    }
+
+    /// [`line`](Self::line), once the person has made out (transcribed) all of the bot's speech
+    /// they heard.
+    pub async fn line_understood(&self, call_id: &str) -> Option<LineReport> {
+        let wire = self.lines.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).cloned()?;
+        wire.understood().await;
+        Some(wire.report())
+    }
+
     fn new_wire(&self) -> Arc<Wire> {
-        Arc::new(Wire::new(self.time_scale))
+        let ears = self.local.recognizer_available().then(|| self.local.clone());
+        Arc::new(Wire::new(self.time_scale, ears))
     }
 
     /// The carriers' endpoints and the server's accounts with them, all the sandbox's: where the
@@ -750,7 +793,18 @@ impl Sandbox {
             }
         }
         let framing = person::Framing { protocol: call.protocol, stream_sid: stream_sid.clone() };
-        let sequence = person::converse(&mut socket, &call, scenario, framing, self.time_scale).await;
+        let digits: String = call.to.chars().filter(char::is_ascii_digit).collect();
+        let script = self.scripts.lock().unwrap_or_else(|e| e.into_inner()).get(&digits).cloned();
+        let voice = match (&script, self.local.flite()) {
+            (Some(_), Some(program)) => Flite::new(program, flite::DEFAULT_VOICE).ok(),
+            (Some(_), None) => {
+                tracing::warn!(call = %call.id, "no local voice installed: the person says their scenario's lines instead");
+                None
+            }
+            _ => None,
+        };
+        let mouth = person::Mouth { noise: self.noise, script: script.filter(|_| voice.is_some()), voice };
+        let sequence = person::converse(&mut socket, &call, scenario, framing, self.time_scale, mouth).await;
         if call.protocol == Protocol::Twilio {
             let _ = socket
                 .send(Message::text(

@@ -20,5 +20,6 @@ mod resources;
 mod sandbox;
 mod secrets;
 mod ship;
+mod speech;
 mod support;
 mod webhooks;
