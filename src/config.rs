@@ -382,6 +382,11 @@ pub struct TelephonyArgs {
     /// noisy street): for trying noise suppression.
     #[arg(long, env = "SANDBOX_NOISE", default_value_t = 0.0)]
     pub sandbox_noise: f32,
+
+    /// Whether the sandbox people make out what the bot says with the local recogniser (when it
+    /// is installed), for `Sandbox::line` reports; it costs a recognition per bot utterance.
+    #[arg(long, env = "SANDBOX_LISTENS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sandbox_listens: bool,
 }
 
 impl TelephonyArgs {
@@ -416,6 +421,7 @@ impl Default for TelephonyArgs {
             recordings_dir: None,
             sandbox_time_scale: 1.0,
             sandbox_noise: 0.0,
+            sandbox_listens: true,
         }
     }
 }

@@ -167,15 +167,10 @@ impl App {
         local_speech.warm_up();
         let sandbox_speech = serve.telephony.sandbox().then(Arc::<conversation::stt::sandbox::SpokenLogs>::default);
         let sandbox = sandbox_speech.as_ref().map(|speech| {
-            Arc::new(Sandbox::with_noise(
-                &secrets,
-                &bases.public,
-                &bases.local,
-                serve.telephony.sandbox_time_scale,
-                speech.clone(),
-                local_speech.clone(),
-                serve.telephony.sandbox_noise,
-            ))
+            Arc::new(
+                Sandbox::new(&secrets, &bases.public, &bases.local, serve.telephony.sandbox_time_scale, speech.clone())
+                    .with_people(local_speech.clone(), serve.telephony.sandbox_listens, serve.telephony.sandbox_noise),
+            )
         });
         let endpoints = match &sandbox {
             Some(sandbox) => sandbox.endpoints(),

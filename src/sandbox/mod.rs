@@ -174,6 +174,8 @@ pub struct Sandbox {
     lines: Mutex<HashMap<String, Arc<Wire>>>,
     /// The local recogniser, when installed: the people listen with it.
     local: Arc<LocalSpeech>,
+    /// Whether the people make out the bot with the local recogniser.
+    listen: bool,
     /// Background noise on the people's lines (RMS).
     noise: f32,
     /// What the people at some numbers say instead of their scenario's lines, by the number's
@@ -192,20 +194,6 @@ impl Sandbox {
         local_base: &str,
         time_scale: f64,
         speech: Arc<SpokenLogs>,
-        local: Arc<LocalSpeech>,
-    ) -> Self {
-        Sandbox::with_noise(secrets, public_base, local_base, time_scale, speech, local, 0.0)
-    }
-
-    /// [`new`](Self::new), with background noise of this level (RMS) on the people's lines.
-    pub fn with_noise(
-        secrets: &SecretBox,
-        public_base: &str,
-        local_base: &str,
-        time_scale: f64,
-        speech: Arc<SpokenLogs>,
-        local: Arc<LocalSpeech>,
-        noise: f32,
     ) -> Self {
         Sandbox {
             http: reqwest::Client::builder()
@@ -224,10 +212,20 @@ impl Sandbox {
             calls: Mutex::new(HashMap::new()),
             speech,
             lines: Mutex::new(HashMap::new()),
-            local,
-            noise: if noise.is_finite() { noise.clamp(0.0, 10_000.0) } else { 0.0 },
+            local: Arc::new(LocalSpeech::none()),
+            listen: false,
+            noise: 0.0,
             scripts: Mutex::default(),
         }
+    }
+
+    /// The people speak (scripted sentences) with the local voice and, when `listen`, make out
+    /// the bot with the local recogniser; `noise` (RMS) is mixed into what they send.
+    pub fn with_people(mut self, local: Arc<LocalSpeech>, listen: bool, noise: f32) -> Self {
+        self.local = local;
+        self.listen = listen;
+        self.noise = if noise.is_finite() { noise.clamp(0.0, 10_000.0) } else { 0.0 };
+        self
     }
 
     /// What the line of a call (by the server's call id) has carried so far.
@@ -252,7 +250,7 @@ impl Sandbox {
     }
 
     fn new_wire(&self) -> Arc<Wire> {
-        let ears = self.local.recognizer_available().then(|| self.local.clone());
+        let ears = (self.listen && self.local.recognizer_available()).then(|| self.local.clone());
         Arc::new(Wire::new(self.time_scale, ears))
     }
 

@@ -92,6 +92,8 @@ pub struct Wire {
     /// Utterances of the bot still being transcribed.
     understanding: AtomicU32,
     understood_all: Notify,
+    /// Times the bot's audio ran dry in the middle of its speech (a gap the person heard).
+    underruns: AtomicU32,
 }
 
 /// What happened on a sandbox call's line, for tests and the curious.
@@ -108,6 +110,8 @@ pub struct LineReport {
     /// What the person understood the bot to say, utterance by utterance (with the local
     /// recogniser installed; otherwise nothing).
     pub heard: Vec<String>,
+    /// Times the bot's audio ran dry in the middle of its speech, and then went on.
+    pub underruns: u32,
 }
 
 impl Wire {
@@ -127,6 +131,7 @@ impl Wire {
             understood: Mutex::default(),
             understanding: AtomicU32::new(0),
             understood_all: Notify::new(),
+            underruns: AtomicU32::new(0),
         }
     }
 
@@ -175,6 +180,7 @@ impl Wire {
             marks_played: self.marks.load(Ordering::SeqCst),
             keys: self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             heard: self.understood.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            underruns: self.underruns.load(Ordering::SeqCst),
         }
     }
 
@@ -444,6 +450,8 @@ where
     tokio::spawn(wire.clone().listen(understanding));
     let mut bot_speech: Vec<i16> = Vec::new();
     let mut background = Background::new(mouth.noise);
+    // The bot's audio ran out while it was talking: if more comes before it stops, a gap.
+    let mut ran_dry = false;
     let mut queue: VecDeque<Queued> = VecDeque::new();
     let mut queued_samples = 0usize;
     let mut last_loud: Option<Instant> = None;
@@ -528,6 +536,9 @@ where
                     wire.record(Side::Bot, &frame);
                 }
                 let talking_before = person.heard.borrow().talking;
+                if talking_before && frame.len() < FRAME {
+                    ran_dry = true;
+                }
                 if talking_before || rms(&frame) > TALKING_RMS {
                     bot_speech.extend_from_slice(&frame);
                 }
@@ -549,6 +560,7 @@ where
                         changed
                     });
                     if stopped {
+                        ran_dry = false;
                         wire.understand(std::mem::take(&mut bot_speech), &to_understand);
                     }
                 }
@@ -558,6 +570,10 @@ where
                 match (framing.protocol, message) {
                     (Protocol::Vonage, Message::Binary(audio)) => {
                         let samples = down.process(&Encoding::Linear16k.decode(&audio));
+                        if std::mem::take(&mut ran_dry) && person.heard.borrow().talking {
+                            wire.underruns.fetch_add(1, Ordering::SeqCst);
+                            metrics::counter!("vocode_sandbox_underruns_total").increment(1);
+                        }
                         enqueue(&mut queue, &mut queued_samples, samples);
                     }
                     (protocol, Message::Text(text)) => {
@@ -570,6 +586,10 @@ where
                             Some("media") => {
                                 let payload = event["media"]["payload"].as_str().and_then(|p| STANDARD.decode(p).ok());
                                 if let Some(bytes) = payload {
+                                    if std::mem::take(&mut ran_dry) && person.heard.borrow().talking {
+                                        wire.underruns.fetch_add(1, Ordering::SeqCst);
+                                        metrics::counter!("vocode_sandbox_underruns_total").increment(1);
+                                    }
                                     enqueue(&mut queue, &mut queued_samples, Encoding::Mulaw8k.decode(&bytes));
                                 }
                             }

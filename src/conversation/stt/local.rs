@@ -60,6 +60,8 @@ impl SpeechToText for LocalStt {
 
 /// Audio to transcribe: an utterance so far (interim) or whole (final).
 struct Job {
+    /// When the audio was cut: a final's latency runs from the endpoint (queueing included).
+    at: std::time::Instant,
     audio: Vec<i16>,
     last: bool,
     speech_final: bool,
@@ -121,7 +123,7 @@ async fn transcribe(
         if !job.last && !queue.is_empty() {
             continue;
         }
-        let started = std::time::Instant::now();
+        let started = job.at;
         let seconds = job.audio.len() as f64 / SAMPLE_RATE as f64;
         let text = match recognizer.transcribe(job.audio).await {
             Ok(text) => text,
@@ -133,6 +135,7 @@ async fn transcribe(
                 continue;
             }
         };
+        // From the endpoint (or the interim's cut) to the words, waiting for a worker included.
         metrics::histogram!("vocode_stt_local_seconds", "kind" => if job.last { "final" } else { "interim" })
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(seconds, took_ms = started.elapsed().as_millis() as u64, final = job.last, %text, "transcribed");
@@ -198,7 +201,12 @@ impl Segmenter {
                 Some(VadEvent::Ended) => {
                     if let Some(mut utterance) = self.utterance.take() {
                         utterance.extend_from_slice(frame);
-                        steps.push(Step::Transcribe(Job { audio: utterance, last: true, speech_final: true }));
+                        steps.push(Step::Transcribe(Job {
+                            at: std::time::Instant::now(),
+                            audio: utterance,
+                            last: true,
+                            speech_final: true,
+                        }));
                     }
                     continue;
                 }
@@ -210,12 +218,18 @@ impl Segmenter {
                     if utterance.len() >= LONGEST_UTTERANCE {
                         let whole = std::mem::take(utterance);
                         self.transcribed_at = 0;
-                        steps.push(Step::Transcribe(Job { audio: whole, last: true, speech_final: false }));
+                        steps.push(Step::Transcribe(Job {
+                            at: std::time::Instant::now(),
+                            audio: whole,
+                            last: true,
+                            speech_final: false,
+                        }));
                     } else if utterance.len()
                         >= self.transcribed_at + SAMPLE_RATE * INTERIM_EVERY.as_millis() as usize / 1000
                     {
                         self.transcribed_at = utterance.len();
                         steps.push(Step::Transcribe(Job {
+                            at: std::time::Instant::now(),
                             audio: utterance.clone(),
                             last: false,
                             speech_final: false,
@@ -235,7 +249,7 @@ impl Segmenter {
     /// What was being said when the audio ended.
     fn finish(&mut self) -> Option<Job> {
         let utterance = self.utterance.take().filter(|u| !u.is_empty())?;
-        Some(Job { audio: utterance, last: true, speech_final: true })
+        Some(Job { at: std::time::Instant::now(), audio: utterance, last: true, speech_final: true })
     }
 }
 

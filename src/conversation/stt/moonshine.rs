@@ -251,7 +251,8 @@ fn load_runtime(path: &Path) -> Result<(), MoonshineError> {
 /// The shared recogniser: a pool of model pairs.
 pub struct Recognizer {
     models: Mutex<Vec<Model>>,
-    free: Semaphore,
+    /// One permit per model pair: held until the pair is back in `models`.
+    free: Arc<Semaphore>,
     tokenizer: Tokenizer,
     workers: usize,
 }
@@ -283,7 +284,7 @@ impl Recognizer {
         let tokenizer = Tokenizer::load(&dir.join(TOKENIZER))?;
         let workers = workers.max(1);
         let models = (0..workers).map(|_| Model::load(dir)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Recognizer { models: Mutex::new(models), free: Semaphore::new(workers), tokenizer, workers })
+        Ok(Recognizer { models: Mutex::new(models), free: Arc::new(Semaphore::new(workers)), tokenizer, workers })
     }
 
     /// How many transcriptions may run at once.
@@ -294,17 +295,20 @@ impl Recognizer {
     /// The words of 16 kHz speech (longer than 64 s: its first 64 s). Waits for a free worker,
     /// then runs on the blocking pool.
     pub async fn transcribe(self: &Arc<Self>, pcm16k: Vec<i16>) -> Result<String, MoonshineError> {
-        let permit = self.free.acquire().await.map_err(|_| MoonshineError::Closed)?;
+        let permit = self.free.clone().acquire_owned().await.map_err(|_| MoonshineError::Closed)?;
         let this = self.clone();
-        let text = tokio::task::spawn_blocking(move || this.transcribe_blocking(&pcm16k))
-            .await
-            .map_err(|e| MoonshineError::Inference(format!("the transcription stopped: {e}")))?;
-        drop(permit);
-        text
+        // The permit goes with the work: a caller that stops waiting does not free the pair early.
+        tokio::task::spawn_blocking(move || {
+            let text = this.transcribe_blocking(&pcm16k);
+            drop(permit);
+            text
+        })
+        .await
+        .map_err(|e| MoonshineError::Inference(format!("the transcription stopped: {e}")))?
     }
 
-    /// [`transcribe`](Self::transcribe), on this thread (which must be allowed to block).
-    pub fn transcribe_blocking(&self, pcm16k: &[i16]) -> Result<String, MoonshineError> {
+    /// [`transcribe`](Self::transcribe), on this thread, holding a permit.
+    fn transcribe_blocking(&self, pcm16k: &[i16]) -> Result<String, MoonshineError> {
         if pcm16k.len() < SHORTEST {
             return Ok(String::new());
         }
