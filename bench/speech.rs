@@ -1,4 +1,4 @@
-//! The offline benchmark: `bench/run speech [--levels 4,8,12,16] [--seconds 60]`.
+//! The offline benchmark: `bench/run speech [--levels 8,16,24,32,40] [--seconds 60]`.
 //!
 //! Concurrent sandbox calls fully on this machine: no cloud provider at all, the local recogniser
 //! (Moonshine, `SPEECH_DIR`, installed by `scripts/install-speech`) hears the people, the
@@ -257,7 +257,7 @@ pub async fn run() {
     let args: Vec<String> = std::env::args().collect();
     let option = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let levels: Vec<usize> = option("--levels")
-        .unwrap_or_else(|| "4,8,12,16".into())
+        .unwrap_or_else(|| "8,16,24,32,40".into())
         .split(',')
         .filter_map(|l| l.trim().parse().ok())
         .collect();
