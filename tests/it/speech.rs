@@ -137,6 +137,27 @@ async fn the_local_recogniser_hears_the_local_voice_over_the_telephone_band() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_model_turns_the_local_recogniser_off_without_a_crash() {
+    let Some((dir, _)) = installed() else { return };
+    let broken = std::env::temp_dir().join(format!("broken-speech-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(broken.join("tiny-en")).unwrap();
+    for file in [moonshine::RUNTIME, moonshine::ENCODER, moonshine::TOKENIZER] {
+        std::os::unix::fs::symlink(dir.join(file), broken.join(file)).unwrap();
+    }
+    let decoder = std::fs::read(dir.join(moonshine::DECODER)).unwrap();
+    std::fs::write(broken.join(moonshine::DECODER), &decoder[..decoder.len() / 3]).unwrap();
+    let speech = LocalSpeech::discover(Some(&broken), 1);
+    assert!(speech.recognizer_available(), "every file is there");
+    let err = speech.recognizer().await.err().expect("a truncated model does not load");
+    assert!(err.contains("decoder_model_merged.ort"), "the reason names the file: {err}");
+    assert!(!speech.recognizer_available(), "turned off");
+    let status = speech.status(false);
+    assert_eq!(status["local_speech_to_text"]["active"], false, "{status}");
+    assert_eq!(status["speech_to_text"], "none", "{status}");
+    std::fs::remove_dir_all(&broken).unwrap();
+}
+
 async fn offline_sandbox(dir: PathBuf, noise: f32) -> Option<TestApp> {
     // Real time: the person's audio is heard, not told through the side channel.
     let telephony = TelephonyArgs { sandbox_time_scale: 1.0, sandbox_noise: noise, ..TelephonyArgs::default() };
@@ -212,4 +233,63 @@ async fn a_sandbox_call_round_trips_real_speech_on_this_machine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_line_is_understood_with_noise_suppression() {
     round_trip(NOISE_LEVEL, true).await;
+}
+
+/// Runs `scripts/install-speech` into `dir` from the wheels in `cache`, offline.
+fn install(dir: &Path, cache: &Path) -> std::process::Output {
+    std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-speech"))
+        .env("SPEECH_DIR", dir)
+        .env("SPEECH_CACHE", cache)
+        .env("SPEECH_OFFLINE", "1")
+        .output()
+        .expect("the install script runs")
+}
+
+#[test]
+fn the_install_checks_every_wheel_and_keeps_the_previous_setup_when_one_is_tampered_with() {
+    let Some(_) = installed() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = std::env::var_os("SPEECH_CACHE").map(PathBuf::from).unwrap_or_else(|| root.join("data/speech-cache"));
+    let cache = if cache.is_relative() { root.join(cache) } else { cache };
+    let wheels: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension() == Some("whl".as_ref())).collect()
+        })
+        .unwrap_or_default();
+    if wheels.len() < 3 {
+        eprintln!("SKIPPED: the wheels are not in {} (scripts/install-speech keeps them there)", cache.display());
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("install-speech-{}", uuid::Uuid::new_v4().simple()));
+    let (own_cache, dir) = (work.join("cache"), work.join("data/speech"));
+    std::fs::create_dir_all(&own_cache).unwrap();
+    for wheel in &wheels {
+        std::fs::copy(wheel, own_cache.join(wheel.file_name().unwrap())).unwrap();
+    }
+    let first = install(&dir, &own_cache);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    for file in moonshine::FILES {
+        assert!(dir.join(file).is_file(), "{file} installed");
+    }
+    let again = install(&dir, &own_cache);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already installed"), "idempotent");
+
+    // An installed file damaged, and a wheel in the cache tampered with: the reinstall refuses the
+    // wheel in one line, and the folder is left exactly as it was.
+    std::fs::write(dir.join(moonshine::TOKENIZER), b"{}").unwrap();
+    let tampered =
+        own_cache.join(wheels.iter().find(|w| w.to_string_lossy().contains("useful")).unwrap().file_name().unwrap());
+    let mut bytes = std::fs::read(&tampered).unwrap();
+    bytes[100] ^= 0xFF;
+    std::fs::write(&tampered, bytes).unwrap();
+    let refused = install(&dir, &own_cache);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("sha256") && stderr.contains("previous setup is kept"), "{stderr}");
+    assert_eq!(std::fs::read(dir.join(moonshine::TOKENIZER)).unwrap(), b"{}", "the previous setup, untouched");
+    assert!(dir.join(moonshine::DECODER).is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(work.join("data")).unwrap().filter_map(|e| e.ok()).collect();
+    assert_eq!(leftovers.len(), 1, "no temporary folder left behind: {leftovers:?}");
+    std::fs::remove_dir_all(&work).unwrap();
 }

@@ -128,7 +128,9 @@ async fn transcribe(
         let text = match recognizer.transcribe(job.audio).await {
             Ok(text) => text,
             Err(e) => {
+                // Like any provider's failure: logged, counted, and the call goes on.
                 tracing::warn!(error = %e, "local speech-to-text: a transcription failed");
+                metrics::counter!("vocode_stt_local_failures_total").increment(1);
                 if job.last {
                     last_interim.clear();
                 }
