@@ -26,6 +26,11 @@
 //! (failed) do not answer, which ends the call; any other number answers, talks for 3 s and hangs
 //! up, and then the call is over. The third party's news goes to the transfer's own callbacks.
 //!
+//! With the server's own speech installed (`scripts/install-speech`), the people can say any
+//! sentences with the local voice ([`Sandbox::script`]) instead of their scenario's recordings,
+//! with background noise on their line (`SANDBOX_NOISE`), and they make out what the bot says
+//! with the local recogniser ([`LineReport::heard`]).
+//!
 //! Times are scaled by `SANDBOX_TIME_SCALE`, except the bot's audio, which plays in real time as
 //! the server paces it. On these calls the server's conversation uses stand-ins for the speech
 //! and model providers it lacks (see `conversation::agent::Fallbacks`): the person tells the

@@ -7,7 +7,8 @@
 //!   message of 20 ms carries the world's frames of that time compressed into one), silence in between;
 //!   Vonage streams get them as 16 kHz L16 through the engine's own codecs and resampler. What the
 //!   person says, and when its audio starts and ends, goes into the call's side channel
-//!   ([`SpokenLog`]), which the stand-in speech-to-text reads and tests can inspect.
+//!   ([`SpokenLog`]), which the stand-in speech-to-text reads and tests can inspect. A scripted
+//!   person ([`Sandbox::script`]) says their sentences with the local flite voice instead.
 //! - **Listening.** The bot's audio is queued and played out in real time, as a carrier does,
 //!   and an energy threshold on what is played tells when the bot talks and when it stopped.
 //!   Marks come back once the audio queued before them has played (Twilio's `mark`, Vonage's

@@ -176,14 +176,14 @@ async fn ended(app: &TestApp, id: &str) -> Value {
 
 /// A sandbox call with the person speaking and listening, all on this machine: the transcript
 /// holds what the person said, and what the person heard is what the transcript says the bot said.
-async fn round_trip(noise: f32, noise_suppression: bool) {
+async fn round_trip(noise: f32, noise_suppression: bool, carrier: &str) {
     let Some((dir, _)) = installed() else { return };
     let Some(app) = offline_sandbox(dir, noise).await else { return };
     let (_, ready) = app.get("/ready").await;
     assert_eq!(ready["speech"]["speech_to_text"], "local", "{ready}");
     assert_eq!(ready["speech"]["local_voice"]["active"], true, "{ready}");
     let sandbox = app.state.sandbox.clone().expect("sandbox mode");
-    let (_, number) = app.post("/v1/numbers/buy", json!({"telephony_provider": "twilio", "area_code": "415"})).await;
+    let (_, number) = app.post("/v1/numbers/buy", json!({"telephony_provider": carrier, "area_code": "415"})).await;
     let greeting = "Hello, this is the restaurant. How can I help you?";
     let agent = json!({"prompt": {"content": "Book tables."}, "initial_message": greeting,
                        "noise_suppression": noise_suppression, "voice": {"type": "voice_vocode", "voice_id": "joe"}});
@@ -227,12 +227,14 @@ async fn round_trip(noise: f32, noise_suppression: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_call_round_trips_real_speech_on_this_machine() {
-    round_trip(0.0, false).await;
+    // Twilio's line: μ-law at 8 kHz.
+    round_trip(0.0, false, "twilio").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_line_is_understood_with_noise_suppression() {
-    round_trip(NOISE_LEVEL, true).await;
+    // Vonage's line: 16-bit PCM at 16 kHz.
+    round_trip(NOISE_LEVEL, true, "vonage").await;
 }
 
 /// Runs `scripts/install-speech` into `dir` from the wheels in `cache`, offline.
