@@ -505,6 +505,34 @@ mod tests {
     }
 
     #[test]
+    fn the_local_speech_is_used_when_installed_and_no_cloud_speech_is_configured() {
+        let installed =
+            Arc::new(LocalSpeech::assumed(std::path::Path::new("/speech"), Some("/usr/bin/flite".as_ref())));
+        let none = ConversationArgs { openai_base_url: Some("http://127.0.0.1:11434/v1".into()), ..Default::default() };
+        let joe = Some(json!({"type": "voice_vocode", "voice_id": "joe"}));
+        let resolved = |s: &ConversationArgs, voice: Option<Value>, fallbacks: &Fallbacks| {
+            resolve_with(&docs(json!({}), voice), s, &installed, Encoding::Mulaw8k, true, fallbacks)
+        };
+        let (_, providers) = resolved(&none, joe.clone(), &Fallbacks::none()).unwrap();
+        assert_eq!((providers.stt.name(), providers.voice.name()), ("moonshine", "flite"), "a real call, all local");
+        let (_, providers) = resolved(&settings(), joe.clone(), &Fallbacks::none()).unwrap();
+        assert_eq!((providers.stt.name(), providers.voice.name()), ("deepgram", "elevenlabs"), "the cloud first");
+        // A sandbox call in a sped-up world keeps its stand-in: its person's audio is squeezed.
+        let sped_up = Fallbacks::sandbox(SpokenLog::new(0.1));
+        assert_eq!(resolved(&none, joe.clone(), &sped_up).unwrap().1.stt.name(), "sandbox");
+        let real_time = Fallbacks::sandbox(SpokenLog::new(1.0));
+        assert_eq!(resolved(&none, joe, &real_time).unwrap().1.stt.name(), "moonshine");
+        // A cloud voice without its key: refused, unless the operator allows the local fallback.
+        let rime = Some(json!({"type": "voice_rime", "speaker": "x"}));
+        assert!(resolved(&none, rime.clone(), &Fallbacks::none()).is_err());
+        let fallback = ConversationArgs { local_voice_fallback: true, ..none.clone() };
+        assert_eq!(resolved(&fallback, rime, &Fallbacks::none()).unwrap().1.voice.name(), "flite");
+        // Nothing installed: the messages say how to install it.
+        let message = resolve(&docs(json!({}), None), &none, &no_local(), Encoding::Mulaw8k, true).err().unwrap().0;
+        assert!(message.contains("DEEPGRAM_API_KEY") && message.contains(INSTALL), "{message}");
+    }
+
+    #[test]
     fn stand_ins_fill_in_only_for_sandbox_calls_and_only_what_is_missing() {
         let none = ConversationArgs::default();
         let no_speech = no_local();

@@ -57,6 +57,12 @@ impl LocalSpeech {
         }
     }
 
+    /// As if installed in `dir` (recogniser files present, not yet loaded) with `flite` at this
+    /// path: for tests of provider selection, which never load the models.
+    pub fn assumed(dir: &Path, flite: Option<&Path>) -> LocalSpeech {
+        LocalSpeech { absent: None, flite: flite.map(Path::to_owned), ..LocalSpeech::discover(Some(dir), 1) }
+    }
+
     /// Whether the local recogniser can be used: installed, and not found broken.
     pub fn recognizer_available(&self) -> bool {
         self.absent.is_none() && !self.failed.load(Ordering::SeqCst)
