@@ -14,9 +14,11 @@
 //! measurements: nothing here fails on speed.
 //!
 //! `bench/run media` runs the media-plane benchmark instead (concurrent talking calls; see
-//! [`media`]).
+//! [`media`]); `bench/run speech`, the offline one (concurrent calls with the local recogniser
+//! and voice; see [`speech`]).
 
 mod media;
+mod speech;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -332,6 +334,9 @@ async fn call_api(client: &reqwest::Client, url: String, key: &str, body: Value)
 async fn main() {
     if std::env::args().nth(1).as_deref() == Some("media") {
         return media::run().await;
+    }
+    if std::env::args().nth(1).as_deref() == Some("speech") {
+        return speech::run().await;
     }
     let s = settings();
     let admin =

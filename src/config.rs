@@ -269,6 +269,22 @@ pub struct ConversationArgs {
     /// The voice `voice_vocode` voices speak with: `elevenlabs:VOICE_ID` or `azure:VOICE_NAME`.
     #[arg(long, env = "VOCODE_VOICE")]
     pub vocode_voice: Option<String>,
+
+    /// Where `scripts/install-speech` put the local speech (the Moonshine recogniser and ONNX
+    /// Runtime). Used when no `DEEPGRAM_API_KEY` is set; without the files the server runs as
+    /// before.
+    #[arg(long, env = "SPEECH_DIR", default_value = "data/speech")]
+    pub speech_dir: Option<PathBuf>,
+
+    /// How many local transcriptions may run at once (each holds its own copy of the model, about
+    /// 190 MB). Default: the machine's cores.
+    #[arg(long, env = "LOCAL_STT_WORKERS")]
+    pub local_stt_workers: Option<usize>,
+
+    /// Whether a call whose agent's cloud voice cannot be used on this server (no key configured)
+    /// speaks with the local flite voice instead of being refused.
+    #[arg(long, env = "LOCAL_VOICE_FALLBACK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub local_voice_fallback: bool,
 }
 
 /// Where calls go: the built-in sandbox carrier, or Twilio and Vonage.
@@ -362,6 +378,16 @@ pub struct TelephonyArgs {
     /// Speed of the sandbox's scenarios: 0.1 plays them ten times faster.
     #[arg(long, env = "SANDBOX_TIME_SCALE", default_value_t = 1.0)]
     pub sandbox_time_scale: f64,
+
+    /// Background noise on the sandbox people's lines (RMS of 32767; 0 is a quiet line, 1000 a
+    /// noisy street): for trying noise suppression.
+    #[arg(long, env = "SANDBOX_NOISE", default_value_t = 0.0)]
+    pub sandbox_noise: f32,
+
+    /// Whether the sandbox people make out what the bot says with the local recogniser (when it
+    /// is installed), for `Sandbox::line` reports; it costs a recognition per bot utterance.
+    #[arg(long, env = "SANDBOX_LISTENS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sandbox_listens: bool,
 }
 
 impl TelephonyArgs {
@@ -395,6 +421,8 @@ impl Default for TelephonyArgs {
             record_on_server: false,
             recordings_dir: None,
             sandbox_time_scale: 1.0,
+            sandbox_noise: 0.0,
+            sandbox_listens: true,
         }
     }
 }
@@ -419,6 +447,9 @@ impl Default for ConversationArgs {
             playht_base_url: None,
             pinecone_base_url: None,
             vocode_voice: None,
+            speech_dir: None,
+            local_stt_workers: None,
+            local_voice_fallback: false,
         }
     }
 }

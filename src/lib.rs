@@ -61,6 +61,8 @@ pub struct Shared {
     /// With the sandbox carrier: what its simulated people say on each call, which the stand-in
     /// speech-to-text of a sandbox call reads.
     pub sandbox_speech: Option<Arc<conversation::stt::sandbox::SpokenLogs>>,
+    /// The server's own recogniser and voice, as installed in `SPEECH_DIR`.
+    pub local_speech: Arc<conversation::local::LocalSpeech>,
 }
 
 impl AppState {
@@ -155,15 +157,20 @@ impl App {
         let addr = listener.local_addr()?;
         let secrets = Arc::new(secrets);
         let bases = Bases::new(&serve.telephony, addr)?;
+        let workers = serve
+            .conversation
+            .local_stt_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1));
+        let local_speech =
+            Arc::new(conversation::local::LocalSpeech::discover(serve.conversation.speech_dir.as_deref(), workers));
+        local_speech.log_startup(serve.conversation.deepgram_api_key.is_some());
+        local_speech.warm_up();
         let sandbox_speech = serve.telephony.sandbox().then(Arc::<conversation::stt::sandbox::SpokenLogs>::default);
         let sandbox = sandbox_speech.as_ref().map(|speech| {
-            Arc::new(Sandbox::new(
-                &secrets,
-                &bases.public,
-                &bases.local,
-                serve.telephony.sandbox_time_scale,
-                speech.clone(),
-            ))
+            Arc::new(
+                Sandbox::new(&secrets, &bases.public, &bases.local, serve.telephony.sandbox_time_scale, speech.clone())
+                    .with_people(local_speech.clone(), serve.telephony.sandbox_listens, serve.telephony.sandbox_noise),
+            )
         });
         let endpoints = match &sandbox {
             Some(sandbox) => sandbox.endpoints(),
@@ -209,6 +216,7 @@ impl App {
                 conversation: serve.conversation.clone(),
                 sandbox,
                 sandbox_speech,
+                local_speech,
             })),
             listener,
             workers: serve.workers,

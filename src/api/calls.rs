@@ -342,7 +342,7 @@ async fn check_agent_can_talk(
         Provider::Twilio => (Encoding::Mulaw8k, true),
         Provider::Vonage => (Encoding::Linear16k, false),
     };
-    resolve(&docs, &state.conversation, encoding, echoes)
+    resolve(&docs, &state.conversation, &state.local_speech, encoding, echoes)
         .map(|_| ())
         .map_err(|missing| ApiError::BadRequest(format!("This server cannot run the call's agent: {missing}")))
 }

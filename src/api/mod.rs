@@ -99,7 +99,11 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(json!({ "status": "ready", "carrier_mode": state.telephony.mode() }))),
+        Ok(Ok(())) => Ok(Json(json!({
+            "status": "ready",
+            "carrier_mode": state.telephony.mode(),
+            "speech": state.local_speech.status(state.conversation.deepgram_api_key.is_some()),
+        }))),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check: the database does not answer");
             Err(ApiError::Unavailable("Not ready: the database does not answer".into()))

@@ -7,6 +7,11 @@
 //! On the sandbox carrier's simulated calls, and only there, stand-ins take the place of what
 //! the server has not configured ([`Fallbacks`]): the sandbox's speech-to-text, the scripted
 //! model and the tone voice. Each says so in the log, once per call.
+//!
+//! The server's own speech ([`LocalSpeech`]), when installed, is a real provider for every call:
+//! the local recogniser when no `DEEPGRAM_API_KEY` is set, the flite voice for `voice_vocode` when
+//! `VOCODE_VOICE` names no cloud voice (and for any voice that cannot be used here, when the
+//! operator allows it with `LOCAL_VOICE_FALLBACK`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +26,13 @@ use super::knowledge::{Knowledge, Pinecone};
 use super::llm::openai::{OpenAiCompatible, OpenAiSettings};
 use super::llm::scripted::Scripted;
 use super::llm::{ChatRequest, DeltaStream, Fallback, LanguageModel, LlmError};
+use super::local::{LocalSpeech, INSTALL};
 use super::stt::deepgram::{Deepgram, DeepgramSettings};
+use super::stt::local::LocalStt;
 use super::stt::sandbox::{SandboxStt, SpokenLog};
 use super::tts::azure::{Azure, AzureSettings};
 use super::tts::elevenlabs::{ElevenLabs, ElevenLabsSettings};
+use super::tts::flite::{self, Flite};
 use super::tts::playht::{PlayHt, PlayHtSettings};
 use super::tts::rime::{Rime, RimeSettings};
 use super::tts::tone::Tone;
@@ -79,16 +87,18 @@ impl Fallbacks {
 pub fn resolve(
     docs: &AgentDocuments,
     settings: &ConversationArgs,
+    speech: &Arc<LocalSpeech>,
     encoding: Encoding,
     carrier_echoes_marks: bool,
 ) -> Result<(EngineConfig, Providers), Missing> {
-    resolve_with(docs, settings, encoding, carrier_echoes_marks, &Fallbacks::none())
+    resolve_with(docs, settings, speech, encoding, carrier_echoes_marks, &Fallbacks::none())
 }
 
 /// [`resolve`], with stand-ins for what cannot be resolved (logged, once each).
 pub fn resolve_with(
     docs: &AgentDocuments,
     settings: &ConversationArgs,
+    speech: &Arc<LocalSpeech>,
     encoding: Encoding,
     carrier_echoes_marks: bool,
     fallbacks: &Fallbacks,
@@ -97,7 +107,11 @@ pub fn resolve_with(
     let stand_in = |missing: &Missing, what: &str| {
         tracing::info!(%missing, "this sandbox call uses a stand-in {what}: configure a real one to hear it");
     };
-    let stt = match (speech_to_text(settings), &fallbacks.sandbox) {
+    // A sped-up sandbox squeezes its person's audio, which no recogniser could hear: it keeps its
+    // stand-in then.
+    let sped_up = fallbacks.sandbox.as_ref().is_some_and(|spoken| spoken.time_scale() != 1.0);
+    let local = (!sped_up).then_some(speech);
+    let stt = match (speech_to_text(settings, local), &fallbacks.sandbox) {
         (Err(missing), Some(spoken)) => {
             stand_in(&missing, "speech-to-text (it reads what the simulated person says)");
             Arc::new(SandboxStt::new(spoken.clone()))
@@ -111,7 +125,12 @@ pub fn resolve_with(
         }
         llm => llm?,
     };
-    let voice = match voice(docs, settings) {
+    let voice: Arc<dyn Voice> = match voice(docs, settings, speech) {
+        Err(missing) if settings.local_voice_fallback && speech.flite().is_some() => {
+            tracing::info!(%missing, "the call speaks with the local flite voice instead (LOCAL_VOICE_FALLBACK)");
+            let program = speech.flite().expect("guarded");
+            Arc::new(Flite::new(program, flite::DEFAULT_VOICE).expect("a flite voice"))
+        }
         Err(missing) if fallbacks.sandbox.is_some() => {
             stand_in(&missing, "voice (a synthetic tone as long as the words)");
             Arc::new(Tone)
@@ -125,6 +144,7 @@ pub fn resolve_with(
         .map(|words| words.iter().map(|(word, boost)| format!("{word}:{}", boost.as_f64().unwrap_or(1.0))).collect())
         .unwrap_or_default();
     let config = EngineConfig {
+        noise_suppression: agent["noise_suppression"].as_bool().unwrap_or(false),
         encoding,
         dials: Dials::from_agent(agent),
         prompt: docs.prompt.clone(),
@@ -140,9 +160,18 @@ pub fn resolve_with(
     Ok((config, providers))
 }
 
-fn speech_to_text(settings: &ConversationArgs) -> Result<Arc<dyn super::stt::SpeechToText>, Missing> {
+/// Deepgram when configured, else the local recogniser when installed (and wanted).
+fn speech_to_text(
+    settings: &ConversationArgs,
+    speech: Option<&Arc<LocalSpeech>>,
+) -> Result<Arc<dyn super::stt::SpeechToText>, Missing> {
     let Some(key) = settings.deepgram_api_key.clone() else {
-        return Err(Missing("the agent cannot hear: set DEEPGRAM_API_KEY (speech-to-text)".into()));
+        if let Some(speech) = speech.filter(|s| s.recognizer_available()) {
+            return Ok(Arc::new(LocalStt::new(speech.clone())));
+        }
+        return Err(Missing(format!(
+            "the agent cannot hear: set DEEPGRAM_API_KEY (speech-to-text), or install the local recogniser with {INSTALL}"
+        )));
     };
     let mut deepgram = DeepgramSettings::new(key);
     if let Some(url) = &settings.deepgram_url {
@@ -237,7 +266,7 @@ impl LanguageModel for WithModel {
     }
 }
 
-fn voice(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn Voice>, Missing> {
+fn voice(docs: &AgentDocuments, settings: &ConversationArgs, speech: &LocalSpeech) -> Result<Arc<dyn Voice>, Missing> {
     let voice = docs.voice.clone().unwrap_or_else(crate::domain::agents::default_voice);
     match voice["type"].as_str().unwrap_or_default() {
         "voice_eleven_labs" => {
@@ -309,11 +338,16 @@ fn voice(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn V
                 Ok(Arc::new(ElevenLabs::new(eleven)))
             }
             Some(("azure", name)) => Ok(Arc::new(Azure::new(azure(settings, name)?))),
-            _ => Err(Missing(
-                "the agent cannot speak: its voice is voice_vocode; set VOCODE_VOICE to elevenlabs:VOICE_ID or \
-                 azure:VOICE_NAME"
-                    .into(),
-            )),
+            _ => match speech.flite() {
+                Some(program) => {
+                    let name = flite::voice_for(voice["voice_id"].as_str());
+                    Ok(Arc::new(Flite::new(program, name).expect("a flite voice")))
+                }
+                None => Err(Missing(format!(
+                    "the agent cannot speak: its voice is voice_vocode; set VOCODE_VOICE to elevenlabs:VOICE_ID or \
+                     azure:VOICE_NAME, or install the local voice with {INSTALL}"
+                ))),
+            },
         },
         other => Err(Missing(format!(
             "the agent cannot speak: {other} voices are not supported by this server; use voice_eleven_labs, \
@@ -367,22 +401,31 @@ mod tests {
         }
     }
 
+    fn no_local() -> Arc<LocalSpeech> {
+        Arc::new(LocalSpeech::none())
+    }
+
     fn docs(agent: Value, voice: Option<Value>) -> AgentDocuments {
         AgentDocuments { agent, prompt: "Be brief.".into(), voice, ..AgentDocuments::default() }
     }
 
     #[test]
     fn an_agent_that_navigates_phone_menus_can_press_keys() {
-        let navigating =
-            resolve(&docs(json!({"ivr_navigation_mode": "default"}), None), &settings(), Encoding::Mulaw8k, true);
+        let navigating = resolve(
+            &docs(json!({"ivr_navigation_mode": "default"}), None),
+            &settings(),
+            &no_local(),
+            Encoding::Mulaw8k,
+            true,
+        );
         let tools: Vec<String> =
             navigating.unwrap().0.actions.iter().filter_map(|a| a.tool()).map(|t| t.name).collect();
         assert_eq!(tools, ["action_dtmf"]);
         let mut with_keys = docs(json!({"ivr_navigation_mode": "default"}), None);
         with_keys.actions = vec![json!({"type": "action_dtmf"})];
-        let (config, _) = resolve(&with_keys, &settings(), Encoding::Mulaw8k, true).unwrap();
+        let (config, _) = resolve(&with_keys, &settings(), &no_local(), Encoding::Mulaw8k, true).unwrap();
         assert_eq!(config.actions.len(), 1, "offered once");
-        let (config, _) = resolve(&docs(json!({}), None), &settings(), Encoding::Mulaw8k, true).unwrap();
+        let (config, _) = resolve(&docs(json!({}), None), &settings(), &no_local(), Encoding::Mulaw8k, true).unwrap();
         assert!(config.actions.is_empty(), "not without IVR navigation");
     }
 
@@ -390,7 +433,8 @@ mod tests {
     fn an_agent_with_everything_configured_resolves() {
         let agent = json!({"initial_message": "Hi!", "openai_model_name_override": "gpt-4o", "llm_temperature": 0.5,
                            "deepgram_keywords": {"Ajay": 2}, "language": "en", "interrupt_sensitivity": "high"});
-        let (config, providers) = resolve(&docs(agent, None), &settings(), Encoding::Mulaw8k, true).unwrap();
+        let (config, providers) =
+            resolve(&docs(agent, None), &settings(), &no_local(), Encoding::Mulaw8k, true).unwrap();
         assert_eq!(config.initial_message.as_deref(), Some("Hi!"));
         assert_eq!((config.model.as_str(), config.temperature), ("gpt-4o", Some(0.5)));
         assert_eq!(config.keywords, vec!["Ajay:2".to_owned()]);
@@ -398,7 +442,7 @@ mod tests {
         assert_eq!(config.dials.interrupt, super::super::turns::InterruptSensitivity::High);
         assert_eq!(providers.stt.name(), "deepgram");
         assert!(config.actions.is_empty());
-        let defaults = resolve(&docs(json!({}), None), &settings(), Encoding::Linear16k, false).unwrap().0;
+        let defaults = resolve(&docs(json!({}), None), &settings(), &no_local(), Encoding::Linear16k, false).unwrap().0;
         assert_eq!(defaults.model, "gpt-4o-mini");
     }
 
@@ -408,7 +452,7 @@ mod tests {
             json!({"type": "vector_database_pinecone", "index": "docs", "api_key": "pc", "api_environment": "gcp"});
         let with = |vector_database: Option<Value>, s: &ConversationArgs| {
             let docs = AgentDocuments { vector_database, ..docs(json!({}), None) };
-            resolve(&docs, s, Encoding::Mulaw8k, true).unwrap().1.knowledge.is_some()
+            resolve(&docs, s, &no_local(), Encoding::Mulaw8k, true).unwrap().1.knowledge.is_some()
         };
         assert!(with(Some(pinecone.clone()), &settings()));
         assert!(!with(None, &settings()));
@@ -431,7 +475,10 @@ mod tests {
     fn what_is_missing_is_named() {
         let none = ConversationArgs::default();
         let err = |s: &ConversationArgs, voice: Option<Value>| {
-            resolve(&docs(json!({}), voice), s, Encoding::Mulaw8k, true).err().map(|m| m.0).unwrap_or_default()
+            resolve(&docs(json!({}), voice), s, &no_local(), Encoding::Mulaw8k, true)
+                .err()
+                .map(|m| m.0)
+                .unwrap_or_default()
         };
         assert!(err(&none, None).contains("DEEPGRAM_API_KEY"));
         let mut s = ConversationArgs { deepgram_api_key: Some("dg".into()), ..ConversationArgs::default() };
@@ -459,17 +506,48 @@ mod tests {
     }
 
     #[test]
+    fn the_local_speech_is_used_when_installed_and_no_cloud_speech_is_configured() {
+        let installed =
+            Arc::new(LocalSpeech::assumed(std::path::Path::new("/speech"), Some("/usr/bin/flite".as_ref())));
+        let none = ConversationArgs { openai_base_url: Some("http://127.0.0.1:11434/v1".into()), ..Default::default() };
+        let joe = Some(json!({"type": "voice_vocode", "voice_id": "joe"}));
+        let resolved = |s: &ConversationArgs, voice: Option<Value>, fallbacks: &Fallbacks| {
+            resolve_with(&docs(json!({}), voice), s, &installed, Encoding::Mulaw8k, true, fallbacks)
+        };
+        let (_, providers) = resolved(&none, joe.clone(), &Fallbacks::none()).unwrap();
+        assert_eq!((providers.stt.name(), providers.voice.name()), ("moonshine", "flite"), "a real call, all local");
+        let (_, providers) = resolved(&settings(), joe.clone(), &Fallbacks::none()).unwrap();
+        assert_eq!((providers.stt.name(), providers.voice.name()), ("deepgram", "elevenlabs"), "the cloud first");
+        // A sandbox call in a sped-up world keeps its stand-in: its person's audio is squeezed.
+        let sped_up = Fallbacks::sandbox(SpokenLog::new(0.1));
+        assert_eq!(resolved(&none, joe.clone(), &sped_up).unwrap().1.stt.name(), "sandbox");
+        let real_time = Fallbacks::sandbox(SpokenLog::new(1.0));
+        assert_eq!(resolved(&none, joe, &real_time).unwrap().1.stt.name(), "moonshine");
+        // A cloud voice without its key: refused, unless the operator allows the local fallback.
+        let rime = Some(json!({"type": "voice_rime", "speaker": "x"}));
+        assert!(resolved(&none, rime.clone(), &Fallbacks::none()).is_err());
+        let fallback = ConversationArgs { local_voice_fallback: true, ..none.clone() };
+        assert_eq!(resolved(&fallback, rime, &Fallbacks::none()).unwrap().1.voice.name(), "flite");
+        // Nothing installed: the messages say how to install it.
+        let message = resolve(&docs(json!({}), None), &none, &no_local(), Encoding::Mulaw8k, true).err().unwrap().0;
+        assert!(message.contains("DEEPGRAM_API_KEY") && message.contains(INSTALL), "{message}");
+    }
+
+    #[test]
     fn stand_ins_fill_in_only_for_sandbox_calls_and_only_what_is_missing() {
         let none = ConversationArgs::default();
+        let no_speech = no_local();
         let sandbox = Fallbacks::sandbox(SpokenLog::new(1.0));
-        let (_, providers) = resolve_with(&docs(json!({}), None), &none, Encoding::Mulaw8k, true, &sandbox).unwrap();
+        let (_, providers) =
+            resolve_with(&docs(json!({}), None), &none, &no_speech, Encoding::Mulaw8k, true, &sandbox).unwrap();
         let names = (providers.stt.name(), providers.llm.name(), providers.voice.name());
         assert_eq!(names, ("sandbox", "scripted", "tone"));
         let (_, providers) =
-            resolve_with(&docs(json!({}), None), &settings(), Encoding::Mulaw8k, true, &sandbox).unwrap();
+            resolve_with(&docs(json!({}), None), &settings(), &no_local(), Encoding::Mulaw8k, true, &sandbox).unwrap();
         assert_eq!(providers.stt.name(), "deepgram", "a configured provider is used even on a sandbox call");
         assert_eq!(providers.voice.name(), "elevenlabs");
-        let real_call = resolve_with(&docs(json!({}), None), &none, Encoding::Mulaw8k, true, &Fallbacks::none());
+        let real_call =
+            resolve_with(&docs(json!({}), None), &none, &no_speech, Encoding::Mulaw8k, true, &Fallbacks::none());
         assert!(real_call.is_err(), "no stand-in for a real call");
     }
 }

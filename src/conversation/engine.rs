@@ -55,6 +55,8 @@ pub struct EngineConfig {
     /// Whether the carrier echoes marks (Twilio does; without echoes the clock tells what was
     /// played).
     pub carrier_echoes_marks: bool,
+    /// The agent's `noise_suppression`: the caller's audio is cleaned before recognition.
+    pub noise_suppression: bool,
 }
 
 /// The providers a call talks to.
@@ -274,6 +276,7 @@ impl Engine {
     async fn conversation(&mut self, from_call: &mut mpsc::Receiver<FromCall>) {
         let mut opening = Some(self.open_stt());
         let mut stt: Option<SttSession> = None;
+        let mut denoiser = self.config.noise_suppression.then(|| super::denoise::Denoiser::new(self.config.encoding));
         let greeting_at =
             self.config.initial_message.as_ref().map(|_| Instant::now() + self.config.dials.initial_message_delay);
         let mut greeting_at = greeting_at;
@@ -293,7 +296,12 @@ impl Engine {
                 biased;
                 message = from_call.recv() => match message {
                     Some(FromCall::Audio(frame)) => {
-                        if let Some(session) = &stt {
+                        // Cleaned even while nobody listens, so the filter keeps up with the line.
+                        let frame = match denoiser.as_mut() {
+                            Some(denoiser) => denoiser.process(&frame),
+                            None => frame,
+                        };
+                        if let Some(session) = stt.as_ref().filter(|_| !frame.is_empty()) {
                             if session.audio.try_send(frame).is_err() {
                                 metrics::counter!("vocode_conversation_audio_dropped_total").increment(1);
                             }

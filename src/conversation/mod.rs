@@ -9,16 +9,19 @@ pub mod actions;
 pub mod agent;
 pub mod audio;
 pub mod context;
+pub mod denoise;
 pub mod do_not_call;
 pub mod engine;
 pub mod knowledge;
 pub mod llm;
+pub mod local;
 pub mod media;
 pub mod playout;
 pub mod recording;
 pub mod stt;
 pub mod tts;
 pub mod turns;
+pub mod vad;
 
 /// One HTTP client per configuration for the whole process. Building a client loads the TLS roots
 /// (milliseconds, on every `calls/create` that checks an agent's providers), and a shared client

@@ -26,6 +26,11 @@
 //! (failed) do not answer, which ends the call; any other number answers, talks for 3 s and hangs
 //! up, and then the call is over. The third party's news goes to the transfer's own callbacks.
 //!
+//! With the server's own speech installed (`scripts/install-speech`), the people can say any
+//! sentences with the local voice ([`Sandbox::script`]) instead of their scenario's recordings,
+//! with background noise on their line (`SANDBOX_NOISE`), and they make out what the bot says
+//! with the local recogniser ([`LineReport::heard`]).
+//!
 //! Times are scaled by `SANDBOX_TIME_SCALE`, except the bot's audio, which plays in real time as
 //! the server paces it. On these calls the server's conversation uses stand-ins for the speech
 //! and model providers it lacks (see `conversation::agent::Fallbacks`): the person tells the
@@ -54,7 +59,9 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::conversation::local::LocalSpeech;
 use crate::conversation::stt::sandbox::SpokenLogs;
+use crate::conversation::tts::flite::{self, Flite};
 use crate::crypto::SecretBox;
 use crate::domain::phone::PhoneNumber;
 use crate::telephony::{twilio as twilio_api, vonage as vonage_api, Endpoints};
@@ -170,6 +177,15 @@ pub struct Sandbox {
     speech: Arc<SpokenLogs>,
     /// The lines of calls, by the server's call id.
     lines: Mutex<HashMap<String, Arc<Wire>>>,
+    /// The local recogniser, when installed: the people listen with it.
+    local: Arc<LocalSpeech>,
+    /// Whether the people make out the bot with the local recogniser.
+    listen: bool,
+    /// Background noise on the people's lines (RMS).
+    noise: f32,
+    /// What the people at some numbers say instead of their scenario's lines, by the number's
+    /// digits ([`script`](Self::script)).
+    scripts: Mutex<HashMap<String, Vec<String>>>,
 }
 
 fn hex32(bytes: [u8; 32]) -> String {
@@ -201,7 +217,20 @@ impl Sandbox {
             calls: Mutex::new(HashMap::new()),
             speech,
             lines: Mutex::new(HashMap::new()),
+            local: Arc::new(LocalSpeech::none()),
+            listen: false,
+            noise: 0.0,
+            scripts: Mutex::default(),
         }
+    }
+
+    /// The people speak (scripted sentences) with the local voice and, when `listen`, make out
+    /// the bot with the local recogniser; `noise` (RMS) is mixed into what they send.
+    pub fn with_people(mut self, local: Arc<LocalSpeech>, listen: bool, noise: f32) -> Self {
+        self.local = local;
+        self.listen = listen;
+        self.noise = if noise.is_finite() { noise.clamp(0.0, 10_000.0) } else { 0.0 };
+        self
     }
 
     /// What the line of a call (by the server's call id) has carried so far.
@@ -209,8 +238,25 @@ impl Sandbox {
         self.lines.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).map(|wire| wire.report())
     }
 
+    /// From now on, the person who answers `number` says `sentences` with the local voice (when
+    /// it is installed): after the greeting, one sentence per turn, each once the bot has
+    /// answered the one before; then they hang up.
+    pub fn script(&self, number: &str, sentences: Vec<String>) {
+        let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+        self.scripts.lock().unwrap_or_else(|e| e.into_inner()).insert(digits, sentences);
+    }
+
+    /// [`line`](Self::line), once the person has made out (transcribed) all of the bot's speech
+    /// they heard.
+    pub async fn line_understood(&self, call_id: &str) -> Option<LineReport> {
+        let wire = self.lines.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).cloned()?;
+        wire.understood().await;
+        Some(wire.report())
+    }
+
     fn new_wire(&self) -> Arc<Wire> {
-        Arc::new(Wire::new(self.time_scale))
+        let ears = (self.listen && self.local.recognizer_available()).then(|| self.local.clone());
+        Arc::new(Wire::new(self.time_scale, ears))
     }
 
     /// The carriers' endpoints and the server's accounts with them, all the sandbox's: where the
@@ -750,7 +796,18 @@ impl Sandbox {
             }
         }
         let framing = person::Framing { protocol: call.protocol, stream_sid: stream_sid.clone() };
-        let sequence = person::converse(&mut socket, &call, scenario, framing, self.time_scale).await;
+        let digits: String = call.to.chars().filter(char::is_ascii_digit).collect();
+        let script = self.scripts.lock().unwrap_or_else(|e| e.into_inner()).get(&digits).cloned();
+        let voice = match (&script, self.local.flite()) {
+            (Some(_), Some(program)) => Flite::new(program, flite::DEFAULT_VOICE).ok(),
+            (Some(_), None) => {
+                tracing::warn!(call = %call.id, "no local voice installed: the person says their scenario's lines instead");
+                None
+            }
+            _ => None,
+        };
+        let mouth = person::Mouth { noise: self.noise, script: script.filter(|_| voice.is_some()), voice };
+        let sequence = person::converse(&mut socket, &call, scenario, framing, self.time_scale, mouth).await;
         if call.protocol == Protocol::Twilio {
             let _ = socket
                 .send(Message::text(

@@ -7,12 +7,16 @@
 //!   message of 20 ms carries the world's frames of that time compressed into one), silence in between;
 //!   Vonage streams get them as 16 kHz L16 through the engine's own codecs and resampler. What the
 //!   person says, and when its audio starts and ends, goes into the call's side channel
-//!   ([`SpokenLog`]), which the stand-in speech-to-text reads and tests can inspect.
+//!   ([`SpokenLog`]), which the stand-in speech-to-text reads and tests can inspect. A scripted
+//!   person ([`Sandbox::script`]) says their sentences with the local flite voice instead.
 //! - **Listening.** The bot's audio is queued and played out in real time, as a carrier does,
 //!   and an energy threshold on what is played tells when the bot talks and when it stopped.
 //!   Marks come back once the audio queued before them has played (Twilio's `mark`, Vonage's
 //!   `websocket:notify`); a `clear` drops the queued audio, sends back the marks still pending,
 //!   and on Vonage is answered with `websocket:cleared`.
+//! - **Understanding.** With the local recogniser installed, each stretch of the bot's speech the
+//!   person heard is transcribed (Moonshine, as the server's own speech-to-text does), so a test or
+//!   the curious can compare what the bot said, as heard on the line, with the call's transcript.
 //! - **Recording.** Both sides, as heard on the line, go into the call's recording.
 
 use std::collections::VecDeque;
@@ -21,13 +25,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::*;
 use crate::conversation::audio::{rms, Encoding, Resampler};
+use crate::conversation::local::LocalSpeech;
 use crate::conversation::recording::{Recording, Side};
 use crate::conversation::stt::sandbox::SpokenLog;
+use crate::conversation::tts::flite::Flite;
 
 /// One thing the person can say: its words, and its audio (μ-law 8 kHz).
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +86,15 @@ pub struct Wire {
     on_line: AtomicBool,
     opened: Notify,
     keys: Mutex<String>,
+    /// The local recogniser the person listens with, when installed.
+    ears: Option<Arc<LocalSpeech>>,
+    /// What the person understood of the bot, utterance by utterance.
+    understood: Mutex<Vec<String>>,
+    /// Utterances of the bot still being transcribed.
+    understanding: AtomicU32,
+    understood_all: Notify,
+    /// Times the bot's audio ran dry in the middle of its speech (a gap the person heard).
+    underruns: AtomicU32,
 }
 
 /// What happened on a sandbox call's line, for tests and the curious.
@@ -93,10 +108,15 @@ pub struct LineReport {
     pub marks_played: u32,
     /// The keys the server pressed through the carrier's DTMF API.
     pub keys: String,
+    /// What the person understood the bot to say, utterance by utterance (with the local
+    /// recogniser installed; otherwise nothing).
+    pub heard: Vec<String>,
+    /// Times the bot's audio ran dry in the middle of its speech, and then went on.
+    pub underruns: u32,
 }
 
 impl Wire {
-    pub fn new(time_scale: f64) -> Self {
+    pub fn new(time_scale: f64, ears: Option<Arc<LocalSpeech>>) -> Self {
         Wire {
             spoken: SpokenLog::new(time_scale),
             recording: Mutex::new(Recording::new(RECORDING_LIMIT)),
@@ -108,6 +128,49 @@ impl Wire {
             on_line: AtomicBool::new(false),
             opened: Notify::new(),
             keys: Mutex::default(),
+            ears,
+            understood: Mutex::default(),
+            understanding: AtomicU32::new(0),
+            understood_all: Notify::new(),
+            underruns: AtomicU32::new(0),
+        }
+    }
+
+    /// Waits until every stretch of the bot's speech heard so far is transcribed.
+    pub async fn understood(&self) {
+        loop {
+            let done = self.understood_all.notified();
+            if self.understanding.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    /// Transcribes a stretch of the bot's speech (8 kHz) in the background, in order.
+    fn understand(self: &Arc<Self>, speech: Vec<i16>, queue: &mpsc::UnboundedSender<Vec<i16>>) {
+        if self.ears.is_some() && !speech.is_empty() {
+            self.understanding.fetch_add(1, Ordering::SeqCst);
+            let _ = queue.send(speech);
+        }
+    }
+
+    async fn listen(self: Arc<Self>, mut speech: mpsc::UnboundedReceiver<Vec<i16>>) {
+        let Some(ears) = self.ears.clone() else { return };
+        while let Some(stretch) = speech.recv().await {
+            let pcm16k = Resampler::up().process(&stretch);
+            let text = match ears.recognizer().await {
+                Ok(recognizer) => recognizer.transcribe(pcm16k).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "the sandbox person could not make out the bot");
+                    String::new()
+                }),
+                Err(_) => String::new(),
+            };
+            if !text.is_empty() {
+                self.understood.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+            }
+            self.understanding.fetch_sub(1, Ordering::SeqCst);
+            self.understood_all.notify_waiters();
         }
     }
 
@@ -117,6 +180,8 @@ impl Wire {
             clears: self.clears.load(Ordering::SeqCst),
             marks_played: self.marks.load(Ordering::SeqCst),
             keys: self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            heard: self.understood.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            underruns: self.underruns.load(Ordering::SeqCst),
         }
     }
 
@@ -179,12 +244,22 @@ enum Queued {
     Mark(Value),
 }
 
+/// How the person speaks: the background noise of their line, and what they say with the local
+/// voice instead of their scenario's recorded lines.
+pub(super) struct Mouth {
+    pub noise: f32,
+    pub script: Option<Vec<String>>,
+    pub voice: Option<Flite>,
+}
+
 /// The person's half of the line: what they are about to say, and what they hear.
 struct Person {
     mouth: Mutex<VecDeque<i16>>,
     heard: watch::Sender<Heard>,
     wire: Arc<Wire>,
     time_scale: f64,
+    script: Option<Vec<String>>,
+    voice: Option<Flite>,
 }
 
 impl Person {
@@ -206,10 +281,22 @@ impl Person {
 
     /// Says `line`, and returns once its audio has gone out.
     async fn say(&self, line: Line) {
-        let samples = Encoding::Mulaw8k.decode(line.audio);
+        self.say_samples(line.text, Encoding::Mulaw8k.decode(line.audio)).await;
+    }
+
+    /// Says `text` with the local voice.
+    async fn say_text(&self, voice: &Flite, text: &str) {
+        match voice.speak(text).await {
+            Ok(pcm16k) => self.say_samples(text, Resampler::down().process(&pcm16k)).await,
+            Err(e) => tracing::warn!(error = %e, "the sandbox person could not speak"),
+        }
+    }
+
+    /// Says `text`, whose audio (8 kHz) is `samples`.
+    async fn say_samples(&self, text: &str, samples: Vec<i16>) {
         let length = self.scaled(samples.len() as f64 / 8_000.0);
         let start = Instant::now();
-        self.wire.spoken.say(line.text, start, start + length);
+        self.wire.spoken.say(text, start, start + length);
         self.mouth.lock().unwrap_or_else(|e| e.into_inner()).extend(samples);
         sleep(length).await;
     }
@@ -262,6 +349,15 @@ impl Person {
 
     /// The scenario's script.
     async fn act(&self, scenario: Scenario) {
+        if let (Some(script), Some(voice)) = (&self.script, &self.voice) {
+            self.hear_out(self.patience(3.0)).await;
+            for sentence in script {
+                self.say_text(voice, sentence).await;
+                self.hear_out(self.patience_for_answer(6.0)).await;
+            }
+            sleep(self.scaled(ANSWER_AFTER_S)).await;
+            return;
+        }
         match scenario {
             Scenario::Human => {
                 self.hear_out(self.patience(3.0)).await;
@@ -324,6 +420,7 @@ pub(super) async fn converse<S>(
     scenario: Scenario,
     framing: Framing,
     time_scale: f64,
+    mouth: Mouth,
 ) -> u64
 where
     S: futures_util::Sink<Message>
@@ -334,7 +431,14 @@ where
     wire.on_line.store(true, Ordering::SeqCst);
     wire.opened.notify_waiters();
     let (heard, _) = watch::channel(Heard { talking: false, since: Instant::now() });
-    let person = Arc::new(Person { mouth: Mutex::new(VecDeque::new()), heard, wire: wire.clone(), time_scale });
+    let person = Arc::new(Person {
+        mouth: Mutex::new(VecDeque::new()),
+        heard,
+        wire: wire.clone(),
+        time_scale,
+        script: mouth.script,
+        voice: mouth.voice,
+    });
     let script = {
         let person = person.clone();
         let wire = wire.clone();
@@ -343,6 +447,12 @@ where
             wire.finish();
         })
     };
+    let (to_understand, understanding) = mpsc::unbounded_channel();
+    tokio::spawn(wire.clone().listen(understanding));
+    let mut bot_speech: Vec<i16> = Vec::new();
+    let mut background = Background::new(mouth.noise);
+    // The bot's audio ran out while it was talking: if more comes before it stops, a gap.
+    let mut ran_dry = false;
     let mut queue: VecDeque<Queued> = VecDeque::new();
     let mut queued_samples = 0usize;
     let mut last_loud: Option<Instant> = None;
@@ -387,6 +497,7 @@ where
                     frame.resize(per_message, 0);
                     frame
                 };
+                let frame = background.mix(frame);
                 wire.record(Side::Person, &frame);
                 let frame: Vec<i16> = frame.into_iter().step_by(compression).collect();
                 chunk += 1;
@@ -425,6 +536,13 @@ where
                 if !frame.is_empty() {
                     wire.record(Side::Bot, &frame);
                 }
+                let talking_before = person.heard.borrow().talking;
+                if talking_before && frame.len() < FRAME {
+                    ran_dry = true;
+                }
+                if talking_before || rms(&frame) > TALKING_RMS {
+                    bot_speech.extend_from_slice(&frame);
+                }
                 if rms(&frame) > TALKING_RMS {
                     last_loud = Some(now);
                     person.heard.send_if_modified(|h| {
@@ -435,13 +553,17 @@ where
                         changed
                     });
                 } else if let Some(loud) = last_loud.filter(|loud| now.saturating_duration_since(*loud) >= HANGOVER) {
-                    person.heard.send_if_modified(|h| {
+                    let stopped = person.heard.send_if_modified(|h| {
                         let changed = h.talking;
                         if changed {
                             *h = Heard { talking: false, since: loud };
                         }
                         changed
                     });
+                    if stopped {
+                        ran_dry = false;
+                        wire.understand(std::mem::take(&mut bot_speech), &to_understand);
+                    }
                 }
             }
             message = socket.next() => {
@@ -449,6 +571,10 @@ where
                 match (framing.protocol, message) {
                     (Protocol::Vonage, Message::Binary(audio)) => {
                         let samples = down.process(&Encoding::Linear16k.decode(&audio));
+                        if std::mem::take(&mut ran_dry) && person.heard.borrow().talking {
+                            wire.underruns.fetch_add(1, Ordering::SeqCst);
+                            metrics::counter!("vocode_sandbox_underruns_total").increment(1);
+                        }
                         enqueue(&mut queue, &mut queued_samples, samples);
                     }
                     (protocol, Message::Text(text)) => {
@@ -461,6 +587,10 @@ where
                             Some("media") => {
                                 let payload = event["media"]["payload"].as_str().and_then(|p| STANDARD.decode(p).ok());
                                 if let Some(bytes) = payload {
+                                    if std::mem::take(&mut ran_dry) && person.heard.borrow().talking {
+                                        wire.underruns.fetch_add(1, Ordering::SeqCst);
+                                        metrics::counter!("vocode_sandbox_underruns_total").increment(1);
+                                    }
                                     enqueue(&mut queue, &mut queued_samples, Encoding::Mulaw8k.decode(&bytes));
                                 }
                             }
@@ -495,7 +625,35 @@ where
         }
     }
     script.abort();
+    wire.understand(bot_speech, &to_understand);
     sequence
+}
+
+/// Background noise on the person's line: white noise, low-passed a little (a street, a fan).
+struct Background {
+    level: f32,
+    seed: u32,
+    last: f32,
+}
+
+impl Background {
+    fn new(rms: f32) -> Background {
+        // Uniform noise in [-a, a] has an RMS of a/√3; the low-pass takes off about a third.
+        Background { level: rms * 3f32.sqrt() * 1.4, seed: 0x2545_f491, last: 0.0 }
+    }
+
+    fn mix(&mut self, mut frame: Vec<i16>) -> Vec<i16> {
+        if self.level <= 0.0 {
+            return frame;
+        }
+        for sample in &mut frame {
+            self.seed = self.seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let white = ((self.seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0 * self.level;
+            self.last = 0.5 * self.last + 0.5 * white;
+            *sample = (f32::from(*sample) + self.last).clamp(-32768.0, 32767.0) as i16;
+        }
+        frame
+    }
 }
 
 fn enqueue(queue: &mut VecDeque<Queued>, queued_samples: &mut usize, samples: Vec<i16>) {

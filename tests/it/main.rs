@@ -22,5 +22,6 @@ mod resources;
 mod sandbox;
 mod secrets;
 mod ship;
+mod speech;
 mod support;
 mod webhooks;

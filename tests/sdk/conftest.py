@@ -33,6 +33,8 @@ class Server:
             # The built-in sandbox carrier, playing its scenarios twenty times faster.
             "CARRIER_MODE": "sandbox",
             "SANDBOX_TIME_SCALE": "0.05",
+            # The sandbox's stand-ins, not the checkout's local speech (tests/it/speech.rs tests that).
+            "SPEECH_DIR": "target/no-speech",
         }
         self.log = tempfile.NamedTemporaryFile(prefix=f"vocode-sdk-{backend}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(

@@ -200,6 +200,7 @@ fn config(dials: Dials) -> EngineConfig {
         actions: vec![Action::from_document(&json!({"type": "action_end_conversation"})).unwrap()],
         keys_in_band: true,
         carrier_echoes_marks: true,
+        noise_suppression: false,
     }
 }
 

@@ -63,10 +63,15 @@ impl Scripted {
                 // The words are the tool's `user_message`: the reply itself says nothing.
                 (String::new(), Some((TRANSFER_CALL, arguments)))
             }
-            Some(last) if words(last).any(|w| w == "bye" || w == "goodbye") => (
-                "Goodbye, and thanks for calling!".to_owned(),
-                request.tools.iter().any(|t| t.name == END_CONVERSATION).then(|| (END_CONVERSATION, json!({}))),
-            ),
+            // Recognisers spell it "good-bye" too.
+            Some(last)
+                if words(last).any(|w| w == "bye" || w == "goodbye") || last.to_lowercase().contains("good-bye") =>
+            {
+                (
+                    "Goodbye, and thanks for calling!".to_owned(),
+                    request.tools.iter().any(|t| t.name == END_CONVERSATION).then(|| (END_CONVERSATION, json!({}))),
+                )
+            }
             Some(last) if last.ends_with('?') => {
                 ("Good question. I'm only a scripted stand-in, so I can't really answer it.".to_owned(), None)
             }

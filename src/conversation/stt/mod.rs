@@ -4,9 +4,12 @@
 //! the engine's loop never waits on the network.
 //!
 //! Implementations: [`deepgram`] (Deepgram's live websocket); [`sandbox`], which stands in on the
-//! sandbox carrier's simulated calls when no provider is configured.
+//! sandbox carrier's simulated calls when no provider is configured; [`local`], the server's own
+//! recogniser ([`moonshine`]), used when no cloud provider is configured and it is installed.
 
 pub mod deepgram;
+pub mod local;
+pub mod moonshine;
 pub mod sandbox;
 
 use futures_util::future::BoxFuture;

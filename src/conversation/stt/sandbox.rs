@@ -53,6 +53,11 @@ impl SpokenLog {
         self.log.more.notify_waiters();
     }
 
+    /// The simulated world's clock rate: 1.0 when its audio plays in real time.
+    pub fn time_scale(&self) -> f64 {
+        self.time_scale
+    }
+
     /// Everything said so far.
     pub fn said(&self) -> Vec<Utterance> {
         self.log.said.lock().unwrap_or_else(|e| e.into_inner()).clone()

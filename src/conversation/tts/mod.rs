@@ -3,10 +3,12 @@
 //!
 //! Implementations: [`elevenlabs`] (HTTP streaming), [`azure`] (REST with SSML), [`rime`] (a
 //! whole WAV file per sentence), [`playht`] (a streamed WAV file); [`tone`], which stands in on
-//! the sandbox carrier's simulated calls when no voice is configured. [`wav`] reads the WAV files.
+//! the sandbox carrier's simulated calls when no voice is configured; [`flite`], the server's own
+//! voice, for `voice_vocode` when no cloud voice is configured for it. [`wav`] reads the WAV files.
 
 pub mod azure;
 pub mod elevenlabs;
+pub mod flite;
 pub mod playht;
 pub mod rime;
 pub mod tone;

@@ -36,7 +36,7 @@ pub enum WavError {
 }
 
 impl WavError {
-    fn of(self, provider: &'static str) -> TtsError {
+    pub fn of(self, provider: &'static str) -> TtsError {
         TtsError::Audio { provider, message: self.to_string() }
     }
 }

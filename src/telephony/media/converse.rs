@@ -62,7 +62,7 @@ pub async fn start(
     };
     let resolved = {
         let _call = tracing::info_span!("conversation", %call_id).entered();
-        resolve_with(&docs, &state.conversation, encoding, carrier_echoes_marks, &fallbacks)
+        resolve_with(&docs, &state.conversation, &state.local_speech, encoding, carrier_echoes_marks, &fallbacks)
     };
     let (mut config, mut providers) = match resolved {
         Ok(resolved) => resolved,

@@ -84,6 +84,8 @@ impl ServerProcess {
             .env_remove("CARRIER_MODE")
             .stdout(std::process::Stdio::piped())
             .stderr(log);
+        // No local speech (the checkout's may be installed), unless the test says otherwise.
+        cmd.env("SPEECH_DIR", "target/no-speech");
         // Providers that resolve and cannot be reached, unless the test says otherwise.
         for (k, v) in super::app::unreachable_providers_env() {
             cmd.env(k, v);

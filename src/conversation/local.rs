@@ -1,0 +1,183 @@
+//! The server's own speech, on the machine itself: what `scripts/install-speech` installed, found
+//! at start-up. The recogniser (Moonshine, [`super::stt::moonshine`]) is in `SPEECH_DIR`; the
+//! voice is Debian's `flite` program ([`super::tts::flite`]). Neither is needed: without them the
+//! server runs as before, and says (in the start-up log and on `/ready`) what is active and how to
+//! install the rest. A recogniser whose files are present but unusable (truncated, tampered) is
+//! disabled with one log line when it fails to load; it never takes the server down.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+use super::stt::moonshine::{self, Recognizer};
+
+/// How to install the local speech, for the messages that mention it.
+pub const INSTALL: &str = "scripts/install-speech";
+
+/// What this server has of its own speech.
+pub struct LocalSpeech {
+    dir: Option<PathBuf>,
+    /// Why the recogniser's files are not all there, if they are not.
+    absent: Option<String>,
+    recognizer: OnceCell<Result<Arc<Recognizer>, String>>,
+    failed: AtomicBool,
+    workers: usize,
+    flite: Option<PathBuf>,
+}
+
+impl LocalSpeech {
+    /// No local speech (tests of the rest, and servers told not to look).
+    pub fn none() -> LocalSpeech {
+        LocalSpeech {
+            dir: None,
+            absent: Some("no SPEECH_DIR".into()),
+            recognizer: OnceCell::new(),
+            failed: AtomicBool::new(false),
+            workers: 1,
+            flite: None,
+        }
+    }
+
+    /// What `dir` holds, and whether `flite` is on the `PATH`; cheap (no model is loaded yet).
+    /// `workers`: how many transcriptions may run at once.
+    pub fn discover(dir: Option<&Path>, workers: usize) -> LocalSpeech {
+        let Some(dir) = dir else { return LocalSpeech::none() };
+        let missing: Vec<&str> = moonshine::FILES.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
+        let absent = (!missing.is_empty()).then(|| format!("{} lacks {}", dir.display(), missing.join(", ")));
+        LocalSpeech {
+            dir: Some(dir.to_owned()),
+            absent,
+            recognizer: OnceCell::new(),
+            failed: AtomicBool::new(false),
+            workers: workers.max(1),
+            flite: find_program("flite"),
+        }
+    }
+
+    /// As if installed in `dir` (recogniser files present, not yet loaded) with `flite` at this
+    /// path: for tests of provider selection, which never load the models.
+    pub fn assumed(dir: &Path, flite: Option<&Path>) -> LocalSpeech {
+        LocalSpeech { absent: None, flite: flite.map(Path::to_owned), ..LocalSpeech::discover(Some(dir), 1) }
+    }
+
+    /// Whether the local recogniser can be used: installed, and not found broken.
+    pub fn recognizer_available(&self) -> bool {
+        self.absent.is_none() && !self.failed.load(Ordering::SeqCst)
+    }
+
+    /// The `flite` program, when installed.
+    pub fn flite(&self) -> Option<&Path> {
+        self.flite.as_deref()
+    }
+
+    /// The shared recogniser, loaded on first use (on the blocking pool). A failure is logged
+    /// once, and disables it for the rest of the process's life.
+    pub async fn recognizer(&self) -> Result<Arc<Recognizer>, String> {
+        if let Some(absent) = &self.absent {
+            return Err(format!("the local speech-to-text is not installed ({absent}): run {INSTALL}"));
+        }
+        let dir = self.dir.clone().expect("a folder when installed");
+        let workers = self.workers;
+        self.recognizer
+            .get_or_init(|| async move {
+                let loaded = tokio::task::spawn_blocking(move || Recognizer::shared(&dir, workers))
+                    .await
+                    .map_err(|e| format!("loading stopped: {e}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match &loaded {
+                    Ok(_) => tracing::info!(workers, "local speech-to-text loaded (Moonshine tiny-en)"),
+                    Err(reason) => {
+                        self.failed.store(true, Ordering::SeqCst);
+                        tracing::error!(%reason, "the local speech-to-text is disabled: reinstall it with {INSTALL}");
+                    }
+                }
+                loaded
+            })
+            .await
+            .clone()
+    }
+
+    /// Loads the recogniser now, in the background, so that the first call does not wait (and a
+    /// broken install shows in the log at start-up).
+    pub fn warm_up(self: &Arc<Self>) {
+        if self.absent.is_none() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _ = this.recognizer().await;
+            });
+        }
+    }
+
+    /// One line for the start-up log.
+    pub fn log_startup(&self, deepgram: bool) {
+        let stt = match (deepgram, self.recognizer_available()) {
+            (true, _) => "Deepgram".to_owned(),
+            (false, true) => "local (Moonshine tiny-en)".to_owned(),
+            (false, false) => format!("none (set DEEPGRAM_API_KEY, or run {INSTALL} for the local one)"),
+        };
+        let voice = match &self.flite {
+            Some(path) => format!("local flite ({}) for voice_vocode, plus any configured cloud voice", path.display()),
+            None => format!("cloud voices only (run {INSTALL} for the local flite voice)"),
+        };
+        tracing::info!(speech_to_text = %stt, voices = %voice, "speech providers");
+    }
+
+    /// What `/ready` says of the local speech.
+    pub fn status(&self, deepgram: bool) -> Value {
+        let recognizer = if self.failed.load(Ordering::SeqCst) {
+            json!({"active": false, "reason": format!("its files failed to load: reinstall with {INSTALL}")})
+        } else if let Some(absent) = &self.absent {
+            json!({"active": false, "reason": format!("not installed ({absent}): run {INSTALL}")})
+        } else {
+            json!({"active": !deepgram, "installed": true, "model": "moonshine tiny-en",
+                   "loaded": self.recognizer.get().is_some_and(Result::is_ok)})
+        };
+        let voice = match &self.flite {
+            Some(_) => json!({"active": true, "engine": "flite", "voices": super::tts::flite::VOICES}),
+            None => json!({"active": false, "reason": format!("flite is not installed: run {INSTALL}")}),
+        };
+        json!({"speech_to_text": if deepgram { "deepgram" } else if self.recognizer_available() { "local" } else { "none" },
+               "local_speech_to_text": recognizer, "local_voice": voice})
+    }
+}
+
+/// A program on the `PATH`.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_the_files_the_recogniser_is_unavailable_and_says_how_to_install_it() {
+        let speech = LocalSpeech::discover(Some(Path::new("/nonexistent/speech")), 2);
+        assert!(!speech.recognizer_available());
+        let err = speech.recognizer().await.err().unwrap();
+        assert!(err.contains(INSTALL) && err.contains("tiny-en/encoder_model.ort"), "{err}");
+        let status = speech.status(false);
+        assert_eq!(status["speech_to_text"], "none");
+        assert_eq!(status["local_speech_to_text"]["active"], false);
+        assert!(!LocalSpeech::none().recognizer_available());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_model_disables_the_recogniser_without_a_crash() {
+        let dir = std::env::temp_dir().join(format!("corrupt-speech-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("tiny-en")).unwrap();
+        for file in moonshine::FILES {
+            std::fs::write(dir.join(file), b"not what it should be").unwrap();
+        }
+        let speech = LocalSpeech::discover(Some(&dir), 1);
+        assert!(speech.recognizer_available(), "the files are there");
+        assert!(speech.recognizer().await.is_err());
+        assert!(!speech.recognizer_available(), "found broken: disabled");
+        assert_eq!(speech.status(false)["local_speech_to_text"]["active"], false);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

