@@ -79,7 +79,9 @@ impl Playout {
         let started = *self.started.get_or_insert(now);
         let played_by_clock = now.saturating_duration_since(started).as_millis() as u64;
         let budget = played_by_clock + LOOKAHEAD.as_millis() as u64;
-        while self.sent_ms < budget {
+        // A frame goes once all of it fits in the lookahead: then it falls due exactly when
+        // `next_due` says, and a timer that fires a little late sends it alone, not with the next.
+        while self.sent_ms + u64::from(FRAME_MS) <= budget {
             let take = if self.pending.len() >= frame {
                 frame
             } else if self.complete && !self.pending.is_empty() {
@@ -213,6 +215,13 @@ mod tests {
         assert_eq!(p.next_due(t0 + Duration::from_millis(19)), Some(next));
         assert_eq!(audio_ms(&p.due(next), enc), 20);
         assert_eq!(p.next_due(next), Some(t0 + Duration::from_millis(40)));
+        // A timer fires a little late (tokio's are rounded up to the millisecond, and a busy
+        // runtime adds more): the frame goes alone, and the next keeps its own time.
+        for late in [1, 5, 19] {
+            let fired = p.next_due(t0).unwrap() + Duration::from_millis(late);
+            assert_eq!(audio_ms(&p.due(fired), enc), 20, "{late} ms late: one frame, not two");
+        }
+        assert_eq!(p.next_due(t0), Some(t0 + Duration::from_millis(100)));
         // A part frame waits for more audio, or for the end.
         let mut q = Playout::new(enc, 5, true);
         q.push(&[0xff; 100]);
