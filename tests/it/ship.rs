@@ -16,8 +16,9 @@ fn server_variables() -> BTreeSet<String> {
     vocode_server::config::env_names().into_iter().collect()
 }
 
-/// Variables of the compose file itself (interpolated into it, not passed to the server).
-const COMPOSE_ONLY: &[&str] = &["POSTGRES_PASSWORD", "VOCODE_PORT"];
+/// Variables of the compose file itself (interpolated into it, not passed to the server; the
+/// last is a build argument of the image).
+const COMPOSE_ONLY: &[&str] = &["POSTGRES_PASSWORD", "VOCODE_PORT", "LOCAL_SPEECH"];
 
 #[test]
 fn the_compose_file_passes_only_the_servers_variables() {
@@ -79,6 +80,13 @@ fn the_dockerfile_builds_what_the_readme_says_and_runs_unprivileged() {
     assert_ne!(user.trim(), "USER root");
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("\"vocode-server\", \"healthcheck\""));
     assert!(dockerfile.lines().filter(|l| l.starts_with("FROM ")).count() >= 2, "multi-stage");
+    // With LOCAL_SPEECH=1 the speech stage runs the install command into the folder the image
+    // copies, which is the server's SPEECH_DIR.
+    let copied = dockerfile.lines().find(|l| l.starts_with("COPY --from=speech ")).expect("the speech stage's files");
+    let speech_dir = copied.split_whitespace().last().unwrap();
+    assert!(dockerfile.contains(&format!("ENV SPEECH_DIR={speech_dir}")), "{speech_dir}");
+    assert!(dockerfile.contains(&format!("SPEECH_DIR={speech_dir} ")) && dockerfile.contains("scripts/install-speech"));
+    assert!(readme.contains("LOCAL_SPEECH=1"), "README.md shows how to build the image with the local speech");
     for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
         let parts: Vec<&str> = line.split_whitespace().collect();
         for source in &parts[1..parts.len() - 1] {
