@@ -122,79 +122,65 @@ EVENTS = {
     "required": ["call_id", "direction", "status", "events"],
 }
 
+def call_read(summary, description, operation_id, what, schema):
+    """One of this server's own read-only views of a caller's call, by id: found as `GET /v1/calls`
+    finds it (404 for another user's call, 422 for a bad id)."""
+    return {
+        "get": {
+            "tags": ["internal"],
+            "summary": summary,
+            "description": description,
+            "operationId": operation_id,
+            "security": [{"HTTPBearer": []}],
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string", "format": "uuid", "title": "Id"},
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": what,
+                    "content": {"application/json": {"schema": schema}},
+                },
+                "404": {
+                    "description": "No such call of the caller's",
+                    "content": {"application/json": {"schema": DETAIL}},
+                },
+                "422": {
+                    "description": "Validation Error",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+                    },
+                },
+            },
+        }
+    }
+
+
 # This server's own endpoints: not part of the Vocode API, and marked so.
 INTERNAL = {
-    "/calls/latency": {
-        "get": {
-            "tags": ["internal"],
-            "summary": "A call's turn latencies",
-            "description": "Where each answered turn of the call's conversation spent its time, as"
-            " the server measured it (the same stages as the `vocode_turn_latency_seconds`"
-            " histogram). The caller's own calls only, as `GET /v1/calls`.",
-            "operationId": "get_call_latency",
-            "security": [{"HTTPBearer": []}],
-            "parameters": [
-                {
-                    "name": "id",
-                    "in": "query",
-                    "required": True,
-                    "schema": {"type": "string", "format": "uuid", "title": "Id"},
-                }
-            ],
-            "responses": {
-                "200": {
-                    "description": "The call's turns, in order",
-                    "content": {"application/json": {"schema": LATENCY}},
-                },
-                "404": {
-                    "description": "No such call of the caller's",
-                    "content": {"application/json": {"schema": DETAIL}},
-                },
-                "422": {
-                    "description": "Validation Error",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
-                    },
-                },
-            },
-        }
-    },
-    "/calls/events": {
-        "get": {
-            "tags": ["internal"],
-            "summary": "A call's state timeline",
-            "description": "The steps the call went through, with their times, as the server"
-            " recorded them: created, ringing (the carrier took the call), picked_up, and ended or"
-            " error with the stage outcome. Steps not reached are left out. The caller's own calls"
-            " only, as `GET /v1/calls`; the call console (`/console`) draws it.",
-            "operationId": "get_call_events",
-            "security": [{"HTTPBearer": []}],
-            "parameters": [
-                {
-                    "name": "id",
-                    "in": "query",
-                    "required": True,
-                    "schema": {"type": "string", "format": "uuid", "title": "Id"},
-                }
-            ],
-            "responses": {
-                "200": {
-                    "description": "The call's steps, in order",
-                    "content": {"application/json": {"schema": EVENTS}},
-                },
-                "404": {
-                    "description": "No such call of the caller's",
-                    "content": {"application/json": {"schema": DETAIL}},
-                },
-                "422": {
-                    "description": "Validation Error",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
-                    },
-                },
-            },
-        }
-    },
+    "/calls/latency": call_read(
+        "A call's turn latencies",
+        "Where each answered turn of the call's conversation spent its time, as"
+        " the server measured it (the same stages as the `vocode_turn_latency_seconds`"
+        " histogram). The caller's own calls only, as `GET /v1/calls`.",
+        "get_call_latency",
+        "The call's turns, in order",
+        LATENCY,
+    ),
+    "/calls/events": call_read(
+        "A call's state timeline",
+        "The steps the call went through, with their times, as the server"
+        " recorded them: created, ringing (the carrier took the call), picked_up, and ended or"
+        " error with the stage outcome. Steps not reached are left out. The caller's own calls"
+        " only, as `GET /v1/calls`; the call console (`/console`) draws it.",
+        "get_call_events",
+        "The call's steps, in order",
+        EVENTS,
+    ),
     "/health": {
         "get": {
             "tags": ["internal"],

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::support::browser::require_chromium;
+use crate::support::browser::{require_chromium, OFFLINE};
 use crate::support::{Backend, TestApp, OPENAPI_YAML};
 
 fn read(path: &str) -> String {
@@ -116,20 +116,9 @@ async fn the_docs_render_every_operation_in_a_browser_with_no_internet() {
     let profile = std::env::temp_dir().join(format!("vocode-chromium-{}", uuid::Uuid::new_v4().simple()));
     let url = format!("{}/docs", app.base);
     let out = tokio::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // Nothing but this server may be reached: the page must need no internet.
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            "--virtual-time-budget=20000",
-            "--dump-dom",
-        ])
+        // Nothing but this server may be reached: the page must need no internet.
+        .args(OFFLINE)
+        .args(["--virtual-time-budget=20000", "--dump-dom"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(&url)
         .output()

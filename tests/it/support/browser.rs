@@ -52,6 +52,20 @@ pub struct Browser {
     pub events: Vec<Value>,
 }
 
+/// Headless Chromium that reaches nothing but this machine's servers (a page under test must
+/// need no internet) and phones nowhere itself.
+pub const OFFLINE: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+];
+
 impl Browser {
     /// A fresh browser with an empty profile, on a blank page. `None` without Chromium (see
     /// [`require_chromium`]).
@@ -60,21 +74,8 @@ impl Browser {
         let profile = std::env::temp_dir().join(format!("vocode-chromium-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&profile).unwrap();
         let child = tokio::process::Command::new(binary)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--mute-audio",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                "--remote-debugging-port=0",
-            ])
+            .args(OFFLINE)
+            .args(["--no-default-browser-check", "--disable-extensions", "--mute-audio", "--remote-debugging-port=0"])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdout(std::process::Stdio::null())
