@@ -178,12 +178,14 @@ impl Streams {
             }
             entry.stats.closed = true;
             entry.port = None;
+            // The conversation ends with the call's audio: nothing is kept of it here.
+            entry.conversation = None;
             true
         })
     }
 
-    /// A stream ended (bound or not); returns whether its end is the end of the call's audio,
-    /// which its conversation is then told.
+    /// A stream ended (bound or not); when its end is the end of the call's audio, its
+    /// conversation is told.
     fn finish(&self, call_id: Uuid, binding: Option<&Binding>, conversation: &Option<mpsc::Sender<FromCall>>) {
         let current = match binding {
             Some(binding) => self.close(call_id, binding),
