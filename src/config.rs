@@ -277,7 +277,7 @@ pub struct ConversationArgs {
     pub speech_dir: Option<PathBuf>,
 
     /// How many local transcriptions may run at once (each holds its own copy of the model, about
-    /// 190 MB). Default: the machine's cores.
+    /// 130 MB: 275 MB for two, measured). Default: the machine's cores.
     #[arg(long, env = "LOCAL_STT_WORKERS")]
     pub local_stt_workers: Option<usize>,
 
