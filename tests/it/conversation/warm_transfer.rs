@@ -70,13 +70,24 @@ struct Ringing {
     third_party: String,
 }
 
-/// The person asks for the manager; the bot's phrase starts the warm transfer, and the test,
-/// playing Twilio, carries out what the server asks, checking each request.
-async fn ringing(w: &World, agent: Value) -> Ringing {
+/// An outbound call to the person, answered: its id, its carrier id and its stream.
+async fn outbound(w: &World, agent: Value) -> (String, String, Carrier) {
     let call = Line::Twilio.call(w, agent).await;
     let id = call["id"].as_str().unwrap().to_owned();
     let person = call["telephony_id"].as_str().unwrap().to_owned();
-    let person_stream = Line::Twilio.answer(w, &call).await;
+    let stream = Line::Twilio.answer(w, &call).await;
+    (id, person, stream)
+}
+
+/// The person asks for the manager on an outbound call; see [`warm`].
+async fn ringing(w: &World, agent: Value) -> Ringing {
+    let (id, person, stream) = outbound(w, agent).await;
+    warm(w, id, person, stream).await
+}
+
+/// The person asks for the manager; the bot's phrase starts the warm transfer, and the test,
+/// playing Twilio, carries out what the server asks, checking each request.
+async fn warm(w: &World, id: String, person: String, person_stream: Carrier) -> Ringing {
     transcript_has(w, &id, &format!("BOT: {GREETING}")).await;
     w.deepgram.wait_for_connections(1).await;
     w.deepgram.send(results("Can I talk to the manager?", true, true)).await;
@@ -242,4 +253,29 @@ async fn a_steering_pool_with_no_free_number_refuses_and_the_bot_says_so() {
     let second_telephony_id = second["telephony_id"].as_str().unwrap();
     assert!(w.twilio.requests("POST", &format!("/Calls/{second_telephony_id}")).is_empty(), "the call stayed put");
     assert_eq!(stage_of(&w, &second_id).await.1, "picked_up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_call_is_warm_transferred_too() {
+    let Some(w) = world(Backend::Sqlite).await else { return };
+    let agent = warm_agent(&w, &[STEERING]).await;
+    let (status, body) =
+        w.app.post("/v1/numbers/update?phone_number=14155550100", json!({"inbound_agent": agent})).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    w.openai.then(Script::text(&["I connect you now, please hold."]));
+    // Someone calls the number; Twilio answers with the server's TwiML and opens the stream.
+    let (caller, person) = ("+16505559100", "CAinboundperson");
+    w.twilio.track_inbound(person, caller, OUR_NUMBER);
+    let (status, twiml) = w.twilio.inbound(OUR_NUMBER, caller, person).await;
+    assert_eq!(status.as_u16(), 200, "{twiml}");
+    let stream = twilio_stream(&w, &twiml, person).await;
+    let (_, page) = w.app.get("/v1/calls/list").await;
+    let id = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let r = warm(&w, id, person.to_owned(), stream).await;
+    // The bot's leg calls the steering number from the number the person called.
+    let dialled = w.twilio.call(&r.bot_participant);
+    assert_eq!(dialled.field("From"), Some(OUR_NUMBER));
+    assert_eq!(w.twilio.status(&r.third_party, "in-progress", &[]).await.as_u16(), 204);
+    transcript_has(&w, &r.id, "BOT_ACTION_FINISH: Added +16505550177 to the conference").await;
+    assert_eq!(stage_of(&w, &r.id).await.1, "transfer_successful");
 }

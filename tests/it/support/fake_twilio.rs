@@ -277,6 +277,13 @@ impl FakeTwilio {
         self.post_signed(&url, &params, Some(&self.state.auth_token.clone())).await
     }
 
+    /// Twilio's own record of an inbound call (which its REST API then finds, to redirect it).
+    pub fn track_inbound(&self, sid: &str, from: &str, to: &str) {
+        let form = vec![("From".to_owned(), from.to_owned()), ("To".to_owned(), to.to_owned())];
+        let call = TwilioCall { sid: sid.into(), form, status: "in-progress".into(), created: chrono::Utc::now() };
+        self.state.calls.lock().unwrap().push(call);
+    }
+
     /// A status callback for an inbound call, to the number's status callback.
     pub async fn inbound_status(
         &self,
