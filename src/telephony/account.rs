@@ -69,18 +69,20 @@ impl Telephony {
                 )
             });
         };
-        let clear = self.twilio_connection(user_id, id).await?;
-        Ok(twilio::Credentials {
-            account_sid: clear["credentials"]["twilio_account_sid"].as_str().unwrap_or_default().to_owned(),
-            auth_token: clear["credentials"]["twilio_auth_token"].as_str().unwrap_or_default().to_owned(),
-        })
+        Ok(twilio_credentials_of(&self.twilio_connection(user_id, id).await?))
     }
 
-    /// The numbers (digits) of a Twilio account connection's steering pool.
-    pub async fn steering_pool(&self, user_id: Uuid, connection_id: Uuid) -> Result<Vec<String>, CarrierError> {
-        let clear = self.twilio_connection(user_id, connection_id).await?;
+    /// A Twilio call's account connection, read once: its account, and its steering pool's numbers
+    /// (digits). `None` for a call that goes through no account connection (no pool).
+    pub async fn steering(&self, row: &CallRow) -> Result<Option<(Carrier<'_>, Vec<String>)>, CarrierError> {
+        let Some(id) = row.telephony_account_connection_id.filter(|_| row.telephony_provider == Provider::Twilio)
+        else {
+            return Ok(None);
+        };
+        let clear = self.twilio_connection(row.user_id, id).await?;
         let pool = clear["steering_pool"].as_array().into_iter().flatten().filter_map(serde_json::Value::as_str);
-        Ok(pool.map(str::to_owned).collect())
+        let pool = pool.map(str::to_owned).collect();
+        Ok(Some((Carrier { telephony: self, account: CarrierAccount::Twilio(twilio_credentials_of(&clear)) }, pool)))
     }
 
     /// A user's Twilio account connection, its secrets unsealed.
@@ -97,6 +99,14 @@ impl Telephony {
         }
         unseal(ACCOUNT_CONNECTIONS.table, &record.kind, record.body.0, record.sealed.as_deref(), &self.secrets)
             .map_err(|e| CarrierError::Rejected(format!("the account connection's secret cannot be read: {e}")))
+    }
+}
+
+/// The credentials of an unsealed Twilio account connection.
+fn twilio_credentials_of(clear: &serde_json::Value) -> twilio::Credentials {
+    twilio::Credentials {
+        account_sid: clear["credentials"]["twilio_account_sid"].as_str().unwrap_or_default().to_owned(),
+        auth_token: clear["credentials"]["twilio_auth_token"].as_str().unwrap_or_default().to_owned(),
     }
 }
 

@@ -44,7 +44,6 @@ pub enum NoLease {
 /// One call's warm transfer.
 #[derive(Debug, Default)]
 struct Warm {
-    name: String,
     steering: Option<PhoneNumber>,
     /// The conference's call to the steering number (the bot's participant).
     bot_participant: Option<String>,
@@ -65,7 +64,6 @@ struct Warm {
 /// What an action needs to know of a call's conference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    pub name: String,
     pub conference_sid: Option<String>,
     pub bot_participant: Option<String>,
     pub person_on_hold: bool,
@@ -112,7 +110,7 @@ impl Conferences {
             let free =
                 numbers.into_iter().find(|n| !inner.leased.contains_key(n.digits())).ok_or(NoLease::Exhausted)?;
             inner.leased.insert(free.digits().to_owned(), call_id);
-            let warm = Warm { name: conference_name(call_id), steering: Some(free.clone()), ..Warm::default() };
+            let warm = Warm { steering: Some(free.clone()), ..Warm::default() };
             inner.calls.insert(call_id, warm);
             Ok(free)
         })
@@ -125,14 +123,9 @@ impl Conferences {
     }
 
     /// Waits for the bot's leg to bind its stream; call before the conference dials it.
-    pub fn expect_bot(&self, call_id: Uuid, participant: Option<String>) -> Option<oneshot::Receiver<()>> {
+    pub fn expect_bot(&self, call_id: Uuid) -> Option<oneshot::Receiver<()>> {
         let (tx, rx) = oneshot::channel();
-        self.with_call(call_id, |warm| {
-            warm.bot_bound = Some(tx);
-            if participant.is_some() {
-                warm.bot_participant = participant;
-            }
-        })?;
+        self.with_call(call_id, |warm| warm.bot_bound = Some(tx))?;
         Some(rx)
     }
 
@@ -226,7 +219,6 @@ impl Conferences {
 
     pub fn snapshot(&self, call_id: Uuid) -> Option<Snapshot> {
         self.with_call(call_id, |warm| Snapshot {
-            name: warm.name.clone(),
             conference_sid: warm.conference_sid.clone(),
             bot_participant: warm.bot_participant.clone(),
             person_on_hold: warm.person_on_hold,
@@ -266,7 +258,8 @@ impl Conferences {
     }
 
     /// How many steering numbers are leased now.
-    pub fn leased(&self) -> usize {
+    #[cfg(test)]
+    fn leased(&self) -> usize {
         self.with(|inner| inner.leased.len())
     }
 }

@@ -15,6 +15,7 @@ use crate::domain::phone::PhoneNumber;
 use crate::store::calls::CallRow;
 use crate::telephony::conference::{NoLease, ThirdParty};
 use crate::telephony::twilio::{self, Credentials};
+use crate::telephony::Carrier;
 use crate::AppState;
 
 /// How long the steering number's call may take to reach this server and open its stream.
@@ -36,17 +37,20 @@ fn refused(error: impl std::fmt::Display, status_code: u16) -> Outcome {
     }
 }
 
-/// The call's Twilio account and the steering pool of its account connection.
-async fn account_and_pool(state: &AppState, row: &CallRow) -> Result<(Credentials, Vec<String>), String> {
-    let Some(connection) = row.telephony_account_connection_id else {
-        return Err("warm transfers take a number of an account connection's steering pool, and this call goes \
-                    through no account connection"
-            .into());
-    };
-    let carrier = state.telephony.carrier_of(row).await.map_err(|e| e.to_string())?;
-    let creds = carrier.twilio_credentials().cloned().ok_or("warm transfers are for Twilio calls")?;
-    let pool = state.telephony.steering_pool(row.user_id, connection).await.map_err(|e| e.to_string())?;
-    Ok((creds, pool))
+/// The call's Twilio account and the steering pool of its account connection (one read).
+async fn account_and_pool<'a>(state: &'a AppState, row: &CallRow) -> Result<(Carrier<'a>, Vec<String>), String> {
+    match state.telephony.steering(row).await {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err("warm transfers take a number of an account connection's steering pool, and this call goes \
+                         through no account connection"
+            .into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A Twilio carrier's credentials.
+fn creds<'c>(carrier: &'c Carrier<'_>) -> &'c Credentials {
+    carrier.twilio_credentials().expect("the steering pool is a Twilio account connection's")
 }
 
 async fn in_progress(state: &AppState, call_id: Uuid) -> Result<CallRow, String> {
@@ -85,10 +89,11 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
     let Some(person) = row.state.telephony_id.clone() else {
         return Outcome::failed("the call has no carrier id yet");
     };
-    let (creds, pool) = match account_and_pool(state, &row).await {
+    let (carrier, pool) = match account_and_pool(state, &row).await {
         Ok(found) => found,
         Err(reason) => return Outcome::failed(reason),
     };
+    let creds = creds(&carrier);
     let conferences = &state.telephony.conferences;
     let steering = match conferences.lease(call_id, &pool) {
         Ok(number) => number,
@@ -96,7 +101,7 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
         Err(e) => return refused(e, 409),
     };
     let name = crate::telephony::conference::conference_name(call_id);
-    match bring_the_bot(state, &row, &creds, &steering, &name).await {
+    match bring_the_bot(state, &row, &carrier, &steering, &name).await {
         Ok(()) => {}
         Err(reason) => {
             conferences.forget(call_id);
@@ -107,8 +112,8 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
     // The person's call moves into the conference; the bot's leg takes over its conversation.
     let joined = conferences.expect_person(call_id);
     let events = state.telephony.url(&format!("/telephony/twilio/conference/{call_id}"));
-    if let Err(e) = state.telephony.twilio.redirect(&creds, &person, &twilio::conference_twiml(&name, &events)).await {
-        leave(state, call_id, &creds).await;
+    if let Err(e) = state.telephony.twilio.redirect(creds, &person, &twilio::conference_twiml(&name, &events)).await {
+        leave(state, call_id, creds).await;
         return Outcome::failed(format!("the call could not be moved into the conference: {e}"));
     }
     state.telephony.streams.promote(call_id);
@@ -118,13 +123,13 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
         }
     }
     if hold {
-        match set_person_on_hold(state, call_id, &creds, &person, true).await {
+        match set_person_on_hold(state, call_id, creds, &person, true).await {
             Ok(()) => {}
             Err(reason) => tracing::warn!(%call_id, %reason, "the person could not be put on hold"),
         }
     }
     apply(state, call_id, Event::TransferStarted).await;
-    let news = match dial_third_party(state, call_id, &creds, &steering, &to, &name).await {
+    let news = match dial_third_party(state, call_id, creds, &steering, &to, &name).await {
         Ok(news) => news,
         Err(reason) => ThirdParty::NotAnswered(reason),
     };
@@ -141,7 +146,7 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
         ThirdParty::NotAnswered(why) => {
             apply(state, call_id, Event::TransferFailed).await;
             if hold {
-                if let Err(reason) = set_person_on_hold(state, call_id, &creds, &person, false).await {
+                if let Err(reason) = set_person_on_hold(state, call_id, creds, &person, false).await {
                     tracing::warn!(%call_id, %reason, "the person could not be taken off hold");
                 }
             }
@@ -156,19 +161,18 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
 async fn bring_the_bot(
     state: &AppState,
     row: &CallRow,
-    creds: &Credentials,
+    carrier: &Carrier<'_>,
     steering: &PhoneNumber,
     name: &str,
 ) -> Result<(), String> {
-    let call_id = row.id;
-    let carrier = state.telephony.carrier_of(row).await.map_err(|e| e.to_string())?;
+    let (call_id, creds) = (row.id, creds(carrier));
     match carrier.point_number_here(steering, true).await {
         Ok(Some(_)) => {}
         Ok(None) => return Err(format!("the steering number {steering} is not a number of this Twilio account")),
         Err(e) => return Err(format!("the steering number {steering} could not be pointed at this server: {e}")),
     }
     let from = PhoneNumber::parse(&row.agent_phone_number).map_err(|e| format!("the call's number: {e}"))?;
-    let bound = state.telephony.conferences.expect_bot(call_id, None).ok_or("the warm transfer was abandoned")?;
+    let bound = state.telephony.conferences.expect_bot(call_id).ok_or("the warm transfer was abandoned")?;
     let options = [
         ("StartConferenceOnEnter", "true".to_owned()),
         ("EndConferenceOnExit", "false".to_owned()),
@@ -269,16 +273,17 @@ pub async fn set_hold(state: &AppState, call_id: Uuid) -> Outcome {
         Ok(row) => row,
         Err(reason) => return Outcome::failed(reason),
     };
-    let (Some(person), Ok((creds, _))) = (row.state.telephony_id.clone(), account_and_pool(state, &row).await) else {
+    let (Some(person), Ok((carrier, _))) = (row.state.telephony_id.clone(), account_and_pool(state, &row).await) else {
         return Outcome::failed("the call's Twilio account cannot be reached");
     };
+    let creds = creds(&carrier);
     let hold = !snapshot.person_on_hold;
-    if let Err(reason) = set_person_on_hold(state, call_id, &creds, &person, hold).await {
+    if let Err(reason) = set_person_on_hold(state, call_id, creds, &person, hold).await {
         return Outcome::failed(format!("the person's hold could not be changed: {reason}"));
     }
     let handed_over = !hold && snapshot.third_party_answered;
     if handed_over {
-        leave(state, call_id, &creds).await;
+        leave(state, call_id, creds).await;
     }
     Outcome {
         success: true,
@@ -293,8 +298,8 @@ pub async fn third_party_left(state: &AppState, row: &CallRow) {
     let on_hold = state.telephony.conferences.snapshot(row.id).is_some_and(|s| s.person_on_hold);
     let (Some(person), true) = (row.state.telephony_id.clone(), on_hold) else { return };
     match account_and_pool(state, row).await {
-        Ok((creds, _)) => {
-            if let Err(reason) = set_person_on_hold(state, row.id, &creds, &person, false).await {
+        Ok((carrier, _)) => {
+            if let Err(reason) = set_person_on_hold(state, row.id, creds(&carrier), &person, false).await {
                 tracing::warn!(call_id = %row.id, %reason, "the person could not be taken off hold");
             }
         }
