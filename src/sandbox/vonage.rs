@@ -136,6 +136,13 @@ pub(super) async fn fetch_call(State(sb): SandboxState, Path(uuid): Path<String>
     }
 }
 
+/// A call of the request's own application, or Vonage's refusal.
+#[allow(clippy::result_large_err)] // the refusal is the response itself, ready to return
+fn authorized_call(sb: &Sandbox, headers: &HeaderMap, uuid: &str) -> Result<Arc<SimCall>, Response> {
+    vonage_auth(sb, headers)?;
+    sb.call(uuid).ok_or_else(|| vonage_error(StatusCode::NOT_FOUND, "Not Found", "No call with this uuid"))
+}
+
 /// `PUT /v1/calls/{uuid}/dtmf`: the keys are played into the call (the person hears them).
 pub(super) async fn dtmf(
     State(sb): SandboxState,
@@ -143,11 +150,9 @@ pub(super) async fn dtmf(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = vonage_auth(&sb, &headers) {
-        return r;
-    }
-    let Some(call) = sb.call(&uuid) else {
-        return vonage_error(StatusCode::NOT_FOUND, "Not Found", "No call with this uuid");
+    let call = match authorized_call(&sb, &headers, &uuid) {
+        Ok(call) => call,
+        Err(refused) => return refused,
     };
     let Some(digits) = body["digits"].as_str().filter(|d| !d.is_empty()) else {
         return vonage_error(StatusCode::BAD_REQUEST, "Bad Request", "digits is required");
@@ -163,11 +168,9 @@ pub(super) async fn modify_call(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = vonage_auth(&sb, &headers) {
-        return r;
-    }
-    let Some(call) = sb.call(&uuid) else {
-        return vonage_error(StatusCode::NOT_FOUND, "Not Found", "No call with this uuid");
+    let call = match authorized_call(&sb, &headers, &uuid) {
+        Ok(call) => call,
+        Err(refused) => return refused,
     };
     match body["action"].as_str() {
         Some("hangup") => {
