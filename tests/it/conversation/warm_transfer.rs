@@ -49,6 +49,7 @@ async fn warm_agent(w: &World, pool: &[&str]) -> Value {
         "initial_message": GREETING,
         "voice": {"type": "voice_eleven_labs", "voice_id": "voice-1"},
         "actions": ids,
+        "webhook": {"subscriptions": ["event_action"], "url": w.receiver.url},
     })
 }
 
@@ -249,6 +250,16 @@ async fn a_steering_pool_with_no_free_number_refuses_and_the_bot_says_so() {
         ),
         "{text}"
     );
+    // The action's output says 429, as the guide says the API does when the pool is used up.
+    let refused = eventually(Duration::from_secs(10), || async {
+        w.app.drain_jobs(Duration::ZERO).await;
+        let events = w.receiver.got().into_iter().filter(|r| r.call_id() == second_id).map(|r| r.event());
+        events.map(|e| e["payload"].clone()).find(|p| !p["action_output"].is_null())
+    })
+    .await;
+    assert_eq!(refused["action_type"], "action_add_to_conference");
+    assert_eq!(refused["action_output"]["response"]["status_code"], 429, "{refused}");
+    assert_eq!(refused["action_output"]["response"]["success"], false);
     assert!(w.twilio.conference(&format!("vocode-{second_id}")).is_none(), "nothing was dialled");
     let second_telephony_id = second["telephony_id"].as_str().unwrap();
     assert!(w.twilio.requests("POST", &format!("/Calls/{second_telephony_id}")).is_empty(), "the call stayed put");
