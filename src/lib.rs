@@ -28,6 +28,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod sandbox;
 pub mod serve;
+pub mod session;
 pub mod store;
 pub mod telephony;
 pub mod webhooks;
@@ -63,6 +64,8 @@ pub struct Shared {
     pub sandbox_speech: Option<Arc<conversation::stt::sandbox::SpokenLogs>>,
     /// The server's own recogniser and voice, as installed in `SPEECH_DIR`.
     pub local_speech: Arc<conversation::local::LocalSpeech>,
+    /// The live calls of this process.
+    pub sessions: session::Sessions,
 }
 
 impl AppState {
@@ -217,6 +220,7 @@ impl App {
                 sandbox,
                 sandbox_speech,
                 local_speech,
+                sessions: session::Sessions::default(),
             })),
             listener,
             workers: serve.workers,

@@ -18,7 +18,7 @@ use super::paging::{ListQuery, Page};
 use super::routes::V1;
 use crate::calls::{NewCall, News};
 use crate::conversation::agent::resolve;
-use crate::conversation::audio::Encoding;
+use crate::conversation::line::Line;
 use crate::domain::agents::default_voice;
 use crate::domain::call::{Direction, Event, Provider};
 use crate::domain::documents::{ACCOUNT_CONNECTIONS, AGENTS};
@@ -338,11 +338,8 @@ async fn check_agent_can_talk(
     let docs = crate::calls::agent::documents(tx, &state.secrets, user_id, agent_id)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("agent {agent_id} vanished in its own transaction")))?;
-    let (encoding, echoes) = match provider {
-        Provider::Twilio => (Encoding::Mulaw8k, true),
-        Provider::Vonage => (Encoding::Linear16k, false),
-    };
-    resolve(&docs, &state.conversation, &state.local_speech, encoding, echoes)
+    let line = Line::of(provider);
+    resolve(&docs, &state.conversation, &state.local_speech, line.encoding, line.echoes_marks)
         .map(|_| ())
         .map_err(|missing| ApiError::BadRequest(format!("This server cannot run the call's agent: {missing}")))
 }
@@ -396,7 +393,7 @@ async fn get_recording(
         .filter(|_| !row.hipaa_compliant)
         .ok_or_else(|| ApiError::NotFound(format!("Call {} has no recording", row.id)))?;
     drop(handle);
-    if url == crate::telephony::media::record::ON_SERVER {
+    if url == crate::session::record::ON_SERVER {
         return recording_made_here(&state, row.id).await;
     }
     let carrier = state.telephony.carrier_of(&row).await.map_err(carrier_error)?;
@@ -410,7 +407,7 @@ async fn get_recording(
 async fn recording_made_here(state: &AppState, call_id: Uuid) -> Result<Response> {
     let missing = || ApiError::NotFound(format!("Call {call_id}'s recording is no longer kept on this server"));
     let dir = state.telephony.recordings.as_deref().ok_or_else(missing)?;
-    let path = crate::telephony::media::record::path(dir, call_id);
+    let path = crate::session::record::path(dir, call_id);
     let wav = match tokio::fs::read(&path).await {
         Ok(wav) => wav,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),

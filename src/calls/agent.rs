@@ -43,6 +43,17 @@ pub async fn documents(
     user_id: Uuid,
     agent_id: Uuid,
 ) -> Result<Option<AgentDocuments>, CallsError> {
+    Ok(documents_and_prompt(c, secrets, user_id, agent_id).await?.map(|(docs, _)| docs))
+}
+
+/// [`documents`], with the agent's prompt whole (its `context_endpoint`, `collect_fields` and
+/// `prompt_template` besides its content; `Null` when it has none): each document read once.
+pub async fn documents_and_prompt(
+    c: &mut impl Conn,
+    secrets: &SecretBox,
+    user_id: Uuid,
+    agent_id: Uuid,
+) -> Result<Option<(AgentDocuments, serde_json::Value)>, CallsError> {
     let Some(agent) = open(c, secrets, &AGENTS, user_id, Some(agent_id)).await? else {
         return Ok(None);
     };
@@ -56,14 +67,15 @@ pub async fn documents(
             actions.push(action);
         }
     }
-    Ok(Some(AgentDocuments {
+    let docs = AgentDocuments {
         prompt: prompt.as_ref().and_then(|p| p["content"].as_str()).unwrap_or_default().to_owned(),
         voice,
         openai_key: openai.as_ref().and_then(|o| o["credentials"]["openai_api_key"].as_str()).map(str::to_owned),
         actions,
         vector_database,
         agent,
-    }))
+    };
+    Ok(Some((docs, prompt.unwrap_or(serde_json::Value::Null))))
 }
 
 /// The prompt of a user's agent (`agent` as stored), whole: its `context_endpoint`,

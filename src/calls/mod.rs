@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::crypto::SecretBox;
 use crate::domain::call::{transition, CallState, Direction, Effect, Event, NoHumanAnswer, Provider};
 use crate::jobs::{Enqueue, Job, Queue};
 use crate::store::calls::{self, CallRow};
@@ -147,6 +148,13 @@ impl News {
     }
 }
 
+/// What a call's conversation is made of, as stored: see [`Calls::talk`].
+pub struct Talk {
+    pub docs: crate::conversation::agent::AgentDocuments,
+    /// The agent's prompt document (`Null` when it has none).
+    pub prompt: Value,
+}
+
 /// A call after news, and the jobs the news caused that this process claimed to run at once.
 pub struct Applied {
     pub row: CallRow,
@@ -172,6 +180,14 @@ impl Calls {
     pub async fn find(&self, call_id: Uuid) -> sqlx::Result<Option<CallRow>> {
         let mut handle = self.store.read().await?;
         calls::by_id(handle.conn(), call_id).await
+    }
+
+    /// What a call needs to talk, each document read once: its agent's documents in the clear and
+    /// its prompt whole. `None` when the agent is gone.
+    pub async fn talk(&self, secrets: &SecretBox, row: &CallRow) -> Result<Option<Talk>, CallsError> {
+        let mut handle = self.store.read().await?;
+        let found = agent::documents_and_prompt(&mut handle, secrets, row.user_id, row.agent_id).await?;
+        Ok(found.map(|(docs, prompt)| Talk { docs, prompt }))
     }
 
     /// A call by the carrier's id of it.

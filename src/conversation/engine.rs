@@ -23,7 +23,6 @@ use super::actions::{self, dtmf, Action, ActionRequest, ActionRunner, Kind, Outc
 use super::audio::Encoding;
 use super::knowledge::Knowledge;
 use super::llm::{ChatMessage, ChatRequest, LanguageModel, LlmDelta, Tool, ToolCall, ToolCallAccumulator};
-use super::media::{Outlet, ToCall};
 use super::playout::{heard_text, Playout};
 use super::stt::{SpeechToText, SttConfig, SttEvent, SttSession};
 use super::tts::Voice;
@@ -33,6 +32,8 @@ use super::turns::{Dials, CHECK_IN};
 pub const APOLOGY: &str = "Sorry, I'm having trouble right now.";
 
 pub use super::actions::END_CONVERSATION;
+// The port types, where the rest of the crate finds them.
+pub use super::media::{Outlet, ToCall};
 
 /// What the engine needs to know of the call and its agent.
 #[derive(Debug, Clone)]

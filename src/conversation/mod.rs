@@ -13,6 +13,7 @@ pub mod denoise;
 pub mod do_not_call;
 pub mod engine;
 pub mod knowledge;
+pub mod line;
 pub mod llm;
 pub mod local;
 pub mod media;

@@ -12,7 +12,8 @@
 //!
 //! What is kept here is this process's: the carrier's news of the conference (who joined, how the
 //! third party's leg went) comes to the callbacks of [`crate::telephony::inbound::twilio`], which
-//! hand it to the action waiting for it.
+//! hand it to the action waiting for it; the action's steps themselves are the live call's
+//! (`crate::session::warm`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,7 +21,10 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::twilio::Credentials;
+use super::{Carrier, Telephony};
 use crate::domain::phone::PhoneNumber;
+use crate::store::calls::CallRow;
 
 /// The third party's leg, as the carrier reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +265,58 @@ impl Conferences {
     #[cfg(test)]
     fn leased(&self) -> usize {
         self.with(|inner| inner.leased.len())
+    }
+}
+
+/// A Twilio carrier's credentials (a steering pool is always a Twilio account connection's).
+pub fn creds<'c>(carrier: &'c Carrier<'_>) -> &'c Credentials {
+    carrier.twilio_credentials().expect("the steering pool is a Twilio account connection's")
+}
+
+/// The carrier's side of a warm transfer's steps.
+impl Telephony {
+    /// The call's Twilio account and the steering pool of its account connection (one read).
+    pub async fn account_and_pool(&self, row: &CallRow) -> Result<(Carrier<'_>, Vec<String>), String> {
+        match self.steering(row).await {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err("warm transfers take a number of an account connection's steering pool, and this call \
+                             goes through no account connection"
+                .into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Puts the person's call on hold in its conference, or takes it off hold.
+    pub async fn hold_person(
+        &self,
+        call_id: Uuid,
+        creds: &Credentials,
+        person: &str,
+        hold: bool,
+    ) -> Result<(), String> {
+        let conference = self
+            .conferences
+            .snapshot(call_id)
+            .and_then(|s| s.conference_sid)
+            .ok_or("the carrier has not said which conference the call is in")?;
+        self.twilio.hold_participant(creds, &conference, person, hold).await.map_err(|e| e.to_string())?;
+        self.conferences.set_on_hold(call_id, hold);
+        Ok(())
+    }
+
+    /// The third party left the conference before the bot handed the person over: the person, if
+    /// on hold, is taken off it, and the bot goes on with them.
+    pub async fn third_party_left(&self, row: &CallRow) {
+        let on_hold = self.conferences.snapshot(row.id).is_some_and(|s| s.person_on_hold);
+        let (Some(person), true) = (row.state.telephony_id.clone(), on_hold) else { return };
+        match self.account_and_pool(row).await {
+            Ok((carrier, _)) => {
+                if let Err(reason) = self.hold_person(row.id, creds(&carrier), &person, false).await {
+                    tracing::warn!(call_id = %row.id, %reason, "the person could not be taken off hold");
+                }
+            }
+            Err(reason) => tracing::warn!(call_id = %row.id, %reason, "the person could not be taken off hold"),
+        }
     }
 }
 

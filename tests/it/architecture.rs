@@ -184,3 +184,30 @@ fn the_application_state_is_known_only_to_the_edges_and_the_job_runners() {
     }
     assert!(offences.is_empty(), "the application state below the edge:\n{}", offences.join("\n"));
 }
+
+/// The places in `files` whose code (unit tests aside) starts a conversation engine.
+fn engine_starts(files: &[PathBuf]) -> Vec<String> {
+    let mut found = Vec::new();
+    for file in files {
+        for (n, line) in code_of(file).lines().enumerate() {
+            if line.contains("engine::run(") || line.contains("engine::run)") {
+                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn only_the_session_layer_starts_conversations() {
+    let session = files_of(&src().join("session"));
+    assert!(!engine_starts(&session).is_empty(), "the session layer starts the engine somewhere");
+    let elsewhere: Vec<PathBuf> = modules()
+        .into_iter()
+        .filter(|(name, _)| name != "session" && name != "conversation")
+        .flat_map(|(_, files)| files)
+        .chain([src().join("lib.rs"), src().join("main.rs")])
+        .collect();
+    let offences = engine_starts(&elsewhere);
+    assert!(offences.is_empty(), "a conversation started outside src/session/:\n{}", offences.join("\n"));
+}

@@ -296,13 +296,9 @@ async fn inbound_calls_fill_from_the_numbers_example_context_under_the_endpoints
 
     let state = &w.app.state;
     let row = state.calls.find(id).await.unwrap().unwrap();
-    let docs = {
-        let mut handle = state.store.read().await.unwrap();
-        let docs = vocode_server::calls::agent::documents(&mut handle, &state.secrets, row.user_id, row.agent_id);
-        docs.await.unwrap().unwrap()
-    };
-    assert_eq!(docs.prompt, "You are talking to ${name} from ${city}.");
-    let filled = vocode_server::telephony::media::context::apply(state, &row, docs).await;
+    let talk = state.calls.talk(&state.secrets, &row).await.unwrap().unwrap();
+    assert_eq!(talk.docs.prompt, "You are talking to ${name} from ${city}.");
+    let filled = vocode_server::session::context::apply(state, &row, talk.docs, &talk.prompt).await;
     assert_eq!(filled.prompt, "You are talking to Kian from Paris.");
     let asked = w.endpoint.asked("/caller");
     assert_eq!(asked.len(), 1);

@@ -207,3 +207,128 @@ async fn concurrent_carrier_requests_are_capped() {
     assert_eq!(twilio.calls().len(), 6);
     assert_eq!(twilio.state.most_creating.load(std::sync::atomic::Ordering::SeqCst), 2, "at most two at once, and two");
 }
+
+/// The file descriptors a process holds now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Five hundred websockets open on media-stream URLs and never say which call they carry: each is
+/// closed by the server (policy violation, 1008) within 15 s of opening, and its file descriptor
+/// given back; a real call placed meanwhile talks as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn media_stream_sockets_that_never_bind_are_closed() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    use crate::support::{eventually, hex_key, ServerProcess, TestDb};
+
+    let Some(db) = TestDb::create(Backend::Sqlite).await else { return };
+    let key = vocode_server::crypto::generate_api_key().key;
+    let env = [
+        ("SECRETS_KEY", hex_key()),
+        ("VOCODE_API_KEY", key.clone()),
+        ("CARRIER_MODE", "sandbox".to_owned()),
+        ("SANDBOX_TIME_SCALE", "0.25".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // No speech or model provider at all: the sandbox call talks with the stand-ins.
+    let server = ServerProcess::start_with(&db.url, "127.0.0.1:0", &env, |cmd| {
+        for (name, _) in crate::support::unreachable_providers_env() {
+            cmd.env_remove(name);
+        }
+    });
+    let pid = server.child.id();
+    let client = reqwest::Client::new();
+    let ready = client.get(format!("{}/ready", server.base)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let before = open_fds(pid);
+
+    let ws_base = server.base.replace("http://", "ws://");
+    let mut sockets = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let protocol = if i % 2 == 0 { "twilio" } else { "vonage" };
+        let url = format!("{ws_base}/telephony/{protocol}/stream/{}", uuid::Uuid::now_v7());
+        sockets.spawn(async move {
+            let opened = Instant::now();
+            let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("the socket opens");
+            let close = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match socket.next().await {
+                        Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                        Some(Ok(_)) => continue,
+                        _ => return None,
+                    }
+                }
+            })
+            .await
+            .expect("the server closes the socket");
+            (close, opened.elapsed())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = open_fds(pid);
+    assert!(during >= before + 250, "the sockets are open on the server: {before} then {during}");
+
+    // A call placed while they are open talks as usual.
+    let auth = format!("Bearer {key}");
+    let number: serde_json::Value = client
+        .post(format!("{}/v1/numbers/buy", server.base))
+        .header("authorization", &auth)
+        .json(&json!({"telephony_provider": "twilio", "area_code": "415"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let call: serde_json::Value = client
+        .post(format!("{}/v1/calls/create", server.base))
+        .header("authorization", &auth)
+        .json(&json!({"from_number": number["number"], "to_number": "14155550199",
+                      "agent": {"prompt": {"content": "Ask Ajay if his refrigerator is running"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = call["id"].as_str().unwrap_or_else(|| panic!("a call: {call}")).to_owned();
+
+    let mut slowest = Duration::ZERO;
+    while let Some(closed) = sockets.join_next().await {
+        let (code, took) = closed.unwrap();
+        assert_eq!(code, Some(1008), "closed as a policy violation");
+        slowest = slowest.max(took);
+    }
+    assert!(slowest <= Duration::from_secs(15), "every unbound socket is closed within 15 s: {slowest:?}");
+    assert!(slowest >= vocode_server::telephony::media::BIND_WITHIN, "and given its time to bind: {slowest:?}");
+    assert!(server.logs().contains("did not say which call it is in time"), "logged");
+
+    let ended = eventually(Duration::from_secs(60), || async {
+        let call: serde_json::Value = client
+            .get(format!("{}/v1/calls?id={id}", server.base))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (call["status"] == "ended").then_some(call)
+    })
+    .await;
+    assert_eq!(ended["stage_outcome"], "human_disconnected", "{ended}");
+    let transcript = ended["transcript"].as_str().unwrap_or_default();
+    assert!(transcript.contains("BOT: ") && transcript.contains("HUMAN: "), "the call talked: {transcript}");
+
+    // Given back: a few descriptors of slack for the database pool and the call's own sockets.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = open_fds(pid);
+    while after > before + 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = open_fds(pid);
+    }
+    assert!(after <= before + 10, "the descriptors are given back: {before} before, {after} after");
+}

@@ -34,11 +34,11 @@ pub fn router() -> Router<AppState> {
         .route("/telephony/twilio/conference/{call_id}/third_party", post(twilio::third_party))
         .route("/telephony/vonage/transfer/{call_id}", post(vonage::transfer_event))
         .route("/telephony/twilio/inbound", post(twilio::inbound))
-        .route("/telephony/twilio/stream/{call_id}", get(media::twilio::stream))
+        .route("/telephony/twilio/stream/{call_id}", get(media::twilio_stream))
         .route("/telephony/vonage/event/{call_id}", post(vonage::event))
         .route("/telephony/vonage/event", post(vonage::event_by_uuid))
         .route("/telephony/vonage/answer", get(vonage::answer).post(vonage::answer))
-        .route("/telephony/vonage/stream/{call_id}", get(media::vonage::stream))
+        .route("/telephony/vonage/stream/{call_id}", get(media::vonage_stream))
 }
 
 fn forbidden(reason: &str) -> ApiError {

@@ -239,7 +239,7 @@ pub async fn third_party(State(state): State<AppState>, leg: TwilioLeg) -> Resul
                 && conferences.snapshot(row.id).is_some_and(|s| s.third_party_answered) =>
         {
             // Before the bot handed the person over: the bot goes on with the person.
-            crate::telephony::media::warm::third_party_left(&state, &row).await;
+            state.telephony.third_party_left(&row).await;
             return Ok(StatusCode::NO_CONTENT);
         }
         "completed" => ThirdParty::NotAnswered(status.to_owned()),

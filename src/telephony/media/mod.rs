@@ -1,41 +1,250 @@
-//! The media-stream websockets that connect an answered call's audio to this server, one module
-//! per carrier protocol ([`twilio`], [`vonage`]), behind one carrier-neutral port.
+//! The media-stream websockets that carry an answered call's audio: one socket loop ([`serve`]) for
+//! every carrier, a [`Protocol`] per carrier ([`twilio`], [`vonage`]) that decodes what the
+//! carrier sends and encodes what we send, and the carrier's [`Line`] (decided, for every
+//! carrier, in `crate::conversation::line`).
 //!
-//! A stream is bound to its call by the token this server gave the carrier for it (in the TwiML's
-//! `<Parameter>` or the NCCO's headers). Once bound, the stream carries audio both ways: what the
-//! carrier sends is counted in [`StreamStats`] (and is what the conversation engine will listen
-//! to), and whatever is sent to the call's [`MediaPort`] — audio in the stream's own encoding,
-//! marks, clears — is framed in the carrier's protocol and sent. Marks come back from the carrier
-//! once the audio queued before them has played.
+//! A stream is nobody's until it says whose it is: its first meaningful message (Twilio's `start`,
+//! Vonage's `websocket:connected`) names the call and carries the token this server gave the
+//! carrier for it. The loop hands that [`Hello`] to a [`Binder`] (the live call's layer,
+//! `crate::session`, implements it), which checks it and returns the stream's [`Bound`] ends.
+//! A socket that has not said whose it is within [`BIND_WITHIN`], or says something else first,
+//! or is refused by the binder, is closed with a policy-violation close code and logged: an
+//! unbound socket never holds a task and a file descriptor for long.
+//!
+//! Ordering guarantees, once bound:
+//! - what is sent to the call goes out in the order it was queued on the port: one task reads the
+//!   port's channel and writes the socket, so a mark (Twilio's `mark`, Vonage's `notify`) always
+//!   follows every byte of the audio queued before it, and a `clear` follows what it clears;
+//! - what the carrier sends reaches the [`StreamEnd`] in the order the carrier sent it, without
+//!   waiting: the end offers it on (a full queue drops a frame and counts it) so that a slow
+//!   consumer can never stall the socket;
+//! - the end hears [`StreamEnd::ended`] exactly once, after the last message, whatever ended the
+//!   stream (a `stop`, a close, an error, the server).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::AppState;
-
-pub mod actions;
-pub mod context;
-pub mod converse;
-pub mod record;
 pub mod twilio;
 pub mod vonage;
-pub mod warm;
 
 pub use crate::conversation::audio::Encoding as AudioFormat;
-use crate::conversation::engine::FromCall;
-use crate::conversation::media::Outlet;
-pub use crate::conversation::media::ToCall;
+pub use crate::conversation::engine::{FromCall, ToCall};
+pub use crate::conversation::line::Line;
+use crate::AppState;
 
-/// A bound stream's sending side.
-#[derive(Debug, Clone)]
-pub struct MediaPort {
-    pub format: AudioFormat,
-    pub to_call: mpsc::Sender<ToCall>,
+/// How long a new socket may take to say which call it is.
+pub const BIND_WITHIN: Duration = Duration::from_secs(10);
+
+/// The first message of a stream that says whose it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hello {
+    /// The call this server named in the stream's parameters (or headers).
+    pub call_id: Option<String>,
+    /// The token this server gave the carrier for the call's stream.
+    pub token: Option<String>,
+    /// The carrier's id of the call the stream carries, when it says it.
+    pub carrier_call_id: Option<String>,
+    /// The carrier's id of the stream, which what we send must name.
+    pub stream_id: String,
+}
+
+/// A carrier's message, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Hello(Hello),
+    /// Audio in the line's encoding.
+    Audio(Vec<u8>),
+    /// A key the person pressed.
+    Dtmf(String),
+    /// The audio before this mark has played.
+    Played(String),
+    /// The carrier ends the stream.
+    Stop,
+    /// Nothing for us (a `connected`, an event we do not use).
+    Nothing,
+}
+
+/// A carrier's media-stream protocol: its line, and its framing both ways.
+pub trait Protocol: Send + 'static {
+    /// The protocol's name, in logs and stream statistics.
+    const NAME: &'static str;
+    const LINE: Line;
+    /// Why a stream that sends audio before it says whose it is gets refused, in the protocol's
+    /// words.
+    const AUDIO_FIRST: &'static str;
+
+    /// What a websocket message from the carrier means; `Err` with the refusal's reason when it is
+    /// not one of the protocol's messages.
+    fn decode(message: Message) -> Result<Inbound, &'static str>;
+
+    /// Appends the websocket messages that send `out` on the stream `stream_id`.
+    fn encode(stream_id: &str, out: ToCall, messages: &mut Vec<Message>);
+}
+
+/// A bound stream's other end: where what the call sends goes, and who hears of what is sent to
+/// it. Its methods never wait.
+pub trait StreamEnd: Send {
+    /// Something the call sent; returns whether it is the call's (a stream that is not its call's
+    /// current one is heard by nobody).
+    fn heard(&mut self, message: FromCall) -> bool;
+
+    /// Audio is about to be sent to the call.
+    fn sent(&mut self, audio: &[u8]);
+
+    /// The stream is over.
+    fn ended(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// A stream the binder accepted: what to send to the call, and where what it sends goes.
+pub struct Bound {
+    pub to_call: mpsc::Receiver<ToCall>,
+    pub end: Box<dyn StreamEnd>,
+}
+
+/// Who takes a stream that said whose it is.
+pub trait Binder: Send + Sync {
+    /// Checks `hello` against the call and binds the stream; `Err` with the reason refuses it.
+    fn bind(&self, call_id: Uuid, line: Line, hello: Hello) -> BoxFuture<'_, Result<Bound, &'static str>>;
+}
+
+/// A call's media stream on Twilio's protocol.
+pub async fn twilio_stream(state: State<AppState>, call_id: Path<Uuid>, ws: WebSocketUpgrade) -> Response {
+    upgrade::<twilio::Twilio>(state, call_id, ws)
+}
+
+/// A call's media stream on Vonage's protocol.
+pub async fn vonage_stream(state: State<AppState>, call_id: Path<Uuid>, ws: WebSocketUpgrade) -> Response {
+    upgrade::<vonage::Vonage>(state, call_id, ws)
+}
+
+fn upgrade<P: Protocol>(State(state): State<AppState>, Path(call_id): Path<Uuid>, ws: WebSocketUpgrade) -> Response {
+    let binder: Arc<dyn Binder> = Arc::new(state.clone());
+    let stats = state.telephony.streams.open(call_id, P::NAME);
+    ws.on_upgrade(move |socket| serve::<P>(socket, call_id, binder, stats))
+}
+
+const POLICY_VIOLATION: u16 = 1008;
+
+async fn refuse(mut socket: WebSocket, call_id: Uuid, reason: &'static str) {
+    tracing::warn!(%call_id, reason, "refused a media stream");
+    let _ = socket.send(Message::Close(Some(CloseFrame { code: POLICY_VIOLATION, reason: reason.into() }))).await;
+}
+
+/// Waits for the stream to say whose it is; `Err` with why it is refused.
+async fn hello<P: Protocol>(socket: &mut WebSocket) -> Result<Hello, &'static str> {
+    let waiting = async {
+        loop {
+            let message = match socket.recv().await {
+                Some(Ok(message)) => message,
+                _ => return Err(None),
+            };
+            if matches!(message, Message::Close(_)) {
+                return Err(None);
+            }
+            match P::decode(message) {
+                Ok(Inbound::Hello(hello)) => return Ok(hello),
+                // Marks and keys of nobody's stream are nobody's news.
+                Ok(Inbound::Nothing | Inbound::Played(_) | Inbound::Dtmf(_)) => continue,
+                Ok(Inbound::Stop) => return Err(None),
+                Ok(Inbound::Audio(_)) => return Err(Some(P::AUDIO_FIRST)),
+                Err(reason) => return Err(Some(reason)),
+            }
+        }
+    };
+    match tokio::time::timeout(BIND_WITHIN, waiting).await {
+        Ok(Ok(hello)) => Ok(hello),
+        Ok(Err(Some(reason))) => Err(reason),
+        // The carrier went away before it said anything: nothing to refuse.
+        Ok(Err(None)) => Err(""),
+        Err(_) => Err("the stream did not say which call it is in time"),
+    }
+}
+
+/// The socket loop, the same for every carrier.
+async fn serve<P: Protocol>(mut socket: WebSocket, call_id: Uuid, binder: Arc<dyn Binder>, stats: Stats) {
+    let hello = match hello::<P>(&mut socket).await {
+        Ok(hello) => hello,
+        Err("") => return stats.close(false),
+        Err(reason) => {
+            stats.close(false);
+            return refuse(socket, call_id, reason).await;
+        }
+    };
+    let stream_id = hello.stream_id.clone();
+    let Bound { mut to_call, mut end } = match binder.bind(call_id, P::LINE, hello).await {
+        Ok(bound) => bound,
+        Err(reason) => {
+            stats.close(false);
+            return refuse(socket, call_id, reason).await;
+        }
+    };
+    stats.bound();
+    tracing::info!(%call_id, protocol = P::NAME, "media stream started");
+    let mut outgoing = Vec::new();
+    'stream: loop {
+        let message = tokio::select! {
+            received = socket.recv() => match received {
+                Some(Ok(message)) => message,
+                _ => break,
+            },
+            Some(out) = to_call.recv() => {
+                if let ToCall::Audio(audio) = &out {
+                    stats.update(|s| s.sent_bytes += audio.len() as u64);
+                    end.sent(audio);
+                }
+                P::encode(&stream_id, out, &mut outgoing);
+                for message in outgoing.drain(..) {
+                    if socket.send(message).await.is_err() {
+                        break 'stream;
+                    }
+                }
+                continue;
+            }
+        };
+        if matches!(message, Message::Close(_)) {
+            break;
+        }
+        let inbound = match P::decode(message) {
+            Ok(inbound) => inbound,
+            Err(reason) => {
+                end.ended().await;
+                stats.close(true);
+                return refuse(socket, call_id, reason).await;
+            }
+        };
+        match inbound {
+            Inbound::Audio(audio) => {
+                stats.update(|s| {
+                    s.media_frames += 1;
+                    s.media_bytes += audio.len() as u64;
+                });
+                if !audio.is_empty() {
+                    end.heard(FromCall::Audio(audio));
+                }
+            }
+            Inbound::Played(mark) => {
+                if end.heard(FromCall::Played(mark.clone())) {
+                    stats.update(|s| s.marks_played.push(mark));
+                }
+            }
+            Inbound::Dtmf(digit) => {
+                stats.update(|s| s.dtmf.push_str(&digit));
+                end.heard(FromCall::Dtmf(digit));
+            }
+            Inbound::Stop => break,
+            Inbound::Hello(_) | Inbound::Nothing => {}
+        }
+    }
+    end.ended().await;
+    stats.close(true);
 }
 
 /// What a call's media stream has carried so far.
@@ -55,211 +264,59 @@ pub struct StreamStats {
     pub closed: bool,
 }
 
-struct Entry {
-    stats: StreamStats,
-    /// The port of the call's current stream: where its conversation's audio goes.
-    port: Option<MediaPort>,
-    /// Streams bound so far (each stream's generation is its number).
-    generations: u64,
-    /// The generation of the current stream, read by each stream to know whether what it hears
-    /// is the call's (a stream that is no longer current is heard by nobody).
-    current: Arc<AtomicU64>,
-    /// A stream bound and waiting to take over (a warm transfer's conference leg).
-    standby: Option<(u64, MediaPort)>,
-    /// The call's running conversation: where its streams' audio goes, and where it sends audio.
-    conversation: Option<(mpsc::Sender<FromCall>, Outlet)>,
-}
+/// A call's stream statistics, written by its streams' loops without taking the table's lock;
+/// with how many of its streams are bound and open (the call's audio is over when none is).
+#[derive(Clone)]
+struct Stats(Arc<Mutex<(StreamStats, usize)>>);
 
-impl Entry {
-    fn new() -> Self {
-        Entry {
-            stats: StreamStats::default(),
-            port: None,
-            generations: 0,
-            current: Arc::new(AtomicU64::new(0)),
-            standby: None,
-            conversation: None,
+impl Stats {
+    fn update(&self, f: impl FnOnce(&mut StreamStats)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()).0);
+    }
+
+    fn bound(&self) {
+        let mut stats = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        stats.0.bound = true;
+        stats.0.closed = false;
+        stats.1 += 1;
+    }
+
+    /// A stream ended: bound (`was_bound`) or not. The call's audio is closed once no bound
+    /// stream of it is open.
+    fn close(&self, was_bound: bool) {
+        let mut stats = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if was_bound {
+            stats.1 = stats.1.saturating_sub(1);
+        }
+        if stats.1 == 0 {
+            stats.0.closed = true;
         }
     }
 }
 
-/// A stream's place among its call's streams.
-pub struct Binding {
-    pub generation: u64,
-    current: Arc<AtomicU64>,
-}
-
-impl Binding {
-    /// Whether this is the call's current stream: only its audio is the call's.
-    pub fn is_current(&self) -> bool {
-        self.current.load(Ordering::Relaxed) == self.generation
-    }
-}
-
-/// The streams of this process, by call. Finished streams are forgotten past a bound.
+/// What the media streams of this process have carried, by call (the latest stream of each).
+/// Finished streams are forgotten past a bound.
 #[derive(Default)]
 pub struct Streams {
-    inner: Mutex<HashMap<Uuid, Entry>>,
+    inner: Mutex<HashMap<Uuid, Stats>>,
 }
 
 const REMEMBERED: usize = 10_000;
-/// How many messages to a call may wait to be framed and sent.
-const PORT_BUFFER: usize = 256;
 
 impl Streams {
-    fn with<T>(&self, call_id: Uuid, f: impl FnOnce(&mut Entry) -> T) -> T {
+    /// A socket opened for the call: it counts as the call's stream from now on.
+    fn open(&self, call_id: Uuid, protocol: &'static str) -> Stats {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= REMEMBERED {
-            map.retain(|_, e| !e.stats.closed);
+            map.retain(|_, stats| !stats.0.lock().unwrap_or_else(|e| e.into_inner()).0.closed);
         }
-        f(map.entry(call_id).or_insert_with(Entry::new))
-    }
-
-    fn update(&self, call_id: Uuid, f: impl FnOnce(&mut StreamStats)) {
-        self.with(call_id, |e| f(&mut e.stats));
-    }
-
-    /// Marks the stream bound and makes it the call's current stream (a conversation already
-    /// running on the call now talks through it); returns the receiving end for the session.
-    fn bind(&self, call_id: Uuid, format: AudioFormat) -> (mpsc::Receiver<ToCall>, Binding) {
-        self.bind_as(call_id, format, false)
-    }
-
-    /// Binds a stream that waits to take over the call's audio until [`Streams::promote`].
-    fn bind_standby(&self, call_id: Uuid, format: AudioFormat) -> (mpsc::Receiver<ToCall>, Binding) {
-        self.bind_as(call_id, format, true)
-    }
-
-    fn bind_as(&self, call_id: Uuid, format: AudioFormat, standby: bool) -> (mpsc::Receiver<ToCall>, Binding) {
-        let (tx, rx) = mpsc::channel(PORT_BUFFER);
-        let port = MediaPort { format, to_call: tx };
-        self.with(call_id, |entry| {
-            entry.stats.bound = true;
-            entry.stats.closed = false;
-            entry.generations += 1;
-            let generation = entry.generations;
-            if standby {
-                entry.standby = Some((generation, port));
-            } else {
-                if let Some((_, outlet)) = &entry.conversation {
-                    outlet.redirect(port.to_call.clone());
-                }
-                entry.port = Some(port);
-                entry.current.store(generation, Ordering::Relaxed);
-            }
-            (rx, Binding { generation, current: entry.current.clone() })
-        })
-    }
-
-    /// The stream waiting to take over becomes the call's current one; `false` when there is none.
-    pub fn promote(&self, call_id: Uuid) -> bool {
-        self.with(call_id, |entry| {
-            let Some((generation, port)) = entry.standby.take() else {
-                return false;
-            };
-            if let Some((_, outlet)) = &entry.conversation {
-                outlet.redirect(port.to_call.clone());
-            }
-            entry.port = Some(port);
-            entry.current.store(generation, Ordering::Relaxed);
-            true
-        })
-    }
-
-    /// A stream ended; returns whether it was the call's current one (whose end is the end of
-    /// the call's audio).
-    fn close(&self, call_id: Uuid, binding: &Binding) -> bool {
-        self.with(call_id, |entry| {
-            if entry.standby.as_ref().is_some_and(|(g, _)| *g == binding.generation) {
-                entry.standby = None;
-            }
-            if !binding.is_current() {
-                return false;
-            }
-            entry.stats.closed = true;
-            entry.port = None;
-            // The conversation ends with the call's audio: nothing is kept of it here.
-            entry.conversation = None;
-            true
-        })
-    }
-
-    /// A stream ended (bound or not); when its end is the end of the call's audio, its
-    /// conversation is told.
-    fn finish(&self, call_id: Uuid, binding: Option<&Binding>, conversation: &Option<mpsc::Sender<FromCall>>) {
-        let current = match binding {
-            Some(binding) => self.close(call_id, binding),
-            None => self.with(call_id, |entry| {
-                if entry.port.is_none() {
-                    entry.stats.closed = true;
-                }
-                true
-            }),
-        };
-        if current {
-            converse::offer(conversation, FromCall::Stopped);
-        }
+        let stats = map.entry(call_id).or_insert_with(|| Stats(Arc::default())).clone();
+        stats.update(|s| s.protocol = protocol);
+        stats
     }
 
     pub fn get(&self, call_id: Uuid) -> Option<StreamStats> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(&call_id).map(|e| e.stats.clone())
-    }
-
-    /// The port of a call's bound, open stream on this process.
-    pub fn port(&self, call_id: Uuid) -> Option<MediaPort> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(&call_id).and_then(|e| e.port.clone())
-    }
-
-    /// The call's conversation, while it runs.
-    pub(crate) fn running(&self, call_id: Uuid) -> Option<mpsc::Sender<FromCall>> {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&call_id)?.conversation.as_ref().map(|(tx, _)| tx.clone()).filter(|tx| !tx.is_closed())
+        map.get(&call_id).map(|stats| stats.0.lock().unwrap_or_else(|e| e.into_inner()).0.clone())
     }
-
-    fn set_conversation(&self, call_id: Uuid, from_call: mpsc::Sender<FromCall>, outlet: Outlet) {
-        self.with(call_id, |entry| entry.conversation = Some((from_call, outlet)));
-    }
-}
-
-/// The conversation a newly bound stream carries: the call's running one (its audio moved to this
-/// stream), or a new one.
-async fn conversation_for(
-    state: &AppState,
-    call_id: Uuid,
-    format: AudioFormat,
-    carrier_echoes_marks: bool,
-) -> Option<mpsc::Sender<FromCall>> {
-    let streams = &state.telephony.streams;
-    if let Some(running) = streams.running(call_id) {
-        return Some(running);
-    }
-    let port = streams.port(call_id)?;
-    let outlet = Outlet::new(port.to_call);
-    let from_call = converse::start(state, call_id, format, outlet.clone(), carrier_echoes_marks).await?;
-    streams.set_conversation(call_id, from_call.clone(), outlet);
-    Some(from_call)
-}
-
-const POLICY_VIOLATION: u16 = 1008;
-
-async fn refuse(mut socket: WebSocket, reason: &'static str) {
-    tracing::warn!(reason, "refused a media stream");
-    let _ = socket.send(Message::Close(Some(CloseFrame { code: POLICY_VIOLATION, reason: reason.into() }))).await;
-}
-
-/// Whether the call exists and (when the carrier names it) the carrier's id for it is the call's.
-async fn call_matches(state: &AppState, call_id: Uuid, telephony_id: Option<&str>) -> bool {
-    match state.calls.find(call_id).await {
-        Ok(Some(row)) => match (&row.state.telephony_id, telephony_id) {
-            (Some(known), Some(given)) => known == given,
-            _ => true,
-        },
-        _ => false,
-    }
-}
-
-/// Whether a token the carrier presents is the one this server gave it for the call.
-fn token_ok(state: &AppState, call_id: Uuid, named_call: Option<&str>, token: Option<&str>) -> bool {
-    named_call == Some(call_id.to_string().as_str())
-        && token.is_some_and(|t| state.telephony.check_stream_token(call_id, t))
 }

@@ -4,137 +4,76 @@
 //! `{"action":"clear"}` and `{"action":"notify"}` (answered with `websocket:notify` once the audio
 //! before it has played: the equivalent of Twilio's marks).
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::extract::ws::Message;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use uuid::Uuid;
 
-use super::converse::offer;
-use super::record::Recorder;
-use super::{call_matches, conversation_for, refuse, token_ok, AudioFormat, Binding, ToCall};
-use crate::conversation::engine::FromCall;
-use crate::AppState;
+use super::{Hello, Inbound, Line, Protocol};
+use crate::conversation::engine::ToCall;
 
 /// The size of one audio message: 20 ms of 16-bit PCM at 16 kHz.
 pub const FRAME_BYTES: usize = 640;
 
-pub async fn stream(State(state): State<AppState>, Path(call_id): Path<Uuid>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| session(state, call_id, socket))
-}
+pub struct Vonage;
 
-/// The messages to Vonage for one thing sent to the call: audio split into 640-byte frames (the
-/// last one padded with silence, since Vonage takes whole frames only).
-fn framed(message: ToCall) -> Vec<Message> {
-    match message {
-        ToCall::Audio(pcm) => pcm
-            .chunks(FRAME_BYTES)
-            .map(|chunk| {
+impl Protocol for Vonage {
+    const NAME: &'static str = "vonage";
+    const LINE: Line = Line::VONAGE;
+    const AUDIO_FIRST: &'static str = "audio before websocket:connected";
+
+    fn decode(message: Message) -> Result<Inbound, &'static str> {
+        let text = match message {
+            Message::Binary(audio) => return Ok(Inbound::Audio(audio.to_vec())),
+            Message::Text(text) => text,
+            _ => return Ok(Inbound::Nothing),
+        };
+        let event = serde_json::from_str::<Value>(text.as_str()).map_err(|_| "not a Vonage websocket message")?;
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        Ok(match event["event"].as_str() {
+            Some("websocket:connected") => Inbound::Hello(Hello {
+                call_id: text(&event["call_id"]),
+                token: text(&event["token"]),
+                // Vonage names no call of its own here: the headers are ours.
+                carrier_call_id: None,
+                stream_id: String::new(),
+            }),
+            Some("websocket:dtmf") => match text(&event["digit"]).or(text(&event["dtmf"]["digit"])) {
+                Some(digit) => Inbound::Dtmf(digit),
+                None => Inbound::Nothing,
+            },
+            Some("websocket:notify") => match text(&event["payload"]["mark"]) {
+                Some(mark) => Inbound::Played(mark),
+                None => Inbound::Nothing,
+            },
+            _ => Inbound::Nothing,
+        })
+    }
+
+    /// Audio goes in 640-byte frames, the last one padded with silence (Vonage takes whole frames
+    /// only).
+    fn encode(_stream_id: &str, out: ToCall, messages: &mut Vec<Message>) {
+        match out {
+            ToCall::Audio(pcm) => messages.extend(pcm.chunks(FRAME_BYTES).map(|chunk| {
                 let mut frame = chunk.to_vec();
                 frame.resize(FRAME_BYTES, 0);
                 Message::Binary(frame.into())
-            })
-            .collect(),
-        ToCall::Mark(name) => {
-            vec![Message::Text(json!({"action": "notify", "payload": {"mark": name}}).to_string().into())]
+            })),
+            ToCall::Mark(name) => {
+                messages.push(Message::Text(json!({"action": "notify", "payload": {"mark": name}}).to_string().into()))
+            }
+            ToCall::Clear => messages.push(Message::Text(json!({"action": "clear"}).to_string().into())),
         }
-        ToCall::Clear => vec![Message::Text(json!({"action": "clear"}).to_string().into())],
-    }
-}
-
-async fn session(state: AppState, call_id: Uuid, mut socket: WebSocket) {
-    let streams = &state.telephony.streams;
-    streams.update(call_id, |s| s.protocol = "vonage");
-    let mut outgoing: Option<mpsc::Receiver<ToCall>> = None;
-    let mut binding: Option<Binding> = None;
-    let mut conversation = None;
-    let mut recorder: Option<Recorder> = None;
-    'session: loop {
-        let next_out = async {
-            match outgoing.as_mut() {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        let message = tokio::select! {
-            received = socket.recv() => match received {
-                Some(Ok(message)) => message,
-                _ => break,
-            },
-            Some(out) = next_out => {
-                if let ToCall::Audio(audio) = &out {
-                    streams.update(call_id, |s| s.sent_bytes += audio.len() as u64);
-                    if let Some(recorder) = recorder.as_mut() {
-                        recorder.said(audio);
-                    }
-                }
-                for message in framed(out) {
-                    if socket.send(message).await.is_err() {
-                        break 'session;
-                    }
-                }
-                continue;
-            }
-        };
-        match message {
-            Message::Text(text) => {
-                let Ok(event) = serde_json::from_str::<Value>(text.as_str()) else {
-                    return refuse(socket, "not a Vonage websocket message").await;
-                };
-                match event["event"].as_str() {
-                    Some("websocket:connected") => {
-                        let token = token_ok(&state, call_id, event["call_id"].as_str(), event["token"].as_str());
-                        if !token || !call_matches(&state, call_id, None).await {
-                            return refuse(socket, "this stream is not the call's").await;
-                        }
-                        let (rx, bound) = streams.bind(call_id, AudioFormat::Linear16k);
-                        (outgoing, binding) = (Some(rx), Some(bound));
-                        tracing::info!(%call_id, "media stream started (vonage)");
-                        recorder = Recorder::for_call(&state, call_id, AudioFormat::Linear16k).await;
-                        // Vonage's `notify` echoes are not confirmed: the clock tells what was played.
-                        conversation = conversation_for(&state, call_id, AudioFormat::Linear16k, false).await;
-                    }
-                    Some("websocket:dtmf") if outgoing.is_some() => {
-                        let digit = event["digit"].as_str().or(event["dtmf"]["digit"].as_str());
-                        if let Some(digit) = digit {
-                            streams.update(call_id, |s| s.dtmf.push_str(digit));
-                            offer(&conversation, FromCall::Dtmf(digit.to_owned()));
-                        }
-                    }
-                    Some("websocket:notify") if outgoing.is_some() => {
-                        if let Some(name) = event["payload"]["mark"].as_str() {
-                            streams.update(call_id, |s| s.marks_played.push(name.to_owned()));
-                            offer(&conversation, FromCall::Played(name.to_owned()));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Message::Binary(audio) if outgoing.is_some() => {
-                streams.update(call_id, |s| {
-                    s.media_frames += 1;
-                    s.media_bytes += audio.len() as u64;
-                });
-                if let Some(recorder) = recorder.as_mut() {
-                    recorder.heard(&audio);
-                }
-                offer(&conversation, FromCall::Audio(audio.to_vec()));
-            }
-            Message::Binary(_) => return refuse(socket, "audio before websocket:connected").await,
-            Message::Close(_) => break,
-            _ => {}
-        }
-    }
-    streams.finish(call_id, binding.as_ref(), &conversation);
-    if let Some(recorder) = recorder {
-        recorder.finish(state.clone(), call_id).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn framed(out: ToCall) -> Vec<Message> {
+        let mut messages = Vec::new();
+        Vonage::encode("", out, &mut messages);
+        messages
+    }
 
     #[test]
     fn audio_to_vonage_goes_in_whole_640_byte_frames() {
@@ -146,5 +85,20 @@ mod tests {
         assert!(last[3..].iter().all(|b| *b == 0), "padded with silence");
         let Message::Text(clear) = &framed(ToCall::Clear)[0] else { panic!("text") };
         assert_eq!(serde_json::from_str::<Value>(clear.as_str()).unwrap(), json!({"action": "clear"}));
+    }
+
+    #[test]
+    fn vonages_messages_are_read_as_its_protocol_says() {
+        let decode = |v: Value| Vonage::decode(Message::Text(v.to_string().into())).unwrap();
+        let hello = decode(json!({"event": "websocket:connected", "call_id": "c", "token": "t"}));
+        assert_eq!(
+            hello,
+            Inbound::Hello(Hello { call_id: Some("c".into()), token: Some("t".into()), ..Hello::default() })
+        );
+        assert_eq!(decode(json!({"event": "websocket:dtmf", "digit": "5"})), Inbound::Dtmf("5".into()));
+        assert_eq!(decode(json!({"event": "websocket:dtmf", "dtmf": {"digit": "6"}})), Inbound::Dtmf("6".into()));
+        assert_eq!(decode(json!({"event": "websocket:notify", "payload": {"mark": "m"}})), Inbound::Played("m".into()));
+        assert_eq!(Vonage::decode(Message::Binary(vec![1, 2].into())).unwrap(), Inbound::Audio(vec![1, 2]));
+        assert!(Vonage::decode(Message::Text("{".into())).is_err());
     }
 }

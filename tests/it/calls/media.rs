@@ -113,13 +113,13 @@ async fn a_twilio_stream_carries_audio_marks_and_clears_to_the_call(w: World) {
     let param = |name: &str| {
         twiml.split(&format!("name=\"{name}\" value=\"")).nth(1).unwrap().split('"').next().unwrap().to_owned()
     };
-    assert!(w.app.state.telephony.streams.port(id).is_none(), "no port before the stream is bound");
+    assert!(w.app.state.sessions.port(id).is_none(), "no port before the stream is bound");
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
     let start = json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ7",
                        "start": {"accountSid": w.twilio.state.account_sid, "streamSid": "MZ7", "callSid": sid,
                                  "customParameters": {"call_id": param("call_id"), "token": param("token")}}});
     socket.send(Message::text(start.to_string())).await.unwrap();
-    let port = eventually(Duration::from_secs(5), || async { w.app.state.telephony.streams.port(id) }).await;
+    let port = eventually(Duration::from_secs(5), || async { w.app.state.sessions.port(id) }).await;
     assert_eq!(port.format, AudioFormat::Mulaw8k);
 
     // What is sent to the call reaches Twilio framed as its protocol says, in order.
@@ -143,7 +143,7 @@ async fn a_twilio_stream_carries_audio_marks_and_clears_to_the_call(w: World) {
         eventually(Duration::from_secs(5), || async { w.app.state.telephony.streams.get(id).filter(|s| s.closed) })
             .await;
     assert_eq!((stats.marks_played, stats.dtmf.as_str(), stats.sent_bytes), (vec!["turn-1".to_owned()], "7", 160));
-    assert!(w.app.state.telephony.streams.port(id).is_none(), "a closed stream has no port");
+    assert!(w.app.state.sessions.port(id).is_none(), "a closed stream has no port");
 }
 
 async fn a_vonage_stream_carries_audio_notifies_and_clears_to_the_call(w: World) {
@@ -166,7 +166,7 @@ async fn a_vonage_stream_carries_audio_notifies_and_clears_to_the_call(w: World)
     connected["event"] = json!("websocket:connected");
     connected["content-type"] = json!("audio/l16;rate=16000");
     socket.send(Message::text(connected.to_string())).await.unwrap();
-    let port = eventually(Duration::from_secs(5), || async { w.app.state.telephony.streams.port(id) }).await;
+    let port = eventually(Duration::from_secs(5), || async { w.app.state.sessions.port(id) }).await;
     assert_eq!(port.format, AudioFormat::Linear16k);
 
     // 1,000 bytes of audio go out as two whole 640-byte frames, the second padded with silence.

@@ -18,7 +18,7 @@ mod fault_proxy;
 mod process;
 mod receiver;
 
-pub use app::{error_locs, link_twilio_number, post_ok, read, Options, TestApp};
+pub use app::{error_locs, link_twilio_number, post_ok, read, unreachable_providers_env, Options, TestApp};
 pub use broken_carrier::broken_carrier;
 pub use db::{Backend, TestDb};
 pub use fake_carrier::{Failure, RECORDING_BYTES};

@@ -12,8 +12,8 @@
 //!
 //! The guide describes the endpoint for inbound calls; it is asked on outbound calls too (about
 //! the number called), since an agent that answers calls may also place them. It is asked only
-//! when the prompt has a placeholder to fill. Nothing here stops the call: a prompt or endpoint
-//! that cannot be read leaves the prompt with the context there is, and the log says why.
+//! when the prompt has a placeholder to fill. Nothing here stops the call: an endpoint that cannot
+//! be asked leaves the prompt with the context there is, and the log says why.
 
 use serde_json::Value;
 
@@ -23,18 +23,10 @@ use crate::domain::call::Direction;
 use crate::store::calls::CallRow;
 use crate::AppState;
 
-/// The agent's documents with its prompt filled in for the call.
-pub async fn apply(state: &AppState, row: &CallRow, mut docs: AgentDocuments) -> AgentDocuments {
+/// The agent's documents with its prompt (`prompt`, the whole document: `Null` when there is
+/// none) filled in for the call.
+pub async fn apply(state: &AppState, row: &CallRow, mut docs: AgentDocuments, prompt: &Value) -> AgentDocuments {
     let call_id = row.id;
-    let prompt = match state.store.read().await {
-        Ok(mut handle) => crate::calls::agent::prompt(&mut handle, &state.secrets, row.user_id, &docs.agent).await,
-        Err(e) => Err(e.into()),
-    };
-    let prompt = prompt.unwrap_or_else(|e| {
-        tracing::warn!(%call_id, error = %e, "cannot read the agent's prompt: its context is not filled in");
-        None
-    });
-    let prompt = prompt.unwrap_or(Value::Null);
     if docs.prompt.contains("${") {
         let endpoint = [&prompt["context_endpoint"], &docs.agent["context_endpoint"]]
             .into_iter()

@@ -13,7 +13,7 @@ use crate::conversation::actions::Outcome;
 use crate::domain::call::{Event, Provider, Stage};
 use crate::domain::phone::PhoneNumber;
 use crate::store::calls::CallRow;
-use crate::telephony::conference::{NoLease, ThirdParty};
+use crate::telephony::conference::{creds, NoLease, ThirdParty};
 use crate::telephony::twilio::{self, Credentials};
 use crate::telephony::Carrier;
 use crate::AppState;
@@ -35,22 +35,6 @@ fn refused(error: impl std::fmt::Display, status_code: u16) -> Outcome {
         response: json!({"success": false, "error": error.to_string(), "status_code": status_code}),
         agent_message: None,
     }
-}
-
-/// The call's Twilio account and the steering pool of its account connection (one read).
-async fn account_and_pool<'a>(state: &'a AppState, row: &CallRow) -> Result<(Carrier<'a>, Vec<String>), String> {
-    match state.telephony.steering(row).await {
-        Ok(Some(found)) => Ok(found),
-        Ok(None) => Err("warm transfers take a number of an account connection's steering pool, and this call goes \
-                         through no account connection"
-            .into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// A Twilio carrier's credentials.
-fn creds<'c>(carrier: &'c Carrier<'_>) -> &'c Credentials {
-    carrier.twilio_credentials().expect("the steering pool is a Twilio account connection's")
 }
 
 async fn in_progress(state: &AppState, call_id: Uuid) -> Result<CallRow, String> {
@@ -89,7 +73,7 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
     let Some(person) = row.state.telephony_id.clone() else {
         return Outcome::failed("the call has no carrier id yet");
     };
-    let (carrier, pool) = match account_and_pool(state, &row).await {
+    let (carrier, pool) = match state.telephony.account_and_pool(&row).await {
         Ok(found) => found,
         Err(reason) => return Outcome::failed(reason),
     };
@@ -116,14 +100,14 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
         leave(state, call_id, creds).await;
         return Outcome::failed(format!("the call could not be moved into the conference: {e}"));
     }
-    state.telephony.streams.promote(call_id);
+    state.sessions.promote(call_id);
     if let Some(joined) = joined {
         if tokio::time::timeout(PERSON_JOINS, joined).await.is_err() {
             tracing::warn!(%call_id, "the carrier did not say the person joined the conference");
         }
     }
     if hold {
-        match set_person_on_hold(state, call_id, creds, &person, true).await {
+        match state.telephony.hold_person(call_id, creds, &person, true).await {
             Ok(()) => {}
             Err(reason) => tracing::warn!(%call_id, %reason, "the person could not be put on hold"),
         }
@@ -146,7 +130,7 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
         ThirdParty::NotAnswered(why) => {
             apply(state, call_id, Event::TransferFailed).await;
             if hold {
-                if let Err(reason) = set_person_on_hold(state, call_id, creds, &person, false).await {
+                if let Err(reason) = state.telephony.hold_person(call_id, creds, &person, false).await {
                     tracing::warn!(%call_id, %reason, "the person could not be taken off hold");
                 }
             }
@@ -231,23 +215,6 @@ async fn dial_third_party(
     }
 }
 
-async fn set_person_on_hold(
-    state: &AppState,
-    call_id: Uuid,
-    creds: &Credentials,
-    person: &str,
-    hold: bool,
-) -> Result<(), String> {
-    let conferences = &state.telephony.conferences;
-    let conference = conferences
-        .snapshot(call_id)
-        .and_then(|s| s.conference_sid)
-        .ok_or("the carrier has not said which conference the call is in")?;
-    state.telephony.twilio.hold_participant(creds, &conference, person, hold).await.map_err(|e| e.to_string())?;
-    conferences.set_on_hold(call_id, hold);
-    Ok(())
-}
-
 /// The bot leaves the conference: its leg is hung up (its stream's end gives the steering number
 /// back).
 async fn leave(state: &AppState, call_id: Uuid, creds: &Credentials) {
@@ -273,12 +240,14 @@ pub async fn set_hold(state: &AppState, call_id: Uuid) -> Outcome {
         Ok(row) => row,
         Err(reason) => return Outcome::failed(reason),
     };
-    let (Some(person), Ok((carrier, _))) = (row.state.telephony_id.clone(), account_and_pool(state, &row).await) else {
+    let (Some(person), Ok((carrier, _))) =
+        (row.state.telephony_id.clone(), state.telephony.account_and_pool(&row).await)
+    else {
         return Outcome::failed("the call's Twilio account cannot be reached");
     };
     let creds = creds(&carrier);
     let hold = !snapshot.person_on_hold;
-    if let Err(reason) = set_person_on_hold(state, call_id, creds, &person, hold).await {
+    if let Err(reason) = state.telephony.hold_person(call_id, creds, &person, hold).await {
         return Outcome::failed(format!("the person's hold could not be changed: {reason}"));
     }
     let handed_over = !hold && snapshot.third_party_answered;
@@ -289,20 +258,5 @@ pub async fn set_hold(state: &AppState, call_id: Uuid) -> Outcome {
         success: true,
         response: json!({"success": true, "on_hold": hold, "handed_over": handed_over}),
         agent_message: None,
-    }
-}
-
-/// The third party left the conference before the bot handed the person over: the person, if on
-/// hold, is taken off it, and the bot goes on with them.
-pub async fn third_party_left(state: &AppState, row: &CallRow) {
-    let on_hold = state.telephony.conferences.snapshot(row.id).is_some_and(|s| s.person_on_hold);
-    let (Some(person), true) = (row.state.telephony_id.clone(), on_hold) else { return };
-    match account_and_pool(state, row).await {
-        Ok((carrier, _)) => {
-            if let Err(reason) = set_person_on_hold(state, row.id, creds(&carrier), &person, false).await {
-                tracing::warn!(call_id = %row.id, %reason, "the person could not be taken off hold");
-            }
-        }
-        Err(reason) => tracing::warn!(call_id = %row.id, %reason, "the person could not be taken off hold"),
     }
 }

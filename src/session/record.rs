@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::AudioFormat;
 use crate::calls::News;
 use crate::conversation::audio::Resampler;
 use crate::conversation::recording::{Recording, Side};
+use crate::store::calls::CallRow;
+use crate::telephony::media::AudioFormat;
 use crate::AppState;
 
 /// The `recording_url` of a call this server recorded: the file is `{call_id}.wav` in the
@@ -34,21 +35,14 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder for the call, when this server records it: recordings on, the call to be
     /// recorded (`RECORD_CALLS`), and not HIPAA-compliant.
-    pub async fn for_call(state: &AppState, call_id: Uuid, format: AudioFormat) -> Option<Recorder> {
+    pub fn for_call(state: &AppState, row: &CallRow, format: AudioFormat) -> Option<Recorder> {
         state.telephony.recordings.as_ref()?;
-        match state.calls.find(call_id).await {
-            Ok(Some(row)) if row.record && !row.hipaa_compliant => Some(Recorder {
-                format,
-                recording: Recording::new(LIMIT),
-                person: Resampler::down(),
-                bot: Resampler::down(),
-            }),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(%call_id, error = %e, "cannot read the call: it is not recorded");
-                None
-            }
-        }
+        (row.record && !row.hipaa_compliant).then(|| Recorder {
+            format,
+            recording: Recording::new(LIMIT),
+            person: Resampler::down(),
+            bot: Resampler::down(),
+        })
     }
 
     /// Audio from the call, in the stream's encoding.

@@ -1,0 +1,120 @@
+//! A carrier's stream bound to its call, and the stream's end of the call.
+//!
+//! Binding checks that the stream is the call's: the token this server gave the carrier for the
+//! call, and (when the carrier names it) the carrier's id of the call — or, for a warm
+//! transfer's conference leg, that the steering number's call is the one bringing the bot back.
+//! The call's row is read once, here; everything the stream does afterwards works without the
+//! database. A call's first stream starts its conversation beside the socket loop
+//! ([`super::talk`] loads what it needs while the carrier's first frames queue for it); a later
+//! stream (a reconnect, the conference leg once promoted) takes over the running one.
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::record::Recorder;
+use super::{converse, Binding, Conversation};
+use crate::conversation::engine::FromCall;
+use crate::store::calls::CallRow;
+use crate::telephony::media::{Bound, Hello, Line, StreamEnd};
+use crate::AppState;
+
+/// Binds a stream that said whose it is, or says why not.
+pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hello) -> Result<Bound, &'static str> {
+    let not_the_calls = "this stream is not the call's";
+    let named = hello.call_id.as_deref() == Some(call_id.to_string().as_str());
+    let token = hello.token.as_deref().is_some_and(|t| state.telephony.check_stream_token(call_id, t));
+    if !named || !token {
+        return Err(not_the_calls);
+    }
+    let carrier_call_id = hello.carrier_call_id.as_deref();
+    let sessions = &state.sessions;
+    if state.telephony.conferences.is_bot_leg(call_id, carrier_call_id) {
+        let (to_call, binding) = sessions.bind(call_id, line.encoding, true);
+        tracing::info!(%call_id, "the bot's conference leg connected");
+        let conversation = sessions.running(call_id);
+        state.telephony.conferences.bot_bound(call_id);
+        let end = CallStream { state: state.clone(), call_id, binding, conversation, recorder: None, bot_leg: true };
+        return Ok(Bound { to_call, end: Box::new(end) });
+    }
+    let row = match state.calls.find(call_id).await {
+        Ok(Some(row)) if matches_carrier(&row, carrier_call_id) => row,
+        Ok(_) => return Err(not_the_calls),
+        Err(e) => {
+            tracing::warn!(%call_id, error = %e, "cannot read the call: its stream is refused");
+            return Err("the call cannot be read now");
+        }
+    };
+    let (to_call, binding) = sessions.bind(call_id, line.encoding, false);
+    let recorder = Recorder::for_call(state, &row, line.encoding);
+    let conversation = match sessions.conversation_for(call_id) {
+        Conversation::Running(from_call) => Some(from_call),
+        Conversation::New { from_call, inbound, outlet } => {
+            converse::start_beside(state.clone(), row, line, inbound, outlet);
+            Some(from_call)
+        }
+        Conversation::Silent => None,
+    };
+    let end = CallStream { state: state.clone(), call_id, binding, conversation, recorder, bot_leg: false };
+    Ok(Bound { to_call, end: Box::new(end) })
+}
+
+/// Whether the carrier's id of the call, when the stream names one, is the call's.
+fn matches_carrier(row: &CallRow, carrier_call_id: Option<&str>) -> bool {
+    match (&row.state.telephony_id, carrier_call_id) {
+        (Some(known), Some(given)) => known == given,
+        _ => true,
+    }
+}
+
+/// One stream's end of its call.
+struct CallStream {
+    state: AppState,
+    call_id: Uuid,
+    binding: Binding,
+    /// Where what the call says goes: its conversation (starting or running).
+    conversation: Option<mpsc::Sender<FromCall>>,
+    recorder: Option<Recorder>,
+    /// The bot's leg of a warm transfer's conference.
+    bot_leg: bool,
+}
+
+impl StreamEnd for CallStream {
+    fn heard(&mut self, message: FromCall) -> bool {
+        let current = self.binding.is_current();
+        match &message {
+            FromCall::Audio(audio) if current => {
+                if let Some(recorder) = self.recorder.as_mut() {
+                    recorder.heard(audio);
+                }
+            }
+            // Keys are the person's whichever stream carries them.
+            FromCall::Dtmf(_) => {}
+            _ if !current => return false,
+            _ => {}
+        }
+        converse::offer(&self.conversation, message);
+        true
+    }
+
+    fn sent(&mut self, audio: &[u8]) {
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.said(audio);
+        }
+    }
+
+    fn ended(self: Box<Self>) -> BoxFuture<'static, ()> {
+        let CallStream { state, call_id, binding, conversation, recorder, bot_leg } = *self;
+        Box::pin(async move {
+            if state.sessions.close(call_id, &binding) {
+                converse::offer(&conversation, FromCall::Stopped);
+            }
+            if bot_leg {
+                state.telephony.conferences.bot_left(call_id);
+            }
+            if let Some(recorder) = recorder {
+                recorder.finish(state, call_id).await;
+            }
+        })
+    }
+}
