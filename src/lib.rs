@@ -26,6 +26,7 @@ pub mod domain;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod replicas;
 pub mod sandbox;
 pub mod serve;
 pub mod session;
@@ -66,6 +67,8 @@ pub struct Shared {
     pub local_speech: Arc<conversation::local::LocalSpeech>,
     /// The live calls of this process.
     pub sessions: session::Sessions,
+    /// This process among the replicas sharing the database.
+    pub replicas: replicas::Replicas,
 }
 
 impl AppState {
@@ -181,11 +184,11 @@ impl App {
         };
         let recordings = serve.telephony.recordings(&global.database_url);
         let telephony = Telephony::new(&serve.telephony, bases, endpoints, store.clone(), secrets.clone(), recordings)?;
-        let queue = Queue::new(
-            store.clone(),
-            format!("{addr}-{}", Uuid::new_v4().simple()),
-            std::time::Duration::from_secs(serve.job_lease_secs.max(1)),
-        );
+        // One name for this process: its heartbeat's, and its job claims'.
+        let replica_id = format!("{addr}-{}", Uuid::new_v4().simple());
+        let replicas = replicas::Replicas::new(store.clone(), replica_id.clone());
+        replicas.beat().await?;
+        let queue = Queue::new(store.clone(), replica_id, std::time::Duration::from_secs(serve.job_lease_secs.max(1)));
         let calls = Calls::new(
             store.clone(),
             queue.clone(),
@@ -221,6 +224,7 @@ impl App {
                 sandbox_speech,
                 local_speech,
                 sessions: session::Sessions::default(),
+                replicas,
             })),
             listener,
             workers: serve.workers,
@@ -245,6 +249,7 @@ impl App {
         let (stop, stopping) = watch::channel(false);
         let mut workers = (self.workers > 0)
             .then(|| tokio::spawn(self.state.jobs.clone().work(self.state.clone(), self.workers, stopping.clone())));
+        let heartbeat = tokio::spawn(self.state.replicas.clone().run(stopping.clone()));
         let signal = async move {
             shutdown.await;
             let _ = stop.send(true);
@@ -273,6 +278,10 @@ impl App {
                     }
                 }
             }
+        }
+        let _ = heartbeat.await;
+        if let Err(e) = self.state.replicas.leave().await {
+            tracing::warn!(error = %e, "could not say this process is gone; the others see it when its heartbeat is old");
         }
         match self.state.jobs.queue().release().await {
             Ok(0) => {}

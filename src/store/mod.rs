@@ -23,6 +23,7 @@ pub mod jobs;
 mod json_round_trip;
 pub mod numbers;
 pub mod records;
+pub mod replicas;
 pub mod users;
 pub mod webhooks;
 

@@ -18,6 +18,7 @@ mod jobs;
 mod limits;
 mod migrations;
 mod providers;
+mod replicas;
 mod resources;
 mod sandbox;
 mod secrets;
