@@ -76,7 +76,7 @@ impl Replicas {
                 tracing::warn!(error = %e, "the heartbeat could not be written");
             }
             sweeps += 1;
-            if sweeps % 30 == 0 {
+            if sweeps.is_multiple_of(30) {
                 let long_gone = now() - chrono::Duration::hours(1);
                 let _ = self.forget(long_gone).await;
             }
