@@ -186,11 +186,20 @@ impl App {
             format!("{addr}-{}", Uuid::new_v4().simple()),
             std::time::Duration::from_secs(serve.job_lease_secs.max(1)),
         );
+        let new_calls = calls::create::Settings {
+            record: telephony.record_calls,
+            providers: (!telephony.sandboxed).then(|| calls::create::Providers {
+                settings: serve.conversation.clone(),
+                local_speech: local_speech.clone(),
+            }),
+        };
         let calls = Calls::new(
             store.clone(),
             queue.clone(),
             telephony.public_base.clone(),
             serve.telephony.dispatch_max_attempts,
+            secrets.clone(),
+            new_calls,
         );
         let jobs = Jobs::new(queue, registry(telephony.reconcile_after / 4));
         if sandbox.is_some() {

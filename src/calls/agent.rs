@@ -47,6 +47,17 @@ pub async fn documents(
         return Ok(None);
     };
     let prompt = open(c, secrets, &PROMPTS, user_id, id_at(&agent, "prompt")).await?;
+    documents_of(c, secrets, user_id, agent, prompt.as_ref()).await.map(Some)
+}
+
+/// [`documents`], of an agent and its prompt read already.
+pub async fn documents_of(
+    c: &mut impl Conn,
+    secrets: &SecretBox,
+    user_id: Uuid,
+    agent: serde_json::Value,
+    prompt: Option<&serde_json::Value>,
+) -> Result<AgentDocuments, CallsError> {
     let voice = open(c, secrets, &VOICES, user_id, id_at(&agent, "voice")).await?;
     let openai = open(c, secrets, &ACCOUNT_CONNECTIONS, user_id, id_at(&agent, "openai_account_connection")).await?;
     let vector_database = open(c, secrets, &VECTOR_DATABASES, user_id, id_at(&agent, "vector_database")).await?;
@@ -56,14 +67,14 @@ pub async fn documents(
             actions.push(action);
         }
     }
-    Ok(Some(AgentDocuments {
-        prompt: prompt.as_ref().and_then(|p| p["content"].as_str()).unwrap_or_default().to_owned(),
+    Ok(AgentDocuments {
+        prompt: prompt.and_then(|p| p["content"].as_str()).unwrap_or_default().to_owned(),
         voice,
         openai_key: openai.as_ref().and_then(|o| o["credentials"]["openai_api_key"].as_str()).map(str::to_owned),
         actions,
         vector_database,
         agent,
-    }))
+    })
 }
 
 /// The prompt of a user's agent (`agent` as stored), whole: its `context_endpoint`,
