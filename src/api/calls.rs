@@ -17,9 +17,8 @@ use super::extract::{ValidJson, ValidQuery};
 use super::paging::{ListQuery, Page};
 use super::routes::V1;
 use crate::calls::create::{CallAgent, CreateError, IdempotencyKey, OutboundCall};
-use crate::calls::News;
 use crate::domain::agents::default_voice;
-use crate::domain::call::{Event, Provider};
+use crate::domain::call::Provider;
 use crate::domain::documents::{ACCOUNT_CONNECTIONS, AGENTS};
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
@@ -45,7 +44,11 @@ pub fn router() -> V1 {
 }
 
 async fn user_call(c: &mut impl Conn, user_id: Uuid, id: Uuid) -> Result<CallRow> {
-    calls_store::get(c.conn(), user_id, id).await?.ok_or_else(|| ApiError::NotFound(format!("Call {id} not found")))
+    calls_store::get(c.conn(), user_id, id).await?.ok_or_else(|| call_not_found(id))
+}
+
+fn call_not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("Call {id} not found"))
 }
 
 async fn get_call(
@@ -306,17 +309,10 @@ async fn end_call(
     caller: Caller,
     ValidQuery(q): ValidQuery<IdQuery>,
 ) -> Result<Json<Value>> {
-    let row = {
-        let mut handle = state.store.read().await?;
-        user_call(&mut handle, caller.user_id, q.id).await?
-    };
-    if !row.state.is_final() {
-        if let Some(applied) = state.calls.apply(row.id, &News::api(Event::EndRequested)).await? {
-            // Hang up now, so that the answer shows the call ended; the job is durable if not.
-            for job in applied.claimed {
-                state.run_now(job).await;
-            }
-        }
+    let hang_up = state.calls.end(caller.user_id, q.id).await?.ok_or_else(|| call_not_found(q.id))?;
+    // Hang up now, so that the answer shows the call ended; the job is durable if not.
+    for job in hang_up {
+        state.run_now(job).await;
     }
     let mut handle = state.store.read().await?;
     let row = user_call(&mut handle, caller.user_id, q.id).await?;

@@ -312,6 +312,23 @@ impl Calls {
         Err(CallsError::Contended(call_id))
     }
 
+    /// Asks for a user's call to end (unless it is over already): the hang-up this causes comes
+    /// back claimed, to run at once. `None` when the user has no such call.
+    pub async fn end(&self, user_id: Uuid, call_id: Uuid) -> Result<Option<Vec<JobRow>>, CallsError> {
+        let row = {
+            let mut handle = self.store.read().await?;
+            calls::get(handle.conn(), user_id, call_id).await?
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.state.is_final() {
+            return Ok(Some(Vec::new()));
+        }
+        let applied = self.apply(row.id, &News::api(Event::EndRequested)).await?;
+        Ok(Some(applied.map(|applied| applied.claimed).unwrap_or_default()))
+    }
+
     /// Writes what a transition's effects require, in the transaction of the transition. Jobs to
     /// run at once are claimed by this process and returned.
     async fn carry_out(
