@@ -61,7 +61,7 @@ pub struct Shared {
     /// The built-in carrier, when calls go to it.
     pub sandbox: Option<Arc<Sandbox>>,
     /// With the sandbox carrier: what its simulated people say on each call, which the stand-in
-    /// speech-to-text of a sandbox call reads.
+    /// speech-to-text of a sandbox call reads (see `src/sandbox/stand_ins.rs`).
     pub sandbox_speech: Option<Arc<conversation::stt::sandbox::SpokenLogs>>,
     /// The server's own recogniser and voice, as installed in `SPEECH_DIR`.
     pub local_speech: Arc<conversation::local::LocalSpeech>,
@@ -171,13 +171,16 @@ impl App {
             Arc::new(conversation::local::LocalSpeech::discover(serve.conversation.speech_dir.as_deref(), workers));
         local_speech.log_startup(serve.conversation.deepgram_api_key.is_some());
         local_speech.warm_up();
-        let sandbox_speech = serve.telephony.sandbox().then(Arc::<conversation::stt::sandbox::SpokenLogs>::default);
-        let sandbox = sandbox_speech.as_ref().map(|speech| {
+        let sandbox = serve.telephony.sandbox().then(|| {
             Arc::new(
-                Sandbox::new(&secrets, &bases.public, &bases.local, serve.telephony.sandbox_time_scale, speech.clone())
-                    .with_people(local_speech.clone(), serve.telephony.sandbox_listens, serve.telephony.sandbox_noise),
+                Sandbox::new(&secrets, &bases.public, &bases.local, serve.telephony.sandbox_time_scale).with_people(
+                    local_speech.clone(),
+                    serve.telephony.sandbox_listens,
+                    serve.telephony.sandbox_noise,
+                ),
             )
         });
+        let sandbox_speech = sandbox.as_ref().map(|sandbox| sandbox.spoken_logs());
         let endpoints = match &sandbox {
             Some(sandbox) => sandbox.endpoints(),
             None => Endpoints::live(&serve.telephony)?,
@@ -189,11 +192,20 @@ impl App {
         let replicas = replicas::Replicas::new(store.clone(), replica_id.clone());
         replicas.beat().await?;
         let queue = Queue::new(store.clone(), replica_id, std::time::Duration::from_secs(serve.job_lease_secs.max(1)));
+        let new_calls = calls::create::Settings {
+            record: telephony.record_calls,
+            providers: (!telephony.sandboxed).then(|| calls::create::Providers {
+                settings: serve.conversation.clone(),
+                local_speech: local_speech.clone(),
+            }),
+        };
         let calls = Calls::new(
             store.clone(),
             queue.clone(),
             telephony.public_base.clone(),
             serve.telephony.dispatch_max_attempts,
+            secrets.clone(),
+            new_calls,
         );
         let jobs = Jobs::new(queue, registry(telephony.reconcile_after / 4));
         if sandbox.is_some() {

@@ -16,17 +16,15 @@ use super::documents::{load, Document, IdQuery};
 use super::extract::{ValidJson, ValidQuery};
 use super::paging::{ListQuery, Page};
 use super::routes::V1;
-use crate::calls::{NewCall, News};
-use crate::conversation::agent::resolve;
-use crate::conversation::line::Line;
+use crate::calls::create::{CallAgent, CreateError, IdempotencyKey, OutboundCall};
 use crate::domain::agents::default_voice;
-use crate::domain::call::{Direction, Event, Provider};
+use crate::domain::call::Provider;
 use crate::domain::documents::{ACCOUNT_CONNECTIONS, AGENTS};
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
 use crate::store::calls::{self as calls_store, CallRow};
 use crate::store::records::{self, count_rows};
-use crate::store::{now, numbers, users, Conn, Tx};
+use crate::store::{Conn, Tx};
 use crate::telephony::CarrierError;
 use crate::AppState;
 
@@ -46,7 +44,11 @@ pub fn router() -> V1 {
 }
 
 async fn user_call(c: &mut impl Conn, user_id: Uuid, id: Uuid) -> Result<CallRow> {
-    calls_store::get(c.conn(), user_id, id).await?.ok_or_else(|| ApiError::NotFound(format!("Call {id} not found")))
+    calls_store::get(c.conn(), user_id, id).await?.ok_or_else(|| call_not_found(id))
+}
+
+fn call_not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("Call {id} not found"))
 }
 
 async fn get_call(
@@ -204,144 +206,88 @@ async fn create_call(
             return replay(&state, &mut handle, caller.user_id, seen, &request_hash).await;
         }
     }
-    let req: CreateCallRequest = serde_json::from_value(body).map_err(|e| ApiError::Internal(e.into()))?;
-    let to = PhoneNumber::parse(&req.to_number)
-        .map_err(|msg| ApiError::invalid(Issue::body(&["to_number"], "phone_number", msg)))?;
-    let from = PhoneNumber::parse(&req.from_number)
-        .map_err(|msg| ApiError::invalid(Issue::body(&["from_number"], "phone_number", msg)))?;
-
-    let mut tx = state.store.begin().await?;
-    if let Some(limit) = users::usage_limit(tx.conn(), caller.user_id).await? {
-        let used = users::minutes_this_month(tx.conn(), caller.user_id).await?;
-        if used >= limit {
-            return Err(ApiError::Forbidden(format!(
-                "Monthly usage limit reached: {used} of {limit} minutes used this month. Ask the operator to raise the limit."
-            )));
-        }
-    }
-    let number =
-        numbers::get(tx.conn(), caller.user_id, from.digits()).await?.filter(|n| n.active).ok_or_else(|| {
-            ApiError::invalid(Issue::body(
-                &["from_number"],
-                "not_found",
-                format!("{from} is not an active number of yours: link or buy it first"),
-            ))
-        })?;
-    let provider = number.telephony_provider;
-    let agent_loc = [Loc::from("body"), Loc::from("agent")];
-    let agent_id = match req.agent {
-        Value::String(id) => {
-            let id = Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.into()))?;
-            if records::get(tx.conn(), AGENTS.table, caller.user_id, id).await?.is_none() {
-                return Err(ApiError::invalid(Issue::new(agent_loc.to_vec(), "not_found", AGENTS.not_found(id))));
-            }
-            id
-        }
-        mut params => {
-            // `CreateCallAgentParams` makes the voice optional.
-            if params.get("voice").is_none_or(Value::is_null) {
-                params["voice"] = default_voice();
-            }
-            create_agent(&state, &mut tx, caller.user_id, params, &agent_loc).await?.record.id
-        }
+    let idempotency = key.map(|key| IdempotencyKey { key, request_hash: request_hash.clone() });
+    let (call, agent) = outbound_call(caller.user_id, body, idempotency)?;
+    let agent = match agent {
+        Value::String(id) => CallAgent::Existing(Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.into()))?),
+        params => CallAgent::New(async |tx: &mut Tx| create_call_agent(&state, tx, caller.user_id, params).await),
     };
-    check_required_context(&state, &mut tx, caller.user_id, agent_id, req.context.as_ref()).await?;
-    if !state.telephony.sandboxed {
-        check_agent_can_talk(&state, &mut tx, caller.user_id, agent_id, provider).await?;
-    }
-    let on_no_human_answer =
-        req.on_no_human_answer.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?;
-    let new = NewCall {
-        user_id: caller.user_id,
-        direction: Direction::Outbound,
-        provider,
-        to: to.digits().to_owned(),
-        from: from.digits().to_owned(),
-        agent_phone_number: from.digits().to_owned(),
-        agent_id,
-        telephony_account_connection_id: number.telephony_account_connection_id,
-        hipaa_compliant: req.hipaa_compliant,
-        on_no_human_answer: Some(on_no_human_answer),
-        run_do_not_call_detection: req.run_do_not_call_detection,
-        context: req.context,
-        telephony_params: req.telephony_params,
-        record: state.telephony.record_calls,
-    };
-    // The dispatch is written with the call and claimed by this process, to run at once below.
-    let (row, dispatch) = state.calls.create_outbound(&mut tx, new).await?;
-    if let Some(key) = &key {
-        if let Some(seen) =
-            calls_store::claim_idempotency_key(tx.conn(), caller.user_id, key, &request_hash, row.id, now()).await?
-        {
-            // A concurrent request with the same key got there first.
-            drop(tx);
+    let created = match state.calls.create_outbound_call(call, agent).await {
+        Ok(created) => created,
+        Err(CreateError::AlreadyCreated(seen)) => {
             let mut handle = state.store.read().await?;
             return replay(&state, &mut handle, caller.user_id, seen, &request_hash).await;
         }
-    }
-    tx.commit().await?;
-    tracing::info!(call_id = %row.id, provider = provider.as_str(), "call created");
-    state.run_now(dispatch).await;
+        Err(refused) => return Err(refusal(refused)),
+    };
+    state.run_now(created.dispatch).await;
     let mut handle = state.store.read().await?;
-    let row = user_call(&mut handle, caller.user_id, row.id).await?;
+    let row = user_call(&mut handle, caller.user_id, created.call.id).await?;
     Ok(Json(call_view(&state, &mut handle, &row).await?))
 }
 
-/// The call's `context` must have every key its agent's prompt template requires
-/// (`required_context_keys`); one issue names each missing key. Only the call's own context counts:
-/// the number's `example_context` is an example, and the context endpoint is not asked until the
-/// call is answered.
-async fn check_required_context(
-    state: &AppState,
-    tx: &mut Tx,
-    user_id: Uuid,
-    agent_id: Uuid,
-    context: Option<&Value>,
-) -> Result<()> {
-    let Some(agent) = records::get(tx.conn(), AGENTS.table, user_id, agent_id).await? else {
-        return Ok(());
+/// The request, parsed: the call, and its `agent` (an id, or `CreateCallAgentParams`).
+fn outbound_call(user_id: Uuid, body: Value, idempotency: Option<IdempotencyKey>) -> Result<(OutboundCall, Value)> {
+    let req: CreateCallRequest = serde_json::from_value(body).map_err(|e| ApiError::Internal(e.into()))?;
+    let call = OutboundCall {
+        user_id,
+        to: PhoneNumber::parse(&req.to_number)
+            .map_err(|msg| ApiError::invalid(Issue::body(&["to_number"], "phone_number", msg)))?,
+        from: PhoneNumber::parse(&req.from_number)
+            .map_err(|msg| ApiError::invalid(Issue::body(&["from_number"], "phone_number", msg)))?,
+        hipaa_compliant: req.hipaa_compliant,
+        on_no_human_answer: req
+            .on_no_human_answer
+            .parse()
+            .map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?,
+        run_do_not_call_detection: req.run_do_not_call_detection,
+        context: req.context,
+        telephony_params: req.telephony_params,
+        idempotency,
     };
-    let agent = agent.body.0;
-    let Some(prompt) = crate::calls::agent::prompt(tx, &state.secrets, user_id, &agent).await? else {
-        return Ok(());
-    };
-    let Some(template) = crate::calls::agent::prompt_template(tx, &state.secrets, user_id, &prompt).await? else {
-        return Ok(());
-    };
-    let missing = crate::conversation::context::missing_keys(&template["required_context_keys"], context);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(ApiError::Validation(
-        missing
-            .iter()
-            .map(|key| {
-                Issue::body(
-                    &["context", key],
-                    "missing",
-                    format!("Field required: the agent's prompt template requires the context key {key:?}"),
-                )
-            })
-            .collect(),
-    ))
+    Ok((call, req.agent))
 }
 
-/// A live call must not be deaf or mute: its agent's speech-to-text, model and voice must resolve
-/// with this server's settings, or the call is refused with what to configure.
-async fn check_agent_can_talk(
-    state: &AppState,
-    tx: &mut Tx,
-    user_id: Uuid,
-    agent_id: Uuid,
-    provider: Provider,
-) -> Result<()> {
-    let docs = crate::calls::agent::documents(tx, &state.secrets, user_id, agent_id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("agent {agent_id} vanished in its own transaction")))?;
-    let line = Line::of(provider);
-    resolve(&docs, &state.conversation, &state.local_speech, line.encoding, line.echoes_marks)
-        .map(|_| ())
-        .map_err(|missing| ApiError::BadRequest(format!("This server cannot run the call's agent: {missing}")))
+/// Where a call's `agent` is in the request.
+const AGENT_LOC: [&str; 2] = ["body", "agent"];
+
+/// The call's own agent, from `CreateCallAgentParams` (which make the voice optional), made in
+/// the call's transaction.
+async fn create_call_agent(state: &AppState, tx: &mut Tx, user_id: Uuid, mut params: Value) -> Result<Uuid> {
+    if params.get("voice").is_none_or(Value::is_null) {
+        params["voice"] = default_voice();
+    }
+    let loc = AGENT_LOC.map(Loc::from);
+    Ok(create_agent(state, tx, user_id, params, &loc).await?.record.id)
+}
+
+/// Why a call was not created, as the client hears it.
+fn refusal(err: CreateError<ApiError>) -> ApiError {
+    match err {
+        CreateError::UsageLimitReached { .. } => ApiError::Forbidden(err.to_string()),
+        CreateError::NotYourNumber(_) => ApiError::invalid(Issue::body(&["from_number"], "not_found", err.to_string())),
+        CreateError::AgentNotFound(_) => {
+            ApiError::invalid(Issue::new(AGENT_LOC.map(Loc::from).to_vec(), "not_found", err.to_string()))
+        }
+        CreateError::MissingContext(missing) => ApiError::Validation(
+            missing
+                .iter()
+                .map(|key| {
+                    Issue::body(
+                        &["context", key],
+                        "missing",
+                        format!("Field required: the agent's prompt template requires the context key {key:?}"),
+                    )
+                })
+                .collect(),
+        ),
+        CreateError::CannotTalk(_) => ApiError::BadRequest(err.to_string()),
+        CreateError::AlreadyCreated(seen) => {
+            ApiError::Internal(anyhow::anyhow!("call {} was created first: its answer is a replay", seen.call_id))
+        }
+        CreateError::NewAgent(err) => err,
+        CreateError::Calls(err) => err.into(),
+    }
 }
 
 async fn replay(
@@ -363,17 +309,10 @@ async fn end_call(
     caller: Caller,
     ValidQuery(q): ValidQuery<IdQuery>,
 ) -> Result<Json<Value>> {
-    let row = {
-        let mut handle = state.store.read().await?;
-        user_call(&mut handle, caller.user_id, q.id).await?
-    };
-    if !row.state.is_final() {
-        if let Some(applied) = state.calls.apply(row.id, &News::api(Event::EndRequested)).await? {
-            // Hang up now, so that the answer shows the call ended; the job is durable if not.
-            for job in applied.claimed {
-                state.run_now(job).await;
-            }
-        }
+    let hang_up = state.calls.end(caller.user_id, q.id).await?.ok_or_else(|| call_not_found(q.id))?;
+    // Hang up now, so that the answer shows the call ended; the job is durable if not.
+    for job in hang_up {
+        state.run_now(job).await;
     }
     let mut handle = state.store.read().await?;
     let row = user_call(&mut handle, caller.user_id, q.id).await?;

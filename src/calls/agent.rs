@@ -43,7 +43,11 @@ pub async fn documents(
     user_id: Uuid,
     agent_id: Uuid,
 ) -> Result<Option<AgentDocuments>, CallsError> {
-    Ok(documents_and_prompt(c, secrets, user_id, agent_id).await?.map(|(docs, _)| docs))
+    let Some(agent) = open(c, secrets, &AGENTS, user_id, Some(agent_id)).await? else {
+        return Ok(None);
+    };
+    let prompt = open(c, secrets, &PROMPTS, user_id, id_at(&agent, "prompt")).await?;
+    documents_of(c, secrets, user_id, agent, prompt.as_ref()).await.map(Some)
 }
 
 /// [`documents`], with the agent's prompt whole (its `context_endpoint`, `collect_fields` and
@@ -58,6 +62,18 @@ pub async fn documents_and_prompt(
         return Ok(None);
     };
     let prompt = open(c, secrets, &PROMPTS, user_id, id_at(&agent, "prompt")).await?;
+    let docs = documents_of(c, secrets, user_id, agent, prompt.as_ref()).await?;
+    Ok(Some((docs, prompt.unwrap_or(serde_json::Value::Null))))
+}
+
+/// [`documents`], of an agent and its prompt read already.
+pub async fn documents_of(
+    c: &mut impl Conn,
+    secrets: &SecretBox,
+    user_id: Uuid,
+    agent: serde_json::Value,
+    prompt: Option<&serde_json::Value>,
+) -> Result<AgentDocuments, CallsError> {
     let voice = open(c, secrets, &VOICES, user_id, id_at(&agent, "voice")).await?;
     let openai = open(c, secrets, &ACCOUNT_CONNECTIONS, user_id, id_at(&agent, "openai_account_connection")).await?;
     let vector_database = open(c, secrets, &VECTOR_DATABASES, user_id, id_at(&agent, "vector_database")).await?;
@@ -67,15 +83,14 @@ pub async fn documents_and_prompt(
             actions.push(action);
         }
     }
-    let docs = AgentDocuments {
-        prompt: prompt.as_ref().and_then(|p| p["content"].as_str()).unwrap_or_default().to_owned(),
+    Ok(AgentDocuments {
+        prompt: prompt.and_then(|p| p["content"].as_str()).unwrap_or_default().to_owned(),
         voice,
         openai_key: openai.as_ref().and_then(|o| o["credentials"]["openai_api_key"].as_str()).map(str::to_owned),
         actions,
         vector_database,
         agent,
-    };
-    Ok(Some((docs, prompt.unwrap_or(serde_json::Value::Null))))
+    })
 }
 
 /// The prompt of a user's agent (`agent` as stored), whole: its `context_endpoint`,

@@ -1,11 +1,13 @@
 //! The calls service: the one place that writes a call.
 //!
-//! It creates call rows, applies news about a call through the pure state machine
-//! ([`crate::domain::call::transition`]) by compare-and-set, and carries out what a change
-//! requires in the same transaction: the jobs it causes (placing the call, hanging it up) and the
+//! It creates calls ([`create`]: an outbound call, in one operation), applies news about a call
+//! through the pure state machine ([`crate::domain::call::transition`]) by compare-and-set, and
+//! carries out what a change requires in the same transaction: the jobs it causes (placing the call, hanging it up) and the
 //! webhook events it means. The HTTP API, the carriers' callbacks and the jobs all act on calls
 //! through it; it knows nothing of HTTP or of any carrier's protocol, and it runs nothing itself:
 //! the jobs it writes for immediate work come back to the caller as claimed jobs to run.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -20,6 +22,7 @@ use crate::store::{now, numbers::NumberRow, Store, Tx};
 use crate::webhooks::{self, EventType};
 
 pub mod agent;
+pub mod create;
 pub mod do_not_call;
 
 /// The job that asks the carrier to place a call.
@@ -169,11 +172,29 @@ pub struct Calls {
     /// Where this server is reached (webhook payloads link to it).
     public_base: String,
     dispatch_max_attempts: i32,
+    /// Opens the stored secrets of a call's agent's documents.
+    secrets: Arc<SecretBox>,
+    /// What new outbound calls are made with.
+    new_calls: Arc<create::Settings>,
 }
 
 impl Calls {
-    pub fn new(store: Store, queue: Queue, public_base: String, dispatch_max_attempts: u32) -> Self {
-        Calls { store, queue, public_base, dispatch_max_attempts: dispatch_max_attempts.max(1) as i32 }
+    pub fn new(
+        store: Store,
+        queue: Queue,
+        public_base: String,
+        dispatch_max_attempts: u32,
+        secrets: Arc<SecretBox>,
+        new_calls: create::Settings,
+    ) -> Self {
+        Calls {
+            store,
+            queue,
+            public_base,
+            dispatch_max_attempts: dispatch_max_attempts.max(1) as i32,
+            secrets,
+            new_calls: Arc::new(new_calls),
+        }
     }
 
     /// A call by id, for the server's own work (callbacks, jobs): never for a user's request.
@@ -184,9 +205,9 @@ impl Calls {
 
     /// What a call needs to talk, each document read once: its agent's documents in the clear and
     /// its prompt whole. `None` when the agent is gone.
-    pub async fn talk(&self, secrets: &SecretBox, row: &CallRow) -> Result<Option<Talk>, CallsError> {
+    pub async fn talk(&self, row: &CallRow) -> Result<Option<Talk>, CallsError> {
         let mut handle = self.store.read().await?;
-        let found = agent::documents_and_prompt(&mut handle, secrets, row.user_id, row.agent_id).await?;
+        let found = agent::documents_and_prompt(&mut handle, &self.secrets, row.user_id, row.agent_id).await?;
         Ok(found.map(|(docs, prompt)| Talk { docs, prompt }))
     }
 
@@ -194,17 +215,6 @@ impl Calls {
     pub async fn find_by_carrier_id(&self, provider: Provider, telephony_id: &str) -> sqlx::Result<Option<CallRow>> {
         let mut handle = self.store.read().await?;
         calls::by_telephony_id(handle.conn(), provider, telephony_id).await
-    }
-
-    /// Writes an outbound call in the caller's transaction, with its dispatch claimed by this
-    /// process to run at once after the commit; if this process dies first, another worker places
-    /// the call when the claim expires.
-    pub async fn create_outbound(&self, tx: &mut Tx, new: NewCall) -> sqlx::Result<(CallRow, JobRow)> {
-        let row = new.into_row(now());
-        calls::insert(tx.conn(), &row).await?;
-        let how = Enqueue::now(self.dispatch_max_attempts).ordered_by(dispatch_key(row.id));
-        let dispatch = self.queue.enqueue_claimed(tx, &DispatchCall { call_id: row.id }, how).await?;
-        Ok((row, dispatch))
     }
 
     /// Records an inbound call the carrier announces, answered at once (once, however often the
@@ -315,6 +325,23 @@ impl Calls {
             return Ok(Some(Applied { row: updated, claimed }));
         }
         Err(CallsError::Contended(call_id))
+    }
+
+    /// Asks for a user's call to end (unless it is over already): the hang-up this causes comes
+    /// back claimed, to run at once. `None` when the user has no such call.
+    pub async fn end(&self, user_id: Uuid, call_id: Uuid) -> Result<Option<Vec<JobRow>>, CallsError> {
+        let row = {
+            let mut handle = self.store.read().await?;
+            calls::get(handle.conn(), user_id, call_id).await?
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.state.is_final() {
+            return Ok(Some(Vec::new()));
+        }
+        let applied = self.apply(row.id, &News::api(Event::EndRequested)).await?;
+        Ok(Some(applied.map(|applied| applied.claimed).unwrap_or_default()))
     }
 
     /// Writes what a transition's effects require, in the transaction of the transition. Jobs to

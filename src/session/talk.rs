@@ -18,7 +18,7 @@ use crate::AppState;
 /// this server (the log says why, and the call stays silent).
 pub async fn prepare(state: &AppState, row: &CallRow, line: Line) -> Option<(EngineConfig, Providers)> {
     let call_id = row.id;
-    let talk = match state.calls.talk(&state.secrets, row).await {
+    let talk = match state.calls.talk(row).await {
         Ok(Some(talk)) => talk,
         Ok(None) => return None,
         Err(e) => {

@@ -314,6 +314,7 @@ pub async fn minutes_since(c: DbConn<'_>, user_id: Uuid, since: DateTime<Utc>) -
     run!(c, |c| sqlx::query_scalar(SQL).bind(user_id).bind(since).fetch_one(&mut *c).await)
 }
 
+#[derive(Debug)]
 pub struct IdempotencyRecord {
     pub request_hash: Vec<u8>,
     pub call_id: Uuid,

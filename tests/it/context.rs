@@ -296,7 +296,7 @@ async fn inbound_calls_fill_from_the_numbers_example_context_under_the_endpoints
 
     let state = &w.app.state;
     let row = state.calls.find(id).await.unwrap().unwrap();
-    let talk = state.calls.talk(&state.secrets, &row).await.unwrap().unwrap();
+    let talk = state.calls.talk(&row).await.unwrap().unwrap();
     assert_eq!(talk.docs.prompt, "You are talking to ${name} from ${city}.");
     let filled = vocode_server::session::context::apply(state, &row, talk.docs, &talk.prompt).await;
     assert_eq!(filled.prompt, "You are talking to Kian from Paris.");

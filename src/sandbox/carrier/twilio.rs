@@ -1,7 +1,24 @@
-//! The sandbox's Twilio: the REST requests the Twilio adapter sends (calls, numbers), answered
-//! as Twilio answers them.
+//! The sandbox carrier's Twilio face: the REST requests the Twilio adapter sends (calls, numbers),
+//! answered as Twilio answers them.
 
-use super::*;
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::twiml::{parse_dial_twiml, start_tag};
+use super::{random_hex, Protocol, SandboxState, SimCall};
+use crate::domain::phone::PhoneNumber;
+use crate::sandbox::people::Scenario;
+use crate::sandbox::Sandbox;
 
 fn twilio_error(status: StatusCode, code: i64, message: String) -> Response {
     (
@@ -11,42 +28,46 @@ fn twilio_error(status: StatusCode, code: i64, message: String) -> Response {
         .into_response()
 }
 
-// (The error is the response to send, at once.)
-#[allow(clippy::result_large_err)]
-/// Twilio's Basic auth: the username is the account in the path; any token is accepted (the
-/// callbacks are signed with it, so a wrong one fails there, as with the real carrier).
-fn twilio_auth(headers: &HeaderMap, account: &str) -> Result<String, Response> {
-    let unauthorized = || twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
-    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
-    let decoded = value
-        .strip_prefix("Basic ")
-        .and_then(|b| STANDARD.decode(b).ok())
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(unauthorized)?;
-    match decoded.split_once(':') {
-        Some((user, token)) if user == account && !token.is_empty() => Ok(token.to_owned()),
-        _ => Err(unauthorized()),
+/// A request with Twilio's Basic auth: the username is the account in the path; any token is
+/// accepted (the callbacks are signed with it, so a wrong one fails there, as with the real
+/// carrier).
+pub struct TwilioAuth {
+    account: String,
+    token: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TwilioAuth {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path(path) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let account = path.get("account").cloned().unwrap_or_default();
+        let unauthorized = || twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
+        let value = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+        let decoded = value
+            .strip_prefix("Basic ")
+            .and_then(|b| STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(unauthorized)?;
+        match decoded.split_once(':') {
+            Some((user, token)) if user == account && !token.is_empty() => {
+                Ok(TwilioAuth { token: token.to_owned(), account })
+            }
+            _ => Err(unauthorized()),
+        }
     }
 }
 
 fn call_resource(call: &SimCall) -> Value {
-    let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let duration = call.duration.lock().unwrap_or_else(|e| e.into_inner()).map(|d| d.to_string());
-    json!({"sid": call.id, "account_sid": call.account_sid, "to": call.to, "from": call.from, "status": status,
+    let duration = call.duration().map(|d| d.to_string());
+    json!({"sid": call.id, "account_sid": call.account_sid, "to": call.to, "from": call.from, "status": call.status(),
            "direction": "outbound-api", "duration": duration, "answered_by": null, "api_version": "2010-04-01",
            "uri": format!("/2010-04-01/Accounts/{}/Calls/{}.json", call.account_sid, call.id)})
 }
 
-pub(super) async fn create_call(
-    State(sb): SandboxState,
-    Path(account): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let token = match twilio_auth(&headers, &account) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+pub async fn create_call(State(sb): SandboxState, auth: TwilioAuth, body: Bytes) -> Response {
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let field = |name: &str| form.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let Some(to) = field("To") else {
@@ -62,53 +83,33 @@ pub(super) async fn create_call(
             format!("The 'To' number {to} is not a valid phone number."),
         );
     }
-    let call = Arc::new(SimCall {
-        id: format!("CA{}", random_hex(32)),
-        protocol: Protocol::Twilio,
-        account_sid: account,
-        auth_token: token,
-        to,
-        from,
-        status: Mutex::new("queued".into()),
-        answered_at: Mutex::new(None),
-        hung_up: AtomicBool::new(false),
-        hang_up: Notify::new(),
-        media_stop: Notify::new(),
-        sequence: AtomicU32::new(0),
+    let call = SimCall {
+        account_sid: auth.account,
+        auth_token: auth.token,
         events: form.iter().filter(|(k, _)| k == "StatusCallbackEvent").map(|(_, v)| v.clone()).collect(),
         status_url: field("StatusCallback"),
         amd_url: field("AsyncAmdStatusCallback"),
         twiml_url: field("Url"),
-        event_url: None,
-        ncco_stream: None,
         machine_detection: field("MachineDetection").is_some(),
         record: field("Record").as_deref() == Some("true"),
-        duration: Mutex::new(None),
-        created: chrono::Utc::now(),
-        wire: sb.new_wire(),
-        transfer: Mutex::new(None),
-        transferred: Notify::new(),
-    });
-    let resource = call_resource(&call);
-    sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());
-    tokio::spawn(sb.clone().play(call));
+        ..SimCall::accepted(format!("CA{}", random_hex(32)), Protocol::Twilio, to, from, "queued", sb.people.new_line())
+    };
+    let resource = sb.place(call, call_resource);
     (StatusCode::CREATED, Json(resource)).into_response()
 }
 
 /// `GET Calls.json`: the account's calls, newest first, filtered by `To` and `From`.
-pub(super) async fn list_calls(
+pub async fn list_calls(
     State(sb): SandboxState,
-    Path(account): Path<String>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
+    auth: TwilioAuth,
 ) -> Response {
-    if let Err(r) = twilio_auth(&headers, &account) {
-        return r;
-    }
     let size = query.get("PageSize").and_then(|s| s.parse().ok()).unwrap_or(50usize).clamp(1, 1000);
-    let calls: Vec<Value> = newest_calls(&sb, Protocol::Twilio)
+    let calls: Vec<Value> = sb
+        .carrier
+        .newest_calls(Protocol::Twilio)
         .into_iter()
-        .filter(|c| c.account_sid == account)
+        .filter(|c| c.account_sid == auth.account)
         .filter(|c| query.get("To").is_none_or(|to| *to == c.to))
         .filter(|c| query.get("From").is_none_or(|from| *from == c.from))
         .take(size)
@@ -125,34 +126,24 @@ fn sid_of(file: &str) -> &str {
     file.trim_end_matches(".json").trim_end_matches(".mp3").trim_end_matches(".wav")
 }
 
-pub(super) async fn fetch_call(
-    State(sb): SandboxState,
-    Path((account, file)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = twilio_auth(&headers, &account) {
-        return r;
-    }
-    match sb.call(sid_of(&file)) {
+pub async fn fetch_call(State(sb): SandboxState, Path((_, file)): Path<(String, String)>, _: TwilioAuth) -> Response {
+    match sb.carrier.call(sid_of(&file)) {
         Some(call) => Json(call_resource(&call)).into_response(),
         None => twilio_error(StatusCode::NOT_FOUND, 20404, "The requested resource was not found".into()),
     }
 }
 
-pub(super) async fn modify_call(
+pub async fn modify_call(
     State(sb): SandboxState,
-    Path((account, file)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_, file)): Path<(String, String)>,
+    _: TwilioAuth,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = twilio_auth(&headers, &account) {
-        return r;
-    }
-    let Some(call) = sb.call(sid_of(&file)) else {
+    let Some(call) = sb.carrier.call(sid_of(&file)) else {
         return twilio_error(StatusCode::NOT_FOUND, 20404, "The requested resource was not found".into());
     };
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let status = call.status();
     let answered = status == "in-progress";
     let over = matches!(status.as_str(), "completed" | "canceled" | "busy" | "failed" | "no-answer");
     match (form.get("Status").map(String::as_str), form.get("Twiml")) {
@@ -181,7 +172,7 @@ pub(super) async fn modify_call(
 
 /// New TwiML for a call in progress, of which the sandbox plays a transfer (`<Dial><Number>`:
 /// the call's `<Connect><Stream>` ends, and the number is dialled) and `<Hangup/>`.
-fn redirect(sb: &Arc<Sandbox>, call: &SimCall, twiml: &str) -> Response {
+fn redirect(sb: &Sandbox, call: &SimCall, twiml: &str) -> Response {
     if let Some(transfer) = parse_dial_twiml(twiml) {
         return match sb.transfer(call, transfer) {
             Ok(()) => Json(call_resource(call)).into_response(),
@@ -202,14 +193,7 @@ fn redirect(sb: &Arc<Sandbox>, call: &SimCall, twiml: &str) -> Response {
     )
 }
 
-pub(super) async fn available(
-    Path((account, _country)): Path<(String, String)>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = twilio_auth(&headers, &account) {
-        return r;
-    }
+pub async fn available(Query(query): Query<HashMap<String, String>>, _: TwilioAuth) -> Response {
     let area = query.get("AreaCode").filter(|a| a.len() == 3).cloned().unwrap_or_else(|| "415".into());
     let numbers: Vec<Value> = (0..3)
         .map(|_| {
@@ -225,24 +209,14 @@ fn number_sid(number: &str) -> String {
     format!("PN{:0>32}", digits)
 }
 
-pub(super) async fn list_numbers(
-    Path(account): Path<String>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = twilio_auth(&headers, &account) {
-        return r;
-    }
+pub async fn list_numbers(Query(query): Query<HashMap<String, String>>, _: TwilioAuth) -> Response {
     // Every number is the sandbox account's.
     let numbers: Vec<Value> =
         query.get("PhoneNumber").map(|n| vec![json!({"sid": number_sid(n), "phone_number": n})]).unwrap_or_default();
     Json(json!({"incoming_phone_numbers": numbers})).into_response()
 }
 
-pub(super) async fn buy_number(Path(account): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = twilio_auth(&headers, &account) {
-        return r;
-    }
+pub async fn buy_number(_: TwilioAuth, body: Bytes) -> Response {
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let Some(number) = form.get("PhoneNumber") else {
         return twilio_error(StatusCode::BAD_REQUEST, 21421, "PhoneNumber is required".into());
@@ -254,16 +228,10 @@ pub(super) async fn buy_number(Path(account): Path<String>, headers: HeaderMap, 
         .into_response()
 }
 
-pub(super) async fn update_number(Path((account, file)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if let Err(r) = twilio_auth(&headers, &account) {
-        return r;
-    }
+pub async fn update_number(Path((_, file)): Path<(String, String)>, _: TwilioAuth) -> Response {
     Json(json!({"sid": sid_of(&file)})).into_response()
 }
 
-pub(super) async fn release_number(Path((account, _file)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if let Err(r) = twilio_auth(&headers, &account) {
-        return r;
-    }
+pub async fn release_number(_: TwilioAuth) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }

@@ -1,7 +1,25 @@
-//! The sandbox's Vonage: the Voice API and Numbers API requests the Vonage adapter sends,
-//! answered as Vonage answers them.
+//! The sandbox carrier's Vonage face: the Voice API and Numbers API requests the Vonage adapter
+//! sends, answered as Vonage answers them.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::{Protocol, SandboxState, SimCall, Transfer, VONAGE_API_KEY, VONAGE_APPLICATION_ID};
+use crate::domain::phone::PhoneNumber;
+use crate::sandbox::people::Scenario;
+use crate::sandbox::Sandbox;
+use crate::telephony::vonage as vonage_api;
 
 fn vonage_error(status: StatusCode, title: &str, detail: &str) -> Response {
     (
@@ -24,7 +42,7 @@ fn vonage_auth(sb: &Sandbox, headers: &HeaderMap) -> Result<(), Response> {
     validation.set_required_spec_claims(&["exp"]);
     let claims = jsonwebtoken::decode::<vonage_api::ApiClaims>(
         token,
-        &DecodingKey::from_secret(&sb.vonage_jwt_secret),
+        &DecodingKey::from_secret(&sb.carrier.accounts.vonage_jwt_secret),
         &validation,
     )
     .map_err(|_| unauthorized())?;
@@ -34,7 +52,7 @@ fn vonage_auth(sb: &Sandbox, headers: &HeaderMap) -> Result<(), Response> {
     Ok(())
 }
 
-pub(super) async fn create_call(State(sb): SandboxState, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+pub async fn create_call(State(sb): SandboxState, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     if let Err(r) = vonage_auth(&sb, &headers) {
         return r;
     }
@@ -53,41 +71,29 @@ pub(super) async fn create_call(State(sb): SandboxState, headers: HeaderMap, Jso
         .map(|a| &a["endpoint"][0]);
     let ncco_stream = connect.and_then(|e| Some((e["uri"].as_str()?.to_owned(), e["headers"].clone())));
     let record = body["ncco"].as_array().is_some_and(|a| a.iter().any(|x| x["action"] == "record"));
-    let call = Arc::new(SimCall {
-        id: uuid::Uuid::new_v4().to_string(),
-        protocol: Protocol::Vonage,
+    let call = SimCall {
         account_sid: VONAGE_API_KEY.into(),
-        auth_token: String::new(),
-        to,
-        from,
-        status: Mutex::new("started".into()),
-        answered_at: Mutex::new(None),
-        hung_up: AtomicBool::new(false),
-        hang_up: Notify::new(),
-        media_stop: Notify::new(),
-        sequence: AtomicU32::new(0),
-        events: Vec::new(),
-        status_url: None,
-        amd_url: None,
-        twiml_url: None,
         event_url: body["event_url"][0].as_str().map(str::to_owned),
         ncco_stream,
         machine_detection: body.get("machine_detection").is_some() || body.get("advanced_machine_detection").is_some(),
         record,
-        duration: Mutex::new(None),
-        created: chrono::Utc::now(),
-        wire: sb.new_wire(),
-        transfer: Mutex::new(None),
-        transferred: Notify::new(),
+        ..SimCall::accepted(
+            uuid::Uuid::new_v4().to_string(),
+            Protocol::Vonage,
+            to,
+            from,
+            "started",
+            sb.people.new_line(),
+        )
+    };
+    let answer = sb.place(call, |call| {
+        json!({"uuid": call.id, "status": "started", "direction": "outbound", "conversation_uuid": format!("CON-{}", call.id)})
     });
-    let answer = json!({"uuid": call.id, "status": "started", "direction": "outbound", "conversation_uuid": format!("CON-{}", call.id)});
-    sb.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), call.clone());
-    tokio::spawn(sb.clone().play(call));
     (StatusCode::CREATED, Json(answer)).into_response()
 }
 
 /// `GET /v1/calls`: the application's calls since `date_start`, newest first.
-pub(super) async fn list_calls(
+pub async fn list_calls(
     State(sb): SandboxState,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
@@ -100,13 +106,14 @@ pub(super) async fn list_calls(
         .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
         .map(|d| d.with_timezone(&chrono::Utc));
     let size = query.get("page_size").and_then(|s| s.parse().ok()).unwrap_or(10usize).clamp(1, 100);
-    let calls: Vec<Value> = newest_calls(&sb, Protocol::Vonage)
+    let calls: Vec<Value> = sb
+        .carrier
+        .newest_calls(Protocol::Vonage)
         .into_iter()
         .filter(|c| since.is_none_or(|since| c.created >= since))
         .take(size)
         .map(|c| {
-            let status = c.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            json!({"uuid": c.id, "status": status, "direction": "outbound",
+            json!({"uuid": c.id, "status": c.status(), "direction": "outbound",
                    "to": {"type": "phone", "number": c.to.trim_start_matches('+')},
                    "from": {"type": "phone", "number": c.from.trim_start_matches('+')},
                    "start_time": c.created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})
@@ -115,63 +122,65 @@ pub(super) async fn list_calls(
     Json(json!({"count": calls.len(), "page_size": size, "_embedded": {"calls": calls}})).into_response()
 }
 
-pub(super) async fn fetch_call(State(sb): SandboxState, Path(uuid): Path<String>, headers: HeaderMap) -> Response {
+pub async fn fetch_call(State(sb): SandboxState, Path(uuid): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = vonage_auth(&sb, &headers) {
         return r;
     }
-    match sb.call(&uuid) {
+    match sb.carrier.call(&uuid) {
         Some(call) => {
-            let status = call.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let status = match status.as_str() {
+            let status = match call.status().as_str() {
                 "in-progress" => "answered",
                 "canceled" => "cancelled",
                 "no-answer" => "timeout",
                 other => other,
             }
             .to_owned();
-            let duration = call.duration.lock().unwrap_or_else(|e| e.into_inner()).map(|d| d.to_string());
+            let duration = call.duration().map(|d| d.to_string());
             Json(json!({"uuid": call.id, "status": status, "duration": duration})).into_response()
         }
         None => vonage_error(StatusCode::NOT_FOUND, "Not Found", "No call with this uuid"),
     }
 }
 
-/// A call of the request's own application, or Vonage's refusal.
-#[allow(clippy::result_large_err)] // the refusal is the response itself, ready to return
-fn authorized_call(sb: &Sandbox, headers: &HeaderMap, uuid: &str) -> Result<Arc<SimCall>, Response> {
-    vonage_auth(sb, headers)?;
-    sb.call(uuid).ok_or_else(|| vonage_error(StatusCode::NOT_FOUND, "Not Found", "No call with this uuid"))
+/// A request about one of the application's calls (`/v1/calls/{uuid}…`, with a JSON body), taken
+/// in Vonage's order: the body must be JSON, then the credentials right, then the call there.
+pub struct CallRequest {
+    call: Arc<SimCall>,
+    uuid: String,
+    body: Value,
+}
+
+impl FromRequest<Arc<Sandbox>> for CallRequest {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, sb: &Arc<Sandbox>) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Path(uuid) =
+            Path::<String>::from_request_parts(&mut parts, sb).await.map_err(IntoResponse::into_response)?;
+        let headers = parts.headers.clone();
+        let Json(body) = Json::<Value>::from_request(Request::from_parts(parts, body), sb)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        vonage_auth(sb, &headers)?;
+        let call = sb
+            .carrier
+            .call(&uuid)
+            .ok_or_else(|| vonage_error(StatusCode::NOT_FOUND, "Not Found", "No call with this uuid"))?;
+        Ok(CallRequest { call, uuid, body })
+    }
 }
 
 /// `PUT /v1/calls/{uuid}/dtmf`: the keys are played into the call (the person hears them).
-pub(super) async fn dtmf(
-    State(sb): SandboxState,
-    Path(uuid): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    let call = match authorized_call(&sb, &headers, &uuid) {
-        Ok(call) => call,
-        Err(refused) => return refused,
-    };
+pub async fn dtmf(CallRequest { call, uuid, body }: CallRequest) -> Response {
     let Some(digits) = body["digits"].as_str().filter(|d| !d.is_empty()) else {
         return vonage_error(StatusCode::BAD_REQUEST, "Bad Request", "digits is required");
     };
     tracing::info!(call = %call.id, digits, "sandbox: keys pressed on the call");
-    call.wire.pressed(digits);
+    call.line.pressed(digits);
     Json(json!({"message": "DTMF sent", "uuid": uuid})).into_response()
 }
 
-pub(super) async fn modify_call(
-    State(sb): SandboxState,
-    Path(uuid): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    let call = match authorized_call(&sb, &headers, &uuid) {
-        Ok(call) => call,
-        Err(refused) => return refused,
-    };
+pub async fn modify_call(State(sb): SandboxState, CallRequest { call, body, .. }: CallRequest) -> Response {
     match body["action"].as_str() {
         Some("hangup") => {
             sb.hang_up(&call);
@@ -207,23 +216,24 @@ pub(super) async fn modify_call(
     }
 }
 
-fn vonage_numbers_auth(sb: &Sandbox, headers: &HeaderMap) -> bool {
-    let expected = format!("Basic {}", STANDARD.encode(format!("{VONAGE_API_KEY}:{}", sb.vonage_api_secret)));
-    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str())
+/// A request of the Numbers API, with its Basic auth (the API key and secret).
+pub struct NumbersAuth;
+
+impl FromRequestParts<Arc<Sandbox>> for NumbersAuth {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, sb: &Arc<Sandbox>) -> Result<Self, Response> {
+        let expected =
+            format!("Basic {}", STANDARD.encode(format!("{VONAGE_API_KEY}:{}", sb.carrier.vonage_api_secret())));
+        if parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str()) {
+            return Ok(NumbersAuth);
+        }
+        Err((StatusCode::UNAUTHORIZED, Json(json!({"error-code": "401", "error-code-label": "authentication failed"})))
+            .into_response())
+    }
 }
 
-pub(super) async fn search(
-    State(sb): SandboxState,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if !vonage_numbers_auth(&sb, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error-code": "401", "error-code-label": "authentication failed"})),
-        )
-            .into_response();
-    }
+pub async fn search(Query(query): Query<HashMap<String, String>>, _: NumbersAuth) -> Response {
     let area = query
         .get("pattern")
         .and_then(|p| p.strip_prefix('1'))
@@ -234,13 +244,6 @@ pub(super) async fn search(
     Json(json!({"count": 1, "numbers": [{"country": "US", "msisdn": msisdn, "type": "landline", "features": ["VOICE"]}]})).into_response()
 }
 
-pub(super) async fn numbers_ok(State(sb): SandboxState, headers: HeaderMap) -> Response {
-    if !vonage_numbers_auth(&sb, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error-code": "401", "error-code-label": "authentication failed"})),
-        )
-            .into_response();
-    }
+pub async fn numbers_ok(_: NumbersAuth) -> Response {
     Json(json!({"error-code": "200", "error-code-label": "success"})).into_response()
 }
