@@ -23,6 +23,7 @@ pub mod config;
 pub mod conversation;
 pub mod crypto;
 pub mod domain;
+pub mod egress;
 pub mod error;
 pub mod jobs;
 pub mod metrics;

@@ -7,7 +7,7 @@
 //! `": "` between items, non-ASCII as `\uXXXX`, Python's float notation), so the guide's own
 //! verification snippet, which signs `json.dumps(payload)` of the body it parsed, accepts it.
 //!
-//! The URL is the user's: it goes through the same guard as webhooks (no private, loopback or
+//! The URL is the user's: it goes through [`crate::egress`], as webhooks do (no private, loopback or
 //! link-local target unless `ALLOW_PRIVATE_TARGETS`), and the answer is read to at most 64 KiB.
 
 use std::time::Duration;
@@ -47,7 +47,7 @@ pub fn signature(signature_secret: &str, body: &[u8]) -> Option<String> {
 }
 
 /// Sends the request and reads the answer; every failure is an [`Outcome`] the model can use.
-/// `client` is built by [`crate::webhooks::guard::client`] with the operator's `allow_private`.
+/// `client` is built by [`crate::egress::client`] with the operator's `allow_private`.
 pub async fn request(
     client: &reqwest::Client,
     allow_private: bool,
@@ -59,7 +59,7 @@ pub async fn request(
         Ok(url) => url,
         Err(e) => return Outcome::failed(format!("the action's URL is not a URL: {e}")),
     };
-    if let Err(refused) = crate::webhooks::guard::check_url(&url, allow_private) {
+    if let Err(refused) = crate::egress::check_url(&url, allow_private) {
         return Outcome::failed(refused.to_string());
     }
     let body = body(call_id, payload);
@@ -252,12 +252,12 @@ mod tests {
             speak_on_receive: true,
             signature_secret: STANDARD.encode(b"key"),
         };
-        let guarded = crate::webhooks::guard::client(false, TIMEOUT);
+        let guarded = crate::egress::client(false, TIMEOUT);
         let refused = request(&guarded, false, &action, "c-1", &json!({})).await;
         assert!(!refused.success);
         assert!(refused.response["error"].as_str().unwrap().contains("not a public address"), "{refused:?}");
         // Allowed, it is sent (and finds nothing listening on the discard port).
-        let open = crate::webhooks::guard::client(true, TIMEOUT);
+        let open = crate::egress::client(true, TIMEOUT);
         let sent = request(&open, true, &action, "c-1", &json!({})).await;
         assert!(sent.response["error"].as_str().unwrap().contains("could not be reached"), "{sent:?}");
     }

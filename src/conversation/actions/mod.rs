@@ -369,7 +369,7 @@ impl ActionRunner for NoRunner {
     }
 }
 
-/// The runner of a call's actions: external APIs through the webhooks' guarded client.
+/// The runner of a call's actions: external APIs through [`crate::egress`]'s client.
 pub struct HttpRunner {
     pub client: reqwest::Client,
     pub allow_private: bool,
