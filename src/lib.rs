@@ -56,7 +56,7 @@ pub struct Shared {
     pub webhooks: webhooks::Webhooks,
     pub jobs: Jobs<AppState>,
     /// The providers agents listen, think and speak with.
-    pub conversation: config::ConversationArgs,
+    pub conversation: conversation::settings::ProviderSettings,
     /// The built-in carrier, when calls go to it.
     pub sandbox: Option<Arc<Sandbox>>,
     /// With the sandbox carrier: what its simulated people say on each call, which the stand-in
@@ -214,7 +214,7 @@ impl App {
                 calls,
                 telephony,
                 jobs,
-                conversation: serve.conversation.clone(),
+                conversation: serve.conversation.providers(),
                 sandbox,
                 sandbox_speech,
                 local_speech,

@@ -18,6 +18,7 @@ pub mod local;
 pub mod media;
 pub mod playout;
 pub mod recording;
+pub mod settings;
 pub mod stt;
 pub mod tts;
 pub mod turns;
