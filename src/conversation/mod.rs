@@ -15,7 +15,6 @@ pub mod engine;
 pub mod knowledge;
 pub mod llm;
 pub mod local;
-pub mod media;
 pub mod playout;
 pub mod recording;
 pub mod settings;

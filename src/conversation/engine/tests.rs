@@ -7,11 +7,14 @@ use std::sync::Mutex;
 use futures_util::future::BoxFuture;
 use futures_util::stream;
 
+use serde_json::{json, Value};
+
+use super::generating::sentence_end;
 use super::*;
-use crate::conversation::actions::DTMF;
+use crate::conversation::actions::{ActionRequest, Outcome, DTMF};
 use crate::conversation::knowledge::{KnowledgeError, Passage};
-use crate::conversation::llm::{DeltaStream, LlmError};
-use crate::conversation::stt::SttError;
+use crate::conversation::llm::{ChatRequest, DeltaStream, LlmDelta, LlmError};
+use crate::conversation::stt::{SttError, SttEvent};
 use crate::conversation::tts::{AudioStream, TtsError};
 use crate::conversation::turns::InterruptSensitivity;
 

@@ -28,8 +28,8 @@ pub mod warm;
 
 pub use crate::conversation::audio::Encoding as AudioFormat;
 use crate::conversation::engine::FromCall;
-use crate::conversation::media::Outlet;
-pub use crate::conversation::media::ToCall;
+use crate::conversation::engine::Outlet;
+pub use crate::conversation::engine::ToCall;
 
 /// A bound stream's sending side.
 #[derive(Debug, Clone)]
