@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{Engine, Event, Speaker};
-use crate::conversation::actions::{self, dtmf, Action, ActionRequest, Kind, Outcome};
+use crate::conversation::actions::{self, Action, ActionRequest, Follow, Line, Outcome, Plan};
 use crate::conversation::llm::{ChatMessage, ToolCall};
 
 /// An action under way: which, with what, and the tool call it answers (`None` when a phrase
@@ -55,69 +55,32 @@ impl Engine {
         }
     }
 
-    /// Starts an action: its start goes into the transcript, then it runs.
+    /// Starts an action: its start goes into the transcript, then it runs as its kind plans.
     pub(super) async fn start_action(&mut self, running: Running) {
         let line = running.action.attempt_line(&running.params);
         let payload = json!({"action_type": running.action.action_type(), "action_input": {"params": running.params},
                              "action_output": null});
         let _ = self.events.send(Event::Action { line, payload }).await;
-        match running.action.kind.clone() {
-            Kind::EndConversation => {
+        let call_line = Line { encoding: self.config.encoding, keys_in_band: self.config.keys_in_band };
+        match running.action.kind.plan(&running.params, &call_line) {
+            Plan::Done(outcome) => self.action_finished(running, outcome).await,
+            Plan::EndConversation => {
                 self.ending = true;
-                let outcome = Outcome { success: true, response: json!({"success": true}), agent_message: None };
-                self.action_finished(running, outcome).await;
+                self.action_finished(running, Outcome::succeeded()).await;
             }
-            Kind::Dtmf if !self.config.keys_in_band => {
-                let keys = running.params["buttons"].as_str().unwrap_or_default().to_owned();
-                self.run_outside(running, ActionRequest::Keys { keys });
-            }
-            Kind::Dtmf => {
-                // The keys are played on the call's audio, as a turn of their own nobody can
-                // interrupt; the action is done once they have been played.
-                let keys = running.params["buttons"].as_str().unwrap_or_default().to_owned();
+            Plan::PlayInBand(audio) => {
+                // A turn of its own nobody can interrupt; the action is done once it has been
+                // played.
                 let turn = self.begin_turn(false, None);
                 let speaking = self.speaking.as_mut().expect("a turn just began");
-                speaking.playout.push(&dtmf::tones(&keys, self.config.encoding));
+                speaking.playout.push(&audio);
                 speaking.playout.finish();
                 speaking.generation_done = true;
                 speaking.action = Some(running);
                 debug_assert_eq!(turn, self.turn);
-                // The conversation's loop plays them out from here, as any utterance.
+                // The conversation's loop plays it out from here, as any utterance.
             }
-            Kind::TransferCall { .. } => {
-                let to = running.action.transfer_to(&running.params).unwrap_or_default();
-                match crate::domain::phone::PhoneNumber::parse(&to) {
-                    Err(reason) => {
-                        // Nothing is dialled.
-                        let outcome = Outcome::failed(format!("{to:?} is not a phone number to transfer to: {reason}"));
-                        self.action_finished(running, outcome).await;
-                    }
-                    Ok(number) => self.run_outside(running, ActionRequest::Transfer { to: number.digits().to_owned() }),
-                }
-            }
-            Kind::AddToConference { phone_number, place_primary_on_hold } => {
-                match crate::domain::phone::PhoneNumber::parse(&phone_number) {
-                    Err(reason) => {
-                        let outcome =
-                            Outcome::failed(format!("{phone_number:?} is not a phone number to dial in: {reason}"));
-                        self.action_finished(running, outcome).await;
-                    }
-                    Ok(number) => {
-                        let request =
-                            ActionRequest::Conference { to: number.digits().to_owned(), hold: place_primary_on_hold };
-                        self.run_outside(running, request);
-                    }
-                }
-            }
-            Kind::SetHold => self.run_outside(running, ActionRequest::Hold),
-            Kind::External(external) => {
-                let payload = running.params.clone();
-                self.run_outside(running, ActionRequest::External { action: external, payload });
-            }
-            Kind::Unsupported(kind) => {
-                let outcome = Outcome::failed(format!("{kind} is not supported by this server yet"));
-                self.action_finished(running, outcome).await;
-            }
+            Plan::Outside(request) => self.run_outside(running, request),
         }
     }
 
@@ -161,49 +124,38 @@ impl Engine {
         }
     }
 
-    /// An action is over: its result goes into the transcript and to the model, and the agent
-    /// says what it should.
+    /// An action is over: its result goes into the transcript and to the model, and the
+    /// conversation goes on as its kind says it follows.
     pub(super) async fn action_finished(&mut self, running: Running, outcome: Outcome) {
         self.report_result(&running, &outcome).await;
-        let handed_over = match &running.action.kind {
-            Kind::TransferCall { .. } => outcome.success,
-            Kind::SetHold => outcome.response["handed_over"] == true,
-            _ => false,
-        };
-        if handed_over {
-            self.transferred = true;
-        }
-        let Kind::External(external) = &running.action.kind else {
-            if self.transferred || self.ending {
-                return;
-            }
-            if !outcome.success {
-                // An action that failed (a transfer the carrier refused, a number that is not
-                // one): the model says so rather than leave the person in silence. A phrase
-                // trigger's failure is told to it, as it asked for nothing.
+        match running.action.kind.follow(&outcome, running.tool_call_id.is_some()) {
+            Follow::Quiet => {}
+            Follow::HandedOver => self.transferred = true,
+            // Nobody is left for the bot to speak to.
+            Follow::Failed | Follow::ModelSpeaks if self.transferred || self.ending => {}
+            Follow::Failed => {
+                // A phrase trigger's failure is told to the model, as it asked for nothing.
                 if running.tool_call_id.is_none() {
-                    let error = outcome.response["error"].as_str().unwrap_or("it failed");
-                    let note = format!("{} failed: {error}", running.action.action_type());
+                    let note = format!("{} failed: {}", running.action.action_type(), outcome.error());
                     self.history.push(ChatMessage::System(note));
                 }
                 self.generate_turn(None);
-            } else if matches!(running.action.kind, Kind::AddToConference { .. }) && running.tool_call_id.is_some() {
-                // The third party is on the line: the model speaks to them.
-                self.generate_turn(None);
             }
-            return;
-        };
-        if let Some(message) = outcome.agent_message.filter(|m| !m.trim().is_empty()) {
-            // The API's own words for the person, as a canned answer.
-            self.speak_fixed(message, true).await;
-        } else if external.speak_on_receive || !self.heard.trim().is_empty() {
-            // The model answers with the result in hand (and what the person said meanwhile).
-            let heard = std::mem::take(&mut self.heard);
-            if !heard.trim().is_empty() {
-                self.history.push(ChatMessage::User(heard.clone()));
-                self.record(Speaker::Human, heard, false).await;
+            Follow::ModelSpeaks => self.generate_turn(None),
+            Follow::Answer { speak_on_receive } => {
+                if let Some(message) = outcome.agent_message.filter(|m| !m.trim().is_empty()) {
+                    // The API's own words for the person, as a canned answer.
+                    self.speak_fixed(message, true).await;
+                } else if speak_on_receive || !self.heard.trim().is_empty() {
+                    // The model answers with the result in hand (and what the person said meanwhile).
+                    let heard = std::mem::take(&mut self.heard);
+                    if !heard.trim().is_empty() {
+                        self.history.push(ChatMessage::User(heard.clone()));
+                        self.record(Speaker::Human, heard, false).await;
+                    }
+                    self.generate_turn(None);
+                }
             }
-            self.generate_turn(None);
         }
     }
 }

@@ -96,8 +96,7 @@ impl Engine {
             self.record(Speaker::Bot, text, false).await;
         }
         if let Some(running) = speaking.action {
-            let outcome = Outcome { success: true, response: json!({"success": true}), agent_message: None };
-            self.action_finished(running, outcome).await;
+            self.action_finished(running, Outcome::succeeded()).await;
         }
         for call in speaking.tool_calls {
             self.call_tool(call).await;
