@@ -6,8 +6,6 @@
 //! (vocode's timing), in the call's encoding — heard by the far end as the carrier would carry a
 //! key pressed on a handset.
 
-use std::sync::Arc;
-
 use serde_json::{json, Map, Value};
 
 use super::super::audio::Encoding;
@@ -17,12 +15,8 @@ pub const DTMF: &str = "action_dtmf";
 
 const DESCRIPTION: &str = "Presses a string numbers using DTMF tones.";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dtmf;
-
-pub(super) fn parse(_config: &Value) -> Option<Arc<dyn ActionKind>> {
-    Some(Arc::new(Dtmf))
-}
 
 impl ActionKind for Dtmf {
     fn action_type(&self) -> &str {

@@ -1,8 +1,6 @@
 //! `action_end_conversation`: the bot hangs up, once what it is saying (its goodbye) has been
 //! played.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use super::{no_parameters, ActionKind, Line, Offer, Outcome, Plan, Respond};
@@ -13,12 +11,8 @@ const DESCRIPTION: &str = "\nEnds the current conversation; use this when we sho
 when: someone has indicated they expect the call to finish, and there are no further objectives\n\
 to accomplish on the call. Do not use this when a human interrupts you or asks to speak to you\n";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndConversation;
-
-pub(super) fn parse(_config: &Value) -> Option<Arc<dyn ActionKind>> {
-    Some(Arc::new(EndConversation))
-}
 
 impl ActionKind for EndConversation {
     fn action_type(&self) -> &str {

@@ -45,13 +45,18 @@ pub type Parse = fn(&Value) -> Option<Arc<dyn ActionKind>>;
 
 /// Every kind of action this server carries out, by the type the API names it.
 pub const KINDS: &[(&str, Parse)] = &[
-    (END_CONVERSATION, end_conversation::parse),
-    (DTMF, dtmf::parse),
+    (END_CONVERSATION, plain::<EndConversation>),
+    (DTMF, plain::<Dtmf>),
     (TRANSFER_CALL, transfer_call::parse),
     (EXTERNAL, external::parse),
     (ADD_TO_CONFERENCE, add_to_conference::parse),
-    (SET_HOLD, set_hold::parse),
+    (SET_HOLD, plain::<SetHold>),
 ];
+
+/// A kind that has no configuration.
+fn plain<K: ActionKind + Default>(_config: &Value) -> Option<Arc<dyn ActionKind>> {
+    Some(Arc::new(K::default()))
+}
 
 /// vocode-core's words for the `user_message` parameter.
 const USER_MESSAGE: &str =

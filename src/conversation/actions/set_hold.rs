@@ -2,8 +2,6 @@
 //! on hold) in the call's conference. Taken off hold once the third party is there, the person is
 //! connected to them, and the call is handed over: the bot leaves it.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use super::{no_parameters, ActionKind, ActionRequest, Follow, Line, Offer, Outcome, Plan, Respond};
@@ -13,12 +11,8 @@ pub const SET_HOLD: &str = "action_set_hold";
 const DESCRIPTION: &str = "Takes the person off hold (or puts them back on hold) in this call's conference. \
 Taken off hold once the third party has joined, the person is connected to the third party and you leave the call.";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetHold;
-
-pub(super) fn parse(_config: &Value) -> Option<Arc<dyn ActionKind>> {
-    Some(Arc::new(SetHold))
-}
 
 impl ActionKind for SetHold {
     fn action_type(&self) -> &str {
