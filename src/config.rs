@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::conversation::settings::{ProviderSettings, DEFAULT_MODEL};
+
 /// The embedded database used when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/vocode.db";
 
@@ -218,7 +220,7 @@ pub struct ConversationArgs {
     pub openai_base_url: Option<String>,
 
     /// The model an agent uses when it names none (`openai_model_name_override`).
-    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    #[arg(long, env = "OPENAI_MODEL", default_value = DEFAULT_MODEL)]
     pub openai_model: String,
 
     /// ElevenLabs' key, for `voice_eleven_labs` voices that carry none.
@@ -427,29 +429,58 @@ impl Default for TelephonyArgs {
     }
 }
 
+impl ConversationArgs {
+    /// What the conversation engine reads of these: all but where the local speech lives and how
+    /// many recognisers run, which the server settles at startup.
+    pub fn providers(&self) -> ProviderSettings {
+        ProviderSettings {
+            deepgram_api_key: self.deepgram_api_key.clone(),
+            deepgram_url: self.deepgram_url.clone(),
+            openai_api_key: self.openai_api_key.clone(),
+            openai_base_url: self.openai_base_url.clone(),
+            openai_model: self.openai_model.clone(),
+            elevenlabs_api_key: self.elevenlabs_api_key.clone(),
+            elevenlabs_base_url: self.elevenlabs_base_url.clone(),
+            azure_speech_key: self.azure_speech_key.clone(),
+            azure_speech_region: self.azure_speech_region.clone(),
+            azure_speech_base_url: self.azure_speech_base_url.clone(),
+            rime_api_key: self.rime_api_key.clone(),
+            rime_base_url: self.rime_base_url.clone(),
+            playht_api_key: self.playht_api_key.clone(),
+            playht_user_id: self.playht_user_id.clone(),
+            playht_base_url: self.playht_base_url.clone(),
+            pinecone_base_url: self.pinecone_base_url.clone(),
+            vocode_voice: self.vocode_voice.clone(),
+            local_voice_fallback: self.local_voice_fallback,
+        }
+    }
+}
+
 impl Default for ConversationArgs {
     fn default() -> Self {
+        // The providers' defaults are the conversation's own.
+        let providers = ProviderSettings::default();
         ConversationArgs {
-            deepgram_api_key: None,
-            deepgram_url: None,
-            openai_api_key: None,
-            openai_base_url: None,
-            openai_model: "gpt-4o-mini".into(),
-            elevenlabs_api_key: None,
-            elevenlabs_base_url: None,
-            azure_speech_key: None,
-            azure_speech_region: None,
-            azure_speech_base_url: None,
-            rime_api_key: None,
-            rime_base_url: None,
-            playht_api_key: None,
-            playht_user_id: None,
-            playht_base_url: None,
-            pinecone_base_url: None,
-            vocode_voice: None,
+            deepgram_api_key: providers.deepgram_api_key,
+            deepgram_url: providers.deepgram_url,
+            openai_api_key: providers.openai_api_key,
+            openai_base_url: providers.openai_base_url,
+            openai_model: providers.openai_model,
+            elevenlabs_api_key: providers.elevenlabs_api_key,
+            elevenlabs_base_url: providers.elevenlabs_base_url,
+            azure_speech_key: providers.azure_speech_key,
+            azure_speech_region: providers.azure_speech_region,
+            azure_speech_base_url: providers.azure_speech_base_url,
+            rime_api_key: providers.rime_api_key,
+            rime_base_url: providers.rime_base_url,
+            playht_api_key: providers.playht_api_key,
+            playht_user_id: providers.playht_user_id,
+            playht_base_url: providers.playht_base_url,
+            pinecone_base_url: providers.pinecone_base_url,
+            vocode_voice: providers.vocode_voice,
             speech_dir: None,
             local_stt_workers: None,
-            local_voice_fallback: false,
+            local_voice_fallback: providers.local_voice_fallback,
         }
     }
 }

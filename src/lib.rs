@@ -23,6 +23,7 @@ pub mod config;
 pub mod conversation;
 pub mod crypto;
 pub mod domain;
+pub mod egress;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
@@ -57,7 +58,7 @@ pub struct Shared {
     pub webhooks: webhooks::Webhooks,
     pub jobs: Jobs<AppState>,
     /// The providers agents listen, think and speak with.
-    pub conversation: config::ConversationArgs,
+    pub conversation: conversation::settings::ProviderSettings,
     /// The built-in carrier, when calls go to it.
     pub sandbox: Option<Arc<Sandbox>>,
     /// With the sandbox carrier: what its simulated people say on each call, which the stand-in
@@ -195,7 +196,7 @@ impl App {
         let new_calls = calls::create::Settings {
             record: telephony.record_calls,
             providers: (!telephony.sandboxed).then(|| calls::create::Providers {
-                settings: serve.conversation.clone(),
+                settings: serve.conversation.providers(),
                 local_speech: local_speech.clone(),
             }),
         };
@@ -231,7 +232,7 @@ impl App {
                 calls,
                 telephony,
                 jobs,
-                conversation: serve.conversation.clone(),
+                conversation: serve.conversation.providers(),
                 sandbox,
                 sandbox_speech,
                 local_speech,

@@ -12,11 +12,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{agent, dispatch_key, Calls, CallsError, DispatchCall, NewCall};
-use crate::config::ConversationArgs;
 use crate::conversation::agent::{resolve, Missing};
 use crate::conversation::context::missing_keys;
 use crate::conversation::line::Line;
 use crate::conversation::local::LocalSpeech;
+use crate::conversation::settings::ProviderSettings;
 use crate::domain::call::{Direction, NoHumanAnswer, Provider};
 use crate::domain::documents::AGENTS;
 use crate::domain::phone::PhoneNumber;
@@ -37,7 +37,7 @@ pub struct Settings {
 
 /// The providers this server's conversations listen, think and speak with.
 pub struct Providers {
-    pub settings: ConversationArgs,
+    pub settings: ProviderSettings,
     pub local_speech: Arc<LocalSpeech>,
 }
 
@@ -205,8 +205,7 @@ impl Calls {
             return Ok(());
         };
         let docs = agent::documents_of(tx, &self.secrets, user_id, agent, prompt.as_ref()).await?;
-        let line = Line::of(provider);
-        resolve(&docs, &providers.settings, &providers.local_speech, line.encoding, line.echoes_marks)
+        resolve(&docs, &providers.settings, &providers.local_speech, Line::of(provider))
             .map(|_| ())
             .map_err(CreateError::CannotTalk)
     }

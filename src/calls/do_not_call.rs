@@ -18,9 +18,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{agent, Calls};
-use crate::config::ConversationArgs;
 use crate::conversation::agent::{model, model_name, AgentDocuments};
 use crate::conversation::do_not_call::{by_keywords, classify, ClassifyError};
+use crate::conversation::settings::ProviderSettings;
 use crate::crypto::SecretBox;
 use crate::domain::call::Direction;
 use crate::jobs::{Attempt, Job, Outcome, Ran};
@@ -52,7 +52,7 @@ pub fn wanted(row: &CallRow) -> bool {
 pub async fn run(
     calls: &Calls,
     secrets: &SecretBox,
-    settings: &ConversationArgs,
+    settings: &ProviderSettings,
     sandboxed: bool,
     job: DetectDoNotCall,
     attempt: Attempt,

@@ -20,13 +20,14 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use super::actions::{Action, NoRunner};
-use super::audio::Encoding;
 use super::engine::{EngineConfig, Providers};
 use super::knowledge::{Knowledge, Pinecone};
+use super::line::Line;
 use super::llm::openai::{OpenAiCompatible, OpenAiSettings};
 use super::llm::scripted::Scripted;
 use super::llm::{ChatRequest, DeltaStream, Fallback, LanguageModel, LlmError};
 use super::local::{LocalSpeech, INSTALL};
+use super::settings::ProviderSettings;
 use super::stt::deepgram::{Deepgram, DeepgramSettings};
 use super::stt::local::LocalStt;
 use super::stt::sandbox::{SandboxStt, SpokenLog};
@@ -38,7 +39,6 @@ use super::tts::rime::{Rime, RimeSettings};
 use super::tts::tone::Tone;
 use super::tts::Voice;
 use super::turns::Dials;
-use crate::config::ConversationArgs;
 
 /// An agent's documents, as stored (secrets in the clear).
 #[derive(Debug, Clone, Default)]
@@ -86,21 +86,19 @@ impl Fallbacks {
 /// The engine's configuration and providers for a call's agent.
 pub fn resolve(
     docs: &AgentDocuments,
-    settings: &ConversationArgs,
+    settings: &ProviderSettings,
     speech: &Arc<LocalSpeech>,
-    encoding: Encoding,
-    carrier_echoes_marks: bool,
+    line: Line,
 ) -> Result<(EngineConfig, Providers), Missing> {
-    resolve_with(docs, settings, speech, encoding, carrier_echoes_marks, &Fallbacks::none())
+    resolve_with(docs, settings, speech, line, &Fallbacks::none())
 }
 
 /// [`resolve`], with stand-ins for what cannot be resolved (logged, once each).
 pub fn resolve_with(
     docs: &AgentDocuments,
-    settings: &ConversationArgs,
+    settings: &ProviderSettings,
     speech: &Arc<LocalSpeech>,
-    encoding: Encoding,
-    carrier_echoes_marks: bool,
+    line: Line,
     fallbacks: &Fallbacks,
 ) -> Result<(EngineConfig, Providers), Missing> {
     let agent = &docs.agent;
@@ -145,7 +143,7 @@ pub fn resolve_with(
         .unwrap_or_default();
     let config = EngineConfig {
         noise_suppression: agent["noise_suppression"].as_bool().unwrap_or(false),
-        encoding,
+        line,
         dials: Dials::from_agent(agent),
         prompt: docs.prompt.clone(),
         initial_message: agent["initial_message"].as_str().filter(|m| !m.trim().is_empty()).map(str::to_owned),
@@ -154,15 +152,13 @@ pub fn resolve_with(
         language: agent["language"].as_str().map(str::to_owned),
         keywords,
         actions: actions(docs),
-        keys_in_band: true,
-        carrier_echoes_marks,
     };
     Ok((config, providers))
 }
 
 /// Deepgram when configured, else the local recogniser when installed (and wanted).
 fn speech_to_text(
-    settings: &ConversationArgs,
+    settings: &ProviderSettings,
     speech: Option<&Arc<LocalSpeech>>,
 ) -> Result<Arc<dyn super::stt::SpeechToText>, Missing> {
     let Some(key) = settings.deepgram_api_key.clone() else {
@@ -180,7 +176,7 @@ fn speech_to_text(
     Ok(Arc::new(Deepgram::new(deepgram)))
 }
 
-fn openai(settings: &ConversationArgs, key: Option<String>) -> Result<OpenAiCompatible, Missing> {
+fn openai(settings: &ProviderSettings, key: Option<String>) -> Result<OpenAiCompatible, Missing> {
     let base_url = settings.openai_base_url.clone().unwrap_or_else(|| super::llm::openai::DEFAULT_BASE_URL.into());
     let official = base_url.trim_end_matches('/') == super::llm::openai::DEFAULT_BASE_URL;
     if key.is_none() && official {
@@ -195,7 +191,7 @@ fn openai(settings: &ConversationArgs, key: Option<String>) -> Result<OpenAiComp
 
 /// The agent's `vector_database`, its words embedded through the same OpenAI-compatible server
 /// and key as its model. One that cannot be consulted is logged, and the call goes on without it.
-fn knowledge(docs: &AgentDocuments, settings: &ConversationArgs) -> Option<Arc<dyn Knowledge>> {
+fn knowledge(docs: &AgentDocuments, settings: &ProviderSettings) -> Option<Arc<dyn Knowledge>> {
     let document = docs.vector_database.as_ref()?;
     let not_consulted = |reason: &str| {
         tracing::warn!(%reason, "the agent's vector database is not consulted on this call");
@@ -227,7 +223,7 @@ fn actions(docs: &AgentDocuments) -> Vec<Action> {
 }
 
 /// The model the agent names (`openai_model_name_override`), else the server's `OPENAI_MODEL`.
-pub fn model_name(docs: &AgentDocuments, settings: &ConversationArgs) -> String {
+pub fn model_name(docs: &AgentDocuments, settings: &ProviderSettings) -> String {
     docs.agent["openai_model_name_override"]
         .as_str()
         .filter(|m| !m.is_empty())
@@ -237,7 +233,7 @@ pub fn model_name(docs: &AgentDocuments, settings: &ConversationArgs) -> String 
 
 /// The agent's language model: through its `openai_account_connection`'s key first, else the
 /// server's; with its `llm_fallback` behind it when it has one.
-pub fn model(docs: &AgentDocuments, settings: &ConversationArgs) -> Result<Arc<dyn LanguageModel>, Missing> {
+pub fn model(docs: &AgentDocuments, settings: &ProviderSettings) -> Result<Arc<dyn LanguageModel>, Missing> {
     let key = docs.openai_key.clone().or_else(|| settings.openai_api_key.clone());
     let primary: Arc<dyn LanguageModel> = Arc::new(openai(settings, key.clone())?);
     let fallback = &docs.agent["llm_fallback"];
@@ -266,7 +262,7 @@ impl LanguageModel for WithModel {
     }
 }
 
-fn voice(docs: &AgentDocuments, settings: &ConversationArgs, speech: &LocalSpeech) -> Result<Arc<dyn Voice>, Missing> {
+fn voice(docs: &AgentDocuments, settings: &ProviderSettings, speech: &LocalSpeech) -> Result<Arc<dyn Voice>, Missing> {
     let voice = docs.voice.clone().unwrap_or_else(crate::domain::agents::default_voice);
     match voice["type"].as_str().unwrap_or_default() {
         "voice_eleven_labs" => {
@@ -374,7 +370,7 @@ fn azure_locale(language: &str) -> Option<&'static str> {
     })
 }
 
-fn azure(settings: &ConversationArgs, voice_name: &str) -> Result<AzureSettings, Missing> {
+fn azure(settings: &ProviderSettings, voice_name: &str) -> Result<AzureSettings, Missing> {
     let (Some(key), region) = (settings.azure_speech_key.clone(), settings.azure_speech_region.clone()) else {
         return Err(Missing("the agent cannot speak: its voice is Azure's; set AZURE_SPEECH_KEY".into()));
     };
@@ -391,13 +387,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn settings() -> ConversationArgs {
-        ConversationArgs {
+    fn settings() -> ProviderSettings {
+        ProviderSettings {
             deepgram_api_key: Some("dg".into()),
             openai_api_key: Some("sk".into()),
             vocode_voice: Some("elevenlabs:abc".into()),
             elevenlabs_api_key: Some("el".into()),
-            ..ConversationArgs::default()
+            ..ProviderSettings::default()
         }
     }
 
@@ -411,21 +407,16 @@ mod tests {
 
     #[test]
     fn an_agent_that_navigates_phone_menus_can_press_keys() {
-        let navigating = resolve(
-            &docs(json!({"ivr_navigation_mode": "default"}), None),
-            &settings(),
-            &no_local(),
-            Encoding::Mulaw8k,
-            true,
-        );
+        let navigating =
+            resolve(&docs(json!({"ivr_navigation_mode": "default"}), None), &settings(), &no_local(), Line::TWILIO);
         let tools: Vec<String> =
             navigating.unwrap().0.actions.iter().filter_map(|a| a.tool()).map(|t| t.name).collect();
         assert_eq!(tools, ["action_dtmf"]);
         let mut with_keys = docs(json!({"ivr_navigation_mode": "default"}), None);
         with_keys.actions = vec![json!({"type": "action_dtmf"})];
-        let (config, _) = resolve(&with_keys, &settings(), &no_local(), Encoding::Mulaw8k, true).unwrap();
+        let (config, _) = resolve(&with_keys, &settings(), &no_local(), Line::TWILIO).unwrap();
         assert_eq!(config.actions.len(), 1, "offered once");
-        let (config, _) = resolve(&docs(json!({}), None), &settings(), &no_local(), Encoding::Mulaw8k, true).unwrap();
+        let (config, _) = resolve(&docs(json!({}), None), &settings(), &no_local(), Line::TWILIO).unwrap();
         assert!(config.actions.is_empty(), "not without IVR navigation");
     }
 
@@ -433,8 +424,7 @@ mod tests {
     fn an_agent_with_everything_configured_resolves() {
         let agent = json!({"initial_message": "Hi!", "openai_model_name_override": "gpt-4o", "llm_temperature": 0.5,
                            "deepgram_keywords": {"Ajay": 2}, "language": "en", "interrupt_sensitivity": "high"});
-        let (config, providers) =
-            resolve(&docs(agent, None), &settings(), &no_local(), Encoding::Mulaw8k, true).unwrap();
+        let (config, providers) = resolve(&docs(agent, None), &settings(), &no_local(), Line::TWILIO).unwrap();
         assert_eq!(config.initial_message.as_deref(), Some("Hi!"));
         assert_eq!((config.model.as_str(), config.temperature), ("gpt-4o", Some(0.5)));
         assert_eq!(config.keywords, vec!["Ajay:2".to_owned()]);
@@ -442,7 +432,7 @@ mod tests {
         assert_eq!(config.dials.interrupt, super::super::turns::InterruptSensitivity::High);
         assert_eq!(providers.stt.name(), "deepgram");
         assert!(config.actions.is_empty());
-        let defaults = resolve(&docs(json!({}), None), &settings(), &no_local(), Encoding::Linear16k, false).unwrap().0;
+        let defaults = resolve(&docs(json!({}), None), &settings(), &no_local(), Line::VONAGE).unwrap().0;
         assert_eq!(defaults.model, "gpt-4o-mini");
     }
 
@@ -450,14 +440,14 @@ mod tests {
     fn a_vector_database_is_consulted_when_its_words_can_be_embedded() {
         let pinecone =
             json!({"type": "vector_database_pinecone", "index": "docs", "api_key": "pc", "api_environment": "gcp"});
-        let with = |vector_database: Option<Value>, s: &ConversationArgs| {
+        let with = |vector_database: Option<Value>, s: &ProviderSettings| {
             let docs = AgentDocuments { vector_database, ..docs(json!({}), None) };
-            resolve(&docs, s, &no_local(), Encoding::Mulaw8k, true).unwrap().1.knowledge.is_some()
+            resolve(&docs, s, &no_local(), Line::TWILIO).unwrap().1.knowledge.is_some()
         };
         assert!(with(Some(pinecone.clone()), &settings()));
         assert!(!with(None, &settings()));
         assert!(!with(Some(json!({"type": "vector_database_other"})), &settings()));
-        let local_model = ConversationArgs {
+        let local_model = ProviderSettings {
             openai_api_key: None,
             openai_base_url: Some("http://127.0.0.1:11434/v1".into()),
             ..settings()
@@ -473,15 +463,12 @@ mod tests {
 
     #[test]
     fn what_is_missing_is_named() {
-        let none = ConversationArgs::default();
-        let err = |s: &ConversationArgs, voice: Option<Value>| {
-            resolve(&docs(json!({}), voice), s, &no_local(), Encoding::Mulaw8k, true)
-                .err()
-                .map(|m| m.0)
-                .unwrap_or_default()
+        let none = ProviderSettings::default();
+        let err = |s: &ProviderSettings, voice: Option<Value>| {
+            resolve(&docs(json!({}), voice), s, &no_local(), Line::TWILIO).err().map(|m| m.0).unwrap_or_default()
         };
         assert!(err(&none, None).contains("DEEPGRAM_API_KEY"));
-        let mut s = ConversationArgs { deepgram_api_key: Some("dg".into()), ..ConversationArgs::default() };
+        let mut s = ProviderSettings { deepgram_api_key: Some("dg".into()), ..ProviderSettings::default() };
         assert!(err(&s, None).contains("OPENAI_API_KEY"));
         s.openai_base_url = Some("http://127.0.0.1:11434/v1".into());
         assert!(err(&s, None).contains("VOCODE_VOICE"), "a local model needs no key");
@@ -509,10 +496,10 @@ mod tests {
     fn the_local_speech_is_used_when_installed_and_no_cloud_speech_is_configured() {
         let installed =
             Arc::new(LocalSpeech::assumed(std::path::Path::new("/speech"), Some("/usr/bin/flite".as_ref())));
-        let none = ConversationArgs { openai_base_url: Some("http://127.0.0.1:11434/v1".into()), ..Default::default() };
+        let none = ProviderSettings { openai_base_url: Some("http://127.0.0.1:11434/v1".into()), ..Default::default() };
         let joe = Some(json!({"type": "voice_vocode", "voice_id": "joe"}));
-        let resolved = |s: &ConversationArgs, voice: Option<Value>, fallbacks: &Fallbacks| {
-            resolve_with(&docs(json!({}), voice), s, &installed, Encoding::Mulaw8k, true, fallbacks)
+        let resolved = |s: &ProviderSettings, voice: Option<Value>, fallbacks: &Fallbacks| {
+            resolve_with(&docs(json!({}), voice), s, &installed, Line::TWILIO, fallbacks)
         };
         let (_, providers) = resolved(&none, joe.clone(), &Fallbacks::none()).unwrap();
         assert_eq!((providers.stt.name(), providers.voice.name()), ("moonshine", "flite"), "a real call, all local");
@@ -526,28 +513,26 @@ mod tests {
         // A cloud voice without its key: refused, unless the operator allows the local fallback.
         let rime = Some(json!({"type": "voice_rime", "speaker": "x"}));
         assert!(resolved(&none, rime.clone(), &Fallbacks::none()).is_err());
-        let fallback = ConversationArgs { local_voice_fallback: true, ..none.clone() };
+        let fallback = ProviderSettings { local_voice_fallback: true, ..none.clone() };
         assert_eq!(resolved(&fallback, rime, &Fallbacks::none()).unwrap().1.voice.name(), "flite");
         // Nothing installed: the messages say how to install it.
-        let message = resolve(&docs(json!({}), None), &none, &no_local(), Encoding::Mulaw8k, true).err().unwrap().0;
+        let message = resolve(&docs(json!({}), None), &none, &no_local(), Line::TWILIO).err().unwrap().0;
         assert!(message.contains("DEEPGRAM_API_KEY") && message.contains(INSTALL), "{message}");
     }
 
     #[test]
     fn stand_ins_fill_in_only_for_sandbox_calls_and_only_what_is_missing() {
-        let none = ConversationArgs::default();
+        let none = ProviderSettings::default();
         let no_speech = no_local();
         let sandbox = Fallbacks::sandbox(SpokenLog::new(1.0));
-        let (_, providers) =
-            resolve_with(&docs(json!({}), None), &none, &no_speech, Encoding::Mulaw8k, true, &sandbox).unwrap();
+        let (_, providers) = resolve_with(&docs(json!({}), None), &none, &no_speech, Line::TWILIO, &sandbox).unwrap();
         let names = (providers.stt.name(), providers.llm.name(), providers.voice.name());
         assert_eq!(names, ("sandbox", "scripted", "tone"));
         let (_, providers) =
-            resolve_with(&docs(json!({}), None), &settings(), &no_local(), Encoding::Mulaw8k, true, &sandbox).unwrap();
+            resolve_with(&docs(json!({}), None), &settings(), &no_local(), Line::TWILIO, &sandbox).unwrap();
         assert_eq!(providers.stt.name(), "deepgram", "a configured provider is used even on a sandbox call");
         assert_eq!(providers.voice.name(), "elevenlabs");
-        let real_call =
-            resolve_with(&docs(json!({}), None), &none, &no_speech, Encoding::Mulaw8k, true, &Fallbacks::none());
+        let real_call = resolve_with(&docs(json!({}), None), &none, &no_speech, Line::TWILIO, &Fallbacks::none());
         assert!(real_call.is_err(), "no stand-in for a real call");
     }
 }

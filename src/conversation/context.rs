@@ -10,8 +10,8 @@
 //! reading out "dollar name" is worse than a sentence without the name.
 //!
 //! The endpoint is the user's server: it gets a GET with `?phone_number=` the person's number
-//! (as this server writes numbers: digits, no `+`), through the same outbound guard as webhooks
-//! (no private or link-local targets unless `ALLOW_PRIVATE_TARGETS`), and it has
+//! (as this server writes numbers: digits, no `+`), through [`crate::egress`], as webhooks
+//! are (no private or link-local targets unless `ALLOW_PRIVATE_TARGETS`), and it has
 //! [`ENDPOINT_TIMEOUT`] and [`ENDPOINT_MAX_BYTES`] to answer with a JSON object. Whatever goes
 //! wrong, the call goes on with the context it has.
 
@@ -139,7 +139,7 @@ pub fn collect_instructions(collect_fields: &Value) -> Option<String> {
 pub enum EndpointError {
     #[error("the context endpoint URL cannot be used: {0}")]
     BadUrl(String),
-    /// The outbound guard refused the target (a private address, without `ALLOW_PRIVATE_TARGETS`).
+    /// [`crate::egress`] refused the target (a private address, without `ALLOW_PRIVATE_TARGETS`).
     #[error("the context endpoint was not asked: {0}")]
     Refused(String),
     #[error("the context endpoint could not be reached: {0}")]
@@ -161,8 +161,8 @@ pub fn endpoint_url(endpoint: &str, phone_number: &str) -> Result<url::Url, Endp
     Ok(url)
 }
 
-/// Asks the context endpoint about `phone_number`, with `client` — which must be the outbound
-/// guard's (`webhooks::guard::client`), so that names resolving to private addresses and redirects
+/// Asks the context endpoint about `phone_number`, with `client` — which must be
+/// [`crate::egress::client`], so that names resolving to private addresses and redirects
 /// to them are refused too.
 pub async fn fetch(
     client: &reqwest::Client,
@@ -171,7 +171,7 @@ pub async fn fetch(
     phone_number: &str,
 ) -> Result<Context, EndpointError> {
     let url = endpoint_url(endpoint, phone_number)?;
-    crate::webhooks::guard::check_url(&url, allow_private).map_err(|r| EndpointError::Refused(r.0))?;
+    crate::egress::check_url(&url, allow_private).map_err(|r| EndpointError::Refused(r.0))?;
     let asked = async {
         let response = client
             .get(url)
@@ -205,7 +205,7 @@ pub async fn fetch(
 }
 
 fn refused_or_transport(err: reqwest::Error) -> EndpointError {
-    if let Some(refused) = crate::webhooks::guard::refusal(&err) {
+    if let Some(refused) = crate::egress::refusal(&err) {
         EndpointError::Refused(refused)
     } else if err.is_timeout() {
         EndpointError::Timeout(ENDPOINT_TIMEOUT)
@@ -303,7 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_private_endpoint_is_refused_before_anything_is_sent() {
-        let client = crate::webhooks::guard::client(false, Duration::from_secs(1));
+        let client = crate::egress::client(false, Duration::from_secs(1));
         let got = fetch(&client, false, "http://127.0.0.1:9/context", "1").await;
         assert!(matches!(got, Err(EndpointError::Refused(ref r)) if r.contains("ALLOW_PRIVATE_TARGETS")), "{got:?}");
         let got = fetch(&client, false, "http://localhost:9/context", "1").await;

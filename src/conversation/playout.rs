@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::audio::{Encoding, FRAME_MS};
-use super::media::ToCall;
+use super::engine::ToCall;
 
 /// How far ahead of the carrier's playback audio is sent.
 pub const LOOKAHEAD: Duration = Duration::from_millis(300);

@@ -35,16 +35,15 @@ pub async fn prepare(state: &AppState, row: &CallRow, line: Line) -> Option<(Eng
     };
     let resolved = {
         let _call = tracing::info_span!("conversation", %call_id).entered();
-        resolve_with(&docs, &state.conversation, &state.local_speech, line.encoding, line.echoes_marks, &fallbacks)
+        resolve_with(&docs, &state.conversation, &state.local_speech, line, &fallbacks)
     };
-    let (mut config, mut providers) = match resolved {
+    let (config, mut providers) = match resolved {
         Ok(resolved) => resolved,
         Err(missing) => {
             tracing::warn!(%call_id, %missing, "the call's agent cannot talk on this server: the call stays silent");
             return None;
         }
     };
-    config.keys_in_band = line.keys_in_band;
     let http = HttpRunner {
         client: state.webhooks.client.clone(),
         allow_private: state.webhooks.allow_private,

@@ -3,7 +3,7 @@
 //! 2xx is delivered. A timeout (10 s), a connection error, 429 or 5xx is retried on [`SCHEDULE`]
 //! (about a day in all; `Retry-After` is honoured, within the schedule and an hour); 410 stops at
 //! once; other 4xx are tried [`CLIENT_ERROR_ATTEMPTS`] times; a refused target (see
-//! [`guard`](super::guard)) is not retried. Every attempt is recorded.
+//! [`egress`](crate::egress)) is not retried. Every attempt is recorded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,8 +17,9 @@ use uuid::Uuid;
 
 use serde::Serialize;
 
-use super::{guard, signing};
+use super::signing;
 use crate::crypto::SecretBox;
+use crate::egress;
 use crate::jobs::{Attempt, Job, Outcome, Ran};
 use crate::store::{now, webhooks as store, Store};
 
@@ -72,7 +73,7 @@ const SECRETS_FRESH_FOR: Duration = Duration::from_secs(10);
 impl Webhooks {
     pub fn new(store: Store, keys: Arc<SecretBox>, allow_private: bool, timeout: Duration) -> Self {
         Webhooks {
-            client: guard::client(allow_private, timeout),
+            client: egress::client(allow_private, timeout),
             allow_private,
             timeout,
             store,
@@ -155,7 +156,7 @@ async fn attempt(webhooks: &Webhooks, delivery: &DeliverWebhook, secrets: &[Stri
         Ok(u) => u,
         Err(e) => return Answer::Refused(format!("the webhook URL is not a URL: {e}")),
     };
-    if let Err(refused) = guard::check_url(&url, webhooks.allow_private) {
+    if let Err(refused) = egress::check_url(&url, webhooks.allow_private) {
         return Answer::Refused(refused.0);
     }
     let timestamp = now().timestamp();
@@ -202,7 +203,7 @@ async fn attempt(webhooks: &Webhooks, delivery: &DeliverWebhook, secrets: &[Stri
             Answer::Status(status, retry_after)
         }
         Err(err) => {
-            if let Some(refused) = guard::refusal(&err) {
+            if let Some(refused) = egress::refusal(&err) {
                 Answer::Refused(refused)
             } else if err.is_timeout() {
                 Answer::Failed(format!("no answer within {} s", webhooks.timeout.as_secs_f64()))

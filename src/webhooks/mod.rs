@@ -12,7 +12,6 @@ use crate::store::calls::CallRow;
 use crate::store::{records, Tx};
 
 pub mod deliver;
-pub mod guard;
 pub mod signing;
 
 pub use deliver::{DeliverWebhook, Webhooks};

@@ -1,7 +1,8 @@
 //! The layout the README describes, held by the code: no import cycle between the crate's
-//! top-level modules, nothing below the HTTP edge that knows an HTTP server type, and the
-//! application state known only to the edges and the job runners. Read from the source, so a
-//! change that breaks the rule fails here with the file and the line that does.
+//! top-level modules, nothing below the HTTP edge that knows an HTTP server type, the application
+//! state known only to the edges and the job runners, and the conversation engine a leaf that
+//! imports nothing above it. Read from the source, so a change that breaks the rule fails here
+//! with the file and the line that does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,11 +26,12 @@ fn files_of(module: &Path) -> Vec<PathBuf> {
     }
 }
 
-/// The code of a file without its unit tests (tests may reach anywhere) and without comments.
+/// The code of a file without its unit tests (tests may reach anywhere) and with its comments
+/// blanked, so that its lines keep their numbers.
 fn code_of(file: &Path) -> String {
     let text = std::fs::read_to_string(file).unwrap();
     let cut = text.find("#[cfg(test)]\nmod tests").unwrap_or(text.len());
-    text[..cut].lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+    text[..cut].lines().map(|l| if l.trim_start().starts_with("//") { "" } else { l }).collect::<Vec<_>>().join("\n")
 }
 
 /// The top-level modules: `src/x.rs` and `src/x/`, but not the crate's root files.
@@ -48,20 +50,57 @@ fn modules() -> BTreeMap<String, Vec<PathBuf>> {
 
 /// The top-level modules a piece of code names: `crate::x`, and each name in `use crate::{x, y}`.
 fn named_modules(code: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    for (i, _) in code.match_indices("crate::") {
-        let rest = &code[i + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let group = &group[..group.find('}').unwrap_or(group.len())];
-            for item in group.split(',') {
-                let name: String = item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                found.insert(name);
+    let mut found: BTreeSet<String> = names_by_line(code, 0).into_iter().map(|(_, name)| name).collect();
+    found.retain(|m| known.contains(m));
+    found
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// Each name of the crate's root a piece of code uses, with its line (from 1): `crate::x`, each
+/// `x` of `use crate::{x::{…}, y}`, and `super::super::x` where that many `super`s climb from a
+/// module `depth` below the root (1 for `src/x.rs` and `src/x/mod.rs`, 2 for `src/x/y.rs`…).
+fn names_by_line(code: &str, depth: usize) -> Vec<(usize, String)> {
+    let line_of = |at: usize| code[..at].matches('\n').count() + 1;
+    let name_at = |at: usize| code[at..].chars().take_while(|&c| is_name_char(c)).collect::<String>();
+    let starts_a_path = |at: usize| !code[..at].ends_with(is_name_char) && !code[..at].ends_with("::");
+    let mut found = Vec::new();
+    for (i, _) in code.match_indices("crate::").filter(|(i, _)| starts_a_path(*i)) {
+        let after = i + "crate::".len();
+        if !code[after..].starts_with('{') {
+            found.push((line_of(after), name_at(after)));
+            continue;
+        }
+        // A group's items at its own level: `x` in `x::{y, z}`, never `y` or `z`.
+        let (mut nesting, mut expecting) = (0, true);
+        for (j, c) in code[after + 1..].char_indices() {
+            let at = after + 1 + j;
+            match c {
+                '{' => nesting += 1,
+                '}' if nesting == 0 => break,
+                '}' => nesting -= 1,
+                ',' if nesting == 0 => expecting = true,
+                c if expecting && nesting == 0 && is_name_char(c) => {
+                    found.push((line_of(at), name_at(at)));
+                    expecting = false;
+                }
+                _ => {}
             }
-        } else {
-            found.insert(rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect());
         }
     }
-    found.retain(|m| known.contains(m));
+    if depth > 0 {
+        let climb = "super::".repeat(depth);
+        for (i, _) in code.match_indices(&climb).filter(|(i, _)| starts_a_path(*i)) {
+            let after = i + climb.len();
+            // More `super`s than that do not compile; fewer stay inside the module.
+            if !code[after..].starts_with("super::") {
+                found.push((line_of(after), name_at(after)));
+            }
+        }
+    }
+    found.retain(|(_, name)| !name.is_empty());
     found
 }
 
@@ -210,4 +249,65 @@ fn only_the_session_layer_starts_conversations() {
         .collect();
     let offences = engine_starts(&elsewhere);
     assert!(offences.is_empty(), "a conversation started outside src/session/:\n{}", offences.join("\n"));
+}
+
+/// The top-level modules the conversation engine may not import: it is a leaf under everything
+/// that runs a call (the HTTP edge, carriers, the session, the sandbox), knows no settings of the
+/// command line, and neither stores nor queues anything.
+const ABOVE_THE_CONVERSATION: [&str; 9] =
+    ["api", "telephony", "webhooks", "store", "config", "session", "sandbox", "calls", "jobs"];
+
+/// How far below the crate's root a file's module is: 1 for `src/x.rs` and `src/x/mod.rs`.
+fn depth_of(file: &Path) -> usize {
+    let below = file.strip_prefix(src()).unwrap().components().count();
+    if file.ends_with("mod.rs") {
+        below - 1
+    } else {
+        below
+    }
+}
+
+/// Each line of `code` that imports one of `forbidden`: `line: module`.
+fn imports_of(code: &str, depth: usize, forbidden: &[&str]) -> Vec<String> {
+    let lines: Vec<&str> = code.lines().collect();
+    names_by_line(code, depth)
+        .into_iter()
+        .filter(|(_, name)| forbidden.contains(&name.as_str()))
+        .map(|(line, name)| format!("{line}: {name}: {}", lines[line - 1].trim()))
+        .collect()
+}
+
+#[test]
+fn the_conversation_imports_nothing_above_it() {
+    let files = files_of(&src().join("conversation"));
+    assert!(files.len() > 30, "{files:?}");
+    let mut offences = Vec::new();
+    for file in &files {
+        for offence in imports_of(&code_of(file), depth_of(file), &ABOVE_THE_CONVERSATION) {
+            offences.push(format!("{}:{offence}", file.display()));
+        }
+    }
+    assert!(offences.is_empty(), "the conversation imports from above it:\n{}", offences.join("\n"));
+}
+
+#[test]
+fn an_import_from_above_the_conversation_is_found_with_its_line() {
+    let code = "use super::audio::Encoding;\n\
+                use crate::{domain::phone::PhoneNumber,\n    config::{ConversationArgs, ServeArgs}, egress};\n\
+                let client = crate::egress::client(false, timeout);\n\
+                let row: crate::store::calls::CallRow = todo!();\n\
+                use super::super::webhooks::Webhooks;\n\
+                use super::super::domain::call::Stage;\n\
+                use vocode_crate::api::Thing;\n";
+    let found = imports_of(code, 2, &ABOVE_THE_CONVERSATION);
+    let lines: Vec<&str> = found.iter().map(|f| &f[..f.find(": ").unwrap()]).collect();
+    assert_eq!(lines, ["3", "5", "6"], "{found:#?}");
+    assert!(found[0].starts_with("3: config: ") && found[1].starts_with("5: store: "), "{found:#?}");
+    assert!(found[2].starts_with("6: webhooks: use super::super::webhooks::Webhooks;"), "{found:#?}");
+    // From a module one level down, two `super`s would not compile; one stays in the module.
+    assert!(imports_of("use super::webhooks::x;", 2, &ABOVE_THE_CONVERSATION).is_empty());
+    assert_eq!(
+        imports_of("use super::webhooks::x;", 1, &ABOVE_THE_CONVERSATION),
+        ["1: webhooks: use super::webhooks::x;"]
+    );
 }

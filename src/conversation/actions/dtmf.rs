@@ -1,8 +1,74 @@
-//! Key presses as audio: each key's two DTMF frequencies (ITU-T Q.23) for 300 ms, then 100 ms of
-//! silence (vocode's timing), in the call's encoding — heard by the far end as the carrier would
-//! carry a key pressed on a handset.
+//! `action_dtmf`: the bot presses keys (to find its way through a phone menu) — as tones on the
+//! call's audio where the carrier carries them (Twilio, the sandbox), else through the carrier's
+//! DTMF API (Vonage).
+//!
+//! The tones: each key's two DTMF frequencies (ITU-T Q.23) for 300 ms, then 100 ms of silence
+//! (vocode's timing), in the call's encoding — heard by the far end as the carrier would carry a
+//! key pressed on a handset.
+
+use serde_json::{json, Map, Value};
 
 use super::super::audio::Encoding;
+use super::{ActionKind, ActionRequest, Line, Offer, Outcome, Plan, Respond};
+
+pub const DTMF: &str = "action_dtmf";
+
+const DESCRIPTION: &str = "Presses a string numbers using DTMF tones.";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dtmf;
+
+impl ActionKind for Dtmf {
+    fn action_type(&self) -> &str {
+        DTMF
+    }
+
+    fn offer(&self) -> Option<Offer> {
+        let parameters = json!({"type": "object", "properties": {"buttons": {"type": "string",
+                                "description": "The buttons to press."}}, "required": ["buttons"]});
+        Some(Offer { description: DESCRIPTION.to_owned(), parameters, respond: Respond::Never })
+    }
+
+    fn check(&self, params: &Map<String, Value>) -> Result<(), String> {
+        let buttons = params.get("buttons").and_then(Value::as_str).unwrap_or_default();
+        if buttons.is_empty() || !buttons.chars().all(is_key) {
+            return Err(format!("{buttons:?} are not keys of a phone (0-9, *, #, A-D)"));
+        }
+        Ok(())
+    }
+
+    fn attempt(&self, params: &Value) -> String {
+        format!("Attempting to press numbers: {}", python_list(buttons(params)))
+    }
+
+    fn result(&self, params: &Value, outcome: &Outcome) -> String {
+        if outcome.success {
+            format!("Pressed numbers {} successfully", python_list(buttons(params)))
+        } else {
+            format!("Failed to press numbers {}", python_list(buttons(params)))
+        }
+    }
+
+    fn plan(&self, params: &Value, line: &Line) -> Plan {
+        let keys = buttons(params);
+        if line.keys_in_band {
+            Plan::PlayInBand(tones(keys, line.encoding))
+        } else {
+            Plan::Outside(ActionRequest::Keys { keys: keys.to_owned() })
+        }
+    }
+}
+
+/// The keys the model asked for.
+fn buttons(params: &Value) -> &str {
+    params["buttons"].as_str().unwrap_or("")
+}
+
+/// `['1', '2']`: how vocode writes the keys pressed.
+fn python_list(buttons: &str) -> String {
+    let items: Vec<String> = buttons.chars().map(|c| format!("'{c}'")).collect();
+    format!("[{}]", items.join(", "))
+}
 
 const TONE_MS: u32 = 300;
 const GAP_MS: u32 = 100;

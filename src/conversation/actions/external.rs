@@ -1,4 +1,4 @@
-//! External actions: the model's arguments POSTed to the user's API, signed, as
+//! `action_external`: the model's arguments POSTed to the user's API, signed, as
 //! `external-actions.mdx` describes — `{"call_id", "payload"}`, `x-vocode-signature` =
 //! base64(HMAC-SHA256(base64-decoded `signature_secret`, body)), a 10-second limit — and the
 //! answer (`{"result", "agent_message"}`) read back.
@@ -6,20 +6,92 @@
 //! The body is written exactly as Python's `json.dumps` writes the same object (`", "` and
 //! `": "` between items, non-ASCII as `\uXXXX`, Python's float notation), so the guide's own
 //! verification snippet, which signs `json.dumps(payload)` of the body it parsed, accepts it.
+//! The agent is muted while the request is under way; its answer's `agent_message` is said as it
+//! is, else the model answers with the result in hand ([`Follow::Answer`]).
 //!
-//! The URL is the user's: it goes through the same guard as webhooks (no private, loopback or
+//! The URL is the user's: it goes through [`crate::egress`], as webhooks do (no private, loopback or
 //! link-local target unless `ALLOW_PRIVATE_TARGETS`), and the answer is read to at most 64 KiB.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
-use super::{External, Outcome};
+use super::{ActionKind, ActionRequest, Follow, Line, Offer, Outcome, Plan, Respond};
+
+pub const EXTERNAL: &str = "action_external";
+
+/// An external action's configuration (`ExternalActionConfig`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct External {
+    pub name: String,
+    pub description: String,
+    pub url: String,
+    pub input_schema: Value,
+    pub speak_on_send: bool,
+    pub speak_on_receive: bool,
+    /// Base64 of the HMAC key the request is signed with.
+    pub signature_secret: String,
+}
+
+/// An external action without its `name` or `url` is left out.
+pub(super) fn parse(config: &Value) -> Option<Arc<dyn ActionKind>> {
+    Some(Arc::new(External {
+        name: config["name"].as_str()?.to_owned(),
+        description: config["description"].as_str().unwrap_or_default().to_owned(),
+        url: config["url"].as_str()?.to_owned(),
+        input_schema: config["input_schema"].clone(),
+        speak_on_send: config["speak_on_send"].as_bool().unwrap_or(false),
+        speak_on_receive: config["speak_on_receive"].as_bool().unwrap_or(false),
+        signature_secret: config["signature_secret"].as_str().unwrap_or_default().to_owned(),
+    }))
+}
+
+impl ActionKind for External {
+    fn action_type(&self) -> &str {
+        EXTERNAL
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn offer(&self) -> Option<Offer> {
+        let respond = if self.speak_on_send { Respond::Always } else { Respond::Never };
+        Some(Offer { description: self.description.clone(), parameters: without_titles(&self.input_schema), respond })
+    }
+
+    fn plan(&self, params: &Value, _line: &Line) -> Plan {
+        Plan::Outside(ActionRequest::External { action: self.clone(), payload: params.clone() })
+    }
+
+    fn follow(&self, _outcome: &Outcome, _by_model: bool) -> Follow {
+        Follow::Answer { speak_on_receive: self.speak_on_receive }
+    }
+}
+
+/// A JSON schema without its `title`s (as vocode sends them), keeping `properties` named `title`.
+fn without_titles(schema: &Value) -> Value {
+    match schema {
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (key, value) in map {
+                if key == "title" && !value.is_object() {
+                    continue;
+                }
+                out.insert(key.clone(), without_titles(value));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(without_titles).collect()),
+        other => other.clone(),
+    }
+}
 
 /// How long the user's API has to answer.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +119,7 @@ pub fn signature(signature_secret: &str, body: &[u8]) -> Option<String> {
 }
 
 /// Sends the request and reads the answer; every failure is an [`Outcome`] the model can use.
-/// `client` is built by [`crate::webhooks::guard::client`] with the operator's `allow_private`.
+/// `client` is built by [`crate::egress::client`] with the operator's `allow_private`.
 pub async fn request(
     client: &reqwest::Client,
     allow_private: bool,
@@ -59,7 +131,7 @@ pub async fn request(
         Ok(url) => url,
         Err(e) => return Outcome::failed(format!("the action's URL is not a URL: {e}")),
     };
-    if let Err(refused) = crate::webhooks::guard::check_url(&url, allow_private) {
+    if let Err(refused) = crate::egress::check_url(&url, allow_private) {
         return Outcome::failed(refused.to_string());
     }
     let body = body(call_id, payload);
@@ -252,12 +324,12 @@ mod tests {
             speak_on_receive: true,
             signature_secret: STANDARD.encode(b"key"),
         };
-        let guarded = crate::webhooks::guard::client(false, TIMEOUT);
+        let guarded = crate::egress::client(false, TIMEOUT);
         let refused = request(&guarded, false, &action, "c-1", &json!({})).await;
         assert!(!refused.success);
         assert!(refused.response["error"].as_str().unwrap().contains("not a public address"), "{refused:?}");
         // Allowed, it is sent (and finds nothing listening on the discard port).
-        let open = crate::webhooks::guard::client(true, TIMEOUT);
+        let open = crate::egress::client(true, TIMEOUT);
         let sent = request(&open, true, &action, "c-1", &json!({})).await;
         assert!(sent.response["error"].as_str().unwrap().contains("could not be reached"), "{sent:?}");
     }

@@ -1,28 +1,62 @@
-//! The agent's actions, as the conversation uses them: each action of the agent offered to the
-//! model as a tool (exactly as vocode-core's `get_openai_function` builds it, with the optional
-//! `user_message` the bot says before the action runs), or fired by a phrase the bot said; what
-//! the transcript says of its start and its result (vocode's wording); and the requests the
-//! engine cannot carry out itself, which go to an [`ActionRunner`] (external APIs, carriers).
+//! The agent's actions, as the conversation uses them. Each kind of action is a file that knows
+//! all there is to it ([`ActionKind`]): its type and its configuration; how the model is offered
+//! it as a tool (exactly as vocode-core's `get_openai_function` builds it, with the optional
+//! `user_message` the bot says before the action runs); what the transcript says of its start
+//! and its result (vocode's wording); how it runs ([`Plan`]); and what its outcome means for the
+//! conversation ([`Follow`]). An action is offered as a tool, or fired by a phrase the bot said.
+//! The engine carries out plans and follows outcomes without knowing any kind; the requests it
+//! cannot carry out itself go to an [`ActionRunner`] (external APIs, carriers).
 //!
-//! Supported here: `action_end_conversation`, `action_dtmf` (tones played on the call's audio, or
-//! the carrier's DTMF API), `action_transfer_call` (through the call's carrier), the warm-transfer
-//! pair `action_add_to_conference` and `action_set_hold` (Twilio conferences), and
-//! `action_external`.
+//! Supported here ([`KINDS`]): `action_end_conversation`, `action_dtmf` (tones played on the
+//! call's audio, or the carrier's DTMF API), `action_transfer_call` (through the call's carrier),
+//! the warm-transfer pair `action_add_to_conference` and `action_set_hold` (Twilio conferences),
+//! and `action_external`; any other type is kept as [`Unsupported`]. A new kind is a file with a
+//! type that implements [`ActionKind`], and its line in [`KINDS`].
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
+pub use super::line::Line;
 use super::llm::Tool;
 
+pub mod add_to_conference;
 pub mod dtmf;
+pub mod end_conversation;
 pub mod external;
+pub mod set_hold;
+pub mod transfer_call;
+pub mod unsupported;
 
-pub const END_CONVERSATION: &str = "action_end_conversation";
-pub const TRANSFER_CALL: &str = "action_transfer_call";
-pub const DTMF: &str = "action_dtmf";
-pub const EXTERNAL: &str = "action_external";
-pub const SET_HOLD: &str = "action_set_hold";
-pub const ADD_TO_CONFERENCE: &str = "action_add_to_conference";
+pub use add_to_conference::{AddToConference, ADD_TO_CONFERENCE};
+pub use dtmf::{Dtmf, DTMF};
+pub use end_conversation::{EndConversation, END_CONVERSATION};
+pub use external::{External, EXTERNAL};
+pub use set_hold::{SetHold, SET_HOLD};
+pub use transfer_call::{TransferCall, TRANSFER_CALL};
+pub use unsupported::Unsupported;
+
+/// How a kind is read from an action's stored `config`; `None` when the configuration lacks what
+/// the kind needs (the action is left out).
+pub type Parse = fn(&Value) -> Option<Arc<dyn ActionKind>>;
+
+/// Every kind of action this server carries out, by the type the API names it.
+pub const KINDS: &[(&str, Parse)] = &[
+    (END_CONVERSATION, plain::<EndConversation>),
+    (DTMF, plain::<Dtmf>),
+    (TRANSFER_CALL, transfer_call::parse),
+    (EXTERNAL, external::parse),
+    (ADD_TO_CONFERENCE, add_to_conference::parse),
+    (SET_HOLD, plain::<SetHold>),
+];
+
+/// A kind that has no configuration.
+fn plain<K: ActionKind + Default>(_config: &Value) -> Option<Arc<dyn ActionKind>> {
+    Some(Arc::new(K::default()))
+}
 
 /// vocode-core's words for the `user_message` parameter.
 const USER_MESSAGE: &str =
@@ -30,58 +64,56 @@ const USER_MESSAGE: &str =
      Essentially a live response informing them that the function is about to happen.\n                    \
      Eg Let me check the weather in San Francisco CA for you ";
 
-const END_CONVERSATION_DESCRIPTION: &str =
-    "\nEnds the current conversation; use this when we should hang up. Use this\n\
-when: someone has indicated they expect the call to finish, and there are no further objectives\n\
-to accomplish on the call. Do not use this when a human interrupts you or asks to speak to you\n";
-const DTMF_DESCRIPTION: &str = "Presses a string numbers using DTMF tones.";
-const TRANSFER_DESCRIPTION: &str = "Transfers the call to a new number. This is never used while on hold.";
-const ADD_TO_CONFERENCE_DESCRIPTION: &str = "Dials a third party into this call as a conference, placing the person \
-on hold while you speak with the third party first (unless configured not to). Once they answer, introduce the call \
-to them; then take the person off hold with action_set_hold to connect them.";
-const SET_HOLD_DESCRIPTION: &str = "Takes the person off hold (or puts them back on hold) in this call's conference. \
-Taken off hold once the third party has joined, the person is connected to the third party and you leave the call.";
+/// A kind of action: what it is, and what it does before, while and after it runs.
+pub trait ActionKind: Any + fmt::Debug + Send + Sync {
+    /// The action's type, as the API names it.
+    fn action_type(&self) -> &str;
 
-/// When an action runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    /// When the model calls it (the default).
-    FunctionCall,
-    /// After a bot turn that contains one of these phrases (case-insensitive, punctuation aside).
-    Phrases(Vec<String>),
+    /// The name the model calls it by.
+    fn name(&self) -> &str {
+        self.action_type()
+    }
+
+    /// How the model is offered it; `None` when it cannot be.
+    fn offer(&self) -> Option<Offer>;
+
+    /// Checks the model's arguments beyond the parameters the offer requires.
+    fn check(&self, _params: &Map<String, Value>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// What the transcript says of its start (vocode's `action_attempt_to_string`).
+    fn attempt(&self, params: &Value) -> String {
+        format!("!STARTING ACTION {} WITH PARAMETERS {}!", self.action_type(), params)
+    }
+
+    /// What the transcript says of its result (vocode's `action_result_to_string`).
+    fn result(&self, _params: &Value, outcome: &Outcome) -> String {
+        format!("!ACTION {} FINISHED WITH OUTPUT {}!", self.action_type(), outcome.response)
+    }
+
+    /// What the engine does to run it with `params` on the call's `line`.
+    fn plan(&self, params: &Value, line: &Line) -> Plan;
+
+    /// What its outcome means for the conversation; `by_model` when the model called it (rather
+    /// than a phrase firing it).
+    fn follow(&self, outcome: &Outcome, _by_model: bool) -> Follow {
+        Follow::usual(outcome)
+    }
 }
 
-/// An external action's configuration (`ExternalActionConfig`).
+/// How the model is offered an action as a tool.
 #[derive(Debug, Clone, PartialEq)]
-pub struct External {
-    pub name: String,
+pub struct Offer {
     pub description: String,
-    pub url: String,
-    pub input_schema: Value,
-    pub speak_on_send: bool,
-    pub speak_on_receive: bool,
-    /// Base64 of the HMAC key the request is signed with.
-    pub signature_secret: String,
+    /// The JSON schema of its parameters; `user_message` is added as `respond` says.
+    pub parameters: Value,
+    pub respond: Respond,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
-    EndConversation,
-    Dtmf,
-    /// To the configured number, or (without one) the number the model gives.
-    TransferCall {
-        phone_number: Option<String>,
-    },
-    External(External),
-    /// Warm transfer: dial `phone_number` into the call's conference.
-    AddToConference {
-        phone_number: String,
-        place_primary_on_hold: bool,
-    },
-    /// Warm transfer: the person off hold (or on hold).
-    SetHold,
-    /// Not an action this server knows.
-    Unsupported(String),
+/// An offer's parameters when the model gives none.
+pub fn no_parameters() -> Value {
+    json!({"type": "object", "properties": {}})
 }
 
 /// Whether the model says something before the action runs (vocode's `should_respond`).
@@ -92,43 +124,74 @@ pub enum Respond {
     Always,
 }
 
+/// What the engine does to run an action.
+#[derive(Debug)]
+pub enum Plan {
+    /// Nothing to carry out: it is over at once, with this outcome.
+    Done(Outcome),
+    /// The conversation ends once what the bot is saying has been played; the action succeeds.
+    EndConversation,
+    /// This audio is played on the call as a turn of its own that nobody can interrupt; the
+    /// action succeeds once it has been played.
+    PlayInBand(Vec<u8>),
+    /// The call's [`ActionRunner`] carries it out, outside the call's audio; the agent answers
+    /// nothing until its outcome is back.
+    Outside(ActionRequest),
+}
+
+/// What follows an action's outcome in the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// The conversation goes on as it was.
+    Quiet,
+    /// The action did not do what it was for: the model is told (a phrase trigger's failure as a
+    /// note, as the model asked for nothing) and answers, rather than leave the person in
+    /// silence. Not once the call is handed over or ending.
+    Failed,
+    /// The model speaks (to a warm transfer's third party, who has just answered). Not once the
+    /// call is handed over or ending.
+    ModelSpeaks,
+    /// The call is someone else's now: the bot says nothing more, and never hangs up.
+    HandedOver,
+    /// The bot answers with the result in hand: the outcome's `agent_message` said as it is, else
+    /// the model's answer, when `speak_on_receive` or when the person spoke meanwhile.
+    Answer { speak_on_receive: bool },
+}
+
+impl Follow {
+    /// What follows most actions' outcomes: nothing, unless they failed.
+    pub fn usual(outcome: &Outcome) -> Follow {
+        if outcome.success {
+            Follow::Quiet
+        } else {
+            Follow::Failed
+        }
+    }
+}
+
+/// When an action runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// When the model calls it (the default).
+    FunctionCall,
+    /// After a bot turn that contains one of these phrases (case-insensitive, punctuation aside).
+    Phrases(Vec<String>),
+}
+
 /// One action of the agent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Action {
-    pub kind: Kind,
+    pub kind: Arc<dyn ActionKind>,
     pub trigger: Trigger,
 }
 
 impl Action {
     /// An action from its stored document (`{"type", "config", "action_trigger"}`).
     pub fn from_document(doc: &Value) -> Option<Action> {
-        let kind = match doc["type"].as_str()? {
-            END_CONVERSATION => Kind::EndConversation,
-            DTMF => Kind::Dtmf,
-            TRANSFER_CALL => Kind::TransferCall {
-                phone_number: doc["config"]["phone_number"]
-                    .as_str()
-                    .filter(|n| !n.trim().is_empty())
-                    .map(str::to_owned),
-            },
-            EXTERNAL => {
-                let config = &doc["config"];
-                Kind::External(External {
-                    name: config["name"].as_str()?.to_owned(),
-                    description: config["description"].as_str().unwrap_or_default().to_owned(),
-                    url: config["url"].as_str()?.to_owned(),
-                    input_schema: config["input_schema"].clone(),
-                    speak_on_send: config["speak_on_send"].as_bool().unwrap_or(false),
-                    speak_on_receive: config["speak_on_receive"].as_bool().unwrap_or(false),
-                    signature_secret: config["signature_secret"].as_str().unwrap_or_default().to_owned(),
-                })
-            }
-            ADD_TO_CONFERENCE => Kind::AddToConference {
-                phone_number: doc["config"]["phone_number"].as_str().unwrap_or_default().to_owned(),
-                place_primary_on_hold: doc["config"]["place_primary_on_hold"].as_bool().unwrap_or(true),
-            },
-            SET_HOLD => Kind::SetHold,
-            other => Kind::Unsupported(other.to_owned()),
+        let action_type = doc["type"].as_str()?;
+        let kind = match KINDS.iter().find(|(known, _)| *known == action_type) {
+            Some((_, parse)) => parse(&doc["config"])?,
+            None => Arc::new(Unsupported(action_type.to_owned())),
         };
         let trigger = match doc["action_trigger"]["type"].as_str() {
             Some("action_trigger_phrase_based") => Trigger::Phrases(
@@ -145,38 +208,24 @@ impl Action {
         Some(Action { kind, trigger })
     }
 
+    /// The action's kind as the type it is, when it is a `K`.
+    pub fn kind_as<K: ActionKind>(&self) -> Option<&K> {
+        let kind: &dyn Any = self.kind.as_ref();
+        kind.downcast_ref()
+    }
+
     /// The action's type, as the API names it.
     pub fn action_type(&self) -> &str {
-        match &self.kind {
-            Kind::EndConversation => END_CONVERSATION,
-            Kind::Dtmf => DTMF,
-            Kind::TransferCall { .. } => TRANSFER_CALL,
-            Kind::External(_) => EXTERNAL,
-            Kind::AddToConference { .. } => ADD_TO_CONFERENCE,
-            Kind::SetHold => SET_HOLD,
-            Kind::Unsupported(kind) => kind,
-        }
+        self.kind.action_type()
     }
 
     /// The tool's name: the action's type, or an external action's own name.
     pub fn name(&self) -> &str {
-        match &self.kind {
-            Kind::External(external) => &external.name,
-            _ => self.action_type(),
-        }
+        self.kind.name()
     }
 
     pub fn respond(&self) -> Respond {
-        match &self.kind {
-            Kind::EndConversation => Respond::Sometimes,
-            Kind::Dtmf => Respond::Never,
-            Kind::TransferCall { .. } => Respond::Always,
-            Kind::External(e) if e.speak_on_send => Respond::Always,
-            Kind::External(_) => Respond::Never,
-            Kind::AddToConference { .. } => Respond::Always,
-            Kind::SetHold => Respond::Sometimes,
-            Kind::Unsupported(_) => Respond::Never,
-        }
+        self.kind.offer().map_or(Respond::Never, |offer| offer.respond)
     }
 
     /// The action as the model's tool; `None` when the model does not call it (a phrase
@@ -185,36 +234,13 @@ impl Action {
         if self.trigger != Trigger::FunctionCall {
             return None;
         }
-        let (description, mut parameters) = match &self.kind {
-            Kind::EndConversation => {
-                (END_CONVERSATION_DESCRIPTION.to_owned(), json!({"type": "object", "properties": {}}))
-            }
-            Kind::Dtmf => (
-                DTMF_DESCRIPTION.to_owned(),
-                json!({"type": "object", "properties": {"buttons": {"type": "string", "description": "The buttons to press."}},
-                       "required": ["buttons"]}),
-            ),
-            Kind::TransferCall { phone_number: Some(_) } => {
-                (TRANSFER_DESCRIPTION.to_owned(), json!({"type": "object", "properties": {}}))
-            }
-            Kind::TransferCall { phone_number: None } => (
-                TRANSFER_DESCRIPTION.to_owned(),
-                json!({"type": "object", "properties": {"phone_number": {"type": "string",
-                       "description": "The phone number to transfer the call to"}}, "required": ["phone_number"]}),
-            ),
-            Kind::External(e) => (e.description.clone(), without_titles(&e.input_schema)),
-            Kind::AddToConference { .. } => {
-                (ADD_TO_CONFERENCE_DESCRIPTION.to_owned(), json!({"type": "object", "properties": {}}))
-            }
-            Kind::SetHold => (SET_HOLD_DESCRIPTION.to_owned(), json!({"type": "object", "properties": {}})),
-            Kind::Unsupported(_) => return None,
-        };
+        let Offer { description, mut parameters, respond } = self.kind.offer()?;
         if !parameters["properties"].is_object() {
             parameters["properties"] = json!({});
         }
-        if self.respond() != Respond::Never {
+        if respond != Respond::Never {
             parameters["properties"]["user_message"] = json!({"type": "string", "description": USER_MESSAGE});
-            if self.respond() == Respond::Always {
+            if respond == Respond::Always {
                 let required = parameters["required"].as_array().cloned().unwrap_or_default();
                 let mut required: Vec<Value> = required.into_iter().filter(|r| r != "user_message").collect();
                 required.push(json!("user_message"));
@@ -224,62 +250,19 @@ impl Action {
         Some(Tool { name: self.name().to_owned(), description, parameters })
     }
 
-    /// The transcript's line for the action's start (vocode's `action_attempt_to_string`).
+    /// The transcript's line for the action's start.
     pub fn attempt_line(&self, params: &Value) -> String {
-        let text = match &self.kind {
-            Kind::EndConversation => "Attempting to end conversation".to_owned(),
-            Kind::Dtmf => {
-                format!("Attempting to press numbers: {}", python_list(params["buttons"].as_str().unwrap_or("")))
-            }
-            Kind::TransferCall { .. } => {
-                format!("Attempting to transfer call to {}", self.transfer_to(params).unwrap_or_default())
-            }
-            Kind::AddToConference { phone_number, .. } => {
-                format!("Attempting to add {phone_number} to the conference")
-            }
-            Kind::SetHold => "Attempting to change the hold".to_owned(),
-            _ => format!("!STARTING ACTION {} WITH PARAMETERS {}!", self.action_type(), params),
-        };
-        format!("BOT_ACTION_START: {text}")
+        format!("BOT_ACTION_START: {}", self.kind.attempt(params))
     }
 
-    /// The transcript's line for the action's result (vocode's `action_result_to_string`).
+    /// The transcript's line for the action's result.
     pub fn result_line(&self, params: &Value, outcome: &Outcome) -> String {
-        let text = match (&self.kind, outcome.success) {
-            (Kind::EndConversation, true) => "Successfully ended conversation".to_owned(),
-            (Kind::EndConversation, false) => "Did not end call because user interrupted".to_owned(),
-            (Kind::Dtmf, true) => {
-                format!("Pressed numbers {} successfully", python_list(params["buttons"].as_str().unwrap_or("")))
-            }
-            (Kind::Dtmf, false) => {
-                format!("Failed to press numbers {}", python_list(params["buttons"].as_str().unwrap_or("")))
-            }
-            (Kind::TransferCall { .. }, true) => "Successfully transferred call".to_owned(),
-            (Kind::TransferCall { .. }, false) => {
-                format!("Did not transfer call: {}", outcome.response["error"].as_str().unwrap_or("it failed"))
-            }
-            (Kind::AddToConference { phone_number, .. }, true) => format!("Added {phone_number} to the conference"),
-            (Kind::SetHold, true) if outcome.response["on_hold"] == true => "Placed the person on hold".to_owned(),
-            (Kind::SetHold, true) => "Took the person off hold".to_owned(),
-            (Kind::AddToConference { phone_number, .. }, false) => format!(
-                "Did not add {phone_number} to the conference: {}",
-                outcome.response["error"].as_str().unwrap_or("it failed")
-            ),
-            (Kind::SetHold, false) => {
-                format!("Did not change the hold: {}", outcome.response["error"].as_str().unwrap_or("it failed"))
-            }
-            _ => format!("!ACTION {} FINISHED WITH OUTPUT {}!", self.action_type(), outcome.response),
-        };
-        format!("BOT_ACTION_FINISH: {text}")
+        format!("BOT_ACTION_FINISH: {}", self.kind.result(params, outcome))
     }
 
     /// The number a transfer goes to: the configured one, else the model's.
     pub fn transfer_to(&self, params: &Value) -> Option<String> {
-        match &self.kind {
-            Kind::TransferCall { phone_number: Some(number) } => Some(number.clone()),
-            Kind::TransferCall { phone_number: None } => params["phone_number"].as_str().map(str::to_owned),
-            _ => None,
-        }
+        self.kind_as::<TransferCall>().and_then(|transfer| transfer.to(params))
     }
 
     /// Whether the bot's finished turn fires this action's phrase trigger.
@@ -298,30 +281,6 @@ fn normalized(text: &str) -> String {
     kept.to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// `['1', '2']`: how vocode writes the keys pressed.
-fn python_list(buttons: &str) -> String {
-    let items: Vec<String> = buttons.chars().map(|c| format!("'{c}'")).collect();
-    format!("[{}]", items.join(", "))
-}
-
-/// A JSON schema without its `title`s (as vocode sends them), keeping `properties` named `title`.
-fn without_titles(schema: &Value) -> Value {
-    match schema {
-        Value::Object(map) => {
-            let mut out = Map::new();
-            for (key, value) in map {
-                if key == "title" && !value.is_object() {
-                    continue;
-                }
-                out.insert(key.clone(), without_titles(value));
-            }
-            Value::Object(out)
-        }
-        Value::Array(items) => Value::Array(items.iter().map(without_titles).collect()),
-        other => other.clone(),
-    }
-}
-
 /// How an action ended: whether it did what it was for, its response (the action's output, given
 /// to the model as the tool's result) and, for an external action, what the bot should say.
 #[derive(Debug, Clone, PartialEq)]
@@ -332,8 +291,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    pub fn succeeded() -> Self {
+        Outcome { success: true, response: json!({"success": true}), agent_message: None }
+    }
+
     pub fn failed(reason: impl Into<String>) -> Self {
         Outcome { success: false, response: json!({"success": false, "error": reason.into()}), agent_message: None }
+    }
+
+    /// Why it failed, as the transcript and the model are told.
+    pub fn error(&self) -> &str {
+        self.response["error"].as_str().unwrap_or("it failed")
     }
 }
 
@@ -369,7 +337,7 @@ impl ActionRunner for NoRunner {
     }
 }
 
-/// The runner of a call's actions: external APIs through the webhooks' guarded client.
+/// The runner of a call's actions: external APIs through [`crate::egress`]'s client.
 pub struct HttpRunner {
     pub client: reqwest::Client,
     pub allow_private: bool,
@@ -413,12 +381,7 @@ pub fn arguments(action: &Action, raw: &str) -> Result<(Map<String, Value>, Opti
             }
         }
     }
-    if matches!(action.kind, Kind::Dtmf) {
-        let buttons = params.get("buttons").and_then(Value::as_str).unwrap_or_default();
-        if buttons.is_empty() || !buttons.chars().all(dtmf::is_key) {
-            return Err(format!("{buttons:?} are not keys of a phone (0-9, *, #, A-D)"));
-        }
-    }
+    action.kind.check(&params)?;
     Ok((params, user_message))
 }
 
@@ -428,6 +391,16 @@ mod tests {
 
     fn action(doc: Value) -> Action {
         Action::from_document(&doc).expect("an action")
+    }
+
+    #[test]
+    fn each_kind_is_registered_under_its_own_type() {
+        for (action_type, _) in KINDS {
+            let config = json!({"name": "Book", "url": "https://example.com/b"});
+            let registered = action(json!({"type": action_type, "config": config}));
+            assert_eq!(registered.action_type(), *action_type);
+            assert!(registered.kind_as::<Unsupported>().is_none(), "{action_type}");
+        }
     }
 
     #[test]
@@ -473,15 +446,18 @@ mod tests {
     fn the_warm_transfer_pair_is_offered_with_its_configuration() {
         let add = action(json!({"type": "action_add_to_conference", "config": {"phone_number": "+14155550199"}}));
         assert_eq!(
-            add.kind,
-            Kind::AddToConference { phone_number: "+14155550199".into(), place_primary_on_hold: true }
+            add.kind_as::<AddToConference>(),
+            Some(&AddToConference { phone_number: "+14155550199".into(), place_primary_on_hold: true })
         );
         let tool = add.tool().unwrap();
         assert_eq!(tool.name, "action_add_to_conference");
         assert_eq!(tool.parameters["required"], json!(["user_message"]), "it says something before it dials");
         let quiet = action(json!({"type": "action_add_to_conference",
                                   "config": {"phone_number": "+14155550199", "place_primary_on_hold": false}}));
-        assert!(matches!(quiet.kind, Kind::AddToConference { place_primary_on_hold: false, .. }));
+        assert!(matches!(
+            quiet.kind_as::<AddToConference>(),
+            Some(AddToConference { place_primary_on_hold: false, .. })
+        ));
         let hold = action(json!({"type": "action_set_hold", "config": {}}));
         assert_eq!(hold.tool().unwrap().name, "action_set_hold");
         let off = Outcome { success: true, response: json!({"success": true, "on_hold": false}), agent_message: None };

@@ -7,11 +7,15 @@ use std::sync::Mutex;
 use futures_util::future::BoxFuture;
 use futures_util::stream;
 
+use serde_json::{json, Value};
+
+use super::generating::sentence_end;
 use super::*;
-use crate::conversation::actions::DTMF;
+use crate::conversation::actions::{ActionRequest, Outcome, DTMF};
+use crate::conversation::audio::Encoding;
 use crate::conversation::knowledge::{KnowledgeError, Passage};
-use crate::conversation::llm::{DeltaStream, LlmError};
-use crate::conversation::stt::SttError;
+use crate::conversation::llm::{ChatRequest, DeltaStream, LlmDelta, LlmError};
+use crate::conversation::stt::{SttError, SttEvent};
 use crate::conversation::tts::{AudioStream, TtsError};
 use crate::conversation::turns::InterruptSensitivity;
 
@@ -189,7 +193,7 @@ struct Call {
 
 fn config(dials: Dials) -> EngineConfig {
     EngineConfig {
-        encoding: Encoding::Mulaw8k,
+        line: Line::TWILIO,
         dials,
         prompt: "You book tables.".into(),
         initial_message: Some("Hello, this is the restaurant.".into()),
@@ -198,8 +202,6 @@ fn config(dials: Dials) -> EngineConfig {
         language: None,
         keywords: Vec::new(),
         actions: vec![Action::from_document(&json!({"type": "action_end_conversation"})).unwrap()],
-        keys_in_band: true,
-        carrier_echoes_marks: true,
         noise_suppression: false,
     }
 }
@@ -229,7 +231,7 @@ fn start_with(
     let (to_call, mut carrier) = mpsc::channel::<ToCall>(64);
     let (events_tx, events) = mpsc::channel(64);
     let played = Arc::new(Mutex::new(Played::default()));
-    let encoding = config.encoding;
+    let encoding = config.line.encoding;
     let engine = tokio::spawn(run(config, providers, from_call, to_call, events_tx));
     let (echo, played_by_carrier) = (stream.clone(), played.clone());
     tokio::spawn(async move {

@@ -1,7 +1,9 @@
-//! Outbound URL safety: webhook URLs are users' input, so the server refuses to send to
-//! loopback, private, link-local, cloud-metadata and other non-public addresses — checked after
-//! DNS resolution (so a public name that resolves to a private address is refused too) and on
-//! every redirect — unless the operator allows private targets.
+//! What this server may reach out to. The URLs it sends to on its users' behalf (webhooks,
+//! external actions, context endpoints) are users' input, so it refuses loopback, private,
+//! link-local, cloud-metadata and other non-public addresses — checked after DNS resolution (so a
+//! public name that resolves to a private address is refused too) and on every redirect — unless
+//! the operator allows private targets (`ALLOW_PRIVATE_TARGETS`). Every module that reaches out
+//! to a user's URL goes through here, so there is one rule and one place to change it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -97,7 +99,7 @@ pub fn check_url(url: &url::Url, allow_private: bool) -> Result<(), Refused> {
 /// How many redirects a delivery follows.
 pub const MAX_REDIRECTS: usize = 5;
 
-/// The client that sends webhooks: guarded DNS, guarded redirects, bounded time.
+/// The client for users' URLs: guarded DNS, guarded redirects, bounded time.
 pub fn client(allow_private: bool, timeout: Duration) -> reqwest::Client {
     let policy = reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() >= MAX_REDIRECTS {

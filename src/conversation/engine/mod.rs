@@ -1,0 +1,295 @@
+//! One call's conversation: a single task that owns all of its state and reacts, in order, to
+//! what the call's audio brings (frames, keys, played marks, the stream's end), to what
+//! speech-to-text hears, to what the current turn's generation produces, to the results of
+//! actions, and to its timers (the greeting's delay, the end of the person's turn, playout pacing,
+//! idleness). Because one task owns it all, a call's state needs no lock and its turns cannot
+//! race. Provider I/O runs in child tasks that report back tagged with their turn id; anything
+//! from a turn that is no longer current is dropped, so an interrupted turn's output is never
+//! played late.
+//!
+//! The task never blocks: audio for speech-to-text is offered without waiting (a full queue drops
+//! the frame and counts it), and everything it sends to the call goes through a bounded channel
+//! whose consumer is the carrier's socket.
+//!
+//! The engine by concern, each an `impl Engine` of its own: `ports` (what comes from the call,
+//! what goes to it, what the engine reports), `hearing` (the person's words and keys, barge-in,
+//! the end of their turn), `speaking` (the bot's utterance, paced out and finished once played),
+//! `generating` (the model's turn, cut into sentences and voiced) and `acting` (actions, run as
+//! each kind plans them). Here: the configuration, and the loop that hands each input to them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+
+use super::actions::{Action, ActionRunner};
+use super::knowledge::Knowledge;
+use super::line::Line;
+use super::llm::{ChatMessage, LanguageModel};
+use super::stt::{SpeechToText, SttConfig, SttSession};
+use super::tts::Voice;
+use super::turns::{Dials, CHECK_IN};
+
+mod acting;
+mod generating;
+mod hearing;
+mod ports;
+mod speaking;
+
+use acting::Finished;
+use generating::{Generated, Reports};
+use speaking::Speaking;
+
+pub use super::actions::END_CONVERSATION;
+pub use generating::APOLOGY;
+pub use ports::{Event, FromCall, Message, Outlet, Speaker, ToCall, TurnLatency};
+
+/// What the engine needs to know of the call and its agent.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The carrier's line: its audio's encoding, whether it echoes marks (without echoes the clock
+    /// tells what was played), whether keys are pressed in band.
+    pub line: Line,
+    pub dials: Dials,
+    /// The agent's prompt (the system message).
+    pub prompt: String,
+    /// Said first, after `initial_message_delay`; the person cannot interrupt it.
+    pub initial_message: Option<String>,
+    pub model: String,
+    pub temperature: Option<f32>,
+    pub language: Option<String>,
+    pub keywords: Vec<String>,
+    /// The agent's actions: offered to the model as tools, or fired by phrases the bot says.
+    pub actions: Vec<Action>,
+    /// The agent's `noise_suppression`: the caller's audio is cleaned before recognition.
+    pub noise_suppression: bool,
+}
+
+/// The providers a call talks to.
+#[derive(Clone)]
+pub struct Providers {
+    pub stt: Arc<dyn SpeechToText>,
+    pub llm: Arc<dyn LanguageModel>,
+    pub voice: Arc<dyn Voice>,
+    /// Carries out what actions ask of the world outside the call's audio.
+    pub actions: Arc<dyn ActionRunner>,
+    /// The agent's `vector_database`, consulted before each answer to the person.
+    pub knowledge: Option<Arc<dyn Knowledge>>,
+}
+
+/// Runs the conversation until the stream ends or the bot hangs up; returns the transcript.
+pub async fn run(
+    config: EngineConfig,
+    providers: Providers,
+    mut from_call: mpsc::Receiver<FromCall>,
+    to_call: impl Into<Outlet>,
+    events: mpsc::Sender<Event>,
+) -> Vec<Message> {
+    let mut engine = Engine::new(config, providers, to_call.into(), events);
+    engine.conversation(&mut from_call).await;
+    engine.stop_child();
+    engine.transcript
+}
+
+/// A call's conversation, as its task holds it.
+struct Engine {
+    config: EngineConfig,
+    providers: Providers,
+    to_call: Outlet,
+    events: mpsc::Sender<Event>,
+    transcript: Vec<Message>,
+    history: Vec<ChatMessage>,
+    turn: u64,
+    child: Option<JoinHandle<()>>,
+    /// The current turn's child reports here, each report tagged with its turn.
+    generated: (Reports, mpsc::Receiver<(u64, Generated)>),
+    speaking: Option<Speaking>,
+    /// What the person has said this turn (finals), and when they last spoke.
+    heard: String,
+    interim: bool,
+    last_word: Option<Instant>,
+    turn_ends_at: Option<Instant>,
+    last_activity: Instant,
+    checked_in: bool,
+    ending: bool,
+    /// Actions that run outside the call's audio report here when they finish (never dropped:
+    /// an action's result is kept whatever the turn).
+    finished: (mpsc::Sender<Finished>, mpsc::Receiver<Finished>),
+    /// External actions under way: the agent is muted meanwhile (`processing_mode: muted`), and
+    /// answers what the person said once their result is in.
+    outside: usize,
+    /// The call was handed to a third party: the bot says nothing more, and never hangs up.
+    transferred: bool,
+}
+
+impl Engine {
+    fn new(config: EngineConfig, providers: Providers, to_call: Outlet, events: mpsc::Sender<Event>) -> Self {
+        let history = vec![ChatMessage::System(config.prompt.clone())];
+        Engine {
+            config,
+            providers,
+            to_call,
+            events,
+            transcript: Vec::new(),
+            history,
+            turn: 0,
+            child: None,
+            generated: mpsc::channel(64),
+            speaking: None,
+            heard: String::new(),
+            interim: false,
+            last_word: None,
+            turn_ends_at: None,
+            last_activity: Instant::now(),
+            checked_in: false,
+            ending: false,
+            finished: mpsc::channel(16),
+            outside: 0,
+            transferred: false,
+        }
+    }
+
+    /// Opens speech-to-text in a child task, so that connecting never delays the greeting.
+    fn open_stt(&self) -> oneshot::Receiver<Option<SttSession>> {
+        let mut stt = SttConfig::new(self.config.line.encoding);
+        stt.language = self.config.language.clone();
+        stt.keywords = self.config.keywords.clone();
+        let endpointing = self.config.dials.endpointing();
+        stt.endpointing_ms = endpointing.after_punctuation.as_millis() as u32;
+        stt.utterance_end_ms = (endpointing.otherwise.as_millis() as u32).max(1000);
+        let provider = self.providers.stt.clone();
+        let (opened, session) = oneshot::channel();
+        tokio::spawn(async move {
+            let session = match provider.open(stt).await {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    tracing::warn!(error = %e, "speech-to-text could not be opened: the bot cannot hear this call");
+                    None
+                }
+            };
+            let _ = opened.send(session);
+        });
+        session
+    }
+
+    /// Hands each input, in the order it comes, to the concern it belongs to, until the call's
+    /// audio is gone or the bot hangs up.
+    async fn conversation(&mut self, from_call: &mut mpsc::Receiver<FromCall>) {
+        let mut opening = Some(self.open_stt());
+        let mut stt: Option<SttSession> = None;
+        let mut denoiser =
+            self.config.noise_suppression.then(|| super::denoise::Denoiser::new(self.config.line.encoding));
+        let greeting_at =
+            self.config.initial_message.as_ref().map(|_| Instant::now() + self.config.dials.initial_message_delay);
+        let mut greeting_at = greeting_at;
+        self.last_activity = Instant::now();
+        loop {
+            let now = Instant::now();
+            let playout_at = self.speaking.as_ref().and_then(|s| s.playout.next_due(now));
+            // Nobody is idle while an action runs (a third party's phone ringing, a slow API).
+            let idle_at = (self.speaking.is_none()
+                && self.child.is_none()
+                && greeting_at.is_none()
+                && !self.transferred
+                && self.outside == 0)
+                .then(|| self.last_activity + self.config.dials.idle);
+            let far = now + Duration::from_secs(86_400);
+            tokio::select! {
+                biased;
+                message = from_call.recv() => match message {
+                    Some(FromCall::Audio(frame)) => {
+                        // Cleaned even while nobody listens, so the filter keeps up with the line.
+                        let frame = match denoiser.as_mut() {
+                            Some(denoiser) => denoiser.process(&frame),
+                            None => frame,
+                        };
+                        if let Some(session) = stt.as_ref().filter(|_| !frame.is_empty()) {
+                            if session.audio.try_send(frame).is_err() {
+                                metrics::counter!("vocode_conversation_audio_dropped_total").increment(1);
+                            }
+                        }
+                    }
+                    Some(FromCall::Played(mark)) => {
+                        if let Some(speaking) = self.speaking.as_mut() {
+                            speaking.playout.played(&mark);
+                        }
+                        self.after_playout().await;
+                    }
+                    Some(FromCall::Dtmf(digit)) => self.heard_key(digit),
+                    Some(FromCall::Stopped) | None => {
+                        self.hung_up_while_speaking().await;
+                        self.results_after_the_call().await;
+                        return;
+                    }
+                },
+                opened = async { opening.as_mut().expect("guarded").await }, if opening.is_some() => {
+                    opening = None;
+                    // Audio that came while it connected was not heard.
+                    stt = opened.ok().flatten();
+                }
+                event = async { stt.as_mut().expect("guarded").events.recv().await }, if stt.is_some() => match event {
+                    Some(event) => self.heard_event(event).await,
+                    None => {
+                        tracing::warn!("speech-to-text ended: the bot no longer hears this call");
+                        stt = None;
+                    }
+                },
+                Some((turn, generated)) = self.generated.1.recv() => {
+                    if turn == self.turn {
+                        self.generation(generated).await;
+                    }
+                }
+                Some((running, outcome)) = self.finished.1.recv() => {
+                    self.outside = self.outside.saturating_sub(1);
+                    self.last_activity = Instant::now();
+                    self.action_finished(running, outcome).await;
+                }
+                _ = sleep_until(greeting_at.unwrap_or(far)), if greeting_at.is_some() => {
+                    greeting_at = None;
+                    let text = self.config.initial_message.clone().unwrap_or_default();
+                    self.speak_fixed(text, false).await;
+                }
+                _ = sleep_until(self.turn_ends_at.unwrap_or(far)), if self.turn_ends_at.is_some() => {
+                    self.turn_ends_at = None;
+                    self.respond().await;
+                }
+                _ = sleep_until(playout_at.unwrap_or(far)), if playout_at.is_some() => {
+                    self.pump().await;
+                }
+                _ = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
+                    if self.config.dials.ask_if_human_present_on_idle && !self.checked_in {
+                        self.checked_in = true;
+                        self.speak_fixed(CHECK_IN.to_owned(), true).await;
+                    } else {
+                        tracing::info!("nobody spoke for the idle time: ending the call");
+                        let _ = self.events.send(Event::HangUp).await;
+                        return;
+                    }
+                }
+            }
+            if self.ending && self.speaking.is_none() {
+                let _ = self.events.send(Event::HangUp).await;
+                return;
+            }
+        }
+    }
+
+    /// A finished message: into the transcript, and reported.
+    async fn record(&mut self, speaker: Speaker, text: String, cut_off: bool) {
+        let message = Message { speaker, text, cut_off };
+        self.transcript.push(message.clone());
+        let _ = self.events.send(Event::Message(message)).await;
+    }
+
+    /// Stops the current turn's generation, if it is still under way.
+    fn stop_child(&mut self) {
+        if let Some(child) = self.child.take() {
+            child.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
