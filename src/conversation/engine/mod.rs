@@ -15,7 +15,8 @@
 //! what goes to it, what the engine reports), `hearing` (the person's words and keys, barge-in,
 //! the end of their turn), `speaking` (the bot's utterance, paced out and finished once played),
 //! `generating` (the model's turn, cut into sentences and voiced) and `acting` (actions, run as
-//! each kind plans them). Here: the configuration, and the loop that hands each input to them.
+//! each kind plans them). Here: the configuration, and the loop — the call's audio in (to
+//! speech-to-text) and out (what playout has due, to the call) — that hands everything else to them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -277,6 +278,29 @@ impl Engine {
     }
 
     /// A finished message: into the transcript, and reported.
+    /// Sends what playout has due, and finishes the utterance once it has been played.
+    pub(super) async fn pump(&mut self) {
+        let now = Instant::now();
+        let Some(speaking) = self.speaking.as_mut() else {
+            return;
+        };
+        let due = speaking.playout.due(now);
+        if due.iter().any(|d| matches!(d, ToCall::Audio(_))) {
+            self.last_activity = now;
+            if let Some((at, mut latency)) = speaking.latency.take() {
+                latency.first_frame = Some(now - at);
+                speaking::record_latency(&latency);
+                let _ = self.events.send(Event::Latency(latency)).await;
+            }
+        }
+        for item in due {
+            if self.to_call.send(item).await.is_err() {
+                return;
+            }
+        }
+        self.after_playout().await;
+    }
+
     async fn record(&mut self, speaker: Speaker, text: String, cut_off: bool) {
         let message = Message { speaker, text, cut_off };
         self.transcript.push(message.clone());

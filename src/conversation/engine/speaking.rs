@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::acting::Running;
 use super::generating::{say, Generated};
-use super::{Engine, Event, Speaker, ToCall, TurnLatency};
+use super::{Engine, Speaker, TurnLatency};
 use crate::conversation::actions::{Action, Outcome};
 use crate::conversation::llm::{ChatMessage, ToolCall};
 use crate::conversation::playout::{heard_text, Playout};
@@ -53,29 +53,6 @@ impl Engine {
             say(&*voice, encoding, &text, turn, &out).await;
             let _ = out.send((turn, Generated::Done)).await;
         }));
-    }
-
-    /// Sends what playout has due, and finishes the utterance once it has been played.
-    pub(super) async fn pump(&mut self) {
-        let now = Instant::now();
-        let Some(speaking) = self.speaking.as_mut() else {
-            return;
-        };
-        let due = speaking.playout.due(now);
-        if due.iter().any(|d| matches!(d, ToCall::Audio(_))) {
-            self.last_activity = now;
-            if let Some((at, mut latency)) = speaking.latency.take() {
-                latency.first_frame = Some(now - at);
-                record_latency(&latency);
-                let _ = self.events.send(Event::Latency(latency)).await;
-            }
-        }
-        for item in due {
-            if self.to_call.send(item).await.is_err() {
-                return;
-            }
-        }
-        self.after_playout().await;
     }
 
     /// Once the utterance has been played whole: it goes into the history and the transcript,
@@ -132,7 +109,7 @@ impl Engine {
     }
 }
 
-fn record_latency(latency: &TurnLatency) {
+pub(super) fn record_latency(latency: &TurnLatency) {
     let stages = [
         ("end_of_turn", Some(latency.end_of_turn)),
         ("first_token", latency.first_token),
