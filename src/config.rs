@@ -168,6 +168,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
 
+    /// How long a stopping server (SIGTERM) lets its live calls go on before it moves them to
+    /// another replica (or, with none alive, ends them: the bot says goodbye and hangs up). It
+    /// reports not ready and takes no new conversation meanwhile; 0 moves them at once. Keep the
+    /// orchestrator's grace period (Kubernetes' terminationGracePeriodSeconds, compose's
+    /// stop_grace_period) above it.
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 300)]
+    pub drain_secs: u64,
+
     /// Database connections for the API (Postgres; the background workers have their own).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -517,6 +525,7 @@ impl Default for ServeArgs {
             job_lease_secs: 120,
             db_max_connections: 16,
             shutdown_grace_secs: 20,
+            drain_secs: 300,
             workers: 32,
             rate_limit_per_second: None,
             rate_limit_burst: None,

@@ -142,6 +142,7 @@ pub struct App {
     listener: TcpListener,
     workers: usize,
     grace: std::time::Duration,
+    drain: std::time::Duration,
     limits: serve::Limits,
     api: api::limits::Settings,
 }
@@ -242,6 +243,7 @@ impl App {
             listener,
             workers: serve.workers,
             grace: std::time::Duration::from_secs(serve.shutdown_grace_secs),
+            drain: std::time::Duration::from_secs(serve.drain_secs),
             limits: serve::Limits {
                 header_read_timeout: std::time::Duration::from_secs(serve.header_read_timeout_secs.max(1)),
                 ..serve::Limits::default()
@@ -254,45 +256,56 @@ impl App {
         })
     }
 
-    /// Serves until `shutdown` completes; then stops accepting, and gives the requests in flight
-    /// and the jobs running `SHUTDOWN_GRACE_SECS` to finish. Whatever is unfinished then is
-    /// abandoned and its jobs released at once, for another process to take.
+    /// Serves until `shutdown` completes (SIGTERM); then drains: reports not ready, stops
+    /// claiming jobs and starting conversations another replica can take, and lets the live calls
+    /// go on for up to `DRAIN_SECS` before moving them to another replica (or ending them when
+    /// there is none: [`session::moving::drain`]). Then it stops accepting, and gives the requests
+    /// in flight and the jobs running `SHUTDOWN_GRACE_SECS` to finish. Whatever is unfinished then
+    /// is abandoned and its jobs released at once, for another process to take.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let router = api::router(self.state.clone(), &self.api);
+        // Draining: the job workers stop claiming. Stopped: everything else stops.
+        let (drain, draining) = watch::channel(false);
         let (stop, stopping) = watch::channel(false);
         let mut workers = (self.workers > 0)
-            .then(|| tokio::spawn(self.state.jobs.clone().work(self.state.clone(), self.workers, stopping.clone())));
+            .then(|| tokio::spawn(self.state.jobs.clone().work(self.state.clone(), self.workers, draining.clone())));
         let heartbeat = tokio::spawn(self.state.replicas.clone().run(stopping.clone()));
-        let signal = async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        };
-        let server = serve::serve(self.listener, router, self.limits, signal);
-        tokio::pin!(server);
+        let takeovers = tokio::spawn(session::moving::listen(self.state.clone(), stopping.clone()));
         let mut stopped = stopping.clone();
+        let server = serve::serve(self.listener, router, self.limits, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        tokio::pin!(server);
         tokio::select! {
             _ = &mut server => {}
-            _ = stopped.changed() => {
+            _ = shutdown => {
+                tracing::info!(drain_secs = self.drain.as_secs(), "stopping: not ready; live calls go on, then move");
+                self.state.replicas.start_draining();
+                let _ = drain.send(true);
+                if let Err(e) = self.state.replicas.beat().await {
+                    tracing::warn!(error = %e, "could not tell the other replicas this one is draining");
+                }
+                session::moving::drain(&self.state, self.drain).await;
+                let _ = stop.send(true);
                 tracing::info!(grace_secs = self.grace.as_secs(), "stopping: finishing requests in flight and running jobs");
-                let drained = tokio::time::timeout(self.grace, async {
+                let finished = tokio::time::timeout(self.grace, async {
                     (&mut server).await;
                     if let Some(w) = workers.as_mut() {
                         let _ = w.await;
                     }
                 })
                 .await;
-                match drained {
-                    Ok(()) => {}
-                    Err(_) => {
-                        tracing::warn!("the grace period is over: abandoning what is unfinished");
-                        if let Some(w) = workers.take() {
-                            w.abort();
-                        }
+                if finished.is_err() {
+                    tracing::warn!("the grace period is over: abandoning what is unfinished");
+                    if let Some(w) = workers.take() {
+                        w.abort();
                     }
                 }
             }
         }
+        let _ = stop.send(true);
         let _ = heartbeat.await;
+        let _ = takeovers.await;
         if let Err(e) = self.state.replicas.leave().await {
             tracing::warn!(error = %e, "could not say this process is gone; the others see it when its heartbeat is old");
         }

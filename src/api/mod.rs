@@ -98,6 +98,10 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.replicas.draining() {
+        // The load balancer sends nothing new here; the live calls go on, then move.
+        return Err(ApiError::Unavailable("Not ready: this server is stopping (draining its live calls)".into()));
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => Ok(Json(json!({
             "status": "ready",

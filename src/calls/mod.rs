@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::crypto::SecretBox;
@@ -19,11 +19,12 @@ use crate::jobs::{Enqueue, Job, Queue};
 use crate::store::calls::{self, CallRow};
 use crate::store::jobs::JobRow;
 use crate::store::{now, numbers::NumberRow, Store, Tx};
-use crate::webhooks::{self, EventType};
+use crate::webhooks;
 
 pub mod agent;
 pub mod create;
 pub mod do_not_call;
+pub mod sessions;
 
 /// The job that asks the carrier to place a call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,6 +315,9 @@ impl Calls {
             }
             let recording_now_available = updated.recording_url.is_some() && row.recording_url.is_none();
             let claimed = self.carry_out(&mut tx, &updated, &effects, recording_now_available).await?;
+            if updated.state.is_final() && !row.state.is_final() {
+                self.call_ended(&mut tx, &updated).await?;
+            }
             tx.commit().await?;
             self.queue.wake();
             if updated.state.status != row.state.status && updated.state.is_final() {
@@ -372,68 +376,11 @@ impl Calls {
         Ok(claimed)
     }
 
-    /// Adds a finished message to the call's transcript, with its `event_message`, in one
-    /// transaction. A HIPAA-compliant call keeps no transcript and sends no message.
-    pub async fn record_message(&self, call_id: Uuid, speaker: &str, text: &str) -> Result<(), CallsError> {
-        let mut tx = self.store.begin().await?;
-        let Some(row) = calls::by_id(tx.conn(), call_id).await? else {
-            return Ok(());
-        };
-        if row.hipaa_compliant {
-            return Ok(());
-        }
-        calls::append_transcript(tx.conn(), call_id, &format!("{speaker}: {text}\n"), now()).await?;
-        let payload = json!({"sender": speaker.to_lowercase(), "text": text, "timestamp": now()});
-        webhooks::enqueue(&self.queue, &mut tx, &row, vec![(EventType::Message, payload)]).await?;
-        tx.commit().await?;
-        self.queue.wake();
-        Ok(())
-    }
-
-    /// Adds an action's start or result to the call's transcript, with its `event_action`, in
-    /// one transaction. A HIPAA-compliant call keeps and sends neither (the action's parameters
-    /// are the conversation's words).
-    pub async fn record_action(&self, call_id: Uuid, line: &str, payload: Value) -> Result<(), CallsError> {
-        let mut tx = self.store.begin().await?;
-        let Some(row) = calls::by_id(tx.conn(), call_id).await? else {
-            return Ok(());
-        };
-        if row.hipaa_compliant {
-            return Ok(());
-        }
-        calls::append_transcript(tx.conn(), call_id, &format!("{line}\n"), now()).await?;
-        webhooks::enqueue(&self.queue, &mut tx, &row, vec![(EventType::Action, payload)]).await?;
-        tx.commit().await?;
-        self.queue.wake();
-        Ok(())
-    }
-
     /// Keeps where an answered turn's time went (no words: HIPAA calls keep theirs too).
     pub async fn record_turn(&self, call_id: Uuid, turn: &calls::TurnRow) -> sqlx::Result<()> {
         let mut tx = self.store.begin().await?;
         calls::record_turn(tx.conn(), call_id, turn).await?;
         tx.commit().await
-    }
-
-    /// The conversation is over: its whole transcript goes out as `event_transcript`, and, when
-    /// the call asked for it, is classified for do-not-call detection (a job written with it).
-    pub async fn conversation_ended(&self, call_id: Uuid) -> Result<(), CallsError> {
-        let mut tx = self.store.begin().await?;
-        let Some(row) = calls::by_id(tx.conn(), call_id).await? else {
-            return Ok(());
-        };
-        if row.hipaa_compliant {
-            return Ok(());
-        }
-        let payload = json!({"transcript": row.transcript.clone().unwrap_or_default()});
-        webhooks::enqueue(&self.queue, &mut tx, &row, vec![(EventType::Transcript, payload)]).await?;
-        if do_not_call::wanted(&row) {
-            let job = do_not_call::DetectDoNotCall { call_id };
-            self.queue.enqueue(&mut tx, &job, Enqueue::now(do_not_call::ATTEMPTS)).await?;
-        }
-        tx.commit().await?;
-        self.queue.wake();
-        Ok(())
     }
 
     /// Keeps a call's do-not-call detection result.

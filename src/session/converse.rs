@@ -1,14 +1,23 @@
 //! The conversation's start and end: the engine run on the call's audio once [`super::talk`] has
-//! what the call needs, and what the engine reports carried to the calls service — each finished
-//! message into the transcript (with its `event_message`), the hang-up the bot asks for, each
-//! answered turn's latencies, each action's lines, and `event_transcript` once the conversation
-//! is over. This is the only place the engine is started.
+//! what the call needs and the call's conversation is taken up (fresh, or from what another process
+//! kept: the engine goes on from it), and what the engine reports carried to the calls service —
+//! each finished message into the transcript (with its `event_message` and the conversation as it
+//! stands, fenced: once another process has taken the conversation over, nothing more is written
+//! here and the engine stops), the hang-up the bot asks for, each answered turn's latencies, each
+//! action's lines, and the conversation's end: over (the call's audio ended; `event_transcript`
+//! goes out), or left for another process (a move, a stream that broke). This is the only place
+//! the engine is started.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::Control;
+use crate::calls::sessions::{Claim, Fence, Stopped};
 use crate::calls::News;
-use crate::conversation::engine::{self, EngineConfig, Event, FromCall, Outlet, Providers};
+use crate::conversation::engine::{self, Durable, EngineConfig, Event, FromCall, Outlet, Providers};
 use crate::domain::call::Event as CallEvent;
 use crate::store::calls::{CallRow, TurnRow};
 use crate::telephony::media::Line;
@@ -18,72 +27,160 @@ use crate::AppState;
 pub(super) const FROM_CALL_QUEUE: usize = 256;
 
 /// Starts the call's conversation beside its stream: what it needs to talk is loaded in a task of
-/// its own while the stream's frames queue on `from_call`; then the engine runs on them. A call
-/// whose agent cannot talk on this server stays silent (the log says why).
+/// its own while the stream's frames queue on `from_call`; then the call's conversation is taken
+/// up (fresh, or from what another process kept) and the engine runs on them. A call whose agent
+/// cannot talk on this server stays silent (the log says why).
 pub(super) fn start_beside(
     state: AppState,
     row: CallRow,
     line: Line,
     from_call: mpsc::Receiver<FromCall>,
     to_call: Outlet,
+    control: Arc<Control>,
 ) {
     tokio::spawn(async move {
+        let call_id = row.id;
         if let Some((config, providers)) = super::talk::prepare(&state, &row, line).await {
-            run(state, row.id, config, providers, from_call, to_call).await;
+            match state.calls.claim_conversation(call_id, state.replicas.id()).await {
+                Ok(Claim::Over) => {
+                    tracing::info!(%call_id, "the call's conversation is over: its new stream is closed");
+                    state.sessions.lose(call_id, &control);
+                }
+                Ok(Claim::Fresh(fence)) => {
+                    let talk = Talk { state: &state, call_id, fence, control: &control };
+                    talk.run(None, config, providers, from_call, to_call).await;
+                }
+                Ok(Claim::Resume(fence, kept)) => {
+                    let kept = serde_json::from_value::<Durable>(kept).unwrap_or_else(|e| {
+                        tracing::warn!(%call_id, error = %e, "the kept conversation cannot be read: it starts over");
+                        Durable::default()
+                    });
+                    tracing::info!(%call_id, generation = fence.generation, "taking the call's conversation over");
+                    metrics::counter!("vocode_conversations_taken_over_total").increment(1);
+                    let talk = Talk { state: &state, call_id, fence, control: &control };
+                    talk.run(Some(kept), config, providers, from_call, to_call).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%call_id, error = %e, "the call's conversation cannot be taken up: it stays silent")
+                }
+            }
         }
+        control.finish();
     });
 }
 
-/// Runs the conversation, and carries what it reports to the calls service until it ends.
-async fn run(
-    state: AppState,
+/// A conversation this process holds.
+struct Talk<'a> {
+    state: &'a AppState,
     call_id: Uuid,
-    config: EngineConfig,
-    providers: Providers,
-    from_call_rx: mpsc::Receiver<FromCall>,
-    to_call: Outlet,
-) {
-    let (events, mut events_rx) = mpsc::channel(64);
-    tokio::spawn(engine::run(config, providers, from_call_rx, to_call, events));
-    tracing::info!(%call_id, "conversation started");
-    let mut turns = 0;
-    while let Some(event) = events_rx.recv().await {
-        match event {
-            Event::Message(message) => {
-                if let Err(e) = state.calls.record_message(call_id, message.speaker.as_str(), &message.text).await {
-                    tracing::warn!(%call_id, error = %e, "a message could not be kept");
-                }
+    fence: Fence,
+    control: &'a Control,
+}
+
+impl Talk<'_> {
+    /// Runs the conversation, and carries what it reports to the calls service until it ends —
+    /// or until another process takes it over (then nothing more is written here).
+    async fn run(
+        &self,
+        kept: Option<Durable>,
+        config: EngineConfig,
+        providers: Providers,
+        from_call_rx: mpsc::Receiver<FromCall>,
+        to_call: Outlet,
+    ) {
+        let (state, call_id) = (self.state, self.call_id);
+        self.control.generation.store(self.fence.generation, Ordering::SeqCst);
+        let (events, mut events_rx) = mpsc::channel(64);
+        let engine = tokio::spawn(engine::run_from(kept, config, providers, from_call_rx, to_call, events));
+        tracing::info!(%call_id, generation = self.fence.generation, "conversation started");
+        let mut turns = 0;
+        loop {
+            if self.control.lost.load(Ordering::SeqCst) {
+                break;
             }
-            Event::HangUp => match state.calls.apply(call_id, &News::api(CallEvent::EndRequested)).await {
-                Ok(Some(applied)) => state.run_soon(applied.claimed),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(%call_id, error = %e, "the bot's hang-up could not be recorded"),
-            },
-            Event::Action { line, payload } => {
-                if let Err(e) = state.calls.record_action(call_id, &line, payload).await {
-                    tracing::warn!(%call_id, error = %e, "an action could not be kept");
+            let event = tokio::select! {
+                event = events_rx.recv() => event,
+                _ = self.control.lost_now.notified() => continue,
+            };
+            let Some(event) = event else { break };
+            let held = match event {
+                Event::Message(message, kept) => {
+                    let text = &message.text;
+                    let recorded = state
+                        .calls
+                        .record_message(call_id, &self.fence, message.speaker.as_str(), text, &json(&kept))
+                        .await;
+                    self.kept(recorded, "a message")
                 }
+                Event::Action { line, payload, state: kept } => {
+                    let recorded = state.calls.record_action(call_id, &self.fence, &line, payload, &json(&kept)).await;
+                    self.kept(recorded, "an action")
+                }
+                Event::HangUp => {
+                    match state.calls.apply(call_id, &News::api(CallEvent::EndRequested)).await {
+                        Ok(Some(applied)) => state.run_soon(applied.claimed),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(%call_id, error = %e, "the bot's hang-up could not be recorded"),
+                    }
+                    true
+                }
+                Event::Latency(latency) => {
+                    turns += 1;
+                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+                    let turn = TurnRow {
+                        turn: turns,
+                        at: crate::store::now(),
+                        end_of_turn_ms: ms(latency.end_of_turn),
+                        first_token_ms: latency.first_token.map(ms),
+                        first_audio_ms: latency.first_audio.map(ms),
+                        first_frame_ms: latency.first_frame.map(ms),
+                    };
+                    if let Err(e) = state.calls.record_turn(call_id, &turn).await {
+                        tracing::warn!(%call_id, error = %e, "a turn's latency could not be kept");
+                    }
+                    true
+                }
+            };
+            if !held {
+                tracing::info!(%call_id, "another process took the call's conversation over: letting go");
+                state.sessions.lose(call_id, self.control);
             }
-            Event::Latency(latency) => {
-                turns += 1;
-                let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-                let turn = TurnRow {
-                    turn: turns,
-                    at: crate::store::now(),
-                    end_of_turn_ms: ms(latency.end_of_turn),
-                    first_token_ms: latency.first_token.map(ms),
-                    first_audio_ms: latency.first_audio.map(ms),
-                    first_frame_ms: latency.first_frame.map(ms),
-                };
-                if let Err(e) = state.calls.record_turn(call_id, &turn).await {
-                    tracing::warn!(%call_id, error = %e, "a turn's latency could not be kept");
-                }
+        }
+        if self.control.lost.load(Ordering::SeqCst) {
+            engine.abort();
+            metrics::counter!("vocode_conversations_stopped_total", "how" => "taken_over").increment(1);
+            return;
+        }
+        let how = if self.control.moving.load(Ordering::SeqCst) {
+            ("moved", Stopped::Left)
+        } else if self.control.dropped.load(Ordering::SeqCst) {
+            // The stream broke: the carrier asks again, and whoever binds the new stream goes on.
+            ("stream_broke", Stopped::Left)
+        } else {
+            ("ended", Stopped::Over)
+        };
+        tracing::info!(%call_id, how = how.0, "conversation stopped");
+        metrics::counter!("vocode_conversations_stopped_total", "how" => how.0).increment(1);
+        if let Err(e) = state.calls.conversation_stopped(call_id, &self.fence, how.1).await {
+            tracing::warn!(%call_id, error = %e, "the conversation's end could not be recorded");
+        }
+    }
+
+    /// Whether a write went through while this process still held the conversation; a write that
+    /// failed on the database is logged and the conversation goes on.
+    fn kept(&self, recorded: Result<bool, crate::calls::CallsError>, what: &str) -> bool {
+        match recorded {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(call_id = %self.call_id, error = %e, "{what} could not be kept");
+                true
             }
         }
     }
-    if let Err(e) = state.calls.conversation_ended(call_id).await {
-        tracing::warn!(%call_id, error = %e, "the transcript event could not be queued");
-    }
+}
+
+fn json(kept: &Durable) -> serde_json::Value {
+    serde_json::to_value(kept).unwrap_or(serde_json::Value::Null)
 }
 
 /// Hands a frame to the engine without waiting: a full queue drops it (and counts it) rather than

@@ -15,17 +15,21 @@
 //! - [`talk`]: what a call needs to talk — its agent resolved with this server's providers, its
 //!   context filled into the prompt ([`context`]) — loaded once, beside the socket loop, never
 //!   in it;
-//! - [`converse`]: the conversation's start, and what it reports carried to the calls service
-//!   until its end;
+//! - [`converse`]: the conversation's start — fresh, or taken over from the state another process
+//!   kept — and what it reports carried to the calls service (each message with the conversation
+//!   as it stands, fenced: a process that lost the call writes nothing) until its end;
+//! - [`moving`]: a conversation moved to another process (the carrier pointed at the resume path;
+//!   the process that binds the new stream takes it over), the drain of a stopping process, and
+//!   hearing that another process took one of this process's calls over;
 //! - [`actions`] and [`warm`]: what the conversation's actions ask of the world outside its audio
 //!   (carriers, the users' APIs), including a warm transfer's standby and promotion;
 //! - [`record`]: the recording this server makes of the call itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use crate::conversation::engine::{FromCall, Outlet, ToCall};
@@ -34,6 +38,7 @@ use crate::telephony::media::{AudioFormat, Binder};
 pub mod actions;
 pub mod context;
 pub mod converse;
+pub mod moving;
 pub mod record;
 pub mod stream;
 pub mod talk;
@@ -49,6 +54,55 @@ pub struct MediaPort {
     pub to_call: mpsc::Sender<ToCall>,
 }
 
+/// What the streams of a call and its conversation's task share of the conversation.
+#[derive(Default)]
+pub struct Control {
+    /// The generation this process holds the conversation under (0 until it is claimed).
+    generation: AtomicI64,
+    /// Another process took the conversation over: this one stops and writes nothing more.
+    lost: AtomicBool,
+    lost_now: Notify,
+    /// The last stream broke (the carrier did not end it): the call may come back elsewhere.
+    dropped: AtomicBool,
+    /// This process is handing the conversation to another.
+    moving: AtomicBool,
+    /// The conversation's task is over (its writes are done).
+    finished: AtomicBool,
+    finished_now: Notify,
+}
+
+impl Control {
+    fn lose(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.lost_now.notify_waiters();
+        self.lost_now.notify_one();
+    }
+
+    fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+        self.finished_now.notify_waiters();
+    }
+
+    /// Waits until the conversation's task has finished writing.
+    async fn finished(&self) {
+        loop {
+            let notified = self.finished_now.notified();
+            if self.finished.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A call's running conversation on this process.
+#[derive(Clone)]
+struct Running {
+    from_call: mpsc::Sender<FromCall>,
+    outlet: Outlet,
+    control: Arc<Control>,
+}
+
 /// A live call on this process.
 struct Live {
     /// The port of the call's current stream: where its conversation's audio goes.
@@ -61,12 +115,21 @@ struct Live {
     /// A stream bound and waiting to take over (a warm transfer's conference leg).
     standby: Option<(u64, MediaPort)>,
     /// The call's running conversation: where its streams' audio goes, and where it sends audio.
-    conversation: Option<(mpsc::Sender<FromCall>, Outlet)>,
+    conversation: Option<Running>,
+    /// Where each open stream is closed from, by its generation.
+    closers: HashMap<u64, oneshot::Sender<&'static str>>,
 }
 
 impl Live {
     fn new() -> Self {
-        Live { port: None, generations: 0, current: Arc::new(AtomicU64::new(0)), standby: None, conversation: None }
+        Live {
+            port: None,
+            generations: 0,
+            current: Arc::new(AtomicU64::new(0)),
+            standby: None,
+            conversation: None,
+            closers: HashMap::new(),
+        }
     }
 }
 
@@ -90,44 +153,50 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    fn with<T>(&self, call_id: Uuid, f: impl FnOnce(&mut Live) -> T) -> T {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        f(map.entry(call_id).or_insert_with(Live::new))
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Live>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes a stream the call's current one (a conversation already running on the call now
     /// talks through it), or, on `standby`, one that waits to take over until
-    /// [`Sessions::promote`]; returns the receiving end for the stream.
-    fn bind(&self, call_id: Uuid, format: AudioFormat, standby: bool) -> (mpsc::Receiver<ToCall>, Binding) {
+    /// [`Sessions::promote`]; returns the receiving end for the stream, and where to close it from.
+    fn bind(
+        &self,
+        call_id: Uuid,
+        format: AudioFormat,
+        standby: bool,
+    ) -> (mpsc::Receiver<ToCall>, Binding, oneshot::Receiver<&'static str>) {
         let (tx, rx) = mpsc::channel(PORT_BUFFER);
+        let (close, closing) = oneshot::channel();
         let port = MediaPort { format, to_call: tx };
-        self.with(call_id, |live| {
-            live.generations += 1;
-            let generation = live.generations;
-            if standby {
-                live.standby = Some((generation, port));
-            } else {
-                if let Some((_, outlet)) = &live.conversation {
-                    outlet.redirect(port.to_call.clone());
-                }
-                live.port = Some(port);
-                live.current.store(generation, Ordering::Relaxed);
+        let mut map = self.lock();
+        let live = map.entry(call_id).or_insert_with(Live::new);
+        live.generations += 1;
+        let generation = live.generations;
+        live.closers.insert(generation, close);
+        if standby {
+            live.standby = Some((generation, port));
+        } else {
+            if let Some(running) = &live.conversation {
+                running.outlet.redirect(port.to_call.clone());
             }
-            (rx, Binding { generation, current: live.current.clone() })
-        })
+            live.port = Some(port);
+            live.current.store(generation, Ordering::Relaxed);
+        }
+        (rx, Binding { generation, current: live.current.clone() }, closing)
     }
 
     /// The stream waiting to take over becomes the call's current one; `false` when there is none.
     pub fn promote(&self, call_id: Uuid) -> bool {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.lock();
         let Some(live) = map.get_mut(&call_id) else {
             return false;
         };
         let Some((generation, port)) = live.standby.take() else {
             return false;
         };
-        if let Some((_, outlet)) = &live.conversation {
-            outlet.redirect(port.to_call.clone());
+        if let Some(running) = &live.conversation {
+            running.outlet.redirect(port.to_call.clone());
         }
         live.port = Some(port);
         live.current.store(generation, Ordering::Relaxed);
@@ -135,15 +204,16 @@ impl Sessions {
     }
 
     /// A bound stream ended; returns whether it was the call's current one, whose end is the end
-    /// of the call's audio (and of its conversation: nothing is kept of the call here then).
+    /// of the call's audio here (and of its conversation: nothing is kept of the call here then).
     fn close(&self, call_id: Uuid, binding: &Binding) -> bool {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.lock();
         let Some(live) = map.get_mut(&call_id) else {
             return false;
         };
         if live.standby.as_ref().is_some_and(|(g, _)| *g == binding.generation) {
             live.standby = None;
         }
+        live.closers.remove(&binding.generation);
         if !binding.is_current() {
             return false;
         }
@@ -153,37 +223,76 @@ impl Sessions {
 
     /// The port of a call's current stream on this process.
     pub fn port(&self, call_id: Uuid) -> Option<MediaPort> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(&call_id).and_then(|live| live.port.clone())
+        self.lock().get(&call_id).and_then(|live| live.port.clone())
     }
 
-    /// The call's conversation, while it runs.
-    fn running(&self, call_id: Uuid) -> Option<mpsc::Sender<FromCall>> {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&call_id)?.conversation.as_ref().map(|(tx, _)| tx.clone()).filter(|tx| !tx.is_closed())
+    /// The call's conversation, while it runs here.
+    fn running(&self, call_id: Uuid) -> Option<Running> {
+        let map = self.lock();
+        map.get(&call_id)?.conversation.clone().filter(|r| !r.from_call.is_closed())
+    }
+
+    /// The calls whose conversation runs on this process now.
+    pub fn live_calls(&self) -> Vec<Uuid> {
+        let map = self.lock();
+        map.iter()
+            .filter(|(_, live)| live.conversation.as_ref().is_some_and(|r| !r.from_call.is_closed()))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// The call's running conversation, or — when it has none — a place for the one about to
     /// start: its inbound side (to start it with) and the outlet to the call's current stream.
     fn conversation_for(&self, call_id: Uuid) -> Conversation {
-        self.with(call_id, |live| {
-            if let Some((tx, _)) = live.conversation.as_ref().filter(|(tx, _)| !tx.is_closed()) {
-                return Conversation::Running(tx.clone());
-            }
-            let Some(port) = &live.port else {
-                return Conversation::Silent;
-            };
-            let outlet = Outlet::new(port.to_call.clone());
-            let (tx, rx) = mpsc::channel(converse::FROM_CALL_QUEUE);
-            live.conversation = Some((tx.clone(), outlet.clone()));
-            Conversation::New { from_call: tx, inbound: rx, outlet }
-        })
+        let mut map = self.lock();
+        let Some(live) = map.get_mut(&call_id) else {
+            return Conversation::Silent;
+        };
+        if let Some(running) = live.conversation.as_ref().filter(|r| !r.from_call.is_closed()) {
+            return Conversation::Running(running.from_call.clone());
+        }
+        let Some(port) = &live.port else {
+            return Conversation::Silent;
+        };
+        let outlet = Outlet::new(port.to_call.clone());
+        let (tx, rx) = mpsc::channel(converse::FROM_CALL_QUEUE);
+        let control = Arc::new(Control::default());
+        live.conversation = Some(Running { from_call: tx.clone(), outlet: outlet.clone(), control: control.clone() });
+        Conversation::New { from_call: tx, inbound: rx, outlet, control }
+    }
+
+    /// Another process runs the call's conversation under `generation` now: if this one ran it
+    /// under an older one, it stops (and its stream is closed).
+    pub fn taken_over(&self, call_id: Uuid, generation: i64) {
+        let Some(running) = self.running(call_id) else { return };
+        let held = running.control.generation.load(Ordering::SeqCst);
+        if held != 0 && held < generation {
+            tracing::info!(%call_id, held, generation, "another process took the call's conversation over: letting go");
+            self.lose(call_id, &running.control);
+        }
+    }
+
+    /// The call's conversation is another process's now: this one's stops and writes nothing
+    /// more, and the call's stream here is closed — unless a warm transfer is moving the call (its
+    /// stream here goes when the carrier moves the person into the conference).
+    fn lose(&self, call_id: Uuid, control: &Control) {
+        control.lose();
+        let mut map = self.lock();
+        let Some(live) = map.get_mut(&call_id) else { return };
+        if live.standby.is_some() {
+            return;
+        }
+        let current = live.current.load(Ordering::Relaxed);
+        if let Some(close) = live.closers.remove(&current) {
+            let _ = close.send("the call's conversation is run by another server now");
+        }
     }
 }
 
 /// A bound stream's conversation.
 enum Conversation {
     Running(mpsc::Sender<FromCall>),
-    New { from_call: mpsc::Sender<FromCall>, inbound: mpsc::Receiver<FromCall>, outlet: Outlet },
+    New { from_call: mpsc::Sender<FromCall>, inbound: mpsc::Receiver<FromCall>, outlet: Outlet, control: Arc<Control> },
     Silent,
 }
 

@@ -4,16 +4,21 @@
 //! call, and (when the carrier names it) the carrier's id of the call — or, for a warm
 //! transfer's conference leg, that the steering number's call is the one bringing the bot back.
 //! The call's row is read once, here; everything the stream does afterwards works without the
-//! database. A call's first stream starts its conversation beside the socket loop
-//! ([`super::talk`] loads what it needs while the carrier's first frames queue for it); a later
-//! stream (a reconnect, the conference leg once promoted) takes over the running one.
+//! database. A stream whose call has no conversation running here starts one beside the socket
+//! loop ([`super::converse`] takes the call's conversation up — fresh, or from what another
+//! process kept — while the carrier's first frames queue for it); a later stream on this process
+//! (a reconnect, the conference leg once promoted) takes over the running one. A stopping process
+//! refuses streams for conversations it does not run, while another can take them.
 
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use super::record::Recorder;
-use super::{converse, Binding, Conversation};
+use super::{converse, Binding, Control, Conversation};
 use crate::conversation::engine::FromCall;
 use crate::store::calls::CallRow;
 use crate::telephony::media::{Bound, Hello, Line, StreamEnd};
@@ -30,12 +35,14 @@ pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hel
     let carrier_call_id = hello.carrier_call_id.as_deref();
     let sessions = &state.sessions;
     if state.telephony.conferences.is_bot_leg(call_id, carrier_call_id) {
-        let (to_call, binding) = sessions.bind(call_id, line.encoding, true);
+        let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, true);
         tracing::info!(%call_id, "the bot's conference leg connected");
-        let conversation = sessions.running(call_id);
+        let running = sessions.running(call_id);
         state.telephony.conferences.bot_bound(call_id);
-        let end = CallStream { state: state.clone(), call_id, binding, conversation, recorder: None, bot_leg: true };
-        return Ok(Bound { to_call, end: Box::new(end) });
+        let (conversation, control) = running.map(|r| (Some(r.from_call), Some(r.control))).unwrap_or_default();
+        let end =
+            CallStream { state: state.clone(), call_id, binding, conversation, control, recorder: None, bot_leg: true };
+        return Ok(Bound { to_call, end: Box::new(end), closing });
     }
     let row = match state.calls.find(call_id).await {
         Ok(Some(row)) if matches_carrier(&row, carrier_call_id) => row,
@@ -45,18 +52,26 @@ pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hel
             return Err("the call cannot be read now");
         }
     };
-    let (to_call, binding) = sessions.bind(call_id, line.encoding, false);
+    if row.state.is_final() {
+        return Err("the call has ended");
+    }
+    if sessions.running(call_id).is_none() && super::moving::elsewhere(state).await {
+        // Draining: a conversation not running here starts on another replica (the carrier asks
+        // again, and the proxy no longer sends it here).
+        return Err("this server is stopping: the call goes on on another server");
+    }
+    let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, false);
     let recorder = Recorder::for_call(state, &row, line.encoding);
-    let conversation = match sessions.conversation_for(call_id) {
-        Conversation::Running(from_call) => Some(from_call),
-        Conversation::New { from_call, inbound, outlet } => {
-            converse::start_beside(state.clone(), row, line, inbound, outlet);
-            Some(from_call)
+    let (conversation, control) = match sessions.conversation_for(call_id) {
+        Conversation::Running(from_call) => (Some(from_call), sessions.running(call_id).map(|r| r.control)),
+        Conversation::New { from_call, inbound, outlet, control } => {
+            converse::start_beside(state.clone(), row, line, inbound, outlet, control.clone());
+            (Some(from_call), Some(control))
         }
-        Conversation::Silent => None,
+        Conversation::Silent => (None, None),
     };
-    let end = CallStream { state: state.clone(), call_id, binding, conversation, recorder, bot_leg: false };
-    Ok(Bound { to_call, end: Box::new(end) })
+    let end = CallStream { state: state.clone(), call_id, binding, conversation, control, recorder, bot_leg: false };
+    Ok(Bound { to_call, end: Box::new(end), closing })
 }
 
 /// Whether the carrier's id of the call, when the stream names one, is the call's.
@@ -74,6 +89,7 @@ struct CallStream {
     binding: Binding,
     /// Where what the call says goes: its conversation (starting or running).
     conversation: Option<mpsc::Sender<FromCall>>,
+    control: Option<Arc<Control>>,
     recorder: Option<Recorder>,
     /// The bot's leg of a warm transfer's conference.
     bot_leg: bool,
@@ -103,10 +119,13 @@ impl StreamEnd for CallStream {
         }
     }
 
-    fn ended(self: Box<Self>) -> BoxFuture<'static, ()> {
-        let CallStream { state, call_id, binding, conversation, recorder, bot_leg } = *self;
+    fn ended(self: Box<Self>, clean: bool) -> BoxFuture<'static, ()> {
+        let CallStream { state, call_id, binding, conversation, control, recorder, bot_leg } = *self;
         Box::pin(async move {
             if state.sessions.close(call_id, &binding) {
+                if let Some(control) = control.filter(|_| !clean) {
+                    control.dropped.store(true, Ordering::SeqCst);
+                }
                 converse::offer(&conversation, FromCall::Stopped);
             }
             if bot_leg {

@@ -24,6 +24,7 @@ mod json_round_trip;
 pub mod numbers;
 pub mod records;
 pub mod replicas;
+pub mod sessions;
 pub mod users;
 pub mod webhooks;
 
@@ -311,6 +312,18 @@ impl Store {
             Pools::Postgres { api, jobs } => Tx::Pg(if in_worker() { jobs } else { api }.begin().await?),
             Pools::Sqlite { write, .. } => Tx::Lite(LiteTx::begin(write).await?),
         })
+    }
+
+    /// Listens on a Postgres channel (SQLite: `None`, it has no other process to hear from).
+    pub async fn listen(&self, channel: &str) -> sqlx::Result<Option<sqlx::postgres::PgListener>> {
+        match &self.pools {
+            Pools::Postgres { jobs, .. } => {
+                let mut listener = sqlx::postgres::PgListener::connect_with(jobs).await?;
+                listener.listen(channel).await?;
+                Ok(Some(listener))
+            }
+            Pools::Sqlite { .. } => Ok(None),
+        }
     }
 
     /// Whether the database answers, for `/ready`.

@@ -205,6 +205,24 @@ impl Carrier<'_> {
         }
     }
 
+    /// Points an answered call at a new media stream here (any replica answers it): Twilio runs
+    /// the stream's TwiML in place of what it was running, Vonage transfers the call to the
+    /// stream's NCCO. What the call was connected to is let go.
+    pub async fn reconnect(&self, row: &CallRow) -> Result<(), CarrierError> {
+        let t = self.telephony;
+        let telephony_id = row
+            .state
+            .telephony_id
+            .as_deref()
+            .ok_or_else(|| CarrierError::Rejected("the call has no carrier id yet".into()))?;
+        match &self.account {
+            CarrierAccount::Twilio(creds) => {
+                t.twilio.redirect(creds, telephony_id, &t.stream_twiml(row.id)).await.map(|_| ())
+            }
+            CarrierAccount::Vonage => t.vonage.transfer(telephony_id, t.stream_ncco(row.id, false)).await,
+        }
+    }
+
     /// Presses `keys` on an answered call through the carrier's API (Vonage's `dtmf`; Twilio has
     /// none: its keys go as tones on the media stream).
     pub async fn press(&self, row: &CallRow, keys: &str) -> Result<(), CarrierError> {

@@ -299,6 +299,7 @@ impl Telephony {
             &self.ws_url(&format!("/telephony/twilio/stream/{call_id}")),
             &call_id.to_string(),
             &self.stream_token(call_id),
+            &self.url(&format!("/telephony/twilio/resume/{call_id}")),
         )
     }
 

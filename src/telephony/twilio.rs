@@ -404,14 +404,19 @@ fn default_port(scheme: &str) -> Option<u16> {
 const TWIML_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
 
 /// The TwiML that connects an answered call's audio to this server's media-stream websocket.
-pub fn connect_stream_twiml(stream_url: &str, call_id: &str, token: &str) -> String {
+///
+/// Twilio runs the verb after `<Connect>` when the stream ends without the call ending (the
+/// server that held the stream died, or moved the call): `<Redirect>` to `resume_url`, where any
+/// replica answers with a new stream.
+pub fn connect_stream_twiml(stream_url: &str, call_id: &str, token: &str, resume_url: &str) -> String {
     format!(
         "{TWIML_HEAD}<Response><Connect><Stream url=\"{}\">\
          <Parameter name=\"call_id\" value=\"{}\"/><Parameter name=\"token\" value=\"{}\"/>\
-         </Stream></Connect></Response>",
+         </Stream></Connect><Redirect method=\"POST\">{}</Redirect></Response>",
         xml_escape(stream_url),
         xml_escape(call_id),
-        xml_escape(token)
+        xml_escape(token),
+        xml_escape(resume_url)
     )
 }
 
@@ -521,8 +526,9 @@ mod tests {
 
     #[test]
     fn twiml_escapes_what_it_embeds() {
-        let twiml = connect_stream_twiml("wss://h/telephony/twilio/stream/1?a=1&b=2", "1", "t\"k");
+        let twiml = connect_stream_twiml("wss://h/telephony/twilio/stream/1?a=1&b=2", "1", "t\"k", "https://h/r?x&y");
         assert!(twiml.contains("a=1&amp;b=2"));
+        assert!(twiml.contains("</Connect><Redirect method=\"POST\">https://h/r?x&amp;y</Redirect></Response>"));
         assert!(twiml.contains("t&quot;k"));
         assert!(twiml.starts_with("<?xml"));
     }

@@ -229,7 +229,7 @@ fn engine_starts(files: &[PathBuf]) -> Vec<String> {
     let mut found = Vec::new();
     for file in files {
         for (n, line) in code_of(file).lines().enumerate() {
-            if line.contains("engine::run(") || line.contains("engine::run)") {
+            if ["engine::run(", "engine::run)", "engine::run_from("].iter().any(|start| line.contains(start)) {
                 found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
             }
         }

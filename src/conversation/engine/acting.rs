@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{Engine, Event, Speaker};
+use super::{Engine, Event, InFlight, Speaker};
 use crate::conversation::actions::{self, Action, ActionRequest, Follow, Outcome, Plan};
 use crate::conversation::llm::{ChatMessage, ToolCall};
 
@@ -16,6 +16,8 @@ use crate::conversation::llm::{ChatMessage, ToolCall};
 /// fired it).
 #[derive(Debug, Clone)]
 pub(super) struct Running {
+    /// The action's number in this conversation.
+    pub(super) id: u64,
     pub(super) action: Action,
     pub(super) params: Value,
     pub(super) tool_call_id: Option<String>,
@@ -39,7 +41,7 @@ impl Engine {
         };
         match checked {
             Ok((action, params)) => {
-                let running = Running { action, params: Value::Object(params), tool_call_id: Some(call.id) };
+                let running = self.running(action, Value::Object(params), Some(call.id));
                 self.start_action(running).await;
             }
             Err(reason) => {
@@ -48,20 +50,44 @@ impl Engine {
                 let line = format!("BOT_ACTION_FINISH: !ACTION {} FAILED: {reason}!", call.name);
                 let payload = json!({"action_type": call.name, "action_input": {"params": call.arguments},
                                      "action_output": {"success": false, "error": reason}});
-                let _ = self.events.send(Event::Action { line, payload }).await;
                 let content = json!({"success": false, "error": reason}).to_string();
                 self.history.push(ChatMessage::Tool { tool_call_id: call.id, content });
+                self.report(line, payload).await;
             }
         }
     }
 
+    /// An action about to start, numbered.
+    pub(super) fn running(&mut self, action: Action, params: Value, tool_call_id: Option<String>) -> Running {
+        self.actions_started += 1;
+        Running { id: self.actions_started, action, params, tool_call_id }
+    }
+
+    /// An action's line for the transcript and its `event_action`, with the conversation as it
+    /// stands.
+    async fn report(&mut self, line: String, payload: Value) {
+        let state = Box::new(self.durable());
+        let _ = self.events.send(Event::Action { line, payload, state }).await;
+    }
+
     /// Starts an action: its start goes into the transcript, then it runs as its kind plans.
     pub(super) async fn start_action(&mut self, running: Running) {
+        let plan = running.action.kind.plan(&running.params, &self.config.line);
+        if let Plan::Outside(_) = &plan {
+            // Kept with its start: a process that takes the call over knows it was under way.
+            self.outside.push(InFlight {
+                id: running.id,
+                action_type: running.action.action_type().to_owned(),
+                name: running.action.name().to_owned(),
+                params: running.params.clone(),
+                tool_call_id: running.tool_call_id.clone(),
+            });
+        }
         let line = running.action.attempt_line(&running.params);
         let payload = json!({"action_type": running.action.action_type(), "action_input": {"params": running.params},
                              "action_output": null});
-        let _ = self.events.send(Event::Action { line, payload }).await;
-        match running.action.kind.plan(&running.params, &self.config.line) {
+        self.report(line, payload).await;
+        match plan {
             Plan::Done(outcome) => self.action_finished(running, outcome).await,
             Plan::EndConversation => {
                 self.ending = true;
@@ -86,7 +112,6 @@ impl Engine {
     /// Runs an action outside the call's audio: the bot answers nothing meanwhile, and the result
     /// comes back to the conversation's loop.
     fn run_outside(&mut self, running: Running, request: ActionRequest) {
-        self.outside += 1;
         let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
         tokio::spawn(async move {
             let outcome = runner.run(request).await;
@@ -99,12 +124,13 @@ impl Engine {
     /// into the transcript, if they come within a while. Nobody is left to hear more.
     pub(super) async fn results_after_the_call(&mut self) {
         let deadline = Instant::now() + RESULTS_AFTER_THE_CALL;
-        while self.outside > 0 {
+        while !self.outside.is_empty() {
             let Ok(Some((running, outcome))) = tokio::time::timeout_at(deadline, self.finished.1.recv()).await else {
-                tracing::warn!(running = self.outside, "the call ended before its actions did: their results are lost");
+                let running = self.outside.len();
+                tracing::warn!(running, "the call ended before its actions did: their results are lost");
                 return;
             };
-            self.outside -= 1;
+            self.outside.retain(|a| a.id != running.id);
             self.report_result(&running, &outcome).await;
         }
     }
@@ -117,10 +143,26 @@ impl Engine {
         let line = running.action.result_line(&running.params, outcome);
         let payload = json!({"action_type": running.action.action_type(), "action_input": {"params": running.params},
                              "action_output": {"response": outcome.response}});
-        let _ = self.events.send(Event::Action { line, payload }).await;
         if let Some(id) = &running.tool_call_id {
             self.history.push(ChatMessage::Tool { tool_call_id: id.clone(), content: outcome.response.to_string() });
         }
+        self.report(line, payload).await;
+    }
+
+    /// An action that was under way in the process that ran the conversation before: its result
+    /// went with that process. The transcript says so, and the model is told (a tool call always
+    /// has its result).
+    pub(super) async fn action_lost(&mut self, lost: InFlight) {
+        let error = super::durable::LOST;
+        metrics::counter!("vocode_conversation_action_failures_total").increment(1);
+        let line = format!("BOT_ACTION_FINISH: !ACTION {} FAILED: {error}!", lost.name);
+        let payload = json!({"action_type": lost.action_type, "action_input": {"params": lost.params},
+                             "action_output": {"response": {"success": false, "error": error}}});
+        if let Some(id) = lost.tool_call_id {
+            let content = json!({"success": false, "error": error}).to_string();
+            self.history.push(ChatMessage::Tool { tool_call_id: id, content });
+        }
+        self.report(line, payload).await;
     }
 
     /// An action is over: its result goes into the transcript and to the model, and the

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Engine, Speaker, ToCall, TurnLatency};
+use super::{Engine, Speaker, TurnLatency};
 use crate::conversation::llm::ChatMessage;
-use crate::conversation::playout::heard_text;
 use crate::conversation::stt::SttEvent;
 
 impl Engine {
@@ -74,19 +73,8 @@ impl Engine {
         if !speaking.interruptible || self.config.dials.ignores_while_speaking(text) {
             return false;
         }
-        let speaking = self.speaking.take().expect("checked");
-        let _ = self.to_call.send(ToCall::Clear).await;
-        let now = Instant::now();
-        let heard_ms = speaking.playout.heard_ms(now);
-        let said = heard_text(&speaking.text, heard_ms, speaking.playout.total_ms());
         metrics::counter!("vocode_conversation_interruptions_total").increment(1);
-        self.stop_child();
-        self.turn += 1;
-        // Nothing heard, nothing said: the person spoke before the answer reached them.
-        if !said.is_empty() {
-            self.history.push(ChatMessage::Assistant { content: Some(format!("{said}-")), tool_calls: Vec::new() });
-            self.record(Speaker::Bot, said, true).await;
-        }
+        self.cut_off().await;
         true
     }
 
@@ -95,7 +83,7 @@ impl Engine {
         if self.transferred {
             return;
         }
-        if self.outside > 0 {
+        if !self.outside.is_empty() {
             // Muted while an external action runs: the person's words wait for its result.
             return;
         }

@@ -34,6 +34,7 @@ use super::tts::Voice;
 use super::turns::{Dials, CHECK_IN};
 
 mod acting;
+mod durable;
 mod generating;
 mod hearing;
 mod ports;
@@ -44,6 +45,7 @@ use generating::{Generated, Reports};
 use speaking::Speaking;
 
 pub use super::actions::END_CONVERSATION;
+pub use durable::{Durable, InFlight, RESUME_LINE};
 pub use generating::APOLOGY;
 pub use ports::{Event, FromCall, Message, Outlet, Speaker, ToCall, TurnLatency};
 
@@ -84,12 +86,31 @@ pub struct Providers {
 pub async fn run(
     config: EngineConfig,
     providers: Providers,
+    from_call: mpsc::Receiver<FromCall>,
+    to_call: impl Into<Outlet>,
+    events: mpsc::Sender<Event>,
+) -> Vec<Message> {
+    run_from(None, config, providers, from_call, to_call, events).await
+}
+
+/// [`run`], going on from a conversation kept elsewhere (`kept`) when there is one.
+pub async fn run_from(
+    kept: Option<Durable>,
+    config: EngineConfig,
+    providers: Providers,
     mut from_call: mpsc::Receiver<FromCall>,
     to_call: impl Into<Outlet>,
     events: mpsc::Sender<Event>,
 ) -> Vec<Message> {
     let mut engine = Engine::new(config, providers, to_call.into(), events);
-    engine.conversation(&mut from_call).await;
+    let resumed = match kept {
+        Some(kept) => {
+            engine.take_over(kept).await;
+            true
+        }
+        None => false,
+    };
+    engine.conversation(&mut from_call, resumed).await;
     engine.stop_child();
     engine.transcript
 }
@@ -115,12 +136,19 @@ struct Engine {
     last_activity: Instant,
     checked_in: bool,
     ending: bool,
+    /// The greeting was said (or there is none to say).
+    greeted: bool,
+    /// Answer what the person said once what the bot is saying now has been played (after the
+    /// line it says when it takes a call over).
+    answer_after: bool,
     /// Actions that run outside the call's audio report here when they finish (never dropped:
     /// an action's result is kept whatever the turn).
     finished: (mpsc::Sender<Finished>, mpsc::Receiver<Finished>),
-    /// External actions under way: the agent is muted meanwhile (`processing_mode: muted`), and
-    /// answers what the person said once their result is in.
-    outside: usize,
+    /// Actions under way outside the call's audio: the agent is muted meanwhile
+    /// (`processing_mode: muted`), and answers what the person said once their result is in.
+    outside: Vec<InFlight>,
+    /// The last action's id.
+    actions_started: u64,
     /// The call was handed to a third party: the bot says nothing more, and never hangs up.
     transferred: bool,
 }
@@ -128,6 +156,7 @@ struct Engine {
 impl Engine {
     fn new(config: EngineConfig, providers: Providers, to_call: Outlet, events: mpsc::Sender<Event>) -> Self {
         let history = vec![ChatMessage::System(config.prompt.clone())];
+        let config_greets_nothing = config.initial_message.is_none();
         Engine {
             config,
             providers,
@@ -146,8 +175,11 @@ impl Engine {
             last_activity: Instant::now(),
             checked_in: false,
             ending: false,
+            greeted: config_greets_nothing,
+            answer_after: false,
             finished: mpsc::channel(16),
-            outside: 0,
+            outside: Vec::new(),
+            actions_started: 0,
             transferred: false,
         }
     }
@@ -177,15 +209,22 @@ impl Engine {
 
     /// Hands each input, in the order it comes, to the concern it belongs to, until the call's
     /// audio is gone or the bot hangs up.
-    async fn conversation(&mut self, from_call: &mut mpsc::Receiver<FromCall>) {
+    async fn conversation(&mut self, from_call: &mut mpsc::Receiver<FromCall>, resumed: bool) {
         let mut opening = Some(self.open_stt());
         let mut stt: Option<SttSession> = None;
         let mut denoiser =
             self.config.noise_suppression.then(|| super::denoise::Denoiser::new(self.config.line.encoding));
-        let greeting_at =
-            self.config.initial_message.as_ref().map(|_| Instant::now() + self.config.dials.initial_message_delay);
-        let mut greeting_at = greeting_at;
-        self.last_activity = Instant::now();
+        let mut greeting_at = (!self.greeted).then(|| Instant::now() + self.config.dials.initial_message_delay);
+        if resumed {
+            // The person heard silence: the bot says so at once, then answers what is unanswered.
+            self.answer_after =
+                self.heard.trim().is_empty() && matches!(self.history.last(), Some(ChatMessage::User(_)));
+            if !self.transferred {
+                self.speak_fixed(RESUME_LINE.to_owned(), true).await;
+            }
+        } else {
+            self.last_activity = Instant::now();
+        }
         loop {
             let now = Instant::now();
             let playout_at = self.speaking.as_ref().and_then(|s| s.playout.next_due(now));
@@ -194,8 +233,8 @@ impl Engine {
                 && self.child.is_none()
                 && greeting_at.is_none()
                 && !self.transferred
-                && self.outside == 0)
-                .then(|| self.last_activity + self.config.dials.idle);
+                && self.outside.is_empty())
+            .then(|| self.last_activity + self.config.dials.idle);
             let far = now + Duration::from_secs(86_400);
             tokio::select! {
                 biased;
@@ -219,6 +258,18 @@ impl Engine {
                         self.after_playout().await;
                     }
                     Some(FromCall::Dtmf(digit)) => self.heard_key(digit),
+                    Some(FromCall::Leave) => {
+                        self.hung_up_while_speaking().await;
+                        return;
+                    }
+                    Some(FromCall::Goodbye(words)) => {
+                        greeting_at = None;
+                        self.cut_off().await;
+                        self.stop_child();
+                        self.transferred = false;
+                        self.speak_fixed(words, false).await;
+                        self.ending = true;
+                    }
                     Some(FromCall::Stopped) | None => {
                         self.hung_up_while_speaking().await;
                         self.results_after_the_call().await;
@@ -243,12 +294,13 @@ impl Engine {
                     }
                 }
                 Some((running, outcome)) = self.finished.1.recv() => {
-                    self.outside = self.outside.saturating_sub(1);
+                    self.outside.retain(|a| a.id != running.id);
                     self.last_activity = Instant::now();
                     self.action_finished(running, outcome).await;
                 }
                 _ = sleep_until(greeting_at.unwrap_or(far)), if greeting_at.is_some() => {
                     greeting_at = None;
+                    self.greeted = true;
                     let text = self.config.initial_message.clone().unwrap_or_default();
                     self.speak_fixed(text, false).await;
                 }
@@ -277,7 +329,6 @@ impl Engine {
         }
     }
 
-    /// A finished message: into the transcript, and reported.
     /// Sends what playout has due, and finishes the utterance once it has been played.
     pub(super) async fn pump(&mut self) {
         let now = Instant::now();
@@ -301,10 +352,11 @@ impl Engine {
         self.after_playout().await;
     }
 
+    /// A finished message: into the transcript, and reported with the conversation as it stands.
     async fn record(&mut self, speaker: Speaker, text: String, cut_off: bool) {
         let message = Message { speaker, text, cut_off };
         self.transcript.push(message.clone());
-        let _ = self.events.send(Event::Message(message)).await;
+        let _ = self.events.send(Event::Message(message, Box::new(self.durable()))).await;
     }
 
     /// Stops the current turn's generation, if it is still under way.

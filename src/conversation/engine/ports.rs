@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::Durable;
+
 /// What the call's audio stream brings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromCall {
@@ -19,6 +21,12 @@ pub enum FromCall {
     Played(String),
     /// The stream ended.
     Stopped,
+    /// The conversation goes on in another process: stop now, keeping what the person heard of
+    /// what the bot was saying (the actions under way are left to that process).
+    Leave,
+    /// The server is going away and no other process can take the call: the bot says this and
+    /// hangs up.
+    Goodbye(String),
 }
 
 /// What can be sent to a call's audio.
@@ -101,13 +109,14 @@ pub struct TurnLatency {
 /// What the engine reports as the conversation goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A finished message (the bot's once it was played, or cut off).
-    Message(Message),
+    /// A finished message (the bot's once it was played, or cut off), and the conversation as it
+    /// stands with it, to keep with the message.
+    Message(Message, Box<Durable>),
     /// A turn's latencies, once its first frame went out.
     Latency(TurnLatency),
-    /// An action started (`output` is `None`) or finished: its transcript line, and the
-    /// `event_action` payload.
-    Action { line: String, payload: Value },
+    /// An action started (`output` is `None`) or finished: its transcript line, the
+    /// `event_action` payload, and the conversation as it stands with it.
+    Action { line: String, payload: Value, state: Box<Durable> },
     /// The conversation is over: hang up.
     HangUp,
 }

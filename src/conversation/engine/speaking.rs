@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::acting::Running;
 use super::generating::{say, Generated};
-use super::{Engine, Speaker, TurnLatency};
+use super::{Engine, Speaker, ToCall, TurnLatency};
 use crate::conversation::actions::{Action, Outcome};
 use crate::conversation::llm::{ChatMessage, ToolCall};
 use crate::conversation::playout::{heard_text, Playout};
@@ -83,13 +83,41 @@ impl Engine {
         if let Some(said) = said {
             let fired: Vec<Action> = self.config.actions.iter().filter(|a| a.fired_by(&said)).cloned().collect();
             for action in fired {
-                self.start_action(Running { action, params: json!({}), tool_call_id: None }).await;
+                let running = self.running(action, json!({}), None);
+                self.start_action(running).await;
             }
         }
         // What the person said while the bot could not answer (an action ran) is answered now.
-        if self.speaking.is_none() && self.outside == 0 && !self.heard.trim().is_empty() && self.turn_ends_at.is_none()
+        if self.speaking.is_none()
+            && self.outside.is_empty()
+            && !self.heard.trim().is_empty()
+            && self.turn_ends_at.is_none()
         {
             self.turn_ends_at = Some(now);
+        }
+        // A call taken over: what the person said before the move is answered now.
+        if self.answer_after && self.speaking.is_none() && self.outside.is_empty() {
+            self.answer_after = false;
+            self.generate_turn(None);
+        }
+    }
+
+    /// Stops what the bot is saying now: the audio queued at the carrier is cleared, and what the
+    /// person heard of it is kept, cut off.
+    pub(super) async fn cut_off(&mut self) {
+        let Some(speaking) = self.speaking.take() else {
+            return;
+        };
+        let _ = self.to_call.send(ToCall::Clear).await;
+        let now = Instant::now();
+        let heard_ms = speaking.playout.heard_ms(now);
+        let said = heard_text(&speaking.text, heard_ms, speaking.playout.total_ms());
+        self.stop_child();
+        self.turn += 1;
+        // Nothing heard, nothing said: the person spoke before the answer reached them.
+        if !said.is_empty() {
+            self.history.push(ChatMessage::Assistant { content: Some(format!("{said}-")), tool_calls: Vec::new() });
+            self.record(Speaker::Bot, said, true).await;
         }
     }
 

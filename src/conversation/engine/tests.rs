@@ -14,7 +14,7 @@ use super::*;
 use crate::conversation::actions::{ActionRequest, Outcome, DTMF};
 use crate::conversation::audio::Encoding;
 use crate::conversation::knowledge::{KnowledgeError, Passage};
-use crate::conversation::llm::{ChatRequest, DeltaStream, LlmDelta, LlmError};
+use crate::conversation::llm::{ChatRequest, DeltaStream, LlmDelta, LlmError, ToolCall};
 use crate::conversation::stt::{SttError, SttEvent};
 use crate::conversation::tts::{AudioStream, TtsError};
 use crate::conversation::turns::InterruptSensitivity;
@@ -222,6 +222,16 @@ fn start_with(
     connect: Duration,
     knowledge: Option<Arc<dyn Knowledge>>,
 ) -> Call {
+    start_from(None, config, replies, connect, knowledge)
+}
+
+fn start_from(
+    kept: Option<Durable>,
+    config: EngineConfig,
+    replies: Vec<Vec<LlmDelta>>,
+    connect: Duration,
+    knowledge: Option<Arc<dyn Knowledge>>,
+) -> Call {
     let (person, person_rx) = mpsc::channel(16);
     let stt = Arc::new(FakeStt { events: Mutex::new(Some(person_rx)), audio: Mutex::default(), connect });
     let llm = FakeLlm::new(replies);
@@ -232,7 +242,7 @@ fn start_with(
     let (events_tx, events) = mpsc::channel(64);
     let played = Arc::new(Mutex::new(Played::default()));
     let encoding = config.line.encoding;
-    let engine = tokio::spawn(run(config, providers, from_call, to_call, events_tx));
+    let engine = tokio::spawn(run_from(kept, config, providers, from_call, to_call, events_tx));
     let (echo, played_by_carrier) = (stream.clone(), played.clone());
     tokio::spawn(async move {
         let mut queue_ends = Instant::now();
@@ -271,9 +281,14 @@ impl Call {
     }
 
     async fn next_message(&mut self) -> Message {
+        self.next_message_kept().await.0
+    }
+
+    /// The next message, with the conversation as it was kept with it.
+    async fn next_message_kept(&mut self) -> (Message, Durable) {
         loop {
             match tokio::time::timeout(Duration::from_secs(120), self.events.recv()).await {
-                Ok(Some(Event::Message(m))) => return m,
+                Ok(Some(Event::Message(m, kept))) => return (m, *kept),
                 Ok(Some(Event::Latency(latency))) => self.latencies.push(latency),
                 Ok(Some(Event::Action { line, .. })) => self.actions.push(line),
                 Ok(Some(_)) => continue,
@@ -286,7 +301,7 @@ impl Call {
     async fn next_action(&mut self) -> (String, Value) {
         loop {
             match tokio::time::timeout(Duration::from_secs(120), self.events.recv()).await {
-                Ok(Some(Event::Action { line, payload })) => return (line, payload),
+                Ok(Some(Event::Action { line, payload, .. })) => return (line, payload),
                 Ok(Some(Event::Latency(latency))) => self.latencies.push(latency),
                 Ok(Some(_)) => continue,
                 other => panic!("no action: {other:?}"),
@@ -806,4 +821,76 @@ async fn a_slow_index_delays_the_answer_by_the_bound_at_most() {
     let (waited, request, _) = asked_with_knowledge(Duration::from_secs(30)).await;
     assert_eq!(waited, crate::conversation::knowledge::LOOKUP_BOUND);
     assert!(!request.messages.iter().any(|m| matches!(m, ChatMessage::User(u) if u.starts_with("Found"))));
+}
+
+/// A conversation kept at a turn boundary goes on in another engine (another process, after a
+/// crash or a move): the bot says it lost the person for a moment, does not greet again, and
+/// answers what was left unanswered, with the whole history.
+#[tokio::test(start_paused = true)]
+async fn a_conversation_kept_at_a_turn_boundary_goes_on_in_another_engine() {
+    let mut first = start(config(Dials::default()), vec![reply("Sure, for what time? ")]);
+    let (greeting, _) = first.next_message_kept().await;
+    assert_eq!(greeting.speaker, Speaker::Bot);
+    first.says("A table for two.").await;
+    let (heard, kept) = first.next_message_kept().await;
+    assert_eq!(heard.text, "A table for two.");
+    // The process running it dies before the answer is played.
+    first.engine.abort();
+    assert!(kept.greeted && kept.unanswered(), "{kept:?}");
+    assert!(matches!(kept.history.last(), Some(ChatMessage::User(u)) if u == "A table for two."));
+    // What is kept survives the database as JSON.
+    let stored = serde_json::to_value(&kept).unwrap();
+    assert_eq!(stored["history"][2], json!({"role": "user", "content": "A table for two."}));
+    let kept: Durable = serde_json::from_value(stored).unwrap();
+
+    let mut second =
+        start_from(Some(kept), config(Dials::default()), vec![reply("Sure, for what time? ")], Duration::ZERO, None);
+    let sorry = second.next_message().await;
+    assert_eq!((sorry.speaker, sorry.text.as_str()), (Speaker::Bot, RESUME_LINE));
+    let answer = second.next_message().await;
+    assert_eq!((answer.speaker, answer.text.as_str()), (Speaker::Bot, "Sure, for what time?"));
+    let request = second.llm.requests.lock().unwrap()[0].clone();
+    assert!(matches!(&request.messages[1], ChatMessage::Assistant { content: Some(c), .. } if c.starts_with("Hello")));
+    assert!(matches!(&request.messages[2], ChatMessage::User(u) if u == "A table for two."));
+    assert!(matches!(&request.messages[3], ChatMessage::Assistant { content: Some(c), .. } if c == RESUME_LINE));
+    let transcript = second.end().await;
+    assert_eq!(transcript.len(), 2, "no greeting again: {transcript:?}");
+}
+
+/// A tool call under way in the process that stopped: its result went with it. The new engine says
+/// so in the transcript and to the model (every tool call has its result), and goes on.
+#[tokio::test(start_paused = true)]
+async fn an_action_under_way_when_the_call_moved_is_reported_lost() {
+    let kept = Durable {
+        history: vec![
+            ChatMessage::System("You book tables.".into()),
+            ChatMessage::User("Book it.".into()),
+            ChatMessage::Assistant {
+                content: None,
+                tool_calls: vec![ToolCall { id: "call_9".into(), name: "Book".into(), arguments: "{}".into() }],
+            },
+        ],
+        turn: 3,
+        greeted: true,
+        in_flight: vec![InFlight {
+            id: 1,
+            action_type: "action_external".into(),
+            name: "Book".into(),
+            params: json!({}),
+            tool_call_id: Some("call_9".into()),
+        }],
+        ..Durable::default()
+    };
+    let mut call = start_from(Some(kept), config(Dials::default()), vec![], Duration::ZERO, None);
+    let (line, payload) = call.next_action().await;
+    assert!(line.starts_with("BOT_ACTION_FINISH: !ACTION Book FAILED:"), "{line}");
+    assert_eq!(payload["action_output"]["response"]["success"], false);
+    let (sorry, kept) = call.next_message_kept().await;
+    assert_eq!(sorry.text, RESUME_LINE);
+    assert!(kept.in_flight.is_empty(), "nothing is under way here");
+    assert!(kept
+        .history
+        .iter()
+        .any(|m| matches!(m, ChatMessage::Tool { tool_call_id, .. } if tool_call_id == "call_9")));
+    call.end().await;
 }

@@ -34,20 +34,35 @@ pub struct ChatRequest {
 }
 
 /// A message of the conversation so far, in the roles chat models know.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
 pub enum ChatMessage {
+    #[serde(with = "content")]
     System(String),
+    #[serde(with = "content")]
     User(String),
     /// What the bot said (`content`), the actions it asked for (`tool_calls`), or both.
-    Assistant {
-        content: Option<String>,
-        tool_calls: Vec<ToolCall>,
-    },
+    Assistant { content: Option<String>, tool_calls: Vec<ToolCall> },
     /// The result of the tool call `tool_call_id`.
-    Tool {
-        tool_call_id: String,
-        content: String,
-    },
+    Tool { tool_call_id: String, content: String },
+}
+
+/// A text message kept as `{"role": …, "content": …}`.
+mod content {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Content<T> {
+        content: T,
+    }
+
+    pub fn serialize<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+        Content { content: text }.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Content::<String>::deserialize(d).map(|c| c.content)
+    }
 }
 
 /// A function the model may call: `parameters` is its arguments' JSON schema.

@@ -67,7 +67,8 @@ mod tests {
 
     #[test]
     fn stream_twiml_is_read_back() {
-        let twiml = twilio_api::connect_stream_twiml("ws://h/telephony/twilio/stream/1?x=1&y=2", "c-1", "tok");
+        let twiml =
+            twilio_api::connect_stream_twiml("ws://h/telephony/twilio/stream/1?x=1&y=2", "c-1", "tok", "http://h/r");
         let (url, params) = parse_stream_twiml(&twiml).unwrap();
         assert_eq!(url, "ws://h/telephony/twilio/stream/1?x=1&y=2");
         assert_eq!(params, json!({"call_id": "c-1", "token": "tok"}));

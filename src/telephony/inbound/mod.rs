@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/telephony/twilio/status", post(twilio::status_by_sid))
         .route("/telephony/twilio/amd/{call_id}", post(twilio::amd))
         .route("/telephony/twilio/twiml/{call_id}", post(twilio::twiml))
+        .route("/telephony/twilio/resume/{call_id}", post(twilio::resume))
         .route("/telephony/twilio/transfer/{call_id}", post(twilio::transfer_ended))
         .route("/telephony/twilio/transfer/{call_id}/answered", post(twilio::transfer_answered))
         .route("/telephony/twilio/conference/{call_id}", post(twilio::conference_event))

@@ -148,6 +148,17 @@ pub async fn twiml(State(state): State<AppState>, call: TwilioCall) -> Result<Re
     Ok(xml(state.telephony.stream_twiml(call.row.id)))
 }
 
+/// The call's stream ended without the call ending (the server that held it stopped, or moved
+/// the call here): a new stream, on whichever replica answers. A call that has ended, or whose
+/// conversation is over, is hung up instead; either way nothing changes.
+pub async fn resume(State(state): State<AppState>, call: TwilioCall) -> Result<Response, ApiError> {
+    if call.row.state.is_final() || state.calls.conversation_is_over(call.row.id).await? {
+        return Ok(xml(protocol::hangup_twiml()));
+    }
+    tracing::info!(call_id = %call.row.id, "the carrier asks for the call's stream again");
+    Ok(xml(state.telephony.stream_twiml(call.row.id)))
+}
+
 /// How a transfer's `<Dial>` ended (its `action` callback, about the call itself): answered and
 /// over, or not answered at all. Either way the call ends here.
 pub async fn transfer_ended(State(state): State<AppState>, call: TwilioCall) -> Result<Response, ApiError> {

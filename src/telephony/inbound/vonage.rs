@@ -92,6 +92,12 @@ pub async fn event(
 ) -> Result<StatusCode, ApiError> {
     let event = signed.json("event")?;
     let row = vonage_call(&state, call_id).await?;
+    if event["status"] == "disconnected" {
+        // The websocket closed without the call ending (the server that held it stopped, or
+        // moved the call): the call is pointed at a new stream, on whichever replica answers.
+        reconnect(&state, &row, &event).await;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let uuid = call_uuid(&event);
     if let (Some(known), Some(given)) = (&row.state.telephony_id, uuid) {
         if known != given && event["recording_url"].is_null() {
@@ -100,6 +106,29 @@ pub async fn event(
     }
     apply_news(&state, &row, uuid, news(&event)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Points the call at a new media stream, when its conversation goes on: the websocket's own
+/// headers must carry the call's stream token (Vonage echoes them back with the event).
+async fn reconnect(state: &AppState, row: &CallRow, event: &Value) {
+    let call_id = row.id;
+    let token = event["headers"]["token"].as_str().or(event["token"].as_str());
+    if !token.is_some_and(|t| state.telephony.check_stream_token(call_id, t)) {
+        return tracing::warn!(%call_id, "a websocket's disconnection without the call's token: ignored");
+    }
+    match state.calls.conversation_is_over(call_id).await {
+        Ok(false) if !row.state.is_final() => {}
+        Ok(_) => return,
+        Err(e) => return tracing::warn!(%call_id, error = %e, "cannot tell whether the call goes on"),
+    }
+    let result = match state.telephony.carrier_of(row).await {
+        Ok(carrier) => carrier.reconnect(row).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => tracing::info!(%call_id, "the call's websocket closed: the call is pointed at a new stream"),
+        Err(e) => tracing::warn!(%call_id, error = %e, "the call could not be pointed at a new stream"),
+    }
 }
 
 /// The third party's leg of a transfer (the `connect` NCCO's event URL). `answered` makes the

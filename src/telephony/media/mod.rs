@@ -29,7 +29,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 pub mod twilio;
@@ -99,14 +99,17 @@ pub trait StreamEnd: Send {
     /// Audio is about to be sent to the call.
     fn sent(&mut self, audio: &[u8]);
 
-    /// The stream is over.
-    fn ended(self: Box<Self>) -> BoxFuture<'static, ()>;
+    /// The stream is over: `clean` when the carrier ended it (its `stop`, a close), not when it
+    /// broke.
+    fn ended(self: Box<Self>, clean: bool) -> BoxFuture<'static, ()>;
 }
 
 /// A stream the binder accepted: what to send to the call, and where what it sends goes.
 pub struct Bound {
     pub to_call: mpsc::Receiver<ToCall>,
     pub end: Box<dyn StreamEnd>,
+    /// Closes the stream from this side, saying why (the call's conversation went elsewhere).
+    pub closing: oneshot::Receiver<&'static str>,
 }
 
 /// Who takes a stream that said whose it is.
@@ -179,7 +182,7 @@ async fn serve<P: Protocol>(mut socket: WebSocket, call_id: Uuid, binder: Arc<dy
         }
     };
     let stream_id = hello.stream_id.clone();
-    let Bound { mut to_call, mut end } = match binder.bind(call_id, P::LINE, hello).await {
+    let Bound { mut to_call, mut end, closing } = match binder.bind(call_id, P::LINE, hello).await {
         Ok(bound) => bound,
         Err(reason) => {
             stats.close(false);
@@ -189,12 +192,26 @@ async fn serve<P: Protocol>(mut socket: WebSocket, call_id: Uuid, binder: Arc<dy
     stats.bound();
     tracing::info!(%call_id, protocol = P::NAME, "media stream started");
     let mut outgoing = Vec::new();
+    // Whether the carrier ended the stream (rather than the connection breaking).
+    let mut clean = false;
+    let mut closing = Some(closing);
     'stream: loop {
         let message = tokio::select! {
             received = socket.recv() => match received {
                 Some(Ok(message)) => message,
                 _ => break,
             },
+            closed = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
+                closing = None;
+                // A dropped closer asks nothing.
+                if let Ok(reason) = closed {
+                    tracing::info!(%call_id, reason, "closing a media stream");
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: reason.into() }))).await;
+                    clean = true;
+                    break;
+                }
+                continue;
+            }
             Some(out) = to_call.recv() => {
                 if let ToCall::Audio(audio) = &out {
                     stats.update(|s| s.sent_bytes += audio.len() as u64);
@@ -210,12 +227,13 @@ async fn serve<P: Protocol>(mut socket: WebSocket, call_id: Uuid, binder: Arc<dy
             }
         };
         if matches!(message, Message::Close(_)) {
+            clean = true;
             break;
         }
         let inbound = match P::decode(message) {
             Ok(inbound) => inbound,
             Err(reason) => {
-                end.ended().await;
+                end.ended(true).await;
                 stats.close(true);
                 return refuse(socket, call_id, reason).await;
             }
@@ -239,11 +257,14 @@ async fn serve<P: Protocol>(mut socket: WebSocket, call_id: Uuid, binder: Arc<dy
                 stats.update(|s| s.dtmf.push_str(&digit));
                 end.heard(FromCall::Dtmf(digit));
             }
-            Inbound::Stop => break,
+            Inbound::Stop => {
+                clean = true;
+                break;
+            }
             Inbound::Hello(_) | Inbound::Nothing => {}
         }
     }
-    end.ended().await;
+    end.ended(clean).await;
     stats.close(true);
 }
 
