@@ -1,7 +1,7 @@
 //! What the suites share: the server (in-process on a fresh database, or the real binary as a
 //! process of its own), fakes of the outside world that speak its real protocols (Twilio, Vonage,
-//! a webhook receiver, a carrier that misbehaves, a database connection that can be cut), and the
-//! helpers every suite uses.
+//! a carrier's side of a media stream, a webhook receiver, a carrier that misbehaves, a database
+//! connection that can be cut), and the helpers every suite uses.
 
 mod app;
 mod broken_carrier;
@@ -15,6 +15,7 @@ pub mod fake_tts;
 mod fake_twilio;
 mod fake_vonage;
 mod fault_proxy;
+pub mod line;
 mod process;
 mod receiver;
 
