@@ -184,6 +184,7 @@ fn the_compose_file_runs_replicas_behind_a_round_robin_proxy() {
     };
     assert!(timeout("tunnel") >= 3600, "an idle media stream lives an hour");
     assert!(timeout("server") > vocode_server::config::ServeArgs::default().request_timeout_secs);
+    assert!(read("README.md").contains("docker compose up -d --scale vocode-server=3"), "README.md shows it");
 }
 
 /// What the schemas cannot tell of `deploy/kubernetes/`: the pieces name each other, the probes
@@ -265,6 +266,7 @@ fn the_kubernetes_manifests_drain_before_the_pod_is_killed() {
     assert!(dockerfile.contains(&format!("--uid {} ", pod["securityContext"]["runAsUser"])), "the image's user");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert!(read("README.md").contains("kubectl apply -f deploy/kubernetes/"), "README.md shows it");
 }
 
 #[test]
