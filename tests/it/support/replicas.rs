@@ -8,21 +8,30 @@
 //! it), and every media stream — so any of them may land on any replica.
 //!
 //! ```ignore
-//! let Some(rig) = Rig::start(3, &[("WORKERS", "2")]).await else { return }; // None: skipped
-//! let call = rig.post("/v1/calls/create", body).await;                       // through the proxy
-//! let carrier = Line::Twilio.pick_up(&rig.twilio, &rig.vonage, &call.body).await;
-//! let holder = rig.served_by(&carrier.handshake);                            // which replica took it
-//! rig.steer_past(holder.unwrap());                                           // the next request goes elsewhere
-//! rig.sigterm(1); rig.kill9(2); rig.restart(2);                               // by index
+//! let Some(mut rig) = Rig::start(3, &[("DRAIN_SECS", "2")]).await else { return }; // None: skipped
+//! let call = rig.post("/v1/calls/create", body).await.body;          // through the proxy
+//! let carrier = Line::Twilio.pick_up(&rig.twilio, &rig.vonage, &call).await; // support::line
+//! let holder = rig.served_by(&carrier.handshake).unwrap();            // the replica holding the stream
+//! rig.steer_past(holder).await;                                       // the next request goes elsewhere
+//! rig.sigterm(holder);                                                // or rig.kill9(holder)
+//! assert!(rig.wait_exit(holder, Duration::from_secs(10)).await.success());
+//! rig.restart(holder).await;                                          // same address, same settings
 //! ```
 //!
 //! - [`Rig::start`]`(n, env)`: the database, the fakes, `n` replicas (the same `SECRETS_KEY`,
-//!   `VOCODE_API_KEY` = [`Rig::key`], `PUBLIC_BASE_URL` = [`Rig::base`]; `env` is added last, so it
-//!   overrides the rig's defaults), then the proxy. `None` when Postgres is not reachable or
-//!   HAProxy is not installed, unless `REQUIRE_POSTGRES=1` / `REQUIRE_HAPROXY=1` (then it panics).
+//!   `VOCODE_API_KEY` = [`Rig::key`], `PUBLIC_BASE_URL` = [`Rig::base`], live carriers and the
+//!   fake providers, `WORKERS=4`, JSON logs at `info`; `env` comes last, so it overrides any of
+//!   them), then the proxy; it returns once the proxy reaches every replica (about 2 s). `None`
+//!   when Postgres is not reachable or HAProxy is not installed, unless `REQUIRE_POSTGRES=1` /
+//!   `REQUIRE_HAPROXY=1` (then it panics).
+//! - The fakes are fields: `twilio`, `vonage`, `deepgram`, `openai`, `tts`, `receiver` (any
+//!   webhook URL may point at it: `ALLOW_PRIVATE_TARGETS=true`); `key`, `db`, `client` too.
+//! - [`Rig::get`] and [`Rig::post`]: through the proxy as the default user, with the replica that
+//!   answered ([`Answer`]).
 //! - [`Rig::base`] (the proxy), [`Rig::replica`]`(i)` (replica `i` directly, bypassing the proxy).
-//! - [`Rig::sigterm`], [`Rig::kill9`], [`Rig::restart`] (same address, same settings),
-//!   [`Rig::wait_exit`], [`Rig::logs`] (its JSON log lines), [`Rig::proxy_log`].
+//! - [`Rig::sigterm`] (returns at once), [`Rig::wait_exit`], [`Rig::kill9`], [`Rig::restart`]
+//!   (same address, same settings; returns once the proxy sends it requests again), [`Rig::logs`]
+//!   (its JSON log lines, every run's), [`Rig::proxy_log`].
 //! - Where requests went: every answer through the proxy carries `x-rig-replica: r<i>`
 //!   ([`Rig::served_by`] reads it, a websocket handshake's too), and [`Rig::routed`] lists every
 //!   request the proxy finished (a websocket's once it closed), with the replica that served it.
@@ -31,8 +40,10 @@
 //!
 //! The proxy's configuration is the shipped file but for its lines marked `rig:` — its own
 //! loopback port, the replicas' addresses instead of Docker's DNS, and health checks every 200 ms
-//! instead of 2 s so that a draining or dead replica is out within half a second. Replicas are
-//! named `r0`…`r{n-1}` in it.
+//! instead of 2 s, so that a replica failing `/ready` is out of the rotation within half a second
+//! (one refusing connections at once). Replicas are named `r0`…`r{n-1}` in it. HAProxy rather than
+//! a proxy of the suite's own: the rig then tests the proxy settings production runs (per-request
+//! round robin, websocket tunnels, `/ready` checks, retries elsewhere on a refused connection).
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
