@@ -1,6 +1,6 @@
 # vocode-server: build with the Rust toolchain, run on a slim Debian as a non-root user.
 #   docker build -t vocode-server .
-#   docker compose up -d          (the server and Postgres; see README.md, "Deploy")
+#   docker compose up -d          (the server's replicas behind a proxy, and Postgres; README.md, "Deploy")
 # With the server's own speech (Moonshine and flite, fetched at build time by
 # scripts/install-speech; x86_64 only):
 #   docker build --build-arg LOCAL_SPEECH=1 -t vocode-server .

@@ -1,11 +1,28 @@
-//! The replicas' heartbeats on the shared database, on either backend: a process is alive while
+//! Replicas: their heartbeats on the shared database, on either backend (a process is alive while
 //! it beats, is taken for gone once its heartbeat is older than `GONE_AFTER`, says when it drains,
-//! and is gone at once when it leaves.
+//! and is gone at once when it leaves); and calls on the multi-replica rig (`support::replicas`:
+//! three server processes on one Postgres behind the shipped HAProxy configuration, round robin per
+//! request), where every API request, carrier callback, TwiML fetch and media stream may land on
+//! any replica:
+//! - twenty calls at once on Twilio, and twenty on Vonage, each answered, greeted, heard and
+//!   answered end to end over its media stream, whichever replicas its requests reach;
+//! - `calls/end` through the proxy on a replica that does not hold the call's stream;
+//! - every call's webhooks exactly once each and in order, throughout;
+//! - the proxy routes around a replica killed with `kill -9` and one stopped with SIGTERM, and
+//!   sends to each again once it is back.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
 use vocode_server::replicas::{Replicas, GONE_AFTER};
 use vocode_server::store::{now, replicas, PoolSettings, Store};
 
-use crate::support::{Backend, TestDb};
+use crate::support::fake_deepgram::results;
+use crate::support::line::{Carrier, Line};
+use crate::support::{eventually, link_twilio_number, Backend, Received, Rig, TestDb};
 
 async fn store(backend: Backend) -> Option<(TestDb, Store)> {
     let db = TestDb::create(backend).await?;
@@ -51,4 +68,289 @@ async fn heartbeats_on_sqlite() {
 #[tokio::test]
 async fn heartbeats_on_postgres() {
     heartbeats(Backend::Postgres).await;
+}
+
+// ---------------------------------------------------------------- the multi-replica rig
+
+const OUR_NUMBER: &str = "+14155550100";
+const GREETING: &str = "Hello from the restaurant.";
+/// What the fake model answers when no test scripted it.
+const MODEL_ANSWER: &str = "Hello from the fake.";
+const CALLS: usize = 20;
+
+/// Three replicas behind the proxy, with our Twilio number linked and a Vonage number bought
+/// through it: the rig and the Vonage number.
+async fn rig() -> Option<(Rig, String)> {
+    let rig = Rig::start(3, &[]).await?;
+    rig.twilio.own(OUR_NUMBER);
+    let (sid, token) = (&rig.twilio.state.account_sid, &rig.twilio.state.auth_token);
+    link_twilio_number(rig.base(), &rig.key, sid, token, OUR_NUMBER).await;
+    let bought = rig.post("/v1/numbers/buy", json!({"telephony_provider": "vonage", "area_code": "646"})).await;
+    assert_eq!(bought.status, StatusCode::OK, "{}", bought.body);
+    let vonage_number = bought.body["number"].as_str().unwrap().to_owned();
+    Some((rig, vonage_number))
+}
+
+fn agent(rig: &Rig) -> Value {
+    json!({
+        "prompt": {"content": "You book tables."},
+        "initial_message": GREETING,
+        "voice": {"type": "voice_eleven_labs", "voice_id": "voice-1"},
+        "webhook": {"url": rig.receiver.url, "subscriptions":
+            ["event_phone_call_connected", "event_message", "event_transcript", "event_phone_call_ended"]},
+    })
+}
+
+/// Places a call through the proxy on `line`: the call as the API returned it.
+async fn place(rig: &Rig, line: Line, from: &str, to: String) -> Value {
+    let from = if line == Line::Twilio { OUR_NUMBER } else { from };
+    let created =
+        rig.post("/v1/calls/create", json!({"from_number": from, "to_number": to, "agent": agent(rig)})).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    created.body
+}
+
+/// The call's transcript once it contains `line`, read through the proxy.
+async fn transcript_with(rig: &Rig, id: &str, line: &str) -> String {
+    eventually(Duration::from_secs(20), || async {
+        let call = rig.get(&format!("/v1/calls?id={id}")).await;
+        call.body["transcript"].as_str().filter(|t| t.contains(line)).map(str::to_owned)
+    })
+    .await
+}
+
+/// The person's first words, in 20 ms of the line's audio that no other call sends (the bytes
+/// `marker`), so that the call's Deepgram connection is found by what it heard.
+fn voice(line: Line, marker: u8) -> Vec<u8> {
+    vec![marker; line.bytes(Duration::from_millis(20))]
+}
+
+/// The person says `words`: their audio goes up the stream, and Deepgram (the connection that
+/// heard that audio, on whichever replica) hears the words.
+async fn say(rig: &Rig, line: Line, carrier: &Carrier, marker: u8, words: &str) {
+    let frame = voice(line, marker);
+    carrier.speak(&frame);
+    let connection = eventually(Duration::from_secs(10), || async {
+        rig.deepgram.connections().iter().position(|c| c.audio.windows(frame.len()).any(|w| w == frame))
+    })
+    .await;
+    rig.deepgram.send_on(connection, results(words, true, true)).await;
+}
+
+/// The carrier ends the call: it closes the stream, and (once the conversation's transcript has
+/// gone out, so that each call's events have one order) says the call completed.
+async fn carrier_hangs_up(rig: &Rig, line: Line, carrier: &Carrier, call: &Value) {
+    if line == Line::Twilio {
+        carrier.stop();
+    }
+    carrier.close();
+    let id = call["id"].as_str().unwrap();
+    eventually(Duration::from_secs(20), || async {
+        rig.receiver.got().iter().any(|r| r.call_id() == id && r.kind() == "event_transcript").then_some(())
+    })
+    .await;
+    completed(rig, line, call).await;
+}
+
+/// The carrier's callback that the call is over.
+async fn completed(rig: &Rig, line: Line, call: &Value) {
+    let telephony_id = call["telephony_id"].as_str().unwrap();
+    let status = match line {
+        Line::Twilio => rig.twilio.status(telephony_id, "completed", &[("CallDuration", "9")]).await,
+        Line::Vonage => {
+            let secret = rig.vonage.state.signature_secret.clone();
+            rig.vonage.event(telephony_id, json!({"status": "completed", "duration": "9"}), Some(&secret)).await
+        }
+    };
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// Each call's webhooks, as the receiver got them, once every call has its last one: exactly the
+/// `expected` kinds in that order, each event once (a webhook-id of its own, received once).
+async fn webhooks_exactly_once_in_order(
+    rig: &Rig,
+    ids: &[String],
+    expected: &[&str],
+) -> BTreeMap<String, Vec<Received>> {
+    let last = *expected.last().unwrap();
+    eventually(Duration::from_secs(30), || async {
+        let got = rig.receiver.got();
+        ids.iter().all(|id| got.iter().any(|r| r.call_id() == *id && r.kind() == last)).then_some(())
+    })
+    .await;
+    let got = rig.receiver.got();
+    let mut by_call = BTreeMap::new();
+    for id in ids {
+        let mine: Vec<Received> = got.iter().filter(|r| r.call_id() == *id).cloned().collect();
+        let kinds: Vec<String> = mine.iter().map(Received::kind).collect();
+        assert_eq!(kinds, expected, "call {id}: its events, once each, in order");
+        let webhook_ids: BTreeSet<&String> = mine.iter().map(|r| &r.headers["webhook-id"]).collect();
+        assert_eq!(webhook_ids.len(), expected.len(), "call {id}: one webhook-id per event, none sent twice");
+        by_call.insert(id.clone(), mine);
+    }
+    by_call
+}
+
+/// Twenty calls at once on `line`, each through the proxy from its creation to its end: answered,
+/// greeted, heard, answered in the voice's audio, hung up. Whichever replicas a call's requests and
+/// its stream reach, it talks end to end, its transcript is whole, and its webhooks arrive exactly
+/// once each and in order; the calls' requests and streams are spread over every replica.
+async fn calls_span_replicas_and_talk_end_to_end(line: Line) {
+    let Some((rig, vonage_number)) = rig().await else { return };
+    let started = Instant::now();
+    let one_call = |i: usize| {
+        let (rig, vonage_number) = (&rig, &vonage_number);
+        async move {
+            let call = place(rig, line, vonage_number, format!("165055570{i:02}")).await;
+            let id = call["id"].as_str().unwrap().to_owned();
+            let carrier = line.pick_up(&rig.twilio, &rig.vonage, &call).await;
+            let holder = rig.served_by(&carrier.handshake).expect("the proxy says who took the stream");
+            transcript_with(rig, &id, &format!("BOT: {GREETING}")).await;
+            let words = format!("A table for {}.", i + 2);
+            say(rig, line, &carrier, 10 + i as u8, &words).await;
+            let text = transcript_with(rig, &id, &format!("BOT: {MODEL_ANSWER}")).await;
+            assert_eq!(text, format!("BOT: {GREETING}\nHUMAN: {words}\nBOT: {MODEL_ANSWER}\n"), "call {i}");
+            assert!(carrier.first_arrived(None).is_some(), "call {i}: the voice's audio reached the carrier");
+            carrier_hangs_up(rig, line, &carrier, &call).await;
+            let ended = rig.get(&format!("/v1/calls?id={id}")).await;
+            assert_eq!(ended.body["status"], "ended", "{}", ended.body);
+            (id, holder, words)
+        }
+    };
+    let calls = join_all((0..CALLS).map(one_call)).await;
+    let talked = started.elapsed();
+
+    let ids: Vec<String> = calls.iter().map(|(id, _, _)| id.clone()).collect();
+    let expected = [
+        "event_phone_call_connected",
+        "event_message",
+        "event_message",
+        "event_message",
+        "event_transcript",
+        "event_phone_call_ended",
+    ];
+    let webhooks = webhooks_exactly_once_in_order(&rig, &ids, &expected).await;
+    for (id, _, words) in &calls {
+        let messages: Vec<(Value, Value)> = webhooks[id][1..4]
+            .iter()
+            .map(|r| (r.event()["payload"]["sender"].clone(), r.event()["payload"]["text"].clone()))
+            .collect();
+        assert_eq!(
+            messages,
+            [(json!("bot"), json!(GREETING)), (json!("human"), json!(words)), (json!("bot"), json!(MODEL_ANSWER))]
+        );
+    }
+    assert_eq!(rig.openai.received().len(), CALLS, "one model turn per call");
+    assert_eq!(rig.tts.requests().len(), 2 * CALLS, "the greeting and the answer spoken, on every call");
+
+    // Where the requests went: every replica took streams and carrier callbacks, and most calls'
+    // requests reached more than one replica.
+    let routed = eventually(Duration::from_secs(5), || async {
+        let routed = rig.routed();
+        (routed.iter().filter(|r| r.status == 101).count() >= CALLS).then_some(routed)
+    })
+    .await;
+    let holders: BTreeSet<usize> = calls.iter().map(|(_, holder, _)| *holder).collect();
+    let callbacks: BTreeSet<Option<usize>> =
+        routed.iter().filter(|r| r.path.starts_with("/telephony/") && r.status != 101).map(|r| r.replica).collect();
+    assert!(holders.len() >= 2, "streams on more than one replica: {holders:?}");
+    assert_eq!(callbacks, BTreeSet::from([Some(0), Some(1), Some(2)]), "callbacks on every replica");
+    let spanning = ids
+        .iter()
+        .filter(|id| {
+            let reached: BTreeSet<Option<usize>> =
+                routed.iter().filter(|r| r.path.contains(id.as_str())).map(|r| r.replica).collect();
+            reached.len() > 1
+        })
+        .count();
+    assert!(spanning >= CALLS / 2, "only {spanning} of {CALLS} calls reached more than one replica");
+    assert!(routed.iter().all(|r| r.replica.is_some()), "every request found a replica");
+    eprintln!(
+        "{line:?}: {CALLS} calls talked end to end across 3 replicas in {talked:?}; streams held by replicas \
+         {holders:?}; {spanning} calls' requests reached more than one replica; {} requests through the proxy",
+        routed.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_span_replicas_and_talk_end_to_end_on_twilio() {
+    calls_span_replicas_and_talk_end_to_end(Line::Twilio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_span_replicas_and_talk_end_to_end_on_vonage() {
+    calls_span_replicas_and_talk_end_to_end(Line::Vonage).await;
+}
+
+/// `calls/end` through the proxy, answered by a replica that does not hold the call's stream: the
+/// carrier is told to hang up once, the call is over for every replica at once, and when the
+/// carrier closes the stream on the replica that holds it, the conversation there ends and its
+/// transcript goes out after the call's end — each event once, in order. On Twilio and Vonage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_end_on_a_replica_that_does_not_hold_the_stream() {
+    let Some((rig, vonage_number)) = rig().await else { return };
+    let mut ids = Vec::new();
+    for (i, line) in [Line::Twilio, Line::Vonage].into_iter().enumerate() {
+        let call = place(&rig, line, &vonage_number, format!("16505558{i:03}")).await;
+        let id = call["id"].as_str().unwrap().to_owned();
+        let carrier = line.pick_up(&rig.twilio, &rig.vonage, &call).await;
+        let holder = rig.served_by(&carrier.handshake).unwrap();
+        transcript_with(&rig, &id, &format!("BOT: {GREETING}")).await;
+
+        rig.steer_past(holder).await;
+        let ended = rig.post(&format!("/v1/calls/end?id={id}"), Value::Null).await;
+        assert_eq!(ended.status, StatusCode::OK, "{}", ended.body);
+        assert_ne!(ended.replica, Some(holder), "{line:?}: calls/end went to another replica than the stream's");
+        assert_eq!(
+            (ended.body["status"].as_str(), ended.body["stage_outcome"].as_str()),
+            (Some("ended"), Some("bot_disconnected"))
+        );
+        assert!(line.asked_to_hang_up(&rig.twilio, &rig.vonage, &call), "{line:?}: the carrier was told to hang up");
+        for replica in 0..3 {
+            let res = rig.client.get(format!("{}/v1/calls?id={id}", rig.replica(replica))).bearer_auth(&rig.key);
+            let seen: Value = res.send().await.unwrap().json().await.unwrap();
+            assert_eq!(seen["status"], "ended", "replica {replica} sees the call ended");
+        }
+
+        // The carrier ends the call as it was told: the stream closes on the replica holding it,
+        // then the carrier's own completed callback, which changes nothing.
+        if line == Line::Twilio {
+            carrier.stop();
+        }
+        carrier.close();
+        completed(&rig, line, &call).await;
+        ids.push(id);
+    }
+    let expected = ["event_phone_call_connected", "event_message", "event_phone_call_ended", "event_transcript"];
+    webhooks_exactly_once_in_order(&rig, &ids, &expected).await;
+    let hang_ups = rig.twilio.requests("POST", "/Calls/CA").len();
+    assert_eq!(hang_ups, 1, "Twilio was told once");
+}
+
+/// Which replicas served a dozen API requests through the proxy, each answered 200.
+async fn served_by(rig: &Rig) -> BTreeSet<usize> {
+    let mut served = BTreeSet::new();
+    for _ in 0..12 {
+        let answer = rig.get("/v1/calls/list").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        served.insert(answer.replica.expect("a replica"));
+    }
+    served
+}
+
+/// The rig's proxy as production's: a replica killed with `kill -9` costs no request (refused
+/// connections are retried on another replica) and is out of the rotation; one stopped with SIGTERM
+/// exits cleanly and gets nothing more; each takes requests again once restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_routes_around_stopped_replicas_and_back() {
+    let Some(mut rig) = Rig::start(3, &[("SHUTDOWN_GRACE_SECS", "2")]).await else { return };
+    rig.kill9(2);
+    assert_eq!(served_by(&rig).await, BTreeSet::from([0, 1]), "no request lost, none sent to the dead one");
+    rig.sigterm(1);
+    assert!(rig.wait_exit(1, Duration::from_secs(30)).await.success(), "a clean exit");
+    assert!(rig.logs(1).contains("shutting down"), "its log says why it stopped: {}", rig.logs(1));
+    assert_eq!(served_by(&rig).await, BTreeSet::from([0]));
+    rig.restart(1).await;
+    rig.restart(2).await;
+    assert_eq!(served_by(&rig).await, BTreeSet::from([0, 1, 2]));
 }

@@ -26,6 +26,7 @@ use vocode_server::config::{ConversationArgs, ServeArgs};
 use crate::support::fake_deepgram::{results, FakeDeepgram};
 use crate::support::fake_openai::{FakeOpenAi, Script};
 use crate::support::fake_tts::{audio_chunks, FakeTts};
+use crate::support::line::Socket;
 use crate::support::{
     eventually, live_telephony, on_both_backends, Backend, FakeTwilio, FakeVonage, Options, Receiver, TestApp,
     PUBLIC_KEY_PEM,
@@ -126,8 +127,6 @@ async fn transcript_has(w: &World, id: &str, line: &str) -> String {
     })
     .await
 }
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The carrier's side of a media stream: it plays what the server sends — audio into `audio`,
 /// each mark echoed back as the carrier does once the audio before it has played (here, at once)

@@ -1,7 +1,8 @@
-//! What the suites share: the server (in-process on a fresh database, or the real binary as a
-//! process of its own), fakes of the outside world that speak its real protocols (Twilio, Vonage,
-//! a webhook receiver, a carrier that misbehaves, a database connection that can be cut), and the
-//! helpers every suite uses.
+//! What the suites share: the server (in-process on a fresh database, the real binary as a process
+//! of its own, or several of them behind a round-robin proxy), fakes of the outside world that
+//! speak its real protocols (Twilio, Vonage, a carrier's side of a media stream, a webhook
+//! receiver, a carrier that misbehaves, a database connection that can be cut), and the helpers
+//! every suite uses.
 
 mod app;
 mod broken_carrier;
@@ -15,8 +16,10 @@ pub mod fake_tts;
 mod fake_twilio;
 mod fake_vonage;
 mod fault_proxy;
+pub mod line;
 mod process;
 mod receiver;
+pub mod replicas;
 
 pub use app::{error_locs, link_twilio_number, post_ok, read, unreachable_providers_env, Options, TestApp};
 pub use broken_carrier::broken_carrier;
@@ -27,6 +30,7 @@ pub use fake_vonage::FakeVonage;
 pub use fault_proxy::FaultProxy;
 pub use process::ServerProcess;
 pub use receiver::{Behaviour, Received, Receiver};
+pub use replicas::Rig;
 
 /// The RSA key pair the tests sign with: a Vonage application's key, a JWT issuer's.
 pub const PRIVATE_KEY_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt-test-private.pem");
