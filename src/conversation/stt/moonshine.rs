@@ -234,7 +234,8 @@ fn argmax(values: &[f32]) -> usize {
 /// worked.
 static RUNTIME_LOADED: Mutex<Option<(PathBuf, Result<(), String>)>> = Mutex::new(None);
 
-fn load_runtime(path: &Path) -> Result<(), MoonshineError> {
+/// Also what the voice-activity and end-of-turn models load ONNX Runtime with.
+pub(crate) fn load_runtime(path: &Path) -> Result<(), MoonshineError> {
     let mut loaded = RUNTIME_LOADED.lock().unwrap_or_else(|e| e.into_inner());
     let outcome = loaded.get_or_insert_with(|| {
         let outcome = ort::init_from(path).map(|env| {
