@@ -11,6 +11,7 @@ pub mod audio;
 pub mod context;
 pub mod denoise;
 pub mod do_not_call;
+pub mod end_of_turn;
 pub mod engine;
 pub mod knowledge;
 pub mod line;
