@@ -16,10 +16,12 @@ use serde_json::{json, Value};
 use vocode_server::config::{ConversationArgs, TelephonyArgs};
 use vocode_server::conversation::audio::{Encoding, Transcoder};
 use vocode_server::conversation::denoise::Denoiser;
+use vocode_server::conversation::end_of_turn;
 use vocode_server::conversation::local::LocalSpeech;
 use vocode_server::conversation::stt::moonshine;
 use vocode_server::conversation::tts::flite::Flite;
 use vocode_server::conversation::tts::Voice;
+use vocode_server::conversation::vad;
 
 use crate::support::{eventually, Backend, Options, TestApp};
 
@@ -265,7 +267,7 @@ fn the_install_checks_every_wheel_and_keeps_the_previous_setup_when_one_is_tampe
             dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension() == Some("whl".as_ref())).collect()
         })
         .unwrap_or_default();
-    if wheels.len() < 3 {
+    if wheels.len() < 5 {
         eprintln!("SKIPPED: the wheels are not in {} (scripts/install-speech keeps them there)", cache.display());
         return;
     }
@@ -280,24 +282,35 @@ fn the_install_checks_every_wheel_and_keeps_the_previous_setup_when_one_is_tampe
     for file in moonshine::FILES {
         assert!(dir.join(file).is_file(), "{file} installed");
     }
+    // The voice-activity and end-of-turn models, each with its licence beside it.
+    for file in [vad::silero::MODEL, end_of_turn::MODEL] {
+        assert!(dir.join(file).is_file(), "{file} installed");
+        let licence = std::fs::read_to_string(dir.join(file).with_file_name("LICENSE")).unwrap();
+        assert!(licence.contains("Copyright"), "{file}'s licence: {licence}");
+    }
     let again = install(&dir, &own_cache);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already installed"), "idempotent");
 
     // An installed file damaged, and a wheel in the cache tampered with: the reinstall refuses the
     // wheel in one line, and the folder is left exactly as it was.
+    // The end-of-turn model's wheel first, then the tokenizer's as well.
     std::fs::write(dir.join(moonshine::TOKENIZER), b"{}").unwrap();
-    let tampered =
-        own_cache.join(wheels.iter().find(|w| w.to_string_lossy().contains("useful")).unwrap().file_name().unwrap());
-    let mut bytes = std::fs::read(&tampered).unwrap();
-    bytes[100] ^= 0xFF;
-    std::fs::write(&tampered, bytes).unwrap();
-    let refused = install(&dir, &own_cache);
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains("sha256") && stderr.contains("previous setup is kept"), "{stderr}");
-    assert_eq!(std::fs::read(dir.join(moonshine::TOKENIZER)).unwrap(), b"{}", "the previous setup, untouched");
-    assert!(dir.join(moonshine::DECODER).is_file());
+    for wheel in ["pipecat_ai", "useful"] {
+        let tampered =
+            own_cache.join(wheels.iter().find(|w| w.to_string_lossy().contains(wheel)).unwrap().file_name().unwrap());
+        let mut bytes = std::fs::read(&tampered).unwrap();
+        bytes[100] ^= 0xFF;
+        std::fs::write(&tampered, bytes).unwrap();
+        let refused = install(&dir, &own_cache);
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(wheel), "it names the wheel refused: {stderr}");
+        assert!(stderr.contains("sha256") && stderr.contains("previous setup is kept"), "{stderr}");
+        assert_eq!(std::fs::read(dir.join(moonshine::TOKENIZER)).unwrap(), b"{}", "the previous setup, untouched");
+        assert!(dir.join(moonshine::DECODER).is_file());
+        assert!(dir.join(end_of_turn::MODEL).is_file());
+    }
     let leftovers: Vec<_> = std::fs::read_dir(work.join("data")).unwrap().filter_map(|e| e.ok()).collect();
     assert_eq!(leftovers.len(), 1, "no temporary folder left behind: {leftovers:?}");
     std::fs::remove_dir_all(&work).unwrap();
