@@ -296,10 +296,7 @@ mod tests {
         // The silence: 7 windows again, from index 30.
         assert_eq!(
             got,
-            [
-                (16, SpeechEvent::Started { at: MS_32 * 10 }),
-                (36, SpeechEvent::Stopped { at: MS_32 * 30 }),
-            ]
+            [(16, SpeechEvent::Started { at: MS_32 * 10 }), (36, SpeechEvent::Stopped { at: MS_32 * 30 }),]
         );
     }
 
