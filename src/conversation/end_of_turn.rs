@@ -210,8 +210,8 @@ pub fn log_mel(audio: &[f32]) -> Vec<f32> {
         for (p, c) in power.iter_mut().zip(&spectrum) {
             *p = c.norm_sqr();
         }
-        for m in 0..N_MELS {
-            let energy: f64 = filters[m * bins..][..bins].iter().zip(&power).map(|(f, p)| f * p).sum();
+        for (m, (first, weights)) in filters.iter().enumerate() {
+            let energy: f64 = weights.iter().zip(&power[*first..]).map(|(f, p)| f * p).sum();
             features[m * FRAMES + t] = energy.max(1e-10).log10();
         }
     }
@@ -219,9 +219,12 @@ pub fn log_mel(audio: &[f32]) -> Vec<f32> {
     features.iter().map(|&v| ((v.max(floor) + 4.0) / 4.0) as f32).collect()
 }
 
-/// The periodic Hann window and the Slaney mel filters (`N_MELS` rows of `N_FFT / 2 + 1`).
-fn constants() -> &'static (Vec<f64>, Vec<f64>) {
-    static CONSTANTS: OnceLock<(Vec<f64>, Vec<f64>)> = OnceLock::new();
+/// A mel filter: its first frequency bin, and its weights from there (it is zero elsewhere).
+type Filter = (usize, Vec<f64>);
+
+/// The periodic Hann window and the Slaney mel filters.
+fn constants() -> &'static (Vec<f64>, Vec<Filter>) {
+    static CONSTANTS: OnceLock<(Vec<f64>, Vec<Filter>)> = OnceLock::new();
     CONSTANTS.get_or_init(|| {
         let window =
             (0..N_FFT).map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / N_FFT as f64).cos()).collect();
@@ -246,25 +249,31 @@ fn mel_to_hertz(mel: f64) -> f64 {
 }
 
 /// Triangular filters evenly spaced on the Slaney mel scale from 0 to 8 kHz, each normalised to
-/// unit area (Transformers' `mel_filter_bank(norm="slaney", mel_scale="slaney")`).
-fn mel_filters() -> Vec<f64> {
+/// unit area (Transformers' `mel_filter_bank(norm="slaney", mel_scale="slaney")`), each kept as
+/// the few bins it covers.
+fn mel_filters() -> Vec<Filter> {
     let bins = N_FFT / 2 + 1;
     let (low, high) = (hertz_to_mel(0.0), hertz_to_mel(SAMPLE_RATE as f64 / 2.0));
     let edges: Vec<f64> =
         (0..N_MELS + 2).map(|i| mel_to_hertz(low + (high - low) * i as f64 / (N_MELS + 1) as f64)).collect();
     let nyquist = (SAMPLE_RATE / 2) as f64;
-    let mut filters = vec![0.0; N_MELS * bins];
-    for m in 0..N_MELS {
-        let (left, centre, right) = (edges[m], edges[m + 1], edges[m + 2]);
-        let area = 2.0 / (right - left);
-        for k in 0..bins {
-            let hz = nyquist * k as f64 / (bins - 1) as f64;
-            let down = (hz - left) / (centre - left);
-            let up = (right - hz) / (right - centre);
-            filters[m * bins + k] = down.min(up).max(0.0) * area;
-        }
-    }
-    filters
+    (0..N_MELS)
+        .map(|m| {
+            let (left, centre, right) = (edges[m], edges[m + 1], edges[m + 2]);
+            let area = 2.0 / (right - left);
+            let weights: Vec<f64> = (0..bins)
+                .map(|k| {
+                    let hz = nyquist * k as f64 / (bins - 1) as f64;
+                    let down = (hz - left) / (centre - left);
+                    let up = (right - hz) / (right - centre);
+                    down.min(up).max(0.0) * area
+                })
+                .collect();
+            let first = weights.iter().position(|w| *w > 0.0).unwrap_or(0);
+            let last = weights.iter().rposition(|w| *w > 0.0).unwrap_or(0);
+            (first, weights[first..=last.max(first)].to_vec())
+        })
+        .collect()
 }
 
 #[cfg(test)]
