@@ -96,9 +96,12 @@ pub async fn run() {
     }
     let mut out = String::new();
     let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     out += &format!(
-        "\n### Turn-taking models, {date} — {} cores (`bench/run turn-models`, {seconds} s per level)\n\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        "\n### Turn-taking models, {date} — {} cores, {} build, load average {} (`bench/run turn-models`, {seconds} s per level)\n\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        load.split_whitespace().next().unwrap_or("?"),
     );
     out += "Voice activity: every call stream gets a 20 ms frame per round, all at once.\n\n";
     out += "| line | detector | calls | CPU per frame per call | share of a core per call | round p50 | round max |\n";
