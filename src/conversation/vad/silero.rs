@@ -35,6 +35,9 @@ pub const MAX_BATCH: usize = 512;
 /// The recurrent state carried between a stream's windows: two layers of 128.
 pub const STATE: usize = 2 * 128;
 
+/// What a window gives: its probability of speech, and the stream's state after it.
+pub type Heard = (f32, Box<[f32; STATE]>);
+
 /// The sample rates the model hears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rate {
@@ -89,7 +92,7 @@ struct Request {
     rate: Rate,
     input: Vec<f32>,
     state: Box<[f32; STATE]>,
-    reply: oneshot::Sender<Result<(f32, Box<[f32; STATE]>), String>>,
+    reply: oneshot::Sender<Result<Heard, String>>,
 }
 
 /// The shared detector: a queue to the worker thread that runs the model.
@@ -145,12 +148,7 @@ impl Silero {
 
     /// The probability that `input` (the context, then one window, at `rate`) is speech, and the
     /// stream's state after it. Waits for the worker, which may be running other calls' windows.
-    pub async fn infer(
-        &self,
-        rate: Rate,
-        input: Vec<f32>,
-        state: Box<[f32; STATE]>,
-    ) -> Result<(f32, Box<[f32; STATE]>), SileroError> {
+    pub async fn infer(&self, rate: Rate, input: Vec<f32>, state: Box<[f32; STATE]>) -> Result<Heard, SileroError> {
         assert_eq!(input.len(), rate.context() + rate.window(), "one window and its context");
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request { rate, input, state, reply }).map_err(|_| SileroError::Closed)?;
@@ -194,11 +192,7 @@ fn serve(mut session: Session, queue: mpsc::Receiver<Request>) {
 }
 
 /// One run of the model over windows of one rate: each window's probability and new state.
-fn run(
-    session: &mut Session,
-    rate: Rate,
-    windows: &[(&[f32], &[f32; STATE])],
-) -> Result<Vec<(f32, Box<[f32; STATE]>)>, ort::Error> {
+fn run(session: &mut Session, rate: Rate, windows: &[(&[f32], &[f32; STATE])]) -> Result<Vec<Heard>, ort::Error> {
     let batch = windows.len();
     let width = rate.context() + rate.window();
     let mut input = Vec::with_capacity(batch * width);
