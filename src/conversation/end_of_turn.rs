@@ -16,8 +16,7 @@
 //! gets `None` from [`EndOfTurn::probability_if_free`] at once and uses the silence rule for that
 //! pause: the model is an improvement, never a queue the conversation waits in.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::session::Session;
@@ -25,6 +24,8 @@ use ort::value::Tensor;
 use realfft::RealFftPlanner;
 use tokio::sync::Semaphore;
 
+pub use crate::conversation::onnx::ModelError as EndOfTurnError;
+use crate::conversation::onnx::{self, bad_model, Loaded};
 use crate::conversation::stt::moonshine;
 
 /// The model, in `SPEECH_DIR`.
@@ -46,21 +47,6 @@ const N_MELS: usize = 80;
 /// Frames of features: one per hop of the 8 s, the last dropped (as Whisper's extractor does).
 pub const FRAMES: usize = WINDOW / HOP;
 
-/// Why the model could not be loaded or could not answer.
-#[derive(Debug, thiserror::Error)]
-pub enum EndOfTurnError {
-    #[error("{0} is missing (run scripts/install-speech)")]
-    Missing(PathBuf),
-    #[error(transparent)]
-    Runtime(moonshine::MoonshineError),
-    #[error("{path} cannot be used: {message}")]
-    Model { path: PathBuf, message: String },
-    #[error("end-of-turn inference failed: {0}")]
-    Inference(String),
-    #[error("the end-of-turn model is shutting down")]
-    Closed,
-}
-
 /// The shared model: a pool of sessions.
 pub struct EndOfTurn {
     sessions: Mutex<Vec<Session>>,
@@ -69,43 +55,21 @@ pub struct EndOfTurn {
 }
 
 /// Models loaded in this process, by folder.
-static LOADED: Mutex<Option<HashMap<PathBuf, Arc<EndOfTurn>>>> = Mutex::new(None);
+static LOADED: Loaded<EndOfTurn> = Loaded::new(None);
 
 impl EndOfTurn {
     /// The model of `dir`, loaded (blocking: about 0.2 s per worker) unless this process has
     /// loaded it already.
     pub fn shared(dir: &Path, workers: usize) -> Result<Arc<EndOfTurn>, EndOfTurnError> {
-        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(model) = loaded.get_or_insert_with(HashMap::new).get(dir) {
-            return Ok(model.clone());
-        }
-        let model = Arc::new(EndOfTurn::load(dir, workers)?);
-        loaded.get_or_insert_with(HashMap::new).insert(dir.to_owned(), model.clone());
-        Ok(model)
+        onnx::shared(&LOADED, dir, || EndOfTurn::load(dir, workers))
     }
 
     fn load(dir: &Path, workers: usize) -> Result<EndOfTurn, EndOfTurnError> {
-        for file in FILES {
-            if !dir.join(file).is_file() {
-                return Err(EndOfTurnError::Missing(dir.join(file)));
-            }
-        }
-        moonshine::load_runtime(&dir.join(moonshine::RUNTIME)).map_err(EndOfTurnError::Runtime)?;
-        let path = dir.join(MODEL);
-        let bad = |message: String| EndOfTurnError::Model { path: path.clone(), message };
         let workers = workers.max(1);
-        let mut sessions = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let session = Session::builder()
-                .map_err(|e| bad(e.to_string()))?
-                .with_intra_threads(1)
-                .map_err(|e| bad(e.to_string()))?
-                .with_inter_threads(1)
-                .map_err(|e| bad(e.to_string()))?
-                .commit_from_file(&path)
-                .map_err(|e| bad(e.to_string()))?;
-            sessions.push(session);
-        }
+        let mut sessions: Vec<Session> =
+            (0..workers).map(|_| onnx::session(dir, &FILES, MODEL)).collect::<Result<_, _>>()?;
+        let path = dir.join(MODEL);
+        let bad = |message: String| bad_model(&path, message);
         // A model that loads but does not answer (another model's file) is found out now.
         let features = log_mel(&[]);
         infer(&mut sessions[0], &features).map_err(|e| bad(format!("it does not run: {e}")))?;

@@ -132,21 +132,9 @@ impl LocalSpeech {
             return VoiceActivity::Energy;
         }
         let dir = self.dir.clone().expect("a folder when installed");
-        let loaded = self
-            .vad
-            .get_or_init(|| async move {
-                let loaded = tokio::task::spawn_blocking(move || Silero::shared(&dir))
-                    .await
-                    .map_err(|e| format!("loading stopped: {e}"))
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                match &loaded {
-                    Ok(_) => tracing::info!("voice-activity detection loaded (Silero VAD)"),
-                    Err(reason) => tracing::error!(
-                        %reason,
-                        "the voice-activity model is disabled, loudness decides instead: reinstall it with {INSTALL}"
-                    ),
-                }
-                loaded
+        let loaded =
+            load_once(&self.vad, "voice-activity detection (Silero VAD)", "loudness decides instead", move || {
+                Silero::shared(&dir)
             })
             .await;
         match loaded {
@@ -164,23 +152,13 @@ impl LocalSpeech {
         }
         let dir = self.dir.clone().expect("a folder when installed");
         let workers = self.workers;
-        let loaded = self
-            .turn
-            .get_or_init(|| async move {
-                let loaded = tokio::task::spawn_blocking(move || EndOfTurn::shared(&dir, workers))
-                    .await
-                    .map_err(|e| format!("loading stopped: {e}"))
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                match &loaded {
-                    Ok(_) => tracing::info!(workers, "end-of-turn model loaded (Smart Turn v3.2)"),
-                    Err(reason) => tracing::error!(
-                        %reason,
-                        "the end-of-turn model is disabled, the silence rule ends turns: reinstall it with {INSTALL}"
-                    ),
-                }
-                loaded
-            })
-            .await;
+        let loaded = load_once(
+            &self.turn,
+            "the end-of-turn model (Smart Turn v3.2)",
+            "the silence rule ends turns",
+            move || EndOfTurn::shared(&dir, workers),
+        )
+        .await;
         loaded.as_ref().ok().cloned()
     }
 
@@ -263,6 +241,28 @@ impl LocalSpeech {
                "local_speech_to_text": recognizer, "local_voice": voice,
                "voice_activity": voice_activity, "end_of_turn": end_of_turn})
     }
+}
+
+/// A turn-taking model in `cell`, loaded on the blocking pool the first time; its failure logged
+/// once, with what takes its place.
+async fn load_once<'a, T: Send + Sync + 'static>(
+    cell: &'a OnceCell<Result<Arc<T>, String>>,
+    what: &'static str,
+    instead: &'static str,
+    load: impl FnOnce() -> Result<Arc<T>, super::onnx::ModelError> + Send + 'static,
+) -> &'a Result<Arc<T>, String> {
+    cell.get_or_init(|| async move {
+        let loaded = tokio::task::spawn_blocking(load)
+            .await
+            .map_err(|e| format!("loading stopped: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match &loaded {
+            Ok(_) => tracing::info!("{what} loaded"),
+            Err(reason) => tracing::error!(%reason, "{what} is disabled, {instead}: reinstall it with {INSTALL}"),
+        }
+        loaded
+    })
+    .await
 }
 
 /// A program on the `PATH`.

@@ -18,6 +18,7 @@ pub mod line;
 pub mod llm;
 pub mod local;
 pub mod media;
+pub mod onnx;
 pub mod playout;
 pub mod recording;
 pub mod stt;

@@ -14,14 +14,15 @@
 //! at once; busy, the windows that queued during a run go together in the next. The async side
 //! only sends a window and awaits its answer; the runtime never runs the model.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::Path;
+use std::sync::{mpsc, Arc};
 
 use ort::session::Session;
 use ort::value::Tensor;
 use tokio::sync::oneshot;
 
+pub use crate::conversation::onnx::ModelError as SileroError;
+use crate::conversation::onnx::{self, bad_model, Loaded};
 use crate::conversation::stt::moonshine;
 
 /// The model, in `SPEECH_DIR`.
@@ -72,21 +73,6 @@ impl Rate {
     }
 }
 
-/// Why the detector could not be loaded or could not hear a window.
-#[derive(Debug, thiserror::Error)]
-pub enum SileroError {
-    #[error("{0} is missing (run scripts/install-speech)")]
-    Missing(PathBuf),
-    #[error(transparent)]
-    Runtime(moonshine::MoonshineError),
-    #[error("{path} cannot be used: {message}")]
-    Model { path: PathBuf, message: String },
-    #[error("voice-activity inference failed: {0}")]
-    Inference(String),
-    #[error("the voice-activity detector is shutting down")]
-    Closed,
-}
-
 /// A window to hear: the context and the window's samples in [-1, 1], and the stream's state.
 struct Request {
     rate: Rate,
@@ -101,38 +87,19 @@ pub struct Silero {
 }
 
 /// Detectors loaded in this process, by folder.
-static LOADED: Mutex<Option<HashMap<PathBuf, Arc<Silero>>>> = Mutex::new(None);
+static LOADED: Loaded<Silero> = Loaded::new(None);
 
 impl Silero {
     /// The detector of `dir`, loaded (blocking: a few milliseconds) unless this process has
     /// loaded it already.
     pub fn shared(dir: &Path) -> Result<Arc<Silero>, SileroError> {
-        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(silero) = loaded.get_or_insert_with(HashMap::new).get(dir) {
-            return Ok(silero.clone());
-        }
-        let silero = Arc::new(Silero::load(dir)?);
-        loaded.get_or_insert_with(HashMap::new).insert(dir.to_owned(), silero.clone());
-        Ok(silero)
+        onnx::shared(&LOADED, dir, || Silero::load(dir))
     }
 
     fn load(dir: &Path) -> Result<Silero, SileroError> {
-        for file in FILES {
-            if !dir.join(file).is_file() {
-                return Err(SileroError::Missing(dir.join(file)));
-            }
-        }
-        moonshine::load_runtime(&dir.join(moonshine::RUNTIME)).map_err(SileroError::Runtime)?;
+        let mut session = onnx::session(dir, &FILES, MODEL)?;
         let path = dir.join(MODEL);
-        let bad = |message: String| SileroError::Model { path: path.clone(), message };
-        let mut session = Session::builder()
-            .map_err(|e| bad(e.to_string()))?
-            .with_intra_threads(1)
-            .map_err(|e| bad(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| bad(e.to_string()))?
-            .commit_from_file(&path)
-            .map_err(|e| bad(e.to_string()))?;
+        let bad = |message: String| bad_model(&path, message);
         // A model that loads but does not answer (another model's file) is found out now.
         for rate in [Rate::Narrow, Rate::Wide] {
             let input = vec![0.0; rate.context() + rate.window()];
