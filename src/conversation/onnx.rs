@@ -36,15 +36,12 @@ pub(crate) fn session(dir: &Path, files: &[&str], model: &str) -> Result<Session
     }
     moonshine::load_runtime(&dir.join(moonshine::RUNTIME)).map_err(ModelError::Runtime)?;
     let path = dir.join(model);
-    let bad = |e: ort::Error| bad_model(&path, e.to_string());
-    Session::builder()
-        .map_err(bad)?
-        .with_intra_threads(1)
-        .map_err(|e| bad(e.into()))?
-        .with_inter_threads(1)
-        .map_err(|e| bad(e.into()))?
-        .commit_from_file(&path)
-        .map_err(bad)
+    single_threaded(&path).map_err(|e| bad_model(&path, e.to_string()))
+}
+
+/// A session of the model in `path` that runs on the calling thread alone.
+pub(crate) fn single_threaded(path: &Path) -> Result<Session, ort::Error> {
+    Session::builder()?.with_intra_threads(1)?.with_inter_threads(1)?.commit_from_file(path)
 }
 
 pub(crate) fn bad_model(path: &Path, message: String) -> ModelError {

@@ -139,15 +139,8 @@ impl Model {
     fn load(dir: &Path) -> Result<Model, MoonshineError> {
         let session = |file: &str| -> Result<Session, MoonshineError> {
             let path = dir.join(file);
-            let bad = |e: ort::Error| MoonshineError::Model { path: path.clone(), message: e.to_string() };
-            Session::builder()
-                .map_err(bad)?
-                .with_intra_threads(1)
-                .map_err(|e| bad(e.into()))?
-                .with_inter_threads(1)
-                .map_err(|e| bad(e.into()))?
-                .commit_from_file(&path)
-                .map_err(bad)
+            crate::conversation::onnx::single_threaded(&path)
+                .map_err(|e| MoonshineError::Model { path: path.clone(), message: e.to_string() })
         };
         Ok(Model { encoder: session(ENCODER)?, decoder: session(DECODER)? })
     }
