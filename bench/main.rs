@@ -15,10 +15,12 @@
 //!
 //! `bench/run media` runs the media-plane benchmark instead (concurrent talking calls; see
 //! [`media`]); `bench/run speech`, the offline one (concurrent calls with the local recogniser
-//! and voice; see [`speech`]).
+//! and voice; see [`speech`]); `bench/run turn-models`, the voice-activity and end-of-turn
+//! models' costs per frame, per call and per inference (see [`turn_models`]).
 
 mod media;
 mod speech;
+mod turn_models;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -337,6 +339,9 @@ async fn main() {
     }
     if std::env::args().nth(1).as_deref() == Some("speech") {
         return speech::run().await;
+    }
+    if std::env::args().nth(1).as_deref() == Some("turn-models") {
+        return turn_models::run().await;
     }
     let s = settings();
     let admin =

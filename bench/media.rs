@@ -256,7 +256,7 @@ fn start_server(database_url: &str, fakes: &Fakes, key: &str) -> Server {
 }
 
 /// CPU time of a process (user + system, all threads), in seconds.
-fn cpu_seconds(pid: &str) -> f64 {
+pub(crate) fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> =
         stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();

@@ -1,9 +1,12 @@
 //! The server's own speech, on the machine itself: what `scripts/install-speech` installed, found
-//! at start-up. The recogniser (Moonshine, [`super::stt::moonshine`]) is in `SPEECH_DIR`; the
-//! voice is Debian's `flite` program ([`super::tts::flite`]). Neither is needed: without them the
-//! server runs as before, and says (in the start-up log and on `/ready`) what is active and how to
-//! install the rest. A recogniser whose files are present but unusable (truncated, tampered) is
-//! disabled with one log line when it fails to load; it never takes the server down.
+//! at start-up. The recogniser (Moonshine, [`super::stt::moonshine`]), the voice-activity model
+//! (Silero, [`super::vad::silero`]) and the end-of-turn model (Smart Turn,
+//! [`super::end_of_turn`]) are in `SPEECH_DIR`; the voice is Debian's `flite` program
+//! ([`super::tts::flite`]). None is needed: without them the server runs as before (voice
+//! activity by loudness, the end of a turn by the silence rule), and says (in the start-up log and
+//! on `/ready`) what is active and how to install the rest. A model whose files are present but
+//! unusable (truncated, tampered) is disabled with one log line when it fails to load; it never
+//! takes the server down.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +15,10 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
+use super::end_of_turn::{self, EndOfTurn};
 use super::stt::moonshine::{self, Recognizer};
+use super::vad::detector::VoiceActivity;
+use super::vad::silero::{self, Silero};
 
 /// How to install the local speech, for the messages that mention it.
 pub const INSTALL: &str = "scripts/install-speech";
@@ -26,6 +32,18 @@ pub struct LocalSpeech {
     failed: AtomicBool,
     workers: usize,
     flite: Option<PathBuf>,
+    /// The voice-activity model: why its files are not all there, and the model once loaded.
+    vad_absent: Option<String>,
+    vad: OnceCell<Result<Arc<Silero>, String>>,
+    /// The end-of-turn model, likewise.
+    turn_absent: Option<String>,
+    turn: OnceCell<Result<Arc<EndOfTurn>, String>>,
+}
+
+/// Why some of `files` are not in `dir`, if they are not.
+fn lacking(dir: &Path, files: &[&str]) -> Option<String> {
+    let missing: Vec<&str> = files.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
+    (!missing.is_empty()).then(|| format!("{} lacks {}", dir.display(), missing.join(", ")))
 }
 
 impl LocalSpeech {
@@ -38,6 +56,10 @@ impl LocalSpeech {
             failed: AtomicBool::new(false),
             workers: 1,
             flite: None,
+            vad_absent: Some("no SPEECH_DIR".into()),
+            vad: OnceCell::new(),
+            turn_absent: Some("no SPEECH_DIR".into()),
+            turn: OnceCell::new(),
         }
     }
 
@@ -45,15 +67,17 @@ impl LocalSpeech {
     /// `workers`: how many transcriptions may run at once.
     pub fn discover(dir: Option<&Path>, workers: usize) -> LocalSpeech {
         let Some(dir) = dir else { return LocalSpeech::none() };
-        let missing: Vec<&str> = moonshine::FILES.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
-        let absent = (!missing.is_empty()).then(|| format!("{} lacks {}", dir.display(), missing.join(", ")));
         LocalSpeech {
             dir: Some(dir.to_owned()),
-            absent,
+            absent: lacking(dir, &moonshine::FILES),
             recognizer: OnceCell::new(),
             failed: AtomicBool::new(false),
             workers: workers.max(1),
             flite: find_program("flite"),
+            vad_absent: lacking(dir, &silero::FILES),
+            vad: OnceCell::new(),
+            turn_absent: lacking(dir, &end_of_turn::FILES),
+            turn: OnceCell::new(),
         }
     }
 
@@ -100,15 +124,55 @@ impl LocalSpeech {
             .clone()
     }
 
-    /// Loads the recogniser now, in the background, so that the first call does not wait (and a
+    /// How each call stream tells speech from the rest: the Silero model (loaded on first use, on
+    /// the blocking pool), or loudness when it is not installed or failed to load (said once: in
+    /// the start-up log when it is not installed, when it fails otherwise).
+    pub async fn voice_activity(&self) -> VoiceActivity {
+        if self.vad_absent.is_some() {
+            return VoiceActivity::Energy;
+        }
+        let dir = self.dir.clone().expect("a folder when installed");
+        let loaded =
+            load_once(&self.vad, "voice-activity detection (Silero VAD)", "loudness decides instead", move || {
+                Silero::shared(&dir)
+            })
+            .await;
+        match loaded {
+            Ok(model) => VoiceActivity::Silero(model.clone()),
+            Err(_) => VoiceActivity::Energy,
+        }
+    }
+
+    /// The end-of-turn model (loaded on first use, on the blocking pool), or `None` when it is not
+    /// installed or failed to load: then the silence rule ends turns (said once, as for
+    /// [`voice_activity`](Self::voice_activity)).
+    pub async fn end_of_turn(&self) -> Option<Arc<EndOfTurn>> {
+        if self.turn_absent.is_some() {
+            return None;
+        }
+        let dir = self.dir.clone().expect("a folder when installed");
+        let workers = self.workers;
+        let loaded = load_once(
+            &self.turn,
+            "the end-of-turn model (Smart Turn v3.2)",
+            "the silence rule ends turns",
+            move || EndOfTurn::shared(&dir, workers),
+        )
+        .await;
+        loaded.as_ref().ok().cloned()
+    }
+
+    /// Loads the models now, in the background, so that the first call does not wait (and a
     /// broken install shows in the log at start-up).
     pub fn warm_up(self: &Arc<Self>) {
-        if self.absent.is_none() {
-            let this = self.clone();
-            tokio::spawn(async move {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if this.absent.is_none() {
                 let _ = this.recognizer().await;
-            });
-        }
+            }
+            this.voice_activity().await;
+            this.end_of_turn().await;
+        });
     }
 
     /// One line for the start-up log.
@@ -123,6 +187,15 @@ impl LocalSpeech {
             None => format!("cloud voices only (run {INSTALL} for the local flite voice)"),
         };
         tracing::info!(speech_to_text = %stt, voices = %voice, "speech providers");
+        let vad = match &self.vad_absent {
+            None => "Silero VAD".to_owned(),
+            Some(absent) => format!("loudness ({absent}: run {INSTALL} for Silero VAD)"),
+        };
+        let turn = match &self.turn_absent {
+            None => "Smart Turn v3.2, the silence rule as fallback".to_owned(),
+            Some(absent) => format!("the silence rule ({absent}: run {INSTALL} for Smart Turn v3.2)"),
+        };
+        tracing::info!(voice_activity = %vad, end_of_turn = %turn, "turn-taking models");
     }
 
     /// What `/ready` says of the local speech.
@@ -139,9 +212,57 @@ impl LocalSpeech {
             Some(_) => json!({"active": true, "engine": "flite", "voices": super::tts::flite::VOICES}),
             None => json!({"active": false, "reason": format!("flite is not installed: run {INSTALL}")}),
         };
+        fn failed<T>(cell: &OnceCell<Result<T, String>>) -> bool {
+            cell.get().is_some_and(Result::is_err)
+        }
+        fn loaded<T>(cell: &OnceCell<Result<T, String>>) -> bool {
+            cell.get().is_some_and(Result::is_ok)
+        }
+        let voice_activity = match &self.vad_absent {
+            _ if failed(&self.vad) => json!({"detector": "energy",
+                "reason": format!("the Silero model failed to load: reinstall with {INSTALL}")}),
+            Some(absent) => {
+                json!({"detector": "energy", "reason": format!("Silero is not installed ({absent}): run {INSTALL}")})
+            }
+            None => {
+                json!({"detector": "silero", "installed": true, "model": "silero vad 6.2.3", "loaded": loaded(&self.vad)})
+            }
+        };
+        let end_of_turn = match &self.turn_absent {
+            _ if failed(&self.turn) => json!({"active": false, "rule": "silence",
+                "reason": format!("its model failed to load: reinstall with {INSTALL}")}),
+            Some(absent) => {
+                json!({"active": false, "rule": "silence", "reason": format!("not installed ({absent}): run {INSTALL}")})
+            }
+            None => json!({"active": true, "installed": true, "model": "smart-turn v3.2", "loaded": loaded(&self.turn),
+                           "threshold": end_of_turn::THRESHOLD}),
+        };
         json!({"speech_to_text": if deepgram { "deepgram" } else if self.recognizer_available() { "local" } else { "none" },
-               "local_speech_to_text": recognizer, "local_voice": voice})
+               "local_speech_to_text": recognizer, "local_voice": voice,
+               "voice_activity": voice_activity, "end_of_turn": end_of_turn})
     }
+}
+
+/// A turn-taking model in `cell`, loaded on the blocking pool the first time; its failure logged
+/// once, with what takes its place.
+async fn load_once<'a, T: Send + Sync + 'static>(
+    cell: &'a OnceCell<Result<Arc<T>, String>>,
+    what: &'static str,
+    instead: &'static str,
+    load: impl FnOnce() -> Result<Arc<T>, super::onnx::ModelError> + Send + 'static,
+) -> &'a Result<Arc<T>, String> {
+    cell.get_or_init(|| async move {
+        let loaded = tokio::task::spawn_blocking(load)
+            .await
+            .map_err(|e| format!("loading stopped: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match &loaded {
+            Ok(_) => tracing::info!("{what} loaded"),
+            Err(reason) => tracing::error!(%reason, "{what} is disabled, {instead}: reinstall it with {INSTALL}"),
+        }
+        loaded
+    })
+    .await
 }
 
 /// A program on the `PATH`.
@@ -178,6 +299,36 @@ mod tests {
         assert!(speech.recognizer().await.is_err());
         assert!(!speech.recognizer_available(), "found broken: disabled");
         assert_eq!(speech.status(false)["local_speech_to_text"]["active"], false);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_the_turn_taking_models_loudness_and_the_silence_rule_take_over() {
+        let speech = LocalSpeech::discover(Some(Path::new("/nonexistent/speech")), 2);
+        assert_eq!(speech.voice_activity().await.name(), "energy");
+        assert!(speech.end_of_turn().await.is_none());
+        let status = speech.status(true);
+        assert_eq!(status["voice_activity"]["detector"], "energy", "{status}");
+        assert!(status["voice_activity"]["reason"].as_str().unwrap().contains(INSTALL), "{status}");
+        assert_eq!(status["end_of_turn"]["active"], false, "{status}");
+        assert_eq!(status["end_of_turn"]["rule"], "silence", "{status}");
+        assert_eq!(LocalSpeech::none().voice_activity().await.name(), "energy");
+    }
+
+    #[tokio::test]
+    async fn corrupt_turn_taking_models_are_disabled_without_a_crash() {
+        let dir = std::env::temp_dir().join(format!("corrupt-turn-models-{}", std::process::id()));
+        for file in silero::FILES.iter().chain(&end_of_turn::FILES) {
+            std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(file), b"not what it should be").unwrap();
+        }
+        let speech = LocalSpeech::discover(Some(&dir), 1);
+        assert_eq!(speech.status(false)["voice_activity"]["detector"], "silero", "installed, not yet loaded");
+        assert_eq!(speech.voice_activity().await.name(), "energy");
+        assert!(speech.end_of_turn().await.is_none());
+        let status = speech.status(false);
+        assert!(status["voice_activity"]["reason"].as_str().unwrap().contains("failed to load"), "{status}");
+        assert!(status["end_of_turn"]["reason"].as_str().unwrap().contains("failed to load"), "{status}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

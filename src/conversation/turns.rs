@@ -1,6 +1,7 @@
 //! Turn-taking, as the conversational-dials guide describes it, in pure functions of what was
 //! heard and how long ago: which utterances interrupt the bot (`interrupt_sensitivity`), when the
-//! person's turn is over (`endpointing_sensitivity`), how every wait scales with
+//! person's turn is over (`endpointing_sensitivity`: by the silence rule, or after the end-of-turn
+//! model's verdict, and at the latest after the longest turn), how every wait scales with
 //! `conversation_speed`, and when a silent call is checked on and ended (`idle_time_seconds`,
 //! `ask_if_human_present_on_idle`, `ivr_navigation_mode`).
 
@@ -42,6 +43,10 @@ pub struct Dials {
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 /// With IVR navigation, the bot waits on hold this long.
 pub const IVR_IDLE: Duration = Duration::from_secs(600);
+/// The longest a caller's turn runs at normal speed, however it goes on: a caller who never
+/// pauses (a radio behind them) is answered after this much, and no turn's audio grows without
+/// bound.
+pub const LONGEST_TURN: Duration = Duration::from_secs(30);
 
 impl Default for Dials {
     fn default() -> Self {
@@ -101,6 +106,25 @@ impl Dials {
         Endpointing { after_punctuation: self.scaled(after_punctuation), otherwise: self.scaled(otherwise) }
     }
 
+    /// When a turn that has not ended by itself is ended and answered: [`LONGEST_TURN`] scaled
+    /// by `conversation_speed` (15 s at 2, 60 s at 0.5).
+    pub fn longest_turn(&self) -> Duration {
+        self.scaled(LONGEST_TURN)
+    }
+
+    /// How long to wait after the caller's speech stopped (the voice-activity detector's offset)
+    /// when the end-of-turn model has judged the pause. Without the model, [`Self::endpointing`]
+    /// still rules.
+    pub fn end_of_turn_waits(&self) -> EndOfTurnWaits {
+        // Done: enough to hear a second thought begin. Not done: longer than the silence rule's
+        // longest wait, as Pipecat and LiveKit (3 s) wait for an unfinished turn, and shorter.
+        let (complete, incomplete) = match self.endpointing {
+            EndpointingSensitivity::Sensitive => (Duration::from_millis(200), Duration::from_millis(1_200)),
+            EndpointingSensitivity::Relaxed => (Duration::from_millis(300), Duration::from_millis(2_000)),
+        };
+        EndOfTurnWaits { complete: self.scaled(complete), incomplete: self.scaled(incomplete) }
+    }
+
     /// Whether an utterance heard while the bot speaks is only a backchannel, which leaves the
     /// bot talking (it is still kept in the transcript).
     pub fn ignores_while_speaking(&self, utterance: &str) -> bool {
@@ -120,6 +144,26 @@ impl Dials {
 pub struct Endpointing {
     pub after_punctuation: Duration,
     pub otherwise: Duration,
+}
+
+/// The waits after a pause the end-of-turn model judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndOfTurnWaits {
+    /// The model says the caller is done.
+    pub complete: Duration,
+    /// The model says the caller is not done.
+    pub incomplete: Duration,
+}
+
+impl EndOfTurnWaits {
+    /// The wait for a pause the model gave `probability` of being the turn's end.
+    pub fn after(&self, probability: f32) -> Duration {
+        if probability > super::end_of_turn::THRESHOLD {
+            self.complete
+        } else {
+            self.incomplete
+        }
+    }
 }
 
 impl Endpointing {
@@ -245,6 +289,26 @@ mod tests {
         assert!(sensitive.otherwise < Dials::default().endpointing().otherwise);
         assert_eq!(Dials::default().endpointing().silence_needed("I want a table."), Duration::from_millis(500));
         assert_eq!(Dials::default().endpointing().silence_needed("I want a"), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_turn_ends_at_its_longest_scaled_by_speed() {
+        assert_eq!(Dials::default().longest_turn(), Duration::from_secs(30));
+        assert_eq!(Dials { speed: 2.0, ..Dials::default() }.longest_turn(), Duration::from_secs(15));
+        assert_eq!(Dials::from_agent(&json!({"conversation_speed": 0.5})).longest_turn(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_end_of_turn_models_verdict_shortens_or_lengthens_the_wait_by_the_dials() {
+        let relaxed = Dials::default().end_of_turn_waits();
+        assert_eq!(relaxed.after(0.9), Duration::from_millis(300));
+        assert_eq!(relaxed.after(0.2), Duration::from_secs(2));
+        assert!(relaxed.after(0.9) < Dials::default().endpointing().after_punctuation, "done answers sooner");
+        assert!(relaxed.after(0.2) > Dials::default().endpointing().otherwise, "not done waits longer");
+        let sensitive = Dials { endpointing: EndpointingSensitivity::Sensitive, ..Dials::default() };
+        assert!(sensitive.end_of_turn_waits().incomplete < relaxed.incomplete);
+        let fast = Dials { speed: 2.0, ..Dials::default() }.end_of_turn_waits();
+        assert_eq!(fast, EndOfTurnWaits { complete: Duration::from_millis(150), incomplete: Duration::from_secs(1) });
     }
 
     #[test]

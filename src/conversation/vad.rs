@@ -4,6 +4,12 @@
 //! endpointing silence. The floor is the quietest frame of the last 1.5 s (speech always pauses
 //! within that), so steady background noise (or what noise suppression leaves of it) does not
 //! count as speech, from its first frame on.
+//!
+//! The neural detector ([`silero`]) and the per-call detector the engine uses
+//! ([`detector::SpeechDetector`], with this one as its fallback) are in the modules below.
+
+pub mod detector;
+pub mod silero;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -62,14 +68,7 @@ impl EnergyVad {
 
     /// Hears one 20 ms frame of 16 kHz audio.
     pub fn push(&mut self, frame: &[i16]) -> Option<VadEvent> {
-        let level = rms(frame);
-        if self.recent.len() == FLOOR_FRAMES {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(level);
-        let floor = self.recent.iter().copied().fold(f32::INFINITY, f32::min).max(MIN_FLOOR);
-        let loud = level > (floor * OVER_FLOOR).max(MIN_SPEECH);
-        if loud {
+        if self.loud(frame) {
             self.loud_run += 1;
             self.quiet_run = 0;
         } else {
@@ -85,6 +84,18 @@ impl EnergyVad {
             return Some(VadEvent::Ended);
         }
         None
+    }
+
+    /// Whether one 20 ms frame of 16 kHz audio is loud over the line's floor (the floor learns
+    /// from it); [`push`](Self::push) without the start and end rules.
+    pub fn loud(&mut self, frame: &[i16]) -> bool {
+        let level = rms(frame);
+        if self.recent.len() == FLOOR_FRAMES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(level);
+        let floor = self.recent.iter().copied().fold(f32::INFINITY, f32::min).max(MIN_FLOOR);
+        level > (floor * OVER_FLOOR).max(MIN_SPEECH)
     }
 }
 

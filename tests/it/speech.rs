@@ -16,10 +16,12 @@ use serde_json::{json, Value};
 use vocode_server::config::{ConversationArgs, TelephonyArgs};
 use vocode_server::conversation::audio::{Encoding, Transcoder};
 use vocode_server::conversation::denoise::Denoiser;
+use vocode_server::conversation::end_of_turn;
 use vocode_server::conversation::local::LocalSpeech;
 use vocode_server::conversation::stt::moonshine;
 use vocode_server::conversation::tts::flite::Flite;
 use vocode_server::conversation::tts::Voice;
+use vocode_server::conversation::vad;
 
 use crate::support::{eventually, Backend, Options, TestApp};
 
@@ -158,6 +160,150 @@ async fn a_truncated_model_turns_the_local_recogniser_off_without_a_crash() {
     std::fs::remove_dir_all(&broken).unwrap();
 }
 
+/// `sentence` said by flite's `voice` on a line in `encoding`.
+async fn say(program: &Path, voice: &str, sentence: &str, encoding: Encoding) -> Vec<u8> {
+    let voice = Flite::new(program, voice).unwrap();
+    let mut audio = Vec::new();
+    let mut stream = voice.synthesize(sentence, encoding).await.unwrap();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        audio.extend(chunk.unwrap());
+    }
+    audio
+}
+
+/// Noise bursts of up to 300 ms, as 16 kHz samples: white noise, a click, a breath, a cough, a
+/// door's thump.
+fn bursts() -> Vec<(&'static str, Vec<i16>)> {
+    let mut seed = 5u32;
+    let mut white = move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+    };
+    let n = 4_800;
+    let envelope = |i: usize| (std::f32::consts::PI * i as f32 / n as f32).sin();
+    let noise: Vec<i16> = (0..n).map(|_| (white() * 6_000.0) as i16).collect();
+    let mut click = vec![0i16; n];
+    for (i, s) in click.iter_mut().enumerate().skip(100).take(40) {
+        *s = if i % 2 == 0 { 26_000 } else { -26_000 };
+    }
+    let mut last = 0.0f32;
+    let breath: Vec<i16> = (0..n)
+        .map(|i| {
+            last = 0.85 * last + 0.15 * white();
+            (last * 9_000.0 * envelope(i)) as i16
+        })
+        .collect();
+    let cough: Vec<i16> = (0..n)
+        .map(|i| {
+            last = 0.6 * last + 0.4 * white();
+            (last * 20_000.0 * (-(i as f32) / 1_000.0).exp()) as i16
+        })
+        .collect();
+    let door: Vec<i16> = (0..n)
+        .map(|i| {
+            let t = i as f32 / 16_000.0;
+            ((2.0 * std::f32::consts::PI * 80.0 * t).sin() * 25_000.0 * (-t * 10.0).exp()) as i16
+        })
+        .collect();
+    vec![("white noise", noise), ("click", click), ("breath", breath), ("cough", cough), ("door", door)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_voice_activity_model_hears_speech_and_not_noise_on_either_line() {
+    let Some((dir, program)) = installed() else { return };
+    let speech = LocalSpeech::discover(Some(&dir), 1);
+    let activity = speech.voice_activity().await;
+    assert_eq!(activity.name(), "silero", "the model loads");
+    assert_eq!(speech.status(false)["voice_activity"]["loaded"], true);
+    for encoding in [Encoding::Mulaw8k, Encoding::Linear16k] {
+        let frame = encoding.bytes_for_ms(20);
+        let silence = |ms: u32| vec![encoding.silence_byte(); encoding.bytes_for_ms(ms)];
+        // Each noise burst between silences: no event at all.
+        for (name, burst) in bursts() {
+            let line = match encoding {
+                Encoding::Linear16k => encoding.encode(&burst),
+                Encoding::Mulaw8k => {
+                    encoding.encode(&vocode_server::conversation::audio::Resampler::down().process(&burst))
+                }
+            };
+            let mut detector = activity.detector(encoding, vad::detector::DetectorSettings::default());
+            let mut events = Vec::new();
+            for chunk in [silence(500), line, silence(500)].concat().chunks(frame) {
+                events.extend(detector.push(chunk).await);
+            }
+            assert_eq!(events, [], "{encoding:?}: a {name} is not speech");
+        }
+        // A sentence after half a second: one start near 0.5 s, one stop after it.
+        let sentence = say(&program, "awb", "Can you tell me your opening hours?", encoding).await;
+        let spoken = encoding.ms_of(sentence.len());
+        let mut detector = activity.detector(encoding, vad::detector::DetectorSettings::default());
+        let mut events = Vec::new();
+        for chunk in [silence(500), sentence, silence(800)].concat().chunks(frame) {
+            events.extend(detector.push(chunk).await);
+        }
+        eprintln!("{encoding:?}: {spoken} ms of speech from 500 ms: {events:?}");
+        let [vad::detector::SpeechEvent::Started { at: start }, vad::detector::SpeechEvent::Stopped { at: stop }] =
+            events[..]
+        else {
+            panic!("{encoding:?}: one start and one stop: {events:?}")
+        };
+        assert!(start >= Duration::from_millis(500) && start <= Duration::from_millis(900), "{start:?}");
+        assert!(
+            stop > start + Duration::from_millis(spoken / 2) && stop <= Duration::from_millis(600 + spoken),
+            "{stop:?}"
+        );
+        assert_eq!(detector.model(), "silero");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_turn_model_hears_a_finished_sentence_and_one_cut_mid_phrase() {
+    let Some((dir, program)) = installed() else { return };
+    let speech = LocalSpeech::discover(Some(&dir), 1);
+    let model = speech.end_of_turn().await.expect("the end-of-turn model loads");
+    assert_eq!(speech.status(false)["end_of_turn"]["loaded"], true);
+    // Flite's prosody is not a person's: on many sentences the model hears it as unfinished. This
+    // question it hears finished, as a person's.
+    let audio = say(&program, "awb", "Can you tell me your opening hours?", Encoding::Linear16k).await;
+    let samples = Encoding::Linear16k.decode(&audio);
+    let started = std::time::Instant::now();
+    let done = model.probability(&samples).await.unwrap();
+    eprintln!("whole: {done:.3} in {:?}", started.elapsed());
+    assert!(done > end_of_turn::THRESHOLD, "the whole question is a finished turn: {done}");
+    // Cut after "opening", in "hours", at the start of "hours".
+    for fraction in [0.66, 0.75, 0.83] {
+        let cut = &samples[..(samples.len() as f64 * fraction) as usize];
+        let probability = model.probability(cut).await.unwrap();
+        eprintln!("cut at {fraction}: {probability:.3}");
+        assert!(probability < end_of_turn::THRESHOLD, "cut at {fraction}, the turn is not over: {probability}");
+    }
+    // More than 8 s: only the last 8 are heard.
+    let long = [vec![0i16; 16_000 * 9], samples.clone()].concat();
+    let heard = model.probability(&long).await.unwrap();
+    assert!((heard - done).abs() < 0.05, "{heard} vs {done}");
+    assert!(model.probability_if_free(&samples).await.is_some(), "a worker is free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_turn_taking_models_fall_back_to_loudness_and_the_silence_rule() {
+    let Some((dir, _)) = installed() else { return };
+    let broken = std::env::temp_dir().join(format!("broken-turn-models-{}", uuid::Uuid::new_v4().simple()));
+    for file in [vad::silero::MODEL, end_of_turn::MODEL] {
+        std::fs::create_dir_all(broken.join(file).parent().unwrap()).unwrap();
+        let model = std::fs::read(dir.join(file)).unwrap();
+        std::fs::write(broken.join(file), &model[..model.len() / 3]).unwrap();
+    }
+    std::os::unix::fs::symlink(dir.join(moonshine::RUNTIME), broken.join(moonshine::RUNTIME)).unwrap();
+    let speech = LocalSpeech::discover(Some(&broken), 1);
+    assert_eq!(speech.status(false)["voice_activity"]["detector"], "silero", "every file is there");
+    assert_eq!(speech.voice_activity().await.name(), "energy", "a truncated model does not load");
+    assert!(speech.end_of_turn().await.is_none(), "a truncated model does not load");
+    let status = speech.status(false);
+    assert_eq!(status["voice_activity"]["detector"], "energy", "{status}");
+    assert_eq!(status["end_of_turn"]["rule"], "silence", "{status}");
+    std::fs::remove_dir_all(&broken).unwrap();
+}
+
 async fn offline_sandbox(dir: PathBuf, noise: f32) -> Option<TestApp> {
     // Real time: the person's audio is heard, not told through the side channel.
     let telephony = TelephonyArgs { sandbox_time_scale: 1.0, sandbox_noise: noise, ..TelephonyArgs::default() };
@@ -265,7 +411,7 @@ fn the_install_checks_every_wheel_and_keeps_the_previous_setup_when_one_is_tampe
             dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension() == Some("whl".as_ref())).collect()
         })
         .unwrap_or_default();
-    if wheels.len() < 3 {
+    if wheels.len() < 5 {
         eprintln!("SKIPPED: the wheels are not in {} (scripts/install-speech keeps them there)", cache.display());
         return;
     }
@@ -280,24 +426,35 @@ fn the_install_checks_every_wheel_and_keeps_the_previous_setup_when_one_is_tampe
     for file in moonshine::FILES {
         assert!(dir.join(file).is_file(), "{file} installed");
     }
+    // The voice-activity and end-of-turn models, each with its licence beside it.
+    for file in [vad::silero::MODEL, end_of_turn::MODEL] {
+        assert!(dir.join(file).is_file(), "{file} installed");
+        let licence = std::fs::read_to_string(dir.join(file).with_file_name("LICENSE")).unwrap();
+        assert!(licence.contains("Copyright"), "{file}'s licence: {licence}");
+    }
     let again = install(&dir, &own_cache);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already installed"), "idempotent");
 
     // An installed file damaged, and a wheel in the cache tampered with: the reinstall refuses the
     // wheel in one line, and the folder is left exactly as it was.
+    // The end-of-turn model's wheel first, then the tokenizer's as well.
     std::fs::write(dir.join(moonshine::TOKENIZER), b"{}").unwrap();
-    let tampered =
-        own_cache.join(wheels.iter().find(|w| w.to_string_lossy().contains("useful")).unwrap().file_name().unwrap());
-    let mut bytes = std::fs::read(&tampered).unwrap();
-    bytes[100] ^= 0xFF;
-    std::fs::write(&tampered, bytes).unwrap();
-    let refused = install(&dir, &own_cache);
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains("sha256") && stderr.contains("previous setup is kept"), "{stderr}");
-    assert_eq!(std::fs::read(dir.join(moonshine::TOKENIZER)).unwrap(), b"{}", "the previous setup, untouched");
-    assert!(dir.join(moonshine::DECODER).is_file());
+    for wheel in ["pipecat_ai", "useful"] {
+        let tampered =
+            own_cache.join(wheels.iter().find(|w| w.to_string_lossy().contains(wheel)).unwrap().file_name().unwrap());
+        let mut bytes = std::fs::read(&tampered).unwrap();
+        bytes[100] ^= 0xFF;
+        std::fs::write(&tampered, bytes).unwrap();
+        let refused = install(&dir, &own_cache);
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(wheel), "it names the wheel refused: {stderr}");
+        assert!(stderr.contains("sha256") && stderr.contains("previous setup is kept"), "{stderr}");
+        assert_eq!(std::fs::read(dir.join(moonshine::TOKENIZER)).unwrap(), b"{}", "the previous setup, untouched");
+        assert!(dir.join(moonshine::DECODER).is_file());
+        assert!(dir.join(end_of_turn::MODEL).is_file());
+    }
     let leftovers: Vec<_> = std::fs::read_dir(work.join("data")).unwrap().filter_map(|e| e.ok()).collect();
     assert_eq!(leftovers.len(), 1, "no temporary folder left behind: {leftovers:?}");
     std::fs::remove_dir_all(&work).unwrap();

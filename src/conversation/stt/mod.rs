@@ -10,6 +10,7 @@
 pub mod deepgram;
 pub mod local;
 pub mod moonshine;
+pub mod plausible;
 pub mod sandbox;
 
 use futures_util::future::BoxFuture;

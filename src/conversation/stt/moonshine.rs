@@ -139,15 +139,8 @@ impl Model {
     fn load(dir: &Path) -> Result<Model, MoonshineError> {
         let session = |file: &str| -> Result<Session, MoonshineError> {
             let path = dir.join(file);
-            let bad = |e: ort::Error| MoonshineError::Model { path: path.clone(), message: e.to_string() };
-            Session::builder()
-                .map_err(bad)?
-                .with_intra_threads(1)
-                .map_err(|e| bad(e.into()))?
-                .with_inter_threads(1)
-                .map_err(|e| bad(e.into()))?
-                .commit_from_file(&path)
-                .map_err(bad)
+            crate::conversation::onnx::single_threaded(&path)
+                .map_err(|e| MoonshineError::Model { path: path.clone(), message: e.to_string() })
         };
         Ok(Model { encoder: session(ENCODER)?, decoder: session(DECODER)? })
     }
@@ -234,7 +227,8 @@ fn argmax(values: &[f32]) -> usize {
 /// worked.
 static RUNTIME_LOADED: Mutex<Option<(PathBuf, Result<(), String>)>> = Mutex::new(None);
 
-fn load_runtime(path: &Path) -> Result<(), MoonshineError> {
+/// Also what the voice-activity and end-of-turn models load ONNX Runtime with.
+pub(crate) fn load_runtime(path: &Path) -> Result<(), MoonshineError> {
     let mut loaded = RUNTIME_LOADED.lock().unwrap_or_else(|e| e.into_inner());
     let outcome = loaded.get_or_insert_with(|| {
         let outcome = ort::init_from(path).map(|env| {
