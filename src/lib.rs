@@ -193,6 +193,19 @@ impl App {
         let replica_id = format!("{addr}-{}", Uuid::new_v4().simple());
         let replicas = replicas::Replicas::new(store.clone(), replica_id.clone());
         replicas.beat().await?;
+        if sandbox.is_some() && store.backend() == store::Backend::Postgres {
+            // The sandbox's calls, people and recordings live in this process: another replica
+            // could neither end them nor serve their recordings.
+            let why = "the sandbox carrier's calls live in the process that placed them, out of the others' reach";
+            let others = replicas.require_alone(why).await?;
+            if let Some(other) = others.first() {
+                let _ = replicas.leave().await;
+                anyhow::bail!(
+                    "the sandbox carrier (CARRIER_MODE=sandbox, or auto with no carrier account) keeps its calls in this process and cannot share this Postgres database with another live server process ({other}): stop that one, give this one a database of its own, or use CARRIER_MODE=live"
+                );
+            }
+        }
+        replicas.refresh().await?;
         let queue = Queue::new(store.clone(), replica_id, std::time::Duration::from_secs(serve.job_lease_secs.max(1)));
         let new_calls = calls::create::Settings {
             record: telephony.record_calls,
@@ -209,7 +222,7 @@ impl App {
             secrets.clone(),
             new_calls,
         );
-        let jobs = Jobs::new(queue, registry(telephony.reconcile_after / 4));
+        let jobs = Jobs::new(queue, registry(telephony::outbound::reconcile_every(telephony.reconcile_after)));
         if sandbox.is_some() {
             tracing::info!(
                 public_base_url = %telephony.public_base,

@@ -7,7 +7,7 @@
 //! This is the whole coordination between replicas: the database they already share, no other
 //! service. SQLite is one process's own database, so there the only replica is this one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,11 +33,27 @@ struct Inner {
     started_at: DateTime<Utc>,
     store: Store,
     draining: AtomicBool,
+    /// How many processes serve now, as of the last heartbeat (see [`Replicas::serving`]).
+    serving: AtomicUsize,
+    /// Why this process must be the only one, if it must: another one seen later is warned
+    /// about, once.
+    alone: std::sync::OnceLock<&'static str>,
+    warned: AtomicBool,
 }
 
 impl Replicas {
     pub fn new(store: Store, id: String) -> Self {
-        Replicas { inner: Arc::new(Inner { id, started_at: now(), store, draining: AtomicBool::new(false) }) }
+        Replicas {
+            inner: Arc::new(Inner {
+                id,
+                started_at: now(),
+                store,
+                draining: AtomicBool::new(false),
+                serving: AtomicUsize::new(1),
+                alone: std::sync::OnceLock::new(),
+                warned: AtomicBool::new(false),
+            }),
+        }
     }
 
     /// This process's id (also the name its job claims go by).
@@ -61,6 +77,27 @@ impl Replicas {
         tx.commit().await
     }
 
+    /// How many processes serve requests now, this one included: those alive and not draining, as
+    /// of this process's last heartbeat (at least 1). Shared limits are divided by it.
+    pub fn serving(&self) -> usize {
+        self.inner.serving.load(Ordering::Relaxed)
+    }
+
+    /// Counts the processes that serve now (see [`Replicas::serving`]).
+    pub async fn refresh(&self) -> sqlx::Result<usize> {
+        let alive = self.alive().await?;
+        let others = alive.iter().filter(|r| r.id != self.inner.id && !r.draining).count();
+        self.inner.serving.store(others + 1, Ordering::Relaxed);
+        if let Some(why) = self.inner.alone.get() {
+            if others > 0 && !self.inner.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "another server process has joined this one on its database, which it should not: {why}"
+                );
+            }
+        }
+        Ok(others + 1)
+    }
+
     /// Beats every [`HEARTBEAT`] until `stop`; then says this process is gone. A heartbeat that
     /// fails is logged and tried again at the next one.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
@@ -74,6 +111,8 @@ impl Replicas {
             }
             if let Err(e) = store::as_worker(self.beat()).await {
                 tracing::warn!(error = %e, "the heartbeat could not be written");
+            } else if let Err(e) = store::as_worker(self.refresh()).await {
+                tracing::warn!(error = %e, "the other processes' heartbeats could not be read");
             }
             sweeps += 1;
             if sweeps.is_multiple_of(30) {
@@ -107,5 +146,37 @@ impl Replicas {
     /// Whether the process `id` is alive now.
     pub async fn is_alive(&self, id: &str) -> sqlx::Result<bool> {
         Ok(self.alive().await?.iter().any(|r| r.id == id))
+    }
+
+    /// Makes sure no other process is alive on this database, for a process that must be the
+    /// only one (`why` says why); from then on, one that shows up is warned about (once). Another
+    /// process counts once its heartbeat is seen again: one killed a moment ago looks alive until
+    /// its heartbeat is [`GONE_AFTER`] old, so this waits up to that long for its row to go stale.
+    /// Returns the ids of the others that are really alive (the caller then refuses to run).
+    pub async fn require_alone(&self, why: &'static str) -> sqlx::Result<Vec<String>> {
+        let _ = self.inner.alone.set(why);
+        let others = |rows: Vec<replicas::ReplicaRow>| -> Vec<replicas::ReplicaRow> {
+            rows.into_iter().filter(|r| r.id != self.inner.id).collect()
+        };
+        let first = others(self.alive().await?);
+        let deadline = tokio::time::Instant::now() + GONE_AFTER + HEARTBEAT;
+        let mut unsure = first.clone();
+        while !unsure.is_empty() {
+            let now_alive = others(self.alive().await?);
+            let beating: Vec<String> = now_alive
+                .iter()
+                .filter(|r| first.iter().all(|f| f.id != r.id || f.seen_at < r.seen_at))
+                .map(|r| r.id.clone())
+                .collect();
+            if !beating.is_empty() {
+                return Ok(beating);
+            }
+            unsure = now_alive;
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(unsure.into_iter().map(|r| r.id).collect());
+            }
+            tokio::time::sleep(HEARTBEAT / 4).await;
+        }
+        Ok(Vec::new())
     }
 }

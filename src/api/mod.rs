@@ -46,8 +46,8 @@ pub fn router(state: AppState, settings: &limits::Settings) -> Router {
         .route("/metrics", get(metrics))
         .route("/calls/latency", get(calls::latency))
         .route("/calls/events", get(calls::events));
-    if let Some(layer) = limits::rate_limit(settings) {
-        operations = operations.layer(layer);
+    if let Some(limit) = limits::RateLimit::new(settings, state.replicas.clone()) {
+        operations = operations.layer(axum::middleware::from_fn_with_state(limit, limits::rate_limited));
     }
     let router = Router::new()
         .merge(operations)
@@ -106,6 +106,9 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
         Ok(Ok(())) => Ok(Json(json!({
             "status": "ready",
             "carrier_mode": state.telephony.mode(),
+            // The server processes serving on this database, as this one counts them (shared
+            // limits are divided by it).
+            "replicas": state.replicas.serving(),
             "speech": state.local_speech.status(state.conversation.deepgram_api_key.is_some()),
         }))),
         Ok(Err(err)) => {

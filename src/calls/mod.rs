@@ -159,6 +159,18 @@ pub struct Talk {
     pub prompt: Value,
 }
 
+/// Calls in progress that nobody looks after (see [`Calls::orphaned`]).
+pub struct Orphans {
+    /// Their conversation's owner is gone.
+    pub lost: Vec<CallRow>,
+    /// Their conversation ended, or none was recorded.
+    pub unowned: Vec<CallRow>,
+}
+
+fn ago(d: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
+    now() - chrono::Duration::from_std(d).unwrap_or_default()
+}
+
 /// A call after news, and the jobs the news caused that this process claimed to run at once.
 pub struct Applied {
     pub row: CallRow,
@@ -305,7 +317,9 @@ impl Calls {
                 }
             }
             let changed = updated.state != row.state || updated.recording_url != row.recording_url;
-            if !changed && updated.last_carrier_event_at == row.last_carrier_event_at {
+            // (News that changes nothing may still cause work: a second end request asks the
+            // carrier to hang up again. It goes through the compare-and-set like any change.)
+            if !changed && effects.is_empty() && updated.last_carrier_event_at == row.last_carrier_event_at {
                 return Ok(Some(Applied { row, claimed: Vec::new() }));
             }
             updated.version = row.version + 1;
@@ -332,7 +346,8 @@ impl Calls {
     }
 
     /// Asks for a user's call to end (unless it is over already): the hang-up this causes comes
-    /// back claimed, to run at once. `None` when the user has no such call.
+    /// back claimed, to run at once. Asked again while the carrier has not ended the call (it
+    /// refused the first hang-up, say), it hangs up again. `None` when the user has no such call.
     pub async fn end(&self, user_id: Uuid, call_id: Uuid) -> Result<Option<Vec<JobRow>>, CallsError> {
         let row = {
             let mut handle = self.store.read().await?;
@@ -399,8 +414,24 @@ impl Calls {
 
     /// Calls in progress with no news from their carrier since `quiet_for` ago.
     pub async fn quiet(&self, quiet_for: std::time::Duration, limit: i64) -> sqlx::Result<Vec<CallRow>> {
-        let before = now() - chrono::Duration::from_std(quiet_for).unwrap_or_default();
+        let before = ago(quiet_for);
         let mut handle = self.store.read().await?;
         calls::stale(handle.conn(), before, limit).await
+    }
+
+    /// Calls in progress that nobody looks after, with no news from their carrier since
+    /// `quiet_for` ago: those whose conversation's owner is a process not seen for `gone_after`
+    /// (`lost`), and, after `unowned_for`, those whose conversation no process runs.
+    pub async fn orphaned(
+        &self,
+        gone_after: std::time::Duration,
+        quiet_for: std::time::Duration,
+        unowned_for: std::time::Duration,
+        limit: i64,
+    ) -> sqlx::Result<Orphans> {
+        let mut handle = self.store.read().await?;
+        let lost = calls::owner_gone(handle.conn(), ago(gone_after), ago(quiet_for), limit).await?;
+        let unowned = calls::unowned(handle.conn(), ago(unowned_for), limit).await?;
+        Ok(Orphans { lost, unowned })
     }
 }

@@ -10,6 +10,8 @@
 //! | machine detection | – | – | – | human_detection_result; `no_human` with `on_no_human_answer: hangup` hangs up, ending `human_unanswered` |
 //! | completed after pick-up, the person hung up | ended | picked_up | human_disconnected | end_time, duration |
 //! | completed after pick-up, we hung up | ended | picked_up | bot_disconnected | end_time, duration |
+//! | `calls/end` again before the carrier confirms the end (it refused or missed the first hang-up) | – | – | – | the hang-up is asked for again |
+//! | the conversation is lost with the process that ran it, then completed | ended | picked_up | bot_disconnected | the server's failure ended it, not the person |
 //! | busy, no-answer, canceled before pick-up | ended | created | human_unanswered | |
 //! | failed, rejected before pick-up | ended | created | call_did_not_connect | |
 //! | carrier refused the create request | error | created | call_did_not_connect | error_message |
@@ -79,7 +81,12 @@ string_enum!(HumanDetection { Human = "human", NoHuman = "no_human" });
 string_enum!(NoHumanAnswer { Continue = "continue", Hangup = "hangup" });
 string_enum!(
     /// Why the server hung up a call, remembered until the carrier confirms the end.
-    Hangup { Requested = "requested", NoHuman = "no_human", TransferUnanswered = "transfer_unanswered" }
+    Hangup {
+        Requested = "requested",
+        NoHuman = "no_human",
+        TransferUnanswered = "transfer_unanswered",
+        ConversationLost = "conversation_lost",
+    }
 );
 string_enum!(Direction { Outbound = "outbound", Inbound = "inbound" });
 string_enum!(
@@ -173,8 +180,13 @@ pub enum Event {
     GaveUp {
         reason: String,
     },
-    /// `calls/end`, or the agent ending the conversation.
+    /// `calls/end`, or the agent ending the conversation. Again before the carrier confirms the
+    /// end, it asks for the hang-up again (the carrier may have refused the first).
     EndRequested,
+    /// The process that ran the call's conversation is gone (it crashed, or stopped without
+    /// handing the call over) while the bot was on the line: whatever ends the call now is the
+    /// server's doing, not the person's.
+    ConversationLost,
     /// The agent is transferring the call to a third party (`action_transfer_call`).
     TransferStarted,
     /// The third party answered.
@@ -255,6 +267,7 @@ pub fn transition(state: &CallState, event: &Event, now: DateTime<Utc>) -> (Call
                     (Some(Hangup::NoHuman), _) => StageOutcome::HumanUnanswered,
                     (Some(Hangup::Requested), _) => StageOutcome::BotDisconnected,
                     (Some(Hangup::TransferUnanswered), _) => StageOutcome::TransferUnanswered,
+                    (Some(Hangup::ConversationLost), _) => StageOutcome::BotDisconnected,
                     // The person hung up while the third party's phone rang.
                     (None, Stage::TransferStarted) => StageOutcome::TransferDisconnected,
                     (None, _) => StageOutcome::HumanDisconnected,
@@ -294,10 +307,22 @@ pub fn transition(state: &CallState, event: &Event, now: DateTime<Utc>) -> (Call
                 next.hangup = Some(Hangup::Requested);
                 effects.push(Effect::CancelDispatch);
                 effects.push(Effect::DidNotConnect);
-            } else if matches!(next.hangup, None | Some(Hangup::TransferUnanswered)) {
-                // (A warm transfer nobody answered leaves the call with the bot, which may end it.)
-                next.hangup = Some(Hangup::Requested);
+            } else {
+                match next.hangup {
+                    // (A warm transfer nobody answered leaves the call with the bot, which may end it.)
+                    None | Some(Hangup::TransferUnanswered) | Some(Hangup::ConversationLost) => {
+                        next.hangup = Some(Hangup::Requested);
+                    }
+                    // Asked before and not over yet: the carrier refused or missed the hang-up, so
+                    // it is asked again (the reason stays the first one).
+                    Some(Hangup::Requested) | Some(Hangup::NoHuman) => {}
+                }
                 effects.push(Effect::HangUp);
+            }
+        }
+        Event::ConversationLost => {
+            if next.stage == Stage::PickedUp && next.hangup.is_none() {
+                next.hangup = Some(Hangup::ConversationLost);
             }
         }
         Event::TransferStarted => {
@@ -379,6 +404,16 @@ mod tests {
             ),
             (
                 vec![accepted(), Event::Answered, Event::EndRequested, Event::Completed { duration_seconds: Some(9) }],
+                (Ended, PickedUp, Some(BotDisconnected)),
+            ),
+            (vec![accepted(), Event::Answered, Event::EndRequested, Event::EndRequested], (InProgress, PickedUp, None)),
+            (
+                vec![
+                    accepted(),
+                    Event::Answered,
+                    Event::ConversationLost,
+                    Event::Completed { duration_seconds: Some(9) },
+                ],
                 (Ended, PickedUp, Some(BotDisconnected)),
             ),
             (vec![accepted(), Event::Ringing, Event::NotAnswered], (Ended, Created, Some(HumanUnanswered))),
@@ -472,7 +507,52 @@ mod tests {
         assert_eq!((again, effects), (answered.clone(), vec![]), "answered twice");
         let (first, e1) = transition(&answered, &Event::EndRequested, t(600));
         let (second, e2) = transition(&first, &Event::EndRequested, t(700));
-        assert_eq!((e1, e2.len(), second), (vec![Effect::HangUp], 0, first));
+        // A second end request changes nothing in the call, but asks for the hang-up again.
+        assert_eq!((e1, e2, second), (vec![Effect::HangUp], vec![Effect::HangUp], first));
+    }
+
+    #[test]
+    fn a_second_end_request_asks_for_the_hang_up_again_until_the_call_is_over() {
+        let answered = run(CallState::new(NoHumanAnswer::Continue), &[accepted(), Event::Answered]).0;
+        // The carrier refused the first hang-up: the call is still in progress, the end requested.
+        let (asked, effects) = run(answered.clone(), &[Event::EndRequested, Event::EndRequested]);
+        assert_eq!(effects, [Effect::HangUp, Effect::HangUp]);
+        assert_eq!((summary(&asked), asked.hangup), ((InProgress, PickedUp, None), Some(Hangup::Requested)));
+        // The second hang-up gets through: bot_disconnected, as if the first had.
+        let (s, _) = transition(&asked, &Event::Completed { duration_seconds: Some(20) }, t(100));
+        assert_eq!(summary(&s), (Ended, PickedUp, Some(BotDisconnected)));
+        // A hang-up the server asked for itself (nobody answered) is asked for again too, and keeps its reason.
+        let machine = run(
+            CallState::new(NoHumanAnswer::Hangup),
+            &[accepted(), Event::Answered, Event::MachineDetection(HumanDetection::NoHuman)],
+        )
+        .0;
+        let (again, effects) = transition(&machine, &Event::EndRequested, t(100));
+        assert_eq!((effects, again.hangup), (vec![Effect::HangUp], Some(Hangup::NoHuman)));
+        // Once over, nothing asks the carrier again.
+        let (_, effects) = transition(&s, &Event::EndRequested, t(200));
+        assert!(effects.is_empty());
+    }
+
+    #[test]
+    fn a_call_whose_conversation_was_lost_is_not_ended_by_the_person() {
+        let answered = run(CallState::new(NoHumanAnswer::Continue), &[accepted(), Event::Answered]).0;
+        let completed = Event::Completed { duration_seconds: Some(30) };
+        let (s, effects) = run(answered.clone(), &[Event::ConversationLost, completed.clone()]);
+        assert_eq!(summary(&s), (Ended, PickedUp, Some(BotDisconnected)));
+        assert_eq!(effects, [Effect::EndedAfterPickUp], "nothing to do at the carrier: it is news, not a request");
+        // Before pick-up there was no conversation to lose; after a transfer was answered, or
+        // once the bot hung up itself, the end keeps its own reason.
+        let created = run(CallState::new(NoHumanAnswer::Continue), &[accepted()]).0;
+        assert_eq!(transition(&created, &Event::ConversationLost, t(50)).0, created);
+        let transferred = run(answered.clone(), &[Event::TransferStarted, Event::TransferAnswered]).0;
+        let (s, _) = run(transferred, &[Event::ConversationLost, completed.clone()]);
+        assert_eq!(summary(&s), (Ended, TransferSuccessful, Some(HumanDisconnected)));
+        let (s, _) = run(answered.clone(), &[Event::EndRequested, Event::ConversationLost, completed.clone()]);
+        assert_eq!(s.stage_outcome, Some(BotDisconnected));
+        // calls/end on a call whose conversation was lost hangs it up.
+        let (s, effects) = run(answered, &[Event::ConversationLost, Event::EndRequested]);
+        assert_eq!((s.hangup, effects), (Some(Hangup::Requested), vec![Effect::HangUp]));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A kind of job is a serde payload with a name ([`Job`]). Whatever causes a job writes it in the
 //! transaction of the change that causes it ([`Queue::enqueue`]). A worker claims it under a lease,
 //! releases the transaction, runs it — touching the outside world with no transaction open — and
-//! records the outcome; a job whose worker died runs again once its lease expires. One
+//! records the outcome. A worker is named by its process's replica id: a job whose process is gone
+//! (see [`crate::replicas`]) is taken over at once, one whose lease expired unrenewed, then. One
 //! [`Registry`], built in one place (the crate root), maps each kind to its runner.
 //!
 //! This module knows nothing of calls, carriers or webhooks: it is generic over the context its
@@ -27,6 +28,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::replicas::GONE_AFTER;
 use crate::store::jobs::{self as queue, JobRow, NewJob};
 use crate::store::{as_worker, now, Store, Tx};
 
@@ -172,10 +174,13 @@ impl Queue {
         self.0.queued.notify_one();
     }
 
-    /// Claims up to `limit` due jobs.
+    /// Claims up to `limit` jobs due at `at`: new ones, and those of workers that are gone (no
+    /// heartbeat for [`GONE_AFTER`], now) or whose leases ran out.
     pub async fn claim(&self, at: DateTime<Utc>, limit: usize) -> sqlx::Result<Vec<JobRow>> {
+        let alive_since = now() - chrono::Duration::from_std(GONE_AFTER).expect("a short duration");
         let mut tx = self.0.store.begin().await?;
-        let claimed = queue::claim(tx.conn(), self.worker_id(), at, self.lease_until(at), limit as i64).await?;
+        let claimed =
+            queue::claim(tx.conn(), self.worker_id(), at, self.lease_until(at), limit as i64, alive_since).await?;
         tx.commit().await?;
         Ok(claimed)
     }

@@ -270,6 +270,37 @@ pub async fn stale(c: DbConn<'_>, before: DateTime<Utc>, limit: i64) -> sqlx::Re
     all(run!(c, |c| sqlx::query_as(&sql).bind(before).bind(limit).fetch_all(&mut *c).await)?)
 }
 
+/// Calls in progress whose conversation's owner (in `call_sessions`) is a process not seen since
+/// `alive_since` — crashed, or stopped without handing the call over — and that have had no news
+/// from their carrier since `before`.
+pub async fn owner_gone(
+    c: DbConn<'_>,
+    alive_since: DateTime<Utc>,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<CallRow>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls WHERE status = '{}' AND last_carrier_event_at < $1 \
+         AND EXISTS (SELECT 1 FROM call_sessions s WHERE s.call_id = calls.id AND s.owner IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = s.owner AND r.seen_at >= $2)) \
+         ORDER BY last_carrier_event_at LIMIT $3",
+        CallStatus::InProgress
+    );
+    all(run!(c, |c| sqlx::query_as(&sql).bind(before).bind(alive_since).bind(limit).fetch_all(&mut *c).await)?)
+}
+
+/// Calls in progress whose conversation nobody runs — it ended, or none was ever recorded — that
+/// have had no news from their carrier since `before`.
+pub async fn unowned(c: DbConn<'_>, before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<CallRow>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls WHERE status = '{}' AND last_carrier_event_at < $1 \
+         AND NOT EXISTS (SELECT 1 FROM call_sessions s WHERE s.call_id = calls.id AND s.owner IS NOT NULL) \
+         ORDER BY last_carrier_event_at LIMIT $2",
+        CallStatus::InProgress
+    );
+    all(run!(c, |c| sqlx::query_as(&sql).bind(before).bind(limit).fetch_all(&mut *c).await)?)
+}
+
 /// Adds lines to a call's transcript (the state machine's compare-and-set does not cover it: the
 /// conversation is its only writer).
 pub async fn append_transcript(c: DbConn<'_>, id: Uuid, lines: &str, at: DateTime<Utc>) -> sqlx::Result<()> {

@@ -2,8 +2,9 @@
 //!
 //! A job is written in the same transaction as the change that causes it. A worker claims a job
 //! with a lease (`locked_until`), releases the transaction, does the work (an HTTP call, say),
-//! and then records the outcome; a job whose worker died is claimed again once its lease expires.
-//! On Postgres, claims skip rows other workers have locked (`FOR UPDATE SKIP LOCKED`), so any
+//! and then records the outcome. A job whose worker's process is gone (its heartbeat in
+//! `replicas` is older than the cutoff, or it has none) is claimed again at once; a job whose
+//! worker lives but stopped renewing its lease, once the lease expires. On Postgres, claims skip rows other workers have locked (`FOR UPDATE SKIP LOCKED`), so any
 //! number of replicas share one queue. Jobs with the same `ordering_key` run one at a time, in
 //! the order they were written.
 
@@ -79,21 +80,27 @@ async fn insert(
     Ok(id)
 }
 
-/// Claims up to `limit` jobs that are due, unlocked, and not behind an earlier job of their
+/// Claims up to `limit` jobs that are due, not held, and not behind an earlier job of their
 /// ordering key (a later job of a key is never claimed with an earlier one, which is still ready).
+/// A job is held while its lease runs and its worker is alive: seen in `replicas` since
+/// `alive_since`. A worker never takes over its own claims (they are running right here).
 pub async fn claim(
     c: DbConn<'_>,
     worker: &str,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     limit: i64,
+    alive_since: DateTime<Utc>,
 ) -> sqlx::Result<Vec<JobRow>> {
     let postgres = c.backend() == Backend::Postgres;
     let skip_locked = if postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
     let sql = format!(
         "UPDATE jobs SET attempts = attempts + 1, locked_until = $2, locked_by = $3, updated_at = $1 \
          WHERE id IN (SELECT j.id FROM jobs j \
-             WHERE j.state = 'ready' AND j.run_at <= $1 AND (j.locked_until IS NULL OR j.locked_until < $1) \
+             WHERE j.state = 'ready' AND j.run_at <= $1 \
+             AND (j.locked_until IS NULL OR j.locked_until < $1 \
+                 OR (j.locked_by <> $3 AND NOT EXISTS (SELECT 1 FROM replicas r \
+                     WHERE r.id = j.locked_by AND r.seen_at >= $5))) \
              AND (j.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs e \
                  WHERE e.ordering_key = j.ordering_key AND e.state = 'ready' \
                  AND (e.created_at < j.created_at OR (e.created_at = j.created_at AND e.id < j.id)))) \
@@ -113,7 +120,14 @@ pub async fn claim(
             .execute(&mut *c)
             .await?;
         }
-        sqlx::query_as(&sql).bind(now).bind(lease_until).bind(worker).bind(limit).fetch_all(&mut *c).await
+        sqlx::query_as(&sql)
+            .bind(now)
+            .bind(lease_until)
+            .bind(worker)
+            .bind(limit)
+            .bind(alive_since)
+            .fetch_all(&mut *c)
+            .await
     })
 }
 

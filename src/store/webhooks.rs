@@ -51,3 +51,10 @@ pub async fn attempts_of_user(c: DbConn<'_>, user_id: Uuid) -> sqlx::Result<Vec<
     let sql = format!("SELECT {COLUMNS} FROM webhook_attempts WHERE user_id = $1 ORDER BY created_at, id");
     run!(c, |c| sqlx::query_as(&sql).bind(user_id).fetch_all(&mut *c).await)
 }
+
+/// Whether an attempt at delivering the event got a 2xx.
+pub async fn delivered(c: DbConn<'_>, event_id: &str) -> sqlx::Result<bool> {
+    const SQL: &str = "SELECT COUNT(*) FROM webhook_attempts WHERE event_id = $1 AND outcome = 'delivered'";
+    let n: i64 = run!(c, |c| sqlx::query_scalar(SQL).bind(event_id).fetch_one(&mut *c).await)?;
+    Ok(n > 0)
+}

@@ -13,6 +13,7 @@ use crate::domain::call::{CallStatus, Event, NoHumanAnswer, Stage};
 use crate::domain::documents::{AGENTS, WEBHOOKS};
 use crate::domain::phone::PhoneNumber;
 use crate::jobs::{Attempt, Outcome, Ran};
+use crate::replicas::GONE_AFTER;
 use crate::store::calls::CallRow;
 use crate::store::records;
 use crate::webhooks::EventType;
@@ -224,6 +225,12 @@ async fn hang_up_inner(state: &AppState, call_id: Uuid, attempt: Attempt) -> Out
 
 /// Asks the carrier what became of a call and applies the answer.
 pub async fn check_with_carrier(state: &AppState, row: &CallRow) {
+    check(state, row, false).await;
+}
+
+/// [`check_with_carrier`]; `lost`: the call's conversation was lost with the process that ran it,
+/// so an end the carrier reports is the server's doing (`bot_disconnected`), not the person's.
+async fn check(state: &AppState, row: &CallRow, lost: bool) {
     let Some(telephony_id) = row.state.telephony_id.clone() else {
         return;
     };
@@ -235,6 +242,14 @@ pub async fn check_with_carrier(state: &AppState, row: &CallRow) {
     match reported {
         Ok(reported) => match reported.event {
             Some(event) => {
+                let over = matches!(event, Event::Completed { .. } | Event::NotAnswered | Event::Failed);
+                if lost && over {
+                    tracing::info!(call_id = %row.id, "the call ended after the process that ran its conversation was lost");
+                    if let Err(e) = state.calls.apply(row.id, &News::api(Event::ConversationLost)).await {
+                        tracing::warn!(call_id = %row.id, error = %e, "cannot record that a call's conversation was lost");
+                        return;
+                    }
+                }
                 if let Ok(Some(applied)) = state.calls.apply(row.id, &News::carrier(event, reported.status)).await {
                     state.run_soon(applied.claimed);
                 }
@@ -250,15 +265,59 @@ pub async fn check_with_carrier(state: &AppState, row: &CallRow) {
     }
 }
 
-/// Calls in progress with no news from their carrier for a while are checked with the carrier,
-/// so that none stays `in_progress` forever.
+/// How long a call whose conversation's owner is gone may go without carrier news before its
+/// carrier is asked about it (and then again, until it ends or another process takes it over).
+pub const ORPHAN_QUIET: Duration = Duration::from_secs(20);
+/// How long a call in progress whose conversation no process runs (it ended, or none was
+/// recorded) may go without carrier news before its carrier is asked about it.
+pub const UNOWNED_QUIET: Duration = Duration::from_secs(60);
+/// The longest time between two rounds of [`reconcile`]: with [`ORPHAN_QUIET`] and
+/// [`GONE_AFTER`], a call whose owner dies is asked about within a minute.
+pub const RECONCILE_AT_LEAST_EVERY: Duration = Duration::from_secs(15);
+
+/// How often [`reconcile`] runs, for calls quiet for `reconcile_after`.
+pub fn reconcile_every(reconcile_after: Duration) -> Duration {
+    (reconcile_after / 4).min(RECONCILE_AT_LEAST_EVERY)
+}
+
+/// Calls in progress that nobody looks after, or that have had no news from their carrier for a
+/// while, are checked with the carrier, so that none stays `in_progress` forever: a call whose
+/// conversation's owner is gone (its process crashed or stopped) after [`ORPHAN_QUIET`], one whose
+/// conversation no process runs after [`UNOWNED_QUIET`], any other after `RECONCILE_AFTER_SECS`.
 pub async fn reconcile(state: AppState) {
-    match state.calls.quiet(state.telephony.reconcile_after, 50).await {
-        Ok(rows) => {
-            for row in rows {
-                check_with_carrier(&state, &row).await;
+    let orphans = state.calls.orphaned(GONE_AFTER, ORPHAN_QUIET, UNOWNED_QUIET, 50).await;
+    let quiet = state.calls.quiet(state.telephony.reconcile_after, 50).await;
+    let (orphans, quiet) = match (orphans, quiet) {
+        (Ok(orphans), Ok(quiet)) => (orphans, quiet),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot look for stale calls");
+            return;
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let rounds = [(orphans.lost, true), (orphans.unowned, false), (quiet, false)];
+    for (rows, lost) in rounds {
+        for row in rows {
+            if seen.insert(row.id) {
+                check(&state, &row, lost).await;
             }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot look for stale calls"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_whose_owner_died_is_asked_about_within_a_minute() {
+        // Its owner is taken for gone GONE_AFTER after its last heartbeat; the call is due once
+        // quiet for ORPHAN_QUIET (its last news came at the latest when the owner died); the next
+        // round of reconciliation comes within a period, whatever RECONCILE_AFTER_SECS says.
+        for reconcile_after in [Duration::from_secs(300), Duration::from_secs(3600), Duration::from_secs(20)] {
+            let every = reconcile_every(reconcile_after);
+            assert!(every <= reconcile_after / 4);
+            assert!(GONE_AFTER.max(ORPHAN_QUIET) + every <= Duration::from_secs(60), "{reconcile_after:?}");
+        }
     }
 }

@@ -82,6 +82,12 @@ impl Webhooks {
         }
     }
 
+    /// Whether a 2xx for the event is on record.
+    async fn delivered(&self, event_id: &str) -> sqlx::Result<bool> {
+        let mut handle = self.store.read().await?;
+        store::delivered(handle.conn(), event_id).await
+    }
+
     async fn secrets_of(&self, user_id: Uuid) -> anyhow::Result<Vec<String>> {
         if let Some((secrets, read_at)) = self.secrets.lock().unwrap_or_else(|e| e.into_inner()).get(&user_id) {
             if read_at.elapsed() < SECRETS_FRESH_FOR {
@@ -106,7 +112,26 @@ enum Answer {
 }
 
 /// Runs a `deliver_webhook` job: one attempt, recorded with the job's outcome.
+///
+/// An event is sent again only while no 2xx for it is on record. A duplicate can come only from a
+/// process that lost the job (it died, or lost the database) between the receiver's answer and
+/// the record of it; it carries the same `webhook-id`, so receivers drop it.
 pub async fn deliver(webhooks: &Webhooks, delivery: DeliverWebhook, job: Attempt) -> Ran {
+    if job.number > 1 {
+        // A worker that lost this job (taken over from a process that looked gone) may have
+        // delivered it after all, and recorded that, with no say over the job any more.
+        match webhooks.delivered(&delivery.event_id).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(event_id = %delivery.event_id, "the event was delivered already: not sent again");
+                return Outcome::Done.into();
+            }
+            Err(e) => {
+                let error = format!("the delivery record cannot be read: {e}");
+                return Outcome::Retry { after: Duration::from_secs(5), error }.into();
+            }
+        }
+    }
     let secrets = match webhooks.secrets_of(delivery.user_id).await {
         Ok(s) => s,
         Err(e) => {
@@ -191,15 +216,19 @@ async fn attempt(webhooks: &Webhooks, delivery: &DeliverWebhook, secrets: &[Stri
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            // Read a little of the answer, so the connection can be reused; never all of it.
-            let mut stream = res.bytes_stream();
-            let mut read = 0;
-            while let Some(Ok(chunk)) = stream.next().await {
-                read += chunk.len();
-                if read >= MAX_ANSWER_BYTES {
-                    break;
+            // Read a little of the answer, so the connection can be reused; never all of it, and
+            // not before the outcome is recorded: the status is the answer, and every moment
+            // between it and its record is one in which a crash means a duplicate.
+            tokio::spawn(async move {
+                let mut stream = res.bytes_stream();
+                let mut read = 0;
+                while let Some(Ok(chunk)) = stream.next().await {
+                    read += chunk.len();
+                    if read >= MAX_ANSWER_BYTES {
+                        break;
+                    }
                 }
-            }
+            });
             Answer::Status(status, retry_after)
         }
         Err(err) => {

@@ -337,3 +337,49 @@ async fn media_stream_sockets_that_never_bind_are_closed() {
     }
     assert!(after <= before + 10, "the descriptors are given back: {before} before, {after} after");
 }
+
+/// Three server processes on one Postgres, behind a round-robin balancer (each request to the
+/// next): a key limited to 1 request a second with a burst of 24 gets about 24 of 100 requests
+/// through in all — each process admits its third — not 24 on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_replicas() {
+    use crate::support::{eventually, hex_key, ServerProcess, TestDb};
+
+    let Some(db) = TestDb::create(Backend::Postgres).await else { return };
+    let key = vocode_server::crypto::generate_api_key().key;
+    let secrets_key = hex_key();
+    let env = [
+        ("SECRETS_KEY", secrets_key.as_str()),
+        ("VOCODE_API_KEY", key.as_str()),
+        ("CARRIER_MODE", "live"),
+        ("RATE_LIMIT_PER_SECOND", "1"),
+        ("RATE_LIMIT_BURST", "24"),
+        ("WORKERS", "0"),
+        ("RUST_LOG", "warn"),
+    ];
+    let replicas: Vec<ServerProcess> = (0..3).map(|_| ServerProcess::start(&db.url, &env)).collect();
+    let client = reqwest::Client::new();
+    // Each has seen the others' heartbeats (within one of its own).
+    for replica in &replicas {
+        eventually(Duration::from_secs(10), || async {
+            let ready: serde_json::Value =
+                client.get(format!("{}/ready", replica.base)).send().await.ok()?.json().await.ok()?;
+            (ready["replicas"] == 3).then_some(())
+        })
+        .await;
+    }
+    let started = Instant::now();
+    let mut admitted = 0;
+    for i in 0..100 {
+        let base = &replicas[i % 3].base;
+        let status = client.get(format!("{base}/v1/prompts/list")).bearer_auth(&key).send().await.unwrap().status();
+        match status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}"),
+        }
+    }
+    // The burst, and what one request a second refilled meanwhile.
+    let refilled = started.elapsed().as_secs() as i32 + 2;
+    assert!((24..=24 + refilled).contains(&admitted), "{admitted} of 100 admitted by three replicas");
+}

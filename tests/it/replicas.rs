@@ -354,3 +354,45 @@ async fn the_proxy_routes_around_stopped_replicas_and_back() {
     rig.restart(2).await;
     assert_eq!(served_by(&rig).await, BTreeSet::from([0, 1, 2]));
 }
+
+/// A process that must be alone on its database (the sandbox's) counts another only once it
+/// beats again: a row that looks alive but whose process was just killed is waited out until it
+/// is stale; a process that beats is named.
+async fn being_alone(backend: Backend) {
+    let Some((_db, store)) = store(backend).await else { return };
+    let me = Replicas::new(store.clone(), "me".into());
+    me.beat().await.unwrap();
+    assert!(me.require_alone("a test").await.unwrap().is_empty(), "nobody else");
+    // Killed a moment before its heartbeat would have gone stale.
+    let almost = now() - chrono::Duration::from_std(GONE_AFTER).unwrap() + chrono::Duration::milliseconds(800);
+    let mut tx = store.begin().await.unwrap();
+    replicas::beat(tx.conn(), "killed", almost, almost, false).await.unwrap();
+    tx.commit().await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(me.require_alone("a test").await.unwrap().is_empty(), "the killed one is not counted");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500), "its row was waited out");
+    // One that beats is.
+    let other = Replicas::new(store.clone(), "other".into());
+    other.beat().await.unwrap();
+    let beating = tokio::spawn(async move {
+        for _ in 0..20 {
+            other.beat().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(me.require_alone("a test").await.unwrap(), ["other"]);
+    beating.abort();
+    // It counts among the processes that serve (what shared limits are divided by).
+    assert_eq!(me.refresh().await.unwrap(), 2);
+    assert_eq!(me.serving(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn being_alone_on_sqlite() {
+    being_alone(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn being_alone_on_postgres() {
+    being_alone(Backend::Postgres).await;
+}

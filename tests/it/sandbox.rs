@@ -381,3 +381,64 @@ async fn sandbox_calls_are_transferred(app: TestApp) {
         assert!(stream.bound && stream.media_frames > 0, "{provider} to {transfer_to}: {stream:?}");
     }
 }
+
+/// Sandbox calls live in the process that placed them, so a sandbox server does not share a
+/// Postgres database with another live server process: the second one exits at once, non-zero,
+/// with one line saying why; once the first has stopped, another starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_server_refuses_to_share_its_database_with_another_live_one() {
+    use crate::support::{hex_key, ServerProcess, TestDb};
+
+    let Some(db) = TestDb::create(Backend::Postgres).await else { return };
+    let secrets_key = hex_key();
+    let env = [
+        ("SECRETS_KEY", secrets_key.as_str()),
+        ("VOCODE_API_KEY", "vk_sandbox_replicas_key_0123"),
+        ("CARRIER_MODE", "sandbox"),
+        ("RUST_LOG", "warn"),
+    ];
+    let mut first = ServerProcess::start(&db.url, &env);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_vocode-server"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", &db.url)
+        .env("SPEECH_DIR", "target/no-speech")
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second sandbox server started on the same database");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let output = second.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!status.success(), "{status:?}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("sandbox")
+            && errors[0].contains("another live server process")
+            && errors[0].contains("CARRIER_MODE=live"),
+        "{}",
+        errors[0]
+    );
+    let ready = reqwest::get(format!("{}/ready", first.base)).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "the first one serves on");
+
+    // The first stops (SIGTERM: it leaves at once); a new one starts without waiting.
+    let pid = first.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(first.child.wait().unwrap().success());
+    let started = std::time::Instant::now();
+    let _third = ServerProcess::start(&db.url, &env);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}

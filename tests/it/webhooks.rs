@@ -90,6 +90,7 @@ on_both_backends!(world =>
     gone_stops_and_client_errors_give_up,
     misbehaving_receivers_are_recorded_and_let_go,
     rotated_secrets_sign_twice_for_a_day,
+    an_event_delivered_on_record_is_not_sent_again,
 );
 
 async fn a_calls_life_delivers_exactly_its_subscribed_events_in_order_signed(w: World) {
@@ -247,6 +248,34 @@ async fn a_receiver_that_is_down_then_back_gets_every_event_in_order() {
     assert_complete_and_ordered(&receiver, &calls);
     assert_eq!(receiver.by_id().len(), 10, "each call's connected and ended events, once each");
     assert_eq!(receiver.got().len(), 10, "nothing delivered twice");
+}
+
+/// A worker whose process looked gone had its delivery taken over, yet got its 2xx and recorded
+/// it: the worker that took the delivery over does not send the event again.
+async fn an_event_delivered_on_record_is_not_sent_again(w: World) {
+    w.receiver.plan([Behaviour::Status(503)]);
+    let (id, sid) = call(&w, "16505551951").await;
+    w.twilio.status(&sid, "in-progress", &[]).await;
+    assert_eq!(w.app.drain_jobs(Duration::ZERO).await, 1);
+    let event_id = w.receiver.got()[0].headers["webhook-id"].clone();
+    let recorded = attempts(&w.app).await;
+    let delivered = vocode_server::store::webhooks::Attempt {
+        id: uuid::Uuid::now_v7(),
+        event_id,
+        attempt: 2,
+        status_code: Some(204),
+        error: None,
+        outcome: "delivered".into(),
+        created_at: vocode_server::store::now(),
+        ..recorded[0].clone()
+    };
+    let mut tx = w.app.store().begin().await.unwrap();
+    vocode_server::store::webhooks::insert_attempt(tx.conn(), &delivered).await.unwrap();
+    tx.commit().await.unwrap();
+    drain(&w.app).await;
+    let got = w.receiver.got();
+    assert_eq!((got.len(), got[0].call_id()), (1, id), "sent once, not again");
+    assert_eq!(w.app.drain_jobs(Duration::from_secs(3 * 86_400)).await, 0, "and the job is done");
 }
 
 async fn gone_stops_and_client_errors_give_up(w: World) {
@@ -436,6 +465,32 @@ async fn setup_process(base: &str, key: &str, twilio: &FakeTwilio, receiver: &Re
     agent["id"].as_str().unwrap().to_owned()
 }
 
+/// Starts a server process with `env`, places a call through it whose first event (connected) the
+/// receiver never answers, and waits until that delivery hangs: the process, and the call.
+async fn stuck_delivering(
+    db: &TestDb,
+    env: &[(&str, &str)],
+    key: &str,
+    twilio: &FakeTwilio,
+    receiver: &Receiver,
+    to: &str,
+) -> (ServerProcess, Value) {
+    let process = ServerProcess::start(&db.url, env);
+    let agent = setup_process(&process.base, key, twilio, receiver).await;
+    receiver.plan([Behaviour::Hang]);
+    let call = post_ok(
+        &process.base,
+        key,
+        "/v1/calls/create",
+        json!({"from_number": OUR_NUMBER, "to_number": to, "agent": agent}),
+    )
+    .await;
+    let sid = call["telephony_id"].as_str().unwrap();
+    twilio.status(sid, "in-progress", &[]).await;
+    eventually(Duration::from_secs(10), || async { (!receiver.got().is_empty()).then_some(()) }).await;
+    (process, call)
+}
+
 /// Every call's events arrived, connected before ended, duplicates only under the same webhook-id.
 fn assert_complete_and_ordered(receiver: &Receiver, calls: &[String]) {
     let got = receiver.got();
@@ -510,19 +565,8 @@ async fn a_dead_workers_job_runs_again(backend: Backend) {
     let receiver = Receiver::start().await;
     let secrets_key = hex_key();
     let key = "vk_process_test_key_abcdef";
-    let mut first = ServerProcess::start(&db.url, &process_env(&twilio, &secrets_key, key, "2"));
-    let agent = setup_process(&first.base, key, &twilio, &receiver).await;
-    receiver.plan([Behaviour::Hang]);
-    let call = post_ok(
-        &first.base,
-        key,
-        "/v1/calls/create",
-        json!({"from_number": OUR_NUMBER, "to_number": "16505552101", "agent": agent}),
-    )
-    .await;
-    let sid = call["telephony_id"].as_str().unwrap().to_owned();
-    twilio.status(&sid, "in-progress", &[]).await;
-    eventually(Duration::from_secs(10), || async { (!receiver.got().is_empty()).then_some(()) }).await;
+    let env = process_env(&twilio, &secrets_key, key, "2");
+    let (mut first, _) = stuck_delivering(&db, &env, key, &twilio, &receiver, "16505552101").await;
     first.kill9();
     let _second = ServerProcess::start(&db.url, &process_env(&twilio, &secrets_key, key, "2"));
     let got = eventually(Duration::from_secs(20), || async {
@@ -542,6 +586,39 @@ async fn a_dead_workers_job_runs_again_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_workers_job_runs_again_postgres() {
     a_dead_workers_job_runs_again(Backend::Postgres).await;
+}
+
+/// A process is killed while delivering a call's first event, under the default two-minute lease:
+/// another process takes the delivery over as soon as the dead one's heartbeat is stale — seconds,
+/// not the lease — with the same webhook-id, and the call's later event follows right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_processs_delivery_is_taken_over_in_seconds_and_the_rest_follow() {
+    let Some(db) = TestDb::create(Backend::Postgres).await else { return };
+    let twilio = FakeTwilio::start().await;
+    let receiver = Receiver::start().await;
+    let secrets_key = hex_key();
+    let key = "vk_process_test_key_takeover";
+    let mut env = process_env(&twilio, &secrets_key, key, "2");
+    env.retain(|(k, _)| !matches!(*k, "JOB_LEASE_SECS" | "WEBHOOK_TIMEOUT_SECS"));
+    env.push(("WEBHOOK_TIMEOUT_SECS", "60"));
+    let (mut first, call) = stuck_delivering(&db, &env, key, &twilio, &receiver, "16505552201").await;
+    let sid = call["telephony_id"].as_str().unwrap();
+    // The ended event waits behind the connected one.
+    assert_eq!(twilio.status(sid, "completed", &[("CallDuration", "7")]).await, StatusCode::NO_CONTENT);
+    first.kill9();
+    let killed = std::time::Instant::now();
+    let _second = ServerProcess::start(&db.url, &env);
+    let got = eventually(Duration::from_secs(60), || async {
+        let got = receiver.got();
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(20), "taken over after {took:?}: the lease is two minutes");
+    let kinds: Vec<String> = got.iter().map(Received::kind).collect();
+    assert_eq!(kinds, ["event_phone_call_connected", "event_phone_call_connected", "event_phone_call_ended"]);
+    assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"], "the same event, not a new one");
+    assert_complete_and_ordered(&receiver, &[call["id"].as_str().unwrap().to_owned()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -598,18 +675,7 @@ async fn a_stopping_server_finishes_then_releases() {
     let mut env = process_env(&twilio, &secrets_key, key, "2");
     env.retain(|(k, _)| !matches!(*k, "JOB_LEASE_SECS" | "WEBHOOK_TIMEOUT_SECS"));
     env.extend([("JOB_LEASE_SECS", "3600"), ("WEBHOOK_TIMEOUT_SECS", "30"), ("SHUTDOWN_GRACE_SECS", "1")]);
-    let mut first = ServerProcess::start(&db.url, &env);
-    let agent = setup_process(&first.base, key, &twilio, &receiver).await;
-    receiver.plan([Behaviour::Hang]);
-    let call = post_ok(
-        &first.base,
-        key,
-        "/v1/calls/create",
-        json!({"from_number": OUR_NUMBER, "to_number": "16505554001", "agent": agent}),
-    )
-    .await;
-    twilio.status(call["telephony_id"].as_str().unwrap(), "in-progress", &[]).await;
-    eventually(Duration::from_secs(10), || async { (!receiver.got().is_empty()).then_some(()) }).await;
+    let (mut first, _) = stuck_delivering(&db, &env, key, &twilio, &receiver, "16505554001").await;
     // SIGTERM: the delivery cannot finish within the grace period; it is released, not lost,
     // and the next process delivers it at once although its lease (an hour) has not expired.
     let pid = first.child.id().to_string();

@@ -1,6 +1,7 @@
 //! Placing a call exactly once: carrier refusals and outages (retried in the background, within
 //! bounds), a dispatch whose answer came after the timeout (found at the carrier, not dialled
-//! again), idempotency keys, and stale calls reconciled with the carrier.
+//! again), idempotency keys, and stale calls reconciled with the carrier — within a minute when the
+//! process that ran a call's conversation is gone.
 
 use std::time::Duration;
 
@@ -16,6 +17,13 @@ on_both_backends!(world =>
     stale_calls_are_reconciled_with_the_carrier,
     a_dispatch_that_timed_out_is_found_not_dialled_again,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_calls_are_settled_within_a_minute_postgres() {
+    if let Some(w) = world(crate::support::Backend::Postgres).await {
+        orphaned_calls_are_settled_within_a_minute(w).await;
+    }
+}
 
 /// The carrier takes the call but its answer comes after our timeout: the retry finds the call
 /// among the carrier's own and takes it, instead of dialling a second one. Twilio and Vonage.
@@ -141,4 +149,69 @@ async fn stale_calls_are_reconciled_with_the_carrier(w: World) {
     w.twilio.set_status(&self::sid(&fresh), "completed");
     w.app.state.reconcile().await;
     assert_eq!(get(&w, fresh["id"].as_str().unwrap()).await["status"], "in_progress");
+}
+
+/// Sets a call's last news from its carrier `seconds` ago.
+async fn quiet_for(w: &World, call: &Value, seconds: i64) {
+    let id = uuid::Uuid::parse_str(call["id"].as_str().unwrap()).unwrap();
+    let mut tx = w.app.store().begin().await.unwrap();
+    let at = vocode_server::store::now() - chrono::Duration::seconds(seconds);
+    vocode_server::store::calls::touch(tx.conn(), id, at).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Records that `owner` runs the call's conversation (as the process running it does).
+async fn owned_by(w: &World, call: &Value, owner: &str) {
+    use vocode_server::store::DbConn;
+    let id = uuid::Uuid::parse_str(call["id"].as_str().unwrap()).unwrap();
+    let sql = "INSERT INTO call_sessions (call_id, owner, generation, state, updated_at) VALUES ($1, $2, 1, '{}', $3)";
+    let mut tx = w.app.store().begin().await.unwrap();
+    let at = vocode_server::store::now();
+    match tx.conn() {
+        DbConn::Pg(c) => sqlx::query(sql).bind(id).bind(owner).bind(at).execute(c).await.map(|_| ()),
+        DbConn::Lite(c) => sqlx::query(sql).bind(id).bind(owner).bind(at).execute(c).await.map(|_| ()),
+    }
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// The process running a call's conversation is killed and the carrier's completed callback is
+/// lost. Half a minute later (not `RECONCILE_AFTER_SECS`), the call is asked about at its carrier
+/// and ends — by the server's failure, not the person: `bot_disconnected`. A call whose owner is
+/// alive is left to it; a call whose conversation nobody runs is asked about after a minute.
+async fn orphaned_calls_are_settled_within_a_minute(w: World) {
+    let answered = |to: &'static str| {
+        let w = &w;
+        async move {
+            let call = create(w, outbound(to)).await;
+            w.twilio.status(&sid(&call), "in-progress", &[]).await;
+            w.twilio.set_status(&sid(&call), "completed");
+            call
+        }
+    };
+    // Its owner was killed 30 s ago (its last heartbeat is that old); the last news came 25 s ago.
+    let orphan = answered("16505550961").await;
+    let dead = "10.0.0.9:3000-killed";
+    let mut tx = w.app.store().begin().await.unwrap();
+    let killed_at = vocode_server::store::now() - chrono::Duration::seconds(30);
+    vocode_server::store::replicas::beat(tx.conn(), dead, killed_at, killed_at, false).await.unwrap();
+    tx.commit().await.unwrap();
+    owned_by(&w, &orphan, dead).await;
+    quiet_for(&w, &orphan, 25).await;
+    // Its owner is this very process, alive: it is left to it until RECONCILE_AFTER_SECS.
+    let owned = answered("16505550962").await;
+    owned_by(&w, &owned, w.app.state.replicas.id()).await;
+    quiet_for(&w, &owned, 25).await;
+    // No conversation on record: asked about after a minute of quiet, not before.
+    let unowned = answered("16505550963").await;
+    quiet_for(&w, &unowned, 61).await;
+    let recent = answered("16505550964").await;
+    quiet_for(&w, &recent, 30).await;
+
+    w.app.state.reconcile().await;
+    let id = |call: &Value| call["id"].as_str().unwrap().to_owned();
+    assert_eq!(row(&get(&w, &id(&orphan)).await), ("ended".into(), "picked_up".into(), json!("bot_disconnected")));
+    assert_eq!(get(&w, &id(&owned)).await["status"], "in_progress");
+    assert_eq!(row(&get(&w, &id(&unowned)).await), ("ended".into(), "picked_up".into(), json!("human_disconnected")));
+    assert_eq!(get(&w, &id(&recent)).await["status"], "in_progress");
 }

@@ -15,6 +15,7 @@ on_both_backends!(world =>
     every_row_of_the_table_through_twilio_callbacks,
     machine_detection_hangs_up_when_asked,
     calls_end_hangs_up_or_cancels,
+    a_second_calls_end_retries_a_refused_hang_up,
     callbacks_out_of_order_and_twice_change_nothing,
     forged_and_garbage_callbacks_change_nothing,
     the_twilio_adapter_redirects_calls,
@@ -170,6 +171,29 @@ async fn calls_end_hangs_up_or_cancels(w: World) {
 
     let (status, _) = w.app.post(&format!("/v1/calls/end?id={}", uuid::Uuid::new_v4()), json!(null)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// The carrier refuses the first hang-up: the call stays in progress, its end requested. A second
+/// `calls/end` asks the carrier again, and this time the call ends.
+async fn a_second_calls_end_retries_a_refused_hang_up(w: World) {
+    let call = create(&w, outbound("16505554101")).await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    w.twilio.status(&sid(&call), "in-progress", &[]).await;
+    // (Refused as `completed`, the adapter tries `canceled`: refused too.)
+    w.twilio.fail_next(Failure::Reject(400, 21220, "Invalid call state"));
+    w.twilio.fail_next(Failure::Reject(400, 21220, "Invalid call state"));
+    let (status, first) = w.app.post(&format!("/v1/calls/end?id={id}"), json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(row(&first), ("in_progress".into(), "picked_up".into(), Value::Null), "the hang-up was refused");
+    let (status, second) = w.app.post(&format!("/v1/calls/end?id={id}"), json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(row(&second), ("ended".into(), "picked_up".into(), json!("bot_disconnected")));
+    let hang_ups = w.twilio.requests("POST", &format!("/Calls/{}", sid(&call)));
+    assert_eq!(hang_ups.len(), 3, "asked again by the second calls/end");
+    assert!(hang_ups[2].contains(&("Status".into(), "completed".into())));
+    // Over now: a third asks nothing more of the carrier.
+    w.app.post(&format!("/v1/calls/end?id={id}"), json!(null)).await;
+    assert_eq!(w.twilio.requests("POST", &format!("/Calls/{}", sid(&call))).len(), 3);
 }
 
 async fn callbacks_out_of_order_and_twice_change_nothing(w: World) {
