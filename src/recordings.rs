@@ -100,11 +100,6 @@ impl Recordings {
         Ok(Some(Recordings { objects, store, at }))
     }
 
-    /// Where the recordings are kept.
-    pub fn at(&self) -> &RecordingsAt {
-        &self.at
-    }
-
     /// Writes a segment of the call's recording: `recording`, whose first sound was heard at
     /// `started_at`. Says where it went.
     pub async fn put(&self, call_id: Uuid, started_at: DateTime<Utc>, recording: Recording) -> anyhow::Result<String> {
@@ -131,10 +126,12 @@ impl Recordings {
 
     /// The call's recording, joined from the segments written so far; `None` when none is kept.
     pub async fn get(&self, call_id: Uuid) -> anyhow::Result<Option<Served>> {
-        let segments = {
+        let segments = async {
             let mut handle = self.store.read().await?;
-            store::recordings::segments(handle.conn(), call_id).await.context("reading a recording's segments")?
-        };
+            store::recordings::segments(handle.conn(), call_id).await
+        }
+        .await
+        .with_context(|| format!("reading the segments of call {call_id}'s recording"))?;
         if segments.len() <= 1 {
             // One segment, or a recording made before segments were numbered: as it is stored.
             let segment = segments.first().map_or(1, |s| s.segment);
