@@ -380,10 +380,39 @@ pub struct TelephonyArgs {
     #[arg(long, env = "RECORD_ON_SERVER", default_value_t = false, action = clap::ArgAction::Set)]
     pub record_on_server: bool,
 
-    /// Where recordings made on this server are kept. Default: `recordings` beside the SQLite
-    /// database, or `./data/recordings`.
+    /// Where recordings made on this server are kept, unless `RECORDINGS_URL` is set. Default:
+    /// `recordings` beside the SQLite database, or `./data/recordings`.
     #[arg(long, env = "RECORDINGS_DIR")]
     pub recordings_dir: Option<PathBuf>,
+
+    /// Keep the recordings made on this server in S3-compatible object storage instead of
+    /// `RECORDINGS_DIR`, where every replica can serve them: `s3://BUCKET` or
+    /// `s3://BUCKET/PREFIX`. The endpoint, region and credentials are the `AWS_*` settings (and
+    /// the other standard AWS sources: a session token, a web identity, the instance's role).
+    #[arg(long, env = "RECORDINGS_URL")]
+    pub recordings_url: Option<String>,
+
+    /// The S3-compatible service of `RECORDINGS_URL` (MinIO, Cloudflare R2, Ceph…), e.g.
+    /// `https://ACCOUNT.r2.cloudflarestorage.com`. Default: AWS S3 in `AWS_REGION`.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+
+    /// The region of `RECORDINGS_URL`'s bucket (`auto` for R2). Default: `us-east-1`.
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+
+    /// The access key for `RECORDINGS_URL`'s bucket; without one, the other standard AWS sources
+    /// are tried.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    pub aws_access_key_id: Option<String>,
+
+    /// The secret of `AWS_ACCESS_KEY_ID`.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub aws_secret_access_key: Option<String>,
+
+    /// Let `AWS_ENDPOINT_URL` be plain `http://` (a MinIO on a private network, tests).
+    #[arg(long, env = "AWS_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub aws_allow_http: bool,
 
     /// Speed of the sandbox's scenarios: 0.1 plays them ten times faster.
     #[arg(long, env = "SANDBOX_TIME_SCALE", default_value_t = 1.0)]
@@ -405,6 +434,53 @@ impl TelephonyArgs {
     pub fn recordings(&self, database_url: &str) -> Option<PathBuf> {
         let default = || sqlite_data_dir(database_url).unwrap_or_else(|| PathBuf::from("./data")).join("recordings");
         self.record_on_server.then(|| self.recordings_dir.clone().unwrap_or_else(default))
+    }
+
+    /// Where this server keeps the recordings it makes, when it makes them: the bucket of
+    /// `RECORDINGS_URL`, or else the folder. A `RECORDINGS_URL` that is not `s3://BUCKET[/PREFIX]`
+    /// is refused whether or not the server records.
+    pub fn recordings_at(&self, database_url: &str) -> Result<Option<RecordingsAt>, String> {
+        let bucket = self.recordings_url.as_deref().map(RecordingsAt::parse_url).transpose()?;
+        Ok(self.recordings(database_url).map(|dir| bucket.unwrap_or(RecordingsAt::Dir(dir))))
+    }
+}
+
+/// Where the recordings this server makes are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordingsAt {
+    /// A folder (of this machine, or one the replicas share).
+    Dir(PathBuf),
+    /// A bucket of S3-compatible object storage, under `prefix` (`a/b`: no leading or trailing
+    /// `/`; empty for the bucket's top).
+    Bucket { bucket: String, prefix: String },
+}
+
+impl RecordingsAt {
+    /// `s3://BUCKET` or `s3://BUCKET/PREFIX` (a trailing `/` is allowed).
+    pub fn parse_url(url: &str) -> Result<RecordingsAt, String> {
+        let refuse = |why: &str| format!("RECORDINGS_URL {url:?} {why}: it must be s3://BUCKET or s3://BUCKET/PREFIX");
+        let rest = url.strip_prefix("s3://").ok_or_else(|| refuse("is not an s3:// URL"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if bucket.is_empty() || !bucket.chars().all(bucket_chars) {
+            return Err(refuse("names no bucket"));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        let segment_ok = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.chars().any(|c| c.is_control());
+        if !prefix.is_empty() && (prefix.contains(['?', '#']) || !prefix.split('/').all(segment_ok)) {
+            return Err(refuse("has a prefix that is not a path"));
+        }
+        Ok(RecordingsAt::Bucket { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
+    }
+}
+
+impl std::fmt::Display for RecordingsAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordingsAt::Dir(dir) => write!(f, "{}", dir.display()),
+            RecordingsAt::Bucket { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            RecordingsAt::Bucket { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
     }
 }
 
@@ -430,6 +506,12 @@ impl Default for TelephonyArgs {
             record_calls: true,
             record_on_server: false,
             recordings_dir: None,
+            recordings_url: None,
+            aws_endpoint_url: None,
+            aws_region: None,
+            aws_access_key_id: None,
+            aws_secret_access_key: None,
+            aws_allow_http: false,
             sandbox_time_scale: 1.0,
             sandbox_noise: 0.0,
             sandbox_listens: true,
@@ -615,5 +697,29 @@ mod tests {
         assert_eq!(args.recordings("postgres://x@y/z"), Some(PathBuf::from("./data/recordings")));
         args.recordings_dir = Some(PathBuf::from("/srv/rec"));
         assert_eq!(args.recordings("postgres://x@y/z"), Some(PathBuf::from("/srv/rec")));
+    }
+
+    #[test]
+    fn recordings_go_to_a_bucket_when_given_one() {
+        let bucket = |bucket: &str, prefix: &str| RecordingsAt::Bucket { bucket: bucket.into(), prefix: prefix.into() };
+        let mut args = TelephonyArgs { recordings_url: Some("s3://calls/recordings/".into()), ..Default::default() };
+        assert_eq!(args.recordings_at("postgres://x@y/z"), Ok(None), "only when the server records");
+        args.record_on_server = true;
+        assert_eq!(args.recordings_at("postgres://x@y/z"), Ok(Some(bucket("calls", "recordings"))));
+        args.recordings_url = None;
+        assert_eq!(args.recordings_at("sqlite:///v.db"), Ok(Some(RecordingsAt::Dir(PathBuf::from("/recordings")))));
+
+        assert_eq!(RecordingsAt::parse_url("s3://calls"), Ok(bucket("calls", "")));
+        assert_eq!(RecordingsAt::parse_url("s3://my-bucket.eu/a/b"), Ok(bucket("my-bucket.eu", "a/b")));
+        assert_eq!(bucket("calls", "a/b").to_string(), "s3://calls/a/b");
+        for bad in
+            ["calls", "/srv/rec", "gs://calls", "s3://", "s3:///prefix", "s3://a b/c", "s3://b/x//y", "s3://b/../x"]
+        {
+            let err = RecordingsAt::parse_url(bad).unwrap_err();
+            assert!(err.starts_with(&format!("RECORDINGS_URL {bad:?}")) && err.contains("s3://BUCKET"), "{err}");
+        }
+        args.record_on_server = false;
+        args.recordings_url = Some("gs://calls".into());
+        assert!(args.recordings_at("postgres://x@y/z").is_err(), "a bad URL is refused even when unused");
     }
 }

@@ -27,6 +27,7 @@ pub mod egress;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod recordings;
 pub mod replicas;
 pub mod sandbox;
 pub mod serve;
@@ -68,6 +69,9 @@ pub struct Shared {
     pub local_speech: Arc<conversation::local::LocalSpeech>,
     /// The live calls of this process.
     pub sessions: session::Sessions,
+    /// Where the recordings this server makes go (`RECORD_ON_SERVER`); `None` when the carriers
+    /// record.
+    pub recordings: Option<recordings::Recordings>,
     /// This process among the replicas sharing the database.
     pub replicas: replicas::Replicas,
 }
@@ -187,8 +191,8 @@ impl App {
             Some(sandbox) => sandbox.endpoints(),
             None => Endpoints::live(&serve.telephony)?,
         };
-        let recordings = serve.telephony.recordings(&global.database_url);
-        let telephony = Telephony::new(&serve.telephony, bases, endpoints, store.clone(), secrets.clone(), recordings)?;
+        let recordings = recordings::Recordings::open(&serve.telephony, &global.database_url, store.clone()).await?;
+        let telephony = Telephony::new(&serve.telephony, bases, endpoints, store.clone(), secrets.clone())?;
         // One name for this process: its heartbeat's, and its job claims'.
         let replica_id = format!("{addr}-{}", Uuid::new_v4().simple());
         let replicas = replicas::Replicas::new(store.clone(), replica_id.clone());
@@ -251,6 +255,7 @@ impl App {
                 sandbox_speech,
                 local_speech,
                 sessions: session::Sessions::default(),
+                recordings,
                 replicas,
             })),
             listener,

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -22,6 +22,7 @@ use crate::domain::call::Provider;
 use crate::domain::documents::{ACCOUNT_CONNECTIONS, AGENTS};
 use crate::domain::phone::PhoneNumber;
 use crate::error::{ApiError, Issue, Loc, Result};
+use crate::recordings::Served;
 use crate::store::calls::{self as calls_store, CallRow};
 use crate::store::records::{self, count_rows};
 use crate::store::{Conn, Tx};
@@ -332,7 +333,7 @@ async fn get_recording(
         .filter(|_| !row.hipaa_compliant)
         .ok_or_else(|| ApiError::NotFound(format!("Call {} has no recording", row.id)))?;
     drop(handle);
-    if url == crate::session::record::ON_SERVER {
+    if url == crate::recordings::ON_SERVER {
         return recording_made_here(&state, row.id).await;
     }
     let carrier = state.telephony.carrier_of(&row).await.map_err(carrier_error)?;
@@ -342,17 +343,23 @@ async fn get_recording(
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(fetched.bytes_stream())).into_response())
 }
 
-/// A recording this server made of the call, from its recordings folder.
+/// A recording this server made of the call, from wherever its recordings are kept (on any
+/// replica: a bucket, or a folder they share), its segments joined.
 async fn recording_made_here(state: &AppState, call_id: Uuid) -> Result<Response> {
     let missing = || ApiError::NotFound(format!("Call {call_id}'s recording is no longer kept on this server"));
-    let dir = state.telephony.recordings.as_deref().ok_or_else(missing)?;
-    let path = crate::session::record::path(dir, call_id);
-    let wav = match tokio::fs::read(&path).await {
-        Ok(wav) => wav,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(e) => return Err(ApiError::Internal(anyhow::Error::new(e).context("reading a recording"))),
+    let recordings = state.recordings.as_ref().ok_or_else(missing)?;
+    let wav = match recordings.get(call_id).await {
+        Ok(Some(wav)) => wav,
+        Ok(None) => return Err(missing()),
+        Err(e) => return Err(ApiError::Internal(e.context("reading a recording"))),
     };
-    Ok(([(header::CONTENT_TYPE, "audio/wav")], wav).into_response())
+    let wav_type = (header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
+    Ok(match wav {
+        Served::Whole(wav) => ([wav_type], wav).into_response(),
+        Served::Streamed { size, stream } => {
+            ([wav_type, (header::CONTENT_LENGTH, HeaderValue::from(size))], Body::from_stream(stream)).into_response()
+        }
+    })
 }
 
 /// How a carrier's failure reaches the client of a request that needed it.

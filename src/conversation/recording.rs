@@ -57,6 +57,11 @@ impl Recording {
         }
     }
 
+    /// When the first sound was heard.
+    pub fn started(&self) -> Option<Instant> {
+        self.start
+    }
+
     /// Nothing was heard.
     pub fn is_empty(&self) -> bool {
         self.mixed.is_empty()
@@ -95,6 +100,34 @@ pub fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
     out
 }
 
+/// The samples of a WAV file of 16-bit mono PCM at `rate` (as [`wav`] writes them); `None` for
+/// anything else.
+pub fn samples_of_wav(wav: &[u8], rate: u32) -> Option<Vec<i16>> {
+    if wav.get(..4)? != b"RIFF" || wav.get(8..12)? != b"WAVE" {
+        return None;
+    }
+    let mut format_ok = false;
+    let mut rest = &wav[12..];
+    while rest.len() >= 8 {
+        let (id, size) = (&rest[..4], u32::from_le_bytes(rest[4..8].try_into().ok()?) as usize);
+        let body = rest.get(8..8 + size)?;
+        match id {
+            b"fmt " if body.len() >= 16 => {
+                let u16_at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
+                let rate_of = u32::from_le_bytes(body[4..8].try_into().ok()?);
+                format_ok = u16_at(0) == 1 && u16_at(2) == 1 && rate_of == rate && u16_at(14) == 16;
+            }
+            b"data" if format_ok => {
+                return Some(body.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect())
+            }
+            _ => {}
+        }
+        // Chunks are padded to an even length.
+        rest = rest.get(8 + size + size % 2..).unwrap_or_default();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +151,17 @@ mod tests {
         let samples = samples_of(&wav);
         assert_eq!(samples.len(), 400 + 810, "the person's second frame follows their first");
         assert_eq!((samples[0], samples[400], samples[900], samples[1205]), (1000, 1500, 500, 500));
+    }
+
+    #[test]
+    fn a_wav_file_reads_back_as_its_samples() {
+        let samples = [0, 1, -1, i16::MAX, i16::MIN, 1234];
+        assert_eq!(samples_of_wav(&wav(&samples, RATE), RATE), Some(samples.to_vec()));
+        assert_eq!(samples_of_wav(&wav(&[], RATE), RATE), Some(Vec::new()));
+        assert_eq!(samples_of_wav(&wav(&samples, 16_000), RATE), None, "another rate");
+        assert_eq!(samples_of_wav(b"RIFF....WAVEdata", RATE), None, "no format");
+        assert_eq!(samples_of_wav(&wav(&samples, RATE)[..50], RATE), None, "cut short");
+        assert_eq!(samples_of_wav(b"not a wav file at all, not at all", RATE), None);
     }
 
     #[test]

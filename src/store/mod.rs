@@ -22,6 +22,7 @@ pub mod jobs;
 #[cfg(test)]
 mod json_round_trip;
 pub mod numbers;
+pub mod recordings;
 pub mod records;
 pub mod replicas;
 pub mod sessions;

@@ -198,9 +198,6 @@ pub struct Telephony {
     /// Calls go to the built-in sandbox carrier.
     pub sandboxed: bool,
     pub record_calls: bool,
-    /// Where this server keeps the recordings it makes itself (`RECORD_ON_SERVER`); `None` when
-    /// the carriers record.
-    pub recordings: Option<std::path::PathBuf>,
     pub reconcile_after: Duration,
     pub streams: media::Streams,
     /// Warm transfers under way on this process.
@@ -218,7 +215,6 @@ impl Telephony {
         endpoints: Endpoints,
         store: Store,
         secrets: Arc<SecretBox>,
-        recordings: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Telephony> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(args.carrier_timeout_secs.max(1)))
@@ -243,7 +239,6 @@ impl Telephony {
             vonage_signature_secret: endpoints.vonage_signature_secret,
             sandboxed: endpoints.sandbox,
             record_calls: args.record_calls,
-            recordings,
             reconcile_after: Duration::from_secs(args.reconcile_after_secs.max(1)),
             streams: media::Streams::default(),
             conferences: conference::Conferences::default(),

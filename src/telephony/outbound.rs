@@ -82,7 +82,7 @@ async fn dispatch_inner(state: &AppState, call_id: Uuid, attempt: Attempt) -> Ou
         from,
         machine_detection,
         // A call this server records itself is not recorded twice.
-        record: row.record && state.telephony.recordings.is_none(),
+        record: row.record && state.recordings.is_none(),
         extra: row
             .telephony_params
             .as_ref()

@@ -23,17 +23,6 @@ fn server_variables() -> BTreeSet<String> {
 /// argument.
 const COMPOSE_ONLY: &[&str] = &["POSTGRES_PASSWORD", "VOCODE_PORT", "STOP_GRACE_PERIOD", "LOCAL_SPEECH"];
 
-/// Settings of issue 20 (the drain, recordings in S3-compatible storage) that the deploy files pass
-/// already while the server learns to read them in other branches. Once it does, each is checked
-/// like any other setting.
-const COMING: &[&str] =
-    &["DRAIN_SECS", "RECORDINGS_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
-
-/// A setting the server reads, or one of issue 20's that it is about to.
-fn a_setting(known: &BTreeSet<String>, name: &str) -> bool {
-    known.contains(name) || COMING.contains(&name)
-}
-
 /// `${NAME:-default}` → `default`.
 fn interpolated_default(value: &str) -> &str {
     let inner = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')).unwrap_or(value);
@@ -74,7 +63,7 @@ fn the_compose_file_passes_only_the_servers_variables() {
     let env = server["environment"].as_object().expect("an environment map");
     let known = server_variables();
     for name in env.keys() {
-        assert!(a_setting(&known, name), "docker-compose.yml passes {name}, which the server does not read");
+        assert!(known.contains(name), "docker-compose.yml passes {name}, which the server does not read");
     }
     for required in ["DATABASE_URL", "SECRETS_KEY", "LISTEN_ADDR"] {
         assert!(env.contains_key(required), "{required}");
@@ -107,7 +96,7 @@ fn the_env_example_names_only_real_settings() {
         if COMPOSE_ONLY.contains(&name.as_str()) {
             assert!(compose.contains(&format!("${{{name}")), "{name} is used by the compose file");
         } else {
-            assert!(a_setting(&known, name), ".env.example names {name}, which the server does not read");
+            assert!(known.contains(name), ".env.example names {name}, which the server does not read");
             assert!(compose.contains(&format!("${{{name}")), "{name} reaches the server through the compose file");
         }
     }
@@ -211,7 +200,7 @@ fn the_kubernetes_manifests_drain_before_the_pod_is_killed() {
     let settings: Vec<(&String, &Value)> =
         config["data"].as_object().unwrap().iter().chain(secret["stringData"].as_object().unwrap()).collect();
     for (name, _) in &settings {
-        assert!(a_setting(&known, name), "deploy/kubernetes sets {name}, which the server does not read");
+        assert!(known.contains(*name), "deploy/kubernetes sets {name}, which the server does not read");
     }
     for name in ["DATABASE_URL", "SECRETS_KEY", "VOCODE_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
         assert!(secret["stringData"].get(name).is_some(), "the Secret holds {name}");

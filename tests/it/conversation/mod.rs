@@ -10,6 +10,7 @@ mod actions;
 mod behaviours;
 mod knowledge;
 mod line;
+mod recordings_in_a_bucket;
 mod recordings_made_here;
 mod warm_transfer;
 

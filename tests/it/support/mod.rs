@@ -20,6 +20,7 @@ pub mod line;
 mod process;
 mod receiver;
 pub mod replicas;
+pub mod s3;
 
 pub use app::{error_locs, link_twilio_number, post_ok, read, unreachable_providers_env, Options, TestApp};
 pub use broken_carrier::broken_carrier;
@@ -31,6 +32,7 @@ pub use fault_proxy::FaultProxy;
 pub use process::ServerProcess;
 pub use receiver::{Behaviour, Received, Receiver};
 pub use replicas::Rig;
+pub use s3::S3Server;
 
 /// The RSA key pair the tests sign with: a Vonage application's key, a JWT issuer's.
 pub const PRIVATE_KEY_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt-test-private.pem");
