@@ -228,6 +228,7 @@ impl Engine {
         loop {
             let now = Instant::now();
             let playout_at = self.speaking.as_ref().and_then(|s| s.playout.next_due(now));
+            let resume_at = self.speaking.as_ref().and_then(|s| s.resume_at);
             // Nobody is idle while an action runs (a third party's phone ringing, a slow API).
             let idle_at = (self.speaking.is_none()
                 && self.child.is_none()
@@ -272,6 +273,7 @@ impl Engine {
                     }
                     Some(FromCall::Stopped) | None => {
                         self.hung_up_while_speaking().await;
+                        self.last_words(stt.take()).await;
                         self.results_after_the_call().await;
                         return;
                     }
@@ -311,6 +313,9 @@ impl Engine {
                 _ = sleep_until(playout_at.unwrap_or(far)), if playout_at.is_some() => {
                     self.pump().await;
                 }
+                _ = sleep_until(resume_at.unwrap_or(far)), if resume_at.is_some() => {
+                    self.resume().await;
+                }
                 _ = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
                     if self.config.dials.ask_if_human_present_on_idle && !self.checked_in {
                         self.checked_in = true;
@@ -318,12 +323,14 @@ impl Engine {
                     } else {
                         tracing::info!("nobody spoke for the idle time: ending the call");
                         let _ = self.events.send(Event::HangUp).await;
+                        self.last_words(stt.take()).await;
                         return;
                     }
                 }
             }
             if self.ending && self.speaking.is_none() {
                 let _ = self.events.send(Event::HangUp).await;
+                self.last_words(stt.take()).await;
                 return;
             }
         }
