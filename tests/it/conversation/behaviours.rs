@@ -65,6 +65,9 @@ on_both_lines!(
     an_idle_call_is_asked_once_then_hung_up,
     ivr_navigation_waits_on_hold_past_the_idle_time,
     the_agents_language_reaches_speech_to_text_and_the_voice,
+    a_sentence_said_during_the_greeting_is_answered_after_it,
+    the_last_words_before_a_hang_up_are_recognised_and_kept,
+    a_false_start_at_high_sensitivity_resumes_the_bot_where_it_stopped,
 );
 
 /// An agent with the test's dials (ElevenLabs voice, no greeting unless given).
@@ -378,4 +381,108 @@ async fn the_agents_language_reaches_speech_to_text_and_the_voice(w: World, line
     assert_eq!(spoken.headers.get("x-microsoft-outputformat").map(String::as_str), Some(line.azure_format()));
     assert!(spoken.body.contains("xml:lang='es-ES'") && spoken.body.contains("Hola"), "{}", spoken.body);
     assert!(carrier.first_arrived(None).is_some(), "the voice's audio reached the carrier");
+}
+
+async fn a_sentence_said_during_the_greeting_is_answered_after_it(w: World, line: Line) {
+    w.tts.plan([
+        TtsBehaviour::Lasting(Duration::from_millis(1000), GREETING_AUDIO),
+        TtsBehaviour::Lasting(Duration::from_millis(200), REPLY_AUDIO),
+    ]);
+    let call = line.call(&w, agent(json!({"initial_message": GREETING, "conversation_speed": 2}))).await;
+    let carrier = line.answer(&w, &call).await;
+    w.deepgram.wait_for_connections(1).await;
+    eventually(Duration::from_secs(5), || async { (carrier.played_ms_of(GREETING_AUDIO) >= 200).then_some(()) }).await;
+
+    // A whole sentence, said and finished while the greeting (which cannot be interrupted) plays.
+    let asked = "What time do you open tonight?";
+    w.openai.then(Script::text(&["We open ", "at six."]));
+    w.deepgram.send(results("What time do", false, false)).await;
+    w.deepgram.send(results(asked, true, true)).await;
+    assert!(carrier.played_ms_of(GREETING_AUDIO) < 1000, "the person spoke while the greeting played");
+
+    let text = transcript_has(&w, &id(&call), "BOT: We open at six.").await;
+    assert_eq!(lines(&text), [format!("BOT: {GREETING}"), format!("HUMAN: {asked}"), "BOT: We open at six.".into()]);
+    assert_eq!(carrier.played_ms_of(GREETING_AUDIO), 1000, "the greeting was played whole");
+    assert!(carrier.clears().is_empty(), "{:?}", carrier.clears());
+    let greeted = carrier.finished_playing(GREETING_AUDIO).expect("the greeting played");
+    let answered = eventually(Duration::from_secs(5), || async { carrier.first_arrived(Some(REPLY_AUDIO)) }).await;
+    assert!(answered >= greeted, "answered after the greeting, not over it");
+    let asked_model = w.openai.received();
+    assert_eq!(asked_model.len(), 1);
+    assert_eq!(asked_model[0].body["messages"][2], json!({"role": "user", "content": asked}));
+}
+
+async fn the_last_words_before_a_hang_up_are_recognised_and_kept(w: World, line: Line) {
+    w.tts.plan([TtsBehaviour::Lasting(Duration::from_millis(200), GREETING_AUDIO)]);
+    let webhook = json!({"subscriptions": ["event_message", "event_transcript"], "url": w.receiver.url});
+    let dials = json!({"initial_message": GREETING, "webhook": webhook});
+    let call = line.call_with(&w, agent(dials), json!({"run_do_not_call_detection": true})).await;
+    let id = id(&call);
+    let carrier = line.answer(&w, &call).await;
+    transcript_has(&w, &id, &format!("BOT: {GREETING}")).await;
+    w.deepgram.wait_for_connections(1).await;
+
+    // The person is still being heard when they hang up: Deepgram has only guessed at the words,
+    // and gives the final ones when it is told to finish (Finalize).
+    let last = "Please take me off your list.";
+    w.deepgram.on_finalize(vec![results(last, true, false)]);
+    w.deepgram.send(results("Please take me off", false, false)).await;
+    // The only model request left is do-not-call detection's.
+    w.openai.then(Script::text(&["True."]));
+    match line {
+        Line::Twilio => carrier.stop(),
+        Line::Vonage => carrier.close(),
+    }
+
+    let text = transcript_has(&w, &id, &format!("HUMAN: {last}")).await;
+    assert_eq!(lines(&text), [format!("BOT: {GREETING}"), format!("HUMAN: {last}")]);
+    let connection = eventually(Duration::from_secs(10), || async {
+        w.deepgram.connections().into_iter().next().filter(|c| !c.open)
+    })
+    .await;
+    assert_eq!(connection.controls, ["Finalize", "CloseStream"], "finished, then closed");
+
+    let got = eventually(Duration::from_secs(20), || async {
+        w.app.drain_jobs(Duration::ZERO).await;
+        let got = w.receiver.got();
+        got.iter().any(|r| r.kind() == "event_transcript").then_some(got)
+    })
+    .await;
+    w.app.drain_jobs(Duration::ZERO).await;
+    let kinds: Vec<String> = got.iter().map(|r| r.kind()).collect();
+    assert_eq!(kinds, ["event_message", "event_message", "event_transcript"]);
+    assert_eq!(got[1].event()["payload"]["sender"], "human");
+    assert_eq!(got[1].event()["payload"]["text"], last);
+    assert_eq!(got[2].event()["payload"]["transcript"], json!(text));
+
+    // Do-not-call detection classified the transcript with the last words in it.
+    let classified = w.openai.received();
+    assert_eq!(classified.len(), 1, "no answer to the last words, one classification");
+    assert!(classified[0].body["messages"][1]["content"].as_str().is_some_and(|t| t.contains(last)), "{classified:?}");
+    let (_, row) = w.app.get(&format!("/v1/calls?id={id}")).await;
+    assert_eq!(row["do_not_call_result"], true, "{row}");
+}
+
+async fn a_false_start_at_high_sensitivity_resumes_the_bot_where_it_stopped(w: World, line: Line) {
+    let (id, carrier) = greeted(&w, line, json!({"interrupt_sensitivity": "high", "conversation_speed": 2})).await;
+    let total = 2000;
+    bot_answering(&w, &carrier, Duration::from_millis(total), Duration::from_millis(600)).await;
+
+    // A first guess stops the bot at once; no words follow.
+    w.deepgram.send(results("Uh", false, false)).await;
+    let clear = eventually(Duration::from_secs(5), || async { carrier.clears().first().cloned() }).await;
+    assert_eq!(clear.message, line.clear_message());
+    let before = carrier.played_ms_of_before(ANSWER_AUDIO, &clear);
+    assert!(before < total, "stopped before its end");
+
+    // The bot goes on from where it stopped, and its message is whole.
+    let text = transcript_has(&w, &id, &format!("BOT: {ANSWER}")).await;
+    assert_eq!(lines(&text), [format!("BOT: {GREETING}"), "HUMAN: A table for two.".into(), format!("BOT: {ANSWER}")]);
+    assert_eq!(carrier.clears().len(), 1);
+    let played = carrier.played_ms_of(ANSWER_AUDIO);
+    // What was played after the last mark it echoed before the stop (marks come every 100 ms) is
+    // all that is played twice; Vonage echoes no marks, and the server's clock, a few ms ahead of
+    // the carrier's playback, may skip as much.
+    assert!((total - 60..=total + 160).contains(&played), "{played} ms played of {total} ({before} before the stop)");
+    assert_eq!(w.openai.received().len(), 1, "the false start was not answered");
 }
