@@ -486,3 +486,86 @@ async fn a_false_start_at_high_sensitivity_resumes_the_bot_where_it_stopped(w: W
     assert!((total - 60..=total + 160).contains(&played), "{played} ms played of {total} ({before} before the stop)");
     assert_eq!(w.openai.received().len(), 1, "the false start was not answered");
 }
+
+mod the_local_recogniser_keeps_the_last_words_before_a_hang_up {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn twilio() {
+        super::the_local_recogniser_keeps_the_last_words_before_a_hang_up(Line::Twilio).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vonage() {
+        super::the_local_recogniser_keeps_the_last_words_before_a_hang_up(Line::Vonage).await;
+    }
+}
+
+/// With no cloud recogniser, the local one (as installed: SKIPPED without it) hears the caller's
+/// real speech; the caller hangs up the moment their sentence ends, long before its end of turn
+/// (0.5 speed: a second of silence), and the utterance in progress is transcribed when the
+/// audio ends and kept.
+async fn the_local_recogniser_keeps_the_last_words_before_a_hang_up(line: Line) {
+    use vocode_server::conversation::audio::Encoding;
+    use vocode_server::conversation::tts::flite::Flite;
+    use vocode_server::conversation::tts::Voice;
+
+    let Some((dir, program)) = crate::speech::installed() else { return };
+    let local = |c: &mut vocode_server::config::ConversationArgs| {
+        (c.deepgram_api_key, c.deepgram_url, c.speech_dir) = (None, None, Some(dir.clone()));
+    };
+    let Some(w) = super::world_with(crate::support::Backend::Sqlite, local).await else { return };
+    // Loaded before the call, so that the call's recogniser is open before the person speaks.
+    w.app.state.local_speech.recognizer().await.expect("the local recogniser loads");
+    let said = "Please take me off your calling list.";
+    let encoding = match line {
+        Line::Twilio => Encoding::Mulaw8k,
+        Line::Vonage => Encoding::Linear16k,
+    };
+    let mut audio = Vec::new();
+    let mut stream = Flite::new(&program, "awb").unwrap().synthesize(said, encoding).await.unwrap();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        audio.extend(chunk.unwrap());
+    }
+
+    w.tts.plan([TtsBehaviour::Lasting(Duration::from_millis(200), GREETING_AUDIO)]);
+    let webhook = json!({"subscriptions": ["event_message", "event_transcript"], "url": w.receiver.url});
+    let dials = json!({"initial_message": GREETING, "conversation_speed": 0.5, "webhook": webhook});
+    let call = line.call(&w, agent(dials)).await;
+    let id = id(&call);
+    let carrier = line.answer(&w, &call).await;
+    transcript_has(&w, &id, &format!("BOT: {GREETING}")).await;
+
+    // A carrier's pace: a frame every 20 ms, a little silence first; then the call ends.
+    let frame = encoding.bytes_for_ms(20);
+    let silence = vec![encoding.silence_byte(); encoding.bytes_for_ms(300)];
+    let mut every_frame = tokio::time::interval(Duration::from_millis(20));
+    for chunk in silence.chunks(frame).chain(audio.chunks(frame)) {
+        every_frame.tick().await;
+        let mut chunk = chunk.to_vec();
+        chunk.resize(frame, encoding.silence_byte());
+        carrier.speak(&chunk);
+    }
+    match line {
+        Line::Twilio => carrier.stop(),
+        Line::Vonage => carrier.close(),
+    }
+
+    let got = eventually(Duration::from_secs(30), || async {
+        w.app.drain_jobs(Duration::ZERO).await;
+        let got = w.receiver.got();
+        got.iter().any(|r| r.kind() == "event_transcript").then_some(got)
+    })
+    .await;
+    let text = transcript(&w, &id).await.as_str().unwrap_or_default().to_owned();
+    let human: Vec<&str> = lines(&text).into_iter().filter_map(|l| l.strip_prefix("HUMAN: ")).collect();
+    assert_eq!(human.len(), 1, "the sentence, once: {text}");
+    let rate = crate::speech::wer(said, human[0]);
+    assert!(rate <= 0.25, "{said:?} was heard as {:?} (WER {rate:.2})", human[0]);
+    let messages: Vec<Value> =
+        got.iter().filter(|r| r.kind() == "event_message").map(|r| r.event()["payload"].clone()).collect();
+    assert!(messages.iter().any(|m| m["sender"] == "human" && m["text"] == human[0]), "{messages:?}");
+    let sent = got.iter().find(|r| r.kind() == "event_transcript").unwrap().event();
+    assert_eq!(sent["payload"]["transcript"], json!(text));
+    assert!(w.openai.received().is_empty(), "nobody was left to answer");
+}
