@@ -13,9 +13,11 @@ use crate::conversation::llm::ChatMessage;
 use crate::conversation::stt::{plausible, SttEvent, SttSession};
 use crate::conversation::turns::InterruptSensitivity;
 
-/// How long, once the call's audio is gone, speech-to-text's last results are waited for (a
-/// provider flushes what it was hearing in well under a second; a stuck one is not waited on).
-pub(super) const LAST_WORDS: Duration = Duration::from_secs(2);
+/// How long, once the call's audio is gone, speech-to-text's last results are waited for: a
+/// provider flushes what it was hearing in well under a second, the local recogniser on a busy
+/// machine can take a second or two, and a stuck one is not waited on (Deepgram's own close
+/// grace is as long).
+pub(super) const LAST_WORDS: Duration = Duration::from_secs(3);
 
 impl Engine {
     /// What speech-to-text heard: words push the end of the person's turn back, and while the bot
