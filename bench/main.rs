@@ -15,10 +15,12 @@
 //!
 //! `bench/run media` runs the media-plane benchmark instead (concurrent talking calls; see
 //! [`media`]); `bench/run speech`, the offline one (concurrent calls with the local recogniser
-//! and voice; see [`speech`]).
+//! and voice; see [`speech`]); `bench/run turns`, turn-taking as the caller hears it (see
+//! [`turns`]).
 
 mod media;
 mod speech;
+mod turns;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -383,6 +385,9 @@ async fn main() {
     }
     if std::env::args().nth(1).as_deref() == Some("speech") {
         return speech::run().await;
+    }
+    if std::env::args().nth(1).as_deref() == Some("turns") {
+        return turns::run().await;
     }
     let s = settings();
     let database = BenchDatabase::create().await;
