@@ -1,5 +1,5 @@
 //! The turn-taking benchmark: `bench/run turns [--quick] [--concurrency 4] [--modes off,on]
-//! [--vad energy|silero]`.
+//! [--vad energy|silero] [--endpointing auto] [--kinds complete,paused,…]` (see [`Options`]).
 //!
 //! Turn-taking as the caller hears it. Real calls through the real media path of the release
 //! binary (live carrier mode: a fake Twilio, and a fake Vonage for a quarter of the calls), heard
@@ -805,17 +805,11 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-async fn run_mode(
-    mode: Mode,
-    set: Arc<Set>,
-    trials: &[Trial],
-    concurrency: usize,
-    quick: bool,
-    fakes: &Fakes,
-) -> ModeRun {
+async fn run_mode(mode: Mode, set: Arc<Set>, trials: &[Trial], options: &Options, fakes: &Fakes) -> ModeRun {
+    let concurrency = options.concurrency;
     // Other work on these cores would be measured as the server's slowness (the quick run only
     // notes the load).
-    if !quick {
+    if !options.quick {
         quiet_machine().await;
     }
     let load = load_average();
@@ -870,7 +864,7 @@ async fn run_mode(
             &key,
             json!({"prompt": {"content": "You book tables at the bench restaurant."},
                    "voice": {"type": "voice_eleven_labs", "voice_id": "bench-voice"},
-                   "interrupt_sensitivity": sensitivity.as_str(), "endpointing_sensitivity": "auto"}),
+                   "interrupt_sensitivity": sensitivity.as_str(), "endpointing_sensitivity": options.endpointing}),
         )
         .await;
         agents.insert(sensitivity, agent["id"].as_str().unwrap().to_owned());
@@ -1075,17 +1069,53 @@ struct Fakes {
     elevenlabs: String,
 }
 
+/// The command line: `bench/run turns [--quick] [--concurrency 4] [--modes off,on]
+/// [--vad energy] [--endpointing auto] [--kinds complete,paused,backchannel,interruption,burst]`.
+struct Options {
+    /// A few items of one voice, the machine's load only noted: under a minute.
+    quick: bool,
+    /// Calls at once.
+    concurrency: usize,
+    /// `END_OF_TURN_MODEL` of each column.
+    modes: Vec<String>,
+    /// `VAD`, the same in every column.
+    vad: String,
+    /// The agents' `endpointing_sensitivity`.
+    endpointing: String,
+    /// Only the items of these kinds (all when absent).
+    kinds: Option<Vec<Kind>>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Options {
+        let option = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+        let list = |value: String| value.split(',').map(|m| m.trim().to_owned()).collect::<Vec<_>>();
+        Options {
+            quick: args.iter().any(|a| a == "--quick"),
+            concurrency: option("--concurrency").and_then(|c| c.parse().ok()).unwrap_or(4).max(1),
+            modes: list(option("--modes").unwrap_or_else(|| "off,on".into())),
+            vad: option("--vad").unwrap_or_else(|| "energy".into()),
+            endpointing: option("--endpointing").unwrap_or_else(|| "auto".into()),
+            kinds: option("--kinds").map(|k| {
+                list(k)
+                    .iter()
+                    .map(|k| serde_json::from_value(json!(k)).unwrap_or_else(|_| panic!("--kinds: no kind {k:?}")))
+                    .collect()
+            }),
+        }
+    }
+}
+
 pub async fn run() {
-    let args: Vec<String> = std::env::args().collect();
-    let option = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let quick = args.iter().any(|a| a == "--quick");
-    let concurrency: usize = option("--concurrency").and_then(|c| c.parse().ok()).unwrap_or(4).max(1);
-    let vad = option("--vad").unwrap_or_else(|| "energy".into());
-    let modes: Vec<String> =
-        option("--modes").unwrap_or_else(|| "off,on".into()).split(',').map(|m| m.trim().to_owned()).collect();
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let options = Options::parse(&args);
+    let Options { concurrency, ref modes, ref vad, .. } = options;
 
     let set = Arc::new(Set::load(Path::new(SET)).unwrap_or_else(|e| panic!("the utterance set: {e}")));
-    let plan = trials(&set.manifest, quick);
+    let mut plan = trials(&set.manifest, options.quick);
+    if let Some(kinds) = &options.kinds {
+        plan.retain(|t| kinds.contains(&set.manifest.item(&t.item).kind));
+    }
     let carrier = Arc::new(Carrier::default());
     let vonage_state = Arc::new(Vonage::default());
     let fakes = Fakes {
@@ -1104,13 +1134,13 @@ pub async fn run() {
     let started = Instant::now();
     let mut runs = Vec::new();
     for end_of_turn_model in modes {
-        let mode = Mode { end_of_turn_model, vad: vad.clone() };
-        runs.push(run_mode(mode, set.clone(), &plan, concurrency, quick, &fakes).await);
+        let mode = Mode { end_of_turn_model: end_of_turn_model.clone(), vad: vad.clone() };
+        runs.push(run_mode(mode, set.clone(), &plan, &options, &fakes).await);
     }
     let elapsed = started.elapsed();
 
     let scored: Vec<Scores> = runs.iter().map(|r| score(&set, &r.results)).collect();
-    let table = table(&runs, &scored, plan.len(), concurrency, quick, elapsed);
+    let table = table(&runs, &scored, &args, plan.len(), concurrency, elapsed);
     println!("{table}");
     let details: Vec<Value> = runs
         .iter()
@@ -1156,17 +1186,17 @@ fn git_commit() -> String {
 fn table(
     runs: &[ModeRun],
     scored: &[Scores],
+    args: &[String],
     trials: usize,
     concurrency: usize,
-    quick: bool,
     elapsed: Duration,
 ) -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let command = ["bench/run turns".to_owned()].into_iter().chain(args.iter().cloned()).collect::<Vec<_>>().join(" ");
     let mut t = format!(
-        "### Turn-taking, {} — {cores} cores, commit {} (`bench/run turns{}`: {trials} trials a mode, {concurrency} calls at once, {:.0} s)\n\n",
+        "### Turn-taking, {} — {cores} cores, commit {} (`{command}`: {trials} trials a mode, {concurrency} calls at once, {:.0} s)\n\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         git_commit(),
-        if quick { " --quick" } else { "" },
         elapsed.as_secs_f64(),
     );
     for run in runs {
