@@ -16,11 +16,13 @@
 //! `bench/run media` runs the media-plane benchmark instead (concurrent talking calls; see
 //! [`media`]); `bench/run speech`, the offline one (concurrent calls with the local recogniser
 //! and voice; see [`speech`]); `bench/run turn-models`, the voice-activity and end-of-turn
-//! models' costs per frame, per call and per inference (see [`turn_models`]).
+//! models' costs per frame, per call and per inference (see [`turn_models`]); `bench/run turns`,
+//! turn-taking as the caller hears it (see [`turns`]).
 
 mod media;
 mod speech;
 mod turn_models;
+mod turns;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -131,34 +133,80 @@ impl Drop for Server {
 }
 
 fn start_server(database_url: &str, carrier: &str, key: &str) -> Server {
+    // Live calls need providers for their agents; these resolve and are never reached (the
+    // benchmark's calls never open a media stream).
+    launch(
+        database_url,
+        key,
+        &[
+            ("TWILIO_API_BASE_URL", carrier),
+            ("DEEPGRAM_API_KEY", "bench"),
+            ("OPENAI_API_KEY", "bench"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:1/v1"),
+            ("ELEVENLABS_API_KEY", "bench"),
+            ("VOCODE_VOICE", "elevenlabs:bench"),
+            ("ALLOW_PRIVATE_TARGETS", "true"),
+        ],
+    )
+}
+
+/// The release binary (or `VOCODE_SERVER_BIN`), serving live carrier mode on a port of its own,
+/// with `env` on top (and none of this shell's provider keys: what a benchmark's server talks to
+/// is what it says).
+fn launch(database_url: &str, key: &str, env: &[(&str, &str)]) -> Server {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new("target/release/vocode-server")
+    let binary = std::env::var("VOCODE_SERVER_BIN").unwrap_or_else(|_| "target/release/vocode-server".into());
+    let mut command = Command::new(binary);
+    command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("DATABASE_URL", database_url)
         .env("SECRETS_KEY", "00".repeat(31) + "01")
         .env("VOCODE_API_KEY", key)
         .env("CARRIER_MODE", "live")
-        .env("TWILIO_API_BASE_URL", carrier)
-        // Live calls need providers for their agents; these resolve and are never reached (the
-        // benchmark's calls never open a media stream).
-        .env("DEEPGRAM_API_KEY", "bench")
-        .env("OPENAI_API_KEY", "bench")
-        .env("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
-        .env("ELEVENLABS_API_KEY", "bench")
-        .env("VOCODE_VOICE", "elevenlabs:bench")
-        .env("ALLOW_PRIVATE_TARGETS", "true")
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "error");
+    for inherited in ["DEEPGRAM_API_KEY", "OPENAI_API_KEY", "ELEVENLABS_API_KEY", "VOCODE_VOICE"] {
+        command.env_remove(inherited);
+    }
+    let mut child = command
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("target/release/vocode-server (bench/run builds it)");
     let stdout = child.stdout.take().unwrap();
-    let base = BufReader::new(stdout)
-        .lines()
+    let mut lines = BufReader::new(stdout).lines();
+    let base = lines
+        .by_ref()
         .map_while(Result::ok)
         .find_map(|l| l.strip_prefix("vocode-server listening on ").map(str::to_owned))
         .expect("the server starts");
+    // Keep reading its stdout, so that the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     Server { child, base }
+}
+
+/// A database of the benchmark's own on the local Postgres (`BENCH_POSTGRES_URL`), dropped at
+/// the end.
+struct BenchDatabase {
+    admin: sqlx::PgPool,
+    name: String,
+    url: String,
+}
+
+impl BenchDatabase {
+    async fn create() -> BenchDatabase {
+        let admin =
+            std::env::var("BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+        let name = format!("vocode_bench_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        let admin = sqlx::PgPool::connect(&admin).await.expect("Postgres for the bench");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+        BenchDatabase { admin, name, url }
+    }
+
+    async fn drop(self) {
+        let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).execute(&self.admin).await;
+    }
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -343,13 +391,12 @@ async fn main() {
     if std::env::args().nth(1).as_deref() == Some("turn-models") {
         return turn_models::run().await;
     }
+    if std::env::args().nth(1).as_deref() == Some("turns") {
+        return turns::run().await;
+    }
     let s = settings();
-    let admin =
-        std::env::var("BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
-    let name = format!("vocode_bench_{}", uuid::Uuid::new_v4().simple());
-    let admin_pool = sqlx::PgPool::connect(&admin).await.expect("Postgres for the bench");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.unwrap();
-    let database_url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let database = BenchDatabase::create().await;
+    let database_url = database.url.clone();
 
     let carrier = instant_carrier().await;
     let deliveries = Arc::new(Deliveries::default());
@@ -499,7 +546,7 @@ async fn main() {
 
     drop(server);
     pool.close().await;
-    let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin_pool).await;
+    database.drop().await;
 
     // The table.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);

@@ -29,13 +29,12 @@
 //! next's), on one database. The ladder stops once a level clearly misses the targets.
 
 use std::collections::{HashMap, VecDeque};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -46,7 +45,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{call_api, percentile, rss_mb, serve, Server, OUR_NUMBER};
+use super::{call_api, launch, percentile, rss_mb, serve, BenchDatabase, Server, OUR_NUMBER};
 
 const FRAME: Duration = Duration::from_millis(20);
 /// μ-law bytes in a 20 ms frame at 8 kHz.
@@ -98,7 +97,7 @@ struct Cues {
 
 /// Twilio's REST API, answering at once and keeping each call's form (its callback URLs).
 #[derive(Default)]
-struct Carrier {
+pub(super) struct Carrier {
     calls: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
@@ -109,7 +108,7 @@ impl Carrier {
     }
 }
 
-async fn fake_twilio(carrier: Arc<Carrier>) -> String {
+pub(super) async fn fake_twilio(carrier: Arc<Carrier>) -> String {
     async fn create_call(State(c): State<Arc<Carrier>>, Form(form): Form<Vec<(String, String)>>) -> impl IntoResponse {
         let sid = format!("CA{}", uuid::Uuid::new_v4().simple());
         c.calls.lock().unwrap().insert(sid.clone(), form);
@@ -177,15 +176,16 @@ async fn deepgram_session(cues: Arc<Cues>, mut socket: WebSocket) {
     }
 }
 
-/// An OpenAI-compatible chat-completions endpoint that streams its whole answer at once.
-async fn fake_openai() -> String {
+/// An OpenAI-compatible chat-completions endpoint that streams `answer` whole, at once, whatever
+/// it is asked.
+pub(super) async fn fake_openai(answer: &[&str]) -> String {
     fn chunk(delta: Value, finish: Value) -> String {
         let chunk = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench",
                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
         format!("data: {chunk}\n\n")
     }
     let mut body = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
-    for text in ANSWER {
+    for text in answer {
         body.push_str(&chunk(json!({"content": text}), Value::Null));
     }
     body.push_str(&chunk(json!({}), json!("stop")));
@@ -196,20 +196,28 @@ async fn fake_openai() -> String {
     format!("{base}/v1")
 }
 
-/// ElevenLabs' streaming endpoint: a second of μ-law for any text, in four chunks, at once.
-async fn fake_elevenlabs() -> String {
-    let bytes = (SENTENCE_AUDIO.as_millis() as usize) * 8;
-    // A quiet tone, as μ-law bytes: anything but silence will do.
-    let audio: Vec<u8> = (0..bytes).map(|i| [0x9c, 0xad, 0xbe, 0xad, 0x1c, 0x2d, 0x3e, 0x2d][i % 8]).collect();
-    let audio = Bytes::from(audio);
-    let speak = move |Path(_voice): Path<String>| {
-        let audio = audio.clone();
-        async move {
-            let quarter = audio.len() / 4;
-            let chunks: Vec<Result<Bytes, std::io::Error>> =
-                (0..4).map(|i| Ok(audio.slice(i * quarter..(i + 1) * quarter))).collect();
-            ([(header::CONTENT_TYPE, "audio/basic")], Body::from_stream(futures_util::stream::iter(chunks)))
-        }
+/// ElevenLabs' streaming endpoint: for any text, `length(text)` of a tone in the format asked for
+/// (`ulaw_8000` or `pcm_16000`), in four chunks, at once.
+pub(super) async fn fake_elevenlabs(length: fn(&str) -> Duration) -> String {
+    #[derive(serde::Deserialize)]
+    struct Format {
+        output_format: Option<String>,
+    }
+    let speak = move |Path(_voice): Path<String>, Query(format): Query<Format>, Json(body): Json<Value>| async move {
+        let ms = length(body["text"].as_str().unwrap_or_default()).as_millis() as usize;
+        // A quiet vowel-like tone: anything but silence will do.
+        let tone =
+            |rate: usize| (0..ms * rate / 1000).map(move |i| (2500.0 * (i as f32 * 1100.0 / rate as f32).sin()) as i16);
+        let audio: Vec<u8> = match format.output_format.as_deref() {
+            Some("pcm_16000") => tone(16_000).flat_map(i16::to_le_bytes).collect(),
+            _ => tone(8_000).map(vocode_server::conversation::audio::mulaw_encode).collect(),
+        };
+        let audio = Bytes::from(audio);
+        let quarter = audio.len() / 4 / 2 * 2;
+        let chunks: Vec<Result<Bytes, std::io::Error>> = (0..4)
+            .map(|i| Ok(audio.slice(i * quarter..if i == 3 { audio.len() } else { (i + 1) * quarter })))
+            .collect();
+        ([(header::CONTENT_TYPE, "audio/basic")], Body::from_stream(futures_util::stream::iter(chunks)))
     };
     serve(Router::new().route("/v1/text-to-speech/{voice}/stream", post(speak))).await
 }
@@ -224,35 +232,19 @@ struct Fakes {
 }
 
 fn start_server(database_url: &str, fakes: &Fakes, key: &str) -> Server {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new("target/release/vocode-server")
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", database_url)
-        .env("SECRETS_KEY", "00".repeat(31) + "01")
-        .env("VOCODE_API_KEY", key)
-        .env("CARRIER_MODE", "live")
-        .env("TWILIO_API_BASE_URL", &fakes.twilio)
-        .env("DEEPGRAM_URL", &fakes.deepgram)
-        .env("DEEPGRAM_API_KEY", "bench")
-        .env("OPENAI_BASE_URL", &fakes.openai)
-        .env("OPENAI_API_KEY", "bench")
-        .env("ELEVENLABS_BASE_URL", &fakes.elevenlabs)
-        .env("ELEVENLABS_API_KEY", "bench")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("target/release/vocode-server (bench/run builds it)");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("vocode-server listening on ").map(str::to_owned))
-        .expect("the server starts");
-    // Keep reading its stdout, so that the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Server { child, base }
+    launch(
+        database_url,
+        key,
+        &[
+            ("TWILIO_API_BASE_URL", fakes.twilio.as_str()),
+            ("DEEPGRAM_URL", &fakes.deepgram),
+            ("DEEPGRAM_API_KEY", "bench"),
+            ("OPENAI_BASE_URL", &fakes.openai),
+            ("OPENAI_API_KEY", "bench"),
+            ("ELEVENLABS_BASE_URL", &fakes.elevenlabs),
+            ("ELEVENLABS_API_KEY", "bench"),
+        ],
+    )
 }
 
 /// CPU time of a process (user + system, all threads), in seconds.
@@ -300,15 +292,15 @@ fn counter(text: &str, name: &str) -> f64 {
 // ---------------------------------------------------------------- one call
 
 /// A call answered by the fake carrier: where its media stream goes, and how it proves itself.
-struct Answered {
+pub(super) struct Answered {
     sid: String,
     stream_url: String,
-    call_id: String,
+    pub(super) call_id: String,
     token: String,
 }
 
 /// Creates a call through the API and answers it as Twilio would (status callback, TwiML).
-async fn place_and_answer(
+pub(super) async fn place_and_answer(
     client: &reqwest::Client,
     base: &str,
     key: &str,
@@ -382,12 +374,90 @@ struct CallStats {
     failed: Option<String>,
 }
 
-fn media(seq: u64, sid: &str, payload: &str) -> Message {
+/// A Twilio `media` message: the `seq`th of the stream.
+pub(super) fn twilio_media(seq: u64, sid: &str, payload: &str) -> Message {
     let ts = (seq - 2) * 20;
     Message::text(format!(
         r#"{{"event":"media","sequenceNumber":"{seq}","streamSid":"{sid}","media":{{"track":"inbound","chunk":"{}","timestamp":"{ts}","payload":"{payload}"}}}}"#,
         seq - 1
     ))
+}
+
+/// A Twilio `mark` message: the audio before the mark `name` has played.
+pub(super) fn twilio_mark(seq: u64, sid: &str, name: &str) -> Message {
+    Message::text(
+        json!({"event": "mark", "sequenceNumber": seq.to_string(), "streamSid": sid, "mark": {"name": name}})
+            .to_string(),
+    )
+}
+
+pub(super) type Stream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the call's Twilio media stream as Twilio does (`connected`, then `start` with the call's
+/// custom parameters); returns it and its stream sid.
+pub(super) async fn open_twilio(call: &Answered, account: &str) -> Result<(Stream, String), String> {
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(call.stream_url.as_str()).await.map_err(|e| format!("connect: {e}"))?;
+    let stream_sid = format!("MZ{}", uuid::Uuid::new_v4().simple());
+    let connected = json!({"event": "connected", "protocol": "Call", "version": "1.0.0"});
+    let start = json!({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
+                       "start": {"accountSid": account, "streamSid": stream_sid, "callSid": call.sid, "tracks": ["inbound"],
+                                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                                 "customParameters": {"call_id": call.call_id, "token": call.token}}});
+    for message in [connected, start] {
+        socket
+            .send(Message::text(message.to_string()))
+            .await
+            .map_err(|_| "the server closed the stream at its start".to_owned())?;
+    }
+    Ok((socket, stream_sid))
+}
+
+/// The carrier's playback of what the server sends: 20 ms a frame from when it arrives or when
+/// the frames before it have played, whichever is later; the marks (Twilio) or notifies (Vonage)
+/// the server asked to hear back, each due once the audio before it has played; a `clear` drops
+/// what has not played and makes every pending mark due at once (as Twilio does).
+pub(super) struct Playback {
+    /// Where the playback of what was sent ends.
+    pub(super) end: Instant,
+    marks: VecDeque<(Instant, String)>,
+}
+
+impl Playback {
+    pub(super) fn new() -> Playback {
+        Playback { end: Instant::now(), marks: VecDeque::new() }
+    }
+
+    /// A frame arrived at `now`: returns when it starts to play.
+    pub(super) fn frame(&mut self, now: Instant) -> Instant {
+        let starts = self.end.max(now);
+        self.end = starts + FRAME;
+        starts
+    }
+
+    pub(super) fn mark(&mut self, name: String, now: Instant) {
+        self.marks.push_back((self.end.max(now), name));
+    }
+
+    pub(super) fn clear(&mut self, now: Instant) {
+        self.end = now;
+        for (due, _) in self.marks.iter_mut() {
+            *due = now;
+        }
+    }
+
+    /// The marks whose audio has played by `now`, to echo.
+    pub(super) fn played(&mut self, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        while self.marks.front().is_some_and(|(due, _)| *due <= now) {
+            out.push(self.marks.pop_front().unwrap().1);
+        }
+        out
+    }
+
+    pub(super) fn idle(&self) -> bool {
+        self.marks.is_empty()
+    }
 }
 
 fn cue_payload(call: u32, turn: u32) -> String {
@@ -401,26 +471,14 @@ fn cue_payload(call: u32, turn: u32) -> String {
 /// A Twilio media stream for the whole call: frames out every 20 ms, the bot's audio in.
 async fn talk(index: u32, call: Answered, account: String, plan: Arc<Plan>, cues: Arc<Cues>) -> CallStats {
     let mut stats = CallStats::default();
-    let socket = match tokio_tungstenite::connect_async(call.stream_url.as_str()).await {
-        Ok((socket, _)) => socket,
-        Err(e) => {
-            stats.failed = Some(format!("connect: {e}"));
+    let (socket, stream_sid) = match open_twilio(&call, &account).await {
+        Ok(opened) => opened,
+        Err(reason) => {
+            stats.failed = Some(reason);
             return stats;
         }
     };
     let (mut write, mut read) = socket.split();
-    let stream_sid = format!("MZ{}", uuid::Uuid::new_v4().simple());
-    let connected = json!({"event": "connected", "protocol": "Call", "version": "1.0.0"});
-    let start = json!({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
-                       "start": {"accountSid": account, "streamSid": stream_sid, "callSid": call.sid, "tracks": ["inbound"],
-                                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                                 "customParameters": {"call_id": call.call_id, "token": call.token}}});
-    for message in [connected, start] {
-        if write.send(Message::text(message.to_string())).await.is_err() {
-            stats.failed = Some("the server closed the stream at its start".into());
-            return stats;
-        }
-    }
     // Silence, give or take the least significant bit.
     let silence = STANDARD.encode((0..FRAME_BYTES).map(|i| if i % 3 == 0 { 0xfe } else { 0xff }).collect::<Vec<u8>>());
     let mut ticks = tokio::time::interval(FRAME);
@@ -433,9 +491,7 @@ async fn talk(index: u32, call: Answered, account: String, plan: Arc<Plan>, cues
     let mut awaiting: Option<(u32, Instant)> = None;
     let mut last_media: Option<Instant> = None;
     let mut utterance_frames = 0usize;
-    // Where this carrier's playback of what it was sent ends, and the marks waiting for it.
-    let mut play_end = Instant::now();
-    let mut marks: VecDeque<(Instant, String)> = VecDeque::new();
+    let mut playback = Playback::new();
     loop {
         tokio::select! {
             scheduled = ticks.tick() => {
@@ -449,10 +505,9 @@ async fn talk(index: u32, call: Answered, account: String, plan: Arc<Plan>, cues
                     break;
                 }
                 let mut out = Vec::new();
-                while marks.front().is_some_and(|(due, _)| *due <= now) {
-                    let (_, name) = marks.pop_front().unwrap();
+                for name in playback.played(now) {
                     seq += 1;
-                    out.push(Message::text(json!({"event": "mark", "sequenceNumber": seq.to_string(), "streamSid": stream_sid, "mark": {"name": name}}).to_string()));
+                    out.push(twilio_mark(seq, &stream_sid, &name));
                 }
                 if let Some((_, sent)) = awaiting {
                     if now - sent > ANSWER_TIMEOUT {
@@ -463,8 +518,8 @@ async fn talk(index: u32, call: Answered, account: String, plan: Arc<Plan>, cues
                     }
                 }
                 let quiet = awaiting.is_none()
-                    && marks.is_empty()
-                    && play_end + Duration::from_millis(300) <= now
+                    && playback.idle()
+                    && playback.end + Duration::from_millis(300) <= now
                     && last_media.is_none_or(|t| now - t > Duration::from_millis(500));
                 seq += 1;
                 if quiet && now >= next_turn && now + ANSWER_TIMEOUT < plan.window_end {
@@ -472,9 +527,9 @@ async fn talk(index: u32, call: Answered, account: String, plan: Arc<Plan>, cues
                     awaiting = Some((turn, now));
                     stats.turns += 1;
                     next_turn = now + plan.turn_every;
-                    out.push(media(seq, &stream_sid, &cue_payload(index, turn)));
+                    out.push(twilio_media(seq, &stream_sid, &cue_payload(index, turn)));
                 } else {
-                    out.push(media(seq, &stream_sid, &silence));
+                    out.push(twilio_media(seq, &stream_sid, &silence));
                 }
                 for message in out {
                     if write.send(message).await.is_err() {
@@ -517,7 +572,7 @@ async fn talk(index: u32, call: Answered, account: String, plan: Arc<Plan>, cues
                                 stats.long_gaps += u64::from(gap >= Duration::from_millis(30));
                                 stats.short_gaps += u64::from(gap <= Duration::from_millis(10));
                             }
-                            if play_end + Duration::from_millis(1) < now {
+                            if playback.end + Duration::from_millis(1) < now {
                                 stats.underruns += 1;
                             }
                         }
@@ -527,16 +582,13 @@ async fn talk(index: u32, call: Answered, account: String, plan: Arc<Plan>, cues
                     }
                     utterance_frames += 1;
                     last_media = Some(now);
-                    play_end = play_end.max(now) + FRAME;
+                    playback.frame(now);
                 } else if text.as_str().starts_with(r#"{"event":"mark""#) {
                     let event: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
                     let name = event["mark"]["name"].as_str().unwrap_or_default().to_owned();
-                    marks.push_back((play_end.max(now), name));
+                    playback.mark(name, now);
                 } else if text.as_str().starts_with(r#"{"event":"clear""#) {
-                    play_end = now;
-                    for (due, _) in marks.iter_mut() {
-                        *due = now;
-                    }
+                    playback.clear(now);
                 }
             }
         }
@@ -608,7 +660,7 @@ struct World<'a> {
 
 /// Waits (a minute and a half at most) for the machine to be quiet: other work on these two cores
 /// would be measured as the server's slowness.
-async fn quiet_machine() {
+pub(super) async fn quiet_machine() {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let before = machine_cpu();
@@ -778,19 +830,15 @@ async fn level(w: &World<'_>, calls: usize, s: &Settings, agent: &mut Option<Str
 
 pub async fn run() {
     let s = settings();
-    let admin =
-        std::env::var("BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
-    let name = format!("vocode_bench_{}", uuid::Uuid::new_v4().simple());
-    let admin_pool = sqlx::PgPool::connect(&admin).await.expect("Postgres for the bench");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.unwrap();
-    let database_url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let database = BenchDatabase::create().await;
+    let database_url = database.url.clone();
 
     let (carrier, cues) = (Arc::new(Carrier::default()), Arc::new(Cues::default()));
     let fakes = Fakes {
         twilio: fake_twilio(carrier.clone()).await,
         deepgram: fake_deepgram(cues.clone()).await,
-        openai: fake_openai().await,
-        elevenlabs: fake_elevenlabs().await,
+        openai: fake_openai(&ANSWER).await,
+        elevenlabs: fake_elevenlabs(|_| SENTENCE_AUDIO).await,
     };
     let key = "vk_bench_key_00000000000000000000000000000000";
     let world = World { database_url: &database_url, fakes: &fakes, carrier: &carrier, cues: &cues, key };
@@ -824,7 +872,7 @@ pub async fn run() {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin_pool).await;
+    database.drop().await;
 
     let table = table(&levels, &s);
     println!("{table}");

@@ -89,6 +89,20 @@ fn start(key: &str, speech_dir: &str) -> Server {
     Server { child, base, _dir: TempDir(dir) }
 }
 
+/// Waits for the server's local recogniser to load (in the background at start-up); returns what
+/// `/ready` then says.
+pub(super) async fn local_speech_loaded(client: &reqwest::Client, base: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready: Value = client.get(format!("{base}/ready")).send().await.unwrap().json().await.unwrap_or_default();
+        if ready["speech"]["local_speech_to_text"]["loaded"] == true {
+            return ready;
+        }
+        assert!(Instant::now() < deadline, "the local speech did not load: {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The server's CPU time so far (its own and its finished children's: flite), in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -163,17 +177,7 @@ async fn run_level(calls: usize, window: Duration, speech_dir: &str) -> Level {
     let server = start(&key, speech_dir);
     let pid = server.child.id();
     let client = reqwest::Client::new();
-    // The models load in the background at start-up: wait for them.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready: Value =
-            client.get(format!("{}/ready", server.base)).send().await.unwrap().json().await.unwrap_or_default();
-        if ready["speech"]["local_speech_to_text"]["loaded"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the local speech did not load: {ready}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    local_speech_loaded(&client, &server.base).await;
     let models_mb = rss_mb(pid);
     let number = call_api(
         &client,

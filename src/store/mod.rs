@@ -395,6 +395,11 @@ pub fn unavailable_reason(err: &sqlx::Error) -> Option<&'static str> {
         sqlx::Error::PoolTimedOut => Some("the database is unavailable (no connection to it came free in time)"),
         sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => Some("the database is unavailable"),
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Some("the database is unavailable (the connection to it failed)"),
+        // A connection cut while it opens (during TLS negotiation, before any reply) reads as a
+        // protocol error, not as I/O: it is the same outage.
+        sqlx::Error::Protocol(message) if message.contains("SSLRequest") => {
+            Some("the database is unavailable (the connection to it failed)")
+        }
         sqlx::Error::Database(db) => {
             if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 // Connection exceptions (08…), operator intervention (57P…: shutdown, restart,
@@ -450,5 +455,12 @@ mod tests {
         assert_eq!(redact_url("postgres://vocode:hunter2@db:5432/vocode"), "postgres://vocode:****@db:5432/vocode");
         assert_eq!(redact_url("postgres://root@db/x"), "postgres://root@db/x");
         assert_eq!(redact_url("sqlite://./data/v.db"), "sqlite://./data/v.db");
+    }
+
+    #[test]
+    fn a_connection_cut_while_it_opens_is_an_outage_and_other_protocol_errors_are_not() {
+        let cut = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into());
+        assert!(is_unavailable(&cut));
+        assert!(!is_unavailable(&sqlx::Error::Protocol("unknown message type: 'x'".into())));
     }
 }

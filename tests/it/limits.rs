@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vocode_server::config::{CarrierMode, TelephonyArgs};
 
-use crate::support::{link_twilio_number, Backend, FakeTwilio, Options, TestApp};
+use crate::support::{link_twilio_number, post_ok, Backend, FakeTwilio, Options, TestApp};
 
 async fn limited(per_second: u32, burst: u32) -> Option<TestApp> {
     TestApp::spawn_with_serve(Backend::Sqlite, Options::default(), |serve| {
@@ -277,28 +277,17 @@ async fn media_stream_sockets_that_never_bind_are_closed() {
     assert!(during >= before + 250, "the sockets are open on the server: {before} then {during}");
 
     // A call placed while they are open talks as usual.
-    let auth = format!("Bearer {key}");
-    let number: serde_json::Value = client
-        .post(format!("{}/v1/numbers/buy", server.base))
-        .header("authorization", &auth)
-        .json(&json!({"telephony_provider": "twilio", "area_code": "415"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let call: serde_json::Value = client
-        .post(format!("{}/v1/calls/create", server.base))
-        .header("authorization", &auth)
-        .json(&json!({"from_number": number["number"], "to_number": "14155550199",
-                      "agent": {"prompt": {"content": "Ask Ajay if his refrigerator is running"}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let number =
+        post_ok(&server.base, &key, "/v1/numbers/buy", json!({"telephony_provider": "twilio", "area_code": "415"}))
+            .await;
+    let call = post_ok(
+        &server.base,
+        &key,
+        "/v1/calls/create",
+        json!({"from_number": number["number"], "to_number": "14155550199",
+               "agent": {"prompt": {"content": "Ask Ajay if his refrigerator is running"}}}),
+    )
+    .await;
     let id = call["id"].as_str().unwrap_or_else(|| panic!("a call: {call}")).to_owned();
 
     let mut slowest = Duration::ZERO;
@@ -314,7 +303,7 @@ async fn media_stream_sockets_that_never_bind_are_closed() {
     let ended = eventually(Duration::from_secs(60), || async {
         let call: serde_json::Value = client
             .get(format!("{}/v1/calls?id={id}", server.base))
-            .header("authorization", &auth)
+            .bearer_auth(&key)
             .send()
             .await
             .ok()?

@@ -70,7 +70,9 @@ async fn every_documented_scenario_ends_as_documented(app: TestApp) {
         let call = ended(&app, id).await;
         let got = (call["status"].as_str().unwrap(), call["stage"].as_str().unwrap(), call["stage_outcome"].clone());
         assert_eq!(got, (expected.0, expected.1, expected.2.clone()), "{to} ({on_no_human_answer}): {call}");
-        if expected.1 == "picked_up" {
+        // A machine the call hangs up on may be heard before its stream binds (a loaded machine
+        // answers the detection first): only calls that went on talk.
+        if expected.1 == "picked_up" && *on_no_human_answer == "continue" {
             let stream = app.state.telephony.streams.get(uuid::Uuid::parse_str(id).unwrap()).expect("a media stream");
             assert!(stream.bound && stream.media_frames > 0, "{to}: {stream:?}");
             assert_eq!(call["recording_available"], true, "{to}");

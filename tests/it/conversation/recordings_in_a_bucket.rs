@@ -1,8 +1,8 @@
 //! Recordings this server makes, kept in S3-compatible object storage (`RECORDINGS_URL`) against
 //! a real S3 server (moto's, [`crate::support::S3Server`]): a live Twilio call's recording is an
 //! object under the bucket's prefix, served by `GET /v1/calls/recording`; a call whose audio came
-//! through two streams — a reconnect on one process, or a move from one process to another on one
-//! Postgres — keeps one recording of the whole call, its two segments joined in time, with one
+//! through two streams — its connection dropped and the next stream went on with the conversation,
+//! on the same process or on another on one Postgres — keeps one recording of the whole call, its two segments joined in time, with one
 //! `event_recording`; a replica serves what another recorded; bad settings stop the server at
 //! start-up with one line.
 
@@ -76,10 +76,20 @@ async fn stream_target(twilio: &FakeTwilio, sid: &str) -> StreamTarget {
     StreamTarget { url, start }
 }
 
-/// One media stream of the call, as Twilio opens it to `url`: the person says `frames` frames
-/// of `byte`, one every 20 ms as a carrier sends them, then the stream stops. Returns once the
-/// server has closed it — by then the stream's segment is written and recorded on the call.
-async fn speak_once(url: &str, start: &Value, byte: u8, frames: usize) {
+/// How a stream of the call ends.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    /// The connection drops (a crash, a network cut): the call goes on, and its next stream takes
+    /// the conversation over.
+    Drops,
+    /// The carrier says `stop`.
+    Stops,
+}
+
+/// One media stream of the call, as Twilio opens it to `url`: the person says `frames` frames of
+/// `byte`, one every 20 ms as a carrier sends them, and the stream ends as `end` says.
+/// Returns once the server has let go of it — by then the stream's segment is written.
+async fn speak_once(url: &str, start: &Value, byte: u8, frames: usize, end: End) {
     let (mut socket, _): (Socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     socket.send(Message::text(start.to_string())).await.unwrap();
     let mut every_frame = tokio::time::interval(Duration::from_millis(20));
@@ -89,9 +99,14 @@ async fn speak_once(url: &str, start: &Value, byte: u8, frames: usize) {
                            "media": {"track": "inbound", "payload": STANDARD.encode([byte; 160])}});
         socket.send(Message::text(media.to_string())).await.unwrap();
     }
-    socket.send(Message::text(json!({"event": "stop", "streamSid": "MZ1"}).to_string())).await.unwrap();
-    let closed = async { while let Some(Ok(_)) = socket.next().await {} };
-    tokio::time::timeout(Duration::from_secs(20), closed).await.expect("the server ends the stream");
+    match end {
+        End::Drops => drop(socket),
+        End::Stops => {
+            socket.send(Message::text(json!({"event": "stop", "streamSid": "MZ1"}).to_string())).await.unwrap();
+            let closed = async { while let Some(Ok(_)) = socket.next().await {} };
+            tokio::time::timeout(Duration::from_secs(20), closed).await.expect("the server ends the stream");
+        }
+    }
 }
 
 fn samples_of(wav: &[u8]) -> Vec<i16> {
@@ -124,8 +139,18 @@ async fn recording(base: &str, key: &str, id: &str) -> (StatusCode, String, Vec<
     (res.status(), content_type, res.bytes().await.unwrap().to_vec())
 }
 
+/// Waits until the server at `base` has the call's recording (its stream ended without a word to
+/// the test, so the test cannot know when its segment is kept).
+async fn recorded(base: &str, key: &str, id: &str) {
+    eventually(Duration::from_secs(20), || async {
+        (recording(base, key, id).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
 /// Checks that `wav` holds the first stream's words, then, at least `BETWEEN` later, the
-/// second's: one recording of the whole call.
+/// second's (the quiet agent has said nothing, so the stream that goes on with the conversation
+/// has nothing to say either): one recording of the whole call.
 fn assert_both_streams_in_order(wav: &[u8]) {
     let samples = samples_of(wav);
     let (first, second) = (run_of(&samples, FIRST), run_of(&samples, SECOND));
@@ -149,8 +174,9 @@ async fn a_call_recorded_in_a_bucket_is_served_whole_through_its_reconnect(bw: B
     w.twilio.status(sid, "in-progress", &[]).await;
     let target = stream_target(&w.twilio, sid).await;
 
-    speak_once(&target.url, &target.start, FIRST, FRAMES).await;
+    speak_once(&target.url, &target.start, FIRST, FRAMES, End::Drops).await;
     // The recording is an object under the bucket's prefix, and the API serves it.
+    recorded(&w.app.base, &w.app.key, &id).await;
     assert_eq!(s3.keys("calls/").await, [format!("calls/recordings/{id}.wav")]);
     let stored = s3.object(&format!("calls/recordings/{id}.wav")).await.unwrap();
     let (status, content_type, served) = recording(&w.app.base, &w.app.key, &id).await;
@@ -162,7 +188,7 @@ async fn a_call_recorded_in_a_bucket_is_served_whole_through_its_reconnect(bw: B
 
     // The carrier reconnects: the call's second stream is a second segment of one recording.
     tokio::time::sleep(BETWEEN).await;
-    speak_once(&target.url, &target.start, SECOND, FRAMES).await;
+    speak_once(&target.url, &target.start, SECOND, FRAMES, End::Stops).await;
     assert_eq!(s3.keys("calls/").await, [format!("calls/recordings/{id}.2.wav"), format!("calls/recordings/{id}.wav")]);
     let (status, content_type, served) = recording(&w.app.base, &w.app.key, &id).await;
     assert_eq!((status, content_type.as_str()), (StatusCode::OK, "audio/wav"));
@@ -223,14 +249,16 @@ async fn a_call_that_moved_between_replicas_has_one_recording_that_either_serves
     assert!(target.url.contains(&host(&a.base)), "the carrier streams to the process that answered: {}", target.url);
 
     // The first stream, on A; B serves its recording.
-    speak_once(&target.url, &target.start, FIRST, FRAMES).await;
+    speak_once(&target.url, &target.start, FIRST, FRAMES, End::Drops).await;
+    recorded(&a.base, key, &id).await;
     let (status, content_type, served) = recording(&b.base, key, &id).await;
     assert_eq!((status, content_type.as_str()), (StatusCode::OK, "audio/wav"), "{}", String::from_utf8_lossy(&served));
     run_of(&samples_of(&served), FIRST);
 
     // The call moves: its second stream reaches B. Either replica serves the whole call.
     tokio::time::sleep(BETWEEN).await;
-    speak_once(&target.url.replace(&host(&a.base), &host(&b.base)), &target.start, SECOND, FRAMES).await;
+    let on_b = target.url.replace(&host(&a.base), &host(&b.base));
+    speak_once(&on_b, &target.start, SECOND, FRAMES, End::Stops).await;
     assert_eq!(s3.keys("replicas/").await, [format!("replicas/{id}.2.wav"), format!("replicas/{id}.wav")]);
     let (_, _, from_a) = recording(&a.base, key, &id).await;
     let (_, _, from_b) = recording(&b.base, key, &id).await;
