@@ -155,7 +155,8 @@ impl Engine {
             let deadline = Instant::now() + LAST_WORDS;
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
-                    Ok(Some(SttEvent::Final { text, .. })) if !text.trim().is_empty() => {
+                    // Noise is no more words at the end than during the call.
+                    Ok(Some(SttEvent::Final { text, .. })) if plausible::is_plausible(&text, None) => {
                         if !self.heard.is_empty() {
                             self.heard.push(' ');
                         }

@@ -593,6 +593,7 @@ async fn the_last_words_before_a_hang_up_are_waited_for_and_kept() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(call.audio_closed(), "speech-to-text was closed when the call's audio ended");
     call.person.send(SttEvent::Final { text: "your list.".into(), speech_final: true }).await.unwrap();
+    call.person.send(SttEvent::Final { text: "You".into(), speech_final: true }).await.unwrap();
     drop(call.person);
     let last = tokio::time::timeout(Duration::from_secs(1), async {
         loop {
