@@ -2,10 +2,11 @@
 //! what the call's audio brings (frames, keys, played marks, the stream's end), to what
 //! speech-to-text hears, to what the current turn's generation produces, to the results of
 //! actions, and to its timers (the greeting's delay, the end of the person's turn, playout pacing,
-//! idleness). Because one task owns it all, a call's state needs no lock and its turns cannot
-//! race. Provider I/O runs in child tasks that report back tagged with their turn id; anything
-//! from a turn that is no longer current is dropped, so an interrupted turn's output is never
-//! played late.
+//! the end of a hold on a false start, idleness). Because one task owns it all, a call's state
+//! needs no lock and its turns cannot race. Provider I/O runs in child tasks that report back
+//! tagged with their turn id; anything from a turn that is no longer current is dropped, so an
+//! interrupted turn's output is never played late. When the call's audio ends, the engine waits,
+//! bounded, for speech-to-text's last words before it returns.
 //!
 //! The task never blocks: audio for speech-to-text is offered without waiting (a full queue drops
 //! the frame and counts it), and everything it sends to the call goes through a bounded channel
