@@ -2,7 +2,10 @@
 //! audio is ever queued at the carrier, a mark follows every `mark_every` of audio, and what the
 //! person has heard is known from the marks the carrier echoes (or, for a carrier that echoes
 //! none, from the clock). That makes barge-in, truncation of the bot's message to what was heard,
-//! and the carrier's buffer limits behave the same on every carrier.
+//! and the carrier's buffer limits behave the same on every carrier. The audio sent and not yet
+//! known to be heard is kept, so that an utterance paused (its queue at the carrier cleared) goes
+//! on from what the person heard, repeating nothing but the part of a mark's stretch the carrier
+//! played after its last echo.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -38,6 +41,13 @@ pub struct Playout {
     echoes: bool,
     /// The voice has delivered all of this utterance's audio.
     complete: bool,
+    /// Audio sent and not yet known to be heard: each chunk with the position it starts at.
+    unheard: VecDeque<(u64, Vec<u8>)>,
+    /// Paused: nothing is sent until it resumes.
+    paused: bool,
+    /// How many times it was paused: marks sent after a pause are named apart from the ones
+    /// cleared with it (whose echoes may still come).
+    pauses: u32,
 }
 
 impl Playout {
@@ -54,6 +64,9 @@ impl Playout {
             heard_ms: 0,
             echoes: carrier_echoes_marks,
             complete: false,
+            unheard: VecDeque::new(),
+            paused: false,
+            pauses: 0,
         }
     }
 
@@ -76,6 +89,11 @@ impl Playout {
     pub fn due(&mut self, now: Instant) -> Vec<ToCall> {
         let frame = self.encoding.bytes_for_ms(FRAME_MS);
         let mut out = Vec::new();
+        if self.paused {
+            return out;
+        }
+        let heard = self.heard_ms(now);
+        self.forget_heard(heard);
         let started = *self.started.get_or_insert(now);
         let played_by_clock = now.saturating_duration_since(started).as_millis() as u64;
         let budget = played_by_clock + LOOKAHEAD.as_millis() as u64;
@@ -90,6 +108,7 @@ impl Playout {
                 break;
             };
             let chunk: Vec<u8> = self.pending.drain(..take).collect();
+            self.unheard.push_back((self.sent_ms, chunk.clone()));
             self.sent_ms += self.encoding.ms_of(chunk.len()).max(1);
             out.push(ToCall::Audio(chunk));
             if self.sent_ms >= self.next_mark_ms {
@@ -105,7 +124,10 @@ impl Playout {
     }
 
     fn mark(&mut self) -> ToCall {
-        let name = format!("t{}-{}", self.turn, self.sent_ms);
+        let name = match self.pauses {
+            0 => format!("t{}-{}", self.turn, self.sent_ms),
+            pauses => format!("t{}.{}-{}", self.turn, pauses, self.sent_ms),
+        };
         self.marks.push_back((name.clone(), self.sent_ms));
         self.marked_ms = self.sent_ms;
         self.next_mark_ms = self.sent_ms + MARK_EVERY_MS;
@@ -117,7 +139,7 @@ impl Playout {
     /// waits (more audio from the voice wakes the caller anyway).
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
         let frame = self.encoding.bytes_for_ms(FRAME_MS);
-        let sendable = self.pending.len() >= frame || (self.complete && !self.pending.is_empty());
+        let sendable = !self.paused && (self.pending.len() >= frame || (self.complete && !self.pending.is_empty()));
         if !sendable {
             return None;
         }
@@ -137,7 +159,52 @@ impl Playout {
         // Marks come back in order: an echo also covers every earlier one.
         let (_, position) = self.marks.drain(..=i).next_back().expect("one mark at least");
         self.heard_ms = self.heard_ms.max(position);
+        self.forget_heard(self.heard_ms);
         true
+    }
+
+    /// Drops the audio kept of what is known to be heard.
+    fn forget_heard(&mut self, heard: u64) {
+        while let Some((start, chunk)) = self.unheard.front() {
+            if start + self.encoding.ms_of(chunk.len()) > heard {
+                break;
+            }
+            self.unheard.pop_front();
+        }
+    }
+
+    /// Stops the utterance where the person has heard it by `now` (the caller clears the carrier's
+    /// queue): what was sent beyond that goes back to be sent again, and nothing goes out until
+    /// [`Self::resume`].
+    pub fn pause(&mut self, now: Instant) {
+        if self.paused {
+            return;
+        }
+        let heard = self.heard_ms(now);
+        let mut back: Vec<u8> = Vec::new();
+        for (start, chunk) in self.unheard.drain(..) {
+            let skip = self.encoding.bytes_for_ms(heard.saturating_sub(start) as u32).min(chunk.len());
+            back.extend_from_slice(&chunk[skip..]);
+        }
+        for byte in back.into_iter().rev() {
+            self.pending.push_front(byte);
+        }
+        self.sent_ms = heard.min(self.sent_ms);
+        self.heard_ms = self.sent_ms;
+        self.marks.clear();
+        self.marked_ms = self.sent_ms;
+        self.next_mark_ms = self.sent_ms + MARK_EVERY_MS;
+        self.paused = true;
+        self.pauses += 1;
+    }
+
+    /// Goes on from where [`Self::pause`] stopped: the utterance's clock restarts there.
+    pub fn resume(&mut self, now: Instant) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        self.started = Some(now.checked_sub(Duration::from_millis(self.sent_ms)).unwrap_or(now));
     }
 
     /// How much of the utterance the person has heard by `now`.
@@ -290,5 +357,68 @@ mod tests {
         assert_eq!(heard_text(text, 500, 1_000), "Sure, I can book a");
         assert_eq!(heard_text(text, 1_000, 1_000), text);
         assert_eq!(heard_text(text, 10, 0), text);
+    }
+
+    /// The audio of an utterance whose every millisecond is a distinct byte pattern.
+    fn numbered(ms: u64) -> Vec<u8> {
+        (0..ms).flat_map(|m| vec![(m % 251) as u8; 8]).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_utterance_goes_on_from_what_was_heard_by_its_marks() {
+        let enc = Encoding::Mulaw8k;
+        let audio = numbered(1_000);
+        let mut p = Playout::new(enc, 3, true);
+        p.push(&audio);
+        p.finish();
+        let start = Instant::now();
+        let mut sent: Vec<u8> = Vec::new();
+        let take = |items: Vec<ToCall>, sent: &mut Vec<u8>| {
+            for item in items {
+                if let ToCall::Audio(a) = item {
+                    sent.extend(a);
+                }
+            }
+        };
+        take(p.due(start), &mut sent);
+        take(p.due(start + Duration::from_millis(200)), &mut sent);
+        assert_eq!(enc.ms_of(sent.len()), 500);
+        assert!(p.played("t3-200"), "the carrier played 200 ms");
+        p.pause(start + Duration::from_millis(250));
+        assert!(p.due(start + Duration::from_millis(400)).is_empty(), "nothing while paused");
+        assert_eq!(p.next_due(start + Duration::from_millis(400)), None);
+        assert_eq!(p.heard_ms(start + Duration::from_millis(900)), 200, "what was heard stands still");
+        assert!(!p.played("t3-300"), "the echo of a mark cleared with the queue counts for nothing");
+
+        let again = start + Duration::from_secs(2);
+        p.resume(again);
+        let mut resumed = Vec::new();
+        let items = p.due(again);
+        assert!(items.iter().any(|i| matches!(i, ToCall::Mark(m) if m == "t3.1-300")), "{items:?}");
+        take(items, &mut resumed);
+        for ms in (20..=1_000).step_by(20) {
+            take(p.due(again + Duration::from_millis(ms)), &mut resumed);
+        }
+        assert_eq!(resumed, audio[enc.bytes_for_ms(200)..], "from the heard position on, every byte once");
+        assert_eq!(p.total_ms(), 1_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_echoes_a_pause_keeps_what_the_clock_says_was_heard() {
+        let enc = Encoding::Linear16k;
+        let mut p = Playout::new(enc, 1, false);
+        p.push(&vec![1; enc.bytes_for_ms(1_000)]);
+        let start = Instant::now();
+        p.due(start);
+        p.due(start + Duration::from_millis(300));
+        p.pause(start + Duration::from_millis(340));
+        assert_eq!(p.heard_ms(start + Duration::from_secs(5)), 340);
+        p.resume(start + Duration::from_secs(5));
+        assert_eq!(p.heard_ms(start + Duration::from_secs(5)), 340, "the clock goes on from there");
+        assert_eq!(p.heard_ms(start + Duration::from_millis(5_100)), 340, "nothing sent yet");
+        let items = p.due(start + Duration::from_secs(5));
+        let ms: u64 = items.iter().map(|i| if let ToCall::Audio(a) = i { enc.ms_of(a.len()) } else { 0 }).sum();
+        assert_eq!(ms, 300, "the lookahead again, from 340 ms");
+        assert_eq!(p.heard_ms(start + Duration::from_millis(5_100)), 440);
     }
 }

@@ -48,6 +48,12 @@ pub const IVR_IDLE: Duration = Duration::from_secs(600);
 /// bound.
 pub const LONGEST_TURN: Duration = Duration::from_secs(30);
 
+/// How long the bot, held by the person's first guessed words at `high` sensitivity, waits for
+/// words that confirm the interruption before it goes on (LiveKit's false-interruption timeout is
+/// 2 s after the speech stops; here it runs from the last guess, so speech still being guessed
+/// keeps it held).
+pub const FALSE_START: Duration = Duration::from_millis(1_500);
+
 impl Default for Dials {
     fn default() -> Self {
         Dials {

@@ -1,6 +1,8 @@
 //! What the engine does with what it hears: speech-to-text's words (a backchannel kept while the
 //! bot goes on, or a barge-in that stops it), the keys the person presses, and the end of the
-//! person's turn, which the model answers.
+//! person's turn, which the model answers. No words are lost: what is said while the bot cannot
+//! be interrupted (its greeting) is answered once it is over, and what the person said last
+//! before the call's audio ended is waited for, briefly, and kept.
 
 use std::time::Duration;
 
@@ -8,7 +10,14 @@ use tokio::time::Instant;
 
 use super::{Engine, Speaker, TurnLatency};
 use crate::conversation::llm::ChatMessage;
-use crate::conversation::stt::SttEvent;
+use crate::conversation::stt::{plausible, SttEvent, SttSession};
+use crate::conversation::turns::InterruptSensitivity;
+
+/// How long, once the call's audio is gone, speech-to-text's last results are waited for: a
+/// provider flushes what it was hearing in well under a second, the local recogniser on a busy
+/// machine can take a second or two, and a stuck one is not waited on (Deepgram's own close
+/// grace is as long).
+pub(super) const LAST_WORDS: Duration = Duration::from_secs(3);
 
 impl Engine {
     /// What speech-to-text heard: words push the end of the person's turn back, and while the bot
@@ -20,17 +29,25 @@ impl Engine {
             SttEvent::Interim { text } => {
                 self.last_activity = now;
                 self.interim = true;
-                self.maybe_barge_in(&text).await;
+                self.maybe_barge_in(&text, false).await;
                 // Still speaking: the end of the turn waits.
                 if self.turn_ends_at.is_some() {
                     self.turn_ends_at = Some(now + self.config.dials.endpointing().otherwise);
                 }
             }
             SttEvent::Final { text, speech_final } => {
+                if self.held() && plausible::judge(&text, None).is_err() {
+                    // No words after all: the bot held for nothing, and goes on when the wait ends.
+                    return;
+                }
                 self.last_activity = now;
                 self.interim = false;
-                let interrupting = self.maybe_barge_in(&text).await;
-                if self.speaking.is_some() && !interrupting {
+                let interrupting = self.maybe_barge_in(&text, true).await;
+                // Words that would have taken the turn from a bot that cannot be interrupted (its
+                // greeting) are answered once it is over, not kept as a backchannel.
+                let for_later = self.speaking.as_ref().is_some_and(|s| !s.interruptible)
+                    && !self.config.dials.ignores_while_speaking(&text);
+                if self.speaking.is_some() && !interrupting && !for_later {
                     // A backchannel: kept, and the bot goes on.
                     self.record(Speaker::Human, text, false).await;
                     return;
@@ -45,7 +62,10 @@ impl Engine {
                 } else {
                     self.config.dials.endpointing().silence_needed(&self.heard)
                 };
-                self.turn_ends_at = Some(now + wait);
+                // While the bot goes on, its utterance's end starts the wait (`after_playout`).
+                if self.speaking.is_none() {
+                    self.turn_ends_at = Some(now + wait);
+                }
             }
             SttEvent::UtteranceEnd => {
                 if !self.heard.is_empty() && !self.interim {
@@ -65,17 +85,32 @@ impl Engine {
         self.turn_ends_at = Some(Instant::now() + self.config.dials.endpointing().otherwise);
     }
 
-    /// Stops the bot if the person's words interrupt it; returns whether they did.
-    async fn maybe_barge_in(&mut self, text: &str) -> bool {
+    /// Stops the bot if the person's words interrupt it; returns whether they did. At `high`,
+    /// first guesses (`final_words` false) only hold the bot: its audio stops at once, and it is
+    /// cut off when final words follow, or goes on from where it stopped when none do (a false
+    /// start: a cough, a breath, a recogniser's guess at noise).
+    async fn maybe_barge_in(&mut self, text: &str, final_words: bool) -> bool {
         let Some(speaking) = self.speaking.as_ref() else {
             return false;
         };
         if !speaking.interruptible || self.config.dials.ignores_while_speaking(text) {
             return false;
         }
+        if !final_words && self.config.dials.interrupt == InterruptSensitivity::High {
+            // A guess at noise neither holds the bot nor keeps it held longer.
+            if plausible::judge(text, None).is_ok() {
+                self.hold().await;
+            }
+            return true;
+        }
         metrics::counter!("vocode_conversation_interruptions_total").increment(1);
         self.cut_off().await;
         true
+    }
+
+    /// Whether the bot is holding, its audio stopped on the person's first guessed words.
+    fn held(&self) -> bool {
+        self.speaking.as_ref().is_some_and(|s| s.resume_at.is_some())
     }
 
     /// The person's turn is over: answer it.
@@ -87,6 +122,10 @@ impl Engine {
             // Muted while an external action runs: the person's words wait for its result.
             return;
         }
+        if self.speaking.as_ref().is_some_and(|s| !s.interruptible) {
+            // The bot cannot be interrupted: the words are answered once it is over.
+            return;
+        }
         let heard = std::mem::take(&mut self.heard);
         if heard.trim().is_empty() {
             return;
@@ -96,5 +135,46 @@ impl Engine {
         self.history.push(ChatMessage::User(heard.clone()));
         self.record(Speaker::Human, heard, false).await;
         self.generate_turn(Some((decided, TurnLatency { end_of_turn, ..TurnLatency::default() })));
+    }
+}
+
+impl Engine {
+    /// The call's audio is gone (or the bot hung up): speech-to-text is closed, so that it
+    /// finishes what it was hearing (Deepgram is sent `Finalize` and `CloseStream`, the local
+    /// recogniser transcribes the utterance in progress), and its last results are waited for, up
+    /// to [`LAST_WORDS`]. What the person said that was not answered is kept: nobody is left to
+    /// answer it, but the transcript, its `event_message` and do-not-call detection have it, and
+    /// it is the last user message of the conversation as it is kept.
+    pub(super) async fn last_words(&mut self, stt: Option<SttSession>) {
+        if self.transferred {
+            // Handed over: what is said on the line now is not the bot's conversation.
+            return;
+        }
+        if let Some(SttSession { audio, mut events }) = stt {
+            drop(audio);
+            let deadline = Instant::now() + LAST_WORDS;
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    // Noise is no more words at the end than during the call.
+                    Ok(Some(SttEvent::Final { text, .. })) if plausible::is_plausible(&text, None) => {
+                        if !self.heard.is_empty() {
+                            self.heard.push(' ');
+                        }
+                        self.heard.push_str(text.trim());
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::warn!(wait = ?LAST_WORDS, "speech-to-text did not finish after the call's audio ended");
+                        break;
+                    }
+                }
+            }
+        }
+        let heard = std::mem::take(&mut self.heard);
+        if !heard.trim().is_empty() {
+            self.history.push(ChatMessage::User(heard.clone()));
+            self.record(Speaker::Human, heard, false).await;
+        }
     }
 }

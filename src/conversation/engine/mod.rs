@@ -2,10 +2,11 @@
 //! what the call's audio brings (frames, keys, played marks, the stream's end), to what
 //! speech-to-text hears, to what the current turn's generation produces, to the results of
 //! actions, and to its timers (the greeting's delay, the end of the person's turn, playout pacing,
-//! idleness). Because one task owns it all, a call's state needs no lock and its turns cannot
-//! race. Provider I/O runs in child tasks that report back tagged with their turn id; anything
-//! from a turn that is no longer current is dropped, so an interrupted turn's output is never
-//! played late.
+//! the end of a hold on a false start, idleness). Because one task owns it all, a call's state
+//! needs no lock and its turns cannot race. Provider I/O runs in child tasks that report back
+//! tagged with their turn id; anything from a turn that is no longer current is dropped, so an
+//! interrupted turn's output is never played late. When the call's audio ends, the engine waits,
+//! bounded, for speech-to-text's last words before it returns.
 //!
 //! The task never blocks: audio for speech-to-text is offered without waiting (a full queue drops
 //! the frame and counts it), and everything it sends to the call goes through a bounded channel
@@ -228,6 +229,7 @@ impl Engine {
         loop {
             let now = Instant::now();
             let playout_at = self.speaking.as_ref().and_then(|s| s.playout.next_due(now));
+            let resume_at = self.speaking.as_ref().and_then(|s| s.resume_at);
             // Nobody is idle while an action runs (a third party's phone ringing, a slow API).
             let idle_at = (self.speaking.is_none()
                 && self.child.is_none()
@@ -272,6 +274,7 @@ impl Engine {
                     }
                     Some(FromCall::Stopped) | None => {
                         self.hung_up_while_speaking().await;
+                        self.last_words(stt.take()).await;
                         self.results_after_the_call().await;
                         return;
                     }
@@ -311,6 +314,9 @@ impl Engine {
                 _ = sleep_until(playout_at.unwrap_or(far)), if playout_at.is_some() => {
                     self.pump().await;
                 }
+                _ = sleep_until(resume_at.unwrap_or(far)), if resume_at.is_some() => {
+                    self.resume().await;
+                }
                 _ = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
                     if self.config.dials.ask_if_human_present_on_idle && !self.checked_in {
                         self.checked_in = true;
@@ -318,12 +324,14 @@ impl Engine {
                     } else {
                         tracing::info!("nobody spoke for the idle time: ending the call");
                         let _ = self.events.send(Event::HangUp).await;
+                        self.last_words(stt.take()).await;
                         return;
                     }
                 }
             }
             if self.ending && self.speaking.is_none() {
                 let _ = self.events.send(Event::HangUp).await;
+                self.last_words(stt.take()).await;
                 return;
             }
         }

@@ -1,7 +1,9 @@
 //! The bot's utterance: a turn begins (stopping whatever the last one was doing), its audio is
 //! paced out to the call by playout, and once all of it has been played it goes into the
 //! transcript and what it carried out follows (the model's tool calls, phrase triggers, an in-band
-//! action). Each turn's latencies are reported with its first frame.
+//! action). Each turn's latencies are reported with its first frame. An utterance can be held (its
+//! audio stopped where the person stopped hearing it) and resumed from there, as LiveKit resumes
+//! after a false interruption.
 
 use serde_json::json;
 use tokio::time::Instant;
@@ -12,6 +14,7 @@ use super::{Engine, Speaker, ToCall, TurnLatency};
 use crate::conversation::actions::{Action, Outcome};
 use crate::conversation::llm::{ChatMessage, ToolCall};
 use crate::conversation::playout::{heard_text, Playout};
+use crate::conversation::turns::FALSE_START;
 
 /// The bot's current utterance.
 pub(super) struct Speaking {
@@ -25,6 +28,9 @@ pub(super) struct Speaking {
     /// An action this utterance carries out (key presses), finished once it has been played.
     pub(super) action: Option<Running>,
     pub(super) latency: Option<(Instant, TurnLatency)>,
+    /// Held: its audio stopped on the person's first guessed words; it goes on at this instant
+    /// unless words follow.
+    pub(super) resume_at: Option<Instant>,
 }
 
 impl Engine {
@@ -40,6 +46,7 @@ impl Engine {
             tool_calls: Vec::new(),
             action: None,
             latency,
+            resume_at: None,
         });
         self.turn
     }
@@ -87,13 +94,15 @@ impl Engine {
                 self.start_action(running).await;
             }
         }
-        // What the person said while the bot could not answer (an action ran) is answered now.
+        // What the person said while the bot could not answer (an action ran, the greeting
+        // played) is answered now, or once the silence after their last words has passed.
         if self.speaking.is_none()
             && self.outside.is_empty()
             && !self.heard.trim().is_empty()
             && self.turn_ends_at.is_none()
         {
-            self.turn_ends_at = Some(now);
+            let silence = self.config.dials.endpointing().silence_needed(&self.heard);
+            self.turn_ends_at = Some(self.last_word.map_or(now, |w| (w + silence).max(now)));
         }
         // A call taken over: what the person said before the move is answered now.
         if self.answer_after && self.speaking.is_none() && self.outside.is_empty() {
@@ -108,7 +117,9 @@ impl Engine {
         let Some(speaking) = self.speaking.take() else {
             return;
         };
-        let _ = self.to_call.send(ToCall::Clear).await;
+        if speaking.resume_at.is_none() {
+            let _ = self.to_call.send(ToCall::Clear).await;
+        }
         let now = Instant::now();
         let heard_ms = speaking.playout.heard_ms(now);
         let said = heard_text(&speaking.text, heard_ms, speaking.playout.total_ms());
@@ -119,6 +130,39 @@ impl Engine {
             self.history.push(ChatMessage::Assistant { content: Some(format!("{said}-")), tool_calls: Vec::new() });
             self.record(Speaker::Bot, said, true).await;
         }
+    }
+
+    /// Holds what the bot is saying (or holds it longer): the audio queued at the carrier is
+    /// cleared, the utterance (its generation still under way) waits where the person stopped
+    /// hearing it, and goes on from there after [`FALSE_START`] unless words cut it off first.
+    pub(super) async fn hold(&mut self) {
+        let now = Instant::now();
+        let Some(speaking) = self.speaking.as_mut() else {
+            return;
+        };
+        let first = speaking.resume_at.is_none();
+        speaking.resume_at = Some(now + FALSE_START);
+        if first {
+            speaking.playout.pause(now);
+            metrics::counter!("vocode_conversation_holds_total").increment(1);
+            let _ = self.to_call.send(ToCall::Clear).await;
+        }
+    }
+
+    /// No words followed the start that held the bot: it goes on from where the person stopped
+    /// hearing it, as if nothing had happened.
+    pub(super) async fn resume(&mut self) {
+        let Some(speaking) = self.speaking.as_mut() else {
+            return;
+        };
+        if speaking.resume_at.take().is_none() {
+            return;
+        }
+        speaking.playout.resume(Instant::now());
+        self.interim = false;
+        metrics::counter!("vocode_conversation_false_starts_total").increment(1);
+        tracing::debug!("a false start: the bot goes on where it stopped");
+        self.pump().await;
     }
 
     /// The call ended while the bot spoke: what the person heard of it is kept.

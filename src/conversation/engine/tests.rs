@@ -176,10 +176,13 @@ struct Played {
     audio_ms: u64,
     clears: usize,
     marks: Vec<String>,
+    /// How much audio had been sent when each clear came.
+    sent_at_clears: Vec<u64>,
 }
 
 struct Call {
     person: mpsc::Sender<SttEvent>,
+    stt: Arc<FakeStt>,
     stream: mpsc::Sender<FromCall>,
     events: mpsc::Receiver<Event>,
     played: Arc<Mutex<Played>>,
@@ -235,8 +238,13 @@ fn start_from(
     let (person, person_rx) = mpsc::channel(16);
     let stt = Arc::new(FakeStt { events: Mutex::new(Some(person_rx)), audio: Mutex::default(), connect });
     let llm = FakeLlm::new(replies);
-    let providers =
-        Providers { stt, llm: llm.clone(), voice: Arc::new(FakeVoice), actions: Arc::new(FakeRunner), knowledge };
+    let providers = Providers {
+        stt: stt.clone(),
+        llm: llm.clone(),
+        voice: Arc::new(FakeVoice),
+        actions: Arc::new(FakeRunner),
+        knowledge,
+    };
     let (stream, from_call) = mpsc::channel(64);
     let (to_call, mut carrier) = mpsc::channel::<ToCall>(64);
     let (events_tx, events) = mpsc::channel(64);
@@ -260,7 +268,10 @@ fn start_from(
                     Some(ToCall::Clear) => {
                         marks.clear();
                         queue_ends = Instant::now();
-                        played_by_carrier.lock().unwrap().clears += 1;
+                        let mut played = played_by_carrier.lock().unwrap();
+                        played.clears += 1;
+                        let sent = played.audio_ms;
+                        played.sent_at_clears.push(sent);
                     }
                     None => return,
                 },
@@ -272,7 +283,7 @@ fn start_from(
             }
         }
     });
-    Call { person, stream, events, played, llm, engine, latencies: Vec::new(), actions: Vec::new() }
+    Call { person, stt, stream, events, played, llm, engine, latencies: Vec::new(), actions: Vec::new() }
 }
 
 impl Call {
@@ -531,6 +542,183 @@ async fn when_the_call_ends_mid_answer_what_was_heard_is_kept() {
     assert_eq!((last.speaker, last.cut_off), (Speaker::Bot, true));
     let words_heard = last.text.split_whitespace().count();
     assert!((5..=12).contains(&words_heard), "about a second of it: {:?}", last.text);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sentence_said_during_the_greeting_is_answered_once_it_is_over() {
+    let mut config = config(Dials::default());
+    config.initial_message = Some(words(20));
+    let mut call = start(config, vec![reply("We open at six. ")]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    call.says("What time do you open tonight?").await;
+    let greeting = call.next_message().await;
+    assert_eq!((greeting.speaker, greeting.cut_off), (Speaker::Bot, false), "the greeting was not interrupted");
+    assert_eq!(greeting.text.split_whitespace().count(), 20, "all of it");
+    let greeted = Instant::now();
+    let heard = call.next_message().await;
+    assert_eq!((heard.speaker, heard.text.as_str()), (Speaker::Human, "What time do you open tonight?"));
+    // The words were over long before the greeting was: answered at once.
+    assert_eq!(Instant::now(), greeted, "answered as soon as the greeting was over");
+    let answer = call.next_message().await;
+    assert_eq!((answer.speaker, answer.text.as_str()), (Speaker::Bot, "We open at six."));
+    assert_eq!(call.played.lock().unwrap().clears, 0);
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backchannel_during_the_greeting_is_kept_and_not_answered() {
+    let mut config = config(Dials::default());
+    config.initial_message = Some(words(20));
+    let mut call = start(config, vec![reply("Unexpected. ")]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    call.says("mhm").await;
+    let heard = call.next_message().await;
+    assert_eq!((heard.speaker, heard.text.as_str()), (Speaker::Human, "mhm"));
+    let greeting = call.next_message().await;
+    assert_eq!((greeting.speaker, greeting.cut_off), (Speaker::Bot, false));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(call.llm.requests.lock().unwrap().is_empty(), "a backchannel is not a turn");
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_words_before_a_hang_up_are_waited_for_and_kept() {
+    let mut call = start(config(Dials::default()), vec![]);
+    call.next_message().await;
+    // Words heard, their turn not yet over (an unfinished sentence waits a second)...
+    call.says("Please take me off").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call.stream.send(FromCall::Stopped).await.unwrap();
+    // ...and the recogniser's last result, which comes once it is closed.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(call.audio_closed(), "speech-to-text was closed when the call's audio ended");
+    call.person.send(SttEvent::Final { text: "your list.".into(), speech_final: true }).await.unwrap();
+    call.person.send(SttEvent::Final { text: "You".into(), speech_final: true }).await.unwrap();
+    drop(call.person);
+    let last = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if let Some(Event::Message(message, kept)) = call.events.recv().await {
+                return (message, kept);
+            }
+        }
+    })
+    .await
+    .expect("the last words, before the conversation ends");
+    assert_eq!(
+        last.0,
+        Message { speaker: Speaker::Human, text: "Please take me off your list.".into(), cut_off: false }
+    );
+    assert!(matches!(last.1.history.last(), Some(ChatMessage::User(u)) if u == "Please take me off your list."));
+    let transcript = call.engine.await.unwrap();
+    assert_eq!(transcript.last().unwrap().text, "Please take me off your list.");
+    assert!(call.llm.requests.lock().unwrap().is_empty(), "nobody is left to answer");
+}
+
+impl Call {
+    /// Whether the engine closed speech-to-text's audio.
+    fn audio_closed(&self) -> bool {
+        let mut audio = self.stt.audio.lock().unwrap();
+        let audio = audio.as_mut().expect("a session");
+        loop {
+            match audio.try_recv() {
+                Ok(_) => continue,
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recogniser_that_never_finishes_is_waited_for_a_bounded_time() {
+    let mut call = start(config(Dials::default()), vec![]);
+    call.next_message().await;
+    call.says("I would like").await;
+    call.stream.send(FromCall::Stopped).await.unwrap();
+    let stopped = Instant::now();
+    let transcript = call.engine.await.unwrap();
+    assert_eq!(Instant::now() - stopped, super::hearing::LAST_WORDS, "waited for the recogniser, and no longer");
+    assert_eq!(transcript.last().unwrap().text, "I would like", "what was heard is kept");
+    drop(call.person);
+}
+
+/// The person's first guessed words at `high` stop the bot four seconds' answer about a second
+/// in; returns the call, when it stopped, and how much of the answer the person had heard (by the
+/// last mark the carrier echoed).
+async fn held_at_high() -> (Call, Instant, u64) {
+    let dials = Dials { interrupt: InterruptSensitivity::High, ..Dials::default() };
+    let mut call = start(config(dials), vec![reply(&format!("{} ", words(40))), reply("Sure. ")]);
+    call.next_message().await;
+    call.says("Tell me about the menu.").await;
+    call.next_message().await;
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    call.person.send(SttEvent::Interim { text: "uh".into() }).await.unwrap();
+    let held = Instant::now();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let played = call.played.lock().unwrap();
+    assert_eq!(played.clears, 1, "the bot's audio stopped at the first guess");
+    let last = played.marks.last().expect("marks came back before the stop").clone();
+    let heard = last.rsplit_once('-').unwrap().1.parse::<u64>().unwrap();
+    assert!((900..=1_100).contains(&heard), "{last}");
+    drop(played);
+    (call, held, heard)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_false_start_at_high_sensitivity_resumes_the_bot_where_it_stopped() {
+    let (mut call, held, heard_at_clear) = held_at_high().await;
+    // No words follow: the bot goes on after the wait, and its message is whole.
+    let answer = call.next_message().await;
+    let rest = Duration::from_millis(4_000 - heard_at_clear);
+    assert_eq!(Instant::now() - held, crate::conversation::turns::FALSE_START + rest, "resumed after the wait");
+    assert_eq!((answer.speaker, answer.cut_off), (Speaker::Bot, false), "{answer:?}");
+    assert_eq!(answer.text.split_whitespace().count(), 40, "the whole answer, once");
+    {
+        let played = call.played.lock().unwrap();
+        assert_eq!(played.clears, 1);
+        let sent_after = played.audio_ms - played.sent_at_clears[0];
+        assert_eq!(sent_after, 4_000 - heard_at_clear, "it went on from what was heard, repeating nothing heard");
+        assert!(played.marks.iter().any(|m| m.contains(".1-")), "the resumed audio's marks are its own");
+    }
+    assert_eq!(call.llm.requests.lock().unwrap().len(), 1, "the false start was not answered");
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_false_start_waits_for_words_then_resumes_after_the_wait() {
+    let (mut call, held, heard_at_clear) = held_at_high().await;
+    // Words still being guessed keep it held; a guess at noise does not, and a final of noise
+    // does not cut it off.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    call.person.send(SttEvent::Interim { text: "uh so".into() }).await.unwrap();
+    let guessed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    call.person.send(SttEvent::Interim { text: "you".into() }).await.unwrap();
+    call.person.send(SttEvent::Final { text: "you".into(), speech_final: true }).await.unwrap();
+    let answer = call.next_message().await;
+    assert_eq!((answer.speaker, answer.cut_off), (Speaker::Bot, false), "{answer:?}");
+    let rest = Duration::from_millis(4_000 - heard_at_clear);
+    assert_eq!(Instant::now() - guessed, crate::conversation::turns::FALSE_START + rest, "held from the last guess");
+    assert!(Instant::now() - held > crate::conversation::turns::FALSE_START + rest);
+    assert_eq!(call.llm.requests.lock().unwrap().len(), 1, "nothing was answered");
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn words_after_a_hold_make_it_an_interruption() {
+    let (mut call, _, _) = held_at_high().await;
+    call.person.send(SttEvent::Interim { text: "uh wait".into() }).await.unwrap();
+    call.person.send(SttEvent::Final { text: "uh wait, what about wine?".into(), speech_final: true }).await.unwrap();
+    let cut = call.next_message().await;
+    assert_eq!((cut.speaker, cut.cut_off), (Speaker::Bot, true));
+    let heard_words = cut.text.split_whitespace().count();
+    assert!((8..=12).contains(&heard_words), "about a second's worth: {:?}", cut.text);
+    let human = call.next_message().await;
+    assert_eq!(human.text, "uh wait, what about wine?");
+    let answer = call.next_message().await;
+    assert_eq!(answer.text, "Sure.");
+    assert_eq!(call.played.lock().unwrap().clears, 1, "one clear: the hold's");
+    call.end().await;
 }
 
 fn with_actions(documents: &[Value]) -> EngineConfig {

@@ -5,9 +5,10 @@
 //!
 //! A session's background task owns the socket. It sends `KeepAlive` when no audio has flowed for
 //! a while (Deepgram closes an idle socket after 10 s), reconnects with backoff when the socket
-//! drops, and on close sends `CloseStream` so Deepgram flushes what it still has before it hangs
-//! up. Audio that arrives while it reconnects is dropped: Deepgram's timestamps restart with a new
-//! connection anyway, and holding seconds of stale speech would only delay what comes next.
+//! drops, and on close sends `Finalize` then `CloseStream` so Deepgram flushes what it still has
+//! (the caller's last words) before it hangs up. Audio that arrives while it reconnects is
+//! dropped: Deepgram's timestamps restart with a new connection anyway, and holding seconds of
+//! stale speech would only delay what comes next.
 
 use std::time::Duration;
 
@@ -387,11 +388,15 @@ impl Connection {
     }
 }
 
-/// Closes a session cleanly: `CloseStream` makes Deepgram flush its last results, send its
-/// metadata and hang up. The results are passed on while anyone still reads them.
+/// Closes a session cleanly: `Finalize` makes Deepgram finish what it was hearing at once (its
+/// results come back `from_finalize`), then `CloseStream` makes it flush what is left, send its
+/// metadata and hang up. The results are passed on while anyone still reads them: the caller's
+/// last words before a hang-up are among them.
 async fn close(socket: &mut Socket, events: &mpsc::Sender<SttEvent>) {
-    if socket.send(Message::text(r#"{"type":"CloseStream"}"#)).await.is_err() {
-        return;
+    for control in [r#"{"type":"Finalize"}"#, r#"{"type":"CloseStream"}"#] {
+        if socket.send(Message::text(control)).await.is_err() {
+            return;
+        }
     }
     let flush = async {
         while let Some(Ok(message)) = socket.next().await {

@@ -65,6 +65,9 @@ on_both_lines!(
     an_idle_call_is_asked_once_then_hung_up,
     ivr_navigation_waits_on_hold_past_the_idle_time,
     the_agents_language_reaches_speech_to_text_and_the_voice,
+    a_sentence_said_during_the_greeting_is_answered_after_it,
+    the_last_words_before_a_hang_up_are_recognised_and_kept,
+    a_false_start_at_high_sensitivity_resumes_the_bot_where_it_stopped,
 );
 
 /// An agent with the test's dials (ElevenLabs voice, no greeting unless given).
@@ -378,4 +381,191 @@ async fn the_agents_language_reaches_speech_to_text_and_the_voice(w: World, line
     assert_eq!(spoken.headers.get("x-microsoft-outputformat").map(String::as_str), Some(line.azure_format()));
     assert!(spoken.body.contains("xml:lang='es-ES'") && spoken.body.contains("Hola"), "{}", spoken.body);
     assert!(carrier.first_arrived(None).is_some(), "the voice's audio reached the carrier");
+}
+
+async fn a_sentence_said_during_the_greeting_is_answered_after_it(w: World, line: Line) {
+    w.tts.plan([
+        TtsBehaviour::Lasting(Duration::from_millis(1000), GREETING_AUDIO),
+        TtsBehaviour::Lasting(Duration::from_millis(200), REPLY_AUDIO),
+    ]);
+    let call = line.call(&w, agent(json!({"initial_message": GREETING, "conversation_speed": 2}))).await;
+    let carrier = line.answer(&w, &call).await;
+    w.deepgram.wait_for_connections(1).await;
+    eventually(Duration::from_secs(5), || async { (carrier.played_ms_of(GREETING_AUDIO) >= 200).then_some(()) }).await;
+
+    // A whole sentence, said and finished while the greeting (which cannot be interrupted) plays.
+    let asked = "What time do you open tonight?";
+    w.openai.then(Script::text(&["We open ", "at six."]));
+    w.deepgram.send(results("What time do", false, false)).await;
+    w.deepgram.send(results(asked, true, true)).await;
+    assert!(carrier.played_ms_of(GREETING_AUDIO) < 1000, "the person spoke while the greeting played");
+
+    let text = transcript_has(&w, &id(&call), "BOT: We open at six.").await;
+    assert_eq!(lines(&text), [format!("BOT: {GREETING}"), format!("HUMAN: {asked}"), "BOT: We open at six.".into()]);
+    assert_eq!(carrier.played_ms_of(GREETING_AUDIO), 1000, "the greeting was played whole");
+    assert!(carrier.clears().is_empty(), "{:?}", carrier.clears());
+    let greeted = carrier.finished_playing(GREETING_AUDIO).expect("the greeting played");
+    let answered = eventually(Duration::from_secs(5), || async { carrier.first_arrived(Some(REPLY_AUDIO)) }).await;
+    assert!(answered >= greeted, "answered after the greeting, not over it");
+    let asked_model = w.openai.received();
+    assert_eq!(asked_model.len(), 1);
+    assert_eq!(asked_model[0].body["messages"][2], json!({"role": "user", "content": asked}));
+}
+
+async fn the_last_words_before_a_hang_up_are_recognised_and_kept(w: World, line: Line) {
+    w.tts.plan([TtsBehaviour::Lasting(Duration::from_millis(200), GREETING_AUDIO)]);
+    let webhook = json!({"subscriptions": ["event_message", "event_transcript"], "url": w.receiver.url});
+    let dials = json!({"initial_message": GREETING, "webhook": webhook});
+    let call = line.call_with(&w, agent(dials), json!({"run_do_not_call_detection": true})).await;
+    let id = id(&call);
+    let carrier = line.answer(&w, &call).await;
+    transcript_has(&w, &id, &format!("BOT: {GREETING}")).await;
+    w.deepgram.wait_for_connections(1).await;
+
+    // The person is still being heard when they hang up: Deepgram has only guessed at the words,
+    // and gives the final ones when it is told to finish (Finalize).
+    let last = "Please take me off your list.";
+    w.deepgram.on_finalize(vec![results(last, true, false)]);
+    w.deepgram.send(results("Please take me off", false, false)).await;
+    // The only model request left is do-not-call detection's.
+    w.openai.then(Script::text(&["True."]));
+    match line {
+        Line::Twilio => carrier.stop(),
+        Line::Vonage => carrier.close(),
+    }
+
+    let text = transcript_has(&w, &id, &format!("HUMAN: {last}")).await;
+    assert_eq!(lines(&text), [format!("BOT: {GREETING}"), format!("HUMAN: {last}")]);
+    let connection = eventually(Duration::from_secs(10), || async {
+        w.deepgram.connections().into_iter().next().filter(|c| !c.open)
+    })
+    .await;
+    assert_eq!(connection.controls, ["Finalize", "CloseStream"], "finished, then closed");
+
+    let got = eventually(Duration::from_secs(20), || async {
+        w.app.drain_jobs(Duration::ZERO).await;
+        let got = w.receiver.got();
+        got.iter().any(|r| r.kind() == "event_transcript").then_some(got)
+    })
+    .await;
+    w.app.drain_jobs(Duration::ZERO).await;
+    let kinds: Vec<String> = got.iter().map(|r| r.kind()).collect();
+    assert_eq!(kinds, ["event_message", "event_message", "event_transcript"]);
+    assert_eq!(got[1].event()["payload"]["sender"], "human");
+    assert_eq!(got[1].event()["payload"]["text"], last);
+    assert_eq!(got[2].event()["payload"]["transcript"], json!(text));
+
+    // Do-not-call detection classified the transcript with the last words in it.
+    let classified = w.openai.received();
+    assert_eq!(classified.len(), 1, "no answer to the last words, one classification");
+    assert!(classified[0].body["messages"][1]["content"].as_str().is_some_and(|t| t.contains(last)), "{classified:?}");
+    let (_, row) = w.app.get(&format!("/v1/calls?id={id}")).await;
+    assert_eq!(row["do_not_call_result"], true, "{row}");
+}
+
+async fn a_false_start_at_high_sensitivity_resumes_the_bot_where_it_stopped(w: World, line: Line) {
+    let (id, carrier) = greeted(&w, line, json!({"interrupt_sensitivity": "high", "conversation_speed": 2})).await;
+    let total = 2000;
+    bot_answering(&w, &carrier, Duration::from_millis(total), Duration::from_millis(600)).await;
+
+    // A first guess stops the bot at once; no words follow.
+    w.deepgram.send(results("Uh", false, false)).await;
+    let clear = eventually(Duration::from_secs(5), || async { carrier.clears().first().cloned() }).await;
+    assert_eq!(clear.message, line.clear_message());
+    let before = carrier.played_ms_of_before(ANSWER_AUDIO, &clear);
+    assert!(before < total, "stopped before its end");
+
+    // The bot goes on from where it stopped, and its message is whole.
+    let text = transcript_has(&w, &id, &format!("BOT: {ANSWER}")).await;
+    assert_eq!(lines(&text), [format!("BOT: {GREETING}"), "HUMAN: A table for two.".into(), format!("BOT: {ANSWER}")]);
+    assert_eq!(carrier.clears().len(), 1);
+    let played = carrier.played_ms_of(ANSWER_AUDIO);
+    // What was played after the last mark it echoed before the stop (marks come every 100 ms) is
+    // all that is played twice; Vonage echoes no marks, and the server's clock, a few ms ahead of
+    // the carrier's playback, may skip as much.
+    assert!((total - 60..=total + 160).contains(&played), "{played} ms played of {total} ({before} before the stop)");
+    assert_eq!(w.openai.received().len(), 1, "the false start was not answered");
+}
+
+mod the_local_recogniser_keeps_the_last_words_before_a_hang_up {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn twilio() {
+        super::the_local_recogniser_keeps_the_last_words_before_a_hang_up(Line::Twilio).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vonage() {
+        super::the_local_recogniser_keeps_the_last_words_before_a_hang_up(Line::Vonage).await;
+    }
+}
+
+/// With no cloud recogniser, the local one (as installed: SKIPPED without it) hears the caller's
+/// real speech; the caller hangs up the moment their sentence ends, long before its end of turn
+/// (0.5 speed: a second of silence), and the utterance in progress is transcribed when the
+/// audio ends and kept.
+async fn the_local_recogniser_keeps_the_last_words_before_a_hang_up(line: Line) {
+    use vocode_server::conversation::audio::Encoding;
+    use vocode_server::conversation::tts::flite::Flite;
+    use vocode_server::conversation::tts::Voice;
+
+    let Some((dir, program)) = crate::speech::installed() else { return };
+    let local = |c: &mut vocode_server::config::ConversationArgs| {
+        (c.deepgram_api_key, c.deepgram_url, c.speech_dir) = (None, None, Some(dir.clone()));
+    };
+    let Some(w) = super::world_with(crate::support::Backend::Sqlite, local).await else { return };
+    // Loaded before the call, so that the call's recogniser is open before the person speaks.
+    w.app.state.local_speech.recognizer().await.expect("the local recogniser loads");
+    let said = "Please take me off your calling list.";
+    let encoding = match line {
+        Line::Twilio => Encoding::Mulaw8k,
+        Line::Vonage => Encoding::Linear16k,
+    };
+    let mut audio = Vec::new();
+    let mut stream = Flite::new(&program, "awb").unwrap().synthesize(said, encoding).await.unwrap();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        audio.extend(chunk.unwrap());
+    }
+
+    w.tts.plan([TtsBehaviour::Lasting(Duration::from_millis(200), GREETING_AUDIO)]);
+    let webhook = json!({"subscriptions": ["event_message", "event_transcript"], "url": w.receiver.url});
+    let dials = json!({"initial_message": GREETING, "conversation_speed": 0.5, "webhook": webhook});
+    let call = line.call(&w, agent(dials)).await;
+    let id = id(&call);
+    let carrier = line.answer(&w, &call).await;
+    transcript_has(&w, &id, &format!("BOT: {GREETING}")).await;
+
+    // A carrier's pace: a frame every 20 ms, a little silence first; then the call ends.
+    let frame = encoding.bytes_for_ms(20);
+    let silence = vec![encoding.silence_byte(); encoding.bytes_for_ms(300)];
+    let mut every_frame = tokio::time::interval(Duration::from_millis(20));
+    for chunk in silence.chunks(frame).chain(audio.chunks(frame)) {
+        every_frame.tick().await;
+        let mut chunk = chunk.to_vec();
+        chunk.resize(frame, encoding.silence_byte());
+        carrier.speak(&chunk);
+    }
+    match line {
+        Line::Twilio => carrier.stop(),
+        Line::Vonage => carrier.close(),
+    }
+
+    let got = eventually(Duration::from_secs(30), || async {
+        w.app.drain_jobs(Duration::ZERO).await;
+        let got = w.receiver.got();
+        got.iter().any(|r| r.kind() == "event_transcript").then_some(got)
+    })
+    .await;
+    let text = transcript(&w, &id).await.as_str().unwrap_or_default().to_owned();
+    let human: Vec<&str> = lines(&text).into_iter().filter_map(|l| l.strip_prefix("HUMAN: ")).collect();
+    assert_eq!(human.len(), 1, "the sentence, once: {text}");
+    let rate = crate::speech::wer(said, human[0]);
+    assert!(rate <= 0.25, "{said:?} was heard as {:?} (WER {rate:.2})", human[0]);
+    let messages: Vec<Value> =
+        got.iter().filter(|r| r.kind() == "event_message").map(|r| r.event()["payload"].clone()).collect();
+    assert!(messages.iter().any(|m| m["sender"] == "human" && m["text"] == human[0]), "{messages:?}");
+    let sent = got.iter().find(|r| r.kind() == "event_transcript").unwrap().event();
+    assert_eq!(sent["payload"]["transcript"], json!(text));
+    assert!(w.openai.received().is_empty(), "nobody was left to answer");
 }

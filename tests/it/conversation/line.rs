@@ -17,6 +17,11 @@ static NEXT_CALLEE: AtomicU32 = AtomicU32::new(0);
 impl Line {
     /// Places a call with an inline agent, from a number of the account on this carrier.
     pub(super) async fn call(self, w: &World, agent: Value) -> Value {
+        self.call_with(w, agent, json!({})).await
+    }
+
+    /// [`Self::call`], with more of `calls/create`'s fields (`extra`'s).
+    pub(super) async fn call_with(self, w: &World, agent: Value, extra: Value) -> Value {
         let from = match self {
             Line::Twilio => OUR_NUMBER.to_owned(),
             Line::Vonage => w
@@ -33,7 +38,11 @@ impl Line {
                 .clone(),
         };
         let to = format!("1650556{:04}", NEXT_CALLEE.fetch_add(1, Ordering::Relaxed) % 10_000);
-        create(w, json!({"from_number": from, "to_number": to, "agent": agent})).await
+        let mut body = json!({"from_number": from, "to_number": to, "agent": agent});
+        for (key, value) in extra.as_object().expect("fields") {
+            body[key] = value.clone();
+        }
+        create(w, body).await
     }
 
     /// The person picks up: the carrier says so and opens the call's media stream.

@@ -234,15 +234,20 @@ async fn dropping_the_session_sends_close_stream() {
 #[tokio::test]
 async fn closing_the_audio_delivers_the_last_results_then_ends() {
     let fake = FakeDeepgram::start().await;
+    fake.on_finalize(vec![results("Please call me back", true, false)]);
     fake.on_close_stream(vec![results("goodbye", true, true)]);
     let SttSession { audio, mut events } = open(&fake, SttConfig::new(Encoding::Mulaw8k)).await;
     audio.send(vec![7; 160]).await.unwrap();
     drop(audio);
+    // What it was still hearing (Finalize), then what was left (CloseStream), then the end.
+    let next = tokio::time::timeout(WAIT, events.recv()).await.unwrap();
+    assert_eq!(next, Some(SttEvent::Final { text: "Please call me back".into(), speech_final: false }));
     let next = tokio::time::timeout(WAIT, events.recv()).await.unwrap();
     assert_eq!(next, Some(SttEvent::Final { text: "goodbye".into(), speech_final: true }));
     assert_eq!(tokio::time::timeout(WAIT, events.recv()).await.unwrap(), None);
     let connection = fake.connections().remove(0);
-    assert_eq!(connection.close_streams, 1);
+    assert_eq!((connection.finalizes, connection.close_streams), (1, 1));
+    assert_eq!(connection.controls, ["Finalize", "CloseStream"], "finalized, then closed");
     assert_eq!(connection.audio, vec![7; 160], "the audio sent before the close arrived first");
 }
 

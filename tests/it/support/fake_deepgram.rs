@@ -1,9 +1,11 @@
 //! A fake Deepgram: a real websocket server on a random port that speaks Deepgram's live
 //! protocol (`/v1/listen`). It checks the `Authorization: Token …` header as Deepgram does
 //! (refusing the handshake with Deepgram's error body), records each connection's query, header,
-//! audio and control messages (`KeepAlive`, `CloseStream`, `Finalize`), answers `CloseStream` by
-//! flushing, sending `Metadata` and hanging up, and sends what a test scripts: `Results`,
-//! `SpeechStarted`, `UtteranceEnd`, a malformed message, a dropped or closed connection.
+//! audio and control messages (`KeepAlive`, `CloseStream`, `Finalize`, and their order), answers
+//! `Finalize` with what it was still hearing (`from_finalize: true`), `CloseStream` by flushing,
+//! sending `Metadata` and hanging up — and nothing after `CloseStream`, as Deepgram takes nothing
+//! after it — and sends what a test scripts: `Results`, `SpeechStarted`, `UtteranceEnd`, a
+//! malformed message, a dropped or closed connection.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +32,8 @@ pub struct DeepgramConnection {
     pub keep_alives: usize,
     pub close_streams: usize,
     pub finalizes: usize,
+    /// The control messages' types (`KeepAlive` aside), in the order they came.
+    pub controls: Vec<String>,
     /// Text messages that were none of the above.
     pub other_texts: Vec<String>,
     /// Until either side ends it.
@@ -61,6 +65,8 @@ struct DeepgramState {
     refused: Mutex<usize>,
     /// What is sent back on `CloseStream`, before the `Metadata`.
     flush: Mutex<Vec<Value>>,
+    /// What is sent back on `Finalize`: the results of what it was still hearing.
+    finalized: Mutex<Vec<Value>>,
 }
 
 pub struct FakeDeepgram {
@@ -149,9 +155,22 @@ async fn serve(state: Arc<DeepgramState>, connection: DeepgramConnection, mut so
                     let kind = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["type"].as_str().map(str::to_owned));
                     match kind.as_deref() {
                         Some("KeepAlive") => record(&mut |c| c.keep_alives += 1),
-                        Some("Finalize") => record(&mut |c| c.finalizes += 1),
+                        Some("Finalize") => {
+                            record(&mut |c| {
+                                c.finalizes += 1;
+                                c.controls.push("Finalize".into());
+                            });
+                            let finalized = std::mem::take(&mut *state.finalized.lock().unwrap());
+                            for mut message in finalized {
+                                message["from_finalize"] = json!(true);
+                                let _ = socket.send(Message::Text(message.to_string().into())).await;
+                            }
+                        }
                         Some("CloseStream") => {
-                            record(&mut |c| c.close_streams += 1);
+                            record(&mut |c| {
+                                c.close_streams += 1;
+                                c.controls.push("CloseStream".into());
+                            });
                             let flush = state.flush.lock().unwrap().clone();
                             for message in flush.into_iter().chain([metadata()]) {
                                 let _ = socket.send(Message::Text(message.to_string().into())).await;
@@ -222,6 +241,11 @@ impl FakeDeepgram {
     /// What is sent back on `CloseStream`, before the `Metadata`.
     pub fn on_close_stream(&self, messages: Vec<Value>) {
         *self.state.flush.lock().unwrap() = messages;
+    }
+
+    /// What is sent back on the next `Finalize`: the results of what it was still hearing.
+    pub fn on_finalize(&self, messages: Vec<Value>) {
+        *self.state.finalized.lock().unwrap() = messages;
     }
 
     /// The command channel of the newest open connection, once there is one.
