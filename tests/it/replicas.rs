@@ -9,7 +9,13 @@
 //! - `calls/end` through the proxy on a replica that does not hold the call's stream;
 //! - every call's webhooks exactly once each and in order, throughout;
 //! - the proxy routes around a replica killed with `kill -9` and one stopped with SIGTERM, and
-//!   sends to each again once it is back.
+//!   sends to each again once it is back;
+//! - `kill -9` of the replica running a call mid-answer: the carrier asks again (Twilio's
+//!   `<Redirect>`, Vonage's `disconnected` event and transfer), another replica takes the
+//!   conversation over, and the caller hears the bot again within 3 s; killed and never resumed,
+//!   the call ends `bot_disconnected`;
+//! - SIGTERM: not ready at once, the call talks through the drain, is moved at the deadline (at
+//!   once with `DRAIN_SECS=0`) and talks on elsewhere; alone, the bot says goodbye and hangs up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -633,11 +639,9 @@ async fn a_drain_of_zero_moves_the_call_at_once() {
 /// SIGTERM to the only replica with a live call: nobody can take it, so at the deadline the bot
 /// says goodbye and hangs up, the call ends `bot_disconnected` (the server ended it, not the
 /// person), and its webhooks say so once the replica is back (they were kept, not lost).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn alone_a_draining_replica_says_goodbye_and_hangs_up() {
+async fn alone_a_draining_replica_says_goodbye_and_hangs_up(line: Line) {
     let env = [("DRAIN_SECS", "2"), ("SHUTDOWN_GRACE_SECS", "2")];
     let Some((mut rig, vonage_number)) = rig_with(1, &env).await else { return };
-    let line = Line::Twilio;
     let (call, id, carrier, _) = greeted_call(&rig, line, &vonage_number, "16505559201").await;
     let stopping = Instant::now();
     rig.sigterm(0);
@@ -646,6 +650,7 @@ async fn alone_a_draining_replica_says_goodbye_and_hangs_up() {
     })
     .await;
     let hung_up_after = stopping.elapsed();
+    assert!(carrier.last_arrived().is_some_and(|at| at > stopping), "{line:?}: the caller heard the goodbye");
     // The hang-up's answer ends the call (read from the replica itself: the proxy sends a draining
     // replica nothing new). Then the carrier ends the stream as told; its own completed callback
     // would find no replica to take it.
@@ -655,7 +660,9 @@ async fn alone_a_draining_replica_says_goodbye_and_hangs_up() {
         (seen["status"] == "ended").then_some(())
     })
     .await;
-    carrier.stop();
+    if line == Line::Twilio {
+        carrier.stop();
+    }
     carrier.close();
     let status = rig.wait_exit(0, Duration::from_secs(40)).await;
     let exited_after = stopping.elapsed();
@@ -690,7 +697,17 @@ async fn alone_a_draining_replica_says_goodbye_and_hangs_up() {
     transcript_and_webhooks_agree(&text, &webhooks[&id]);
     let ended_event = webhooks[&id].iter().find(|r| r.kind() == "event_phone_call_ended").unwrap().event();
     assert_eq!(ended_event["payload"]["stage_outcome"], "bot_disconnected", "{ended_event}");
-    eprintln!("alone: hung up {hung_up_after:?} after SIGTERM (DRAIN_SECS=2); exited {exited_after:?} after");
+    eprintln!("{line:?} alone: hung up {hung_up_after:?} after SIGTERM (DRAIN_SECS=2); exited {exited_after:?} after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alone_a_draining_replica_says_goodbye_and_hangs_up_on_twilio() {
+    alone_a_draining_replica_says_goodbye_and_hangs_up(Line::Twilio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alone_a_draining_replica_says_goodbye_and_hangs_up_on_vonage() {
+    alone_a_draining_replica_says_goodbye_and_hangs_up(Line::Vonage).await;
 }
 
 /// `kill -9` of the replica running a call, and the carrier reports the call completed before

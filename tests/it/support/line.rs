@@ -403,6 +403,11 @@ impl Carrier {
         arrived.find(|(_, bytes)| byte.is_none_or(|b| bytes.contains(&b))).map(|(at, _)| *at)
     }
 
+    /// When the last piece of audio arrived.
+    pub fn last_arrived(&self) -> Option<Instant> {
+        self.playback.lock().unwrap().arrived.last().map(|(at, _)| *at)
+    }
+
     pub fn clears(&self) -> Vec<Cleared> {
         self.playback.lock().unwrap().clears.clone()
     }
