@@ -735,3 +735,62 @@ async fn killed_and_never_resumed_the_call_is_not_the_callers_doing() {
     let expected = ["event_phone_call_connected", "event_message", "event_phone_call_ended", "event_transcript"];
     webhooks_exactly_once_in_order(&rig, &ids, &expected).await;
 }
+
+/// SIGTERM to a replica running several calls (of six placed, the replica that took the most
+/// streams), with `DRAIN_SECS=2`: every call there is moved at the deadline and talks on
+/// elsewhere, the calls on other replicas are untouched, no call is lost, and every call's
+/// webhooks are whole, each once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_moves_every_live_call_and_loses_none() {
+    let env = [("DRAIN_SECS", "2"), ("SHUTDOWN_GRACE_SECS", "2")];
+    let Some((mut rig, vonage_number)) = rig_with(3, &env).await else { return };
+    let line = Line::Twilio;
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        calls.push(greeted_call(&rig, line, &vonage_number, &format!("165055594{i:02}")).await);
+    }
+    let busiest = (0..3).max_by_key(|r| calls.iter().filter(|(_, _, _, holder)| holder == r).count()).unwrap();
+    let (moving, staying): (Vec<_>, Vec<_>) = calls.into_iter().partition(|(_, _, _, holder)| *holder == busiest);
+    assert!(moving.len() >= 2, "six calls on three replicas: one holds at least two");
+
+    let stopping = Instant::now();
+    rig.sigterm(busiest);
+    let mut moved = Vec::new();
+    for (call, id, carrier, _) in &moving {
+        let (stream, pointed) = follow_the_move(&rig, line, call, carrier).await;
+        assert_ne!(rig.served_by(&stream.handshake), Some(busiest), "moved to another replica");
+        let heard = eventually(Duration::from_secs(10), || async { stream.first_arrived(None) }).await;
+        transcript_with(&rig, id, &format!("BOT: {RESUME_LINE}")).await;
+        moved.push((call, id, stream, heard - pointed));
+    }
+    let status = rig.wait_exit(busiest, Duration::from_secs(40)).await;
+    let exited_after = stopping.elapsed();
+    assert!(status.success(), "{status}");
+
+    // Every call talks on, wherever it is, and is hung up by the carrier.
+    for (i, (call, id, stream, _)) in moved.iter().enumerate() {
+        say(&rig, line, stream, 40 + i as u8, "Still there?").await;
+        transcript_with(&rig, id, &format!("HUMAN: Still there?\nBOT: {MODEL_ANSWER}\n")).await;
+        carrier_hangs_up(&rig, line, stream, call).await;
+    }
+    for (i, (call, id, carrier, _)) in staying.iter().enumerate() {
+        assert!(carrier.closed_at().is_none(), "a call on another replica is untouched");
+        say(&rig, line, carrier, 50 + i as u8, "Still there?").await;
+        transcript_with(&rig, id, &format!("BOT: {GREETING}\nHUMAN: Still there?\nBOT: {MODEL_ANSWER}\n")).await;
+        carrier_hangs_up(&rig, line, carrier, call).await;
+    }
+    let moved_ids: Vec<String> = moved.iter().map(|(_, id, _, _)| (*id).clone()).collect();
+    let staying_ids: Vec<String> = staying.iter().map(|(_, id, _, _)| id.clone()).collect();
+    webhooks_exactly_once_in_order(&rig, &moved_ids, &talked_and_hung_up(4)).await;
+    webhooks_exactly_once_in_order(&rig, &staying_ids, &talked_and_hung_up(3)).await;
+    for id in moved_ids.iter().chain(&staying_ids) {
+        let ended = rig.get(&format!("/v1/calls?id={id}")).await;
+        assert_eq!(ended.body["stage_outcome"], "human_disconnected", "{}", ended.body);
+    }
+    let silences: Vec<Duration> = moved.iter().map(|(_, _, _, silence)| *silence).collect();
+    eprintln!(
+        "{} live calls moved off a draining replica (DRAIN_SECS=2), exited {exited_after:?} after SIGTERM; the \
+         callers heard the bot {silences:?} after their carrier was pointed at the new stream; 0 calls lost",
+        moved.len()
+    );
+}
