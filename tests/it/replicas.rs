@@ -32,6 +32,7 @@ use vocode_server::session::moving::GOODBYE;
 use crate::support::fake_deepgram::results;
 use crate::support::fake_tts::TtsBehaviour;
 use crate::support::line::{twilio_stream, vonage_stream, Carrier, Line};
+use crate::support::replicas::Routed;
 use crate::support::{eventually, link_twilio_number, Backend, Received, Rig, TestDb};
 
 async fn store(backend: Backend) -> Option<(TestDb, Store)> {
@@ -793,4 +794,39 @@ async fn a_drain_moves_every_live_call_and_loses_none() {
          callers heard the bot {silences:?} after their carrier was pointed at the new stream; 0 calls lost",
         moved.len()
     );
+}
+
+/// The other side of the rule above: the carrier's completed callback reaches a replica that does
+/// not run the call before the stream's end reaches the one that does (the person hung up; the
+/// two race). The replica that got the callback waits for the owner, alive, to end the
+/// conversation: the call ends `human_disconnected`, with its transcript once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hang_up_racing_its_streams_end_is_still_the_callers_doing() {
+    let Some((rig, vonage_number)) = rig_with(3, &[]).await else { return };
+    let line = Line::Twilio;
+    let (call, id, carrier, holder) = greeted_call(&rig, line, &vonage_number, "16505559501").await;
+    rig.steer_past(holder).await;
+    let callback = completed(&rig, line, &call);
+    let stream_ends = async {
+        // The callback is on its way to another replica first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        carrier.stop();
+        carrier.close();
+    };
+    let started = Instant::now();
+    tokio::join!(callback, stream_ends);
+    let answered_after = started.elapsed();
+    let ended = rig.get(&format!("/v1/calls?id={id}")).await;
+    assert_eq!(
+        (ended.body["status"].as_str(), ended.body["stage_outcome"].as_str()),
+        (Some("ended"), Some("human_disconnected")),
+        "{}",
+        ended.body
+    );
+    let expected = ["event_phone_call_connected", "event_message", "event_transcript", "event_phone_call_ended"];
+    webhooks_exactly_once_in_order(&rig, std::slice::from_ref(&id), &expected).await;
+    let callbacks: Vec<Routed> =
+        rig.routed().into_iter().filter(|r| r.path.starts_with("/telephony/twilio/status/")).collect();
+    assert_ne!(callbacks.last().and_then(|r| r.replica), Some(holder), "the completed callback went elsewhere");
+    eprintln!("a completed callback racing the stream's end was answered after {answered_after:?}");
 }
