@@ -564,6 +564,26 @@ async fn follow_the_move(rig: &Rig, line: Line, call: &Value, old: &Carrier) -> 
     }
 }
 
+/// Waits until the caller hears the bot on `stream`: the stream, maybe a later one, and when the
+/// first audio arrived. A stream the server closes before any audio (one that reached the
+/// stopping replica before the proxy took it out of the rotation: it refuses calls it does not
+/// run) is asked for again, as the carrier does when a stream ends without a hang-up.
+async fn until_heard(rig: &Rig, line: Line, call: &Value, mut stream: Carrier) -> (Carrier, Instant) {
+    for _ in 0..3 {
+        let (heard, closed) = eventually(Duration::from_secs(10), || async {
+            let (heard, closed) = (stream.first_arrived(None), stream.closed_at());
+            (heard.is_some() || closed.is_some()).then_some((heard, closed))
+        })
+        .await;
+        if let Some(heard) = heard {
+            return (stream, heard);
+        }
+        eprintln!("{line:?}: the new stream was closed at {closed:?} before any audio: the carrier asks again");
+        stream = line.reconnect(&rig.twilio, &rig.vonage, call, &stream).await;
+    }
+    panic!("{line:?}: three new streams closed before the caller heard anything");
+}
+
 /// SIGTERM to the replica running a call, with `DRAIN_SECS` of `drain`: it answers `/ready` with
 /// 503 and its reason at once; the call goes on talking there during the drain; at the deadline
 /// the server points the carrier at the call's resume path, the carrier follows to a new stream
@@ -596,10 +616,10 @@ async fn drained_then_moved_at_the_deadline(line: Line, drain: u64) {
     }
     let (moved, pointed) = follow_the_move(&rig, line, &call, &carrier).await;
     let moved_after = pointed - stopping;
+    assert!(moved_after >= Duration::from_secs(drain), "moved at the deadline, not before: {moved_after:?}");
+    let (moved, heard) = until_heard(&rig, line, &call, moved).await;
     let taker = rig.served_by(&moved.handshake).expect("the proxy says who took the new stream");
     assert_ne!(taker, holder, "the call moved to another replica");
-    assert!(moved_after >= Duration::from_secs(drain), "moved at the deadline, not before: {moved_after:?}");
-    let heard = eventually(Duration::from_secs(10), || async { moved.first_arrived(None) }).await;
     transcript_with(&rig, &id, &format!("BOT: {RESUME_LINE}")).await;
 
     say(&rig, line, &moved, 32, "Make it four.").await;
@@ -759,8 +779,8 @@ async fn a_drain_moves_every_live_call_and_loses_none() {
     let mut moved = Vec::new();
     for (call, id, carrier, _) in &moving {
         let (stream, pointed) = follow_the_move(&rig, line, call, carrier).await;
+        let (stream, heard) = until_heard(&rig, line, call, stream).await;
         assert_ne!(rig.served_by(&stream.handshake), Some(busiest), "moved to another replica");
-        let heard = eventually(Duration::from_secs(10), || async { stream.first_arrived(None) }).await;
         transcript_with(&rig, id, &format!("BOT: {RESUME_LINE}")).await;
         moved.push((call, id, stream, heard - pointed));
     }
