@@ -300,14 +300,28 @@ impl App {
                 tracing::info!(drain_secs = self.drain.as_secs(), "stopping: not ready; live calls go on, then move");
                 self.state.replicas.start_draining();
                 let _ = drain.send(true);
-                if let Err(e) = self.state.replicas.beat().await {
-                    tracing::warn!(error = %e, "could not tell the other replicas this one is draining");
+                // The server is polled through the drain: it keeps accepting, so `/ready` says 503
+                // at once, and the callbacks and streams of the calls still here are served.
+                let draining = async {
+                    if let Err(e) = self.state.replicas.beat().await {
+                        tracing::warn!(error = %e, "could not tell the other replicas this one is draining");
+                    }
+                    session::moving::drain(&self.state, self.drain).await;
+                };
+                tokio::pin!(draining);
+                let served = tokio::select! {
+                    _ = &mut draining => false,
+                    _ = &mut server => true,
+                };
+                if served {
+                    draining.await;
                 }
-                session::moving::drain(&self.state, self.drain).await;
                 let _ = stop.send(true);
                 tracing::info!(grace_secs = self.grace.as_secs(), "stopping: finishing requests in flight and running jobs");
                 let finished = tokio::time::timeout(self.grace, async {
-                    (&mut server).await;
+                    if !served {
+                        (&mut server).await;
+                    }
                     if let Some(w) = workers.as_mut() {
                         let _ = w.await;
                     }

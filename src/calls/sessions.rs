@@ -18,6 +18,9 @@ use crate::store::calls::{self as calls_store, CallRow};
 use crate::store::{now, replicas, sessions, Tx};
 use crate::webhooks::{self, EventType};
 
+/// How often [`Calls::conversation_lost`] looks again at an owner that looks alive.
+const LOST_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A process's hold on a call's conversation: what it writes counts while nobody has taken the
 /// conversation over since.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +80,47 @@ impl Calls {
     pub async fn conversation_is_over(&self, call_id: Uuid) -> Result<bool, CallsError> {
         let mut handle = self.store.read().await?;
         Ok(sessions::get(handle.conn(), call_id).await?.is_some_and(|s| s.ended))
+    }
+
+    /// Whether the call's conversation was lost with the process that ran it: it is not over and
+    /// nobody runs it — left for a takeover that has not come, or run by a process that is gone.
+    /// (`me`, this process, loses none: what it runs it knows.) A process killed a moment ago
+    /// looks alive until its heartbeat is [`GONE_AFTER`] old, while a living owner whose call
+    /// ends hears it as its stream's end and ends the conversation within moments: so an owner
+    /// that looks alive is watched until one or the other, at most until its heartbeat would be
+    /// stale.
+    ///
+    /// [`GONE_AFTER`]: crate::replicas::GONE_AFTER
+    pub async fn conversation_lost(&self, call_id: Uuid, me: &str) -> Result<bool, CallsError> {
+        let stale = crate::replicas::GONE_AFTER + crate::replicas::HEARTBEAT;
+        let until = tokio::time::Instant::now() + stale;
+        loop {
+            let session = {
+                let mut handle = self.store.read().await?;
+                sessions::get(handle.conn(), call_id).await?
+            };
+            let owner = match session {
+                None => return Ok(false),
+                Some(s) if s.ended => return Ok(false),
+                Some(s) => match s.owner {
+                    None => return Ok(true),
+                    Some(owner) if owner == me => return Ok(false),
+                    Some(owner) => owner,
+                },
+            };
+            let since = now() - chrono::Duration::from_std(crate::replicas::GONE_AFTER).expect("a short duration");
+            let alive = {
+                let mut handle = self.store.read().await?;
+                replicas::alive(handle.conn(), since).await?.iter().any(|r| r.id == owner)
+            };
+            if !alive {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(false);
+            }
+            tokio::time::sleep(LOST_POLL).await;
+        }
     }
 
     /// Whether `fence` still holds the call's conversation.

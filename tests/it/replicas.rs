@@ -9,7 +9,13 @@
 //! - `calls/end` through the proxy on a replica that does not hold the call's stream;
 //! - every call's webhooks exactly once each and in order, throughout;
 //! - the proxy routes around a replica killed with `kill -9` and one stopped with SIGTERM, and
-//!   sends to each again once it is back.
+//!   sends to each again once it is back;
+//! - `kill -9` of the replica running a call mid-answer: the carrier asks again (Twilio's
+//!   `<Redirect>`, Vonage's `disconnected` event and transfer), another replica takes the
+//!   conversation over, and the caller hears the bot again within 3 s; killed and never resumed,
+//!   the call ends `bot_disconnected`;
+//! - SIGTERM: not ready at once, the call talks through the drain, is moved at the deadline (at
+//!   once with `DRAIN_SECS=0`) and talks on elsewhere; alone, the bot says goodbye and hangs up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -20,8 +26,13 @@ use serde_json::{json, Value};
 use vocode_server::replicas::{Replicas, GONE_AFTER};
 use vocode_server::store::{now, replicas, PoolSettings, Store};
 
+use vocode_server::conversation::engine::RESUME_LINE;
+use vocode_server::session::moving::GOODBYE;
+
 use crate::support::fake_deepgram::results;
-use crate::support::line::{Carrier, Line};
+use crate::support::fake_tts::TtsBehaviour;
+use crate::support::line::{twilio_stream, vonage_stream, Carrier, Line};
+use crate::support::replicas::Routed;
 use crate::support::{eventually, link_twilio_number, Backend, Received, Rig, TestDb};
 
 async fn store(backend: Backend) -> Option<(TestDb, Store)> {
@@ -395,4 +406,447 @@ async fn being_alone_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn being_alone_on_postgres() {
     being_alone(Backend::Postgres).await;
+}
+
+// ---------------------------------------------------------------- crashes and drains on the rig
+
+/// The fake voice's answer in the crash scenarios: long enough to be cut mid-answer, and made of
+/// one byte, so that the carrier can tell how much of it played.
+const LONG_ANSWER: (Duration, u8) = (Duration::from_secs(20), 0x5a);
+/// The issue's target: after `kill -9` of the process running a call, the caller hears the bot
+/// again within this.
+const HEARD_AGAIN_WITHIN: Duration = Duration::from_secs(3);
+
+/// The rig with `env`, our Twilio number linked and a Vonage number bought: the rig and the
+/// Vonage number.
+async fn rig_with(n: usize, env: &[(&str, &str)]) -> Option<(Rig, String)> {
+    let rig = Rig::start(n, env).await?;
+    rig.twilio.own(OUR_NUMBER);
+    let (sid, token) = (&rig.twilio.state.account_sid, &rig.twilio.state.auth_token);
+    link_twilio_number(rig.base(), &rig.key, sid, token, OUR_NUMBER).await;
+    let bought = rig.post("/v1/numbers/buy", json!({"telephony_provider": "vonage", "area_code": "646"})).await;
+    assert_eq!(bought.status, StatusCode::OK, "{}", bought.body);
+    let vonage_number = bought.body["number"].as_str().unwrap().to_owned();
+    Some((rig, vonage_number))
+}
+
+/// A call placed and picked up through the proxy, greeted: the call, its id, the carrier's
+/// stream, and the replica holding the stream.
+async fn greeted_call(rig: &Rig, line: Line, vonage_number: &str, to: &str) -> (Value, String, Carrier, usize) {
+    let call = place(rig, line, vonage_number, to.to_owned()).await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let carrier = line.pick_up(&rig.twilio, &rig.vonage, &call).await;
+    let holder = rig.served_by(&carrier.handshake).expect("the proxy says who took the stream");
+    transcript_with(rig, &id, &format!("BOT: {GREETING}")).await;
+    (call, id, carrier, holder)
+}
+
+/// The transcript's lines, and each call's `event_message`s as (speaker, text): the same, in the
+/// same order, each once; and the final `event_transcript` is the whole transcript.
+fn transcript_and_webhooks_agree(transcript: &str, webhooks: &[Received]) {
+    let lines: Vec<(String, String)> = transcript
+        .lines()
+        .map(|l| {
+            let (speaker, text) = l.split_once(": ").expect("a transcript line");
+            (speaker.to_lowercase(), text.to_owned())
+        })
+        .collect();
+    let messages: Vec<(String, String)> = webhooks
+        .iter()
+        .filter(|r| r.kind() == "event_message")
+        .map(|r| {
+            let payload = &r.event()["payload"];
+            (payload["sender"].as_str().unwrap().to_owned(), payload["text"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(messages, lines, "each line of the transcript went out once as event_message, in order");
+    let sent = webhooks.iter().find(|r| r.kind() == "event_transcript").expect("event_transcript");
+    assert_eq!(sent.event()["payload"]["transcript"].as_str(), Some(transcript), "event_transcript is whole");
+}
+
+/// The kinds of webhooks a call that talked `messages` lines and was hung up by the carrier
+/// sends: connected, each message, the transcript, ended.
+fn talked_and_hung_up(messages: usize) -> Vec<&'static str> {
+    let mut kinds = vec!["event_phone_call_connected"];
+    kinds.extend(std::iter::repeat_n("event_message", messages));
+    kinds.extend(["event_transcript", "event_phone_call_ended"]);
+    kinds
+}
+
+/// `kill -9` of the replica running a call while the bot is mid-answer. The carrier does what it
+/// does when a stream dies without a hang-up (Twilio runs the `<Redirect>` after `<Connect>`;
+/// Vonage reports the websocket `disconnected` and follows the transfer the server asks for), and
+/// the new stream lands on a live replica, which takes the conversation over from what was kept:
+/// the caller hears the bot again within 3 s of the kill, the bot says it lost the caller and
+/// answers what was unanswered, the conversation goes on, and the call's transcript, each
+/// `event_message` and the final `event_transcript` are whole, each once, in order.
+async fn killed_mid_answer_the_call_is_resumed(line: Line) {
+    let Some((mut rig, vonage_number)) = rig_with(3, &[]).await else { return };
+    rig.tts.plan([TtsBehaviour::Audio, TtsBehaviour::Lasting(LONG_ANSWER.0, LONG_ANSWER.1)]);
+    let (call, id, carrier, holder) = greeted_call(&rig, line, &vonage_number, "16505559001").await;
+    say(&rig, line, &carrier, 21, "A table for two.").await;
+    // The bot is mid-answer: half a second of it has played.
+    eventually(Duration::from_secs(10), || async { (carrier.played_ms_of(LONG_ANSWER.1) >= 500).then_some(()) }).await;
+
+    let killed = Instant::now();
+    rig.kill9(holder);
+    eventually(Duration::from_secs(5), || async { carrier.closed_at() }).await;
+    let resumed = line.reconnect(&rig.twilio, &rig.vonage, &call, &carrier).await;
+    let heard = eventually(Duration::from_secs(10), || async { resumed.first_arrived(None) }).await;
+    let silence = heard - killed;
+    let taker = rig.served_by(&resumed.handshake).expect("the proxy says who took the new stream");
+    assert_ne!(taker, holder, "the new stream is on a live replica");
+    assert!(silence <= HEARD_AGAIN_WITHIN, "{line:?}: the caller heard the bot again {silence:?} after the kill");
+    // The bot says it lost the caller, then answers what the caller said before the crash.
+    transcript_with(&rig, &id, &format!("HUMAN: A table for two.\nBOT: {RESUME_LINE}\nBOT: {MODEL_ANSWER}\n")).await;
+
+    // The conversation goes on: the caller is heard and answered on the new stream.
+    say(&rig, line, &resumed, 22, "Make it four.").await;
+    let text = transcript_with(&rig, &id, &format!("HUMAN: Make it four.\nBOT: {MODEL_ANSWER}\n")).await;
+    carrier_hangs_up(&rig, line, &resumed, &call).await;
+    let ended = rig.get(&format!("/v1/calls?id={id}")).await;
+    assert_eq!(
+        (ended.body["status"].as_str(), ended.body["stage_outcome"].as_str()),
+        (Some("ended"), Some("human_disconnected"))
+    );
+
+    let text = rig.get(&format!("/v1/calls?id={id}")).await.body["transcript"].as_str().unwrap_or(&text).to_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [format!("BOT: {GREETING}").as_str(), "HUMAN: A table for two.", &format!("BOT: {RESUME_LINE}")],
+        "{text}"
+    );
+    assert_eq!(lines.iter().filter(|l| **l == "HUMAN: A table for two.").count(), 1, "{text}");
+    let webhooks =
+        webhooks_exactly_once_in_order(&rig, std::slice::from_ref(&id), &talked_and_hung_up(lines.len())).await;
+    transcript_and_webhooks_agree(&text, &webhooks[&id]);
+    assert_eq!(rig.openai.received().len(), 3, "the cut answer, asked again after the resume, and the next one");
+    eprintln!(
+        "{line:?}: killed mid-answer; the caller heard the bot again {silence:?} after the kill; transcript:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_mid_answer_the_call_is_resumed_on_twilio() {
+    killed_mid_answer_the_call_is_resumed(Line::Twilio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_mid_answer_the_call_is_resumed_on_vonage() {
+    killed_mid_answer_the_call_is_resumed(Line::Vonage).await;
+}
+
+/// The server pointed the call at a new stream (a move): the carrier follows, as it does — Twilio
+/// runs the TwiML the server posted to the call (`Twiml`), ending the old stream; Vonage transfers
+/// the call to the NCCO the server sent, closing the old websocket — and opens the new stream: the
+/// new stream, and when the carrier was pointed at it.
+async fn follow_the_move(rig: &Rig, line: Line, call: &Value, old: &Carrier) -> (Carrier, Instant) {
+    let telephony_id = call["telephony_id"].as_str().unwrap();
+    match line {
+        Line::Twilio => {
+            let twiml = eventually(Duration::from_secs(30), || async { rig.twilio.redirected_to(telephony_id) }).await;
+            let pointed = Instant::now();
+            assert!(twiml.contains("<Stream") && twiml.contains("<Redirect"), "{twiml}");
+            old.stop();
+            old.close();
+            (twilio_stream(&rig.twilio, &twiml, telephony_id).await, pointed)
+        }
+        Line::Vonage => {
+            let ncco = eventually(Duration::from_secs(30), || async {
+                rig.vonage.calls().into_iter().find(|c| c.uuid == telephony_id)?.transfers.first().cloned()
+            })
+            .await;
+            let pointed = Instant::now();
+            old.close();
+            (vonage_stream(&ncco).await, pointed)
+        }
+    }
+}
+
+/// Waits until the caller hears the bot on `stream`: the stream, maybe a later one, and when the
+/// first audio arrived. A stream the server closes before any audio (one that reached the
+/// stopping replica before the proxy took it out of the rotation: it refuses calls it does not
+/// run) is asked for again, as the carrier does when a stream ends without a hang-up.
+async fn until_heard(rig: &Rig, line: Line, call: &Value, mut stream: Carrier) -> (Carrier, Instant) {
+    for _ in 0..3 {
+        let (heard, closed) = eventually(Duration::from_secs(10), || async {
+            let (heard, closed) = (stream.first_arrived(None), stream.closed_at());
+            (heard.is_some() || closed.is_some()).then_some((heard, closed))
+        })
+        .await;
+        if let Some(heard) = heard {
+            return (stream, heard);
+        }
+        eprintln!("{line:?}: the new stream was closed at {closed:?} before any audio: the carrier asks again");
+        stream = line.reconnect(&rig.twilio, &rig.vonage, call, &stream).await;
+    }
+    panic!("{line:?}: three new streams closed before the caller heard anything");
+}
+
+/// SIGTERM to the replica running a call, with `DRAIN_SECS` of `drain`: it answers `/ready` with
+/// 503 and its reason at once; the call goes on talking there during the drain; at the deadline
+/// the server points the carrier at the call's resume path, the carrier follows to a new stream
+/// on another replica, which takes the conversation over, and the call talks on; the stopping
+/// replica exits cleanly. The call's webhooks are whole, each once, in order.
+async fn drained_then_moved_at_the_deadline(line: Line, drain: u64) {
+    let drain_secs = drain.to_string();
+    let env = [("DRAIN_SECS", drain_secs.as_str()), ("SHUTDOWN_GRACE_SECS", "2")];
+    let Some((mut rig, vonage_number)) = rig_with(3, &env).await else { return };
+    let (call, id, carrier, holder) = greeted_call(&rig, line, &vonage_number, "16505559101").await;
+
+    let stopping = Instant::now();
+    rig.sigterm(holder);
+    let ready = format!("{}/ready", rig.replica(holder));
+    let refused = eventually(Duration::from_secs(2), || async {
+        let res = rig.client.get(&ready).send().await.ok()?;
+        (res.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(res)
+    })
+    .await;
+    let not_ready_after = stopping.elapsed();
+    let reason: Value = refused.json().await.unwrap();
+    assert!(reason["detail"].as_str().is_some_and(|d| d.contains("stopping")), "{reason}");
+
+    if drain > 0 {
+        // During the drain the call goes on where it is.
+        say(&rig, line, &carrier, 31, "A table for two.").await;
+        transcript_with(&rig, &id, &format!("HUMAN: A table for two.\nBOT: {MODEL_ANSWER}\n")).await;
+        assert!(carrier.closed_at().is_none(), "the call's stream is still open on the draining replica");
+        assert!(stopping.elapsed() < Duration::from_secs(drain), "the call talked during the drain");
+    }
+    let (moved, pointed) = follow_the_move(&rig, line, &call, &carrier).await;
+    let moved_after = pointed - stopping;
+    assert!(moved_after >= Duration::from_secs(drain), "moved at the deadline, not before: {moved_after:?}");
+    let (moved, heard) = until_heard(&rig, line, &call, moved).await;
+    let taker = rig.served_by(&moved.handshake).expect("the proxy says who took the new stream");
+    assert_ne!(taker, holder, "the call moved to another replica");
+    transcript_with(&rig, &id, &format!("BOT: {RESUME_LINE}")).await;
+
+    say(&rig, line, &moved, 32, "Make it four.").await;
+    transcript_with(&rig, &id, &format!("HUMAN: Make it four.\nBOT: {MODEL_ANSWER}\n")).await;
+    let status = rig.wait_exit(holder, Duration::from_secs(drain + 30)).await;
+    let exited_after = stopping.elapsed();
+    assert!(status.success(), "the drained replica exits cleanly: {status}");
+    carrier_hangs_up(&rig, line, &moved, &call).await;
+
+    let text = rig.get(&format!("/v1/calls?id={id}")).await.body["transcript"].as_str().unwrap().to_owned();
+    let lines = text.lines().count();
+    let webhooks = webhooks_exactly_once_in_order(&rig, std::slice::from_ref(&id), &talked_and_hung_up(lines)).await;
+    transcript_and_webhooks_agree(&text, &webhooks[&id]);
+    eprintln!(
+        "{line:?}, DRAIN_SECS={drain}: not ready {not_ready_after:?} after SIGTERM; moved {moved_after:?} after; \
+         the caller heard the bot on the new stream {:?} after the carrier was pointed at it; exited \
+         {exited_after:?} after SIGTERM with 1 live call; transcript:\n{text}",
+        heard - pointed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drained_then_moved_at_the_deadline_on_twilio() {
+    drained_then_moved_at_the_deadline(Line::Twilio, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drained_then_moved_at_the_deadline_on_vonage() {
+    drained_then_moved_at_the_deadline(Line::Vonage, 4).await;
+}
+
+/// `DRAIN_SECS=0`: the call is moved at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_of_zero_moves_the_call_at_once() {
+    drained_then_moved_at_the_deadline(Line::Twilio, 0).await;
+}
+
+/// SIGTERM to the only replica with a live call: nobody can take it, so at the deadline the bot
+/// says goodbye and hangs up, the call ends `bot_disconnected` (the server ended it, not the
+/// person), and its webhooks say so once the replica is back (they were kept, not lost).
+async fn alone_a_draining_replica_says_goodbye_and_hangs_up(line: Line) {
+    let env = [("DRAIN_SECS", "2"), ("SHUTDOWN_GRACE_SECS", "2")];
+    let Some((mut rig, vonage_number)) = rig_with(1, &env).await else { return };
+    let (call, id, carrier, _) = greeted_call(&rig, line, &vonage_number, "16505559201").await;
+    let stopping = Instant::now();
+    rig.sigterm(0);
+    eventually(Duration::from_secs(15), || async {
+        line.asked_to_hang_up(&rig.twilio, &rig.vonage, &call).then_some(())
+    })
+    .await;
+    let hung_up_after = stopping.elapsed();
+    assert!(carrier.last_arrived().is_some_and(|at| at > stopping), "{line:?}: the caller heard the goodbye");
+    // The hang-up's answer ends the call (read from the replica itself: the proxy sends a draining
+    // replica nothing new). Then the carrier ends the stream as told; its own completed callback
+    // would find no replica to take it.
+    eventually(Duration::from_secs(10), || async {
+        let res = rig.client.get(format!("{}/v1/calls?id={id}", rig.replica(0))).bearer_auth(&rig.key).send().await;
+        let seen: Value = res.ok()?.json().await.ok()?;
+        (seen["status"] == "ended").then_some(())
+    })
+    .await;
+    if line == Line::Twilio {
+        carrier.stop();
+    }
+    carrier.close();
+    let status = rig.wait_exit(0, Duration::from_secs(40)).await;
+    let exited_after = stopping.elapsed();
+    assert!(status.success(), "{status}");
+    rig.restart(0).await;
+    let ended = rig.get(&format!("/v1/calls?id={id}")).await;
+    assert_eq!(
+        (ended.body["status"].as_str(), ended.body["stage_outcome"].as_str()),
+        (Some("ended"), Some("bot_disconnected")),
+        "{}",
+        ended.body
+    );
+    let text = ended.body["transcript"].as_str().unwrap().to_owned();
+    assert_eq!(text, format!("BOT: {GREETING}\nBOT: {GOODBYE}\n"));
+    // The bot's goodbye ends its conversation (the transcript goes out) as its hang-up ends the
+    // call: either may be first.
+    let last = ["event_phone_call_ended", "event_transcript"];
+    let firsts: Vec<String> = eventually(Duration::from_secs(30), || async {
+        let got: Vec<String> = rig
+            .receiver
+            .got()
+            .iter()
+            .filter(|r| r.call_id() == id && last.contains(&r.kind().as_str()))
+            .map(Received::kind)
+            .collect();
+        (got.len() >= 2).then_some(got)
+    })
+    .await;
+    let mut expected = vec!["event_phone_call_connected", "event_message", "event_message"];
+    expected.extend(if firsts[0] == last[0] { last } else { [last[1], last[0]] });
+    let webhooks = webhooks_exactly_once_in_order(&rig, std::slice::from_ref(&id), &expected).await;
+    transcript_and_webhooks_agree(&text, &webhooks[&id]);
+    let ended_event = webhooks[&id].iter().find(|r| r.kind() == "event_phone_call_ended").unwrap().event();
+    assert_eq!(ended_event["payload"]["stage_outcome"], "bot_disconnected", "{ended_event}");
+    eprintln!("{line:?} alone: hung up {hung_up_after:?} after SIGTERM (DRAIN_SECS=2); exited {exited_after:?} after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alone_a_draining_replica_says_goodbye_and_hangs_up_on_twilio() {
+    alone_a_draining_replica_says_goodbye_and_hangs_up(Line::Twilio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alone_a_draining_replica_says_goodbye_and_hangs_up_on_vonage() {
+    alone_a_draining_replica_says_goodbye_and_hangs_up(Line::Vonage).await;
+}
+
+/// `kill -9` of the replica running a call, and the carrier reports the call completed before
+/// anything resumed it (the caller hung up on the silence): the server's failure ended the call,
+/// so it ends `bot_disconnected`, never `human_disconnected`, and its transcript goes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_and_never_resumed_the_call_is_not_the_callers_doing() {
+    let Some((mut rig, vonage_number)) = rig_with(3, &[]).await else { return };
+    let mut ids = Vec::new();
+    for (i, line) in [Line::Twilio, Line::Vonage].into_iter().enumerate() {
+        let (call, id, carrier, holder) = greeted_call(&rig, line, &vonage_number, &format!("1650555930{i}")).await;
+        rig.kill9(holder);
+        eventually(Duration::from_secs(5), || async { carrier.closed_at() }).await;
+        completed(&rig, line, &call).await;
+        let ended = rig.get(&format!("/v1/calls?id={id}")).await;
+        assert_eq!(
+            (ended.body["status"].as_str(), ended.body["stage_outcome"].as_str()),
+            (Some("ended"), Some("bot_disconnected")),
+            "{line:?}: {}",
+            ended.body
+        );
+        rig.restart(holder).await;
+        ids.push(id);
+    }
+    let expected = ["event_phone_call_connected", "event_message", "event_phone_call_ended", "event_transcript"];
+    webhooks_exactly_once_in_order(&rig, &ids, &expected).await;
+}
+
+/// SIGTERM to a replica running several calls (of six placed, the replica that took the most
+/// streams), with `DRAIN_SECS=2`: every call there is moved at the deadline and talks on
+/// elsewhere, the calls on other replicas are untouched, no call is lost, and every call's
+/// webhooks are whole, each once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_moves_every_live_call_and_loses_none() {
+    let env = [("DRAIN_SECS", "2"), ("SHUTDOWN_GRACE_SECS", "2")];
+    let Some((mut rig, vonage_number)) = rig_with(3, &env).await else { return };
+    let line = Line::Twilio;
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        calls.push(greeted_call(&rig, line, &vonage_number, &format!("165055594{i:02}")).await);
+    }
+    let busiest = (0..3).max_by_key(|r| calls.iter().filter(|(_, _, _, holder)| holder == r).count()).unwrap();
+    let (moving, staying): (Vec<_>, Vec<_>) = calls.into_iter().partition(|(_, _, _, holder)| *holder == busiest);
+    assert!(moving.len() >= 2, "six calls on three replicas: one holds at least two");
+
+    let stopping = Instant::now();
+    rig.sigterm(busiest);
+    let mut moved = Vec::new();
+    for (call, id, carrier, _) in &moving {
+        let (stream, pointed) = follow_the_move(&rig, line, call, carrier).await;
+        let (stream, heard) = until_heard(&rig, line, call, stream).await;
+        assert_ne!(rig.served_by(&stream.handshake), Some(busiest), "moved to another replica");
+        transcript_with(&rig, id, &format!("BOT: {RESUME_LINE}")).await;
+        moved.push((call, id, stream, heard - pointed));
+    }
+    let status = rig.wait_exit(busiest, Duration::from_secs(40)).await;
+    let exited_after = stopping.elapsed();
+    assert!(status.success(), "{status}");
+
+    // Every call talks on, wherever it is, and is hung up by the carrier.
+    for (i, (call, id, stream, _)) in moved.iter().enumerate() {
+        say(&rig, line, stream, 40 + i as u8, "Still there?").await;
+        transcript_with(&rig, id, &format!("HUMAN: Still there?\nBOT: {MODEL_ANSWER}\n")).await;
+        carrier_hangs_up(&rig, line, stream, call).await;
+    }
+    for (i, (call, id, carrier, _)) in staying.iter().enumerate() {
+        assert!(carrier.closed_at().is_none(), "a call on another replica is untouched");
+        say(&rig, line, carrier, 50 + i as u8, "Still there?").await;
+        transcript_with(&rig, id, &format!("BOT: {GREETING}\nHUMAN: Still there?\nBOT: {MODEL_ANSWER}\n")).await;
+        carrier_hangs_up(&rig, line, carrier, call).await;
+    }
+    let moved_ids: Vec<String> = moved.iter().map(|(_, id, _, _)| (*id).clone()).collect();
+    let staying_ids: Vec<String> = staying.iter().map(|(_, id, _, _)| id.clone()).collect();
+    webhooks_exactly_once_in_order(&rig, &moved_ids, &talked_and_hung_up(4)).await;
+    webhooks_exactly_once_in_order(&rig, &staying_ids, &talked_and_hung_up(3)).await;
+    for id in moved_ids.iter().chain(&staying_ids) {
+        let ended = rig.get(&format!("/v1/calls?id={id}")).await;
+        assert_eq!(ended.body["stage_outcome"], "human_disconnected", "{}", ended.body);
+    }
+    let silences: Vec<Duration> = moved.iter().map(|(_, _, _, silence)| *silence).collect();
+    eprintln!(
+        "{} live calls moved off a draining replica (DRAIN_SECS=2), exited {exited_after:?} after SIGTERM; the \
+         callers heard the bot {silences:?} after their carrier was pointed at the new stream; 0 calls lost",
+        moved.len()
+    );
+}
+
+/// The other side of the rule above: the carrier's completed callback reaches a replica that does
+/// not run the call before the stream's end reaches the one that does (the person hung up; the
+/// two race). The replica that got the callback waits for the owner, alive, to end the
+/// conversation: the call ends `human_disconnected`, with its transcript once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hang_up_racing_its_streams_end_is_still_the_callers_doing() {
+    let Some((rig, vonage_number)) = rig_with(3, &[]).await else { return };
+    let line = Line::Twilio;
+    let (call, id, carrier, holder) = greeted_call(&rig, line, &vonage_number, "16505559501").await;
+    rig.steer_past(holder).await;
+    let callback = completed(&rig, line, &call);
+    let stream_ends = async {
+        // The callback is on its way to another replica first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        carrier.stop();
+        carrier.close();
+    };
+    let started = Instant::now();
+    tokio::join!(callback, stream_ends);
+    let answered_after = started.elapsed();
+    let ended = rig.get(&format!("/v1/calls?id={id}")).await;
+    assert_eq!(
+        (ended.body["status"].as_str(), ended.body["stage_outcome"].as_str()),
+        (Some("ended"), Some("human_disconnected")),
+        "{}",
+        ended.body
+    );
+    let expected = ["event_phone_call_connected", "event_message", "event_transcript", "event_phone_call_ended"];
+    webhooks_exactly_once_in_order(&rig, std::slice::from_ref(&id), &expected).await;
+    let callbacks: Vec<Routed> =
+        rig.routed().into_iter().filter(|r| r.path.starts_with("/telephony/twilio/status/")).collect();
+    assert_ne!(callbacks.last().and_then(|r| r.replica), Some(holder), "the completed callback went elsewhere");
+    eprintln!("a completed callback racing the stream's end was answered after {answered_after:?}");
 }

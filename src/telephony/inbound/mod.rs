@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::media;
 use crate::calls::News;
-use crate::domain::call::{Event, Provider};
+use crate::domain::call::{Event, Provider, Stage};
 use crate::domain::phone::PhoneNumber;
 use crate::error::ApiError;
 use crate::store::calls::CallRow;
@@ -82,10 +82,27 @@ async fn apply_news(state: &AppState, row: &CallRow, carrier_id: Option<&str>, n
             }
         }
     }
+    if ends_a_talking_call(row, &news) && state.calls.conversation_lost(row.id, state.replicas.id()).await? {
+        // The caller was left with silence (the process running the conversation died, or it
+        // stopped and nobody took the call up): the end is the server's doing.
+        tracing::warn!(call_id = %row.id, "the call ended while its conversation was lost with the server running it");
+        metrics::counter!("vocode_calls_ended_with_conversation_lost_total").increment(1);
+        state.calls.apply(row.id, &News::api(Event::ConversationLost)).await?;
+    }
     if let Some(applied) = state.calls.apply(row.id, &news).await? {
         state.run_soon(applied.claimed);
     }
     Ok(())
+}
+
+/// Whether `news` is the carrier's end of a call that was picked up and that the server did not
+/// ask to end.
+fn ends_a_talking_call(row: &CallRow, news: &News) -> bool {
+    let ends = matches!(news.event, Some(Event::Completed { .. } | Event::NotAnswered | Event::Failed));
+    ends && news.from_carrier
+        && !row.state.is_final()
+        && row.state.stage == Stage::PickedUp
+        && row.state.hangup.is_none()
 }
 
 /// The number an inbound call is to, when it is an active number of this server on `provider`.

@@ -18,6 +18,7 @@ on_both_backends!(world =>
     a_second_calls_end_retries_a_refused_hang_up,
     callbacks_out_of_order_and_twice_change_nothing,
     forged_and_garbage_callbacks_change_nothing,
+    forged_and_replayed_resume_requests_change_nothing,
     the_twilio_adapter_redirects_calls,
 );
 
@@ -287,6 +288,70 @@ async fn forged_and_garbage_callbacks_change_nothing(w: World) {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a Twilio call takes no Vonage news");
     assert_eq!(get(&w, &id).await, before);
+}
+
+/// The resume path, where Twilio goes when a call's stream ends without the call (the `<Redirect>`
+/// after `<Connect>`), answers a genuine request with a new stream and refuses a forged or
+/// replayed one: unsigned, signed with another token, from another account, signed for another
+/// call's resume URL. For a call that has ended, even a genuine request gets a hang-up, not a
+/// stream. None of them changes the call.
+async fn forged_and_replayed_resume_requests_change_nothing(w: World) {
+    let call = create(&w, outbound("16505556011")).await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let sid = sid(&call);
+    w.twilio.status(&sid, "in-progress", &[]).await;
+    let (_, twiml) = w.twilio.twiml(&sid).await;
+    let url = format!("{}/telephony/twilio/resume/{id}", w.app.base);
+    assert!(twiml.contains(&format!("<Redirect method=\"POST\">{url}</Redirect>")), "{twiml}");
+    let account = w.twilio.state.account_sid.clone();
+    let token = w.twilio.state.auth_token.clone();
+    let params = |account: &str| -> Vec<(String, String)> {
+        vec![
+            ("AccountSid".into(), account.into()),
+            ("CallSid".into(), sid.clone()),
+            ("CallStatus".into(), "in-progress".into()),
+        ]
+    };
+    let before = get(&w, &id).await;
+    for (params, token) in [
+        (params(&account), Some("not-the-token")),
+        (params(&account), None),
+        (params("ACsomeoneelse"), Some(token.as_str())),
+    ] {
+        let (status, body) = w.twilio.post_signed(&url, &params, token).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{params:?}: {body}");
+        assert!(!body.contains("<Stream"), "no stream for a forged request: {body}");
+    }
+    // Signed for another call's resume URL, replayed on this one.
+    let other = create(&w, outbound("16505556012")).await;
+    let other_url = format!("{}/telephony/twilio/resume/{}", w.app.base, other["id"].as_str().unwrap());
+    let res = reqwest::Client::new()
+        .post(&url)
+        .header("x-twilio-signature", twilio_signature(&token, &other_url, &params(&account)))
+        .form(&params(&account))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // Another call's genuine request, with this call's sid: not this call's.
+    let (status, _) = w.twilio.post_signed(&other_url, &params(&account), Some(&token)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "CallSid is not the other call's");
+    assert_eq!(get(&w, &id).await, before, "nothing changed");
+
+    // The genuine request: a new stream for this call (and the call as it was).
+    let (status, resumed) = w.twilio.post_signed(&url, &params(&account), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    assert!(resumed.contains(&format!("/telephony/twilio/stream/{id}")), "{resumed}");
+    assert_eq!(get(&w, &id).await, before, "a resume changes nothing of the call");
+
+    // Once the call has ended, the same request, replayed, gets a hang-up and changes nothing.
+    w.twilio.status(&sid, "completed", &[("CallDuration", "9")]).await;
+    let ended = get(&w, &id).await;
+    assert_eq!(ended["status"], "ended");
+    let (status, replayed) = w.twilio.post_signed(&url, &params(&account), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(replayed.contains("<Hangup") && !replayed.contains("<Stream"), "{replayed}");
+    assert_eq!(get(&w, &id).await, ended);
 }
 
 async fn the_twilio_adapter_redirects_calls(w: World) {

@@ -12,7 +12,66 @@ use crate::support::{eventually, on_both_backends, Failure};
 
 on_both_backends!(world =>
     vonage_calls_through_their_events,
+    forged_and_replayed_disconnections_change_nothing,
 );
+
+/// A websocket's `disconnected` event (Vonage's word that a call's stream closed without the call
+/// ending) gets the call transferred to a new stream only when it is signed and carries the
+/// websocket's own headers (the call's stream token), and only while the call goes on: unsigned,
+/// signed with another secret, without the token or with another call's, or once the call has
+/// ended, it changes nothing and nothing is asked of Vonage.
+async fn forged_and_replayed_disconnections_change_nothing(w: World) {
+    let (_, number) = w.app.post("/v1/numbers/buy", json!({"telephony_provider": "vonage", "area_code": "646"})).await;
+    let from = number["number"].as_str().unwrap().to_owned();
+    let placed = |to: &'static str| {
+        let (w, from) = (&w, &from);
+        async move {
+            let mut body = outbound(to);
+            body["from_number"] = json!(from);
+            create(w, body).await
+        }
+    };
+    let (call, other) = (placed("16505550911").await, placed("16505550912").await);
+    let (id, uuid) = (call["id"].as_str().unwrap().to_owned(), sid(&call));
+    let secret = w.vonage.state.signature_secret.clone();
+    for status in ["started", "ringing", "answered"] {
+        assert_eq!(w.vonage.event(&uuid, json!({"status": status}), Some(&secret)).await, StatusCode::NO_CONTENT);
+    }
+    let headers = |call: &Value| {
+        let placed = w.vonage.calls().into_iter().find(|c| c.uuid == sid(call)).unwrap();
+        let connect = placed.body["ncco"].as_array().unwrap().iter().find(|a| a["action"] == "connect").cloned();
+        connect.unwrap()["endpoint"][0]["headers"].clone()
+    };
+    let transfers = || w.vonage.calls().into_iter().find(|c| c.uuid == uuid).unwrap().transfers.len();
+    let before = get(&w, &id).await;
+    let disconnected = |headers: Value| json!({"status": "disconnected", "headers": headers});
+    assert_eq!(w.vonage.event(&uuid, disconnected(headers(&call)), Some("wrong")).await, StatusCode::FORBIDDEN);
+    assert_eq!(w.vonage.event(&uuid, disconnected(headers(&call)), None).await, StatusCode::FORBIDDEN);
+    for forged in [json!({"call_id": id}), headers(&other), json!({"call_id": id, "token": "0".repeat(64)})] {
+        let status = w.vonage.event(&uuid, disconnected(forged.clone()), Some(&secret)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{forged}");
+    }
+    assert_eq!(transfers(), 0, "nothing asked of Vonage");
+    assert_eq!(get(&w, &id).await, before, "nothing changed");
+
+    // The genuine event: the call is transferred to a new stream of its own.
+    assert_eq!(w.vonage.event(&uuid, disconnected(headers(&call)), Some(&secret)).await, StatusCode::NO_CONTENT);
+    assert_eq!(transfers(), 1);
+    let ncco = w.vonage.calls().into_iter().find(|c| c.uuid == uuid).unwrap().transfers[0].clone();
+    assert_eq!(
+        ncco.as_array().unwrap().iter().find(|a| a["action"] == "connect").unwrap()["endpoint"][0]["headers"],
+        headers(&call)
+    );
+    assert_eq!(get(&w, &id).await, before, "a resume changes nothing of the call");
+
+    // Once the call has ended, the same event, replayed, asks nothing of Vonage.
+    w.vonage.event(&uuid, json!({"status": "completed", "duration": "9"}), Some(&secret)).await;
+    let ended = get(&w, &id).await;
+    assert_eq!(ended["status"], "ended");
+    assert_eq!(w.vonage.event(&uuid, disconnected(headers(&call)), Some(&secret)).await, StatusCode::NO_CONTENT);
+    assert_eq!(transfers(), 1, "no transfer for an ended call");
+    assert_eq!(get(&w, &id).await, ended);
+}
 
 async fn vonage_calls_through_their_events(w: World) {
     let (_, number) = w.app.post("/v1/numbers/buy", json!({"telephony_provider": "vonage", "area_code": "646"})).await;

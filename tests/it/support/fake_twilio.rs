@@ -251,6 +251,21 @@ impl FakeTwilio {
         self.post_signed(&url, &params, Some(&self.state.auth_token.clone())).await
     }
 
+    /// Twilio runs the `<Redirect>` that follows `<Connect>` in `twiml` (the stream ended without
+    /// the call ending): a signed POST to its URL; the TwiML it answers with.
+    pub async fn redirect(&self, sid: &str, twiml: &str) -> (StatusCode, String) {
+        let url = twiml.split("<Redirect").nth(1).expect("a <Redirect>").split('>').nth(1).unwrap();
+        let url = url.split('<').next().unwrap().replace("&amp;", "&");
+        let params = self.base_params(&self.call(sid), "in-progress");
+        self.post_signed(&url, &params, Some(&self.state.auth_token.clone())).await
+    }
+
+    /// The TwiML the server last pointed a call at through the REST API (its `Twiml` field), if any.
+    pub fn redirected_to(&self, sid: &str) -> Option<String> {
+        let posts = self.requests("POST", &format!("/Calls/{sid}"));
+        posts.iter().rev().find_map(|form| form.iter().find(|(k, _)| k == "Twiml").map(|(_, v)| v.clone()))
+    }
+
     pub async fn amd(&self, sid: &str, answered_by: &str) -> StatusCode {
         let call = self.call(sid);
         let mut params = self.base_params(&call, "in-progress");

@@ -84,14 +84,40 @@ impl Line {
                     assert_eq!(answered, StatusCode::NO_CONTENT);
                 }
                 let placed = vonage.calls().into_iter().find(|c| c.uuid == telephony_id).unwrap();
-                let ncco = placed.body["ncco"].as_array().unwrap();
-                let endpoint = &ncco.iter().find(|a| a["action"] == "connect").unwrap()["endpoint"][0];
-                let carrier = Carrier::connect(self, endpoint["uri"].as_str().unwrap()).await;
-                let mut connected = endpoint["headers"].clone();
-                connected["event"] = json!("websocket:connected");
-                connected["content-type"] = json!("audio/l16;rate=16000");
-                carrier.send(connected);
-                carrier
+                vonage_stream(&placed.body["ncco"]).await
+            }
+        }
+    }
+
+    /// The call's stream closed without the call ending (the server holding it died): the carrier
+    /// asks the server again, as it does, and opens the stream it is given. Twilio runs the verb
+    /// after `<Connect>` in the TwiML that opened the stream (a signed `<Redirect>` POST);
+    /// Vonage reports the websocket `disconnected` (signed, with the websocket's headers) to the
+    /// event URL, and follows the transfer to a new NCCO that the server asks of it.
+    pub async fn reconnect(self, twilio: &FakeTwilio, vonage: &FakeVonage, call: &Value, old: &Carrier) -> Carrier {
+        let telephony_id = call["telephony_id"].as_str().unwrap();
+        match self {
+            Line::Twilio => {
+                let (status, twiml) = twilio.redirect(telephony_id, &old.opened_by).await;
+                assert_eq!(status, StatusCode::OK, "{twiml}");
+                assert!(twiml.contains("<Stream"), "the resume path answers with a stream: {twiml}");
+                twilio_stream(twilio, &twiml, telephony_id).await
+            }
+            Line::Vonage => {
+                let transfers = |vonage: &FakeVonage| {
+                    vonage.calls().into_iter().find(|c| c.uuid == telephony_id).unwrap().transfers
+                };
+                let before = transfers(vonage).len();
+                let opened_by: Value = serde_json::from_str(&old.opened_by).unwrap();
+                let headers = websocket(&opened_by)["headers"].clone();
+                let secret = vonage.state.signature_secret.clone();
+                let event = json!({"status": "disconnected", "headers": headers});
+                assert_eq!(vonage.event(telephony_id, event, Some(&secret)).await, StatusCode::NO_CONTENT);
+                let ncco = super::eventually(Duration::from_secs(10), || {
+                    std::future::ready(transfers(vonage).get(before).cloned())
+                })
+                .await;
+                vonage_stream(&ncco).await
             }
         }
     }
@@ -109,13 +135,31 @@ impl Line {
     }
 }
 
+/// The websocket endpoint of an NCCO's `connect` action.
+fn websocket(ncco: &Value) -> &Value {
+    &ncco.as_array().unwrap().iter().find(|a| a["action"] == "connect").unwrap()["endpoint"][0]
+}
+
+/// Vonage connects the websocket `ncco` (a `connect` action) asks for, and says so on it.
+pub async fn vonage_stream(ncco: &Value) -> Carrier {
+    let endpoint = websocket(ncco);
+    let mut carrier = Carrier::connect(Line::Vonage, endpoint["uri"].as_str().unwrap()).await;
+    carrier.opened_by = ncco.to_string();
+    let mut connected = endpoint["headers"].clone();
+    connected["event"] = json!("websocket:connected");
+    connected["content-type"] = json!("audio/l16;rate=16000");
+    carrier.send(connected);
+    carrier
+}
+
 /// Twilio connects the stream `twiml` (`<Connect><Stream>`) asks for, for its call `call_sid`.
 pub async fn twilio_stream(twilio: &FakeTwilio, twiml: &str, call_sid: &str) -> Carrier {
     let url = twiml.split("url=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
     let param = |name: &str| {
         twiml.split(&format!("name=\"{name}\" value=\"")).nth(1).unwrap().split('"').next().unwrap().to_owned()
     };
-    let carrier = Carrier::connect(Line::Twilio, &url).await;
+    let mut carrier = Carrier::connect(Line::Twilio, &url).await;
+    carrier.opened_by = twiml.to_owned();
     carrier.send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}));
     carrier.send(json!({"event": "start", "sequenceNumber": "1", "streamSid": STREAM_SID,
         "start": {"accountSid": twilio.state.account_sid, "streamSid": STREAM_SID, "callSid": call_sid,
@@ -215,6 +259,10 @@ pub struct Carrier {
     /// The headers of the answer to the websocket handshake (where a proxy may say which server
     /// took the stream).
     pub handshake: HeaderMap,
+    /// What asked the carrier for this stream: the TwiML, or the NCCO as JSON.
+    pub opened_by: String,
+    /// When the stream closed (from either end), once it has.
+    closed: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Carrier {
@@ -238,6 +286,8 @@ impl Carrier {
         });
         let playback = Arc::new(Mutex::new(Playback::default()));
         let (echo, state) = (send.clone(), playback.clone());
+        let closed = Arc::new(Mutex::new(None));
+        let closing = closed.clone();
         tokio::spawn(async move {
             let mut clock = tokio::time::interval(Duration::from_millis(5));
             clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -284,8 +334,14 @@ impl Carrier {
                     _ => {}
                 }
             }
+            *closing.lock().unwrap() = Some(Instant::now());
         });
-        Carrier { line, send, playback, handshake: HeaderMap::new() }
+        Carrier { line, send, playback, handshake: HeaderMap::new(), opened_by: String::new(), closed }
+    }
+
+    /// When the stream closed, once it has (the server closed it, or its connection broke).
+    pub fn closed_at(&self) -> Option<Instant> {
+        *self.closed.lock().unwrap()
     }
 
     pub fn send(&self, message: Value) {
@@ -345,6 +401,11 @@ impl Carrier {
         let playback = self.playback.lock().unwrap();
         let mut arrived = playback.arrived.iter();
         arrived.find(|(_, bytes)| byte.is_none_or(|b| bytes.contains(&b))).map(|(at, _)| *at)
+    }
+
+    /// When the last piece of audio arrived.
+    pub fn last_arrived(&self) -> Option<Instant> {
+        self.playback.lock().unwrap().arrived.last().map(|(at, _)| *at)
     }
 
     pub fn clears(&self) -> Vec<Cleared> {
