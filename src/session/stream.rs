@@ -34,7 +34,7 @@ pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hel
     }
     let carrier_call_id = hello.carrier_call_id.as_deref();
     let sessions = &state.sessions;
-    if state.telephony.conferences.is_bot_leg(call_id, carrier_call_id) {
+    if state.telephony.is_bot_leg(call_id, carrier_call_id).await {
         let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, true);
         tracing::info!(%call_id, "the bot's conference leg connected");
         let running = sessions.running(call_id);
@@ -129,7 +129,7 @@ impl StreamEnd for CallStream {
                 converse::offer(&conversation, FromCall::Stopped);
             }
             if bot_leg {
-                state.telephony.conferences.bot_left(call_id);
+                state.telephony.bot_left(call_id).await;
             }
             if let Some(recorder) = recorder {
                 recorder.finish(state, call_id).await;

@@ -79,7 +79,7 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
     };
     let creds = creds(&carrier);
     let conferences = &state.telephony.conferences;
-    let steering = match conferences.lease(call_id, &pool) {
+    let steering = match state.telephony.lease_steering(call_id, &pool).await {
         Ok(number) => number,
         Err(e @ NoLease::Exhausted) => return refused(e, 429),
         Err(e) => return refused(e, 409),
@@ -88,7 +88,7 @@ pub async fn add_to_conference(state: &AppState, call_id: Uuid, to: &str, hold: 
     match bring_the_bot(state, &row, &carrier, &steering, &name).await {
         Ok(()) => {}
         Err(reason) => {
-            conferences.forget(call_id);
+            state.telephony.forget_conference(call_id).await;
             tracing::warn!(%call_id, %reason, "the warm transfer could not start");
             return Outcome::failed(reason);
         }
@@ -223,10 +223,10 @@ async fn leave(state: &AppState, call_id: Uuid, creds: &Credentials) {
         Some(sid) => {
             if let Err(e) = state.telephony.twilio.hang_up(creds, &sid, true).await {
                 tracing::warn!(%call_id, error = %e, "the bot's conference leg could not be hung up");
-                state.telephony.conferences.forget(call_id);
+                state.telephony.forget_conference(call_id).await;
             }
         }
-        None => state.telephony.conferences.forget(call_id),
+        None => state.telephony.forget_conference(call_id).await,
     }
 }
 

@@ -10,13 +10,16 @@
 //! bot leaves the conference, and dials the third party in: the pool's size is the number of warm
 //! transfers under way at once. A pool with no free number refuses (429, as the guide says).
 //!
-//! What is kept here is this process's: the carrier's news of the conference (who joined, how the
-//! third party's leg went) comes to the callbacks of [`crate::telephony::inbound::twilio`], which
-//! hand it to the action waiting for it; the action's steps themselves are the live call's
-//! (`crate::session::warm`).
+//! The lease is a row of the database (`steering_leases`): a number is one call's at a time
+//! whatever the number of replicas, the steering number's inbound webhook finds its call there on
+//! any replica, and so does the bot leg's stream. The rest is this process's: the carrier's news
+//! of the conference (who joined, how the third party's leg went) comes to the callbacks of
+//! [`crate::telephony::inbound::twilio`], which hand it to the action waiting for it; the action's
+//! steps themselves are the live call's (`crate::session::warm`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -25,6 +28,8 @@ use super::twilio::Credentials;
 use super::{Carrier, Telephony};
 use crate::domain::phone::PhoneNumber;
 use crate::store::calls::CallRow;
+use crate::store::now;
+use crate::store::steering::{self, Lease};
 
 /// The third party's leg, as the carrier reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +48,8 @@ pub enum NoLease {
     EmptyPool,
     #[error("every number of the account connection's steering pool is in use by another warm transfer")]
     Exhausted,
+    #[error("the steering pool cannot be read now: {0}")]
+    Unavailable(String),
 }
 
 /// One call's warm transfer.
@@ -77,8 +84,6 @@ pub struct Snapshot {
 #[derive(Default)]
 struct Inner {
     calls: HashMap<Uuid, Warm>,
-    /// Steering numbers in use (digits), and the call each is leased to.
-    leased: HashMap<String, Uuid>,
 }
 
 /// This process's warm transfers.
@@ -101,29 +106,16 @@ impl Conferences {
         self.with(|inner| inner.calls.get_mut(&call_id).map(f))
     }
 
-    /// Leases a free number of `pool` (digits) to the call, and opens its warm transfer.
-    pub fn lease(&self, call_id: Uuid, pool: &[String]) -> Result<PhoneNumber, NoLease> {
+    /// Opens the call's warm transfer on the steering number leased to it (see
+    /// [`Telephony::lease_steering`]); `false` when this process has one open for the call already.
+    fn open(&self, call_id: Uuid, steering: PhoneNumber) -> bool {
         self.with(|inner| {
             if inner.calls.contains_key(&call_id) {
-                return Err(NoLease::AlreadyInConference);
+                return false;
             }
-            let numbers: Vec<PhoneNumber> = pool.iter().filter_map(|n| PhoneNumber::parse(n).ok()).collect();
-            if numbers.is_empty() {
-                return Err(NoLease::EmptyPool);
-            }
-            let free =
-                numbers.into_iter().find(|n| !inner.leased.contains_key(n.digits())).ok_or(NoLease::Exhausted)?;
-            inner.leased.insert(free.digits().to_owned(), call_id);
-            let warm = Warm { steering: Some(free.clone()), ..Warm::default() };
-            inner.calls.insert(call_id, warm);
-            Ok(free)
+            inner.calls.insert(call_id, Warm { steering: Some(steering), ..Warm::default() });
+            true
         })
-    }
-
-    /// The call a steering number is leased to, for a call the carrier brings to that number.
-    pub fn steered(&self, to: &str) -> Option<Uuid> {
-        let number = PhoneNumber::parse(to).ok()?;
-        self.with(|inner| inner.leased.get(number.digits()).copied())
     }
 
     /// Waits for the bot's leg to bind its stream; call before the conference dials it.
@@ -230,14 +222,13 @@ impl Conferences {
         })
     }
 
-    /// The steering number goes back to the pool. The call's conference is forgotten unless the
-    /// person stays in it with the third party (whose leaving ends the call).
-    pub fn bot_left(&self, call_id: Uuid) {
+    /// The bot left the conference (its steering number goes back to the pool: see
+    /// [`Telephony::bot_left`]). The call's conference is forgotten unless the person stays in it
+    /// with the third party (whose leaving ends the call).
+    fn bot_left(&self, call_id: Uuid) {
         self.with(|inner| {
             let Some(warm) = inner.calls.get_mut(&call_id) else { return };
-            if let Some(number) = warm.steering.take() {
-                inner.leased.remove(number.digits());
-            }
+            warm.steering = None;
             warm.bot_left = true;
             if !warm.third_party_answered {
                 inner.calls.remove(&call_id);
@@ -250,21 +241,10 @@ impl Conferences {
         self.with_call(call_id, |warm| warm.bot_left && warm.third_party_answered).unwrap_or(false)
     }
 
-    /// Forgets the call's conference, and gives its steering number back.
-    pub fn forget(&self, call_id: Uuid) {
-        self.with(|inner| {
-            if let Some(warm) = inner.calls.remove(&call_id) {
-                if let Some(number) = warm.steering {
-                    inner.leased.remove(number.digits());
-                }
-            }
-        });
-    }
-
-    /// How many steering numbers are leased now.
-    #[cfg(test)]
-    fn leased(&self) -> usize {
-        self.with(|inner| inner.leased.len())
+    /// Forgets the call's conference (its steering number goes back to the pool: see
+    /// [`Telephony::forget_conference`]).
+    fn forget(&self, call_id: Uuid) {
+        self.with(|inner| inner.calls.remove(&call_id));
     }
 }
 
@@ -273,8 +253,106 @@ pub fn creds<'c>(carrier: &'c Carrier<'_>) -> &'c Credentials {
     carrier.twilio_credentials().expect("the steering pool is a Twilio account connection's")
 }
 
+/// How long a steering number stays leased to a call whose holder never gives it back (a
+/// process that died mid-transfer; a lease whose call has ended is given back sooner).
+const LEASE: Duration = Duration::from_secs(2 * 60 * 60);
+
 /// The carrier's side of a warm transfer's steps.
 impl Telephony {
+    /// Leases a free number of `pool` (digits) to the call — in the database, so that a number is
+    /// one call's at a time whatever the number of replicas — and opens its warm transfer here.
+    pub async fn lease_steering(&self, call_id: Uuid, pool: &[String]) -> Result<PhoneNumber, NoLease> {
+        let numbers: Vec<PhoneNumber> = pool.iter().filter_map(|n| PhoneNumber::parse(n).ok()).collect();
+        if numbers.is_empty() {
+            return Err(NoLease::EmptyPool);
+        }
+        let digits: Vec<String> = numbers.iter().map(|n| n.digits().to_owned()).collect();
+        let at = now();
+        let until = at + chrono::Duration::from_std(LEASE).expect("a short duration");
+        let leased = async {
+            let mut tx = self.store.begin().await?;
+            let leased = steering::lease(tx.conn(), call_id, &digits, at, until).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(leased)
+        };
+        let number = match leased.await {
+            Ok(Lease::Leased(digits)) => digits,
+            Ok(Lease::AlreadyHeld(_)) => return Err(NoLease::AlreadyInConference),
+            Ok(Lease::Exhausted) => return Err(NoLease::Exhausted),
+            Err(e) => return Err(NoLease::Unavailable(e.to_string())),
+        };
+        let number = numbers.into_iter().find(|n| n.digits() == number).expect("a number of the pool");
+        if !self.conferences.open(call_id, number.clone()) {
+            self.give_back(call_id).await;
+            return Err(NoLease::AlreadyInConference);
+        }
+        Ok(number)
+    }
+
+    /// The call a steering number is leased to, for a call the carrier brings to that number.
+    pub async fn steering_holder(&self, to: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        let Ok(number) = PhoneNumber::parse(to) else { return Ok(None) };
+        let mut handle = self.store.read().await?;
+        steering::holder(handle.conn(), number.digits(), now()).await
+    }
+
+    /// The steering number's inbound call `sid` is the bot's conference leg of the call the number
+    /// is leased to (kept with the lease: any replica recognises its stream).
+    pub async fn bot_leg_answered(&self, to: &str, sid: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        let Ok(number) = PhoneNumber::parse(to) else { return Ok(None) };
+        let mut tx = self.store.begin().await?;
+        let call_id = steering::bot_leg_answered(tx.conn(), number.digits(), sid, now()).await?;
+        tx.commit().await?;
+        if let Some(call_id) = call_id {
+            self.conferences.bot_leg_answered(call_id, sid);
+        }
+        Ok(call_id)
+    }
+
+    /// Whether a stream the carrier opens for `call_sid` is the bot's conference leg of the call.
+    pub async fn is_bot_leg(&self, call_id: Uuid, call_sid: Option<&str>) -> bool {
+        let Some(sid) = call_sid else { return false };
+        if self.conferences.is_bot_leg(call_id, Some(sid)) {
+            return true;
+        }
+        let read = async {
+            let mut handle = self.store.read().await?;
+            steering::is_bot_leg(handle.conn(), call_id, sid).await
+        };
+        match read.await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(%call_id, error = %e, "cannot read the call's steering lease");
+                false
+            }
+        }
+    }
+
+    /// Gives the call's steering number back to its pool.
+    async fn give_back(&self, call_id: Uuid) {
+        let released = async {
+            let mut tx = self.store.begin().await?;
+            let released = steering::release(tx.conn(), call_id).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(released)
+        };
+        if let Err(e) = released.await {
+            tracing::warn!(%call_id, error = %e, "the steering number could not be given back (its lease expires)");
+        }
+    }
+
+    /// The bot's conference leg ended: its steering number goes back to the pool.
+    pub async fn bot_left(&self, call_id: Uuid) {
+        self.conferences.bot_left(call_id);
+        self.give_back(call_id).await;
+    }
+
+    /// Forgets the call's conference, and gives its steering number back.
+    pub async fn forget_conference(&self, call_id: Uuid) {
+        self.conferences.forget(call_id);
+        self.give_back(call_id).await;
+    }
+
     /// The call's Twilio account and the steering pool of its account connection (one read).
     pub async fn account_and_pool(&self, row: &CallRow) -> Result<(Carrier<'_>, Vec<String>), String> {
         match self.steering(row).await {
@@ -324,35 +402,12 @@ impl Telephony {
 mod tests {
     use super::*;
 
-    fn pool(numbers: &[&str]) -> Vec<String> {
-        numbers.iter().map(|n| n.to_string()).collect()
-    }
-
-    #[test]
-    fn a_pool_leases_each_number_to_one_call_at_a_time() {
-        let conferences = Conferences::default();
-        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let pool = pool(&["14155550101", "14155550102"]);
-        let first = conferences.lease(a, &pool).unwrap();
-        assert_eq!(conferences.lease(a, &pool), Err(NoLease::AlreadyInConference));
-        let second = conferences.lease(b, &pool).unwrap();
-        assert_ne!(first, second);
-        assert_eq!(conferences.lease(c, &pool), Err(NoLease::Exhausted));
-        assert_eq!(conferences.steered("+1 415 555 0101"), Some(a));
-        conferences.bot_left(a);
-        assert_eq!(conferences.steered("14155550101"), None, "the number is back in the pool");
-        assert_eq!(conferences.lease(c, &pool).unwrap(), first);
-        assert_eq!(conferences.lease(Uuid::new_v4(), &[]), Err(NoLease::EmptyPool));
-        conferences.forget(b);
-        conferences.forget(c);
-        assert_eq!(conferences.leased(), 0);
-    }
-
     #[test]
     fn news_reaches_the_action_waiting_for_it_and_nobody_else() {
         let conferences = Conferences::default();
         let call = Uuid::new_v4();
-        conferences.lease(call, &pool(&["14155550101"])).unwrap();
+        assert!(conferences.open(call, PhoneNumber::parse("14155550101").unwrap()));
+        assert!(!conferences.open(call, PhoneNumber::parse("14155550102").unwrap()), "one conference a call");
         let mut news = conferences.expect_third_party(call).unwrap();
         conferences.third_party_dialled(call, "CA3");
         assert!(!conferences.third_party(call, "CAother", ThirdParty::Answered), "another leg's news");

@@ -70,6 +70,86 @@ async fn heartbeats_on_postgres() {
     heartbeats(Backend::Postgres).await;
 }
 
+/// Many calls at once, through two stores (two processes' pools) on one database, ask for a
+/// number of a one-number steering pool: exactly one gets it, every other is told the pool is
+/// used up; once it is given back, exactly one other gets it. A lease whose holder died frees
+/// the number when it expires; a two-number pool goes to two calls, one number each.
+async fn steering_leases(backend: Backend) {
+    use vocode_server::store::steering::{self, Lease};
+    use vocode_server::store::DbConn;
+
+    async fn lease(store: &Store, call: uuid::Uuid, pool: &[String], until: chrono::Duration) -> Lease {
+        let mut tx = store.begin().await.unwrap();
+        let at = now();
+        let leased = steering::lease(tx.conn(), call, pool, at, at + until).await.unwrap();
+        tx.commit().await.unwrap();
+        leased
+    }
+    async fn release(store: &Store, call: uuid::Uuid) -> bool {
+        let mut tx = store.begin().await.unwrap();
+        let released = steering::release(tx.conn(), call).await.unwrap();
+        tx.commit().await.unwrap();
+        released
+    }
+    async fn holder(store: &Store, number: &str) -> Option<uuid::Uuid> {
+        let mut handle = store.read().await.unwrap();
+        let conn: DbConn<'_> = handle.conn();
+        steering::holder(conn, number, now()).await.unwrap()
+    }
+
+    let Some((db, first)) = store(backend).await else { return };
+    let second = Store::connect(&db.url, &PoolSettings::default()).await.unwrap();
+    let stores = [first.clone(), second.clone()];
+    let pool = vec!["14155550150".to_owned()];
+    let hour = chrono::Duration::hours(1);
+    let calls: Vec<uuid::Uuid> = (0..24).map(|_| uuid::Uuid::new_v4()).collect();
+    let mut winners = Vec::new();
+    for round in 0..3 {
+        let contenders: Vec<uuid::Uuid> = calls.iter().copied().filter(|c| !winners.contains(c)).collect();
+        let attempts = contenders.iter().enumerate().map(|(i, call)| {
+            let (store, pool) = (stores[i % 2].clone(), pool.clone());
+            let call = *call;
+            async move { (call, lease(&store, call, &pool, hour).await) }
+        });
+        let results = join_all(attempts).await;
+        let won: Vec<uuid::Uuid> =
+            results.iter().filter(|(_, l)| *l == Lease::Leased(pool[0].clone())).map(|(c, _)| *c).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one call leases the number: {results:?}");
+        let refused = results.iter().filter(|(_, l)| *l == Lease::Exhausted).count();
+        assert_eq!(refused, contenders.len() - 1, "round {round}: every other call is told the pool is used up");
+        let winner = won[0];
+        for store in &stores {
+            assert_eq!(holder(store, &pool[0]).await, Some(winner), "both processes see the one holder");
+        }
+        assert_eq!(lease(&second, winner, &pool, hour).await, Lease::AlreadyHeld(pool[0].clone()));
+        assert!(release(&stores[round % 2], winner).await, "the number goes back to the pool");
+        assert!(!release(&first, winner).await, "once");
+        assert_eq!(holder(&first, &pool[0]).await, None);
+        winners.push(winner);
+    }
+
+    // A holder that died: its lease expires, and the number is another call's.
+    let (dead, next) = (calls[20], calls[21]);
+    assert_eq!(lease(&first, dead, &pool, chrono::Duration::seconds(-1)).await, Lease::Leased(pool[0].clone()));
+    assert_eq!(holder(&second, &pool[0]).await, None, "an expired lease holds nothing");
+    assert_eq!(lease(&second, next, &pool, hour).await, Lease::Leased(pool[0].clone()));
+    assert_eq!(lease(&first, calls[22], &pool, hour).await, Lease::Exhausted);
+    // A pool of two: two calls, a number each.
+    let two = vec!["14155550150".to_owned(), "14155550151".to_owned()];
+    assert_eq!(lease(&first, calls[22], &two, hour).await, Lease::Leased(two[1].clone()));
+    assert_eq!(lease(&second, calls[23], &two, hour).await, Lease::Exhausted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_steering_number_is_leased_to_one_call_at_a_time_on_sqlite() {
+    steering_leases(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_steering_number_is_leased_to_one_call_at_a_time_on_postgres() {
+    steering_leases(Backend::Postgres).await;
+}
+
 // ---------------------------------------------------------------- the multi-replica rig
 
 const OUR_NUMBER: &str = "+14155550100";

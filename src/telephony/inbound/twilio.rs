@@ -235,7 +235,7 @@ pub async fn third_party(State(state): State<AppState>, leg: TwilioLeg) -> Resul
         "busy" | "no-answer" | "failed" | "canceled" => ThirdParty::NotAnswered(status.to_owned()),
         "completed" if conferences.is_third_party(row.id, sid) && conferences.handed_over(row.id) => {
             // The person would be left alone in the conference: the call is over.
-            conferences.forget(row.id);
+            state.telephony.forget_conference(row.id).await;
             if let Some(person) = row.state.telephony_id.as_deref().filter(|_| !row.state.is_final()) {
                 let carrier =
                     state.telephony.carrier_of(&row).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -267,11 +267,12 @@ pub async fn inbound(State(state): State<AppState>, req: TwilioRequest) -> Resul
     let (Some(to), Some(from), Some(sid)) = (req.param("To"), req.param("From"), req.param("CallSid")) else {
         return Err(ApiError::BadRequest("To, From and CallSid are required".into()));
     };
-    if let Some(call_id) = state.telephony.conferences.steered(to) {
+    let steered = state.telephony.steering_holder(to).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if let Some(call_id) = steered {
         // A steering number the call's conference dialled: the bot's leg of a warm transfer.
         let row = load_call(&state, call_id).await?;
         req.verify_for(&state, row.user_id, row.telephony_account_connection_id, "the call's").await?;
-        state.telephony.conferences.bot_leg_answered(call_id, sid);
+        state.telephony.bot_leg_answered(to, sid).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
         return Ok(xml(state.telephony.stream_twiml(call_id)));
     }
     let (to, holder) = holder_of(&state, to, Provider::Twilio).await?;
