@@ -217,6 +217,18 @@ impl Sessions {
         if !binding.is_current() {
             return false;
         }
+        if let Some((generation, port)) = live.standby.take() {
+            // A warm transfer's conference leg is waiting to take over (the carrier ended the
+            // person's stream before the move into the conference was answered): the
+            // conversation goes on through it.
+            if let Some(running) = &live.conversation {
+                running.outlet.redirect(port.to_call.clone());
+            }
+            live.port = Some(port);
+            live.current.store(generation, Ordering::Relaxed);
+            tracing::info!(%call_id, "the call's stream ended with its conference leg waiting: the leg takes over");
+            return false;
+        }
         map.remove(&call_id);
         true
     }
