@@ -118,6 +118,9 @@ struct Live {
     conversation: Option<Running>,
     /// Where each open stream is closed from, by its generation.
     closers: HashMap<u64, oneshot::Sender<&'static str>>,
+    /// A warm transfer is moving the call: its stream here goes when the carrier moves the person
+    /// into the conference, even if the conversation moved first.
+    warm: bool,
 }
 
 impl Live {
@@ -129,6 +132,7 @@ impl Live {
             standby: None,
             conversation: None,
             closers: HashMap::new(),
+            warm: false,
         }
     }
 }
@@ -233,6 +237,13 @@ impl Sessions {
         true
     }
 
+    /// A warm transfer is moving the call (see [`Live::warm`]).
+    pub fn warm_transfer(&self, call_id: Uuid) {
+        if let Some(live) = self.lock().get_mut(&call_id) {
+            live.warm = true;
+        }
+    }
+
     /// The port of a call's current stream on this process.
     pub fn port(&self, call_id: Uuid) -> Option<MediaPort> {
         self.lock().get(&call_id).and_then(|live| live.port.clone())
@@ -291,7 +302,7 @@ impl Sessions {
         control.lose();
         let mut map = self.lock();
         let Some(live) = map.get_mut(&call_id) else { return };
-        if live.standby.is_some() {
+        if live.standby.is_some() || live.warm {
             return;
         }
         let current = live.current.load(Ordering::Relaxed);
