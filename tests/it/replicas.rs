@@ -476,3 +476,194 @@ async fn being_alone_on_sqlite() {
 async fn being_alone_on_postgres() {
     being_alone(Backend::Postgres).await;
 }
+
+// ---------------------------------------------------------------- warm transfer across replicas
+
+const STEERING: &str = "+14155550150";
+const MANAGER: &str = "+16505550177";
+
+/// Makes the proxy's next request go to `target` (round robin in the replicas' order).
+async fn steer_to(rig: &Rig, target: usize) {
+    rig.steer_past((target + 2) % 3).await;
+}
+
+/// The replica the proxy sent the last request for `path_part` to.
+async fn routed_to(rig: &Rig, method: &str, path_part: &str) -> usize {
+    eventually(Duration::from_secs(5), || async {
+        rig.routed()
+            .into_iter()
+            .rev()
+            .find(|r| r.method == method && r.path.contains(path_part))
+            .and_then(|r| r.replica)
+    })
+    .await
+}
+
+/// A warm transfer on Twilio whose parts land on three replicas: the person's stream on one (the
+/// conversation's), the steering number's webhook and the bot leg's stream on another (which
+/// takes the conversation over and carries the transfer on), the conference's and the third
+/// party's callbacks on the third. It goes as on one replica: the third party is dialled in from
+/// the steering number, the bot talks to them on its leg and hands the person over; the call ends
+/// `transfer_successful`, each event once, the transcript whole, no "lost you" and no lost action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_transfer_spans_replicas_as_on_one() {
+    use crate::support::fake_openai::Script;
+    use crate::support::line::twilio_stream;
+    let Some((rig, _)) = rig().await else { return };
+    let connections = rig.get("/v1/account_connections/list").await;
+    let connection = connections.body["items"][0]["id"].as_str().unwrap().to_owned();
+    rig.twilio.own(STEERING);
+    let path = format!("/v1/account_connections/add_to_steering_pool?id={connection}");
+    let added = rig.post(&path, json!({"phone_number": STEERING})).await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+    let phrase = |p: &str| {
+        json!({"type": "action_trigger_phrase_based",
+               "config": {"phrase_triggers": [{"phrase": p, "conditions": ["phrase_condition_type_contains"]}]}})
+    };
+    let mut actions = Vec::new();
+    for action in [
+        json!({"type": "action_set_hold", "config": {}, "action_trigger": phrase("Removing participant from hold")}),
+        json!({"type": "action_add_to_conference", "config": {"phone_number": MANAGER},
+               "action_trigger": phrase("I connect you now please hold")}),
+    ] {
+        let created = rig.post("/v1/actions/create", action).await;
+        assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+        actions.push(created.body["id"].clone());
+    }
+    let agent = json!({
+        "prompt": {"content": "You help customers."},
+        "initial_message": GREETING,
+        "voice": {"type": "voice_eleven_labs", "voice_id": "voice-1"},
+        "actions": actions,
+        "webhook": {"url": rig.receiver.url, "subscriptions": ["event_action", "event_transcript"]},
+    });
+    rig.openai.then(Script::text(&["Sure, I connect you now, please hold."]));
+    rig.openai.then(Script::text(&["Hi, a customer wants a refund. ", "Removing participant from hold."]));
+    let created = rig
+        .post("/v1/calls/create", json!({"from_number": OUR_NUMBER, "to_number": "16505559000", "agent": agent}))
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    let call = created.body;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let person = call["telephony_id"].as_str().unwrap().to_owned();
+    let person_stream = Line::Twilio.pick_up(&rig.twilio, &rig.vonage, &call).await;
+    let holder = rig.served_by(&person_stream.handshake).unwrap();
+    transcript_with(&rig, &id, &format!("BOT: {GREETING}")).await;
+    say(&rig, Line::Twilio, &person_stream, 0x11, "Can I talk to the manager?").await;
+    transcript_with(&rig, &id, "BOT_ACTION_START: Attempting to add +16505550177 to the conference").await;
+
+    // The conference calls the steering number: its webhook lands on another replica.
+    let conference = format!("vocode-{id}");
+    let bot_participant = eventually(Duration::from_secs(10), || async {
+        rig.twilio.conference(&conference).and_then(|c| c.added.first().cloned())
+    })
+    .await;
+    let bot_replica = (holder + 1) % 3;
+    let third = (holder + 2) % 3;
+    steer_to(&rig, bot_replica).await;
+    let (status, twiml) = rig.twilio.inbound(STEERING, OUR_NUMBER, "CAbotleg").await;
+    assert_eq!(status.as_u16(), 200, "{twiml}");
+    assert_eq!(routed_to(&rig, "POST", "/telephony/twilio/inbound").await, bot_replica);
+    // Its stream too: that replica takes the conversation over.
+    steer_to(&rig, bot_replica).await;
+    let bot = twilio_stream(&rig.twilio, &twiml, "CAbotleg").await;
+    assert_eq!(rig.served_by(&bot.handshake), Some(bot_replica), "the bot leg's stream is on another replica");
+
+    // The person's call is moved into the conference, which ends its stream on the first replica.
+    let moved = eventually(Duration::from_secs(15), || async {
+        let forms = rig.twilio.requests("POST", &format!("/Calls/{person}"));
+        forms.iter().flatten().find(|(k, v)| k == "Twiml" && v.contains("<Conference")).map(|(_, v)| v.clone())
+    })
+    .await;
+    person_stream.stop();
+    let events = moved.split("statusCallback=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    let sid = rig.twilio.conference(&conference).unwrap().sid;
+    steer_to(&rig, third).await;
+    assert_eq!(rig.twilio.conference_event(&events, &sid, &person, "participant-join").await.as_u16(), 204);
+    assert_eq!(routed_to(&rig, "POST", &format!("/telephony/twilio/conference/{id}")).await, third);
+
+    // The person is put on hold, and the manager dialled in from the steering number.
+    eventually(Duration::from_secs(10), || async {
+        rig.twilio.conference(&conference).filter(|c| c.on_hold.contains(&person)).map(|_| ())
+    })
+    .await;
+    let third_party = eventually(Duration::from_secs(10), || async {
+        rig.twilio.conference(&conference).and_then(|c| c.added.get(1).cloned())
+    })
+    .await;
+    let leg = rig.twilio.call(&third_party);
+    assert_eq!((leg.field("From"), leg.field("To")), (Some(STEERING), Some(MANAGER)));
+
+    // The manager answers (news heard on the third replica): the bot speaks with them on its leg.
+    steer_to(&rig, third).await;
+    assert_eq!(rig.twilio.status(&third_party, "in-progress", &[]).await.as_u16(), 204);
+    assert_eq!(routed_to(&rig, "POST", &format!("/conference/{id}/third_party")).await, third);
+    transcript_with(&rig, &id, "BOT_ACTION_FINISH: Added +16505550177 to the conference").await;
+    say(&rig, Line::Twilio, &bot, 0x22, "Hi, this is the manager.").await;
+    let text = transcript_with(&rig, &id, "BOT_ACTION_FINISH: Took the person off hold").await;
+    assert!(
+        text.contains(
+            "HUMAN: Hi, this is the manager.\nBOT: Hi, a customer wants a refund. Removing participant from hold.\n\
+             BOT_ACTION_START: Attempting to change the hold"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("lost you"), "the move is not heard: {text}");
+    assert!(!text.contains("FAILED"), "no action was lost: {text}");
+    assert!(!bot.arrived_samples().is_empty(), "the bot spoke on the conference leg");
+    assert!(!rig.twilio.conference(&conference).unwrap().on_hold.contains(&person), "the person is off hold");
+    eventually(Duration::from_secs(10), || async {
+        let forms = rig.twilio.requests("POST", &format!("/Calls/{bot_participant}"));
+        forms.iter().any(|f| f.contains(&("Status".into(), "completed".into()))).then_some(())
+    })
+    .await;
+    bot.stop();
+
+    // The manager hangs up (heard on the first replica): the person is not left alone.
+    steer_to(&rig, holder).await;
+    assert_eq!(rig.twilio.status(&third_party, "completed", &[]).await.as_u16(), 204);
+    eventually(Duration::from_secs(10), || async {
+        let forms = rig.twilio.requests("POST", &format!("/Calls/{person}"));
+        forms.iter().any(|f| f.contains(&("Status".into(), "completed".into()))).then_some(())
+    })
+    .await;
+    rig.twilio.status(&person, "completed", &[("CallDuration", "95")]).await;
+    let ended = eventually(Duration::from_secs(15), || async {
+        let call = rig.get(&format!("/v1/calls?id={id}")).await.body;
+        (call["status"] == "ended").then_some(call)
+    })
+    .await;
+    assert_eq!(
+        (ended["stage"].as_str(), ended["stage_outcome"].as_str()),
+        (Some("transfer_successful"), Some("human_disconnected"))
+    );
+
+    // Each event once: the two actions' starts and finishes, then the whole transcript.
+    let got = eventually(Duration::from_secs(20), || async {
+        let got: Vec<Value> = rig.receiver.got().into_iter().filter(|r| r.call_id() == id).map(|r| r.event()).collect();
+        got.iter().any(|e| e["type"] == "event_transcript").then_some(got)
+    })
+    .await;
+    let kinds: Vec<(String, bool)> = got
+        .iter()
+        .filter(|e| e["type"] == "event_action")
+        .map(|e| (e["payload"]["action_type"].as_str().unwrap().to_owned(), !e["payload"]["action_output"].is_null()))
+        .collect();
+    let expected = [
+        ("action_add_to_conference", false),
+        ("action_add_to_conference", true),
+        ("action_set_hold", false),
+        ("action_set_hold", true),
+    ];
+    assert_eq!(kinds, expected.map(|(k, done)| (k.to_owned(), done)), "{got:#?}");
+    let finished = got
+        .iter()
+        .find(|e| e["payload"]["action_type"] == "action_add_to_conference" && !e["payload"]["action_output"].is_null())
+        .unwrap();
+    assert_eq!(finished["payload"]["action_output"]["response"]["success"], true, "{finished}");
+    assert_eq!(got.iter().filter(|e| e["type"] == "event_transcript").count(), 1);
+    let logs = rig.logs(bot_replica);
+    assert!(logs.contains("the conversation moves to it"), "the bot leg's replica took the conversation over");
+    assert!(logs.contains("carrying on an action another process started"), "and carried the transfer on");
+    assert!(rig.logs(holder).contains("letting go"), "the first replica let the conversation go");
+}
