@@ -499,17 +499,10 @@ async fn routed_to(rig: &Rig, method: &str, path_part: &str) -> usize {
     .await
 }
 
-/// A warm transfer on Twilio whose parts land on three replicas: the person's stream on one (the
-/// conversation's), the steering number's webhook and the bot leg's stream on another (which
-/// takes the conversation over and carries the transfer on), the conference's and the third
-/// party's callbacks on the third. It goes as on one replica: the third party is dialled in from
-/// the steering number, the bot talks to them on its leg and hands the person over; the call ends
-/// `transfer_successful`, each event once, the transcript whole, no "lost you" and no lost action.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_warm_transfer_spans_replicas_as_on_one() {
-    use crate::support::fake_openai::Script;
-    use crate::support::line::twilio_stream;
-    let Some((rig, _)) = rig().await else { return };
+/// The rig, with a one-number steering pool on the Twilio account connection, and the guide's
+/// warm-transfer agent (both actions fired by phrases the bot says).
+async fn warm_rig() -> Option<(Rig, Value)> {
+    let (rig, _) = rig().await?;
     let connections = rig.get("/v1/account_connections/list").await;
     let connection = connections.body["items"][0]["id"].as_str().unwrap().to_owned();
     rig.twilio.own(STEERING);
@@ -537,6 +530,20 @@ async fn a_warm_transfer_spans_replicas_as_on_one() {
         "actions": actions,
         "webhook": {"url": rig.receiver.url, "subscriptions": ["event_action", "event_transcript"]},
     });
+    Some((rig, agent))
+}
+
+/// A warm transfer on Twilio whose parts land on three replicas: the person's stream on one (the
+/// conversation's), the steering number's webhook and the bot leg's stream on another (which
+/// takes the conversation over and carries the transfer on), the conference's and the third
+/// party's callbacks on the third. It goes as on one replica: the third party is dialled in from
+/// the steering number, the bot talks to them on its leg and hands the person over; the call ends
+/// `transfer_successful`, each event once, the transcript whole, no "lost you" and no lost action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_transfer_spans_replicas_as_on_one() {
+    use crate::support::fake_openai::Script;
+    use crate::support::line::twilio_stream;
+    let Some((rig, agent)) = warm_rig().await else { return };
     rig.openai.then(Script::text(&["Sure, I connect you now, please hold."]));
     rig.openai.then(Script::text(&["Hi, a customer wants a refund. ", "Removing participant from hold."]));
     let created = rig
@@ -666,4 +673,61 @@ async fn a_warm_transfer_spans_replicas_as_on_one() {
     assert!(logs.contains("the conversation moves to it"), "the bot leg's replica took the conversation over");
     assert!(logs.contains("carrying on an action another process started"), "and carried the transfer on");
     assert!(rig.logs(holder).contains("letting go"), "the first replica let the conversation go");
+}
+
+/// Two calls on two replicas ask for the one steering number at once: one gets it (its
+/// conference dials the number), the other is refused with the guide's 429 and its bot says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_race_for_one_steering_number() {
+    use crate::support::fake_openai::Script;
+    let Some((rig, agent)) = warm_rig().await else { return };
+    let mut calls = Vec::new();
+    for to in ["16505559001", "16505559002"] {
+        let created =
+            rig.post("/v1/calls/create", json!({"from_number": OUR_NUMBER, "to_number": to, "agent": agent})).await;
+        assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+        calls.push(created.body);
+    }
+    let first = Line::Twilio.pick_up(&rig.twilio, &rig.vonage, &calls[0]).await;
+    let first_replica = rig.served_by(&first.handshake).unwrap();
+    // The second's stream (its third request through the proxy) goes to another replica.
+    steer_to(&rig, (first_replica + 2) % 3).await;
+    let second = Line::Twilio.pick_up(&rig.twilio, &rig.vonage, &calls[1]).await;
+    assert_ne!(rig.served_by(&second.handshake), Some(first_replica), "the calls run on two replicas");
+    let ids: Vec<String> = calls.iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect();
+    for id in &ids {
+        transcript_with(&rig, id, &format!("BOT: {GREETING}")).await;
+    }
+    rig.openai.then(Script::text(&["I connect you now, please hold."]));
+    rig.openai.then(Script::text(&["I connect you now, please hold."]));
+    rig.openai.then(Script::text(&["Sorry, every line is busy."]));
+    futures_util::join!(
+        say(&rig, Line::Twilio, &first, 0x31, "The manager, please."),
+        say(&rig, Line::Twilio, &second, 0x32, "The manager, please.")
+    );
+
+    // Exactly one call's action is refused, with the guide's 429; the other's conference dials
+    // the steering number.
+    let refused = eventually(Duration::from_secs(20), || async {
+        let finished: Vec<(String, Value)> = rig
+            .receiver
+            .got()
+            .into_iter()
+            .map(|r| (r.call_id(), r.event()["payload"].clone()))
+            .filter(|(_, p)| p["action_type"] == "action_add_to_conference" && !p["action_output"].is_null())
+            .collect();
+        (!finished.is_empty()).then_some(finished)
+    })
+    .await;
+    assert_eq!(refused.len(), 1, "one refusal: {refused:#?}");
+    let (loser, output) = &refused[0];
+    assert_eq!(output["action_output"]["response"]["status_code"], 429, "{output}");
+    let winner = ids.iter().find(|id| *id != loser).unwrap();
+    let dialled = eventually(Duration::from_secs(10), || async {
+        rig.twilio.conference(&format!("vocode-{winner}")).and_then(|c| c.added.first().cloned())
+    })
+    .await;
+    assert_eq!(rig.twilio.call(&dialled).field("To"), Some(STEERING));
+    assert!(rig.twilio.conference(&format!("vocode-{loser}")).is_none(), "nothing was dialled for the other");
+    transcript_with(&rig, loser, "BOT: Sorry, every line is busy.").await;
 }
