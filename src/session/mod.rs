@@ -237,6 +237,12 @@ impl Sessions {
         true
     }
 
+    /// Whether a stream waits on standby to take the call over (a warm transfer's conference leg,
+    /// while the call's own stream here still carries it).
+    pub fn has_standby(&self, call_id: Uuid) -> bool {
+        self.lock().get(&call_id).is_some_and(|live| live.standby.is_some())
+    }
+
     /// A warm transfer is moving the call (see [`Live::warm`]).
     pub fn warm_transfer(&self, call_id: Uuid) {
         if let Some(live) = self.lock().get_mut(&call_id) {

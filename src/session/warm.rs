@@ -136,7 +136,15 @@ pub async fn carry_on(state: &AppState, call_id: Uuid, to: &PhoneNumber, hold: b
     let events = state.telephony.url(&format!("/telephony/twilio/conference/{call_id}"));
     if let Err(e) = state.telephony.twilio.redirect(creds, &person, &twilio::conference_twiml(&name, &events)).await {
         leave(state, call_id, creds).await;
-        return Outcome::failed(format!("the call could not be moved into the conference: {e}"));
+        let reason = format!("the call could not be moved into the conference: {e}");
+        if !state.sessions.has_standby(call_id) {
+            // No stream carries the conversation to the person any more: theirs ended (the
+            // carrier ended it anyway) or is on a process that let the conversation go. The call
+            // cannot go on, and ends as the server's doing (`bot_disconnected`), not stuck.
+            tracing::warn!(%call_id, %reason, "the call cannot go on after its failed move: the server ends it");
+            apply(state, call_id, Event::EndRequested).await;
+        }
+        return Outcome::failed(reason);
     }
     state.sessions.promote(call_id);
     if state.telephony.until_warm(call_id, PERSON_JOINS, |w| w.person_joined.then_some(())).await.is_none() {

@@ -170,6 +170,53 @@ async fn a_warm_transfer_goes_on_when_the_persons_stream_ends_before_the_move_is
     talks_then_hands_over(Some(Duration::from_secs(3))).await;
 }
 
+/// Twilio ends the person's stream, then refuses to move the call into the conference: no stream
+/// carries the conversation to the person any more, so the call is ended as the server's doing
+/// (`bot_disconnected`), not left `in_progress`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_transfer_whose_move_fails_after_the_persons_stream_ended_ends_the_call_truthfully() {
+    let Some(w) = world(Backend::Sqlite).await else { return };
+    let agent = warm_agent(&w, &[STEERING]).await;
+    w.openai.then(Script::text(&["Sure, I connect you now, please hold."]));
+    w.openai.then(Script::text(&["Sorry, I could not connect you."]));
+    let (id, person, person_stream) = outbound(&w, agent).await;
+    transcript_has(&w, &id, &format!("BOT: {GREETING}")).await;
+    w.deepgram.wait_for_connections(1).await;
+    w.deepgram.send(results("Can I talk to the manager?", true, true)).await;
+    let conference = format!("vocode-{id}");
+    eventually(Duration::from_secs(10), || async {
+        w.twilio.conference(&conference).and_then(|c| c.added.first().cloned())
+    })
+    .await;
+    // The move into the conference hangs, then fails; the person's stream ends meanwhile.
+    w.twilio.fail_next(Failure::Hang(Duration::from_secs(2)));
+    let (status, twiml) = w.twilio.inbound(STEERING, OUR_NUMBER, "CAbotleg").await;
+    assert_eq!(status.as_u16(), 200, "{twiml}");
+    let bot = twilio_stream(&w, &twiml, "CAbotleg").await;
+    eventually(Duration::from_secs(10), || async {
+        let forms = w.twilio.requests("POST", &format!("/Calls/{person}"));
+        forms.iter().flatten().any(|(k, v)| k == "Twiml" && v.contains("<Conference")).then_some(())
+    })
+    .await;
+    person_stream.stop();
+    let text = transcript_has(&w, &id, "BOT_ACTION_FINISH: Did not add +16505550177 to the conference").await;
+    assert!(text.contains("could not be moved into the conference"), "{text}");
+    // The server hangs the call up, and the bot's leg.
+    eventually(Duration::from_secs(10), || async {
+        let forms = w.twilio.requests("POST", &format!("/Calls/{person}"));
+        forms.iter().any(|f| f.contains(&("Status".into(), "completed".into()))).then_some(())
+    })
+    .await;
+    bot.stop();
+    w.twilio.status(&person, "completed", &[("CallDuration", "30")]).await;
+    let ended = eventually(Duration::from_secs(10), || async {
+        let now = stage_of(&w, &id).await;
+        (now.0 == "ended").then_some(now)
+    })
+    .await;
+    assert_eq!(ended, (json!("ended"), json!("picked_up"), json!("bot_disconnected")));
+}
+
 async fn talks_then_hands_over(late: Option<Duration>) {
     let Some(w) = world(Backend::Sqlite).await else { return };
     let agent = warm_agent(&w, &[STEERING]).await;
