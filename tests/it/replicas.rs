@@ -10,6 +10,10 @@
 //! - every call's webhooks exactly once each and in order, throughout;
 //! - the proxy routes around a replica killed with `kill -9` and one stopped with SIGTERM, and
 //!   sends to each again once it is back.
+//! - a warm transfer whose steering webhook and bot leg land on a second replica and whose
+//!   conference and third-party callbacks land on the third, as on one replica; two calls on two
+//!   replicas racing for a one-number steering pool (and, below the rig, many calls through two
+//!   stores racing for it: one lease at a time).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -138,6 +142,24 @@ async fn steering_leases(backend: Backend) {
     let two = vec!["14155550150".to_owned(), "14155550151".to_owned()];
     assert_eq!(lease(&first, calls[22], &two, hour).await, Lease::Leased(two[1].clone()));
     assert_eq!(lease(&second, calls[23], &two, hour).await, Lease::Exhausted);
+
+    // The transfer's news, written through one process and read through the other: another leg's
+    // news is refused; once the bot leaves a transfer the third party answered, its number is free
+    // and the transfer is kept (the third party's leaving ends the call).
+    let call = calls[22];
+    let mut tx = first.begin().await.unwrap();
+    steering::third_party_dialled(tx.conn(), call, "CA3").await.unwrap();
+    assert!(!steering::third_party_news(tx.conn(), call, "CAother", "answered").await.unwrap(), "another leg");
+    assert!(steering::third_party_news(tx.conn(), call, "CA3", "answered").await.unwrap());
+    steering::bot_left(tx.conn(), call).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut handle = second.read().await.unwrap();
+    let warm = steering::get(handle.conn(), call).await.unwrap().expect("kept after the handover");
+    drop(handle);
+    assert_eq!((warm.third_party.as_deref(), warm.third_party_answered, warm.bot_left), (Some("CA3"), true, true));
+    assert_eq!(warm.number, None);
+    assert_eq!(holder(&second, &two[1]).await, None, "its number is free again");
+    assert_eq!(lease(&second, calls[23], &two, hour).await, Lease::Leased(two[1].clone()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
