@@ -33,11 +33,12 @@ pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hel
         return Err(not_the_calls);
     }
     let carrier_call_id = hello.carrier_call_id.as_deref();
-    if state.telephony.is_bot_leg(call_id, carrier_call_id).await {
-        return bind_bot_leg(state, call_id, line).await;
-    }
     let row = match state.calls.find(call_id).await {
         Ok(Some(row)) if matches_carrier(&row, carrier_call_id) => row,
+        // Another call of the carrier's: the bot's conference leg of a warm transfer, or not the call's.
+        Ok(Some(row)) if state.telephony.is_bot_leg(call_id, carrier_call_id).await => {
+            return bind_bot_leg(state, row, line).await;
+        }
         Ok(_) => return Err(not_the_calls),
         Err(e) => {
             tracing::warn!(%call_id, error = %e, "cannot read the call: its stream is refused");
@@ -70,8 +71,8 @@ pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hel
 /// A warm transfer's conference leg. On the process running the call's conversation it waits on
 /// standby until the person's call has moved into the conference; anywhere else it takes the
 /// conversation over (the process that ran it lets go), and the transfer is carried on here.
-async fn bind_bot_leg(state: &AppState, call_id: Uuid, line: Line) -> Result<Bound, &'static str> {
-    let sessions = &state.sessions;
+async fn bind_bot_leg(state: &AppState, row: CallRow, line: Line) -> Result<Bound, &'static str> {
+    let (call_id, sessions) = (row.id, &state.sessions);
     if let Some(running) = sessions.running(call_id) {
         let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, true);
         tracing::info!(%call_id, "the bot's conference leg connected");
@@ -81,14 +82,9 @@ async fn bind_bot_leg(state: &AppState, call_id: Uuid, line: Line) -> Result<Bou
             CallStream { state: state.clone(), call_id, binding, conversation, control, recorder: None, bot_leg: true };
         return Ok(Bound { to_call, end: Box::new(end), closing });
     }
-    let row = match state.calls.find(call_id).await {
-        Ok(Some(row)) if !row.state.is_final() => row,
-        Ok(_) => return Err("the call has ended"),
-        Err(e) => {
-            tracing::warn!(%call_id, error = %e, "cannot read the call: its conference leg is refused");
-            return Err("the call cannot be read now");
-        }
-    };
+    if row.state.is_final() {
+        return Err("the call has ended");
+    }
     let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, false);
     tracing::info!(%call_id, "the bot's conference leg connected here: the conversation moves to it");
     let (conversation, control) = match sessions.conversation_for(call_id) {
