@@ -121,6 +121,20 @@ async fn warm_answering(
     }
     let voice_url = w.twilio.voice_url(STEERING).expect("the steering number points somewhere");
     assert!(voice_url.ends_with("/telephony/twilio/inbound"), "{voice_url}");
+    // A forged call to the steering number (not signed with the account's token) is refused, and
+    // carries no bot.
+    let forged: Vec<(String, String)> = [
+        ("AccountSid", w.twilio.state.account_sid.as_str()),
+        ("CallSid", "CAforged"),
+        ("From", OUR_NUMBER),
+        ("To", STEERING),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (status, body) = w.twilio.post_signed(&voice_url, &forged, Some("not-the-auth-token")).await;
+    assert!(status.is_client_error(), "{status}: {body}");
+    assert!(body.contains("detail"), "{body}");
     // Its call arrives here, and its stream connects.
     let (status, twiml) = w.twilio.inbound(STEERING, OUR_NUMBER, "CAbotleg").await;
     assert_eq!(status.as_u16(), 200, "{twiml}");
