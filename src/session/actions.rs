@@ -32,6 +32,22 @@ impl ActionRunner for CallRunner {
             }
         })
     }
+
+    fn resumes(&self, request: &ActionRequest) -> bool {
+        matches!(request, ActionRequest::Conference { .. })
+    }
+
+    fn resume(&self, request: ActionRequest) -> BoxFuture<'_, Outcome> {
+        Box::pin(async move {
+            match request {
+                ActionRequest::Conference { to, hold } => match PhoneNumber::parse(&to) {
+                    Ok(to) => super::warm::carry_on(&self.state, self.call_id, &to, hold).await,
+                    Err(reason) => Outcome::failed(format!("{to:?} is not a phone number: {reason}")),
+                },
+                other => self.run(other).await,
+            }
+        })
+    }
 }
 
 /// Presses keys on the call through its carrier's DTMF API.

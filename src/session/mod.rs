@@ -118,6 +118,9 @@ struct Live {
     conversation: Option<Running>,
     /// Where each open stream is closed from, by its generation.
     closers: HashMap<u64, oneshot::Sender<&'static str>>,
+    /// A warm transfer is moving the call: its stream here goes when the carrier moves the person
+    /// into the conference, even if the conversation moved first.
+    warm: bool,
 }
 
 impl Live {
@@ -129,6 +132,7 @@ impl Live {
             standby: None,
             conversation: None,
             closers: HashMap::new(),
+            warm: false,
         }
     }
 }
@@ -217,8 +221,33 @@ impl Sessions {
         if !binding.is_current() {
             return false;
         }
+        if let Some((generation, port)) = live.standby.take() {
+            // A warm transfer's conference leg is waiting to take over (the carrier ended the
+            // person's stream before the move into the conference was answered): the
+            // conversation goes on through it.
+            if let Some(running) = &live.conversation {
+                running.outlet.redirect(port.to_call.clone());
+            }
+            live.port = Some(port);
+            live.current.store(generation, Ordering::Relaxed);
+            tracing::info!(%call_id, "the call's stream ended with its conference leg waiting: the leg takes over");
+            return false;
+        }
         map.remove(&call_id);
         true
+    }
+
+    /// Whether a stream waits on standby to take the call over (a warm transfer's conference leg,
+    /// while the call's own stream here still carries it).
+    pub fn has_standby(&self, call_id: Uuid) -> bool {
+        self.lock().get(&call_id).is_some_and(|live| live.standby.is_some())
+    }
+
+    /// A warm transfer is moving the call (see [`Live::warm`]).
+    pub fn warm_transfer(&self, call_id: Uuid) {
+        if let Some(live) = self.lock().get_mut(&call_id) {
+            live.warm = true;
+        }
     }
 
     /// The port of a call's current stream on this process.
@@ -279,7 +308,7 @@ impl Sessions {
         control.lose();
         let mut map = self.lock();
         let Some(live) = map.get_mut(&call_id) else { return };
-        if live.standby.is_some() {
+        if live.standby.is_some() || live.warm {
             return;
         }
         let current = live.current.load(Ordering::Relaxed);

@@ -33,19 +33,12 @@ pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hel
         return Err(not_the_calls);
     }
     let carrier_call_id = hello.carrier_call_id.as_deref();
-    let sessions = &state.sessions;
-    if state.telephony.conferences.is_bot_leg(call_id, carrier_call_id) {
-        let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, true);
-        tracing::info!(%call_id, "the bot's conference leg connected");
-        let running = sessions.running(call_id);
-        state.telephony.conferences.bot_bound(call_id);
-        let (conversation, control) = running.map(|r| (Some(r.from_call), Some(r.control))).unwrap_or_default();
-        let end =
-            CallStream { state: state.clone(), call_id, binding, conversation, control, recorder: None, bot_leg: true };
-        return Ok(Bound { to_call, end: Box::new(end), closing });
-    }
     let row = match state.calls.find(call_id).await {
         Ok(Some(row)) if matches_carrier(&row, carrier_call_id) => row,
+        // Another call of the carrier's: the bot's conference leg of a warm transfer, or not the call's.
+        Ok(Some(row)) if state.telephony.is_bot_leg(call_id, carrier_call_id).await => {
+            return bind_bot_leg(state, row, line).await;
+        }
         Ok(_) => return Err(not_the_calls),
         Err(e) => {
             tracing::warn!(%call_id, error = %e, "cannot read the call: its stream is refused");
@@ -55,6 +48,7 @@ pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hel
     if row.state.is_final() {
         return Err("the call has ended");
     }
+    let sessions = &state.sessions;
     if sessions.running(call_id).is_none() && super::moving::elsewhere(state).await {
         // Draining: a conversation not running here starts on another replica (the carrier asks
         // again, and the proxy no longer sends it here).
@@ -71,6 +65,39 @@ pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hel
         Conversation::Silent => (None, None),
     };
     let end = CallStream { state: state.clone(), call_id, binding, conversation, control, recorder, bot_leg: false };
+    Ok(Bound { to_call, end: Box::new(end), closing })
+}
+
+/// A warm transfer's conference leg. On the process running the call's conversation it waits on
+/// standby until the person's call has moved into the conference; anywhere else it takes the
+/// conversation over (the process that ran it lets go), and the transfer is carried on here.
+async fn bind_bot_leg(state: &AppState, row: CallRow, line: Line) -> Result<Bound, &'static str> {
+    let (call_id, sessions) = (row.id, &state.sessions);
+    if let Some(running) = sessions.running(call_id) {
+        let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, true);
+        tracing::info!(%call_id, "the bot's conference leg connected");
+        state.telephony.bot_bound(call_id, state.replicas.id()).await;
+        let (conversation, control) = (Some(running.from_call), Some(running.control));
+        let end =
+            CallStream { state: state.clone(), call_id, binding, conversation, control, recorder: None, bot_leg: true };
+        return Ok(Bound { to_call, end: Box::new(end), closing });
+    }
+    if row.state.is_final() {
+        return Err("the call has ended");
+    }
+    let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, false);
+    tracing::info!(%call_id, "the bot's conference leg connected here: the conversation moves to it");
+    let (conversation, control) = match sessions.conversation_for(call_id) {
+        Conversation::Running(from_call) => (Some(from_call), sessions.running(call_id).map(|r| r.control)),
+        Conversation::New { from_call, inbound, outlet, control } => {
+            converse::start_beside(state.clone(), row, line, inbound, outlet, control.clone());
+            (Some(from_call), Some(control))
+        }
+        Conversation::Silent => (None, None),
+    };
+    state.telephony.bot_bound(call_id, state.replicas.id()).await;
+    let end =
+        CallStream { state: state.clone(), call_id, binding, conversation, control, recorder: None, bot_leg: true };
     Ok(Bound { to_call, end: Box::new(end), closing })
 }
 
@@ -129,7 +156,7 @@ impl StreamEnd for CallStream {
                 converse::offer(&conversation, FromCall::Stopped);
             }
             if bot_leg {
-                state.telephony.conferences.bot_left(call_id);
+                state.telephony.bot_left(call_id).await;
             }
             if let Some(recorder) = recorder {
                 recorder.finish(state, call_id).await;

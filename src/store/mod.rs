@@ -26,6 +26,7 @@ pub mod recordings;
 pub mod records;
 pub mod replicas;
 pub mod sessions;
+pub mod steering;
 pub mod users;
 pub mod webhooks;
 

@@ -5,26 +5,28 @@
 //! The bot's audio is a media stream, which Twilio can only connect to a call, not to a
 //! conference. So the conference calls a number of the account connection's **steering pool**;
 //! that number's calls come to this server, which connects them to the call's running
-//! conversation (the stream waits on standby until the person's call has moved into the
-//! conference, then takes over). The steering number is leased to the call from then until the
-//! bot leaves the conference, and dials the third party in: the pool's size is the number of warm
-//! transfers under way at once. A pool with no free number refuses (429, as the guide says).
+//! conversation (on the process running it, the stream waits on standby until the person's call
+//! has moved into the conference, then takes over; on another, it takes the conversation over).
+//! The steering number is leased to the call from then until the bot leaves the conference, and
+//! dials the third party in: the pool's size is the number of warm transfers under way at once.
+//! A pool with no free number refuses (429, as the guide says).
 //!
-//! What is kept here is this process's: the carrier's news of the conference (who joined, how the
-//! third party's leg went) comes to the callbacks of [`crate::telephony::inbound::twilio`], which
-//! hand it to the action waiting for it; the action's steps themselves are the live call's
-//! (`crate::session::warm`).
+//! Everything of a warm transfer is a row of the database (`warm_transfers`), so that any replica
+//! finds it: the lease (a number is one call's at a time whatever the number of replicas), the
+//! bot leg (the steering number's inbound webhook and the leg's stream may land anywhere), and the
+//! carrier's news of the conference and of the third party's leg, written by whichever replica
+//! its callback reaches and read by the one carrying out the action (`crate::session::warm`).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::time::Duration;
 
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::twilio::Credentials;
 use super::{Carrier, Telephony};
 use crate::domain::phone::PhoneNumber;
 use crate::store::calls::CallRow;
+use crate::store::now;
+use crate::store::steering::{self, Lease, WarmRow};
 
 /// The third party's leg, as the carrier reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,15 @@ pub enum ThirdParty {
     Answered,
     /// Busy, no answer, failed, canceled: the carrier's word for it.
     NotAnswered(String),
+}
+
+impl ThirdParty {
+    fn word(&self) -> &str {
+        match self {
+            ThirdParty::Answered => "answered",
+            ThirdParty::NotAnswered(why) => why,
+        }
+    }
 }
 
 /// Why no steering number could be leased.
@@ -43,48 +54,8 @@ pub enum NoLease {
     EmptyPool,
     #[error("every number of the account connection's steering pool is in use by another warm transfer")]
     Exhausted,
-}
-
-/// One call's warm transfer.
-#[derive(Debug, Default)]
-struct Warm {
-    steering: Option<PhoneNumber>,
-    /// The conference's call to the steering number (the bot's participant).
-    bot_participant: Option<String>,
-    /// The steering number's inbound call, whose media stream carries the bot.
-    bot_leg: Option<String>,
-    bot_bound: Option<oneshot::Sender<()>>,
-    conference_sid: Option<String>,
-    /// The person's call joined the conference.
-    person_joined: Option<oneshot::Sender<()>>,
-    person_on_hold: bool,
-    third_party: Option<String>,
-    third_party_news: Option<oneshot::Sender<ThirdParty>>,
-    third_party_answered: bool,
-    /// The bot left the conference (the person was handed to the third party).
-    bot_left: bool,
-}
-
-/// What an action needs to know of a call's conference.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    pub conference_sid: Option<String>,
-    pub bot_participant: Option<String>,
-    pub person_on_hold: bool,
-    pub third_party_answered: bool,
-}
-
-#[derive(Default)]
-struct Inner {
-    calls: HashMap<Uuid, Warm>,
-    /// Steering numbers in use (digits), and the call each is leased to.
-    leased: HashMap<String, Uuid>,
-}
-
-/// This process's warm transfers.
-#[derive(Default)]
-pub struct Conferences {
-    inner: Mutex<Inner>,
+    #[error("the steering pool cannot be read now: {0}")]
+    Unavailable(String),
 }
 
 /// The conference's name at the carrier.
@@ -92,180 +63,26 @@ pub fn conference_name(call_id: Uuid) -> String {
     format!("vocode-{call_id}")
 }
 
-impl Conferences {
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
-    }
+/// How long a steering number stays leased to a call whose holder never gives it back (a
+/// process that died mid-transfer; a lease whose call has ended is given back sooner).
+const LEASE: Duration = Duration::from_secs(2 * 60 * 60);
+/// How often a step waiting for the carrier's news reads it.
+const POLL: Duration = Duration::from_millis(100);
 
-    fn with_call<T>(&self, call_id: Uuid, f: impl FnOnce(&mut Warm) -> T) -> Option<T> {
-        self.with(|inner| inner.calls.get_mut(&call_id).map(f))
-    }
-
-    /// Leases a free number of `pool` (digits) to the call, and opens its warm transfer.
-    pub fn lease(&self, call_id: Uuid, pool: &[String]) -> Result<PhoneNumber, NoLease> {
-        self.with(|inner| {
-            if inner.calls.contains_key(&call_id) {
-                return Err(NoLease::AlreadyInConference);
-            }
-            let numbers: Vec<PhoneNumber> = pool.iter().filter_map(|n| PhoneNumber::parse(n).ok()).collect();
-            if numbers.is_empty() {
-                return Err(NoLease::EmptyPool);
-            }
-            let free =
-                numbers.into_iter().find(|n| !inner.leased.contains_key(n.digits())).ok_or(NoLease::Exhausted)?;
-            inner.leased.insert(free.digits().to_owned(), call_id);
-            let warm = Warm { steering: Some(free.clone()), ..Warm::default() };
-            inner.calls.insert(call_id, warm);
-            Ok(free)
-        })
-    }
-
-    /// The call a steering number is leased to, for a call the carrier brings to that number.
-    pub fn steered(&self, to: &str) -> Option<Uuid> {
-        let number = PhoneNumber::parse(to).ok()?;
-        self.with(|inner| inner.leased.get(number.digits()).copied())
-    }
-
-    /// Waits for the bot's leg to bind its stream; call before the conference dials it.
-    pub fn expect_bot(&self, call_id: Uuid) -> Option<oneshot::Receiver<()>> {
-        let (tx, rx) = oneshot::channel();
-        self.with_call(call_id, |warm| warm.bot_bound = Some(tx))?;
-        Some(rx)
-    }
-
-    pub fn set_bot_participant(&self, call_id: Uuid, participant: String, conference_sid: Option<String>) {
-        self.with_call(call_id, |warm| {
-            warm.bot_participant = Some(participant);
-            if conference_sid.is_some() {
-                warm.conference_sid = conference_sid;
-            }
-        });
-    }
-
-    /// The steering number's inbound call is the bot's leg.
-    pub fn bot_leg_answered(&self, call_id: Uuid, call_sid: &str) {
-        self.with_call(call_id, |warm| warm.bot_leg = Some(call_sid.to_owned()));
-    }
-
-    /// Whether a stream the carrier opens for `call_sid` is the bot's conference leg.
-    pub fn is_bot_leg(&self, call_id: Uuid, call_sid: Option<&str>) -> bool {
-        let Some(sid) = call_sid else { return false };
-        self.with_call(call_id, |warm| warm.bot_leg.as_deref() == Some(sid)).unwrap_or(false)
-    }
-
-    /// The bot's leg has bound its stream.
-    pub fn bot_bound(&self, call_id: Uuid) {
-        if let Some(Some(tx)) = self.with_call(call_id, |warm| warm.bot_bound.take()) {
-            let _ = tx.send(());
+/// One write to the database, in a transaction of its own.
+macro_rules! write {
+    ($store:expr, |$c:ident| $body:expr) => {
+        async {
+            let mut tx = $store.begin().await?;
+            let out = {
+                let $c = tx.conn();
+                $body.await?
+            };
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(out)
         }
-    }
-
-    pub fn expect_person(&self, call_id: Uuid) -> Option<oneshot::Receiver<()>> {
-        let (tx, rx) = oneshot::channel();
-        self.with_call(call_id, |warm| warm.person_joined = Some(tx))?;
-        Some(rx)
-    }
-
-    /// The person's call joined the conference `conference_sid`.
-    pub fn person_joined(&self, call_id: Uuid, conference_sid: &str) {
-        let tx = self.with_call(call_id, |warm| {
-            warm.conference_sid = Some(conference_sid.to_owned());
-            warm.person_joined.take()
-        });
-        if let Some(Some(tx)) = tx {
-            let _ = tx.send(());
-        }
-    }
-
-    pub fn set_on_hold(&self, call_id: Uuid, on_hold: bool) {
-        self.with_call(call_id, |warm| warm.person_on_hold = on_hold);
-    }
-
-    /// Waits for news of the third party; call before dialling it.
-    pub fn expect_third_party(&self, call_id: Uuid) -> Option<oneshot::Receiver<ThirdParty>> {
-        let (tx, rx) = oneshot::channel();
-        self.with_call(call_id, |warm| warm.third_party_news = Some(tx))?;
-        Some(rx)
-    }
-
-    /// The carrier's id of the third party's leg, once it has said it.
-    pub fn third_party_dialled(&self, call_id: Uuid, call_sid: &str) {
-        self.with_call(call_id, |warm| {
-            warm.third_party.get_or_insert_with(|| call_sid.to_owned());
-        });
-    }
-
-    /// News of the third party's leg `call_sid` (its callback may come before the carrier's
-    /// answer to the dial request); `false` when the call's third party is another leg.
-    pub fn third_party(&self, call_id: Uuid, call_sid: &str, news: ThirdParty) -> bool {
-        let tx = self.with_call(call_id, |warm| {
-            if warm.third_party.get_or_insert_with(|| call_sid.to_owned()) != call_sid {
-                return None;
-            }
-            if news == ThirdParty::Answered {
-                warm.third_party_answered = true;
-            }
-            Some(warm.third_party_news.take())
-        });
-        match tx.flatten() {
-            Some(Some(tx)) => {
-                let _ = tx.send(news);
-                true
-            }
-            Some(None) => true,
-            None => false,
-        }
-    }
-
-    pub fn is_third_party(&self, call_id: Uuid, call_sid: &str) -> bool {
-        self.with_call(call_id, |warm| warm.third_party.as_deref() == Some(call_sid)).unwrap_or(false)
-    }
-
-    pub fn snapshot(&self, call_id: Uuid) -> Option<Snapshot> {
-        self.with_call(call_id, |warm| Snapshot {
-            conference_sid: warm.conference_sid.clone(),
-            bot_participant: warm.bot_participant.clone(),
-            person_on_hold: warm.person_on_hold,
-            third_party_answered: warm.third_party_answered,
-        })
-    }
-
-    /// The steering number goes back to the pool. The call's conference is forgotten unless the
-    /// person stays in it with the third party (whose leaving ends the call).
-    pub fn bot_left(&self, call_id: Uuid) {
-        self.with(|inner| {
-            let Some(warm) = inner.calls.get_mut(&call_id) else { return };
-            if let Some(number) = warm.steering.take() {
-                inner.leased.remove(number.digits());
-            }
-            warm.bot_left = true;
-            if !warm.third_party_answered {
-                inner.calls.remove(&call_id);
-            }
-        });
-    }
-
-    /// Whether the bot has handed the person to the third party and left.
-    pub fn handed_over(&self, call_id: Uuid) -> bool {
-        self.with_call(call_id, |warm| warm.bot_left && warm.third_party_answered).unwrap_or(false)
-    }
-
-    /// Forgets the call's conference, and gives its steering number back.
-    pub fn forget(&self, call_id: Uuid) {
-        self.with(|inner| {
-            if let Some(warm) = inner.calls.remove(&call_id) {
-                if let Some(number) = warm.steering {
-                    inner.leased.remove(number.digits());
-                }
-            }
-        });
-    }
-
-    /// How many steering numbers are leased now.
-    #[cfg(test)]
-    fn leased(&self) -> usize {
-        self.with(|inner| inner.leased.len())
-    }
+        .await
+    };
 }
 
 /// A Twilio carrier's credentials (a steering pool is always a Twilio account connection's).
@@ -273,8 +90,141 @@ pub fn creds<'c>(carrier: &'c Carrier<'_>) -> &'c Credentials {
     carrier.twilio_credentials().expect("the steering pool is a Twilio account connection's")
 }
 
-/// The carrier's side of a warm transfer's steps.
+/// A warm transfer's rows, and the carrier's side of its steps.
 impl Telephony {
+    /// Leases a free number of `pool` (digits) to the call — in the database, so that a number is
+    /// one call's at a time whatever the number of replicas — and opens its warm transfer.
+    pub async fn lease_steering(&self, call_id: Uuid, pool: &[String]) -> Result<PhoneNumber, NoLease> {
+        let numbers: Vec<PhoneNumber> = pool.iter().filter_map(|n| PhoneNumber::parse(n).ok()).collect();
+        if numbers.is_empty() {
+            return Err(NoLease::EmptyPool);
+        }
+        let digits: Vec<String> = numbers.iter().map(|n| n.digits().to_owned()).collect();
+        let at = now();
+        let until = at + chrono::Duration::from_std(LEASE).expect("a short duration");
+        let leased = write!(self.store, |c| steering::lease(c, call_id, &digits, at, until));
+        let number = match leased {
+            Ok(Lease::Leased(digits)) => digits,
+            Ok(Lease::AlreadyHeld) => return Err(NoLease::AlreadyInConference),
+            Ok(Lease::Exhausted) => return Err(NoLease::Exhausted),
+            Err(e) => return Err(NoLease::Unavailable(e.to_string())),
+        };
+        Ok(numbers.into_iter().find(|n| n.digits() == number).expect("a number of the pool"))
+    }
+
+    /// The call a steering number is leased to, for a call the carrier brings to that number.
+    pub async fn steering_holder(&self, to: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        let Ok(number) = PhoneNumber::parse(to) else { return Ok(None) };
+        let mut handle = self.store.read().await?;
+        steering::holder(handle.conn(), number.digits(), now()).await
+    }
+
+    /// The steering number's inbound call `sid` is the bot's conference leg of the call the number
+    /// is leased to (kept with the lease: any replica recognises its stream).
+    pub async fn bot_leg_answered(&self, to: &str, sid: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        let Ok(number) = PhoneNumber::parse(to) else { return Ok(None) };
+        write!(self.store, |c| steering::bot_leg_answered(c, number.digits(), sid, now()))
+    }
+
+    /// Whether a stream the carrier opens for `call_sid` is the bot's conference leg of the call.
+    pub async fn is_bot_leg(&self, call_id: Uuid, call_sid: Option<&str>) -> bool {
+        let Some(sid) = call_sid else { return false };
+        let read = async {
+            let mut handle = self.store.read().await?;
+            steering::is_bot_leg(handle.conn(), call_id, sid).await
+        };
+        read.await.unwrap_or_else(|e| {
+            tracing::warn!(%call_id, error = %e, "cannot read the call's warm transfer");
+            false
+        })
+    }
+
+    /// The call's warm transfer as it stands.
+    pub async fn warm(&self, call_id: Uuid) -> Result<Option<WarmRow>, String> {
+        let read = async {
+            let mut handle = self.store.read().await?;
+            steering::get(handle.conn(), call_id).await
+        };
+        read.await.map_err(|e| format!("the warm transfer cannot be read: {e}"))
+    }
+
+    /// Waits, up to `limit`, for what `found` finds in the call's warm transfer (written by
+    /// whichever replica the carrier's news reached); `None` when it does not come, or the
+    /// transfer is gone.
+    pub async fn until_warm<T>(
+        &self,
+        call_id: Uuid,
+        limit: Duration,
+        found: impl Fn(&WarmRow) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.warm(call_id).await {
+                Ok(Some(row)) => {
+                    if let Some(found) = found(&row) {
+                        return Some(found);
+                    }
+                }
+                Ok(None) => return None,
+                Err(reason) => tracing::warn!(%call_id, %reason, "the warm transfer's news cannot be read now"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn warn(call_id: Uuid, what: &str, result: Result<(), sqlx::Error>) {
+        if let Err(e) = result {
+            tracing::warn!(%call_id, error = %e, "the warm transfer's {what} could not be written");
+        }
+    }
+
+    /// This replica bound the bot leg's stream.
+    pub async fn bot_bound(&self, call_id: Uuid, replica: &str) {
+        Self::warn(call_id, "bot leg", write!(self.store, |c| steering::bot_bound(c, call_id, replica)));
+    }
+
+    pub async fn set_bot_participant(&self, call_id: Uuid, participant: &str, conference_sid: Option<&str>) {
+        let written = write!(self.store, |c| steering::bot_participant(c, call_id, participant, conference_sid));
+        Self::warn(call_id, "participant", written);
+    }
+
+    /// The person's call joined the conference `conference_sid`.
+    pub async fn person_joined(&self, call_id: Uuid, conference_sid: &str) -> Result<(), sqlx::Error> {
+        write!(self.store, |c| steering::person_joined(c, call_id, conference_sid))
+    }
+
+    /// The carrier's id of the third party's leg, once it has said it.
+    pub async fn third_party_dialled(&self, call_id: Uuid, leg: &str) {
+        Self::warn(call_id, "third party", write!(self.store, |c| steering::third_party_dialled(c, call_id, leg)));
+    }
+
+    /// News of the third party's leg `leg` (its callback may come before the carrier's answer to
+    /// the dial request); `false` when the call's third party is another leg.
+    pub async fn third_party_news(&self, call_id: Uuid, leg: &str, news: &ThirdParty) -> Result<bool, sqlx::Error> {
+        write!(self.store, |c| steering::third_party_news(c, call_id, leg, news.word()))
+    }
+
+    /// The action's outcome, for the conversation wherever it runs now.
+    pub async fn warm_outcome(&self, call_id: Uuid, outcome: &serde_json::Value) {
+        let outcome = outcome.to_string();
+        Self::warn(call_id, "outcome", write!(self.store, |c| steering::outcome(c, call_id, &outcome)));
+    }
+
+    /// The bot's conference leg ended: its steering number goes back to the pool.
+    pub async fn bot_left(&self, call_id: Uuid) {
+        Self::warn(call_id, "end", write!(self.store, |c| steering::bot_left(c, call_id)));
+    }
+
+    /// Forgets the call's conference, and gives its steering number back.
+    pub async fn forget_conference(&self, call_id: Uuid) {
+        if let Err(e) = write!(self.store, |c| steering::release(c, call_id)) {
+            tracing::warn!(%call_id, error = %e, "the steering number could not be given back (its lease expires)");
+        }
+    }
+
     /// The call's Twilio account and the steering pool of its account connection (one read).
     pub async fn account_and_pool(&self, row: &CallRow) -> Result<(Carrier<'_>, Vec<String>), String> {
         match self.steering(row).await {
@@ -295,20 +245,19 @@ impl Telephony {
         hold: bool,
     ) -> Result<(), String> {
         let conference = self
-            .conferences
-            .snapshot(call_id)
-            .and_then(|s| s.conference_sid)
+            .warm(call_id)
+            .await?
+            .and_then(|w| w.conference_sid)
             .ok_or("the carrier has not said which conference the call is in")?;
         self.twilio.hold_participant(creds, &conference, person, hold).await.map_err(|e| e.to_string())?;
-        self.conferences.set_on_hold(call_id, hold);
+        write!(self.store, |c| steering::on_hold(c, call_id, hold)).map_err(|e| e.to_string())?;
         Ok(())
     }
 
     /// The third party left the conference before the bot handed the person over: the person, if
     /// on hold, is taken off it, and the bot goes on with them.
-    pub async fn third_party_left(&self, row: &CallRow) {
-        let on_hold = self.conferences.snapshot(row.id).is_some_and(|s| s.person_on_hold);
-        let (Some(person), true) = (row.state.telephony_id.clone(), on_hold) else { return };
+    pub async fn third_party_left(&self, row: &CallRow, warm: &WarmRow) {
+        let (Some(person), true) = (row.state.telephony_id.clone(), warm.person_on_hold) else { return };
         match self.account_and_pool(row).await {
             Ok((carrier, _)) => {
                 if let Err(reason) = self.hold_person(row.id, creds(&carrier), &person, false).await {
@@ -317,53 +266,5 @@ impl Telephony {
             }
             Err(reason) => tracing::warn!(call_id = %row.id, %reason, "the person could not be taken off hold"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pool(numbers: &[&str]) -> Vec<String> {
-        numbers.iter().map(|n| n.to_string()).collect()
-    }
-
-    #[test]
-    fn a_pool_leases_each_number_to_one_call_at_a_time() {
-        let conferences = Conferences::default();
-        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let pool = pool(&["14155550101", "14155550102"]);
-        let first = conferences.lease(a, &pool).unwrap();
-        assert_eq!(conferences.lease(a, &pool), Err(NoLease::AlreadyInConference));
-        let second = conferences.lease(b, &pool).unwrap();
-        assert_ne!(first, second);
-        assert_eq!(conferences.lease(c, &pool), Err(NoLease::Exhausted));
-        assert_eq!(conferences.steered("+1 415 555 0101"), Some(a));
-        conferences.bot_left(a);
-        assert_eq!(conferences.steered("14155550101"), None, "the number is back in the pool");
-        assert_eq!(conferences.lease(c, &pool).unwrap(), first);
-        assert_eq!(conferences.lease(Uuid::new_v4(), &[]), Err(NoLease::EmptyPool));
-        conferences.forget(b);
-        conferences.forget(c);
-        assert_eq!(conferences.leased(), 0);
-    }
-
-    #[test]
-    fn news_reaches_the_action_waiting_for_it_and_nobody_else() {
-        let conferences = Conferences::default();
-        let call = Uuid::new_v4();
-        conferences.lease(call, &pool(&["14155550101"])).unwrap();
-        let mut news = conferences.expect_third_party(call).unwrap();
-        conferences.third_party_dialled(call, "CA3");
-        assert!(!conferences.third_party(call, "CAother", ThirdParty::Answered), "another leg's news");
-        assert!(news.try_recv().is_err());
-        assert!(conferences.third_party(call, "CA3", ThirdParty::Answered));
-        assert_eq!(news.try_recv().unwrap(), ThirdParty::Answered);
-        assert!(conferences.snapshot(call).unwrap().third_party_answered);
-        conferences.bot_left(call);
-        assert!(conferences.handed_over(call), "the person stays with the third party");
-        conferences.bot_leg_answered(call, "CAleg");
-        assert!(conferences.is_bot_leg(call, Some("CAleg")));
-        assert!(!conferences.is_bot_leg(Uuid::new_v4(), Some("CAleg")));
     }
 }

@@ -200,8 +200,6 @@ pub struct Telephony {
     pub record_calls: bool,
     pub reconcile_after: Duration,
     pub streams: media::Streams,
-    /// Warm transfers under way on this process.
-    pub conferences: conference::Conferences,
     stream_key: [u8; 32],
     /// Where account connections (and their sealed credentials) are read.
     store: Store,
@@ -241,7 +239,6 @@ impl Telephony {
             record_calls: args.record_calls,
             reconcile_after: Duration::from_secs(args.reconcile_after_secs.max(1)),
             streams: media::Streams::default(),
-            conferences: conference::Conferences::default(),
             stream_key: secrets.derive("media-stream-token"),
             store,
             secrets,

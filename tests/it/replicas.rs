@@ -15,7 +15,11 @@
 //!   conversation over, and the caller hears the bot again within 3 s; killed and never resumed,
 //!   the call ends `bot_disconnected`;
 //! - SIGTERM: not ready at once, the call talks through the drain, is moved at the deadline (at
-//!   once with `DRAIN_SECS=0`) and talks on elsewhere; alone, the bot says goodbye and hangs up.
+//!   once with `DRAIN_SECS=0`) and talks on elsewhere; alone, the bot says goodbye and hangs up;
+//! - a warm transfer whose steering webhook and bot leg land on a second replica and whose
+//!   conference and third-party callbacks land on the third, as on one replica; two calls on two
+//!   replicas racing for a one-number steering pool (and, below the rig, many calls through two
+//!   stores racing for it: one lease at a time).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -79,6 +83,104 @@ async fn heartbeats_on_sqlite() {
 #[tokio::test]
 async fn heartbeats_on_postgres() {
     heartbeats(Backend::Postgres).await;
+}
+
+/// Many calls at once, through two stores (two processes' pools) on one database, ask for a
+/// number of a one-number steering pool: exactly one gets it, every other is told the pool is
+/// used up; once it is given back, exactly one other gets it. A lease whose holder died frees
+/// the number when it expires; a two-number pool goes to two calls, one number each.
+async fn steering_leases(backend: Backend) {
+    use vocode_server::store::steering::{self, Lease};
+    use vocode_server::store::DbConn;
+
+    async fn lease(store: &Store, call: uuid::Uuid, pool: &[String], until: chrono::Duration) -> Lease {
+        let mut tx = store.begin().await.unwrap();
+        let at = now();
+        let leased = steering::lease(tx.conn(), call, pool, at, at + until).await.unwrap();
+        tx.commit().await.unwrap();
+        leased
+    }
+    async fn release(store: &Store, call: uuid::Uuid) -> bool {
+        let mut tx = store.begin().await.unwrap();
+        let released = steering::release(tx.conn(), call).await.unwrap();
+        tx.commit().await.unwrap();
+        released
+    }
+    async fn holder(store: &Store, number: &str) -> Option<uuid::Uuid> {
+        let mut handle = store.read().await.unwrap();
+        let conn: DbConn<'_> = handle.conn();
+        steering::holder(conn, number, now()).await.unwrap()
+    }
+
+    let Some((db, first)) = store(backend).await else { return };
+    let second = Store::connect(&db.url, &PoolSettings::default()).await.unwrap();
+    let stores = [first.clone(), second.clone()];
+    let pool = vec!["14155550150".to_owned()];
+    let hour = chrono::Duration::hours(1);
+    let calls: Vec<uuid::Uuid> = (0..24).map(|_| uuid::Uuid::new_v4()).collect();
+    let mut winners = Vec::new();
+    for round in 0..3 {
+        let contenders: Vec<uuid::Uuid> = calls.iter().copied().filter(|c| !winners.contains(c)).collect();
+        let attempts = contenders.iter().enumerate().map(|(i, call)| {
+            let (store, pool) = (stores[i % 2].clone(), pool.clone());
+            let call = *call;
+            async move { (call, lease(&store, call, &pool, hour).await) }
+        });
+        let results = join_all(attempts).await;
+        let won: Vec<uuid::Uuid> =
+            results.iter().filter(|(_, l)| *l == Lease::Leased(pool[0].clone())).map(|(c, _)| *c).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one call leases the number: {results:?}");
+        let refused = results.iter().filter(|(_, l)| *l == Lease::Exhausted).count();
+        assert_eq!(refused, contenders.len() - 1, "round {round}: every other call is told the pool is used up");
+        let winner = won[0];
+        for store in &stores {
+            assert_eq!(holder(store, &pool[0]).await, Some(winner), "both processes see the one holder");
+        }
+        assert_eq!(lease(&second, winner, &pool, hour).await, Lease::AlreadyHeld);
+        assert!(release(&stores[round % 2], winner).await, "the number goes back to the pool");
+        assert!(!release(&first, winner).await, "once");
+        assert_eq!(holder(&first, &pool[0]).await, None);
+        winners.push(winner);
+    }
+
+    // A holder that died: its lease expires, and the number is another call's.
+    let (dead, next) = (calls[20], calls[21]);
+    assert_eq!(lease(&first, dead, &pool, chrono::Duration::seconds(-1)).await, Lease::Leased(pool[0].clone()));
+    assert_eq!(holder(&second, &pool[0]).await, None, "an expired lease holds nothing");
+    assert_eq!(lease(&second, next, &pool, hour).await, Lease::Leased(pool[0].clone()));
+    assert_eq!(lease(&first, calls[22], &pool, hour).await, Lease::Exhausted);
+    // A pool of two: two calls, a number each.
+    let two = vec!["14155550150".to_owned(), "14155550151".to_owned()];
+    assert_eq!(lease(&first, calls[22], &two, hour).await, Lease::Leased(two[1].clone()));
+    assert_eq!(lease(&second, calls[23], &two, hour).await, Lease::Exhausted);
+
+    // The transfer's news, written through one process and read through the other: another leg's
+    // news is refused; once the bot leaves a transfer the third party answered, its number is free
+    // and the transfer is kept (the third party's leaving ends the call).
+    let call = calls[22];
+    let mut tx = first.begin().await.unwrap();
+    steering::third_party_dialled(tx.conn(), call, "CA3").await.unwrap();
+    assert!(!steering::third_party_news(tx.conn(), call, "CAother", "answered").await.unwrap(), "another leg");
+    assert!(steering::third_party_news(tx.conn(), call, "CA3", "answered").await.unwrap());
+    steering::bot_left(tx.conn(), call).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut handle = second.read().await.unwrap();
+    let warm = steering::get(handle.conn(), call).await.unwrap().expect("kept after the handover");
+    drop(handle);
+    assert_eq!((warm.third_party.as_deref(), warm.third_party_answered, warm.bot_left), (Some("CA3"), true, true));
+    assert_eq!(warm.number, None);
+    assert_eq!(holder(&second, &two[1]).await, None, "its number is free again");
+    assert_eq!(lease(&second, calls[23], &two, hour).await, Lease::Leased(two[1].clone()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_steering_number_is_leased_to_one_call_at_a_time_on_sqlite() {
+    steering_leases(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_steering_number_is_leased_to_one_call_at_a_time_on_postgres() {
+    steering_leases(Backend::Postgres).await;
 }
 
 // ---------------------------------------------------------------- the multi-replica rig
@@ -849,4 +951,259 @@ async fn a_hang_up_racing_its_streams_end_is_still_the_callers_doing() {
         rig.routed().into_iter().filter(|r| r.path.starts_with("/telephony/twilio/status/")).collect();
     assert_ne!(callbacks.last().and_then(|r| r.replica), Some(holder), "the completed callback went elsewhere");
     eprintln!("a completed callback racing the stream's end was answered after {answered_after:?}");
+}
+
+// ---------------------------------------------------------------- warm transfer across replicas
+
+const STEERING: &str = "+14155550150";
+const MANAGER: &str = "+16505550177";
+
+/// Makes the proxy's next request go to `target` (round robin in the replicas' order).
+async fn steer_to(rig: &Rig, target: usize) {
+    rig.steer_past((target + 2) % 3).await;
+}
+
+/// The replica the proxy sent the last request for `path_part` to.
+async fn routed_to(rig: &Rig, method: &str, path_part: &str) -> usize {
+    eventually(Duration::from_secs(5), || async {
+        rig.routed()
+            .into_iter()
+            .rev()
+            .find(|r| r.method == method && r.path.contains(path_part))
+            .and_then(|r| r.replica)
+    })
+    .await
+}
+
+/// The rig, with a one-number steering pool on the Twilio account connection, and the guide's
+/// warm-transfer agent (both actions fired by phrases the bot says).
+async fn warm_rig() -> Option<(Rig, Value)> {
+    let (rig, _) = rig().await?;
+    let connections = rig.get("/v1/account_connections/list").await;
+    let connection = connections.body["items"][0]["id"].as_str().unwrap().to_owned();
+    rig.twilio.own(STEERING);
+    let path = format!("/v1/account_connections/add_to_steering_pool?id={connection}");
+    let added = rig.post(&path, json!({"phone_number": STEERING})).await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+    let phrase = |p: &str| {
+        json!({"type": "action_trigger_phrase_based",
+               "config": {"phrase_triggers": [{"phrase": p, "conditions": ["phrase_condition_type_contains"]}]}})
+    };
+    let mut actions = Vec::new();
+    for action in [
+        json!({"type": "action_set_hold", "config": {}, "action_trigger": phrase("Removing participant from hold")}),
+        json!({"type": "action_add_to_conference", "config": {"phone_number": MANAGER},
+               "action_trigger": phrase("I connect you now please hold")}),
+    ] {
+        let created = rig.post("/v1/actions/create", action).await;
+        assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+        actions.push(created.body["id"].clone());
+    }
+    let agent = json!({
+        "prompt": {"content": "You help customers."},
+        "initial_message": GREETING,
+        "voice": {"type": "voice_eleven_labs", "voice_id": "voice-1"},
+        "actions": actions,
+        "webhook": {"url": rig.receiver.url, "subscriptions": ["event_action", "event_transcript"]},
+    });
+    Some((rig, agent))
+}
+
+/// A warm transfer on Twilio whose parts land on three replicas: the person's stream on one (the
+/// conversation's), the steering number's webhook and the bot leg's stream on another (which
+/// takes the conversation over and carries the transfer on), the conference's and the third
+/// party's callbacks on the third. It goes as on one replica: the third party is dialled in from
+/// the steering number, the bot talks to them on its leg and hands the person over; the call ends
+/// `transfer_successful`, each event once, the transcript whole, no "lost you" and no lost action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_transfer_spans_replicas_as_on_one() {
+    use crate::support::fake_openai::Script;
+    use crate::support::line::twilio_stream;
+    let Some((rig, agent)) = warm_rig().await else { return };
+    rig.openai.then(Script::text(&["Sure, I connect you now, please hold."]));
+    rig.openai.then(Script::text(&["Hi, a customer wants a refund. ", "Removing participant from hold."]));
+    let created = rig
+        .post("/v1/calls/create", json!({"from_number": OUR_NUMBER, "to_number": "16505559000", "agent": agent}))
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    let call = created.body;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let person = call["telephony_id"].as_str().unwrap().to_owned();
+    let person_stream = Line::Twilio.pick_up(&rig.twilio, &rig.vonage, &call).await;
+    let holder = rig.served_by(&person_stream.handshake).unwrap();
+    transcript_with(&rig, &id, &format!("BOT: {GREETING}")).await;
+    say(&rig, Line::Twilio, &person_stream, 0x11, "Can I talk to the manager?").await;
+    transcript_with(&rig, &id, "BOT_ACTION_START: Attempting to add +16505550177 to the conference").await;
+
+    // The conference calls the steering number: its webhook lands on another replica.
+    let conference = format!("vocode-{id}");
+    let bot_participant = eventually(Duration::from_secs(10), || async {
+        rig.twilio.conference(&conference).and_then(|c| c.added.first().cloned())
+    })
+    .await;
+    let bot_replica = (holder + 1) % 3;
+    let third = (holder + 2) % 3;
+    steer_to(&rig, bot_replica).await;
+    let (status, twiml) = rig.twilio.inbound(STEERING, OUR_NUMBER, "CAbotleg").await;
+    assert_eq!(status.as_u16(), 200, "{twiml}");
+    assert_eq!(routed_to(&rig, "POST", "/telephony/twilio/inbound").await, bot_replica);
+    // Its stream too: that replica takes the conversation over.
+    steer_to(&rig, bot_replica).await;
+    let bot = twilio_stream(&rig.twilio, &twiml, "CAbotleg").await;
+    assert_eq!(rig.served_by(&bot.handshake), Some(bot_replica), "the bot leg's stream is on another replica");
+
+    // The person's call is moved into the conference, which ends its stream on the first replica.
+    let moved = eventually(Duration::from_secs(15), || async {
+        let forms = rig.twilio.requests("POST", &format!("/Calls/{person}"));
+        forms.iter().flatten().find(|(k, v)| k == "Twiml" && v.contains("<Conference")).map(|(_, v)| v.clone())
+    })
+    .await;
+    person_stream.stop();
+    let events = moved.split("statusCallback=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    let sid = rig.twilio.conference(&conference).unwrap().sid;
+    steer_to(&rig, third).await;
+    assert_eq!(rig.twilio.conference_event(&events, &sid, &person, "participant-join").await.as_u16(), 204);
+    assert_eq!(routed_to(&rig, "POST", &format!("/telephony/twilio/conference/{id}")).await, third);
+
+    // The person is put on hold, and the manager dialled in from the steering number.
+    eventually(Duration::from_secs(10), || async {
+        rig.twilio.conference(&conference).filter(|c| c.on_hold.contains(&person)).map(|_| ())
+    })
+    .await;
+    let third_party = eventually(Duration::from_secs(10), || async {
+        rig.twilio.conference(&conference).and_then(|c| c.added.get(1).cloned())
+    })
+    .await;
+    let leg = rig.twilio.call(&third_party);
+    assert_eq!((leg.field("From"), leg.field("To")), (Some(STEERING), Some(MANAGER)));
+
+    // The manager answers (news heard on the third replica): the bot speaks with them on its leg.
+    steer_to(&rig, third).await;
+    assert_eq!(rig.twilio.status(&third_party, "in-progress", &[]).await.as_u16(), 204);
+    assert_eq!(routed_to(&rig, "POST", &format!("/conference/{id}/third_party")).await, third);
+    transcript_with(&rig, &id, "BOT_ACTION_FINISH: Added +16505550177 to the conference").await;
+    say(&rig, Line::Twilio, &bot, 0x22, "Hi, this is the manager.").await;
+    let text = transcript_with(&rig, &id, "BOT_ACTION_FINISH: Took the person off hold").await;
+    assert!(
+        text.contains(
+            "HUMAN: Hi, this is the manager.\nBOT: Hi, a customer wants a refund. Removing participant from hold.\n\
+             BOT_ACTION_START: Attempting to change the hold"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("lost you"), "the move is not heard: {text}");
+    assert!(!text.contains("FAILED"), "no action was lost: {text}");
+    assert!(!bot.arrived_samples().is_empty(), "the bot spoke on the conference leg");
+    assert!(!rig.twilio.conference(&conference).unwrap().on_hold.contains(&person), "the person is off hold");
+    eventually(Duration::from_secs(10), || async {
+        let forms = rig.twilio.requests("POST", &format!("/Calls/{bot_participant}"));
+        forms.iter().any(|f| f.contains(&("Status".into(), "completed".into()))).then_some(())
+    })
+    .await;
+    bot.stop();
+
+    // The manager hangs up (heard on the first replica): the person is not left alone.
+    steer_to(&rig, holder).await;
+    assert_eq!(rig.twilio.status(&third_party, "completed", &[]).await.as_u16(), 204);
+    eventually(Duration::from_secs(10), || async {
+        let forms = rig.twilio.requests("POST", &format!("/Calls/{person}"));
+        forms.iter().any(|f| f.contains(&("Status".into(), "completed".into()))).then_some(())
+    })
+    .await;
+    rig.twilio.status(&person, "completed", &[("CallDuration", "95")]).await;
+    let ended = eventually(Duration::from_secs(15), || async {
+        let call = rig.get(&format!("/v1/calls?id={id}")).await.body;
+        (call["status"] == "ended").then_some(call)
+    })
+    .await;
+    assert_eq!(
+        (ended["stage"].as_str(), ended["stage_outcome"].as_str()),
+        (Some("transfer_successful"), Some("human_disconnected"))
+    );
+
+    // Each event once: the two actions' starts and finishes, then the whole transcript.
+    let got = eventually(Duration::from_secs(20), || async {
+        let got: Vec<Value> = rig.receiver.got().into_iter().filter(|r| r.call_id() == id).map(|r| r.event()).collect();
+        got.iter().any(|e| e["type"] == "event_transcript").then_some(got)
+    })
+    .await;
+    let kinds: Vec<(String, bool)> = got
+        .iter()
+        .filter(|e| e["type"] == "event_action")
+        .map(|e| (e["payload"]["action_type"].as_str().unwrap().to_owned(), !e["payload"]["action_output"].is_null()))
+        .collect();
+    let expected = [
+        ("action_add_to_conference", false),
+        ("action_add_to_conference", true),
+        ("action_set_hold", false),
+        ("action_set_hold", true),
+    ];
+    assert_eq!(kinds, expected.map(|(k, done)| (k.to_owned(), done)), "{got:#?}");
+    let finished = got
+        .iter()
+        .find(|e| e["payload"]["action_type"] == "action_add_to_conference" && !e["payload"]["action_output"].is_null())
+        .unwrap();
+    assert_eq!(finished["payload"]["action_output"]["response"]["success"], true, "{finished}");
+    assert_eq!(got.iter().filter(|e| e["type"] == "event_transcript").count(), 1);
+    let logs = rig.logs(bot_replica);
+    assert!(logs.contains("the conversation moves to it"), "the bot leg's replica took the conversation over");
+    assert!(logs.contains("carrying on an action another process started"), "and carried the transfer on");
+    assert!(rig.logs(holder).contains("letting go"), "the first replica let the conversation go");
+}
+
+/// Two calls on two replicas ask for the one steering number at once: one gets it (its
+/// conference dials the number), the other is refused with the guide's 429 and its bot says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_race_for_one_steering_number() {
+    use crate::support::fake_openai::Script;
+    let Some((rig, agent)) = warm_rig().await else { return };
+    let mut calls = Vec::new();
+    for to in ["16505559001", "16505559002"] {
+        let created =
+            rig.post("/v1/calls/create", json!({"from_number": OUR_NUMBER, "to_number": to, "agent": agent})).await;
+        assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+        calls.push(created.body);
+    }
+    let first = Line::Twilio.pick_up(&rig.twilio, &rig.vonage, &calls[0]).await;
+    let first_replica = rig.served_by(&first.handshake).unwrap();
+    // The second's stream (its third request through the proxy) goes to another replica.
+    steer_to(&rig, (first_replica + 2) % 3).await;
+    let second = Line::Twilio.pick_up(&rig.twilio, &rig.vonage, &calls[1]).await;
+    assert_ne!(rig.served_by(&second.handshake), Some(first_replica), "the calls run on two replicas");
+    let ids: Vec<String> = calls.iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect();
+    for id in &ids {
+        transcript_with(&rig, id, &format!("BOT: {GREETING}")).await;
+    }
+    rig.openai.then(Script::text(&["I connect you now, please hold."]));
+    rig.openai.then(Script::text(&["I connect you now, please hold."]));
+    rig.openai.then(Script::text(&["Sorry, every line is busy."]));
+    futures_util::join!(
+        say(&rig, Line::Twilio, &first, 0x31, "The manager, please."),
+        say(&rig, Line::Twilio, &second, 0x32, "The manager, please.")
+    );
+
+    // Exactly one call's action is refused, with the guide's 429; the other's conference dials
+    // the steering number.
+    let refused = eventually(Duration::from_secs(20), || async {
+        let finished: Vec<(String, Value)> = rig
+            .receiver
+            .got()
+            .into_iter()
+            .map(|r| (r.call_id(), r.event()["payload"].clone()))
+            .filter(|(_, p)| p["action_type"] == "action_add_to_conference" && !p["action_output"].is_null())
+            .collect();
+        (!finished.is_empty()).then_some(finished)
+    })
+    .await;
+    assert_eq!(refused.len(), 1, "one refusal: {refused:#?}");
+    let (loser, output) = &refused[0];
+    assert_eq!(output["action_output"]["response"]["status_code"], 429, "{output}");
+    let winner = ids.iter().find(|id| *id != loser).unwrap();
+    let dialled = eventually(Duration::from_secs(10), || async {
+        rig.twilio.conference(&format!("vocode-{winner}")).and_then(|c| c.added.first().cloned())
+    })
+    .await;
+    assert_eq!(rig.twilio.call(&dialled).field("To"), Some(STEERING));
+    assert!(rig.twilio.conference(&format!("vocode-{loser}")).is_none(), "nothing was dialled for the other");
+    transcript_with(&rig, loser, "BOT: Sorry, every line is busy.").await;
 }

@@ -326,6 +326,17 @@ pub enum ActionRequest {
 /// Carries out the requests the engine cannot: the user's APIs, the carrier.
 pub trait ActionRunner: Send + Sync {
     fn run(&self, request: ActionRequest) -> BoxFuture<'_, Outcome>;
+
+    /// Whether an action that was under way when another process ran the conversation can be
+    /// carried on here (a warm transfer whose conference leg brought the conversation here).
+    fn resumes(&self, _request: &ActionRequest) -> bool {
+        false
+    }
+
+    /// Carries on an action another process started (see [`ActionRunner::resumes`]).
+    fn resume(&self, request: ActionRequest) -> BoxFuture<'_, Outcome> {
+        self.run(request)
+    }
 }
 
 /// A runner for a call with nowhere to send requests: every request fails, saying so.

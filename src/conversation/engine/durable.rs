@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::acting::Running;
 use super::Engine;
+use crate::conversation::actions::Plan;
 use crate::conversation::llm::ChatMessage;
 
 /// What the bot says when it takes a call over: a moment of silence (or half a sentence) has
@@ -66,6 +68,31 @@ impl Durable {
 }
 
 impl Engine {
+    /// Carries on here an action another process started, when the call's runner can; gives it
+    /// back when it cannot.
+    fn carry_on(&mut self, kept: InFlight) -> Option<InFlight> {
+        let Some(action) = self.config.actions.iter().find(|a| a.name() == kept.name).cloned() else {
+            return Some(kept);
+        };
+        let Plan::Outside(request) = action.kind.plan(&kept.params, &self.config.line) else {
+            return Some(kept);
+        };
+        if !self.providers.actions.resumes(&request) {
+            return Some(kept);
+        }
+        tracing::info!(action = %kept.name, "carrying on an action another process started");
+        self.actions_started = self.actions_started.max(kept.id);
+        let running =
+            Running { id: kept.id, action, params: kept.params.clone(), tool_call_id: kept.tool_call_id.clone() };
+        self.outside.push(kept);
+        let (runner, done) = (self.providers.actions.clone(), self.finished.0.clone());
+        tokio::spawn(async move {
+            let outcome = runner.resume(request).await;
+            let _ = done.send((running, outcome)).await;
+        });
+        None
+    }
+
     /// The conversation as it stands now.
     pub(super) fn durable(&self) -> Durable {
         Durable {
@@ -82,7 +109,9 @@ impl Engine {
     }
 
     /// Takes over a conversation kept elsewhere. What actions were under way there ended with
-    /// that process: each is reported failed (to the transcript and, for a tool call, to the model).
+    /// that process — each is reported failed (to the transcript and, for a tool call, to the
+    /// model) — unless the call's runner can carry it on here (a warm transfer that moved the
+    /// conversation to its conference leg): then it runs on, and its result comes as any.
     pub(super) async fn take_over(&mut self, kept: Durable) {
         if !kept.history.is_empty() {
             self.history = kept.history;
@@ -118,8 +147,10 @@ impl Engine {
             let content = serde_json::json!({"success": false, "error": LOST}).to_string();
             self.history.push(ChatMessage::Tool { tool_call_id, content });
         }
-        for lost in kept.in_flight {
-            self.action_lost(lost).await;
+        for kept in kept.in_flight {
+            if let Some(lost) = self.carry_on(kept) {
+                self.action_lost(lost).await;
+            }
         }
     }
 }

@@ -220,7 +220,8 @@ impl Engine {
             // The person heard silence: the bot says so at once, then answers what is unanswered.
             self.answer_after =
                 self.heard.trim().is_empty() && matches!(self.history.last(), Some(ChatMessage::User(_)));
-            if !self.transferred {
+            // (Not while an action it carries on runs outside the audio: the bot is muted then.)
+            if !self.transferred && self.outside.is_empty() {
                 self.speak_fixed(RESUME_LINE.to_owned(), true).await;
             }
         } else {

@@ -211,31 +211,37 @@ pub async fn transfer_answered(State(state): State<AppState>, leg: TwilioLeg) ->
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A warm transfer's conference (its `statusCallback`): the person's call joined it.
+/// A warm transfer's conference (its `statusCallback`): the person's call joined it. Kept with
+/// the transfer, for whichever replica carries it out.
 pub async fn conference_event(State(state): State<AppState>, leg: TwilioLeg) -> Result<StatusCode, ApiError> {
     let TwilioLeg { row, req } = leg;
     let joined = req.param("StatusCallbackEvent") == Some("participant-join");
     if joined && req.param("CallSid").is_some() && req.param("CallSid") == row.state.telephony_id.as_deref() {
         let conference = req.required("ConferenceSid")?;
-        state.telephony.conferences.person_joined(row.id, conference);
+        let unavailable = |e: sqlx::Error| ApiError::Unavailable(e.to_string());
+        state.telephony.person_joined(row.id, conference).await.map_err(unavailable)?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The third party's leg of a warm transfer (its participant's status callback): answered, not
-/// answered, or over — once the person was handed over to them, its end is the call's.
+/// answered, or over — once the person was handed over to them, its end is the call's. Read from
+/// and kept with the transfer, whichever replica carries it out.
 pub async fn third_party(State(state): State<AppState>, leg: TwilioLeg) -> Result<StatusCode, ApiError> {
     use crate::telephony::conference::ThirdParty;
     let TwilioLeg { row, req } = leg;
     let sid = req.required("CallSid")?;
     let status = req.required("CallStatus")?;
-    let conferences = &state.telephony.conferences;
+    let Some(warm) = state.telephony.warm(row.id).await.map_err(ApiError::Unavailable)? else {
+        return Err(ApiError::BadRequest("the call has no warm transfer".into()));
+    };
+    let is_third_party = warm.third_party.as_deref() == Some(sid);
     let news = match status {
         "in-progress" | "answered" => ThirdParty::Answered,
         "busy" | "no-answer" | "failed" | "canceled" => ThirdParty::NotAnswered(status.to_owned()),
-        "completed" if conferences.is_third_party(row.id, sid) && conferences.handed_over(row.id) => {
+        "completed" if is_third_party && warm.bot_left && warm.third_party_answered => {
             // The person would be left alone in the conference: the call is over.
-            conferences.forget(row.id);
+            state.telephony.forget_conference(row.id).await;
             if let Some(person) = row.state.telephony_id.as_deref().filter(|_| !row.state.is_final()) {
                 let carrier =
                     state.telephony.carrier_of(&row).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -245,18 +251,16 @@ pub async fn third_party(State(state): State<AppState>, leg: TwilioLeg) -> Resul
             }
             return Ok(StatusCode::NO_CONTENT);
         }
-        "completed"
-            if conferences.is_third_party(row.id, sid)
-                && conferences.snapshot(row.id).is_some_and(|s| s.third_party_answered) =>
-        {
+        "completed" if is_third_party && warm.third_party_answered => {
             // Before the bot handed the person over: the bot goes on with the person.
-            state.telephony.third_party_left(&row).await;
+            state.telephony.third_party_left(&row, &warm).await;
             return Ok(StatusCode::NO_CONTENT);
         }
         "completed" => ThirdParty::NotAnswered(status.to_owned()),
         _ => return Ok(StatusCode::NO_CONTENT),
     };
-    if !conferences.third_party(row.id, sid, news) {
+    let kept = state.telephony.third_party_news(row.id, sid, &news).await;
+    if !kept.map_err(|e| ApiError::Unavailable(e.to_string()))? {
         return Err(ApiError::BadRequest("CallSid is not this call's third party".into()));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -267,11 +271,12 @@ pub async fn inbound(State(state): State<AppState>, req: TwilioRequest) -> Resul
     let (Some(to), Some(from), Some(sid)) = (req.param("To"), req.param("From"), req.param("CallSid")) else {
         return Err(ApiError::BadRequest("To, From and CallSid are required".into()));
     };
-    if let Some(call_id) = state.telephony.conferences.steered(to) {
+    let steered = state.telephony.steering_holder(to).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if let Some(call_id) = steered {
         // A steering number the call's conference dialled: the bot's leg of a warm transfer.
         let row = load_call(&state, call_id).await?;
         req.verify_for(&state, row.user_id, row.telephony_account_connection_id, "the call's").await?;
-        state.telephony.conferences.bot_leg_answered(call_id, sid);
+        state.telephony.bot_leg_answered(to, sid).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
         return Ok(xml(state.telephony.stream_twiml(call_id)));
     }
     let (to, holder) = holder_of(&state, to, Provider::Twilio).await?;

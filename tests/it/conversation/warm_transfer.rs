@@ -14,7 +14,7 @@ use super::line::{twilio_stream, Carrier, Line};
 use super::{transcript_has, world, World, GREETING, OUR_NUMBER};
 use crate::support::fake_deepgram::results;
 use crate::support::fake_openai::Script;
-use crate::support::{eventually, Backend};
+use crate::support::{eventually, Backend, Failure};
 
 const STEERING: &str = "+14155550150";
 const MANAGER: &str = "+16505550177";
@@ -89,6 +89,18 @@ async fn ringing(w: &World, agent: Value) -> Ringing {
 /// The person asks for the manager; the bot's phrase starts the warm transfer, and the test,
 /// playing Twilio, carries out what the server asks, checking each request.
 async fn warm(w: &World, id: String, person: String, person_stream: Carrier) -> Ringing {
+    warm_answering(w, id, person, person_stream, None).await
+}
+
+/// As [`warm`]; with `late`, Twilio's answer to the request moving the person's call into the
+/// conference comes that late, and the person's stream ends before it (as Twilio does).
+async fn warm_answering(
+    w: &World,
+    id: String,
+    person: String,
+    person_stream: Carrier,
+    late: Option<Duration>,
+) -> Ringing {
     transcript_has(w, &id, &format!("BOT: {GREETING}")).await;
     w.deepgram.wait_for_connections(1).await;
     w.deepgram.send(results("Can I talk to the manager?", true, true)).await;
@@ -103,8 +115,26 @@ async fn warm(w: &World, id: String, person: String, person_stream: Carrier) -> 
     let dialled = w.twilio.call(&bot_participant);
     assert_eq!((dialled.field("From"), dialled.field("To")), (Some(OUR_NUMBER), Some(STEERING)));
     assert_eq!(dialled.field("StartConferenceOnEnter"), Some("true"));
+    if let Some(late) = late {
+        // The next request to Twilio is the move of the person's call into the conference.
+        w.twilio.fail_next(Failure::Late(late));
+    }
     let voice_url = w.twilio.voice_url(STEERING).expect("the steering number points somewhere");
     assert!(voice_url.ends_with("/telephony/twilio/inbound"), "{voice_url}");
+    // A forged call to the steering number (not signed with the account's token) is refused, and
+    // carries no bot.
+    let forged: Vec<(String, String)> = [
+        ("AccountSid", w.twilio.state.account_sid.as_str()),
+        ("CallSid", "CAforged"),
+        ("From", OUR_NUMBER),
+        ("To", STEERING),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (status, body) = w.twilio.post_signed(&voice_url, &forged, Some("not-the-auth-token")).await;
+    assert!(status.is_client_error(), "{status}: {body}");
+    assert!(body.contains("detail"), "{body}");
     // Its call arrives here, and its stream connects.
     let (status, twiml) = w.twilio.inbound(STEERING, OUR_NUMBER, "CAbotleg").await;
     assert_eq!(status.as_u16(), 200, "{twiml}");
@@ -143,11 +173,71 @@ async fn warm(w: &World, id: String, person: String, person_stream: Carrier) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_transfer_talks_to_the_third_party_then_hands_the_person_over() {
+    talks_then_hands_over(None).await;
+}
+
+/// Twilio ends the person's stream before it answers the request moving the call into the
+/// conference: the conversation goes on through the bot's conference leg, as when the answer
+/// comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_transfer_goes_on_when_the_persons_stream_ends_before_the_move_is_answered() {
+    talks_then_hands_over(Some(Duration::from_secs(3))).await;
+}
+
+/// Twilio ends the person's stream, then refuses to move the call into the conference: no stream
+/// carries the conversation to the person any more, so the call is ended as the server's doing
+/// (`bot_disconnected`), not left `in_progress`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_transfer_whose_move_fails_after_the_persons_stream_ended_ends_the_call_truthfully() {
+    let Some(w) = world(Backend::Sqlite).await else { return };
+    let agent = warm_agent(&w, &[STEERING]).await;
+    w.openai.then(Script::text(&["Sure, I connect you now, please hold."]));
+    w.openai.then(Script::text(&["Sorry, I could not connect you."]));
+    let (id, person, person_stream) = outbound(&w, agent).await;
+    transcript_has(&w, &id, &format!("BOT: {GREETING}")).await;
+    w.deepgram.wait_for_connections(1).await;
+    w.deepgram.send(results("Can I talk to the manager?", true, true)).await;
+    let conference = format!("vocode-{id}");
+    eventually(Duration::from_secs(10), || async {
+        w.twilio.conference(&conference).and_then(|c| c.added.first().cloned())
+    })
+    .await;
+    // The move into the conference hangs, then fails; the person's stream ends meanwhile.
+    w.twilio.fail_next(Failure::Hang(Duration::from_secs(2)));
+    let (status, twiml) = w.twilio.inbound(STEERING, OUR_NUMBER, "CAbotleg").await;
+    assert_eq!(status.as_u16(), 200, "{twiml}");
+    let bot = twilio_stream(&w, &twiml, "CAbotleg").await;
+    eventually(Duration::from_secs(10), || async {
+        let forms = w.twilio.requests("POST", &format!("/Calls/{person}"));
+        forms.iter().flatten().any(|(k, v)| k == "Twiml" && v.contains("<Conference")).then_some(())
+    })
+    .await;
+    person_stream.stop();
+    let text = transcript_has(&w, &id, "BOT_ACTION_FINISH: Did not add +16505550177 to the conference").await;
+    assert!(text.contains("could not be moved into the conference"), "{text}");
+    // The server hangs the call up, and the bot's leg.
+    eventually(Duration::from_secs(10), || async {
+        let forms = w.twilio.requests("POST", &format!("/Calls/{person}"));
+        forms.iter().any(|f| f.contains(&("Status".into(), "completed".into()))).then_some(())
+    })
+    .await;
+    bot.stop();
+    w.twilio.status(&person, "completed", &[("CallDuration", "30")]).await;
+    let ended = eventually(Duration::from_secs(10), || async {
+        let now = stage_of(&w, &id).await;
+        (now.0 == "ended").then_some(now)
+    })
+    .await;
+    assert_eq!(ended, (json!("ended"), json!("picked_up"), json!("bot_disconnected")));
+}
+
+async fn talks_then_hands_over(late: Option<Duration>) {
     let Some(w) = world(Backend::Sqlite).await else { return };
     let agent = warm_agent(&w, &[STEERING]).await;
     w.openai.then(Script::text(&["Sure, I connect you now, please hold."]));
     w.openai.then(Script::text(&["Hi, a customer wants a refund. ", "Removing participant from hold."]));
-    let r = ringing(&w, agent).await;
+    let (id, person, stream) = outbound(&w, agent).await;
+    let r = warm_answering(&w, id, person, stream, late).await;
 
     // The manager answers: the transfer succeeded, and the bot hears them on its own leg.
     assert_eq!(w.twilio.status(&r.third_party, "in-progress", &[]).await.as_u16(), 204);

@@ -21,6 +21,8 @@ pub enum Failure {
     ServerError,
     /// No answer for this long.
     Hang(Duration),
+    /// Success, after this long (the carrier acts on the request at once; its answer is late).
+    Late(Duration),
     /// The carrier's refusal: status, code and message.
     Reject(u16, i64, &'static str),
 }

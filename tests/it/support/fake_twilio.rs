@@ -351,6 +351,10 @@ async fn t_failure(state: &TwilioState) -> Option<Response> {
             Some(twilio_error(500, 20500, "Internal Server Error"))
         }
         Failure::Reject(status, code, message) => Some(twilio_error(status, code, message)),
+        Failure::Late(d) => {
+            tokio::time::sleep(d).await;
+            None
+        }
     }
 }
 

@@ -158,6 +158,10 @@ async fn v_failure(state: &VonageState) -> Option<Response> {
             Some(vonage_error(500, "Internal Server Error", "Something went wrong"))
         }
         Failure::Reject(status, _, message) => Some(vonage_error(status, "Bad Request", message)),
+        Failure::Late(d) => {
+            tokio::time::sleep(d).await;
+            None
+        }
     }
 }
 
