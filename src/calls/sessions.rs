@@ -56,11 +56,17 @@ impl Calls {
     pub async fn claim_conversation(&self, call_id: Uuid, owner: &str) -> Result<Claim, CallsError> {
         let mut tx = self.store.begin().await?;
         let at = now();
-        let claim = match sessions::for_update(tx.conn(), call_id).await? {
-            None => {
-                sessions::insert(tx.conn(), call_id, owner, at).await?;
-                Claim::Fresh(Fence { owner: owner.to_owned(), generation: 1 })
+        let mut row = sessions::for_update(tx.conn(), call_id).await?;
+        if row.is_none() {
+            if sessions::insert(tx.conn(), call_id, owner, at).await? {
+                tx.commit().await?;
+                return Ok(Claim::Fresh(Fence { owner: owner.to_owned(), generation: 1 }));
             }
+            // Another process's first stream got there first: take it over as from anyone.
+            row = sessions::for_update(tx.conn(), call_id).await?;
+        }
+        let claim = match row {
+            None => return Err(CallsError::Contended(call_id)),
             Some(row) if row.ended => Claim::Over,
             Some(row) => {
                 let generation = sessions::take_over(tx.conn(), call_id, owner, at).await?;

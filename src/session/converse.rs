@@ -61,7 +61,10 @@ pub(super) fn start_beside(
                     talk.run(Some(kept), config, providers, from_call, to_call).await;
                 }
                 Err(e) => {
-                    tracing::warn!(%call_id, error = %e, "the call's conversation cannot be taken up: it stays silent")
+                    // Closed rather than kept silent: the carrier asks again (the resume path), and
+                    // the next stream tries again.
+                    tracing::warn!(%call_id, error = %e, "the call's conversation cannot be taken up: its stream is closed");
+                    state.sessions.lose(call_id, &control);
                 }
             }
         }

@@ -35,10 +35,12 @@ pub async fn get(c: DbConn<'_>, call_id: Uuid) -> sqlx::Result<Option<SessionRow
 }
 
 /// The call's first conversation: run by `owner`, generation 1.
-pub async fn insert(c: DbConn<'_>, call_id: Uuid, owner: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+/// The call's first conversation, run by `owner`; `false` (nothing written) when another process
+/// started it first.
+pub async fn insert(c: DbConn<'_>, call_id: Uuid, owner: &str, now: DateTime<Utc>) -> sqlx::Result<bool> {
     const SQL: &str =
         "INSERT INTO call_sessions (call_id, owner, generation, state, ended, transcript_sent, updated_at) \
-                       VALUES ($1, $2, 1, $3, FALSE, FALSE, $4)";
+                       VALUES ($1, $2, 1, $3, FALSE, FALSE, $4) ON CONFLICT (call_id) DO NOTHING";
     run!(c, |c| sqlx::query(SQL)
         .bind(call_id)
         .bind(owner)
@@ -46,7 +48,7 @@ pub async fn insert(c: DbConn<'_>, call_id: Uuid, owner: &str, now: DateTime<Utc
         .bind(now)
         .execute(&mut *c)
         .await
-        .map(|_| ()))
+        .map(|done| done.rows_affected() == 1))
 }
 
 /// `owner` runs the conversation from now on, under the next generation.

@@ -20,6 +20,7 @@ on_both_backends!(world =>
     forged_and_garbage_callbacks_change_nothing,
     forged_and_replayed_resume_requests_change_nothing,
     the_twilio_adapter_redirects_calls,
+    streams_racing_to_take_up_one_conversation_leave_exactly_one_holder,
 );
 
 async fn a_call_is_placed_with_what_twilio_needs(w: World) {
@@ -372,4 +373,59 @@ async fn the_twilio_adapter_redirects_calls(w: World) {
         matches!(refused, vocode_server::telephony::CarrierError::Rejected(ref r) if r.contains("20003")),
         "{refused:?}"
     );
+}
+
+/// Streams of one call bound on several replicas at once (a carrier retrying, a move racing a
+/// reconnect) each take the conversation up; exactly one holds it in the end — the one with the
+/// newest generation — and every other's writes are refused, so its stream lets go.
+async fn streams_racing_to_take_up_one_conversation_leave_exactly_one_holder(w: World) {
+    use futures_util::future::join_all;
+    use vocode_server::calls::sessions::{Claim, Fence};
+
+    let call = create(&w, outbound("16505556012")).await;
+    let id = uuid::Uuid::parse_str(call["id"].as_str().unwrap()).unwrap();
+    let calls = &w.app.state.calls;
+    for round in 0..3 {
+        // The first round races for the call's first conversation; the next ones, for a kept one.
+        let claims = join_all((0..8).map(|i| async move {
+            let owner = format!("replica-{round}-{i}");
+            calls.claim_conversation(id, &owner).await.unwrap_or_else(|e| panic!("{owner}: {e}"))
+        }))
+        .await;
+        let fences: Vec<Fence> = claims
+            .iter()
+            .map(|claim| match claim {
+                Claim::Fresh(fence) | Claim::Resume(fence, _) => fence.clone(),
+                Claim::Over => panic!("round {round}: the conversation is not over"),
+            })
+            .collect();
+        let mut generations: Vec<i64> = fences.iter().map(|f| f.generation).collect();
+        generations.sort_unstable();
+        generations.dedup();
+        assert_eq!(generations.len(), fences.len(), "round {round}: one generation per claim: {fences:?}");
+        if round == 0 {
+            let fresh = claims.iter().filter(|c| matches!(c, Claim::Fresh(f) if f.generation == 1)).count();
+            assert_eq!(fresh, 1, "round 0: one stream starts the conversation: {claims:?}");
+        }
+        let mut holders = Vec::new();
+        for fence in &fences {
+            if calls.holds(id, fence).await.unwrap() {
+                holders.push(fence.clone());
+            }
+        }
+        let newest = fences.iter().max_by_key(|f| f.generation).unwrap();
+        assert_eq!(
+            holders,
+            std::slice::from_ref(newest),
+            "round {round}: exactly the newest claim holds the conversation"
+        );
+        for fence in fences.iter().filter(|f| *f != newest) {
+            let written = calls.record_message(id, fence, "HUMAN", "stale", &json!({})).await.unwrap();
+            assert!(!written, "round {round}: {fence:?}'s write is refused");
+        }
+        assert!(calls.record_message(id, newest, "HUMAN", "kept", &json!({})).await.unwrap(), "the holder writes");
+    }
+    let transcript = get(&w, &id.to_string()).await["transcript"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(transcript.matches("HUMAN: kept").count(), 3, "{transcript}");
+    assert!(!transcript.contains("stale"), "{transcript}");
 }
