@@ -1,6 +1,8 @@
 //! What the engine does with what it hears: speech-to-text's words (a backchannel kept while the
 //! bot goes on, or a barge-in that stops it), the keys the person presses, and the end of the
-//! person's turn, which the model answers.
+//! person's turn, which the model answers. Text that is not words (a recogniser looping, or what
+//! it says over noise) is dropped; an interim stops the bot only on enough speech
+//! ([`Dials::interim_counts`]). Each turn's latencies run from the end of the caller's speech.
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{Engine, Speaker, TurnLatency};
 use crate::conversation::llm::ChatMessage;
-use crate::conversation::stt::SttEvent;
+use crate::conversation::stt::{plausible, Spoken, SttEvent};
 
 impl Engine {
     /// What speech-to-text heard: words push the end of the person's turn back, and while the bot
@@ -16,22 +18,36 @@ impl Engine {
     pub(super) async fn heard_event(&mut self, event: SttEvent) {
         let now = Instant::now();
         match event {
-            SttEvent::Interim { text } | SttEvent::Final { text, .. } if text.trim().is_empty() => {}
-            SttEvent::Interim { text } => {
+            SttEvent::Interim { text, .. } | SttEvent::Final { text, .. } if text.trim().is_empty() => {}
+            SttEvent::Interim { text, .. } | SttEvent::Final { text, .. } if !plausible::is_plausible(&text, None) => {
+                tracing::debug!(%text, "not words: dropped");
+                metrics::counter!("vocode_conversation_implausible_words_total").increment(1);
+            }
+            SttEvent::Interim { text, spoken } => {
                 self.last_activity = now;
                 self.interim = true;
-                self.maybe_barge_in(&text).await;
-                // Still speaking: the end of the turn waits.
+                self.turn_began.get_or_insert(now);
+                self.last_interim.clone_from(&text);
+                if self.config.dials.interim_counts(spoken.map(|s| s.length())) {
+                    self.maybe_barge_in(&text).await;
+                }
+                // Still speaking: the end of the turn waits (at most until the turn's longest).
                 if self.turn_ends_at.is_some() {
-                    self.turn_ends_at = Some(now + self.config.dials.endpointing().otherwise);
+                    self.end_turn_at(now + self.config.dials.endpointing().otherwise);
+                } else if self.speaking.is_none() {
+                    self.end_turn_at(now + self.config.dials.longest_turn());
                 }
             }
-            SttEvent::Final { text, speech_final } => {
+            SttEvent::Final { text, speech_final, spoken } => {
                 self.last_activity = now;
                 self.interim = false;
+                self.last_interim.clear();
                 let interrupting = self.maybe_barge_in(&text).await;
                 if self.speaking.is_some() && !interrupting {
                     // A backchannel: kept, and the bot goes on.
+                    if self.heard.is_empty() {
+                        self.turn_began = None;
+                    }
                     self.record(Speaker::Human, text, false).await;
                     return;
                 }
@@ -40,12 +56,19 @@ impl Engine {
                 }
                 self.heard.push_str(text.trim());
                 self.last_word = Some(now);
+                self.recognized_at = Some(now);
+                self.turn_began.get_or_insert(now);
+                self.spoken_until(spoken, now);
+                let voice = self.voice.as_ref();
+                let verdict = voice.filter(|v| !v.speaking()).and_then(|v| v.verdict);
                 let wait = if speech_final {
                     Duration::ZERO
                 } else {
                     self.config.dials.endpointing().silence_needed(&self.heard)
                 };
-                self.turn_ends_at = Some(now + wait);
+                // The end-of-turn model's verdict on the pause these words end at, when it came;
+                // else the silence rule.
+                self.end_turn_at(verdict.map_or(now + wait, |at| at.max(now)));
             }
             SttEvent::UtteranceEnd => {
                 if !self.heard.is_empty() && !self.interim {
@@ -58,11 +81,19 @@ impl Engine {
         }
     }
 
+    /// The recogniser's word timings date the end of the caller's speech (the latest of theirs and
+    /// the detector's).
+    fn spoken_until(&mut self, spoken: Option<Spoken>, now: Instant) {
+        let Some(end) = spoken.and_then(|s| self.voice.as_ref()?.when_heard(s.end, now)) else { return };
+        self.spoke_until = Some(self.spoke_until.map_or(end, |s| s.max(end)));
+    }
+
     /// A key the person pressed: heard as if they had said it, their turn over once they pause.
     pub(super) fn heard_key(&mut self, digit: String) {
         self.last_activity = Instant::now();
         self.heard.push_str(&digit);
-        self.turn_ends_at = Some(Instant::now() + self.config.dials.endpointing().otherwise);
+        self.turn_began.get_or_insert(Instant::now());
+        self.end_turn_at(Instant::now() + self.config.dials.endpointing().otherwise);
     }
 
     /// Stops the bot if the person's words interrupt it; returns whether they did.
@@ -87,14 +118,31 @@ impl Engine {
             // Muted while an external action runs: the person's words wait for its result.
             return;
         }
-        let heard = std::mem::take(&mut self.heard);
+        let mut heard = std::mem::take(&mut self.heard);
+        let longest = self.turn_began.is_some_and(|b| b.elapsed() >= self.config.dials.longest_turn());
+        if heard.trim().is_empty() && longest {
+            // A caller who never paused: what the recogniser has so far is answered.
+            heard = std::mem::take(&mut self.last_interim);
+        }
         if heard.trim().is_empty() {
             return;
         }
         let decided = Instant::now();
-        let end_of_turn = self.last_word.map(|w| decided.saturating_duration_since(w)).unwrap_or_default();
+        // From the end of the caller's speech (the detector's offset, the last word's end), or,
+        // when neither is known, from when the last words came in.
+        let spoke_until = self.spoke_until.take().filter(|s| *s <= decided).or(self.last_word).unwrap_or(decided);
+        let since = |at: Option<Instant>| at.map(|a| a.saturating_duration_since(spoke_until));
+        let latency = TurnLatency {
+            end_of_turn: decided.saturating_duration_since(spoke_until),
+            recognized: since(self.recognized_at.take()),
+            ..TurnLatency::default()
+        };
+        self.turn_began = None;
+        if let Some(voice) = self.voice.as_mut() {
+            voice.verdict = None;
+        }
         self.history.push(ChatMessage::User(heard.clone()));
         self.record(Speaker::Human, heard, false).await;
-        self.generate_turn(Some((decided, TurnLatency { end_of_turn, ..TurnLatency::default() })));
+        self.generate_turn(Some((spoke_until, latency)));
     }
 }

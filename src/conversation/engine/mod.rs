@@ -39,6 +39,7 @@ mod generating;
 mod hearing;
 mod ports;
 mod speaking;
+mod voice;
 
 use acting::Finished;
 use generating::{Generated, Reports};
@@ -48,6 +49,7 @@ pub use super::actions::END_CONVERSATION;
 pub use durable::{Durable, InFlight, RESUME_LINE};
 pub use generating::APOLOGY;
 pub use ports::{Event, FromCall, Message, Outlet, Speaker, ToCall, TurnLatency};
+pub use voice::TurnModels;
 
 /// What the engine needs to know of the call and its agent.
 #[derive(Debug, Clone)]
@@ -80,6 +82,8 @@ pub struct Providers {
     pub actions: Arc<dyn ActionRunner>,
     /// The agent's `vector_database`, consulted before each answer to the person.
     pub knowledge: Option<Arc<dyn Knowledge>>,
+    /// How the caller's voice is heard (voice activity) and their turn's end judged.
+    pub turn_models: TurnModels,
 }
 
 /// Runs the conversation until the stream ends or the bot hangs up; returns the transcript.
@@ -131,8 +135,18 @@ struct Engine {
     /// What the person has said this turn (finals), and when they last spoke.
     heard: String,
     interim: bool,
+    /// The last interim's words: what is answered when a turn reaches its longest without a final.
+    last_interim: String,
     last_word: Option<Instant>,
+    /// When the caller's speech ended, as the detector or the recogniser's word timings say.
+    spoke_until: Option<Instant>,
+    /// When this turn's final words came in.
+    recognized_at: Option<Instant>,
+    /// When the person began this turn (it ends at the longest turn after).
+    turn_began: Option<Instant>,
     turn_ends_at: Option<Instant>,
+    /// The call's voice activity and end-of-turn model (from the conversation's start).
+    voice: Option<voice::Voice>,
     last_activity: Instant,
     checked_in: bool,
     ending: bool,
@@ -170,8 +184,13 @@ impl Engine {
             speaking: None,
             heard: String::new(),
             interim: false,
+            last_interim: String::new(),
             last_word: None,
+            spoke_until: None,
+            recognized_at: None,
+            turn_began: None,
             turn_ends_at: None,
+            voice: None,
             last_activity: Instant::now(),
             checked_in: false,
             ending: false,
@@ -192,6 +211,8 @@ impl Engine {
         let endpointing = self.config.dials.endpointing();
         stt.endpointing_ms = endpointing.after_punctuation.as_millis() as u32;
         stt.utterance_end_ms = (endpointing.otherwise.as_millis() as u32).max(1000);
+        // The engine's detector says where speech starts and stops.
+        stt.voice_events = true;
         let provider = self.providers.stt.clone();
         let (opened, session) = oneshot::channel();
         tokio::spawn(async move {
@@ -215,6 +236,9 @@ impl Engine {
         let mut denoiser =
             self.config.noise_suppression.then(|| super::denoise::Denoiser::new(self.config.line.encoding));
         let mut greeting_at = (!self.greeted).then(|| Instant::now() + self.config.dials.initial_message_delay);
+        let (voice, mut verdicts) = voice::Voice::new(&self.providers.turn_models, self.config.line.encoding).await;
+        tracing::debug!(detector = voice.detector(), end_of_turn_model = voice.judges(), "the call's turn-taking");
+        self.voice = Some(voice);
         if resumed {
             // The person heard silence: the bot says so at once, then answers what is unanswered.
             self.answer_after =
@@ -245,11 +269,8 @@ impl Engine {
                             Some(denoiser) => denoiser.process(&frame),
                             None => frame,
                         };
-                        if let Some(session) = stt.as_ref().filter(|_| !frame.is_empty()) {
-                            if session.audio.try_send(frame).is_err() {
-                                metrics::counter!("vocode_conversation_audio_dropped_total").increment(1);
-                            }
-                        }
+                        let session = stt.as_ref().map(|s| s.audio.clone());
+                        self.hear_voice(&frame, session.as_ref()).await;
                     }
                     Some(FromCall::Played(mark)) => {
                         if let Some(speaking) = self.speaking.as_mut() {
@@ -280,6 +301,9 @@ impl Engine {
                     opening = None;
                     // Audio that came while it connected was not heard.
                     stt = opened.ok().flatten();
+                    if let Some(voice) = self.voice.as_mut().filter(|_| stt.is_some()) {
+                        voice.session_opened();
+                    }
                 }
                 event = async { stt.as_mut().expect("guarded").events.recv().await }, if stt.is_some() => match event {
                     Some(event) => self.heard_event(event).await,
@@ -292,6 +316,9 @@ impl Engine {
                     if turn == self.turn {
                         self.generation(generated).await;
                     }
+                }
+                Some((pause, probability)) = verdicts.recv() => {
+                    self.verdict(pause, probability);
                 }
                 Some((running, outcome)) = self.finished.1.recv() => {
                     self.outside.retain(|a| a.id != running.id);
