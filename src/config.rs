@@ -750,4 +750,18 @@ mod tests {
         args.recordings_url = Some("gs://calls".into());
         assert!(args.recordings_at("postgres://x@y/z").is_err(), "a bad URL is refused even when unused");
     }
+
+    #[test]
+    fn the_turn_taking_models_are_on_unless_told_otherwise() {
+        let parsed = |args: &[&str]| Cli::try_parse_from([&["vocode-server"], args].concat()).unwrap();
+        let settings = parsed(&[]).serve.conversation.providers();
+        assert!(settings.silero_vad && settings.end_of_turn_model, "on when installed, by default");
+        let off = parsed(&["--vad", "energy", "--end-of-turn-model", "off"]).serve.conversation.providers();
+        assert!(!off.silero_vad && !off.end_of_turn_model);
+        assert!(Cli::try_parse_from(["vocode-server", "--vad", "neural"]).is_err(), "only energy or silero");
+        let names = env_names();
+        assert!(names.iter().any(|n| n == "VAD") && names.iter().any(|n| n == "END_OF_TURN_MODEL"));
+        let back = ConversationArgs::default().providers();
+        assert!(back.silero_vad && back.end_of_turn_model, "the defaults agree with the engine's");
+    }
 }

@@ -142,9 +142,15 @@ impl Dials {
         if words.is_empty() {
             return true;
         }
+        // Hums ("mm", "hmm", and the letters a recogniser spells one as: "M. H. M.") are no words.
+        let meant: Vec<&String> = words.iter().filter(|w| !is_hum(w)).collect();
         match self.interrupt {
             InterruptSensitivity::High => false,
-            InterruptSensitivity::Low => words.len() <= 3 || is_backchannel(utterance),
+            InterruptSensitivity::Low => {
+                meant.len() <= 3
+                    || is_backchannel(utterance)
+                    || is_backchannel(&meant.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(" "))
+            }
         }
     }
 }
@@ -197,6 +203,11 @@ fn words(text: &str) -> Vec<String> {
         })
         .filter(|w| !w.is_empty())
         .collect()
+}
+
+/// A hum: a word of only m's and h's ("mm", "hmm", "mhm", or a recogniser's spelled-out "M", "H").
+fn is_hum(word: &str) -> bool {
+    !word.is_empty() && word.chars().all(|c| matches!(c, 'm' | 'h'))
 }
 
 /// A word with its stretched letters folded ("yeahhh" → "yeah", "mmmhmm" → "mhm").
@@ -343,6 +354,9 @@ mod tests {
         assert!(!low.ignores_while_speaking("sorry, can you repeat the price"));
         assert!(!high.ignores_while_speaking("mhm"));
         assert!(high.ignores_while_speaking("  "), "nothing said interrupts nothing");
+        // "Mm hmm, yeah" as the local recogniser heard flite say it.
+        assert!(low.ignores_while_speaking("Mm, M. H. M. M. Yeah."));
+        assert!(!low.ignores_while_speaking("Hmm, I want the one by the window instead"));
     }
 
     #[test]

@@ -104,6 +104,7 @@ impl Engine {
         if !speaking.interruptible || self.config.dials.ignores_while_speaking(text) {
             return false;
         }
+        tracing::info!(%text, "the person interrupted the bot");
         metrics::counter!("vocode_conversation_interruptions_total").increment(1);
         self.cut_off().await;
         true
