@@ -1036,3 +1036,70 @@ async fn the_detector_tells_speech_to_text_where_speech_starts_and_stops_and_a_b
     let near = |d: Duration, ms: u64| d.abs_diff(Duration::from_millis(ms)) <= Duration::from_millis(60);
     assert!(near(started, 1_600) && near(stopped, 2_600), "{voice:?}");
 }
+
+/// An engine as its task holds it, with the call's voice heard by loudness and no model (the
+/// model's verdicts are given by the test).
+async fn engine_hearing(dials: Dials) -> Engine {
+    let providers = Providers {
+        stt: Arc::new(FakeStt::default()),
+        llm: FakeLlm::new(vec![]),
+        voice: Arc::new(FakeVoice),
+        actions: Arc::new(FakeRunner),
+        knowledge: None,
+        turn_models: TurnModels::default(),
+    };
+    let (to_call, _) = mpsc::channel(1);
+    let (events, _) = mpsc::channel(1);
+    let mut engine = Engine::new(config(dials), providers, Outlet::new(to_call), events);
+    let (voice, _) = voice::Voice::new(&TurnModels::default(), Encoding::Mulaw8k).await;
+    engine.voice = Some(voice);
+    engine
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_models_verdict_on_a_pause_sets_the_wait_from_when_the_caller_stopped() {
+    let mut engine = engine_hearing(Dials::default()).await;
+    let waits = Dials::default().end_of_turn_waits();
+    let stopped = Instant::now();
+    let pause = {
+        let voice = engine.voice.as_mut().unwrap();
+        voice.pause = 3;
+        voice.stopped_at = Some(stopped);
+        voice.pause
+    };
+    engine.heard = "I would like a table".into();
+    engine.verdict(pause, 0.9);
+    assert_eq!(engine.turn_ends_at, Some(stopped + waits.complete), "done: the short wait");
+    engine.verdict(pause, 0.1);
+    assert_eq!(engine.turn_ends_at, Some(stopped + waits.incomplete), "not done: the long wait");
+    engine.turn_ends_at = None;
+    engine.verdict(pause - 1, 0.9);
+    assert_eq!(engine.turn_ends_at, None, "a verdict on a pause the caller spoke through is dropped");
+
+    // Words still to come (the local recogniser's final follows the pause): the verdict waits for
+    // them, and the words end the turn at the verdict's time.
+    engine.heard.clear();
+    engine.verdict(pause, 0.9);
+    assert_eq!(engine.turn_ends_at, None);
+    let spoken = Some(Spoken { start: Duration::ZERO, end: Duration::ZERO });
+    engine.heard_event(SttEvent::Final { text: "A table for two.".into(), speech_final: true, spoken }).await;
+    assert_eq!(engine.turn_ends_at, Some(stopped + waits.complete));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_wait_runs_past_the_longest_turn() {
+    let dials = Dials { speed: 2.0, ..Dials::default() };
+    let mut engine = engine_hearing(dials.clone()).await;
+    let began = Instant::now();
+    engine.turn_began = Some(began);
+    tokio::time::advance(dials.longest_turn() - Duration::from_millis(100)).await;
+    let stopped = Instant::now();
+    {
+        let voice = engine.voice.as_mut().unwrap();
+        voice.pause = 1;
+        voice.stopped_at = Some(stopped);
+    }
+    engine.heard = "and another thing".into();
+    engine.verdict(1, 0.1);
+    assert_eq!(engine.turn_ends_at, Some(began + dials.longest_turn()), "capped, not two seconds on");
+}

@@ -4,8 +4,10 @@
 //! speaks real audio up the stream in real time — sentences said by flite, and noise bursts of
 //! 300 ms (white noise, a click, a breath, a cough, a door). Noise is never answered, never leaves
 //! a `HUMAN` line and never stops the bot, at either sensitivity; a backchannel at `low` does not
-//! stop it; each turn's latencies are dated from the end of the caller's speech; broken
-//! turn-taking models leave the server hearing by loudness and ending turns by the silence rule.
+//! stop it; each turn's latencies are dated from the end of the caller's speech, and the
+//! end-of-turn model judges its pause; broken turn-taking models leave the server hearing by
+//! loudness and ending turns by the silence rule. With Deepgram, the caller's voice stopping asks
+//! Deepgram to finalise (that test needs no installed speech).
 //!
 //! These need the installed speech: without it they say SKIPPED (with `REQUIRE_SPEECH=1` they
 //! fail). SQLite only, as `behaviours`: the engine is under test, not the database.
@@ -170,6 +172,11 @@ async fn a_cough_during_the_answer_does_not_stop_the_bot(w: World, line: Line, f
     assert!(stage("recognition_ms") <= stage("end_of_turn_ms"), "{turn}");
     assert!(stage("end_of_turn_ms") <= stage("first_token_ms"), "{turn}");
     assert!(stage("first_audio_ms") <= stage("first_frame_ms"), "{turn}");
+
+    // The end-of-turn model judged the pause (the process's counter: other tests' turns count too).
+    let res = w.app.request(reqwest::Method::GET, "/metrics", Some(&w.app.key), None).await;
+    let metrics = res.text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("vocode_end_of_turn_verdicts_total")), "the model judged a pause");
 }
 
 /// "Mm hmm, yeah." while the bot answers, at `low`: heard through the local recogniser, it does
@@ -262,4 +269,35 @@ async fn broken_turn_taking_models_fall_back_to_loudness_and_the_silence_rule() 
     let text = transcript_has(&w, &id, &format!("BOT: {ANSWER}")).await;
     assert_eq!(human_lines(&text).len(), 1, "{text}");
     std::fs::remove_dir_all(&broken).ok();
+}
+
+/// With Deepgram (and no local speech: the voice heard by loudness), the caller's voice stopping
+/// asks Deepgram for its final words at once (`Finalize`), before its own endpointing.
+async fn deepgram_is_asked_to_finalise_when_the_caller_stops(line: Line) {
+    let Some(w) = super::world(Backend::Sqlite).await else { return };
+    let (_, carrier) = greeted(&w, line, "low").await;
+    w.deepgram.wait_for_connections(1).await;
+    assert_eq!(w.deepgram.connections()[0].finalizes, 0, "nobody spoke yet");
+    let step = match line {
+        Line::Twilio => 0.6,
+        Line::Vonage => 0.3,
+    };
+    let tone: Vec<i16> = (0..silence(line, Duration::from_millis(800)).len())
+        .map(|i| (9_000.0 * (i as f32 * step).sin()) as i16)
+        .collect();
+    play(&carrier, line, &tone).await;
+    let finalised =
+        silence_until(&carrier, line, Duration::from_secs(5), |_| w.deepgram.connections()[0].finalizes >= 1).await;
+    assert!(finalised, "Finalize was sent when the voice stopped");
+    assert_eq!(w.deepgram.connections()[0].finalizes, 1, "once per stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deepgram_is_asked_to_finalise_when_the_caller_stops_on_twilio() {
+    deepgram_is_asked_to_finalise_when_the_caller_stops(Line::Twilio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deepgram_is_asked_to_finalise_when_the_caller_stops_on_vonage() {
+    deepgram_is_asked_to_finalise_when_the_caller_stops(Line::Vonage).await;
 }
