@@ -1103,3 +1103,23 @@ async fn no_wait_runs_past_the_longest_turn() {
     engine.verdict(1, 0.1);
     assert_eq!(engine.turn_ends_at, Some(began + dials.longest_turn()), "capped, not two seconds on");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_noise_long_ago_does_not_shorten_a_later_turn() {
+    let dials = Dials::default();
+    let mut engine = engine_hearing(dials.clone()).await;
+    // Quiet, then 400 ms of a loud line (the detector hears speech), which stops with nothing said.
+    let tone: Vec<i16> = (0..8 * 400).map(|i| (9_000.0 * (i as f32 * 0.6).sin()) as i16).collect();
+    let quiet = || std::iter::repeat_n(&[0i16; 160][..], 40);
+    for frame in quiet().chain(tone.chunks(160)).chain(quiet()) {
+        engine.hear_voice(&Encoding::Mulaw8k.encode(frame), None).await;
+        tokio::time::advance(Duration::from_millis(20)).await;
+    }
+    assert!(engine.spoke_until.is_some(), "the detector heard it stop");
+    assert_eq!(engine.turn_began, None, "no words: no turn began");
+    tokio::time::advance(dials.longest_turn()).await;
+    let spoken = Some(Spoken { start: Duration::ZERO, end: Duration::ZERO });
+    engine.heard_event(SttEvent::Final { text: "I would like".into(), speech_final: false, spoken }).await;
+    let wait = engine.turn_ends_at.unwrap() - Instant::now();
+    assert_eq!(wait, dials.endpointing().otherwise, "the silence rule's whole wait");
+}

@@ -164,6 +164,8 @@ impl Engine {
         voice.pause += 1;
         voice.stopped_at = None;
         voice.verdict = None;
+        // Speech goes on: where it stopped before is not the end of it.
+        self.spoke_until = None;
         self.last_activity = now;
         self.turn_began.get_or_insert(now);
         // Still speaking: the end of the turn waits, as it does for words.
@@ -179,6 +181,10 @@ impl Engine {
         voice.stopped_at = Some(at);
         voice.verdict = None;
         self.spoke_until = Some(self.spoke_until.map_or(at, |s| s.max(at)));
+        if self.heard.trim().is_empty() && !self.interim {
+            // Nothing was said (yet): the turn's longest is counted from its words.
+            self.turn_began = None;
+        }
         let Some(model) = voice.model.clone() else { return };
         if voice.recent.is_empty() {
             return;
