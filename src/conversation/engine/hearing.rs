@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::{Engine, Speaker, TurnLatency};
 use crate::conversation::llm::ChatMessage;
 use crate::conversation::stt::{plausible, Spoken, SttEvent};
+use crate::conversation::turns::InterruptSensitivity;
 
 impl Engine {
     /// What speech-to-text heard: words push the end of the person's turn back, and while the bot
@@ -27,8 +28,11 @@ impl Engine {
                 self.last_activity = now;
                 self.interim = true;
                 self.turn_began.get_or_insert(now);
+                // A guessing recogniser's interim counts once the next one agrees with it.
+                let guessed = self.providers.stt.interims_are_guesses() && !agrees(&self.last_interim, &text);
                 self.last_interim.clone_from(&text);
-                if self.config.dials.interim_counts(spoken.map(|s| s.length())) {
+                let low = self.config.dials.interrupt == InterruptSensitivity::Low;
+                if self.config.dials.interim_counts(spoken.map(|s| s.length())) && !(low && guessed) {
                     self.maybe_barge_in(&text).await;
                 }
                 // Still speaking: the end of the turn waits (at most until the turn's longest).
@@ -59,16 +63,25 @@ impl Engine {
                 self.recognized_at = Some(now);
                 self.turn_began.get_or_insert(now);
                 self.spoken_until(spoken, now);
-                let voice = self.voice.as_ref();
-                let verdict = voice.filter(|v| !v.speaking()).and_then(|v| v.verdict);
+                // The pause these words end at: where the detector heard the caller stop, if that
+                // was where the words ended (their timings say so), and they are still silent.
+                let words_end = spoken.and_then(|s| self.voice.as_ref()?.when_heard(s.end, now));
+                let silent = self.voice.as_ref().filter(|v| !v.speaking()).filter(
+                    |v| matches!((v.stopped_at, words_end), (Some(stop), Some(end)) if stop + WORDS_TO_STOP >= end),
+                );
+                let verdict = silent.and_then(|v| {
+                    Some(super::voice::after_verdict(&self.config.dials, v.stopped_at?, v.verdict?, &self.heard))
+                });
                 let wait = if speech_final {
                     Duration::ZERO
                 } else {
                     self.config.dials.endpointing().silence_needed(&self.heard)
                 };
                 // The end-of-turn model's verdict on the pause these words end at, when it came;
-                // else the silence rule.
-                self.end_turn_at(verdict.map_or(now + wait, |at| at.max(now)));
+                // else the silence rule, its silence counted from where the detector heard the
+                // caller stop (from now when it did not).
+                let silence_from = silent.and_then(|v| v.stopped_at).unwrap_or(now);
+                self.end_turn_at(verdict.map_or((silence_from + wait).max(now), |at| at.max(now)));
             }
             SttEvent::UtteranceEnd => {
                 if !self.heard.is_empty() && !self.interim {
@@ -147,3 +160,21 @@ impl Engine {
         self.generate_turn(Some((spoke_until, latency)));
     }
 }
+
+/// Whether an interim agrees with the one before it: it goes on from what that one said (all of
+/// it but its last word, which a recogniser revises), at least two words of it.
+pub(super) fn agrees(before: &str, now: &str) -> bool {
+    let words = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .map(|w| w.chars().filter(|c| c.is_alphanumeric()).collect::<String>().to_lowercase())
+            .filter(|w| !w.is_empty())
+            .collect()
+    };
+    let (before, now) = (words(before), words(now));
+    let kept = before.len().saturating_sub(1);
+    kept >= 2 && now.len() >= kept && before[..kept] == now[..kept]
+}
+
+/// How much later than the detector's stop a recogniser may date the words' end and still be
+/// taken to end at that stop (its timings and the detector's differ by a window or two).
+const WORDS_TO_STOP: Duration = Duration::from_millis(300);

@@ -333,7 +333,13 @@ impl Engine {
                 }
                 _ = sleep_until(self.turn_ends_at.unwrap_or(far)), if self.turn_ends_at.is_some() => {
                     self.turn_ends_at = None;
-                    self.respond().await;
+                    if self.voice.as_ref().is_some_and(voice::Voice::sounds_like_speech) {
+                        // The caller may be speaking again (the detector is not sure yet): not
+                        // while they do (at most until the turn's longest).
+                        self.end_turn_at(Instant::now() + voice::RECHECK);
+                    } else {
+                        self.respond().await;
+                    }
                 }
                 _ = sleep_until(playout_at.unwrap_or(far)), if playout_at.is_some() => {
                     self.pump().await;

@@ -1067,9 +1067,13 @@ async fn the_models_verdict_on_a_pause_sets_the_wait_from_when_the_caller_stoppe
         voice.stopped_at = Some(stopped);
         voice.pause
     };
-    engine.heard = "I would like a table".into();
+    engine.heard = "I would like a table.".into();
     engine.verdict(pause, 0.9);
     assert_eq!(engine.turn_ends_at, Some(stopped + waits.complete), "done: the short wait");
+    engine.heard = "I would like a".into();
+    engine.verdict(pause, 0.9);
+    let finished = Dials::default().endpointing().after_punctuation;
+    assert_eq!(engine.turn_ends_at, Some(stopped + finished), "done, say the sounds; not the words");
     engine.verdict(pause, 0.1);
     assert_eq!(engine.turn_ends_at, Some(stopped + waits.incomplete), "not done: the long wait");
     engine.turn_ends_at = None;
@@ -1081,6 +1085,7 @@ async fn the_models_verdict_on_a_pause_sets_the_wait_from_when_the_caller_stoppe
     engine.heard.clear();
     engine.verdict(pause, 0.9);
     assert_eq!(engine.turn_ends_at, None);
+    engine.voice.as_mut().unwrap().session_opened();
     let spoken = Some(Spoken { start: Duration::ZERO, end: Duration::ZERO });
     engine.heard_event(SttEvent::Final { text: "A table for two.".into(), speech_final: true, spoken }).await;
     assert_eq!(engine.turn_ends_at, Some(stopped + waits.complete));
@@ -1122,4 +1127,36 @@ async fn a_noise_long_ago_does_not_shorten_a_later_turn() {
     engine.heard_event(SttEvent::Final { text: "I would like".into(), speech_final: false, spoken }).await;
     let wait = engine.turn_ends_at.unwrap() - Instant::now();
     assert_eq!(wait, dials.endpointing().otherwise, "the silence rule's whole wait");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_silence_rule_counts_from_where_the_caller_stopped() {
+    let dials = Dials::default();
+    let mut engine = engine_hearing(dials.clone()).await;
+    engine.voice.as_mut().unwrap().session_opened();
+    let tone: Vec<i16> = (0..8 * 800).map(|i| (9_000.0 * (i as f32 * 0.6).sin()) as i16).collect();
+    let quiet = || std::iter::repeat_n(&[0i16; 160][..], 25);
+    for frame in quiet().chain(tone.chunks(160)).chain(quiet()) {
+        engine.hear_voice(&Encoding::Mulaw8k.encode(frame), None).await;
+        tokio::time::advance(Duration::from_millis(20)).await;
+    }
+    let stopped = engine.voice.as_ref().unwrap().stopped_at.expect("the detector heard the caller stop");
+    // The words end where the speech did (500 ms of quiet, then 800 ms of it).
+    let spoken = Some(Spoken { start: Duration::from_millis(500), end: Duration::from_millis(1_300) });
+    engine.heard_event(SttEvent::Final { text: "I would like".into(), speech_final: false, spoken }).await;
+    assert_eq!(engine.turn_ends_at, Some(stopped + dials.endpointing().otherwise));
+    // Words that end elsewhere (a recogniser without timings): from when they came.
+    engine.turn_ends_at = None;
+    engine.heard_event(SttEvent::Final { text: "a table".into(), speech_final: false, spoken: None }).await;
+    assert_eq!(engine.turn_ends_at, Some(Instant::now() + dials.endpointing().otherwise));
+}
+
+#[test]
+fn an_interim_agrees_with_the_one_before_when_it_goes_on_from_it() {
+    use super::hearing::agrees;
+    assert!(agrees("Sorry, what was the", "sorry what was the price"));
+    assert!(agrees("sorry what wa", "Sorry, what was the price?"), "the last word revised");
+    assert!(!agrees("And I'm each and em,", "Mm hmm, yeah."));
+    assert!(!agrees("", "sorry what was the price"), "the first interim agrees with nothing");
+    assert!(!agrees("sorry", "sorry what was the price"), "one word is too little to agree on");
 }

@@ -22,7 +22,11 @@ use crate::conversation::audio::{Encoding, Transcoder};
 use crate::conversation::end_of_turn::{self, EndOfTurn};
 use crate::conversation::local::LocalSpeech;
 use crate::conversation::stt::SttInput;
+use crate::conversation::turns::Dials;
 use crate::conversation::vad::detector::{DetectorSettings, SpeechDetector, SpeechEvent, VoiceActivity};
+
+/// How soon a turn's end is looked at again when the caller sounded like speaking at it.
+pub(super) const RECHECK: Duration = Duration::from_millis(100);
 
 /// Which turn-taking models a call uses: the server's local speech, as its settings allow
 /// (`VAD`, `END_OF_TURN_MODEL`). Without local speech: loudness and the silence rule.
@@ -68,8 +72,8 @@ pub(super) struct Voice {
     pub(super) pause: u64,
     /// When the caller last stopped speaking (the detector's offset), while they are silent.
     pub(super) stopped_at: Option<Instant>,
-    /// The model's verdict on the current pause: answer no sooner than this.
-    pub(super) verdict: Option<Instant>,
+    /// The model's verdict on the current pause: the probability that the turn is complete.
+    pub(super) verdict: Option<f32>,
     /// Where the model's verdicts are sent, tagged with their pause.
     verdicts: mpsc::Sender<(u64, f32)>,
 }
@@ -103,6 +107,12 @@ impl Voice {
     pub(super) fn when_heard(&self, at: Duration, now: Instant) -> Option<Instant> {
         let position = self.session_from? + at;
         now.checked_sub(self.detector.heard().saturating_sub(position))
+    }
+
+    /// Whether the caller is speaking, or the last window sounded like speech (that may be
+    /// speech starting again, which the detector confirms only after its minimum length).
+    pub(super) fn sounds_like_speech(&self) -> bool {
+        self.detector.speaking() || self.detector.probability() >= DetectorSettings::default().threshold
     }
 
     /// Whether the caller is speaking, as the detector last said.
@@ -206,13 +216,12 @@ impl Engine {
     pub(super) fn verdict(&mut self, pause: u64, probability: f32) {
         let Some(voice) = self.voice.as_mut() else { return };
         let Some(stopped) = voice.stopped_at.filter(|_| pause == voice.pause) else { return };
-        let wait = self.config.dials.end_of_turn_waits().after(probability);
-        let at = stopped + wait;
-        voice.verdict = Some(at);
+        voice.verdict = Some(probability);
         metrics::counter!("vocode_end_of_turn_verdicts_total",
             "verdict" => if probability > end_of_turn::THRESHOLD { "complete" } else { "incomplete" })
         .increment(1);
         if !self.heard.trim().is_empty() && self.outside.is_empty() {
+            let at = after_verdict(&self.config.dials, stopped, probability, &self.heard);
             self.end_turn_at(at.max(Instant::now()));
         }
     }
@@ -225,4 +234,19 @@ impl Engine {
         };
         self.turn_ends_at = Some(at);
     }
+}
+
+/// When a turn whose pause began at `stopped` ends, by the model's `probability` that it is
+/// complete: the dials' waits ([`Dials::end_of_turn_waits`]); but words that do not end a sentence
+/// are answered no sooner than the silence rule answers a finished one (the model hears how the
+/// caller sounds; the recogniser's punctuation says what they said).
+pub(super) fn after_verdict(dials: &Dials, stopped: Instant, probability: f32, heard: &str) -> Instant {
+    let wait = dials.end_of_turn_waits().after(probability);
+    let finished = dials.endpointing().silence_needed(heard) == dials.endpointing().after_punctuation;
+    let wait = if probability > end_of_turn::THRESHOLD && !finished {
+        wait.max(dials.endpointing().after_punctuation)
+    } else {
+        wait
+    };
+    stopped + wait
 }

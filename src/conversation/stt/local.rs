@@ -8,7 +8,8 @@
 //! is transcribed again every [`INTERIM_EVERY`] of new audio for interim results (skipped when a
 //! newer one supersedes it, and when every worker of the recogniser is busy: finals, which end
 //! turns, come first); when the speech has stopped, the whole utterance is transcribed once more
-//! for the final (`speech_final`). Each result says where its speech was ([`Spoken`]), and text
+//! for the final (`speech_final` only when the session cut it itself: where the engine's
+//! detector cut, the engine decides when the turn is over). Each result says where its speech was ([`Spoken`]), and text
 //! the recogniser made of too little speech, or looping ([`super::plausible`]), is never sent.
 //! Telephone audio (8 kHz μ-law) is upsampled to the model's 16 kHz by the engine's own
 //! resampler.
@@ -46,7 +47,7 @@ pub const SHORTEST_SPEECH: Duration = ENERGY_MIN_SPEECH;
 /// we, we, we") are never asked for.
 pub const FIRST_INTERIM: Duration = Duration::from_millis(600);
 /// Audio kept from before the engine's detector dated the speech's start.
-const VOICE_PRE_ROLL: usize = SAMPLE_RATE / 10;
+const VOICE_PRE_ROLL: usize = PRE_ROLL;
 /// Audio kept outside an utterance, to find where the detector dated its start (it knows it
 /// 200 ms later).
 const KEPT_BEFORE: usize = SAMPLE_RATE;
@@ -78,6 +79,11 @@ impl SpeechToText for LocalStt {
 
     fn name(&self) -> &str {
         PROVIDER
+    }
+
+    fn interims_are_guesses(&self) -> bool {
+        // Moonshine on 850 ms of "Mm hmm, yeah": "And I'm each and em,".
+        true
     }
 }
 
@@ -394,11 +400,12 @@ impl VoiceCutter {
                     metrics::counter!("vocode_stt_local_noise_skipped_total").increment(1);
                     return Vec::new();
                 }
+                // Not an endpoint: the engine, which cut here, decides when the turn is over.
                 let job = Job {
                     at: std::time::Instant::now(),
                     audio: cut.audio,
                     last: true,
-                    speech_final: true,
+                    speech_final: false,
                     spoken: Some(spoken),
                 };
                 vec![Step::Transcribe(job)]
@@ -487,9 +494,9 @@ mod tests {
         }
         steps.extend(cutter.voice(SpeechEvent::Stopped { at: ms(2_000) }));
         steps.extend(cutter.audio(&tone(500, 0.0)));
-        // 100 ms of pre-roll before 800 ms, the 200 ms to 1000 ms, then 1200 ms: 1500 ms. The
-        // first interim once 600 ms of it was speech (700 ms of audio), the next after 500 ms more.
-        assert_eq!(kinds(&steps), ["started", "interim:700ms", "interim:1200ms", "final:1500ms"]);
+        // 250 ms of pre-roll before 800 ms, the 200 ms to 1000 ms, then 1200 ms: 1650 ms. The
+        // first interim once 600 ms of it was speech (850 ms of audio), the next after 500 ms more.
+        assert_eq!(kinds(&steps), ["started", "interim:850ms", "interim:1350ms", "final:1650ms"]);
         let Some(Step::Transcribe(last)) = steps.last() else { panic!() };
         assert_eq!(last.spoken, Some(Spoken { start: ms(800), end: ms(2_000) }));
         assert!(cutter.finish().is_none());

@@ -140,6 +140,13 @@ pub trait SpeechToText: Send + Sync {
 
     /// The provider's name, for logs and metrics.
     fn name(&self) -> &str;
+
+    /// Whether its interim results are guesses that may have nothing to do with the final words
+    /// (a small recogniser transcribing part of an utterance): then an interim counts only once
+    /// the next one agrees with it.
+    fn interims_are_guesses(&self) -> bool {
+        false
+    }
 }
 
 /// One open streaming session. Dropping it (or just closing `audio`) closes the provider

@@ -30,6 +30,9 @@ use crate::support::Backend;
 const GREETING_AUDIO: u8 = 0x3c;
 const ANSWER_AUDIO: u8 = 0x5a;
 const ANSWER: &str = "Our window tables are free tonight and the terrace opens at six.";
+/// "Mm hmm, yeah", as flite is made to say it (its "Mm hmm" is a buzz Moonshine hears as words
+/// such as "And am I, Chaman?" on the 8 kHz line).
+const BACKCHANNEL: &str = "Mhm, yeah.";
 /// How long the bot's answer plays.
 const ANSWER_LENGTH: Duration = Duration::from_millis(4_000);
 
@@ -184,7 +187,7 @@ async fn a_cough_during_the_answer_does_not_stop_the_bot(w: World, line: Line, f
 async fn a_backchannel_at_low_does_not_stop_the_bot(w: World, line: Line, flite: &Path) {
     let (id, carrier) = greeted(&w, line, "low").await;
     bot_answering(&w, &carrier, line, flite, Duration::from_millis(300)).await;
-    play(&carrier, line, &said(flite, line, "Mm hmm, yeah.").await).await;
+    play(&carrier, line, &said(flite, line, BACKCHANNEL).await).await;
     let whole = ANSWER_LENGTH.as_millis() as u64;
     silence_until(&carrier, line, Duration::from_secs(10), |c| c.played_ms_of(ANSWER_AUDIO) >= whole).await;
     let text = transcript_has(&w, &id, "BOT: Our window").await;
