@@ -12,8 +12,9 @@
 //! whose consumer is the carrier's socket.
 //!
 //! The engine by concern, each an `impl Engine` of its own: `ports` (what comes from the call,
-//! what goes to it, what the engine reports), `hearing` (the person's words and keys, barge-in,
-//! the end of their turn), `speaking` (the bot's utterance, paced out and finished once played),
+//! what goes to it, what the engine reports), `voice` (the caller's voice before any word: the
+//! voice-activity detector, the end-of-turn model's verdict on each pause, the turn's longest),
+//! `hearing` (the person's words and keys, barge-in, the end of their turn), `speaking` (the bot's utterance, paced out and finished once played),
 //! `generating` (the model's turn, cut into sentences and voiced) and `acting` (actions, run as
 //! each kind plans them). Here: the configuration, and the loop — the call's audio in (to
 //! speech-to-text) and out (what playout has due, to the call) — that hands everything else to them.
