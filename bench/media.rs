@@ -274,7 +274,7 @@ fn server_stages(text: &str) -> Vec<(String, f64)> {
             .find(|l| l.starts_with(name) && l.contains(&format!("stage=\"{stage}\"")))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
-    ["end_of_turn", "first_token", "first_audio", "first_frame"]
+    ["recognized", "end_of_turn", "first_token", "first_audio", "first_frame"]
         .iter()
         .filter_map(|stage| {
             let sum = value("vocode_turn_latency_seconds_sum", stage)?;
@@ -935,7 +935,7 @@ fn table(levels: &[Level], s: &Settings) -> String {
             l.tick_late_p99,
         ));
     }
-    t.push_str("\nThe server's own view of a turn (means from its `vocode_turn_latency_seconds` histograms, from the end-of-turn decision), and setup:\n\n");
+    t.push_str("\nThe server's own view of a turn (means from its `vocode_turn_latency_seconds` histograms, each from the end of the caller's speech), and setup:\n\n");
     t.push_str("| concurrent calls | first token | first audio | first frame | paced gaps ≥ 30 ms / ≤ 10 ms | frames dropped | create + answer all calls |\n|---|---|---|---|---|---|---|\n");
     for l in levels {
         let stage = |name: &str| {

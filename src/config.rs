@@ -295,6 +295,30 @@ pub struct ConversationArgs {
     /// speaks with the local flite voice instead of being refused.
     #[arg(long, env = "LOCAL_VOICE_FALLBACK", default_value_t = false, action = clap::ArgAction::Set)]
     pub local_voice_fallback: bool,
+
+    /// How calls tell the caller's voice from the rest: `silero` (the neural detector, when
+    /// installed in `SPEECH_DIR`; loudness otherwise) or `energy` (loudness).
+    #[arg(long = "vad", env = "VAD", value_enum, default_value = "silero")]
+    pub vad: Vad,
+
+    /// Whether the end-of-turn model (Smart Turn, when installed in `SPEECH_DIR`) judges each of
+    /// the caller's pauses: `on`, or `off` for the silence rule alone.
+    #[arg(long, env = "END_OF_TURN_MODEL", value_enum, default_value = "on")]
+    pub end_of_turn_model: Switch,
+}
+
+/// The voice-activity detector calls use (`VAD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Vad {
+    Energy,
+    Silero,
+}
+
+/// A feature turned on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Where calls go: the built-in sandbox carrier, or Twilio and Vonage.
@@ -542,6 +566,8 @@ impl ConversationArgs {
             pinecone_base_url: self.pinecone_base_url.clone(),
             vocode_voice: self.vocode_voice.clone(),
             local_voice_fallback: self.local_voice_fallback,
+            silero_vad: self.vad == Vad::Silero,
+            end_of_turn_model: self.end_of_turn_model == Switch::On,
         }
     }
 }
@@ -568,6 +594,8 @@ impl Default for ConversationArgs {
             playht_base_url: providers.playht_base_url,
             pinecone_base_url: providers.pinecone_base_url,
             vocode_voice: providers.vocode_voice,
+            vad: if providers.silero_vad { Vad::Silero } else { Vad::Energy },
+            end_of_turn_model: if providers.end_of_turn_model { Switch::On } else { Switch::Off },
             speech_dir: None,
             local_stt_workers: None,
             local_voice_fallback: providers.local_voice_fallback,
@@ -721,5 +749,19 @@ mod tests {
         args.record_on_server = false;
         args.recordings_url = Some("gs://calls".into());
         assert!(args.recordings_at("postgres://x@y/z").is_err(), "a bad URL is refused even when unused");
+    }
+
+    #[test]
+    fn the_turn_taking_models_are_on_unless_told_otherwise() {
+        let parsed = |args: &[&str]| Cli::try_parse_from([&["vocode-server"], args].concat()).unwrap();
+        let settings = parsed(&[]).serve.conversation.providers();
+        assert!(settings.silero_vad && settings.end_of_turn_model, "on when installed, by default");
+        let off = parsed(&["--vad", "energy", "--end-of-turn-model", "off"]).serve.conversation.providers();
+        assert!(!off.silero_vad && !off.end_of_turn_model);
+        assert!(Cli::try_parse_from(["vocode-server", "--vad", "neural"]).is_err(), "only energy or silero");
+        let names = env_names();
+        assert!(names.iter().any(|n| n == "VAD") && names.iter().any(|n| n == "END_OF_TURN_MODEL"));
+        let back = ConversationArgs::default().providers();
+        assert!(back.silero_vad && back.end_of_turn_model, "the defaults agree with the engine's");
     }
 }

@@ -19,8 +19,11 @@
   const STATUSES = ["not_started", "in_progress", "ended", "error"];
   // Outcomes of calls that did not reach anyone, or did not reach who they were meant to.
   const FAILED_OUTCOMES = ["call_did_not_connect", "human_unanswered", "transfer_unanswered"];
+  // Each stage is reached so many ms after the end of the caller's speech; a bar's segment is the
+  // time from the stage before.
   const STAGES = [
-    ["end_of_turn_ms", "end of turn", "the person's last word → the decision that their turn is over"],
+    ["recognition_ms", "recognition final", "end of the caller's speech → the recogniser's final words"],
+    ["end_of_turn_ms", "end of turn", "final words → the decision that the turn is over"],
     ["first_token_ms", "first model token", "decision → the model's first token"],
     ["first_audio_ms", "first audio", "first token → the voice's first audio"],
     ["first_frame_ms", "first frame sent", "first audio → the first frame sent to the call"],
@@ -577,8 +580,9 @@
     };
   }
 
-  // Each turn as a bar: end of turn, then the model's first token, the first audio and the first
-  // frame sent, each measured from the end-of-turn decision (so each segment is the step's share).
+  // Each turn as a bar from the end of the caller's speech: the recogniser's final words, the
+  // end-of-turn decision, the model's first token, the first audio and the first frame sent, each
+  // reached so many ms after the end of speech (so each segment is the step's share).
   function latencyView(box) {
     let shown = TURNS_PAGE;
     let data = null;
@@ -588,9 +592,8 @@
       }
       const turns = data.turns.slice(0, shown);
       const segments = (t) => {
-        const eot = t.end_of_turn_ms || 0;
-        const marks = [t.first_token_ms, t.first_audio_ms, t.first_frame_ms];
-        const out = [[0, eot]];
+        const marks = STAGES.map(([key]) => t[key]);
+        const out = [];
         let last = 0;
         for (const mark of marks) {
           if (mark === null || mark === undefined) {
@@ -598,7 +601,7 @@
             continue;
           }
           const end = Math.max(last, mark);
-          out.push([eot + last, eot + end]);
+          out.push([last, end]);
           last = end;
         }
         return out;

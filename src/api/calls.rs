@@ -62,8 +62,8 @@ async fn get_call(
     Ok(Json(call_view(&state, &mut handle, &row).await?))
 }
 
-/// `GET /calls/latency` (this server's own): where each answered turn of the caller's call spent
-/// its time, with each stage's median and 95th percentile.
+/// `GET /calls/latency` (this server's own): when each answered turn of the caller's call reached
+/// each stage, from the end of the caller's speech, with each stage's median and 95th percentile.
 pub async fn latency(
     State(state): State<AppState>,
     caller: Caller,
@@ -73,7 +73,8 @@ pub async fn latency(
     let row = user_call(&mut handle, caller.user_id, q.id).await?;
     let turns = calls_store::turns(handle.conn(), row.id).await?;
     type Stage = fn(&calls_store::TurnRow) -> Option<f64>;
-    let stages: [(&str, Stage); 4] = [
+    let stages: [(&str, Stage); 5] = [
+        ("recognition_ms", |t| t.recognition_ms),
         ("end_of_turn_ms", |t| Some(t.end_of_turn_ms)),
         ("first_token_ms", |t| t.first_token_ms),
         ("first_audio_ms", |t| t.first_audio_ms),
@@ -90,8 +91,9 @@ pub async fn latency(
     let turns: Vec<Value> = turns
         .iter()
         .map(|t| {
-            json!({"turn": t.turn, "at": t.at, "end_of_turn_ms": t.end_of_turn_ms, "first_token_ms": t.first_token_ms,
-                   "first_audio_ms": t.first_audio_ms, "first_frame_ms": t.first_frame_ms})
+            json!({"turn": t.turn, "at": t.at, "recognition_ms": t.recognition_ms, "end_of_turn_ms": t.end_of_turn_ms,
+                   "first_token_ms": t.first_token_ms, "first_audio_ms": t.first_audio_ms,
+                   "first_frame_ms": t.first_frame_ms})
         })
         .collect();
     Ok(Json(json!({"call_id": row.id, "turns": turns, "summary": summary})))

@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use super::actions::{Action, NoRunner};
-use super::engine::{EngineConfig, Providers};
+use super::engine::{EngineConfig, Providers, TurnModels};
 use super::knowledge::{Knowledge, Pinecone};
 use super::line::Line;
 use super::llm::openai::{OpenAiCompatible, OpenAiSettings};
@@ -136,7 +136,9 @@ pub fn resolve_with(
         voice => voice?,
     };
     // The call's edge gives its own runner (it knows the call); until then no action reaches out.
-    let providers = Providers { stt, llm, voice, actions: Arc::new(NoRunner), knowledge: knowledge(docs, settings) };
+    let turn_models = TurnModels::new(speech.clone(), settings.silero_vad, settings.end_of_turn_model);
+    let providers =
+        Providers { stt, llm, voice, actions: Arc::new(NoRunner), knowledge: knowledge(docs, settings), turn_models };
     let keywords = agent["deepgram_keywords"]
         .as_object()
         .map(|words| words.iter().map(|(word, boost)| format!("{word}:{}", boost.as_f64().unwrap_or(1.0))).collect())

@@ -44,6 +44,12 @@ pub struct ProviderSettings {
     /// A cloud voice that cannot be used here speaks with the local flite voice instead of the
     /// call being refused (`LOCAL_VOICE_FALLBACK`).
     pub local_voice_fallback: bool,
+    /// Calls hear the caller's voice with the neural detector when it is installed (`VAD=silero`),
+    /// else by loudness.
+    pub silero_vad: bool,
+    /// The end-of-turn model judges the caller's pauses when it is installed
+    /// (`END_OF_TURN_MODEL=on`), else the silence rule ends turns.
+    pub end_of_turn_model: bool,
 }
 
 impl Default for ProviderSettings {
@@ -67,6 +73,8 @@ impl Default for ProviderSettings {
             pinecone_base_url: None,
             vocode_voice: None,
             local_voice_fallback: false,
+            silero_vad: true,
+            end_of_turn_model: true,
         }
     }
 }

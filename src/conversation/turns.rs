@@ -131,6 +131,16 @@ impl Dials {
         EndOfTurnWaits { complete: self.scaled(complete), incomplete: self.scaled(incomplete) }
     }
 
+    /// Whether an interim heard on this much speech may stop the bot: at `low` sensitivity only
+    /// on [`MIN_INTERIM_SPEECH`] (a recogniser's first guesses on a syllable are not what was
+    /// said); a recogniser that does not date its words is taken at its word.
+    pub fn interim_counts(&self, speech: Option<Duration>) -> bool {
+        match self.interrupt {
+            InterruptSensitivity::High => true,
+            InterruptSensitivity::Low => speech.is_none_or(|s| s >= MIN_INTERIM_SPEECH),
+        }
+    }
+
     /// Whether an utterance heard while the bot speaks is only a backchannel, which leaves the
     /// bot talking (it is still kept in the transcript).
     pub fn ignores_while_speaking(&self, utterance: &str) -> bool {
@@ -138,12 +148,21 @@ impl Dials {
         if words.is_empty() {
             return true;
         }
+        // Hums ("mm", "hmm", and the letters a recogniser spells one as: "M. H. M.") are no words.
+        let meant: Vec<&String> = words.iter().filter(|w| !is_hum(w)).collect();
         match self.interrupt {
             InterruptSensitivity::High => false,
-            InterruptSensitivity::Low => words.len() <= 3 || is_backchannel(utterance),
+            InterruptSensitivity::Low => {
+                meant.len() <= 3
+                    || is_backchannel(utterance)
+                    || is_backchannel(&meant.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(" "))
+            }
         }
     }
 }
+
+/// The speech an interim must be heard on before it stops the bot at `low` sensitivity.
+pub const MIN_INTERIM_SPEECH: Duration = Duration::from_millis(600);
 
 /// The silences that end a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +209,11 @@ fn words(text: &str) -> Vec<String> {
         })
         .filter(|w| !w.is_empty())
         .collect()
+}
+
+/// A hum: a word of only m's and h's ("mm", "hmm", "mhm", or a recogniser's spelled-out "M", "H").
+fn is_hum(word: &str) -> bool {
+    !word.is_empty() && word.chars().all(|c| matches!(c, 'm' | 'h'))
 }
 
 /// A word with its stretched letters folded ("yeahhh" → "yeah", "mmmhmm" → "mhm").
@@ -336,5 +360,18 @@ mod tests {
         assert!(!low.ignores_while_speaking("sorry, can you repeat the price"));
         assert!(!high.ignores_while_speaking("mhm"));
         assert!(high.ignores_while_speaking("  "), "nothing said interrupts nothing");
+        // "Mm hmm, yeah" as the local recogniser heard flite say it.
+        assert!(low.ignores_while_speaking("Mm, M. H. M. M. Yeah."));
+        assert!(!low.ignores_while_speaking("Hmm, I want the one by the window instead"));
+    }
+
+    #[test]
+    fn at_low_an_interim_counts_only_on_enough_speech() {
+        let low = Dials::default();
+        let high = Dials { interrupt: InterruptSensitivity::High, ..Dials::default() };
+        assert!(!low.interim_counts(Some(Duration::from_millis(250))), "a syllable's guesses");
+        assert!(low.interim_counts(Some(MIN_INTERIM_SPEECH)));
+        assert!(low.interim_counts(None), "a recogniser that does not date its words");
+        assert!(high.interim_counts(Some(Duration::from_millis(100))));
     }
 }

@@ -134,6 +134,7 @@ impl Talk<'_> {
                         turn: turns,
                         at: crate::store::now(),
                         end_of_turn_ms: ms(latency.end_of_turn),
+                        recognition_ms: latency.recognized.map(ms),
                         first_token_ms: latency.first_token.map(ms),
                         first_audio_ms: latency.first_audio.map(ms),
                         first_frame_ms: latency.first_frame.map(ms),

@@ -398,12 +398,14 @@ pub async fn active_counts(c: DbConn<'_>) -> sqlx::Result<Vec<(CallStatus, i64)>
     counts.into_iter().map(|(status, n)| Ok((parsed(&status)?, n))).collect()
 }
 
-/// Where one answered turn's time went, in milliseconds (see `migrations/*/0006_call_turns.sql`).
+/// When each stage of one answered turn was reached, in milliseconds from the end of the caller's
+/// speech (see `migrations/*/0006_call_turns.sql` and `0010_call_turn_recognition.sql`).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct TurnRow {
     pub turn: i64,
     pub at: DateTime<Utc>,
     pub end_of_turn_ms: f64,
+    pub recognition_ms: Option<f64>,
     pub first_token_ms: Option<f64>,
     pub first_audio_ms: Option<f64>,
     pub first_frame_ms: Option<f64>,
@@ -412,8 +414,8 @@ pub struct TurnRow {
 /// Keeps a turn's latencies; a turn already kept is left as it is.
 pub async fn record_turn(c: DbConn<'_>, call_id: Uuid, t: &TurnRow) -> sqlx::Result<()> {
     const SQL: &str = "INSERT INTO call_turns \
-        (call_id, turn, at, end_of_turn_ms, first_token_ms, first_audio_ms, first_frame_ms) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (call_id, turn) DO NOTHING";
+        (call_id, turn, at, end_of_turn_ms, first_token_ms, first_audio_ms, first_frame_ms, recognition_ms) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (call_id, turn) DO NOTHING";
     run!(c, |c| sqlx::query(SQL)
         .bind(call_id)
         .bind(t.turn)
@@ -422,6 +424,7 @@ pub async fn record_turn(c: DbConn<'_>, call_id: Uuid, t: &TurnRow) -> sqlx::Res
         .bind(t.first_token_ms)
         .bind(t.first_audio_ms)
         .bind(t.first_frame_ms)
+        .bind(t.recognition_ms)
         .execute(&mut *c)
         .await
         .map(|_| ()))
@@ -429,7 +432,8 @@ pub async fn record_turn(c: DbConn<'_>, call_id: Uuid, t: &TurnRow) -> sqlx::Res
 
 /// A call's turns, in order.
 pub async fn turns(c: DbConn<'_>, call_id: Uuid) -> sqlx::Result<Vec<TurnRow>> {
-    const SQL: &str = "SELECT turn, at, end_of_turn_ms, first_token_ms, first_audio_ms, first_frame_ms \
+    const SQL: &str =
+        "SELECT turn, at, end_of_turn_ms, recognition_ms, first_token_ms, first_audio_ms, first_frame_ms \
         FROM call_turns WHERE call_id = $1 ORDER BY turn";
     run!(c, |c| sqlx::query_as(SQL).bind(call_id).fetch_all(&mut *c).await)
 }

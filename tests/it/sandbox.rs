@@ -243,7 +243,8 @@ async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
         assert_eq!(line.said, ["Yes, this is Ajay speaking.", "Okay, thank you. Goodbye."]);
         assert_eq!(line.clears, 0, "nobody interrupted");
         assert!(line.marks_played >= 10, "marks came back as the bot's audio played: {line:?}");
-        // Where each answered turn's time went: both answers, each stage after the one before.
+        // When each answered turn reached each stage, from the end of the person's speech: both
+        // answers, each stage after the one before.
         let (status, latency) = app.get(&format!("/calls/latency?id={id}")).await;
         assert_eq!(status, StatusCode::OK, "{latency}");
         assert_eq!(latency["call_id"], json!(id));
@@ -251,7 +252,9 @@ async fn sandbox_people_talk_with_the_stand_ins(app: TestApp) {
         assert_eq!(turns.iter().map(|t| t["turn"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2], "{latency}");
         for turn in turns {
             let stage = |name: &str| turn[name].as_f64().unwrap_or_else(|| panic!("{name} in {turn}"));
-            assert!(stage("end_of_turn_ms") >= 0.0, "{turn}");
+            assert!(stage("recognition_ms") >= 0.0, "{turn}");
+            assert!(stage("recognition_ms") <= stage("end_of_turn_ms"), "{turn}");
+            assert!(stage("end_of_turn_ms") <= stage("first_token_ms"), "{turn}");
             assert!(stage("first_token_ms") <= stage("first_audio_ms"), "{turn}");
             assert!(stage("first_audio_ms") <= stage("first_frame_ms"), "{turn}");
         }

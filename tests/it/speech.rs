@@ -161,7 +161,7 @@ async fn a_truncated_model_turns_the_local_recogniser_off_without_a_crash() {
 }
 
 /// `sentence` said by flite's `voice` on a line in `encoding`.
-async fn say(program: &Path, voice: &str, sentence: &str, encoding: Encoding) -> Vec<u8> {
+pub(crate) async fn say(program: &Path, voice: &str, sentence: &str, encoding: Encoding) -> Vec<u8> {
     let voice = Flite::new(program, voice).unwrap();
     let mut audio = Vec::new();
     let mut stream = voice.synthesize(sentence, encoding).await.unwrap();
@@ -173,7 +173,7 @@ async fn say(program: &Path, voice: &str, sentence: &str, encoding: Encoding) ->
 
 /// Noise bursts of up to 300 ms, as 16 kHz samples: white noise, a click, a breath, a cough, a
 /// door's thump.
-fn bursts() -> Vec<(&'static str, Vec<i16>)> {
+pub(crate) fn bursts() -> Vec<(&'static str, Vec<i16>)> {
     let mut seed = 5u32;
     let mut white = move || {
         seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);

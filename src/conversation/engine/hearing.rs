@@ -1,8 +1,11 @@
 //! What the engine does with what it hears: speech-to-text's words (a backchannel kept while the
 //! bot goes on, or a barge-in that stops it), the keys the person presses, and the end of the
-//! person's turn, which the model answers. No words are lost: what is said while the bot cannot
-//! be interrupted (its greeting) is answered once it is over, and what the person said last
-//! before the call's audio ended is waited for, briefly, and kept.
+//! person's turn, which the model answers. Text that is not words (a recogniser looping, or what
+//! it says over noise) is dropped; an interim stops the bot only on enough speech
+//! ([`Dials::interim_counts`]). Each turn's latencies run from the end of the caller's speech. No
+//! words are lost: what is said while the bot cannot be interrupted (its greeting) is answered once
+//! it is over, and what the person said last before the call's audio ended is waited for, briefly,
+//! and kept.
 
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{Engine, Speaker, TurnLatency};
 use crate::conversation::llm::ChatMessage;
-use crate::conversation::stt::{plausible, SttEvent, SttSession};
+use crate::conversation::stt::{plausible, Spoken, SttEvent, SttSession};
 use crate::conversation::turns::InterruptSensitivity;
 
 /// How long, once the call's audio is gone, speech-to-text's last results are waited for: a
@@ -25,23 +28,37 @@ impl Engine {
     pub(super) async fn heard_event(&mut self, event: SttEvent) {
         let now = Instant::now();
         match event {
-            SttEvent::Interim { text } | SttEvent::Final { text, .. } if text.trim().is_empty() => {}
-            SttEvent::Interim { text } => {
+            SttEvent::Interim { text, .. } | SttEvent::Final { text, .. } if text.trim().is_empty() => {}
+            SttEvent::Interim { text, .. } | SttEvent::Final { text, .. } if !plausible::is_plausible(&text, None) => {
+                tracing::debug!(%text, "not words: dropped");
+                metrics::counter!("vocode_conversation_implausible_words_total").increment(1);
+            }
+            SttEvent::Interim { text, spoken } => {
                 self.last_activity = now;
                 self.interim = true;
-                self.maybe_barge_in(&text, false).await;
-                // Still speaking: the end of the turn waits.
+                self.turn_began.get_or_insert(now);
+                // A guessing recogniser's interim counts once the next one agrees with it.
+                let guessed = self.providers.stt.interims_are_guesses() && !agrees(&self.last_interim, &text);
+                self.last_interim.clone_from(&text);
+                let low = self.config.dials.interrupt == InterruptSensitivity::Low;
+                if self.config.dials.interim_counts(spoken.map(|s| s.length())) && !(low && guessed) {
+                    self.maybe_barge_in(&text, false).await;
+                }
+                // Still speaking: the end of the turn waits (at most until the turn's longest).
                 if self.turn_ends_at.is_some() {
-                    self.turn_ends_at = Some(now + self.config.dials.endpointing().otherwise);
+                    self.end_turn_at(now + self.config.dials.endpointing().otherwise);
+                } else if self.speaking.is_none() {
+                    self.end_turn_at(now + self.config.dials.longest_turn());
                 }
             }
-            SttEvent::Final { text, speech_final } => {
+            SttEvent::Final { text, speech_final, spoken } => {
                 if self.held() && plausible::judge(&text, None).is_err() {
                     // No words after all: the bot held for nothing, and goes on when the wait ends.
                     return;
                 }
                 self.last_activity = now;
                 self.interim = false;
+                self.last_interim.clear();
                 let interrupting = self.maybe_barge_in(&text, true).await;
                 // Words that would have taken the turn from a bot that cannot be interrupted (its
                 // greeting) are answered once it is over, not kept as a backchannel.
@@ -49,6 +66,9 @@ impl Engine {
                     && !self.config.dials.ignores_while_speaking(&text);
                 if self.speaking.is_some() && !interrupting && !for_later {
                     // A backchannel: kept, and the bot goes on.
+                    if self.heard.is_empty() {
+                        self.turn_began = None;
+                    }
                     self.record(Speaker::Human, text, false).await;
                     return;
                 }
@@ -57,14 +77,30 @@ impl Engine {
                 }
                 self.heard.push_str(text.trim());
                 self.last_word = Some(now);
+                self.recognized_at = Some(now);
+                self.turn_began.get_or_insert(now);
+                self.spoken_until(spoken, now);
+                // The pause these words end at: where the detector heard the caller stop, if that
+                // was where the words ended (their timings say so), and they are still silent.
+                let words_end = spoken.and_then(|s| self.voice.as_ref()?.when_heard(s.end, now));
+                let silent = self.voice.as_ref().filter(|v| !v.speaking()).filter(
+                    |v| matches!((v.stopped_at, words_end), (Some(stop), Some(end)) if stop + WORDS_TO_STOP >= end),
+                );
+                let verdict = silent.and_then(|v| {
+                    Some(super::voice::after_verdict(&self.config.dials, v.stopped_at?, v.verdict?, &self.heard))
+                });
                 let wait = if speech_final {
                     Duration::ZERO
                 } else {
                     self.config.dials.endpointing().silence_needed(&self.heard)
                 };
-                // While the bot goes on, its utterance's end starts the wait (`after_playout`).
+                // The end-of-turn model's verdict on the pause these words end at, when it came;
+                // else the silence rule, its silence counted from where the detector heard the
+                // caller stop (from now when it did not). While the bot goes on, its utterance's
+                // end starts the wait (`after_playout`).
                 if self.speaking.is_none() {
-                    self.turn_ends_at = Some(now + wait);
+                    let silence_from = silent.and_then(|v| v.stopped_at).unwrap_or(now);
+                    self.end_turn_at(verdict.map_or((silence_from + wait).max(now), |at| at.max(now)));
                 }
             }
             SttEvent::UtteranceEnd => {
@@ -78,11 +114,19 @@ impl Engine {
         }
     }
 
+    /// The recogniser's word timings date the end of the caller's speech (the latest of theirs and
+    /// the detector's).
+    fn spoken_until(&mut self, spoken: Option<Spoken>, now: Instant) {
+        let Some(end) = spoken.and_then(|s| self.voice.as_ref()?.when_heard(s.end, now)) else { return };
+        self.spoke_until = Some(self.spoke_until.map_or(end, |s| s.max(end)));
+    }
+
     /// A key the person pressed: heard as if they had said it, their turn over once they pause.
     pub(super) fn heard_key(&mut self, digit: String) {
         self.last_activity = Instant::now();
         self.heard.push_str(&digit);
-        self.turn_ends_at = Some(Instant::now() + self.config.dials.endpointing().otherwise);
+        self.turn_began.get_or_insert(Instant::now());
+        self.end_turn_at(Instant::now() + self.config.dials.endpointing().otherwise);
     }
 
     /// Stops the bot if the person's words interrupt it; returns whether they did. At `high`,
@@ -103,6 +147,7 @@ impl Engine {
             }
             return true;
         }
+        tracing::info!(%text, "the person interrupted the bot");
         metrics::counter!("vocode_conversation_interruptions_total").increment(1);
         self.cut_off().await;
         true
@@ -126,15 +171,32 @@ impl Engine {
             // The bot cannot be interrupted: the words are answered once it is over.
             return;
         }
-        let heard = std::mem::take(&mut self.heard);
+        let mut heard = std::mem::take(&mut self.heard);
+        let longest = self.turn_began.is_some_and(|b| b.elapsed() >= self.config.dials.longest_turn());
+        if heard.trim().is_empty() && longest {
+            // A caller who never paused: what the recogniser has so far is answered.
+            heard = std::mem::take(&mut self.last_interim);
+        }
         if heard.trim().is_empty() {
             return;
         }
         let decided = Instant::now();
-        let end_of_turn = self.last_word.map(|w| decided.saturating_duration_since(w)).unwrap_or_default();
+        // From the end of the caller's speech (the detector's offset, the last word's end), or,
+        // when neither is known, from when the last words came in.
+        let spoke_until = self.spoke_until.take().filter(|s| *s <= decided).or(self.last_word).unwrap_or(decided);
+        let since = |at: Option<Instant>| at.map(|a| a.saturating_duration_since(spoke_until));
+        let latency = TurnLatency {
+            end_of_turn: decided.saturating_duration_since(spoke_until),
+            recognized: since(self.recognized_at.take()),
+            ..TurnLatency::default()
+        };
+        self.turn_began = None;
+        if let Some(voice) = self.voice.as_mut() {
+            voice.verdict = None;
+        }
         self.history.push(ChatMessage::User(heard.clone()));
         self.record(Speaker::Human, heard, false).await;
-        self.generate_turn(Some((decided, TurnLatency { end_of_turn, ..TurnLatency::default() })));
+        self.generate_turn(Some((spoke_until, latency)));
     }
 }
 
@@ -178,3 +240,21 @@ impl Engine {
         }
     }
 }
+
+/// Whether an interim agrees with the one before it: it goes on from what that one said (all of
+/// it but its last word, which a recogniser revises), at least two words of it.
+pub(super) fn agrees(before: &str, now: &str) -> bool {
+    let words = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .map(|w| w.chars().filter(|c| c.is_alphanumeric()).collect::<String>().to_lowercase())
+            .filter(|w| !w.is_empty())
+            .collect()
+    };
+    let (before, now) = (words(before), words(now));
+    let kept = before.len().saturating_sub(1);
+    kept >= 2 && now.len() >= kept && before[..kept] == now[..kept]
+}
+
+/// How much later than the detector's stop a recogniser may date the words' end and still be
+/// taken to end at that stop (its timings and the detector's differ by a window or two).
+const WORDS_TO_STOP: Duration = Duration::from_millis(300);

@@ -13,8 +13,9 @@
 //! whose consumer is the carrier's socket.
 //!
 //! The engine by concern, each an `impl Engine` of its own: `ports` (what comes from the call,
-//! what goes to it, what the engine reports), `hearing` (the person's words and keys, barge-in,
-//! the end of their turn), `speaking` (the bot's utterance, paced out and finished once played),
+//! what goes to it, what the engine reports), `voice` (the caller's voice before any word: the
+//! voice-activity detector, the end-of-turn model's verdict on each pause, the turn's longest),
+//! `hearing` (the person's words and keys, barge-in, the end of their turn), `speaking` (the bot's utterance, paced out and finished once played),
 //! `generating` (the model's turn, cut into sentences and voiced) and `acting` (actions, run as
 //! each kind plans them). Here: the configuration, and the loop — the call's audio in (to
 //! speech-to-text) and out (what playout has due, to the call) — that hands everything else to them.
@@ -40,6 +41,7 @@ mod generating;
 mod hearing;
 mod ports;
 mod speaking;
+mod voice;
 
 use acting::Finished;
 use generating::{Generated, Reports};
@@ -49,6 +51,7 @@ pub use super::actions::END_CONVERSATION;
 pub use durable::{Durable, InFlight, RESUME_LINE};
 pub use generating::APOLOGY;
 pub use ports::{Event, FromCall, Message, Outlet, Speaker, ToCall, TurnLatency};
+pub use voice::TurnModels;
 
 /// What the engine needs to know of the call and its agent.
 #[derive(Debug, Clone)]
@@ -81,6 +84,8 @@ pub struct Providers {
     pub actions: Arc<dyn ActionRunner>,
     /// The agent's `vector_database`, consulted before each answer to the person.
     pub knowledge: Option<Arc<dyn Knowledge>>,
+    /// How the caller's voice is heard (voice activity) and their turn's end judged.
+    pub turn_models: TurnModels,
 }
 
 /// Runs the conversation until the stream ends or the bot hangs up; returns the transcript.
@@ -132,8 +137,18 @@ struct Engine {
     /// What the person has said this turn (finals), and when they last spoke.
     heard: String,
     interim: bool,
+    /// The last interim's words: what is answered when a turn reaches its longest without a final.
+    last_interim: String,
     last_word: Option<Instant>,
+    /// When the caller's speech ended, as the detector or the recogniser's word timings say.
+    spoke_until: Option<Instant>,
+    /// When this turn's final words came in.
+    recognized_at: Option<Instant>,
+    /// When the person began this turn (it ends at the longest turn after).
+    turn_began: Option<Instant>,
     turn_ends_at: Option<Instant>,
+    /// The call's voice activity and end-of-turn model (from the conversation's start).
+    voice: Option<voice::Voice>,
     last_activity: Instant,
     checked_in: bool,
     ending: bool,
@@ -171,8 +186,13 @@ impl Engine {
             speaking: None,
             heard: String::new(),
             interim: false,
+            last_interim: String::new(),
             last_word: None,
+            spoke_until: None,
+            recognized_at: None,
+            turn_began: None,
             turn_ends_at: None,
+            voice: None,
             last_activity: Instant::now(),
             checked_in: false,
             ending: false,
@@ -193,6 +213,8 @@ impl Engine {
         let endpointing = self.config.dials.endpointing();
         stt.endpointing_ms = endpointing.after_punctuation.as_millis() as u32;
         stt.utterance_end_ms = (endpointing.otherwise.as_millis() as u32).max(1000);
+        // The engine's detector says where speech starts and stops.
+        stt.voice_events = true;
         let provider = self.providers.stt.clone();
         let (opened, session) = oneshot::channel();
         tokio::spawn(async move {
@@ -216,6 +238,9 @@ impl Engine {
         let mut denoiser =
             self.config.noise_suppression.then(|| super::denoise::Denoiser::new(self.config.line.encoding));
         let mut greeting_at = (!self.greeted).then(|| Instant::now() + self.config.dials.initial_message_delay);
+        let (voice, mut verdicts) = voice::Voice::new(&self.providers.turn_models, self.config.line.encoding).await;
+        tracing::debug!(detector = voice.detector(), end_of_turn_model = voice.judges(), "the call's turn-taking");
+        self.voice = Some(voice);
         if resumed {
             // The person heard silence: the bot says so at once, then answers what is unanswered.
             self.answer_after =
@@ -248,11 +273,8 @@ impl Engine {
                             Some(denoiser) => denoiser.process(&frame),
                             None => frame,
                         };
-                        if let Some(session) = stt.as_ref().filter(|_| !frame.is_empty()) {
-                            if session.audio.try_send(frame).is_err() {
-                                metrics::counter!("vocode_conversation_audio_dropped_total").increment(1);
-                            }
-                        }
+                        let session = stt.as_ref().map(|s| s.audio.clone());
+                        self.hear_voice(&frame, session.as_ref()).await;
                     }
                     Some(FromCall::Played(mark)) => {
                         if let Some(speaking) = self.speaking.as_mut() {
@@ -284,6 +306,9 @@ impl Engine {
                     opening = None;
                     // Audio that came while it connected was not heard.
                     stt = opened.ok().flatten();
+                    if let Some(voice) = self.voice.as_mut().filter(|_| stt.is_some()) {
+                        voice.session_opened();
+                    }
                 }
                 event = async { stt.as_mut().expect("guarded").events.recv().await }, if stt.is_some() => match event {
                     Some(event) => self.heard_event(event).await,
@@ -296,6 +321,9 @@ impl Engine {
                     if turn == self.turn {
                         self.generation(generated).await;
                     }
+                }
+                Some((pause, probability)) = verdicts.recv() => {
+                    self.verdict(pause, probability);
                 }
                 Some((running, outcome)) = self.finished.1.recv() => {
                     self.outside.retain(|a| a.id != running.id);
@@ -310,7 +338,13 @@ impl Engine {
                 }
                 _ = sleep_until(self.turn_ends_at.unwrap_or(far)), if self.turn_ends_at.is_some() => {
                     self.turn_ends_at = None;
-                    self.respond().await;
+                    if self.voice.as_ref().is_some_and(voice::Voice::sounds_like_speech) {
+                        // The caller may be speaking again (the detector is not sure yet): not
+                        // while they do (at most until the turn's longest).
+                        self.end_turn_at(Instant::now() + voice::RECHECK);
+                    } else {
+                        self.respond().await;
+                    }
                 }
                 _ = sleep_until(playout_at.unwrap_or(far)), if playout_at.is_some() => {
                     self.pump().await;

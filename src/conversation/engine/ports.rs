@@ -93,16 +93,20 @@ pub struct Message {
     pub cut_off: bool,
 }
 
-/// How long each stage of a turn took, from the end of the person's speech.
+/// When each stage of a turn was reached, from the end of the caller's speech (the detector's
+/// offset or the recogniser's last word's end, whichever is later; the last words' arrival when
+/// neither is known).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TurnLatency {
-    /// Last word heard → the engine decides the turn is over.
+    /// → the engine decides the turn is over.
     pub end_of_turn: Duration,
-    /// Decision → the model's first token.
+    /// → the recogniser's final words came in.
+    pub recognized: Option<Duration>,
+    /// → the model's first token.
     pub first_token: Option<Duration>,
-    /// Decision → the voice's first audio.
+    /// → the voice's first audio.
     pub first_audio: Option<Duration>,
-    /// Decision → the first frame sent to the call.
+    /// → the first frame sent to the call.
     pub first_frame: Option<Duration>,
 }
 

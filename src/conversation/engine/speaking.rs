@@ -184,6 +184,7 @@ impl Engine {
 pub(super) fn record_latency(latency: &TurnLatency) {
     let stages = [
         ("end_of_turn", Some(latency.end_of_turn)),
+        ("recognized", latency.recognized),
         ("first_token", latency.first_token),
         ("first_audio", latency.first_audio),
         ("first_frame", latency.first_frame),

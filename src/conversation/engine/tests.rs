@@ -15,7 +15,7 @@ use crate::conversation::actions::{ActionRequest, Outcome, DTMF};
 use crate::conversation::audio::Encoding;
 use crate::conversation::knowledge::{KnowledgeError, Passage};
 use crate::conversation::llm::{ChatRequest, DeltaStream, LlmDelta, LlmError, ToolCall};
-use crate::conversation::stt::{SttError, SttEvent};
+use crate::conversation::stt::{Spoken, SttError, SttEvent, SttInput};
 use crate::conversation::tts::{AudioStream, TtsError};
 use crate::conversation::turns::InterruptSensitivity;
 
@@ -31,7 +31,7 @@ fn sentences_are_cut_after_three_words_at_their_end() {
 #[derive(Default)]
 struct FakeStt {
     events: Mutex<Option<mpsc::Receiver<SttEvent>>>,
-    audio: Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
+    audio: Mutex<Option<mpsc::Receiver<SttInput>>>,
     /// How long connecting takes.
     connect: Duration,
 }
@@ -40,7 +40,7 @@ impl SpeechToText for FakeStt {
     fn open(&self, _config: SttConfig) -> BoxFuture<'_, Result<SttSession, SttError>> {
         Box::pin(async move {
             tokio::time::sleep(self.connect).await;
-            let (audio, audio_rx) = mpsc::channel(64);
+            let (audio, audio_rx) = mpsc::channel(1024);
             *self.audio.lock().unwrap() = Some(audio_rx);
             let events = self.events.lock().unwrap().take().expect("one session");
             Ok(SttSession { audio, events })
@@ -244,6 +244,7 @@ fn start_from(
         voice: Arc::new(FakeVoice),
         actions: Arc::new(FakeRunner),
         knowledge,
+        turn_models: TurnModels::default(),
     };
     let (stream, from_call) = mpsc::channel(64);
     let (to_call, mut carrier) = mpsc::channel::<ToCall>(64);
@@ -288,7 +289,7 @@ fn start_from(
 
 impl Call {
     async fn says(&self, text: &str) {
-        self.person.send(SttEvent::Final { text: text.into(), speech_final: false }).await.unwrap();
+        self.person.send(SttEvent::Final { text: text.into(), speech_final: false, spoken: None }).await.unwrap();
     }
 
     async fn next_message(&mut self) -> Message {
@@ -359,14 +360,14 @@ async fn a_turn_is_answered_once_the_person_has_finished_and_its_latency_is_repo
     assert!(matches!(&request.messages[1], ChatMessage::Assistant { content: Some(c), .. } if c.starts_with("Hello")));
     assert!(matches!(&request.messages[2], ChatMessage::User(u) if u == "A table for two."));
     assert!(request.tools.iter().any(|t| t.name == END_CONVERSATION));
-    // The sentence ended with a full stop: the turn ended 500 ms after the last word, and the
-    // instant providers added nothing after that.
+    // The sentence ended with a full stop: the turn ended 500 ms after the last word (nothing
+    // dated the speech: the words' arrival stands for its end), and the instant providers added
+    // nothing after that. Every stage is counted from the end of the speech.
     let latency = call.latencies.last().copied().expect("the turn's latency");
     assert_eq!(latency.end_of_turn, Duration::from_millis(500));
-    assert_eq!(
-        (latency.first_token, latency.first_audio, latency.first_frame),
-        (Some(Duration::ZERO), Some(Duration::ZERO), Some(Duration::ZERO))
-    );
+    assert_eq!(latency.recognized, Some(Duration::ZERO));
+    let ms_500 = Some(Duration::from_millis(500));
+    assert_eq!((latency.first_token, latency.first_audio, latency.first_frame), (ms_500, ms_500, ms_500));
     let transcript = call.end().await;
     assert_eq!(transcript.len(), 3);
 }
@@ -376,7 +377,7 @@ async fn the_end_of_a_turn_waits_longer_after_an_unfinished_sentence() {
     let mut call = start(config(Dials::default()), vec![reply("Okay then, noted. ")]);
     call.next_message().await;
     let before = Instant::now();
-    call.person.send(SttEvent::Final { text: "I would like".into(), speech_final: false }).await.unwrap();
+    call.person.send(SttEvent::Final { text: "I would like".into(), speech_final: false, spoken: None }).await.unwrap();
     call.next_message().await;
     let waited = Instant::now() - before;
     assert!(waited >= Duration::from_millis(1_000) && waited < Duration::from_millis(1_100), "{waited:?}");
@@ -391,14 +392,14 @@ async fn barging_in_clears_the_carrier_and_keeps_what_was_heard() {
     call.next_message().await;
     // Four seconds of answer; the person interrupts after about one.
     tokio::time::sleep(Duration::from_millis(1_050)).await;
-    call.person.send(SttEvent::Interim { text: "wait, actually make it three".into() }).await.unwrap();
+    call.person.send(SttEvent::Interim { text: "wait, actually make it three".into(), spoken: None }).await.unwrap();
     let cut = call.next_message().await;
     assert_eq!((cut.speaker, cut.cut_off), (Speaker::Bot, true));
     let heard_words = cut.text.split_whitespace().count();
     assert!((8..=12).contains(&heard_words), "about a second's worth of words: {:?}", cut.text);
     assert_eq!(call.played.lock().unwrap().clears, 1);
     call.person
-        .send(SttEvent::Final { text: "wait, actually make it three".into(), speech_final: true })
+        .send(SttEvent::Final { text: "wait, actually make it three".into(), speech_final: true, spoken: None })
         .await
         .unwrap();
     let human = call.next_message().await;
@@ -522,7 +523,10 @@ async fn an_answer_interrupted_before_a_word_was_heard_leaves_no_message() {
     call.next_message().await;
     // The answer's first frames are out, but no mark has come back yet.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    call.person.send(SttEvent::Final { text: "no wait, the wine list".into(), speech_final: true }).await.unwrap();
+    call.person
+        .send(SttEvent::Final { text: "no wait, the wine list".into(), speech_final: true, spoken: None })
+        .await
+        .unwrap();
     let next = call.next_message().await;
     assert_eq!((next.speaker, next.text.as_str()), (Speaker::Human, "no wait, the wine list"));
     tokio::task::yield_now().await;
@@ -592,8 +596,8 @@ async fn the_last_words_before_a_hang_up_are_waited_for_and_kept() {
     // ...and the recogniser's last result, which comes once it is closed.
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(call.audio_closed(), "speech-to-text was closed when the call's audio ended");
-    call.person.send(SttEvent::Final { text: "your list.".into(), speech_final: true }).await.unwrap();
-    call.person.send(SttEvent::Final { text: "You".into(), speech_final: true }).await.unwrap();
+    call.person.send(SttEvent::Final { text: "your list.".into(), speech_final: true, spoken: None }).await.unwrap();
+    call.person.send(SttEvent::Final { text: "You".into(), speech_final: true, spoken: None }).await.unwrap();
     drop(call.person);
     let last = tokio::time::timeout(Duration::from_secs(1), async {
         loop {
@@ -652,7 +656,7 @@ async fn held_at_high() -> (Call, Instant, u64) {
     call.says("Tell me about the menu.").await;
     call.next_message().await;
     tokio::time::sleep(Duration::from_millis(1_050)).await;
-    call.person.send(SttEvent::Interim { text: "uh".into() }).await.unwrap();
+    call.person.send(SttEvent::Interim { text: "uh".into(), spoken: None }).await.unwrap();
     let held = Instant::now();
     tokio::time::sleep(Duration::from_millis(10)).await;
     let played = call.played.lock().unwrap();
@@ -690,11 +694,11 @@ async fn a_false_start_waits_for_words_then_resumes_after_the_wait() {
     // Words still being guessed keep it held; a guess at noise does not, and a final of noise
     // does not cut it off.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    call.person.send(SttEvent::Interim { text: "uh so".into() }).await.unwrap();
+    call.person.send(SttEvent::Interim { text: "uh so".into(), spoken: None }).await.unwrap();
     let guessed = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    call.person.send(SttEvent::Interim { text: "you".into() }).await.unwrap();
-    call.person.send(SttEvent::Final { text: "you".into(), speech_final: true }).await.unwrap();
+    call.person.send(SttEvent::Interim { text: "you".into(), spoken: None }).await.unwrap();
+    call.person.send(SttEvent::Final { text: "you".into(), speech_final: true, spoken: None }).await.unwrap();
     let answer = call.next_message().await;
     assert_eq!((answer.speaker, answer.cut_off), (Speaker::Bot, false), "{answer:?}");
     let rest = Duration::from_millis(4_000 - heard_at_clear);
@@ -707,8 +711,11 @@ async fn a_false_start_waits_for_words_then_resumes_after_the_wait() {
 #[tokio::test(start_paused = true)]
 async fn words_after_a_hold_make_it_an_interruption() {
     let (mut call, _, _) = held_at_high().await;
-    call.person.send(SttEvent::Interim { text: "uh wait".into() }).await.unwrap();
-    call.person.send(SttEvent::Final { text: "uh wait, what about wine?".into(), speech_final: true }).await.unwrap();
+    call.person.send(SttEvent::Interim { text: "uh wait".into(), spoken: None }).await.unwrap();
+    call.person
+        .send(SttEvent::Final { text: "uh wait, what about wine?".into(), speech_final: true, spoken: None })
+        .await
+        .unwrap();
     let cut = call.next_message().await;
     assert_eq!((cut.speaker, cut.cut_off), (Speaker::Bot, true));
     let heard_words = cut.text.split_whitespace().count();
@@ -978,7 +985,10 @@ async fn asked_with_knowledge(delay: Duration) -> (Duration, ChatRequest, Vec<St
     let mut call =
         start_with(config(Dials::default()), vec![reply("We open at nine. ")], Duration::ZERO, Some(knowledge.clone()));
     call.next_message().await;
-    call.person.send(SttEvent::Final { text: "When are you open?".into(), speech_final: true }).await.unwrap();
+    call.person
+        .send(SttEvent::Final { text: "When are you open?".into(), speech_final: true, spoken: None })
+        .await
+        .unwrap();
     call.next_message().await;
     let answer = call.next_message().await;
     assert_eq!((answer.speaker, answer.text.as_str()), (Speaker::Bot, "We open at nine."));
@@ -1081,4 +1091,258 @@ async fn an_action_under_way_when_the_call_moved_is_reported_lost() {
         .iter()
         .any(|m| matches!(m, ChatMessage::Tool { tool_call_id, .. } if tool_call_id == "call_9")));
     call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn text_that_is_not_words_never_becomes_a_turn() {
+    let mut call = start(config(Dials::default()), vec![reply("Of course. ")]);
+    call.next_message().await;
+    // A recogniser looping on a syllable, and what it makes of a cough.
+    for text in ["We, we, we, we, we, we,", "You", "[BLANK_AUDIO]"] {
+        call.person.send(SttEvent::Final { text: text.into(), speech_final: true, spoken: None }).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    call.says("A table for two.").await;
+    let heard = call.next_message().await;
+    assert_eq!((heard.speaker, heard.text.as_str()), (Speaker::Human, "A table for two."), "nothing before it");
+    assert_eq!(call.llm.requests.lock().unwrap().len(), 1, "only the sentence was answered");
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_low_an_interim_stops_the_bot_only_on_enough_speech() {
+    let mut call = start(config(Dials::default()), vec![reply(&format!("{} ", words(40)))]);
+    call.next_message().await;
+    call.says("What do you have?").await;
+    call.next_message().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let on = |ms: u64| Some(Spoken { start: Duration::ZERO, end: Duration::from_millis(ms) });
+    // Four words guessed on a syllable: not evidence yet.
+    let text = "hey man you are";
+    call.person.send(SttEvent::Interim { text: text.into(), spoken: on(250) }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(call.played.lock().unwrap().clears, 0, "the bot goes on");
+    call.person.send(SttEvent::Interim { text: "sorry what was the price".into(), spoken: on(900) }).await.unwrap();
+    let cut = call.next_message().await;
+    assert_eq!((cut.speaker, cut.cut_off), (Speaker::Bot, true));
+    assert_eq!(call.played.lock().unwrap().clears, 1);
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_who_never_pauses_is_answered_at_the_longest_turn() {
+    let dials = Dials { speed: 2.0, ..Dials::default() };
+    let longest = dials.longest_turn();
+    let mut call = start(config(dials), vec![reply("Let me stop you there. ")]);
+    call.next_message().await;
+    let began = Instant::now();
+    let person = call.person.clone();
+    // Interims every 400 ms, never a final (a radio behind the caller).
+    let talker = tokio::spawn(async move {
+        for i in 0..100 {
+            let text = format!("and then {i} more things");
+            if person.send(SttEvent::Interim { text, spoken: None }).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    });
+    let heard = call.next_message().await;
+    let waited = Instant::now() - began;
+    assert_eq!(heard.speaker, Speaker::Human);
+    assert!(heard.text.starts_with("and then"), "{heard:?}");
+    assert!(waited >= longest && waited < longest + Duration::from_secs(1), "{waited:?}");
+    talker.abort();
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_is_dated_from_where_the_recogniser_says_the_speech_ended() {
+    let mut call = start(config(Dials::default()), vec![reply("Sure. ")]);
+    call.next_message().await;
+    // Two seconds of the caller's audio reach speech-to-text...
+    for _ in 0..100 {
+        call.stream.send(FromCall::Audio(vec![0xff; 160])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...whose last word ended 300 ms before the end of it (the session opened before any audio).
+    let end = Duration::from_millis(1_700);
+    let spoken = Some(Spoken { start: end.saturating_sub(Duration::from_millis(800)), end });
+    call.person.send(SttEvent::Final { text: "A table for two.".into(), speech_final: true, spoken }).await.unwrap();
+    call.next_message().await;
+    call.next_message().await;
+    let latency = call.latencies.last().copied().expect("the turn's latency");
+    // The final came 300 ms after the speech ended (give or take a frame), and the turn ended
+    // with it (speech_final); everything after is counted from there too.
+    let near = |d: Duration, ms: u64| d.abs_diff(Duration::from_millis(ms)) <= Duration::from_millis(40);
+    assert!(near(latency.end_of_turn, 300), "{latency:?}");
+    assert!(latency.recognized.is_some_and(|r| near(r, 300)), "{latency:?}");
+    assert!(latency.first_frame.is_some_and(|f| f >= latency.end_of_turn), "{latency:?}");
+    call.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_detector_tells_speech_to_text_where_speech_starts_and_stops_and_a_burst_is_nothing() {
+    let (_person, heard) = mpsc::channel(4);
+    let stt = Arc::new(FakeStt { events: Mutex::new(Some(heard)), ..FakeStt::default() });
+    let (stream, from_call) = mpsc::channel(64);
+    let (to_call, _carrier) = mpsc::channel(64);
+    let (events, _events) = mpsc::channel(64);
+    let providers = Providers {
+        stt: stt.clone(),
+        llm: FakeLlm::new(vec![]),
+        voice: Arc::new(FakeVoice),
+        actions: Arc::new(FakeRunner),
+        knowledge: None,
+        turn_models: TurnModels::default(),
+    };
+    let engine = tokio::spawn(run(config(Dials::default()), providers, from_call, to_call, events));
+    let tone = |ms: usize, amplitude: f32| -> Vec<i16> {
+        (0..8 * ms).map(|i| (amplitude * (i as f32 * 0.6).sin()) as i16).collect()
+    };
+    // Silence, a 200 ms burst, silence, a second of loud speech, silence.
+    let audio = [tone(600, 0.0), tone(200, 9_000.0), tone(800, 0.0), tone(1_000, 9_000.0), tone(800, 0.0)].concat();
+    for frame in audio.chunks(160) {
+        stream.send(FromCall::Audio(Encoding::Mulaw8k.encode(frame))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stream.send(FromCall::Stopped).await;
+    engine.await.unwrap();
+    let mut received = stt.audio.lock().unwrap().take().expect("a session");
+    let mut voice = Vec::new();
+    while let Ok(input) = received.try_recv() {
+        if let SttInput::Voice(event) = input {
+            voice.push(event);
+        }
+    }
+    use crate::conversation::vad::detector::SpeechEvent;
+    let [SpeechEvent::Started { at: started }, SpeechEvent::Stopped { at: stopped }] = voice[..] else {
+        panic!("one utterance, not the burst: {voice:?}")
+    };
+    let near = |d: Duration, ms: u64| d.abs_diff(Duration::from_millis(ms)) <= Duration::from_millis(60);
+    assert!(near(started, 1_600) && near(stopped, 2_600), "{voice:?}");
+}
+
+/// An engine as its task holds it, with the call's voice heard by loudness and no model (the
+/// model's verdicts are given by the test).
+async fn engine_hearing(dials: Dials) -> Engine {
+    let providers = Providers {
+        stt: Arc::new(FakeStt::default()),
+        llm: FakeLlm::new(vec![]),
+        voice: Arc::new(FakeVoice),
+        actions: Arc::new(FakeRunner),
+        knowledge: None,
+        turn_models: TurnModels::default(),
+    };
+    let (to_call, _) = mpsc::channel(1);
+    let (events, _) = mpsc::channel(1);
+    let mut engine = Engine::new(config(dials), providers, Outlet::new(to_call), events);
+    let (voice, _) = voice::Voice::new(&TurnModels::default(), Encoding::Mulaw8k).await;
+    engine.voice = Some(voice);
+    engine
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_models_verdict_on_a_pause_sets_the_wait_from_when_the_caller_stopped() {
+    let mut engine = engine_hearing(Dials::default()).await;
+    let waits = Dials::default().end_of_turn_waits();
+    let stopped = Instant::now();
+    let pause = {
+        let voice = engine.voice.as_mut().unwrap();
+        voice.pause = 3;
+        voice.stopped_at = Some(stopped);
+        voice.pause
+    };
+    engine.heard = "I would like a table.".into();
+    engine.verdict(pause, 0.9);
+    assert_eq!(engine.turn_ends_at, Some(stopped + waits.complete), "done: the short wait");
+    engine.heard = "I would like a".into();
+    engine.verdict(pause, 0.9);
+    let finished = Dials::default().endpointing().after_punctuation;
+    assert_eq!(engine.turn_ends_at, Some(stopped + finished), "done, say the sounds; not the words");
+    engine.verdict(pause, 0.1);
+    assert_eq!(engine.turn_ends_at, Some(stopped + waits.incomplete), "not done: the long wait");
+    engine.turn_ends_at = None;
+    engine.verdict(pause - 1, 0.9);
+    assert_eq!(engine.turn_ends_at, None, "a verdict on a pause the caller spoke through is dropped");
+
+    // Words still to come (the local recogniser's final follows the pause): the verdict waits for
+    // them, and the words end the turn at the verdict's time.
+    engine.heard.clear();
+    engine.verdict(pause, 0.9);
+    assert_eq!(engine.turn_ends_at, None);
+    engine.voice.as_mut().unwrap().session_opened();
+    let spoken = Some(Spoken { start: Duration::ZERO, end: Duration::ZERO });
+    engine.heard_event(SttEvent::Final { text: "A table for two.".into(), speech_final: true, spoken }).await;
+    assert_eq!(engine.turn_ends_at, Some(stopped + waits.complete));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_wait_runs_past_the_longest_turn() {
+    let dials = Dials { speed: 2.0, ..Dials::default() };
+    let mut engine = engine_hearing(dials.clone()).await;
+    let began = Instant::now();
+    engine.turn_began = Some(began);
+    tokio::time::advance(dials.longest_turn() - Duration::from_millis(100)).await;
+    let stopped = Instant::now();
+    {
+        let voice = engine.voice.as_mut().unwrap();
+        voice.pause = 1;
+        voice.stopped_at = Some(stopped);
+    }
+    engine.heard = "and another thing".into();
+    engine.verdict(1, 0.1);
+    assert_eq!(engine.turn_ends_at, Some(began + dials.longest_turn()), "capped, not two seconds on");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_noise_long_ago_does_not_shorten_a_later_turn() {
+    let dials = Dials::default();
+    let mut engine = engine_hearing(dials.clone()).await;
+    // Quiet, then 400 ms of a loud line (the detector hears speech), which stops with nothing said.
+    let tone: Vec<i16> = (0..8 * 400).map(|i| (9_000.0 * (i as f32 * 0.6).sin()) as i16).collect();
+    let quiet = || std::iter::repeat_n(&[0i16; 160][..], 40);
+    for frame in quiet().chain(tone.chunks(160)).chain(quiet()) {
+        engine.hear_voice(&Encoding::Mulaw8k.encode(frame), None).await;
+        tokio::time::advance(Duration::from_millis(20)).await;
+    }
+    assert!(engine.spoke_until.is_some(), "the detector heard it stop");
+    assert_eq!(engine.turn_began, None, "no words: no turn began");
+    tokio::time::advance(dials.longest_turn()).await;
+    let spoken = Some(Spoken { start: Duration::ZERO, end: Duration::ZERO });
+    engine.heard_event(SttEvent::Final { text: "I would like".into(), speech_final: false, spoken }).await;
+    let wait = engine.turn_ends_at.unwrap() - Instant::now();
+    assert_eq!(wait, dials.endpointing().otherwise, "the silence rule's whole wait");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_silence_rule_counts_from_where_the_caller_stopped() {
+    let dials = Dials::default();
+    let mut engine = engine_hearing(dials.clone()).await;
+    engine.voice.as_mut().unwrap().session_opened();
+    let tone: Vec<i16> = (0..8 * 800).map(|i| (9_000.0 * (i as f32 * 0.6).sin()) as i16).collect();
+    let quiet = || std::iter::repeat_n(&[0i16; 160][..], 25);
+    for frame in quiet().chain(tone.chunks(160)).chain(quiet()) {
+        engine.hear_voice(&Encoding::Mulaw8k.encode(frame), None).await;
+        tokio::time::advance(Duration::from_millis(20)).await;
+    }
+    let stopped = engine.voice.as_ref().unwrap().stopped_at.expect("the detector heard the caller stop");
+    // The words end where the speech did (500 ms of quiet, then 800 ms of it).
+    let spoken = Some(Spoken { start: Duration::from_millis(500), end: Duration::from_millis(1_300) });
+    engine.heard_event(SttEvent::Final { text: "I would like".into(), speech_final: false, spoken }).await;
+    assert_eq!(engine.turn_ends_at, Some(stopped + dials.endpointing().otherwise));
+    // Words that end elsewhere (a recogniser without timings): from when they came.
+    engine.turn_ends_at = None;
+    engine.heard_event(SttEvent::Final { text: "a table".into(), speech_final: false, spoken: None }).await;
+    assert_eq!(engine.turn_ends_at, Some(Instant::now() + dials.endpointing().otherwise));
+}
+
+#[test]
+fn an_interim_agrees_with_the_one_before_when_it_goes_on_from_it() {
+    use super::hearing::agrees;
+    assert!(agrees("Sorry, what was the", "sorry what was the price"));
+    assert!(agrees("sorry what wa", "Sorry, what was the price?"), "the last word revised");
+    assert!(!agrees("And I'm each and em,", "Mm hmm, yeah."));
+    assert!(!agrees("", "sorry what was the price"), "the first interim agrees with nothing");
+    assert!(!agrees("sorry", "sorry what was the price"), "one word is too little to agree on");
 }

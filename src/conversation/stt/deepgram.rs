@@ -9,6 +9,12 @@
 //! (the caller's last words) before it hangs up. Audio that arrives while it reconnects is
 //! dropped: Deepgram's timestamps restart with a new connection anyway, and holding seconds of
 //! stale speech would only delay what comes next.
+//!
+//! Deepgram dates its words in the connection's audio; the session dates them in its own (from
+//! its first frame, across reconnects), so that the engine knows when the caller's last word
+//! ended. When the call's voice-activity detector hears the caller stop, the session sends
+//! `Finalize`: Deepgram gives its final words for what it has heard at once, instead of after its
+//! own endpointing (a result it gives because it was asked is never an endpoint of its own).
 
 use std::time::Duration;
 
@@ -22,8 +28,11 @@ use tokio_tungstenite::tungstenite::http::{header, HeaderValue, Request};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{SpeechToText, SttConfig, SttError, SttEvent, SttSession, AUDIO_QUEUE_FRAMES, EVENT_QUEUE};
+use super::{
+    SpeechToText, Spoken, SttConfig, SttError, SttEvent, SttInput, SttSession, AUDIO_QUEUE_FRAMES, EVENT_QUEUE,
+};
 use crate::conversation::audio::Encoding;
+use crate::conversation::vad::detector::SpeechEvent;
 
 const PROVIDER: &str = "deepgram";
 
@@ -116,6 +125,9 @@ impl SpeechToText for Deepgram {
                 reconnect_backoff: self.settings.reconnect_backoff,
                 audio,
                 events,
+                encoding: config.encoding,
+                received: 0,
+                socket_from: 0,
             };
             tokio::spawn(task.run(socket));
             Ok(SttSession { audio: audio_in, events: events_out })
@@ -260,8 +272,13 @@ struct Connection {
     keep_alive: Duration,
     reconnect_attempts: u32,
     reconnect_backoff: Duration,
-    audio: mpsc::Receiver<Vec<u8>>,
+    audio: mpsc::Receiver<SttInput>,
     events: mpsc::Sender<SttEvent>,
+    encoding: Encoding,
+    /// Bytes of audio the session was given, and how many of them came before the current
+    /// connection's first (its timestamps start there).
+    received: usize,
+    socket_from: usize,
 }
 
 /// Why serving a connection stopped.
@@ -283,7 +300,7 @@ impl Connection {
                         Some(fresh) => {
                             socket = fresh;
                             if self.events.send(SttEvent::Reconnected).await.is_err() {
-                                close(&mut socket, &self.events).await;
+                                close(&mut socket, &self.events, self.offset()).await;
                                 return;
                             }
                         }
@@ -294,26 +311,40 @@ impl Connection {
         }
     }
 
+    /// Where the current connection's audio starts in the session's.
+    fn offset(&self) -> Duration {
+        Duration::from_micros(self.encoding.ms_of(self.socket_from) * 1000)
+    }
+
     async fn serve(&mut self, socket: &mut Socket) -> Ended {
+        self.socket_from = self.received;
         let keep_alive = tokio::time::sleep(self.keep_alive);
         tokio::pin!(keep_alive);
         loop {
             tokio::select! {
-                frame = self.audio.recv() => {
-                    let Some(frame) = frame else {
-                        close(socket, &self.events).await;
-                        return Ended::Closed;
+                input = self.audio.recv() => {
+                    let message = match input {
+                        None => {
+                            close(socket, &self.events, self.offset()).await;
+                            return Ended::Closed;
+                        }
+                        Some(SttInput::Audio(frame)) => {
+                            self.received += frame.len();
+                            Message::binary(frame)
+                        }
+                        Some(SttInput::Voice(SpeechEvent::Stopped { .. })) => Message::text(r#"{"type":"Finalize"}"#),
+                        Some(SttInput::Voice(SpeechEvent::Started { .. })) => continue,
                     };
-                    if let Err(e) = socket.send(Message::binary(frame)).await {
+                    if let Err(e) = socket.send(message).await {
                         return Ended::Dropped(e.to_string());
                     }
                     keep_alive.as_mut().reset(tokio::time::Instant::now() + self.keep_alive);
                 }
                 message = socket.next() => match message {
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(event) = event_of(&text) {
+                        if let Some(event) = event_of(&text, self.offset()) {
                             if self.events.send(event).await.is_err() {
-                                close(socket, &self.events).await;
+                                close(socket, &self.events, self.offset()).await;
                                 return Ended::Closed;
                             }
                         }
@@ -336,7 +367,7 @@ impl Connection {
                     keep_alive.as_mut().reset(tokio::time::Instant::now() + self.keep_alive);
                 }
                 () = self.events.closed() => {
-                    close(socket, &self.events).await;
+                    close(socket, &self.events, self.offset()).await;
                     return Ended::Closed;
                 }
             }
@@ -359,8 +390,12 @@ impl Connection {
             let outcome = loop {
                 tokio::select! {
                     outcome = &mut connecting => break outcome,
-                    frame = self.audio.recv() => match frame {
-                        Some(frame) => dropped_bytes += frame.len(),
+                    input = self.audio.recv() => match input {
+                        Some(SttInput::Audio(frame)) => {
+                            dropped_bytes += frame.len();
+                            self.received += frame.len();
+                        }
+                        Some(SttInput::Voice(_)) => {}
                         None => return None,
                     },
                     () = self.events.closed() => return None,
@@ -392,7 +427,7 @@ impl Connection {
 /// results come back `from_finalize`), then `CloseStream` makes it flush what is left, send its
 /// metadata and hang up. The results are passed on while anyone still reads them: the caller's
 /// last words before a hang-up are among them.
-async fn close(socket: &mut Socket, events: &mpsc::Sender<SttEvent>) {
+async fn close(socket: &mut Socket, events: &mpsc::Sender<SttEvent>, offset: Duration) {
     for control in [r#"{"type":"Finalize"}"#, r#"{"type":"CloseStream"}"#] {
         if socket.send(Message::text(control)).await.is_err() {
             return;
@@ -401,7 +436,7 @@ async fn close(socket: &mut Socket, events: &mpsc::Sender<SttEvent>) {
     let flush = async {
         while let Some(Ok(message)) = socket.next().await {
             if let Message::Text(text) = message {
-                if let Some(event) = event_of(&text) {
+                if let Some(event) = event_of(&text, offset) {
                     let _ = events.send(event).await;
                 }
             }
@@ -422,6 +457,8 @@ enum ServerMessage {
         is_final: bool,
         #[serde(default)]
         speech_final: bool,
+        #[serde(default)]
+        from_finalize: bool,
         channel: Channel,
     },
     UtteranceEnd {},
@@ -439,11 +476,30 @@ struct Channel {
 #[derive(Deserialize)]
 struct Alternative {
     transcript: String,
+    #[serde(default)]
+    words: Vec<Word>,
 }
 
-/// The event a message from Deepgram means, if any. What cannot be read is logged and skipped:
-/// one bad message must not end a call.
-fn event_of(text: &str) -> Option<SttEvent> {
+/// A word's place in the connection's audio, in seconds.
+#[derive(Deserialize)]
+struct Word {
+    start: f64,
+    end: f64,
+}
+
+impl Alternative {
+    /// Where its words were said, in the session's audio (the connection's starts at `offset`).
+    fn spoken(&self, offset: Duration) -> Option<Spoken> {
+        let at = |seconds: f64| offset + Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0));
+        let (first, last) = (self.words.first()?, self.words.last()?);
+        Some(Spoken { start: at(first.start), end: at(last.end.max(first.start)) })
+    }
+}
+
+/// The event a message from Deepgram means, if any, its words dated in the session's audio (the
+/// connection's starts at `offset`). What cannot be read is logged and skipped: one bad message
+/// must not end a call.
+fn event_of(text: &str, offset: Duration) -> Option<SttEvent> {
     let message = match serde_json::from_str::<ServerMessage>(text) {
         Ok(message) => message,
         Err(e) => {
@@ -453,12 +509,20 @@ fn event_of(text: &str) -> Option<SttEvent> {
         }
     };
     match message {
-        ServerMessage::Results { is_final, speech_final, channel } => {
-            let text = channel.alternatives.into_iter().next()?.transcript;
+        ServerMessage::Results { is_final, speech_final, from_finalize, channel } => {
+            let best = channel.alternatives.into_iter().next()?;
+            let spoken = best.spoken(offset);
+            let text = best.transcript;
             if text.trim().is_empty() {
                 return None;
             }
-            Some(if is_final { SttEvent::Final { text, speech_final } } else { SttEvent::Interim { text } })
+            // What Deepgram finished because it was asked to is not a pause it heard.
+            let speech_final = speech_final && !from_finalize;
+            Some(if is_final {
+                SttEvent::Final { text, speech_final, spoken }
+            } else {
+                SttEvent::Interim { text, spoken }
+            })
         }
         ServerMessage::UtteranceEnd {} => Some(SttEvent::UtteranceEnd),
         ServerMessage::SpeechStarted {} => Some(SttEvent::SpeechStarted),
@@ -538,24 +602,41 @@ mod tests {
                 "metadata": {"request_id": "x"}})
             .to_string()
         };
-        assert_eq!(event_of(&results("hel", false, false)), Some(SttEvent::Interim { text: "hel".into() }));
+        let zero = Duration::ZERO;
         assert_eq!(
-            event_of(&results("hello", true, false)),
-            Some(SttEvent::Final { text: "hello".into(), speech_final: false })
+            event_of(&results("hel", false, false), zero),
+            Some(SttEvent::Interim { text: "hel".into(), spoken: None })
         );
         assert_eq!(
-            event_of(&results("hello.", true, true)),
-            Some(SttEvent::Final { text: "hello.".into(), speech_final: true })
+            event_of(&results("hello", true, false), zero),
+            Some(SttEvent::Final { text: "hello".into(), speech_final: false, spoken: None })
         );
-        assert_eq!(event_of(&results("", true, true)), None);
-        assert_eq!(event_of(&results("  ", false, false)), None);
         assert_eq!(
-            event_of(r#"{"type":"UtteranceEnd","channel":[0,1],"last_word_end":2.1}"#),
+            event_of(&results("hello.", true, true), zero),
+            Some(SttEvent::Final { text: "hello.".into(), speech_final: true, spoken: None })
+        );
+        assert_eq!(event_of(&results("", true, true), zero), None);
+        assert_eq!(event_of(&results("  ", false, false), zero), None);
+        assert_eq!(
+            event_of(r#"{"type":"UtteranceEnd","channel":[0,1],"last_word_end":2.1}"#, zero),
             Some(SttEvent::UtteranceEnd)
         );
         assert_eq!(
-            event_of(r#"{"type":"SpeechStarted","channel":[0,1],"timestamp":0.4}"#),
+            event_of(r#"{"type":"SpeechStarted","channel":[0,1],"timestamp":0.4}"#, zero),
             Some(SttEvent::SpeechStarted)
+        );
+    }
+
+    #[test]
+    fn words_are_dated_in_the_sessions_audio_and_a_finalized_result_is_no_endpoint() {
+        let message = serde_json::json!({"type": "Results", "is_final": true, "speech_final": true,
+            "from_finalize": true, "channel": {"alternatives": [{"transcript": "a table for two",
+            "words": [{"word": "a", "start": 1.25, "end": 1.3}, {"word": "two", "start": 2.0, "end": 2.5}]}]}})
+        .to_string();
+        let spoken = Spoken { start: Duration::from_millis(11_250), end: Duration::from_millis(12_500) };
+        assert_eq!(
+            event_of(&message, Duration::from_secs(10)),
+            Some(SttEvent::Final { text: "a table for two".into(), speech_final: false, spoken: Some(spoken) })
         );
     }
 
@@ -572,7 +653,7 @@ mod tests {
             r#"{"type":"Metadata","request_id":"x","duration":3.2}"#,
             r#"{"type":"Error","description":"?"}"#,
         ] {
-            assert_eq!(event_of(text), None, "{text}");
+            assert_eq!(event_of(text, Duration::ZERO), None, "{text}");
         }
     }
 

@@ -1,11 +1,18 @@
-//! The local speech-to-text: the call's audio cut into utterances by an energy voice-activity
-//! detector ([`EnergyVad`]) and transcribed by the shared Moonshine recogniser
-//! ([`super::moonshine`]). While the person speaks, the growing utterance is transcribed again
-//! every [`INTERIM_EVERY`] of new audio for interim results (skipped when a newer one supersedes
-//! it, and when every worker of the recogniser is busy: finals, which end turns, come first);
-//! when the endpointing silence has passed, the whole utterance is transcribed once more for the
-//! final (`speech_final`). Telephone audio (8 kHz μ-law) is
-//! upsampled to the model's 16 kHz by the engine's own resampler.
+//! The local speech-to-text: the call's audio cut into utterances and transcribed by the shared
+//! Moonshine recogniser ([`super::moonshine`]). The engine tells the session where its
+//! voice-activity detector heard the caller start and stop ([`SttInput::Voice`], with
+//! [`SttConfig::voice_events`]): utterances are cut there, so audio the detector did not take for
+//! speech (a cough, a click, a door) is never transcribed, and speech shorter than a noise burst
+//! ([`SHORTEST_SPEECH`]) is dropped untranscribed. Without the engine's events an energy detector
+//! of the session's own ([`EnergyVad`]) cuts them. While the person speaks, the growing utterance
+//! is transcribed again every [`INTERIM_EVERY`] of new audio for interim results (skipped when a
+//! newer one supersedes it, and when every worker of the recogniser is busy: finals, which end
+//! turns, come first); when the speech has stopped, the whole utterance is transcribed once more
+//! for the final (`speech_final` only when the session cut it itself: where the engine's
+//! detector cut, the engine decides when the turn is over). Each result says where its speech was ([`Spoken`]), and text
+//! the recogniser made of too little speech, or looping ([`super::plausible`]), is never sent.
+//! Telephone audio (8 kHz μ-law) is upsampled to the model's 16 kHz by the engine's own
+//! resampler.
 //!
 //! The session's task only cuts frames; the transcriptions run on the recogniser's bounded pool.
 
@@ -17,9 +24,13 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::moonshine::{Recognizer, LONGEST, SAMPLE_RATE};
-use super::{SpeechToText, SttConfig, SttError, SttEvent, SttSession, AUDIO_QUEUE_FRAMES, EVENT_QUEUE};
+use super::plausible;
+use super::{
+    SpeechToText, Spoken, SttConfig, SttError, SttEvent, SttInput, SttSession, AUDIO_QUEUE_FRAMES, EVENT_QUEUE,
+};
 use crate::conversation::audio::Transcoder;
 use crate::conversation::local::LocalSpeech;
+use crate::conversation::vad::detector::{SpeechEvent, ENERGY_MIN_SPEECH};
 use crate::conversation::vad::{EnergyVad, VadEvent, FRAME};
 
 /// New audio after which an utterance in progress is transcribed again.
@@ -28,6 +39,18 @@ pub const INTERIM_EVERY: Duration = Duration::from_millis(500);
 const PRE_ROLL: usize = SAMPLE_RATE / 4;
 /// An utterance longer than this is finalised in parts.
 const LONGEST_UTTERANCE: usize = LONGEST / 2;
+/// Speech the engine's detector heard for less than this is a noise burst (a cough is up to
+/// 300 ms): it is never transcribed.
+pub const SHORTEST_SPEECH: Duration = ENERGY_MIN_SPEECH;
+/// Speech after which the first interim is transcribed: more than a noise burst and the silence
+/// that ends it, so that a burst never gives words, and Moonshine's guesses on a syllable ("We,
+/// we, we, we") are never asked for.
+pub const FIRST_INTERIM: Duration = Duration::from_millis(600);
+/// Audio kept from before the engine's detector dated the speech's start.
+const VOICE_PRE_ROLL: usize = PRE_ROLL;
+/// Audio kept outside an utterance, to find where the detector dated its start (it knows it
+/// 200 ms later).
+const KEPT_BEFORE: usize = SAMPLE_RATE;
 
 const PROVIDER: &str = "moonshine";
 
@@ -57,6 +80,11 @@ impl SpeechToText for LocalStt {
     fn name(&self) -> &str {
         PROVIDER
     }
+
+    fn interims_are_guesses(&self) -> bool {
+        // Moonshine on 850 ms of "Mm hmm, yeah": "And I'm each and em,".
+        true
+    }
 }
 
 /// Audio to transcribe: an utterance so far (interim) or whole (final).
@@ -66,6 +94,8 @@ struct Job {
     audio: Vec<i16>,
     last: bool,
     speech_final: bool,
+    /// Where its speech was, in the session's audio.
+    spoken: Option<Spoken>,
 }
 
 /// Cuts utterances out of the session's audio (16 kHz from here on) and hands them to the
@@ -73,16 +103,23 @@ struct Job {
 async fn listen(
     recognizer: Arc<Recognizer>,
     config: SttConfig,
-    mut audio: mpsc::Receiver<Vec<u8>>,
+    mut audio: mpsc::Receiver<SttInput>,
     events: mpsc::Sender<SttEvent>,
 ) {
     let endpointing = Duration::from_millis(u64::from(config.endpointing_ms.max(200)));
     let mut segmenter = Segmenter::new(endpointing);
+    let mut cutter = config.voice_events.then(VoiceCutter::default);
     let mut decode = Transcoder::to_pcm16k(config.encoding);
     let (jobs, jobs_rx) = mpsc::unbounded_channel();
     let transcriber = tokio::spawn(transcribe(recognizer, jobs_rx, events.clone()));
-    while let Some(bytes) = audio.recv().await {
-        for step in segmenter.push(&decode.decode(&bytes)) {
+    while let Some(input) = audio.recv().await {
+        let steps = match (input, cutter.as_mut()) {
+            (SttInput::Audio(bytes), Some(cutter)) => cutter.audio(&decode.decode(&bytes)),
+            (SttInput::Audio(bytes), None) => segmenter.push(&decode.decode(&bytes)),
+            (SttInput::Voice(event), Some(cutter)) => cutter.voice(event),
+            (SttInput::Voice(_), None) => Vec::new(),
+        };
+        for step in steps {
             match step {
                 Step::Started => {
                     if events.send(SttEvent::SpeechStarted).await.is_err() {
@@ -95,7 +132,11 @@ async fn listen(
             }
         }
     }
-    if let Some(job) = segmenter.finish() {
+    let last = match cutter.as_mut() {
+        Some(cutter) => cutter.finish(),
+        None => segmenter.finish(),
+    };
+    if let Some(job) = last {
         let _ = jobs.send(job);
     }
     drop(jobs);
@@ -153,15 +194,25 @@ async fn transcribe(
         metrics::histogram!("vocode_stt_local_seconds", "kind" => if job.last { "final" } else { "interim" })
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(seconds, took_ms = started.elapsed().as_millis() as u64, final = job.last, %text, "transcribed");
+        if let Err(why) = plausible::judge(&text, job.spoken.map(|s| s.length())) {
+            // What the recogniser made of a noise, or of too little speech: never words.
+            tracing::debug!(%text, %why, "local speech-to-text: not words");
+            metrics::counter!("vocode_stt_local_implausible_total").increment(1);
+            if job.last {
+                last_interim.clear();
+            }
+            continue;
+        }
+        let spoken = job.spoken;
         let event = if job.last {
             last_interim.clear();
-            SttEvent::Final { text, speech_final: job.speech_final }
+            SttEvent::Final { text, speech_final: job.speech_final, spoken }
         } else {
             if text == last_interim {
                 continue;
             }
             last_interim.clone_from(&text);
-            SttEvent::Interim { text }
+            SttEvent::Interim { text, spoken }
         };
         if events.send(event).await.is_err() {
             return;
@@ -220,6 +271,7 @@ impl Segmenter {
                             audio: utterance,
                             last: true,
                             speech_final: true,
+                            spoken: None,
                         }));
                     }
                     continue;
@@ -237,6 +289,7 @@ impl Segmenter {
                             audio: whole,
                             last: true,
                             speech_final: false,
+                            spoken: None,
                         }));
                     } else if utterance.len()
                         >= self.transcribed_at + SAMPLE_RATE * INTERIM_EVERY.as_millis() as usize / 1000
@@ -247,6 +300,7 @@ impl Segmenter {
                             audio: utterance.clone(),
                             last: false,
                             speech_final: false,
+                            spoken: None,
                         }));
                     }
                 }
@@ -263,7 +317,107 @@ impl Segmenter {
     /// What was being said when the audio ended.
     fn finish(&mut self) -> Option<Job> {
         let utterance = self.utterance.take().filter(|u| !u.is_empty())?;
-        Some(Job { at: std::time::Instant::now(), audio: utterance, last: true, speech_final: true })
+        Some(Job { at: std::time::Instant::now(), audio: utterance, last: true, speech_final: true, spoken: None })
+    }
+}
+
+fn samples_of(at: Duration) -> u64 {
+    at.as_micros() as u64 * SAMPLE_RATE as u64 / 1_000_000
+}
+
+fn position(samples: u64) -> Duration {
+    Duration::from_micros(samples * 1_000_000 / SAMPLE_RATE as u64)
+}
+
+/// Utterances cut where the engine's voice-activity detector heard speech start and stop, in
+/// 16 kHz audio; positions count the session's samples from its first.
+#[derive(Default)]
+struct VoiceCutter {
+    heard: u64,
+    /// The last [`KEPT_BEFORE`] samples heard outside an utterance.
+    before: VecDeque<i16>,
+    utterance: Option<Cut>,
+}
+
+struct Cut {
+    /// Where its speech started.
+    start: u64,
+    audio: Vec<i16>,
+    transcribed_at: usize,
+}
+
+impl VoiceCutter {
+    fn audio(&mut self, pcm16k: &[i16]) -> Vec<Step> {
+        self.heard += pcm16k.len() as u64;
+        let Some(cut) = self.utterance.as_mut() else {
+            self.before.extend(pcm16k.iter().copied());
+            let excess = self.before.len().saturating_sub(KEPT_BEFORE);
+            self.before.drain(..excess);
+            return Vec::new();
+        };
+        cut.audio.extend_from_slice(pcm16k);
+        let spoken = Some(Spoken { start: position(cut.start), end: position(self.heard) });
+        let at = std::time::Instant::now();
+        if cut.audio.len() >= LONGEST_UTTERANCE {
+            // A caller who never pauses: finalised in parts, so nothing grows without bound.
+            let audio = std::mem::take(&mut cut.audio);
+            cut.start = self.heard;
+            cut.transcribed_at = 0;
+            return vec![Step::Transcribe(Job { at, audio, last: true, speech_final: false, spoken })];
+        }
+        let long_enough = self.heard - cut.start >= samples_of(FIRST_INTERIM);
+        if long_enough
+            && cut.audio.len() >= cut.transcribed_at + SAMPLE_RATE * INTERIM_EVERY.as_millis() as usize / 1000
+        {
+            cut.transcribed_at = cut.audio.len();
+            return vec![Step::Transcribe(Job {
+                at,
+                audio: cut.audio.clone(),
+                last: false,
+                speech_final: false,
+                spoken,
+            })];
+        }
+        Vec::new()
+    }
+
+    fn voice(&mut self, event: SpeechEvent) -> Vec<Step> {
+        match event {
+            SpeechEvent::Started { at } if self.utterance.is_none() => {
+                let start = samples_of(at).min(self.heard);
+                let kept_from = self.heard - self.before.len() as u64;
+                let from = start.saturating_sub(VOICE_PRE_ROLL as u64).max(kept_from);
+                let audio: Vec<i16> = self.before.drain(..).skip((from - kept_from) as usize).collect();
+                self.utterance = Some(Cut { start, audio, transcribed_at: 0 });
+                vec![Step::Started]
+            }
+            SpeechEvent::Started { .. } => Vec::new(),
+            SpeechEvent::Stopped { at } => {
+                let Some(cut) = self.utterance.take() else { return Vec::new() };
+                let end = samples_of(at).clamp(cut.start, self.heard);
+                let spoken = Spoken { start: position(cut.start), end: position(end) };
+                if spoken.length() < SHORTEST_SPEECH {
+                    metrics::counter!("vocode_stt_local_noise_skipped_total").increment(1);
+                    return Vec::new();
+                }
+                // Not an endpoint: the engine, which cut here, decides when the turn is over.
+                let job = Job {
+                    at: std::time::Instant::now(),
+                    audio: cut.audio,
+                    last: true,
+                    speech_final: false,
+                    spoken: Some(spoken),
+                };
+                vec![Step::Transcribe(job)]
+            }
+        }
+    }
+
+    /// What was being said when the audio ended.
+    fn finish(&mut self) -> Option<Job> {
+        let cut = self.utterance.take().filter(|c| !c.audio.is_empty())?;
+        let spoken = Some(Spoken { start: position(cut.start), end: position(self.heard) });
+        Some(Job { at: std::time::Instant::now(), audio: cut.audio, last: true, speech_final: true, spoken })
     }
 }
 
@@ -323,5 +477,42 @@ mod tests {
             steps.extend(split.push(piece));
         }
         assert_eq!(kinds(&steps), expected);
+    }
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn utterances_are_cut_where_the_engines_detector_heard_speech() {
+        let mut cutter = VoiceCutter::default();
+        let mut steps = cutter.audio(&tone(1_000, 0.0));
+        // The detector dates the speech to 800 ms (it knew 200 ms later).
+        steps.extend(cutter.voice(SpeechEvent::Started { at: ms(800) }));
+        for frame in tone(1_200, 9_000.0).chunks(FRAME) {
+            steps.extend(cutter.audio(frame));
+        }
+        steps.extend(cutter.voice(SpeechEvent::Stopped { at: ms(2_000) }));
+        steps.extend(cutter.audio(&tone(500, 0.0)));
+        // 250 ms of pre-roll before 800 ms, the 200 ms to 1000 ms, then 1200 ms: 1650 ms. The
+        // first interim once 600 ms of it was speech (850 ms of audio), the next after 500 ms more.
+        assert_eq!(kinds(&steps), ["started", "interim:850ms", "interim:1350ms", "final:1650ms"]);
+        let Some(Step::Transcribe(last)) = steps.last() else { panic!() };
+        assert_eq!(last.spoken, Some(Spoken { start: ms(800), end: ms(2_000) }));
+        assert!(cutter.finish().is_none());
+    }
+
+    #[test]
+    fn speech_shorter_than_a_noise_burst_is_never_transcribed() {
+        let mut cutter = VoiceCutter::default();
+        let mut steps = cutter.audio(&tone(500, 0.0));
+        steps.extend(cutter.voice(SpeechEvent::Started { at: ms(300) }));
+        steps.extend(cutter.audio(&tone(300, 9_000.0)));
+        steps.extend(cutter.voice(SpeechEvent::Stopped { at: ms(600) }));
+        assert_eq!(kinds(&steps), ["started"], "300 ms of 'speech': a cough");
+        // Audio from before the session heard anything is not asked for.
+        let mut cutter = VoiceCutter::default();
+        assert_eq!(kinds(&cutter.voice(SpeechEvent::Started { at: ms(5_000) })), ["started"]);
+        assert!(cutter.finish().is_none(), "no audio, nothing to finalise");
     }
 }

@@ -1,7 +1,8 @@
 //! Speech-to-text: what the caller says, as it is said. A provider opens a streaming session per
-//! call; the engine pushes the call's audio frames in and reads transcription events out. The
-//! session's background task owns the provider connection (keep-alives, reconnects, closing), so
-//! the engine's loop never waits on the network.
+//! call; the engine pushes the call's audio frames in (with what the call's voice-activity
+//! detector heard in them) and reads transcription events out, each dated in the session's audio
+//! when the provider says where its words were. The session's background task owns the provider
+//! connection (keep-alives, reconnects, closing), so the engine's loop never waits on the network.
 //!
 //! Implementations: [`deepgram`] (Deepgram's live websocket); [`sandbox`], which stands in on the
 //! sandbox carrier's simulated calls when no provider is configured; [`local`], the server's own
@@ -13,10 +14,13 @@ pub mod moonshine;
 pub mod plausible;
 pub mod sandbox;
 
+use std::time::Duration;
+
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::audio::Encoding;
+use super::vad::detector::SpeechEvent;
 
 pub use deepgram::{Deepgram, DeepgramSettings};
 
@@ -40,12 +44,54 @@ pub struct SttConfig {
     /// The gap after the last finalised word that ends an utterance even in background noise
     /// ([`SttEvent::UtteranceEnd`]).
     pub utterance_end_ms: u32,
+    /// The session is told where the caller's speech starts and stops ([`SttInput::Voice`]): a
+    /// recogniser that cuts utterances itself (the local one) cuts them there instead.
+    pub voice_events: bool,
 }
 
 impl SttConfig {
     /// Vocode's defaults: endpointing after 500 ms of silence, utterance end after 1 s.
     pub fn new(encoding: Encoding) -> SttConfig {
-        SttConfig { encoding, language: None, keywords: Vec::new(), endpointing_ms: 500, utterance_end_ms: 1000 }
+        SttConfig {
+            encoding,
+            language: None,
+            keywords: Vec::new(),
+            endpointing_ms: 500,
+            utterance_end_ms: 1000,
+            voice_events: false,
+        }
+    }
+}
+
+/// What a session is given, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SttInput {
+    /// Audio in the config's encoding.
+    Audio(Vec<u8>),
+    /// The call's voice-activity detector heard the caller start or stop speaking (positions in
+    /// the session's audio, from its first frame). A cloud recogniser is asked to finish the
+    /// words it has when the caller stops; the local one cuts its utterances here.
+    Voice(SpeechEvent),
+}
+
+impl From<Vec<u8>> for SttInput {
+    fn from(frame: Vec<u8>) -> Self {
+        SttInput::Audio(frame)
+    }
+}
+
+/// Where words were said in the session's audio (from its first frame): where their speech
+/// started and ended. A recogniser that does not say leaves it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spoken {
+    pub start: Duration,
+    pub end: Duration,
+}
+
+impl Spoken {
+    /// How much speech the words were said in.
+    pub fn length(&self) -> Duration {
+        self.end.saturating_sub(self.start)
     }
 }
 
@@ -55,10 +101,10 @@ pub enum SttEvent {
     /// The provider's voice activity detector heard speech begin.
     SpeechStarted,
     /// A guess at the words of the current stretch of audio; later events revise it.
-    Interim { text: String },
+    Interim { text: String, spoken: Option<Spoken> },
     /// Words that will not be revised. Consecutive finals make up an utterance;
     /// `speech_final` marks the one after which the speaker paused (the endpoint).
-    Final { text: String, speech_final: bool },
+    Final { text: String, speech_final: bool, spoken: Option<Spoken> },
     /// The gap after the last final word has passed: the utterance is over even if no
     /// `speech_final` came (background noise can keep the endpointer from firing).
     UtteranceEnd,
@@ -94,6 +140,13 @@ pub trait SpeechToText: Send + Sync {
 
     /// The provider's name, for logs and metrics.
     fn name(&self) -> &str;
+
+    /// Whether its interim results are guesses that may have nothing to do with the final words
+    /// (a small recogniser transcribing part of an utterance): then an interim counts only once
+    /// the next one agrees with it.
+    fn interims_are_guesses(&self) -> bool {
+        false
+    }
 }
 
 /// One open streaming session. Dropping it (or just closing `audio`) closes the provider
@@ -101,9 +154,9 @@ pub trait SpeechToText: Send + Sync {
 /// read) before the channel closes.
 #[derive(Debug)]
 pub struct SttSession {
-    /// Audio frames in the config's encoding, in order. Frames sent while the session is
-    /// reconnecting are dropped.
-    pub audio: mpsc::Sender<Vec<u8>>,
+    /// Audio frames in the config's encoding, in order, and what the call's detector heard in
+    /// them. Frames sent while the session is reconnecting are dropped.
+    pub audio: mpsc::Sender<SttInput>,
     /// What the provider hears; closes when the session ends. Read it promptly: while it is
     /// full the session stops reading the provider, and then `audio` fills up too.
     pub events: mpsc::Receiver<SttEvent>,

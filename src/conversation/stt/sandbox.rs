@@ -132,10 +132,13 @@ pub fn events_of(utterance: &Utterance, endpointing: Duration) -> Vec<(Instant, 
     let mut events = vec![(utterance.start, SttEvent::SpeechStarted)];
     for n in 1..words.len() {
         let at = utterance.start + length.mul_f64(n as f64 / words.len() as f64);
-        events.push((at, SttEvent::Interim { text: words[..n].join(" ") }));
+        events.push((at, SttEvent::Interim { text: words[..n].join(" "), spoken: None }));
     }
-    events.push((utterance.end, SttEvent::Interim { text: words.join(" ") }));
-    events.push((utterance.end + endpointing, SttEvent::Final { text: words.join(" "), speech_final: true }));
+    events.push((utterance.end, SttEvent::Interim { text: words.join(" "), spoken: None }));
+    events.push((
+        utterance.end + endpointing,
+        SttEvent::Final { text: words.join(" "), speech_final: true, spoken: None },
+    ));
     events
 }
 
@@ -143,7 +146,7 @@ async fn hear(
     log: SpokenLog,
     mut next: usize,
     endpointing: Duration,
-    mut audio: mpsc::Receiver<Vec<u8>>,
+    mut audio: mpsc::Receiver<super::SttInput>,
     events: mpsc::Sender<SttEvent>,
 ) {
     let mut due: std::collections::VecDeque<(Instant, SttEvent)> = Default::default();
@@ -186,13 +189,16 @@ mod tests {
             Utterance { text: "Yes, this is Ajay.".into(), start, end: start + Duration::from_millis(1000) };
         let events = events_of(&utterance, Duration::from_millis(500));
         assert_eq!(events[0], (start, SttEvent::SpeechStarted));
-        assert_eq!(events[1], (start + Duration::from_millis(250), SttEvent::Interim { text: "Yes,".into() }));
-        assert_eq!(events[3].1, SttEvent::Interim { text: "Yes, this is".into() });
+        assert_eq!(
+            events[1],
+            (start + Duration::from_millis(250), SttEvent::Interim { text: "Yes,".into(), spoken: None })
+        );
+        assert_eq!(events[3].1, SttEvent::Interim { text: "Yes, this is".into(), spoken: None });
         assert_eq!(
             events.last().unwrap(),
             &(
                 start + Duration::from_millis(1500),
-                SttEvent::Final { text: "Yes, this is Ajay.".into(), speech_final: true }
+                SttEvent::Final { text: "Yes, this is Ajay.".into(), speech_final: true, spoken: None }
             )
         );
     }
@@ -222,9 +228,9 @@ mod tests {
             heard,
             vec![
                 SttEvent::SpeechStarted,
-                SttEvent::Interim { text: "Okay".into() },
-                SttEvent::Interim { text: "Okay goodbye.".into() },
-                SttEvent::Final { text: "Okay goodbye.".into(), speech_final: true },
+                SttEvent::Interim { text: "Okay".into(), spoken: None },
+                SttEvent::Interim { text: "Okay goodbye.".into(), spoken: None },
+                SttEvent::Final { text: "Okay goodbye.".into(), speech_final: true, spoken: None },
             ]
         );
         drop(session.audio);

@@ -12,6 +12,7 @@ mod knowledge;
 mod line;
 mod recordings_in_a_bucket;
 mod recordings_made_here;
+mod turn_taking;
 mod warm_transfer;
 
 use std::time::Duration;

@@ -29,7 +29,20 @@ async fn open(fake: &FakeDeepgram, config: SttConfig) -> SttSession {
 }
 
 async fn next_event(session: &mut SttSession) -> SttEvent {
-    tokio::time::timeout(WAIT, session.events.recv()).await.expect("an event in time").expect("the session is open")
+    let event = tokio::time::timeout(WAIT, session.events.recv())
+        .await
+        .expect("an event in time")
+        .expect("the session is open");
+    undated(event)
+}
+
+/// The event without where its words were (the dating has tests of its own).
+fn undated(event: SttEvent) -> SttEvent {
+    match event {
+        SttEvent::Interim { text, .. } => SttEvent::Interim { text, spoken: None },
+        SttEvent::Final { text, speech_final, .. } => SttEvent::Final { text, speech_final, spoken: None },
+        other => other,
+    }
 }
 
 /// Audio that is not the same byte over and over, so order and loss show.
@@ -86,7 +99,7 @@ async fn audio_reaches_deepgram_byte_for_byte() {
     let session = open(&fake, SttConfig::new(Encoding::Linear16k)).await;
     let frames = frames(50, 640);
     for frame in &frames {
-        session.audio.send(frame.clone()).await.unwrap();
+        session.audio.send(frame.clone().into()).await.unwrap();
     }
     let expected = frames.concat();
     let audio = eventually(WAIT, || async {
@@ -121,10 +134,10 @@ async fn events_come_out_in_the_order_deepgram_sends_them() {
         events,
         [
             SttEvent::SpeechStarted,
-            SttEvent::Interim { text: "hel".into() },
-            SttEvent::Final { text: "Hello there,".into(), speech_final: false },
-            SttEvent::Interim { text: "how are".into() },
-            SttEvent::Final { text: "how are you?".into(), speech_final: true },
+            SttEvent::Interim { text: "hel".into(), spoken: None },
+            SttEvent::Final { text: "Hello there,".into(), speech_final: false, spoken: None },
+            SttEvent::Interim { text: "how are".into(), spoken: None },
+            SttEvent::Final { text: "how are you?".into(), speech_final: true, spoken: None },
             SttEvent::UtteranceEnd,
         ]
     );
@@ -138,7 +151,7 @@ async fn keep_alives_are_sent_only_while_no_audio_flows() {
     let session = Deepgram::new(settings).open(SttConfig::new(Encoding::Mulaw8k)).await.unwrap();
     // A second of audio in 20 ms frames: never a pause as long as the keep-alive interval.
     for frame in frames(50, 160) {
-        session.audio.send(frame).await.unwrap();
+        session.audio.send(frame.into()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connection = eventually(WAIT, || async {
@@ -162,7 +175,10 @@ async fn a_dropped_connection_is_reopened_and_events_keep_flowing() {
     let fake = FakeDeepgram::start().await;
     let mut session = open(&fake, SttConfig::new(Encoding::Mulaw8k)).await;
     fake.send(results("before", true, true)).await;
-    assert_eq!(next_event(&mut session).await, SttEvent::Final { text: "before".into(), speech_final: true });
+    assert_eq!(
+        next_event(&mut session).await,
+        SttEvent::Final { text: "before".into(), speech_final: true, spoken: None }
+    );
 
     fake.drop_connection().await;
     assert_eq!(next_event(&mut session).await, SttEvent::Reconnected);
@@ -170,9 +186,12 @@ async fn a_dropped_connection_is_reopened_and_events_keep_flowing() {
     assert_eq!(connections[1].query, connections[0].query);
     assert_eq!(connections[1].authorization, connections[0].authorization);
 
-    session.audio.send(vec![1, 2, 3]).await.unwrap();
+    session.audio.send(vec![1, 2, 3].into()).await.unwrap();
     fake.send(results("after", true, false)).await;
-    assert_eq!(next_event(&mut session).await, SttEvent::Final { text: "after".into(), speech_final: false });
+    assert_eq!(
+        next_event(&mut session).await,
+        SttEvent::Final { text: "after".into(), speech_final: false, spoken: None }
+    );
     eventually(WAIT, || async { (fake.connections()[1].audio == [1, 2, 3]).then_some(()) }).await;
 
     // A close from Deepgram's side (as on NET-0001) is reopened too.
@@ -196,7 +215,7 @@ async fn a_session_gives_up_when_deepgram_stays_away() {
     assert_eq!(fake.refused(), 3, "three attempts");
     // Then the session is over, both ways.
     assert_eq!(tokio::time::timeout(WAIT, session.events.recv()).await.unwrap(), None);
-    eventually(WAIT, || async { session.audio.send(vec![0; 160]).await.is_err().then_some(()) }).await;
+    eventually(WAIT, || async { session.audio.send(vec![0; 160].into()).await.is_err().then_some(()) }).await;
 }
 
 #[tokio::test]
@@ -210,7 +229,10 @@ async fn a_malformed_message_is_ignored() {
     fake.send(json!({"type": "SomethingNew", "value": 1})).await;
     fake.send(json!(["type", "Results"])).await;
     fake.send(results("still listening", true, true)).await;
-    assert_eq!(next_event(&mut session).await, SttEvent::Final { text: "still listening".into(), speech_final: true });
+    assert_eq!(
+        next_event(&mut session).await,
+        SttEvent::Final { text: "still listening".into(), speech_final: true, spoken: None }
+    );
     assert_eq!(fake.connections().len(), 1, "no reconnect");
     assert!(fake.connections()[0].open);
 }
@@ -237,13 +259,13 @@ async fn closing_the_audio_delivers_the_last_results_then_ends() {
     fake.on_finalize(vec![results("Please call me back", true, false)]);
     fake.on_close_stream(vec![results("goodbye", true, true)]);
     let SttSession { audio, mut events } = open(&fake, SttConfig::new(Encoding::Mulaw8k)).await;
-    audio.send(vec![7; 160]).await.unwrap();
+    audio.send(vec![7; 160].into()).await.unwrap();
     drop(audio);
     // What it was still hearing (Finalize), then what was left (CloseStream), then the end.
-    let next = tokio::time::timeout(WAIT, events.recv()).await.unwrap();
-    assert_eq!(next, Some(SttEvent::Final { text: "Please call me back".into(), speech_final: false }));
-    let next = tokio::time::timeout(WAIT, events.recv()).await.unwrap();
-    assert_eq!(next, Some(SttEvent::Final { text: "goodbye".into(), speech_final: true }));
+    let next = tokio::time::timeout(WAIT, events.recv()).await.unwrap().map(undated);
+    assert_eq!(next, Some(SttEvent::Final { text: "Please call me back".into(), speech_final: false, spoken: None }));
+    let next = tokio::time::timeout(WAIT, events.recv()).await.unwrap().map(undated);
+    assert_eq!(next, Some(SttEvent::Final { text: "goodbye".into(), speech_final: true, spoken: None }));
     assert_eq!(tokio::time::timeout(WAIT, events.recv()).await.unwrap(), None);
     let connection = fake.connections().remove(0);
     assert_eq!((connection.finalizes, connection.close_streams), (1, 1));
@@ -268,4 +290,26 @@ async fn a_refused_key_is_an_error_that_does_not_show_it() {
     settings.url = "ws://127.0.0.1:9/v1/listen".into();
     let error = Deepgram::new(settings).open(SttConfig::new(Encoding::Mulaw8k)).await.unwrap_err();
     assert!(matches!(error, SttError::Connect { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn the_callers_voice_stopping_asks_deepgram_to_finalise_and_words_are_dated_in_the_session() {
+    use vocode_server::conversation::stt::{Spoken, SttInput};
+    use vocode_server::conversation::vad::detector::SpeechEvent;
+    let fake = FakeDeepgram::start().await;
+    let mut session = open(&fake, SttConfig::new(Encoding::Mulaw8k)).await;
+    session.audio.send(vec![0xff; 160].into()).await.unwrap();
+    let at = Duration::from_millis(20);
+    session.audio.send(SttInput::Voice(SpeechEvent::Started { at: Duration::ZERO })).await.unwrap();
+    session.audio.send(SttInput::Voice(SpeechEvent::Stopped { at })).await.unwrap();
+    eventually(WAIT, || async { (fake.connections()[0].finalizes == 1).then_some(()) }).await;
+    assert_eq!(fake.connections()[0].finalizes, 1, "only the stop asks");
+    fake.send(results("a table", true, false)).await;
+    let SttEvent::Final { spoken: Some(spoken), .. } =
+        tokio::time::timeout(WAIT, session.events.recv()).await.unwrap().unwrap()
+    else {
+        panic!("a final with its words dated")
+    };
+    // "a" from 0 to 0.3 s, "table" from 0.4 to 0.7 s of the first connection's audio.
+    assert_eq!(spoken, Spoken { start: Duration::ZERO, end: Duration::from_millis(700) });
 }

@@ -1,0 +1,252 @@
+//! The caller's voice, heard before any word: the call's voice-activity detector (Silero, or
+//! loudness without it) hears every frame; where it hears the caller start and stop is told to
+//! speech-to-text (the local recogniser cuts its utterances there, so noise is never transcribed;
+//! Deepgram is asked to finalise at once), dates the end of the caller's speech for the turn's
+//! latencies, and starts the end-of-turn model on each pause: its verdict, when it comes in time,
+//! sets how long the engine waits before answering ([`Dials::end_of_turn_waits`]); without it, the
+//! silence rule does. A turn never runs past [`Dials::longest_turn`].
+//!
+//! The model runs in a child task on its own worker pool and reports back tagged with its pause,
+//! so a verdict on a pause the caller has since spoken through is dropped; the audio it hears is
+//! the caller's last 8 s, kept in a bounded buffer.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::Engine;
+use crate::conversation::audio::{Encoding, Transcoder};
+use crate::conversation::end_of_turn::{self, EndOfTurn};
+use crate::conversation::local::LocalSpeech;
+use crate::conversation::stt::SttInput;
+use crate::conversation::turns::Dials;
+use crate::conversation::vad::detector::{DetectorSettings, SpeechDetector, SpeechEvent, VoiceActivity};
+
+/// How soon a turn's end is looked at again when the caller sounded like speaking at it.
+pub(super) const RECHECK: Duration = Duration::from_millis(100);
+
+/// Which turn-taking models a call uses: the server's local speech, as its settings allow
+/// (`VAD`, `END_OF_TURN_MODEL`). Without local speech: loudness and the silence rule.
+#[derive(Clone, Default)]
+pub struct TurnModels {
+    speech: Option<Arc<LocalSpeech>>,
+    silero: bool,
+    end_of_turn: bool,
+}
+
+impl TurnModels {
+    /// `silero`: the neural detector when installed (else loudness); `end_of_turn`: the
+    /// end-of-turn model when installed (else the silence rule).
+    pub fn new(speech: Arc<LocalSpeech>, silero: bool, end_of_turn: bool) -> TurnModels {
+        TurnModels { speech: Some(speech), silero, end_of_turn }
+    }
+
+    async fn voice_activity(&self) -> VoiceActivity {
+        match &self.speech {
+            Some(speech) if self.silero => speech.voice_activity().await,
+            _ => VoiceActivity::Energy,
+        }
+    }
+
+    async fn end_of_turn(&self) -> Option<Arc<EndOfTurn>> {
+        match &self.speech {
+            Some(speech) if self.end_of_turn => speech.end_of_turn().await,
+            _ => None,
+        }
+    }
+}
+
+/// What the call's voice is doing, as the engine keeps it.
+pub(super) struct Voice {
+    detector: SpeechDetector,
+    model: Option<Arc<EndOfTurn>>,
+    /// The caller's last 8 s at 16 kHz (only kept for the model).
+    recent: VecDeque<i16>,
+    to_16k: Transcoder,
+    /// Where in the detector's audio speech-to-text's session began.
+    session_from: Option<Duration>,
+    /// The current pause's number: a verdict on an earlier one is stale.
+    pub(super) pause: u64,
+    /// When the caller last stopped speaking (the detector's offset), while they are silent.
+    pub(super) stopped_at: Option<Instant>,
+    /// The model's verdict on the current pause: the probability that the turn is complete.
+    pub(super) verdict: Option<f32>,
+    /// Where the model's verdicts are sent, tagged with their pause.
+    verdicts: mpsc::Sender<(u64, f32)>,
+}
+
+impl Voice {
+    /// The call's voice, and where the model's verdicts come in.
+    pub(super) async fn new(models: &TurnModels, encoding: Encoding) -> (Voice, mpsc::Receiver<(u64, f32)>) {
+        let activity = models.voice_activity().await;
+        let model = models.end_of_turn().await;
+        let (verdicts, verdicts_in) = mpsc::channel(4);
+        let voice = Voice {
+            detector: activity.detector(encoding, DetectorSettings::default()),
+            model,
+            recent: VecDeque::new(),
+            to_16k: Transcoder::to_pcm16k(encoding),
+            session_from: None,
+            pause: 0,
+            stopped_at: None,
+            verdict: None,
+            verdicts,
+        };
+        (voice, verdicts_in)
+    }
+
+    /// Speech-to-text's session opened now: its audio starts here.
+    pub(super) fn session_opened(&mut self) {
+        self.session_from = Some(self.detector.heard());
+    }
+
+    /// When a point of speech-to-text's audio (`at` from its session's start) reached the engine.
+    pub(super) fn when_heard(&self, at: Duration, now: Instant) -> Option<Instant> {
+        let position = self.session_from? + at;
+        now.checked_sub(self.detector.heard().saturating_sub(position))
+    }
+
+    /// Whether the caller is speaking, or the last window sounded like speech (that may be
+    /// speech starting again, which the detector confirms only after its minimum length).
+    pub(super) fn sounds_like_speech(&self) -> bool {
+        self.detector.speaking() || self.detector.probability() >= DetectorSettings::default().threshold
+    }
+
+    /// Whether the caller is speaking, as the detector last said.
+    pub(super) fn speaking(&self) -> bool {
+        self.detector.speaking()
+    }
+
+    /// Which detector hears the call.
+    pub(super) fn detector(&self) -> &'static str {
+        self.detector.model()
+    }
+
+    /// Whether the end-of-turn model judges pauses.
+    pub(super) fn judges(&self) -> bool {
+        self.model.is_some()
+    }
+}
+
+impl Engine {
+    /// Hears one frame of the caller's (as speech-to-text gets it): the detector's events go to
+    /// speech-to-text, in their place among the frames, and to the turn.
+    pub(super) async fn hear_voice(&mut self, frame: &[u8], stt: Option<&mpsc::Sender<SttInput>>) {
+        let Some(voice) = self.voice.as_mut() else { return };
+        if voice.model.is_some() {
+            voice.recent.extend(voice.to_16k.decode(frame));
+            let excess = voice.recent.len().saturating_sub(end_of_turn::WINDOW);
+            voice.recent.drain(..excess);
+        }
+        let events = voice.detector.push(frame).await;
+        let heard = voice.detector.heard();
+        let session_from = voice.session_from;
+        if let Some(stt) = stt.filter(|_| !frame.is_empty()) {
+            if stt.try_send(SttInput::Audio(frame.to_vec())).is_err() {
+                metrics::counter!("vocode_conversation_audio_dropped_total").increment(1);
+            }
+        }
+        for event in events {
+            if let (Some(stt), Some(from)) = (stt, session_from) {
+                let in_session = match event {
+                    SpeechEvent::Started { at } => SpeechEvent::Started { at: at.saturating_sub(from) },
+                    SpeechEvent::Stopped { at } => SpeechEvent::Stopped { at: at.saturating_sub(from) },
+                };
+                if stt.try_send(SttInput::Voice(in_session)).is_err() {
+                    metrics::counter!("vocode_conversation_audio_dropped_total").increment(1);
+                }
+            }
+            let now = Instant::now();
+            match event {
+                SpeechEvent::Started { .. } => self.voice_started(now),
+                SpeechEvent::Stopped { at } => {
+                    self.voice_stopped(now.checked_sub(heard.saturating_sub(at)).unwrap_or(now));
+                }
+            }
+        }
+    }
+
+    fn voice_started(&mut self, now: Instant) {
+        let Some(voice) = self.voice.as_mut() else { return };
+        voice.pause += 1;
+        voice.stopped_at = None;
+        voice.verdict = None;
+        // Speech goes on: where it stopped before is not the end of it.
+        self.spoke_until = None;
+        self.last_activity = now;
+        self.turn_began.get_or_insert(now);
+        // Still speaking: the end of the turn waits, as it does for words.
+        if self.turn_ends_at.is_some() {
+            self.end_turn_at(now + self.config.dials.endpointing().otherwise);
+        }
+    }
+
+    /// The caller stopped speaking at `at`: the model judges the pause, if it can.
+    fn voice_stopped(&mut self, at: Instant) {
+        let Some(voice) = self.voice.as_mut() else { return };
+        voice.pause += 1;
+        voice.stopped_at = Some(at);
+        voice.verdict = None;
+        self.spoke_until = Some(self.spoke_until.map_or(at, |s| s.max(at)));
+        if self.heard.trim().is_empty() && !self.interim {
+            // Nothing was said (yet): the turn's longest is counted from its words.
+            self.turn_began = None;
+        }
+        let Some(model) = voice.model.clone() else { return };
+        if voice.recent.is_empty() {
+            return;
+        }
+        let (pause, audio, out) = (voice.pause, Vec::from(voice.recent.clone()), voice.verdicts.clone());
+        tokio::spawn(async move {
+            match model.probability_if_free(&audio).await {
+                Some(Ok(probability)) => {
+                    let _ = out.send((pause, probability)).await;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "the end-of-turn model failed: the silence rule decides"),
+                None => metrics::counter!("vocode_end_of_turn_busy_total").increment(1),
+            }
+        });
+    }
+
+    /// The model's verdict on a pause: if the caller is still silent there, the turn ends after
+    /// the wait it gives, from when they stopped.
+    pub(super) fn verdict(&mut self, pause: u64, probability: f32) {
+        let Some(voice) = self.voice.as_mut() else { return };
+        let Some(stopped) = voice.stopped_at.filter(|_| pause == voice.pause) else { return };
+        voice.verdict = Some(probability);
+        metrics::counter!("vocode_end_of_turn_verdicts_total",
+            "verdict" => if probability > end_of_turn::THRESHOLD { "complete" } else { "incomplete" })
+        .increment(1);
+        if !self.heard.trim().is_empty() && self.outside.is_empty() {
+            let at = after_verdict(&self.config.dials, stopped, probability, &self.heard);
+            self.end_turn_at(at.max(Instant::now()));
+        }
+    }
+
+    /// The person's turn ends at `at`, or at its longest.
+    pub(super) fn end_turn_at(&mut self, at: Instant) {
+        let at = match self.turn_began {
+            Some(began) => at.min(began + self.config.dials.longest_turn()),
+            None => at,
+        };
+        self.turn_ends_at = Some(at);
+    }
+}
+
+/// When a turn whose pause began at `stopped` ends, by the model's `probability` that it is
+/// complete: the dials' waits ([`Dials::end_of_turn_waits`]); but words that do not end a sentence
+/// are answered no sooner than the silence rule answers a finished one (the model hears how the
+/// caller sounds; the recogniser's punctuation says what they said).
+pub(super) fn after_verdict(dials: &Dials, stopped: Instant, probability: f32, heard: &str) -> Instant {
+    let wait = dials.end_of_turn_waits().after(probability);
+    let finished = dials.endpointing().silence_needed(heard) == dials.endpointing().after_punctuation;
+    let wait = if probability > end_of_turn::THRESHOLD && !finished {
+        wait.max(dials.endpointing().after_punctuation)
+    } else {
+        wait
+    };
+    stopped + wait
+}
