@@ -238,9 +238,20 @@ impl Engine {
         let mut denoiser =
             self.config.noise_suppression.then(|| super::denoise::Denoiser::new(self.config.line.encoding));
         let mut greeting_at = (!self.greeted).then(|| Instant::now() + self.config.dials.initial_message_delay);
-        let (voice, mut verdicts) = voice::Voice::new(&self.providers.turn_models, self.config.line.encoding).await;
-        tracing::debug!(detector = voice.detector(), end_of_turn_model = voice.judges(), "the call's turn-taking");
-        self.voice = Some(voice);
+        let stt_needs_voice = self.providers.stt.cuts_by_voice_activity();
+        let (_no_verdicts, mut verdicts) = mpsc::channel(1);
+        match voice::Voice::new(&self.providers.turn_models, self.config.line.encoding, stt_needs_voice).await {
+            Some((voice, its_verdicts)) => {
+                tracing::debug!(
+                    detector = voice.detector(),
+                    end_of_turn_model = voice.judges(),
+                    "the call's turn-taking"
+                );
+                self.voice = Some(voice);
+                verdicts = its_verdicts;
+            }
+            None => tracing::debug!("the call's turn-taking: speech-to-text's own endpointing and the silence rule"),
+        }
         if resumed {
             // The person heard silence: the bot says so at once, then answers what is unanswered.
             self.answer_after =

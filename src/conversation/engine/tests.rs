@@ -50,6 +50,11 @@ impl SpeechToText for FakeStt {
     fn name(&self) -> &str {
         "fake-stt"
     }
+
+    /// Like the local recogniser: the call's detector runs for it even on loudness alone.
+    fn cuts_by_voice_activity(&self) -> bool {
+        true
+    }
 }
 
 /// A model that answers each request with the next scripted reply (an empty one fails at once),
@@ -1237,7 +1242,9 @@ async fn engine_hearing(dials: Dials) -> Engine {
     let (to_call, _) = mpsc::channel(1);
     let (events, _) = mpsc::channel(1);
     let mut engine = Engine::new(config(dials), providers, Outlet::new(to_call), events);
-    let (voice, _) = voice::Voice::new(&TurnModels::default(), Encoding::Mulaw8k).await;
+    let (voice, _) = voice::Voice::new(&TurnModels::default(), Encoding::Mulaw8k, true)
+        .await
+        .expect("loudness, for a recogniser that needs it");
     engine.voice = Some(voice);
     engine
 }
@@ -1345,4 +1352,12 @@ fn an_interim_agrees_with_the_one_before_when_it_goes_on_from_it() {
     assert!(!agrees("And I'm each and em,", "Mm hmm, yeah."));
     assert!(!agrees("", "sorry what was the price"), "the first interim agrees with nothing");
     assert!(!agrees("sorry", "sorry what was the price"), "one word is too little to agree on");
+}
+
+#[tokio::test]
+async fn a_recogniser_with_its_own_endpointing_gets_no_loudness_detector() {
+    // Without the neural detector, loudness runs only for a recogniser that needs it: a cloud one
+    // would pay for it on every frame and have turns held while the line is loud.
+    assert!(voice::Voice::new(&TurnModels::default(), Encoding::Mulaw8k, false).await.is_none());
+    assert!(voice::Voice::new(&TurnModels::default(), Encoding::Mulaw8k, true).await.is_some());
 }

@@ -79,9 +79,19 @@ pub(super) struct Voice {
 }
 
 impl Voice {
-    /// The call's voice, and where the model's verdicts come in.
-    pub(super) async fn new(models: &TurnModels, encoding: Encoding) -> (Voice, mpsc::Receiver<(u64, f32)>) {
+    /// The call's voice, and where the model's verdicts come in; `None` when only loudness could
+    /// hear it and speech-to-text does not need it (a cloud recogniser has its own endpointing and
+    /// word timings, and loudness would only cost CPU on every frame and hold turns while the line
+    /// is loud).
+    pub(super) async fn new(
+        models: &TurnModels,
+        encoding: Encoding,
+        stt_needs_it: bool,
+    ) -> Option<(Voice, mpsc::Receiver<(u64, f32)>)> {
         let activity = models.voice_activity().await;
+        if matches!(activity, VoiceActivity::Energy) && !stt_needs_it {
+            return None;
+        }
         let model = models.end_of_turn().await;
         let (verdicts, verdicts_in) = mpsc::channel(4);
         let voice = Voice {
@@ -95,7 +105,7 @@ impl Voice {
             verdict: None,
             verdicts,
         };
-        (voice, verdicts_in)
+        Some((voice, verdicts_in))
     }
 
     /// Speech-to-text's session opened now: its audio starts here.
@@ -135,7 +145,11 @@ impl Engine {
     /// Hears one frame of the caller's (as speech-to-text gets it): the detector's events go to
     /// speech-to-text, in their place among the frames, and to the turn.
     pub(super) async fn hear_voice(&mut self, frame: &[u8], stt: Option<&mpsc::Sender<SttInput>>) {
-        let Some(voice) = self.voice.as_mut() else { return };
+        let Some(voice) = self.voice.as_mut() else {
+            // No detector: speech-to-text hears the frame, and that is all.
+            offer_audio(stt, frame);
+            return;
+        };
         if voice.model.is_some() {
             voice.recent.extend(voice.to_16k.decode(frame));
             let excess = voice.recent.len().saturating_sub(end_of_turn::WINDOW);
@@ -144,11 +158,7 @@ impl Engine {
         let events = voice.detector.push(frame).await;
         let heard = voice.detector.heard();
         let session_from = voice.session_from;
-        if let Some(stt) = stt.filter(|_| !frame.is_empty()) {
-            if stt.try_send(SttInput::Audio(frame.to_vec())).is_err() {
-                metrics::counter!("vocode_conversation_audio_dropped_total").increment(1);
-            }
-        }
+        offer_audio(stt, frame);
         for event in events {
             if let (Some(stt), Some(from)) = (stt, session_from) {
                 let in_session = match event {
@@ -249,4 +259,13 @@ pub(super) fn after_verdict(dials: &Dials, stopped: Instant, probability: f32, h
         wait
     };
     stopped + wait
+}
+
+/// Hands speech-to-text a frame without waiting: a full queue drops it (and counts it).
+fn offer_audio(stt: Option<&mpsc::Sender<SttInput>>, frame: &[u8]) {
+    if let Some(stt) = stt.filter(|_| !frame.is_empty()) {
+        if stt.try_send(SttInput::Audio(frame.to_vec())).is_err() {
+            metrics::counter!("vocode_conversation_audio_dropped_total").increment(1);
+        }
+    }
 }

@@ -85,6 +85,10 @@ impl SpeechToText for LocalStt {
         // Moonshine on 850 ms of "Mm hmm, yeah": "And I'm each and em,".
         true
     }
+
+    fn cuts_by_voice_activity(&self) -> bool {
+        true
+    }
 }
 
 /// Audio to transcribe: an utterance so far (interim) or whole (final).

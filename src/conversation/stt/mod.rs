@@ -147,6 +147,13 @@ pub trait SpeechToText: Send + Sync {
     fn interims_are_guesses(&self) -> bool {
         false
     }
+
+    /// Whether it needs the call's voice-activity detector to hear at all (it transcribes the
+    /// utterances the detector cuts), so that the loudness fallback runs for it; a recogniser
+    /// with its own endpointing only gains from the neural detector.
+    fn cuts_by_voice_activity(&self) -> bool {
+        false
+    }
 }
 
 /// One open streaming session. Dropping it (or just closing `audio`) closes the provider

@@ -274,21 +274,17 @@ async fn broken_turn_taking_models_fall_back_to_loudness_and_the_silence_rule() 
     std::fs::remove_dir_all(&broken).ok();
 }
 
-/// With Deepgram (and no local speech: the voice heard by loudness), the caller's voice stopping
-/// asks Deepgram for its final words at once (`Finalize`), before its own endpointing.
+/// With Deepgram hearing the call and the neural detector installed, the caller's voice stopping
+/// asks Deepgram for its final words at once (`Finalize`), before its own endpointing. (Without
+/// the neural detector a call on Deepgram runs no detector at all: Deepgram's own endpointing and
+/// word timings serve, and loudness would only cost CPU and hold turns on a loud line.)
 async fn deepgram_is_asked_to_finalise_when_the_caller_stops(line: Line) {
-    let Some(w) = super::world(Backend::Sqlite).await else { return };
+    let Some((dir, flite)) = installed() else { return };
+    let Some(w) = world_with(Backend::Sqlite, |c| c.speech_dir = Some(dir)).await else { return };
     let (_, carrier) = greeted(&w, line, "low").await;
     w.deepgram.wait_for_connections(1).await;
     assert_eq!(w.deepgram.connections()[0].finalizes, 0, "nobody spoke yet");
-    let step = match line {
-        Line::Twilio => 0.6,
-        Line::Vonage => 0.3,
-    };
-    let tone: Vec<i16> = (0..silence(line, Duration::from_millis(800)).len())
-        .map(|i| (9_000.0 * (i as f32 * step).sin()) as i16)
-        .collect();
-    play(&carrier, line, &tone).await;
+    play(&carrier, line, &said(&flite, line, "I would like a table for two tonight.").await).await;
     let finalised =
         silence_until(&carrier, line, Duration::from_secs(5), |_| w.deepgram.connections()[0].finalizes >= 1).await;
     assert!(finalised, "Finalize was sent when the voice stopped");
