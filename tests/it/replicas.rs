@@ -285,6 +285,27 @@ async fn webhooks_exactly_once_in_order(
     ids: &[String],
     expected: &[&str],
 ) -> BTreeMap<String, Vec<Received>> {
+    webhooks_in_order(rig, ids, expected, false).await
+}
+
+/// As [`webhooks_exactly_once_in_order`], across a replica killed with `kill -9`: a delivery the
+/// killed replica had under way (sent, its outcome not yet written) is sent again by another, with
+/// the same webhook-id and the same body, which is how a receiver tells it is the same event
+/// (Standard Webhooks); each event is still received in order and no event is new twice.
+async fn webhooks_once_each_across_a_crash(
+    rig: &Rig,
+    ids: &[String],
+    expected: &[&str],
+) -> BTreeMap<String, Vec<Received>> {
+    webhooks_in_order(rig, ids, expected, true).await
+}
+
+async fn webhooks_in_order(
+    rig: &Rig,
+    ids: &[String],
+    expected: &[&str],
+    across_a_crash: bool,
+) -> BTreeMap<String, Vec<Received>> {
     let last = *expected.last().unwrap();
     eventually(Duration::from_secs(30), || async {
         let got = rig.receiver.got();
@@ -294,7 +315,20 @@ async fn webhooks_exactly_once_in_order(
     let got = rig.receiver.got();
     let mut by_call = BTreeMap::new();
     for id in ids {
-        let mine: Vec<Received> = got.iter().filter(|r| r.call_id() == *id).cloned().collect();
+        let mut mine: Vec<Received> = got.iter().filter(|r| r.call_id() == *id).cloned().collect();
+        if across_a_crash {
+            let mut seen: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            mine.retain(|r| match seen.get(&r.headers["webhook-id"]) {
+                Some(body) => {
+                    assert_eq!(body, &r.body, "call {id}: a webhook sent again is the same event");
+                    false
+                }
+                None => {
+                    seen.insert(r.headers["webhook-id"].clone(), r.body.clone());
+                    true
+                }
+            });
+        }
         let kinds: Vec<String> = mine.iter().map(Received::kind).collect();
         assert_eq!(kinds, expected, "call {id}: its events, once each, in order");
         let webhook_ids: BTreeSet<&String> = mine.iter().map(|r| &r.headers["webhook-id"]).collect();
@@ -621,7 +655,7 @@ async fn killed_mid_answer_the_call_is_resumed(line: Line) {
     );
     assert_eq!(lines.iter().filter(|l| **l == "HUMAN: A table for two.").count(), 1, "{text}");
     let webhooks =
-        webhooks_exactly_once_in_order(&rig, std::slice::from_ref(&id), &talked_and_hung_up(lines.len())).await;
+        webhooks_once_each_across_a_crash(&rig, std::slice::from_ref(&id), &talked_and_hung_up(lines.len())).await;
     transcript_and_webhooks_agree(&text, &webhooks[&id]);
     assert_eq!(rig.openai.received().len(), 3, "the cut answer, asked again after the resume, and the next one");
     eprintln!(
@@ -856,7 +890,7 @@ async fn killed_and_never_resumed_the_call_is_not_the_callers_doing() {
         ids.push(id);
     }
     let expected = ["event_phone_call_connected", "event_message", "event_phone_call_ended", "event_transcript"];
-    webhooks_exactly_once_in_order(&rig, &ids, &expected).await;
+    webhooks_once_each_across_a_crash(&rig, &ids, &expected).await;
 }
 
 /// SIGTERM to a replica running several calls (of six placed, the replica that took the most
