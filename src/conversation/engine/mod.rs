@@ -361,7 +361,12 @@ impl Engine {
                     self.pump().await;
                 }
                 _ = sleep_until(resume_at.unwrap_or(far)), if resume_at.is_some() => {
-                    self.resume().await;
+                    if self.voice.as_ref().is_some_and(voice::Voice::speaking) {
+                        // The caller is still speaking: no false start yet.
+                        self.hold().await;
+                    } else {
+                        self.resume().await;
+                    }
                 }
                 _ = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
                     if self.config.dials.ask_if_human_present_on_idle && !self.checked_in {

@@ -22,7 +22,7 @@ use crate::conversation::audio::{Encoding, Transcoder};
 use crate::conversation::end_of_turn::{self, EndOfTurn};
 use crate::conversation::local::LocalSpeech;
 use crate::conversation::stt::SttInput;
-use crate::conversation::turns::Dials;
+use crate::conversation::turns::{Dials, InterruptSensitivity};
 use crate::conversation::vad::detector::{DetectorSettings, SpeechDetector, SpeechEvent, VoiceActivity};
 
 /// How soon a turn's end is looked at again when the caller sounded like speaking at it.
@@ -171,7 +171,15 @@ impl Engine {
             }
             let now = Instant::now();
             match event {
-                SpeechEvent::Started { .. } => self.voice_started(now),
+                SpeechEvent::Started { .. } => {
+                    self.voice_started(now);
+                    // At `high`, a voice stops the bot at once, before any word: it is held, and
+                    // goes on from where it stopped if no words follow (a false start).
+                    let interruptible = self.speaking.as_ref().is_some_and(|s| s.interruptible);
+                    if interruptible && self.config.dials.interrupt == InterruptSensitivity::High {
+                        self.hold().await;
+                    }
+                }
                 SpeechEvent::Stopped { at } => {
                     self.voice_stopped(now.checked_sub(heard.saturating_sub(at)).unwrap_or(now));
                 }
