@@ -56,14 +56,7 @@ pub(super) async fn bind(state: &AppState, call_id: Uuid, line: Line, hello: Hel
     }
     let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, false);
     let recorder = Recorder::for_call(state, &row, line.encoding);
-    let (conversation, control) = match sessions.conversation_for(call_id) {
-        Conversation::Running(from_call) => (Some(from_call), sessions.running(call_id).map(|r| r.control)),
-        Conversation::New { from_call, inbound, outlet, control } => {
-            converse::start_beside(state.clone(), row, line, inbound, outlet, control.clone());
-            (Some(from_call), Some(control))
-        }
-        Conversation::Silent => (None, None),
-    };
+    let (conversation, control) = conversation_here(state, row, line);
     let end = CallStream { state: state.clone(), call_id, binding, conversation, control, recorder, bot_leg: false };
     Ok(Bound { to_call, end: Box::new(end), closing })
 }
@@ -87,14 +80,7 @@ async fn bind_bot_leg(state: &AppState, row: CallRow, line: Line) -> Result<Boun
     }
     let (to_call, binding, closing) = sessions.bind(call_id, line.encoding, false);
     tracing::info!(%call_id, "the bot's conference leg connected here: the conversation moves to it");
-    let (conversation, control) = match sessions.conversation_for(call_id) {
-        Conversation::Running(from_call) => (Some(from_call), sessions.running(call_id).map(|r| r.control)),
-        Conversation::New { from_call, inbound, outlet, control } => {
-            converse::start_beside(state.clone(), row, line, inbound, outlet, control.clone());
-            (Some(from_call), Some(control))
-        }
-        Conversation::Silent => (None, None),
-    };
+    let (conversation, control) = conversation_here(state, row, line);
     state.telephony.bot_bound(call_id, state.replicas.id()).await;
     let end =
         CallStream { state: state.clone(), call_id, binding, conversation, control, recorder: None, bot_leg: true };
@@ -162,5 +148,24 @@ impl StreamEnd for CallStream {
                 recorder.finish(state, call_id).await;
             }
         })
+    }
+}
+
+/// The conversation a stream bound here feeds: the one this process runs, or one started beside
+/// the socket loop (fresh, or taken over from what was kept), or none (the call's agent cannot
+/// talk).
+fn conversation_here(
+    state: &AppState,
+    row: CallRow,
+    line: Line,
+) -> (Option<mpsc::Sender<FromCall>>, Option<Arc<Control>>) {
+    let (call_id, sessions) = (row.id, &state.sessions);
+    match sessions.conversation_for(call_id) {
+        Conversation::Running(from_call) => (Some(from_call), sessions.running(call_id).map(|r| r.control)),
+        Conversation::New { from_call, inbound, outlet, control } => {
+            converse::start_beside(state.clone(), row, line, inbound, outlet, control.clone());
+            (Some(from_call), Some(control))
+        }
+        Conversation::Silent => (None, None),
     }
 }
