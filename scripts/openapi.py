@@ -51,16 +51,21 @@ DETAIL = {
 
 MS = {"type": ["number", "null"], "description": "Milliseconds; null when the turn never got there."}
 STAGES = {
-    "end_of_turn_ms": "the person's last word → the engine decides their turn is over",
-    "first_token_ms": "that decision → the model's first token",
-    "first_audio_ms": "that decision → the voice's first audio",
-    "first_frame_ms": "that decision → the first audio frame sent to the call",
+    "end_of_turn_ms": "end of speech → the engine decides the turn is over",
+    "first_token_ms": "end of speech → the model's first token",
+    "first_audio_ms": "end of speech → the voice's first audio",
+    "first_frame_ms": "end of speech → the first audio frame sent to the call",
 }
 TURN = {
     "type": "object",
     "properties": {
         "turn": {"type": "integer", "description": "1 for the first answered turn, and so on."},
         "at": {"type": "string", "format": "date-time", "description": "When its first frame went out."},
+        "recognition_ms": {
+            **MS,
+            "description": "end of speech → the recogniser's final words came in, in ms (null for turns"
+            " measured before this stage was).",
+        },
         **{name: {**MS, "description": f"{what}, in ms."} for name, what in STAGES.items()},
     },
     "required": ["turn", "at", *STAGES],
@@ -164,8 +169,10 @@ def call_read(summary, description, operation_id, what, schema):
 INTERNAL = {
     "/calls/latency": call_read(
         "A call's turn latencies",
-        "Where each answered turn of the call's conversation spent its time, as"
-        " the server measured it (the same stages as the `vocode_turn_latency_seconds`"
+        "When each answered turn of the call's conversation reached each stage, in ms from the end"
+        " of the caller's speech (the voice-activity detector's offset or the recogniser's last word's end,"
+        " whichever is later; when neither is known, the arrival of the last words), as the server measured"
+        " it (the same stages as the `vocode_turn_latency_seconds`"
         " histogram). The caller's own calls only, as `GET /v1/calls`.",
         "get_call_latency",
         "The call's turns, in order",
