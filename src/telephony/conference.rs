@@ -15,7 +15,7 @@
 //! finds it: the lease (a number is one call's at a time whatever the number of replicas), the
 //! bot leg (the steering number's inbound webhook and the leg's stream may land anywhere), and the
 //! carrier's news of the conference and of the third party's leg, written by whichever replica
-//! its callback reaches and read by the one carrying out the action (`crate::session::warm`).
+//! its callback reaches and read by the one carrying out the action (the live call's warm-transfer steps, above this layer).
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! A stream is nobody's until it says whose it is: its first meaningful message (Twilio's `start`,
 //! Vonage's `websocket:connected`) names the call and carries the token this server gave the
 //! carrier for it. The loop hands that [`Hello`] to a [`Binder`] (the live call's layer,
-//! `crate::session`, implements it), which checks it and returns the stream's [`Bound`] ends.
+//! the layer above this one implements it), which checks it and returns the stream's [`Bound`] ends.
 //! A socket that has not said whose it is within [`BIND_WITHIN`], or says something else first,
 //! or is refused by the binder, is closed with a policy-violation close code and logged: an
 //! unbound socket never holds a task and a file descriptor for long.
