@@ -167,10 +167,16 @@ fn launch(database_url: &str, key: &str, env: &[(&str, &str)]) -> Server {
     for inherited in ["DEEPGRAM_API_KEY", "OPENAI_API_KEY", "ELEVENLABS_API_KEY", "VOCODE_VOICE"] {
         command.env_remove(inherited);
     }
+    // BENCH_SERVER_LOG=file keeps the server's log (at BENCH_RUST_LOG, default `info`).
+    let log = std::env::var_os("BENCH_SERVER_LOG").map(|path| {
+        command.env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+        Stdio::from(file.expect("BENCH_SERVER_LOG can be written"))
+    });
     let mut child = command
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log.unwrap_or_else(Stdio::null))
         .spawn()
         .expect("target/release/vocode-server (bench/run builds it)");
     let stdout = child.stdout.take().unwrap();

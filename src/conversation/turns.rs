@@ -122,11 +122,12 @@ impl Dials {
     /// when the end-of-turn model has judged the pause. Without the model, [`Self::endpointing`]
     /// still rules.
     pub fn end_of_turn_waits(&self) -> EndOfTurnWaits {
-        // Done: enough to hear a second thought begin. Not done: longer than the silence rule's
-        // longest wait, as Pipecat and LiveKit (3 s) wait for an unfinished turn, and shorter.
+        // Done: answered about when the detector is sure the caller stopped (its own 200 ms of
+        // silence), as Pipecat answers Smart Turn's "complete". Not done: longer than the silence
+        // rule's longest wait, as Pipecat and LiveKit (3 s) wait for an unfinished turn, and shorter.
         let (complete, incomplete) = match self.endpointing {
-            EndpointingSensitivity::Sensitive => (Duration::from_millis(200), Duration::from_millis(1_200)),
-            EndpointingSensitivity::Relaxed => (Duration::from_millis(300), Duration::from_millis(2_000)),
+            EndpointingSensitivity::Sensitive => (Duration::from_millis(150), Duration::from_millis(1_200)),
+            EndpointingSensitivity::Relaxed => (Duration::from_millis(200), Duration::from_millis(2_000)),
         };
         EndOfTurnWaits { complete: self.scaled(complete), incomplete: self.scaled(incomplete) }
     }
@@ -331,14 +332,14 @@ mod tests {
     #[test]
     fn the_end_of_turn_models_verdict_shortens_or_lengthens_the_wait_by_the_dials() {
         let relaxed = Dials::default().end_of_turn_waits();
-        assert_eq!(relaxed.after(0.9), Duration::from_millis(300));
+        assert_eq!(relaxed.after(0.9), Duration::from_millis(200));
         assert_eq!(relaxed.after(0.2), Duration::from_secs(2));
         assert!(relaxed.after(0.9) < Dials::default().endpointing().after_punctuation, "done answers sooner");
         assert!(relaxed.after(0.2) > Dials::default().endpointing().otherwise, "not done waits longer");
         let sensitive = Dials { endpointing: EndpointingSensitivity::Sensitive, ..Dials::default() };
         assert!(sensitive.end_of_turn_waits().incomplete < relaxed.incomplete);
         let fast = Dials { speed: 2.0, ..Dials::default() }.end_of_turn_waits();
-        assert_eq!(fast, EndOfTurnWaits { complete: Duration::from_millis(150), incomplete: Duration::from_secs(1) });
+        assert_eq!(fast, EndOfTurnWaits { complete: Duration::from_millis(100), incomplete: Duration::from_secs(1) });
     }
 
     #[test]

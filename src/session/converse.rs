@@ -26,6 +26,12 @@ use crate::AppState;
 /// How many frames from the carrier may wait for the engine (20 ms each: about 5 s).
 pub(super) const FROM_CALL_QUEUE: usize = 256;
 
+/// How long a write the conversation reports is tried again while the database cannot be reached.
+const KEEP_TRYING: std::time::Duration = std::time::Duration::from_secs(120);
+/// The first wait before trying a write again, and the longest (it doubles in between).
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+const RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Starts the call's conversation beside its stream: what it needs to talk is loaded in a task of
 /// its own while the stream's frames queue on `from_call`; then the call's conversation is taken
 /// up (fresh, or from what another process kept) and the engine runs on them. A call whose agent
@@ -108,15 +114,20 @@ impl Talk<'_> {
             let Some(event) = event else { break };
             let held = match event {
                 Event::Message(message, kept) => {
-                    let text = &message.text;
-                    let recorded = state
-                        .calls
-                        .record_message(call_id, &self.fence, message.speaker.as_str(), text, &json(&kept))
+                    let (text, kept) = (&message.text, json(&kept));
+                    let speaker = message.speaker.as_str();
+                    let recorded = self
+                        .durably("a message", || state.calls.record_message(call_id, &self.fence, speaker, text, &kept))
                         .await;
                     self.kept(recorded, "a message")
                 }
                 Event::Action { line, payload, state: kept } => {
-                    let recorded = state.calls.record_action(call_id, &self.fence, &line, payload, &json(&kept)).await;
+                    let kept = json(&kept);
+                    let recorded = self
+                        .durably("an action", || {
+                            state.calls.record_action(call_id, &self.fence, &line, payload.clone(), &kept)
+                        })
+                        .await;
                     self.kept(recorded, "an action")
                 }
                 Event::HangUp => {
@@ -165,13 +176,47 @@ impl Talk<'_> {
         };
         tracing::info!(%call_id, how = how.0, "conversation stopped");
         metrics::counter!("vocode_conversations_stopped_total", "how" => how.0).increment(1);
-        if let Err(e) = state.calls.conversation_stopped(call_id, &self.fence, how.1).await {
+        let stopped =
+            self.durably("the conversation's end", || state.calls.conversation_stopped(call_id, &self.fence, how.1));
+        if let Err(e) = stopped.await {
             tracing::warn!(%call_id, error = %e, "the conversation's end could not be recorded");
         }
     }
 
+    /// Runs a write the conversation reports; while the database cannot be reached (an outage, a
+    /// failover, a restart), tries it again, for up to [`KEEP_TRYING`]: the conversation goes on
+    /// meanwhile (its reports wait in their queue), and its words are kept, in order, once the
+    /// database is back. Stops trying once the conversation is lost to another process.
+    async fn durably<T, F>(&self, what: &str, write: impl Fn() -> F) -> Result<T, crate::calls::CallsError>
+    where
+        F: std::future::Future<Output = Result<T, crate::calls::CallsError>>,
+    {
+        let (started, mut wait, mut retried) = (tokio::time::Instant::now(), RETRY_FIRST, false);
+        loop {
+            let error = match write().await {
+                Ok(done) => {
+                    if retried {
+                        tracing::info!(call_id = %self.call_id, after = ?started.elapsed(), "{what} was kept once the database answered again");
+                    }
+                    return Ok(done);
+                }
+                Err(e) => e,
+            };
+            if started.elapsed() >= KEEP_TRYING || self.control.lost.load(Ordering::SeqCst) {
+                return Err(error);
+            }
+            if !retried {
+                retried = true;
+                tracing::warn!(call_id = %self.call_id, error = %error, "{what} cannot be kept now: trying again while the call goes on");
+                metrics::counter!("vocode_conversation_writes_retried_total").increment(1);
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MOST);
+        }
+    }
+
     /// Whether a write went through while this process still held the conversation; a write that
-    /// failed on the database is logged and the conversation goes on.
+    /// failed on the database for all of [`KEEP_TRYING`] is logged and the conversation goes on.
     fn kept(&self, recorded: Result<bool, crate::calls::CallsError>, what: &str) -> bool {
         match recorded {
             Ok(held) => held,

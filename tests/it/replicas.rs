@@ -37,7 +37,7 @@ use crate::support::fake_deepgram::results;
 use crate::support::fake_tts::TtsBehaviour;
 use crate::support::line::{twilio_stream, vonage_stream, Carrier, Line};
 use crate::support::replicas::Routed;
-use crate::support::{eventually, link_twilio_number, Backend, Received, Rig, TestDb};
+use crate::support::{eventually, link_twilio_number, Backend, Received, Rig, S3Server, TestDb};
 
 async fn store(backend: Backend) -> Option<(TestDb, Store)> {
     let db = TestDb::create(backend).await?;
@@ -791,6 +791,118 @@ async fn drained_then_moved_at_the_deadline_on_vonage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drain_of_zero_moves_the_call_at_once() {
     drained_then_moved_at_the_deadline(Line::Twilio, 0).await;
+}
+
+/// A call that talked on one replica and was moved to another (`DRAIN_SECS=0`), with its
+/// recording in a bucket (moto's S3 server): its two segments are one recording, and the proxy
+/// serves the same bytes from every replica — the two that ran the call, and the one that did
+/// not (the drained replica once it is back).
+async fn a_moved_calls_recording_is_served_through_the_proxy_by_every_replica(line: Line) {
+    let Some(s3) = S3Server::start("recordings through the rig's proxy").await else { return };
+    let mut env: Vec<(&str, String)> = vec![("DRAIN_SECS", "0".into()), ("SHUTDOWN_GRACE_SECS", "2".into())];
+    env.extend(s3.env("rig"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let Some((mut rig, vonage_number)) = rig_with(3, &env).await else { return };
+    let (call, id, carrier, holder) = greeted_call(&rig, line, &vonage_number, "16505559150").await;
+    say(&rig, line, &carrier, 51, "A table for two.").await;
+    transcript_with(&rig, &id, &format!("HUMAN: A table for two.\nBOT: {MODEL_ANSWER}\n")).await;
+
+    rig.sigterm(holder);
+    let (moved, _) = follow_the_move(&rig, line, &call, &carrier).await;
+    let (moved, _) = until_heard(&rig, line, &call, moved).await;
+    transcript_with(&rig, &id, &format!("BOT: {RESUME_LINE}")).await;
+    say(&rig, line, &moved, 52, "Make it four.").await;
+    transcript_with(&rig, &id, &format!("HUMAN: Make it four.\nBOT: {MODEL_ANSWER}\n")).await;
+    assert!(rig.wait_exit(holder, Duration::from_secs(30)).await.success());
+    carrier_hangs_up(&rig, line, &moved, &call).await;
+    let keys = eventually(Duration::from_secs(20), || async {
+        let keys = s3.keys("rig/").await;
+        (keys.len() == 2).then_some(keys)
+    })
+    .await;
+    assert_eq!(keys, [format!("rig/{id}.2.wav"), format!("rig/{id}.wav")], "one segment per stream");
+    let segment = |key: &str| {
+        let (s3, key) = (&s3, key.to_owned());
+        async move { s3.object(&key).await.expect("the segment").len() }
+    };
+    let longest_segment = segment(&keys[0]).await.max(segment(&keys[1]).await);
+
+    rig.restart(holder).await;
+    let url = format!("{}/v1/calls/recording?id={id}", rig.base());
+    let mut served: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+    for _ in 0..12 {
+        let res = rig.client.get(&url).bearer_auth(&rig.key).send().await.expect("the proxy answers");
+        let replica = rig.served_by(res.headers()).expect("a replica");
+        assert_eq!(res.status(), StatusCode::OK, "replica {replica}");
+        assert_eq!(res.headers()["content-type"], "audio/wav", "replica {replica}");
+        let bytes = res.bytes().await.unwrap().to_vec();
+        if let Some(before) = served.get(&replica) {
+            assert_eq!(before, &bytes, "replica {replica} serves the same bytes each time");
+        }
+        served.insert(replica, bytes);
+    }
+    assert_eq!(served.keys().copied().collect::<Vec<_>>(), [0, 1, 2], "every replica served it");
+    let recordings: BTreeSet<&Vec<u8>> = served.values().collect();
+    assert_eq!(recordings.len(), 1, "one recording, whichever replica serves it");
+    let whole = recordings.first().unwrap().len();
+    assert!(whole > longest_segment, "the whole call, both streams: {whole} bytes vs a segment's {longest_segment}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_moved_calls_recording_is_served_through_the_proxy_by_every_replica_on_twilio() {
+    a_moved_calls_recording_is_served_through_the_proxy_by_every_replica(Line::Twilio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_moved_calls_recording_is_served_through_the_proxy_by_every_replica_on_vonage() {
+    a_moved_calls_recording_is_served_through_the_proxy_by_every_replica(Line::Vonage).await;
+}
+
+/// The database goes away as a drained replica is about to move its call (`DRAIN_SECS=0`): the
+/// call is not lost. Nobody could take it up (no replica can read it), so its replica keeps it:
+/// the caller is answered meanwhile, and the stopping replica stays. Once the database answers
+/// again, what was said during the outage is kept, in order, the call moves to another replica
+/// and talks on there, and its webhooks are whole, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_unreachable_at_a_move_the_replica_keeps_the_call_until_it_can_move_it() {
+    let env = [("DRAIN_SECS", "0"), ("SHUTDOWN_GRACE_SECS", "2")];
+    let Some((mut rig, vonage_number)) = rig_with(3, &env).await else { return };
+    let line = Line::Twilio;
+    let (call, id, carrier, holder) = greeted_call(&rig, line, &vonage_number, "16505559170").await;
+    // The greeting has played out.
+    eventually(Duration::from_secs(10), || async {
+        carrier.last_arrived().is_some_and(|at| at.elapsed() > Duration::from_millis(300)).then_some(())
+    })
+    .await;
+
+    rig.db.reachable(false).await;
+    let cut = Instant::now();
+    rig.sigterm(holder);
+    say(&rig, line, &carrier, 41, "A table for two.").await;
+    let said = Instant::now();
+    eventually(Duration::from_secs(10), || async { carrier.last_arrived().filter(|at| *at > said) }).await;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(cut.elapsed())).await;
+    assert!(carrier.closed_at().is_none(), "the call's stream stays open on its replica");
+    assert!(rig.twilio.redirected_to(call["telephony_id"].as_str().unwrap()).is_none(), "not moved");
+    rig.db.reachable(true).await;
+    let outage = cut.elapsed();
+
+    let (moved, _) = follow_the_move(&rig, line, &call, &carrier).await;
+    let (moved, _) = until_heard(&rig, line, &call, moved).await;
+    assert_ne!(rig.served_by(&moved.handshake), Some(holder), "the call moved to another replica");
+    transcript_with(&rig, &id, &format!("HUMAN: A table for two.\nBOT: {MODEL_ANSWER}\nBOT: {RESUME_LINE}")).await;
+    say(&rig, line, &moved, 42, "Make it four.").await;
+    transcript_with(&rig, &id, &format!("HUMAN: Make it four.\nBOT: {MODEL_ANSWER}\n")).await;
+    assert!(rig.wait_exit(holder, Duration::from_secs(30)).await.success(), "the drained replica exits cleanly");
+    carrier_hangs_up(&rig, line, &moved, &call).await;
+
+    let text = rig.get(&format!("/v1/calls?id={id}")).await.body["transcript"].as_str().unwrap().to_owned();
+    let webhooks =
+        webhooks_exactly_once_in_order(&rig, std::slice::from_ref(&id), &talked_and_hung_up(text.lines().count()))
+            .await;
+    transcript_and_webhooks_agree(&text, &webhooks[&id]);
+    assert!(rig.logs(holder).contains("cannot be moved now"), "the replica says why it kept the call");
+    eprintln!("an outage of {outage:?} at the move; transcript:\n{text}");
 }
 
 /// SIGTERM to the only replica with a live call: nobody can take it, so at the deadline the bot

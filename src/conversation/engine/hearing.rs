@@ -100,6 +100,14 @@ impl Engine {
                 // end starts the wait (`after_playout`).
                 if self.speaking.is_none() {
                     let silence_from = silent.and_then(|v| v.stopped_at).unwrap_or(now);
+                    tracing::debug!(
+                        heard = %self.heard,
+                        verdict = ?self.voice.as_ref().and_then(|v| v.verdict),
+                        at_stop = silent.is_some(),
+                        since_stop_ms = now.saturating_duration_since(silence_from).as_millis() as u64,
+                        answer_in_ms = verdict.unwrap_or(silence_from + wait).saturating_duration_since(now).as_millis() as u64,
+                        "final words: the turn's end is set"
+                    );
                     self.end_turn_at(verdict.map_or((silence_from + wait).max(now), |at| at.max(now)));
                 }
             }

@@ -1265,10 +1265,19 @@ async fn the_models_verdict_on_a_pause_sets_the_wait_from_when_the_caller_stoppe
     assert_eq!(engine.turn_ends_at, Some(stopped + waits.complete), "done: the short wait");
     engine.heard = "I would like a".into();
     engine.verdict(pause, 0.9);
-    let finished = Dials::default().endpointing().after_punctuation;
-    assert_eq!(engine.turn_ends_at, Some(stopped + finished), "done, say the sounds; not the words");
+    let (finished, unfinished) =
+        (Dials::default().endpointing().after_punctuation, Dials::default().endpointing().otherwise);
+    assert_eq!(
+        engine.turn_ends_at,
+        Some(stopped + unfinished),
+        "done, say the sounds; not the words: the silence rule"
+    );
+    engine.heard = "I would like a table.".into();
     engine.verdict(pause, 0.1);
-    assert_eq!(engine.turn_ends_at, Some(stopped + waits.incomplete), "not done: the long wait");
+    assert_eq!(engine.turn_ends_at, Some(stopped + finished), "not done, say the sounds; the words are");
+    engine.heard = "I would like a".into();
+    engine.verdict(pause, 0.1);
+    assert_eq!(engine.turn_ends_at, Some(stopped + waits.incomplete), "not done, say both: the long wait");
     engine.turn_ends_at = None;
     engine.verdict(pause - 1, 0.9);
     assert_eq!(engine.turn_ends_at, None, "a verdict on a pause the caller spoke through is dropped");
@@ -1282,6 +1291,51 @@ async fn the_models_verdict_on_a_pause_sets_the_wait_from_when_the_caller_stoppe
     let spoken = Some(Spoken { start: Duration::ZERO, end: Duration::ZERO });
     engine.heard_event(SttEvent::Final { text: "A table for two.".into(), speech_final: true, spoken }).await;
     assert_eq!(engine.turn_ends_at, Some(stopped + waits.complete));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_model_hears_a_pause_before_the_detector_is_sure_and_its_verdict_is_used_at_the_stop() {
+    let mut engine = engine_hearing(Dials::default()).await;
+    let tone: Vec<i16> = (0..8 * 600).map(|i| (9_000.0 * (i as f32 * 0.6).sin()) as i16).collect();
+    let quiet = |frames: usize| std::iter::repeat_n(&[0i16; 160][..], frames);
+    async fn hear(engine: &mut Engine, frames: Vec<&[i16]>) {
+        for frame in frames {
+            engine.hear_voice(&Encoding::Mulaw8k.encode(frame), None).await;
+            tokio::time::advance(Duration::from_millis(20)).await;
+        }
+    }
+    // Speech, then a pause of 120 ms: past the probe, short of the detector's stop.
+    hear(&mut engine, quiet(10).chain(tone.chunks(160)).chain(quiet(6)).collect()).await;
+    let voice = engine.voice.as_ref().unwrap();
+    assert!(voice.speaking(), "the detector is not sure yet");
+    assert!(voice.probing.is_some(), "the model hears the pause already");
+    let probed = voice.pause;
+
+    // The caller speaks on: the pause was between words, and its verdict is stale.
+    hear(&mut engine, tone.chunks(160).chain(quiet(6)).collect()).await;
+    let voice = engine.voice.as_ref().unwrap();
+    assert!(voice.pause > probed, "a new pause");
+    engine.verdict(probed, 0.9);
+    assert_eq!(engine.voice.as_ref().unwrap().verdict, None, "a verdict on a pause spoken through is dropped");
+
+    // This pause's verdict comes before the stop: kept, and used when the detector stops.
+    let pause = engine.voice.as_ref().unwrap().pause;
+    engine.heard = "A table for two.".into();
+    engine.verdict(pause, 0.9);
+    assert_eq!(engine.turn_ends_at, None, "not before the detector is sure the caller stopped");
+    hear(&mut engine, quiet(10).collect()).await;
+    let voice = engine.voice.as_ref().unwrap();
+    assert!(!voice.speaking());
+    assert_eq!(voice.pause, pause, "the stop is the pause the model heard");
+    let stopped = voice.stopped_at.expect("stopped");
+    let ends = engine.turn_ends_at.expect("the verdict ends the turn");
+    let dials = Dials::default();
+    assert!(ends >= stopped + dials.end_of_turn_waits().complete, "{:?}", ends - stopped);
+    assert!(
+        ends < stopped + dials.endpointing().after_punctuation,
+        "sooner than the silence rule: {:?}",
+        ends - stopped
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,7 +8,10 @@
 //!
 //! The model runs in a child task on its own worker pool and reports back tagged with its pause,
 //! so a verdict on a pause the caller has since spoken through is dropped; the audio it hears is
-//! the caller's last 8 s, kept in a bounded buffer.
+//! the caller's last 8 s, kept in a bounded buffer. It starts once a pause has lasted [`PROBE`],
+//! before the detector is sure the caller stopped ([`DetectorSettings::min_silence`]), so that
+//! its verdict is in when the detector is: a pause the caller speaks through costs one
+//! inference, and no time.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -27,6 +30,22 @@ use crate::conversation::vad::detector::{DetectorSettings, SpeechDetector, Speec
 
 /// How soon a turn's end is looked at again when the caller sounded like speaking at it.
 pub(super) const RECHECK: Duration = Duration::from_millis(100);
+
+/// How long the caller's line must sound like a voice before it holds the bot at `high`
+/// sensitivity: three of the neural detector's 32 ms windows (noises score under its threshold).
+/// With the loudness fallback, which cannot tell a noise from a voice, speech holds the bot once
+/// the detector is sure of it.
+const HOLD_ON: Duration = Duration::from_millis(90);
+
+/// The caller's audio the end-of-turn model hears from before the detector said a turn's speech
+/// started (it says so 200 ms after the speech's onset).
+const TURN_PRE_ROLL: Duration = Duration::from_millis(500);
+
+/// How long a pause lasts before the end-of-turn model hears it: about half of the detector's
+/// [`DetectorSettings::min_silence`], so that the model's inference (about 0.1 s of a core) is
+/// done when the detector says the caller stopped. Shorter, and the gaps between words would
+/// keep the model's workers busy.
+pub(super) const PROBE: Duration = Duration::from_millis(90);
 
 /// Which turn-taking models a call uses: the server's local speech, as its settings allow
 /// (`VAD`, `END_OF_TURN_MODEL`). Without local speech: loudness and the silence rule.
@@ -70,6 +89,9 @@ pub(super) struct Voice {
     session_from: Option<Duration>,
     /// The current pause's number: a verdict on an earlier one is stale.
     pub(super) pause: u64,
+    /// Where the pause the model is hearing began (in the detector's audio), from [`PROBE`] into
+    /// it until the caller speaks again.
+    pub(super) probing: Option<Duration>,
     /// When the caller last stopped speaking (the detector's offset), while they are silent.
     pub(super) stopped_at: Option<Instant>,
     /// The model's verdict on the current pause: the probability that the turn is complete.
@@ -101,6 +123,7 @@ impl Voice {
             to_16k: Transcoder::to_pcm16k(encoding),
             session_from: None,
             pause: 0,
+            probing: None,
             stopped_at: None,
             verdict: None,
             verdicts,
@@ -138,6 +161,26 @@ impl Voice {
     /// Whether the end-of-turn model judges pauses.
     pub(super) fn judges(&self) -> bool {
         self.model.is_some()
+    }
+
+    /// Starts the model on the current pause (the caller's last 8 s), in a child task; its verdict
+    /// comes back tagged with the pause. A pause that finds every worker busy goes by the silence
+    /// rule.
+    fn judge(&self) {
+        let Some(model) = self.model.clone() else { return };
+        if self.recent.is_empty() {
+            return;
+        }
+        let (pause, audio, out) = (self.pause, Vec::from(self.recent.clone()), self.verdicts.clone());
+        tokio::spawn(async move {
+            match model.probability_if_free(&audio).await {
+                Some(Ok(probability)) => {
+                    let _ = out.send((pause, probability)).await;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "the end-of-turn model failed: the silence rule decides"),
+                None => metrics::counter!("vocode_end_of_turn_busy_total").increment(1),
+            }
+        });
     }
 }
 
@@ -181,15 +224,60 @@ impl Engine {
                     }
                 }
                 SpeechEvent::Stopped { at } => {
-                    self.voice_stopped(now.checked_sub(heard.saturating_sub(at)).unwrap_or(now));
+                    self.voice_stopped(at, now.checked_sub(heard.saturating_sub(at)).unwrap_or(now));
                 }
             }
+        }
+        self.probe_pause(stt);
+        // At `high`, a voice holds the bot as soon as it sounds like one, before the detector is
+        // sure: if it is not speech after all, the bot goes on where it stopped.
+        let voiced = self.voice.as_ref().and_then(|v| v.detector.voiced_for()).is_some_and(|v| v >= HOLD_ON);
+        let interruptible = self.speaking.as_ref().is_some_and(|s| s.interruptible && s.resume_at.is_none());
+        if voiced && interruptible && self.config.dials.interrupt == InterruptSensitivity::High {
+            self.hold().await;
+        }
+    }
+
+    /// A pause [`PROBE`] long while the caller speaks: the model starts hearing it, and
+    /// speech-to-text may finish the words up to it; speech again before the detector's stop: its
+    /// verdict is stale.
+    fn probe_pause(&mut self, stt: Option<&mpsc::Sender<SttInput>>) {
+        let Some(voice) = self.voice.as_mut() else { return };
+        match voice.detector.pausing_since() {
+            Some(from) if voice.probing != Some(from) && voice.detector.heard().saturating_sub(from) >= PROBE => {
+                voice.pause += 1;
+                voice.verdict = None;
+                voice.probing = Some(from);
+                voice.judge();
+                if let (Some(stt), Some(session_from)) = (stt, voice.session_from) {
+                    let at = from.saturating_sub(session_from);
+                    if stt.try_send(SttInput::Pausing { at }).is_err() {
+                        metrics::counter!("vocode_conversation_audio_dropped_total").increment(1);
+                    }
+                }
+            }
+            None if voice.probing.is_some() && voice.detector.speaking() => {
+                // Speech again: the pause was between words.
+                voice.pause += 1;
+                voice.verdict = None;
+                voice.probing = None;
+            }
+            _ => {}
         }
     }
 
     fn voice_started(&mut self, now: Instant) {
+        let new_turn = self.heard.trim().is_empty() && !self.interim;
         let Some(voice) = self.voice.as_mut() else { return };
+        if new_turn {
+            // The model hears the turn, as Pipecat gives it the turn's audio: from a little before
+            // its first speech (the detector knows speech [`DetectorSettings::min_speech`] late).
+            let keep = end_of_turn::SAMPLE_RATE * TURN_PRE_ROLL.as_millis() as usize / 1000;
+            let excess = voice.recent.len().saturating_sub(keep);
+            voice.recent.drain(..excess);
+        }
         voice.pause += 1;
+        voice.probing = None;
         voice.stopped_at = None;
         voice.verdict = None;
         // Speech goes on: where it stopped before is not the end of it.
@@ -202,42 +290,45 @@ impl Engine {
         }
     }
 
-    /// The caller stopped speaking at `at`: the model judges the pause, if it can.
-    fn voice_stopped(&mut self, at: Instant) {
+    /// The caller stopped speaking at `at` (`position` in the detector's audio): the model judges
+    /// the pause, if it is not hearing it already; a verdict already in is applied.
+    fn voice_stopped(&mut self, position: Duration, at: Instant) {
         let Some(voice) = self.voice.as_mut() else { return };
-        voice.pause += 1;
+        let probed = voice.probing.take() == Some(position);
+        if !probed {
+            voice.pause += 1;
+            voice.verdict = None;
+        }
         voice.stopped_at = Some(at);
-        voice.verdict = None;
         self.spoke_until = Some(self.spoke_until.map_or(at, |s| s.max(at)));
         if self.heard.trim().is_empty() && !self.interim {
             // Nothing was said (yet): the turn's longest is counted from its words.
             self.turn_began = None;
         }
-        let Some(model) = voice.model.clone() else { return };
-        if voice.recent.is_empty() {
-            return;
-        }
-        let (pause, audio, out) = (voice.pause, Vec::from(voice.recent.clone()), voice.verdicts.clone());
-        tokio::spawn(async move {
-            match model.probability_if_free(&audio).await {
-                Some(Ok(probability)) => {
-                    let _ = out.send((pause, probability)).await;
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "the end-of-turn model failed: the silence rule decides"),
-                None => metrics::counter!("vocode_end_of_turn_busy_total").increment(1),
+        let Some(voice) = self.voice.as_mut() else { return };
+        match voice.verdict {
+            Some(probability) if probed => {
+                let pause = voice.pause;
+                self.verdict(pause, probability);
             }
-        });
+            _ if probed => {}
+            _ => voice.judge(),
+        }
     }
 
     /// The model's verdict on a pause: if the caller is still silent there, the turn ends after
     /// the wait it gives, from when they stopped.
     pub(super) fn verdict(&mut self, pause: u64, probability: f32) {
-        let Some(voice) = self.voice.as_mut() else { return };
-        let Some(stopped) = voice.stopped_at.filter(|_| pause == voice.pause) else { return };
+        let Some(voice) = self.voice.as_mut().filter(|v| v.pause == pause) else { return };
+        if voice.verdict.is_none() {
+            metrics::counter!("vocode_end_of_turn_verdicts_total",
+                "verdict" => if probability > end_of_turn::THRESHOLD { "complete" } else { "incomplete" })
+            .increment(1);
+        }
         voice.verdict = Some(probability);
-        metrics::counter!("vocode_end_of_turn_verdicts_total",
-            "verdict" => if probability > end_of_turn::THRESHOLD { "complete" } else { "incomplete" })
-        .increment(1);
+        tracing::debug!(pause, probability, stopped = voice.stopped_at.is_some(), "the end-of-turn model's verdict");
+        // Heard before the detector is sure the caller stopped: kept for that moment.
+        let Some(stopped) = voice.stopped_at else { return };
         if !self.heard.trim().is_empty() && self.outside.is_empty() {
             let at = after_verdict(&self.config.dials, stopped, probability, &self.heard);
             self.end_turn_at(at.max(Instant::now()));
@@ -255,16 +346,18 @@ impl Engine {
 }
 
 /// When a turn whose pause began at `stopped` ends, by the model's `probability` that it is
-/// complete: the dials' waits ([`Dials::end_of_turn_waits`]); but words that do not end a sentence
-/// are answered no sooner than the silence rule answers a finished one (the model hears how the
-/// caller sounds; the recogniser's punctuation says what they said).
+/// complete and by the words heard: when the sound (the model) and the words (the recogniser's
+/// punctuation) agree, the dials' short or long wait ([`Dials::end_of_turn_waits`]); when they
+/// disagree, the silence rule's wait for those words — the model never answers sooner, nor waits
+/// longer, on its own word.
 pub(super) fn after_verdict(dials: &Dials, stopped: Instant, probability: f32, heard: &str) -> Instant {
-    let wait = dials.end_of_turn_waits().after(probability);
-    let finished = dials.endpointing().silence_needed(heard) == dials.endpointing().after_punctuation;
-    let wait = if probability > end_of_turn::THRESHOLD && !finished {
-        wait.max(dials.endpointing().after_punctuation)
-    } else {
-        wait
+    let (waits, endpointing) = (dials.end_of_turn_waits(), dials.endpointing());
+    let silence = endpointing.silence_needed(heard);
+    let finished = silence == endpointing.after_punctuation;
+    let wait = match (probability > end_of_turn::THRESHOLD, finished) {
+        (true, true) => waits.complete,
+        (false, false) => waits.incomplete,
+        _ => silence,
     };
     stopped + wait
 }

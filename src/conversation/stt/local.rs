@@ -91,8 +91,21 @@ impl SpeechToText for LocalStt {
     }
 }
 
+/// A final transcribed ahead of the stop, at a pause the caller may yet speak through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ahead {
+    No,
+    /// The utterance up to a pause that began at this position: transcribed if a worker is free,
+    /// and kept, not sent.
+    Pause(Duration),
+    /// The stop at this position: the words kept for its pause are the final, if there are any;
+    /// else the job's audio is transcribed.
+    Stop(Duration),
+}
+
 /// Audio to transcribe: an utterance so far (interim) or whole (final).
 struct Job {
+    ahead: Ahead,
     /// When the audio was cut: a final's latency runs from the endpoint (queueing included).
     at: std::time::Instant,
     audio: Vec<i16>,
@@ -122,6 +135,8 @@ async fn listen(
             (SttInput::Audio(bytes), None) => segmenter.push(&decode.decode(&bytes)),
             (SttInput::Voice(event), Some(cutter)) => cutter.voice(event),
             (SttInput::Voice(_), None) => Vec::new(),
+            (SttInput::Pausing { at }, Some(cutter)) => cutter.pausing(at),
+            (SttInput::Pausing { .. }, None) => Vec::new(),
         };
         for step in steps {
             match step {
@@ -155,6 +170,8 @@ async fn transcribe(
 ) {
     let mut queue: VecDeque<Job> = VecDeque::new();
     let mut last_interim = String::new();
+    // The words transcribed ahead at a pause, and where it began.
+    let mut kept: Option<(Duration, String)> = None;
     loop {
         if queue.is_empty() {
             match jobs.recv().await {
@@ -171,7 +188,20 @@ async fn transcribe(
         }
         let started = job.at;
         let seconds = job.audio.len() as f64 / SAMPLE_RATE as f64;
-        let transcribed = if job.last {
+        let reused = match job.ahead {
+            Ahead::Stop(at) => kept.take().filter(|(pause, _)| *pause == at).map(|(_, text)| text),
+            _ => None,
+        };
+        let transcribed = if let Some(text) = reused {
+            metrics::counter!("vocode_stt_local_finals_ahead_total").increment(1);
+            Ok(text)
+        } else if let Ahead::Pause(at) = job.ahead {
+            // Ahead of a stop that may not come: only on a worker that is free now.
+            if let Some(Ok(text)) = recognizer.transcribe_if_free(job.audio).await {
+                kept = Some((at, text));
+            }
+            continue;
+        } else if job.last {
             recognizer.transcribe(job.audio).await
         } else {
             match recognizer.transcribe_if_free(job.audio).await {
@@ -271,6 +301,7 @@ impl Segmenter {
                     if let Some(mut utterance) = self.utterance.take() {
                         utterance.extend_from_slice(frame);
                         steps.push(Step::Transcribe(Job {
+                            ahead: Ahead::No,
                             at: std::time::Instant::now(),
                             audio: utterance,
                             last: true,
@@ -289,6 +320,7 @@ impl Segmenter {
                         let whole = std::mem::take(utterance);
                         self.transcribed_at = 0;
                         steps.push(Step::Transcribe(Job {
+                            ahead: Ahead::No,
                             at: std::time::Instant::now(),
                             audio: whole,
                             last: true,
@@ -300,6 +332,7 @@ impl Segmenter {
                     {
                         self.transcribed_at = utterance.len();
                         steps.push(Step::Transcribe(Job {
+                            ahead: Ahead::No,
                             at: std::time::Instant::now(),
                             audio: utterance.clone(),
                             last: false,
@@ -321,7 +354,14 @@ impl Segmenter {
     /// What was being said when the audio ended.
     fn finish(&mut self) -> Option<Job> {
         let utterance = self.utterance.take().filter(|u| !u.is_empty())?;
-        Some(Job { at: std::time::Instant::now(), audio: utterance, last: true, speech_final: true, spoken: None })
+        Some(Job {
+            ahead: Ahead::No,
+            at: std::time::Instant::now(),
+            audio: utterance,
+            last: true,
+            speech_final: true,
+            spoken: None,
+        })
     }
 }
 
@@ -341,6 +381,8 @@ struct VoiceCutter {
     /// The last [`KEPT_BEFORE`] samples heard outside an utterance.
     before: VecDeque<i16>,
     utterance: Option<Cut>,
+    /// The pause whose words were sent ahead to be transcribed: the stop there reuses them.
+    ahead: Option<Duration>,
 }
 
 struct Cut {
@@ -365,9 +407,18 @@ impl VoiceCutter {
         if cut.audio.len() >= LONGEST_UTTERANCE {
             // A caller who never pauses: finalised in parts, so nothing grows without bound.
             let audio = std::mem::take(&mut cut.audio);
+            // Words kept ahead were of this part, which is finalised now.
+            self.ahead = None;
             cut.start = self.heard;
             cut.transcribed_at = 0;
-            return vec![Step::Transcribe(Job { at, audio, last: true, speech_final: false, spoken })];
+            return vec![Step::Transcribe(Job {
+                ahead: Ahead::No,
+                at,
+                audio,
+                last: true,
+                speech_final: false,
+                spoken,
+            })];
         }
         let long_enough = self.heard - cut.start >= samples_of(FIRST_INTERIM);
         if long_enough
@@ -375,6 +426,7 @@ impl VoiceCutter {
         {
             cut.transcribed_at = cut.audio.len();
             return vec![Step::Transcribe(Job {
+                ahead: Ahead::No,
                 at,
                 audio: cut.audio.clone(),
                 last: false,
@@ -397,6 +449,7 @@ impl VoiceCutter {
             }
             SpeechEvent::Started { .. } => Vec::new(),
             SpeechEvent::Stopped { at } => {
+                let ahead = if self.ahead.take() == Some(at) { Ahead::Stop(at) } else { Ahead::No };
                 let Some(cut) = self.utterance.take() else { return Vec::new() };
                 let end = samples_of(at).clamp(cut.start, self.heard);
                 let spoken = Spoken { start: position(cut.start), end: position(end) };
@@ -406,6 +459,7 @@ impl VoiceCutter {
                 }
                 // Not an endpoint: the engine, which cut here, decides when the turn is over.
                 let job = Job {
+                    ahead,
                     at: std::time::Instant::now(),
                     audio: cut.audio,
                     last: true,
@@ -417,11 +471,40 @@ impl VoiceCutter {
         }
     }
 
+    /// A pause the engine's model hears: the utterance so far is transcribed ahead, and kept for
+    /// the stop that may come at `at`.
+    fn pausing(&mut self, at: Duration) -> Vec<Step> {
+        let Some(cut) = self.utterance.as_ref() else { return Vec::new() };
+        let end = samples_of(at).clamp(cut.start, self.heard);
+        let spoken = Spoken { start: position(cut.start), end: position(end) };
+        if spoken.length() < SHORTEST_SPEECH {
+            return Vec::new();
+        }
+        self.ahead = Some(at);
+        let audio = cut.audio.clone();
+        let at_pause = Ahead::Pause(at);
+        vec![Step::Transcribe(Job {
+            ahead: at_pause,
+            at: std::time::Instant::now(),
+            audio,
+            last: true,
+            speech_final: false,
+            spoken: Some(spoken),
+        })]
+    }
+
     /// What was being said when the audio ended.
     fn finish(&mut self) -> Option<Job> {
         let cut = self.utterance.take().filter(|c| !c.audio.is_empty())?;
         let spoken = Some(Spoken { start: position(cut.start), end: position(self.heard) });
-        Some(Job { at: std::time::Instant::now(), audio: cut.audio, last: true, speech_final: true, spoken })
+        Some(Job {
+            ahead: Ahead::No,
+            at: std::time::Instant::now(),
+            audio: cut.audio,
+            last: true,
+            speech_final: true,
+            spoken,
+        })
     }
 }
 
@@ -504,6 +587,46 @@ mod tests {
         let Some(Step::Transcribe(last)) = steps.last() else { panic!() };
         assert_eq!(last.spoken, Some(Spoken { start: ms(800), end: ms(2_000) }));
         assert!(cutter.finish().is_none());
+    }
+
+    #[test]
+    fn the_words_up_to_a_pause_are_transcribed_ahead_and_reused_only_by_the_stop_there() {
+        let started = |cutter: &mut VoiceCutter| {
+            let mut steps = cutter.audio(&tone(1_000, 0.0));
+            steps.extend(cutter.voice(SpeechEvent::Started { at: ms(800) }));
+            steps.extend(cutter.audio(&tone(700, 9_000.0)));
+            steps
+        };
+        let ahead = |steps: &[Step]| -> Vec<Ahead> {
+            steps.iter().filter_map(|s| if let Step::Transcribe(j) = s { Some(j.ahead) } else { None }).collect()
+        };
+        // A pause at 1500 ms, heard 90 ms in; the stop comes there.
+        let mut cutter = VoiceCutter::default();
+        let mut steps = started(&mut cutter);
+        steps.extend(cutter.audio(&tone(90, 0.0)));
+        steps.extend(cutter.pausing(ms(1_500)));
+        steps.extend(cutter.audio(&tone(110, 0.0)));
+        steps.extend(cutter.voice(SpeechEvent::Stopped { at: ms(1_500) }));
+        // 450 ms before the speech, 700 ms of it (an interim), 90 ms of the pause; then 110 ms more.
+        assert_eq!(kinds(&steps), ["started", "interim:1150ms", "final:1240ms", "final:1350ms"]);
+        assert_eq!(ahead(&steps), [Ahead::No, Ahead::Pause(ms(1_500)), Ahead::Stop(ms(1_500))]);
+        let Some(Step::Transcribe(pause)) = steps.get(2) else { panic!() };
+        assert_eq!(pause.spoken, Some(Spoken { start: ms(800), end: ms(1_500) }), "the words up to the pause");
+
+        // The caller spoke through that pause and stopped later: the words ahead are not reused.
+        let mut cutter = VoiceCutter::default();
+        let mut steps = started(&mut cutter);
+        steps.extend(cutter.pausing(ms(1_500)));
+        steps.extend(cutter.audio(&tone(400, 9_000.0)));
+        steps.extend(cutter.voice(SpeechEvent::Stopped { at: ms(1_900) }));
+        assert_eq!(ahead(&steps).last(), Some(&Ahead::No));
+
+        // A pause before enough speech to be words: nothing is transcribed ahead.
+        let mut cutter = VoiceCutter::default();
+        cutter.audio(&tone(1_000, 0.0));
+        cutter.voice(SpeechEvent::Started { at: ms(800) });
+        cutter.audio(&tone(200, 9_000.0));
+        assert!(cutter.pausing(ms(1_000)).is_empty());
     }
 
     #[test]

@@ -72,6 +72,11 @@ pub enum SttInput {
     /// the session's audio, from its first frame). A cloud recogniser is asked to finish the
     /// words it has when the caller stops; the local one cuts its utterances here.
     Voice(SpeechEvent),
+    /// The caller, still speaking as the detector has it, has been silent since `at` for a while
+    /// (the engine's end-of-turn model hears this pause): a recogniser that can may finish the
+    /// words up to here ahead of the stop that may follow at `at` (the local one transcribes
+    /// them, and sends them as the final if the stop comes there). Others ignore it.
+    Pausing { at: std::time::Duration },
 }
 
 impl From<Vec<u8>> for SttInput {

@@ -193,6 +193,24 @@ impl SpeechDetector {
         self.onsets.speaking
     }
 
+    /// While the caller is not speaking, how long the neural detector's windows have sounded like
+    /// speech in a row (speech not yet [`DetectorSettings::min_speech`] long: maybe starting);
+    /// `None` from the loudness fallback, for which any noise sounds like that.
+    pub fn voiced_for(&self) -> Option<Duration> {
+        if matches!(self.hearing, Hearing::Energy { .. }) {
+            return None;
+        }
+        let from = self.onsets.candidate.filter(|_| !self.onsets.speaking)?;
+        Some(duration_of(self.onsets.heard.saturating_sub(from)))
+    }
+
+    /// While the caller is speaking, where the silence they are in now began (`None` when they
+    /// are not silent, or not speaking): a pause that may become [`SpeechEvent::Stopped`] at that
+    /// position once it has lasted [`DetectorSettings::min_silence`].
+    pub fn pausing_since(&self) -> Option<Duration> {
+        self.onsets.silence.filter(|_| self.onsets.speaking).map(duration_of)
+    }
+
     /// How much of the stream's audio has been heard (the positions' clock).
     pub fn heard(&self) -> Duration {
         duration_of(self.onsets.heard)

@@ -336,6 +336,13 @@ impl Streams {
         stats
     }
 
+    /// How many bound streams are open on this process, their ends not yet done (a stream's
+    /// recording is written as it ends).
+    pub fn bound_open(&self) -> usize {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().map(|stats| stats.0.lock().unwrap_or_else(|e| e.into_inner()).1).sum()
+    }
+
     pub fn get(&self, call_id: Uuid) -> Option<StreamStats> {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&call_id).map(|stats| stats.0.lock().unwrap_or_else(|e| e.into_inner()).0.clone())

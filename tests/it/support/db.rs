@@ -78,6 +78,27 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// A Postgres database's outage, as the server sees one: with `reachable` false, no new
+    /// connection to it is accepted and every open one is cut; with `true`, it answers again.
+    pub async fn reachable(&self, reachable: bool) {
+        let Cleanup::Database { admin, name } = &self.cleanup else { panic!("an outage needs Postgres") };
+        let pool = sqlx::PgPool::connect(admin).await.expect("the Postgres server");
+        sqlx::query(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {reachable}"))
+            .execute(&pool)
+            .await
+            .expect("allow or refuse connections");
+        if !reachable {
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+                .bind(name)
+                .execute(&pool)
+                .await
+                .expect("cut the open connections");
+        }
+        pool.close().await;
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         match &self.cleanup {
