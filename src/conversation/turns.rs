@@ -203,6 +203,18 @@ impl Endpointing {
     }
 }
 
+/// Whether the words end a sentence: a sentence mark (`.`, `?`, `!`) after a word a sentence can
+/// end on — not an article, a preposition, a conjunction, a possessive or a copula, which a
+/// recogniser sometimes punctuates at a pause ("My account number is.").
+pub fn sentence_ended(heard: &str) -> bool {
+    const NEVER_LAST: [&str; 23] = [
+        "a", "an", "the", "to", "of", "for", "with", "from", "and", "or", "but", "so", "because", "my", "your", "our",
+        "their", "is", "are", "was", "were", "am", "if",
+    ];
+    heard.trim_end().ends_with(['.', '!', '?'])
+        && words(heard).last().is_some_and(|last| !NEVER_LAST.contains(&last.as_str()))
+}
+
 fn words(text: &str) -> Vec<String> {
     text.split_whitespace()
         .map(|w| {
@@ -340,6 +352,16 @@ mod tests {
         assert!(sensitive.end_of_turn_waits().incomplete < relaxed.incomplete);
         let fast = Dials { speed: 2.0, ..Dials::default() }.end_of_turn_waits();
         assert_eq!(fast, EndOfTurnWaits { complete: Duration::from_millis(100), incomplete: Duration::from_secs(1) });
+    }
+
+    #[test]
+    fn a_sentence_ends_on_a_mark_after_a_word_a_sentence_can_end_on() {
+        for ended in ["Can I come in?", "It's for my mother.", "Stop!", "We were hoping."] {
+            assert!(sentence_ended(ended), "{ended}");
+        }
+        for not in ["My account number is.", "I'd like to book a table for.", "So what I need is,", "and the"] {
+            assert!(!sentence_ended(not), "{not}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::conversation::audio::{Encoding, Transcoder};
 use crate::conversation::end_of_turn::{self, EndOfTurn};
 use crate::conversation::local::LocalSpeech;
 use crate::conversation::stt::SttInput;
-use crate::conversation::turns::{Dials, InterruptSensitivity};
+use crate::conversation::turns::{sentence_ended, Dials, InterruptSensitivity};
 use crate::conversation::vad::detector::{DetectorSettings, SpeechDetector, SpeechEvent, VoiceActivity};
 
 /// How soon a turn's end is looked at again when the caller sounded like speaking at it.
@@ -346,18 +346,18 @@ impl Engine {
 }
 
 /// When a turn whose pause began at `stopped` ends, by the model's `probability` that it is
-/// complete and by the words heard: when the sound (the model) and the words (the recogniser's
-/// punctuation) agree, the dials' short or long wait ([`Dials::end_of_turn_waits`]); when they
-/// disagree, the silence rule's wait for those words — the model never answers sooner, nor waits
-/// longer, on its own word.
+/// complete and by the words heard ([`Dials::end_of_turn_waits`]): not done — the long wait;
+/// done — the short wait, when the words agree (the recogniser ended a sentence:
+/// [`sentence_ended`]), else the silence rule's wait
+/// for those words: the model never answers sooner than the silence rule on its own word ("My
+/// account number is" sounds finished as often as not).
 pub(super) fn after_verdict(dials: &Dials, stopped: Instant, probability: f32, heard: &str) -> Instant {
     let (waits, endpointing) = (dials.end_of_turn_waits(), dials.endpointing());
     let silence = endpointing.silence_needed(heard);
-    let finished = silence == endpointing.after_punctuation;
-    let wait = match (probability > end_of_turn::THRESHOLD, finished) {
+    let wait = match (probability > end_of_turn::THRESHOLD, sentence_ended(heard)) {
         (true, true) => waits.complete,
-        (false, false) => waits.incomplete,
-        _ => silence,
+        (true, false) => silence,
+        (false, _) => waits.incomplete,
     };
     stopped + wait
 }
