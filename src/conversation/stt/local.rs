@@ -115,6 +115,13 @@ struct Job {
     spoken: Option<Spoken>,
 }
 
+impl Job {
+    /// The whole of an utterance (or of its part), cut now: a final.
+    fn last(audio: Vec<i16>, speech_final: bool, spoken: Option<Spoken>) -> Job {
+        Job { ahead: Ahead::No, at: std::time::Instant::now(), audio, last: true, speech_final, spoken }
+    }
+}
+
 /// Cuts utterances out of the session's audio (16 kHz from here on) and hands them to the
 /// transcriber; when the audio ends, what was being said is finalised.
 async fn listen(
@@ -300,14 +307,7 @@ impl Segmenter {
                 Some(VadEvent::Ended) => {
                     if let Some(mut utterance) = self.utterance.take() {
                         utterance.extend_from_slice(frame);
-                        steps.push(Step::Transcribe(Job {
-                            ahead: Ahead::No,
-                            at: std::time::Instant::now(),
-                            audio: utterance,
-                            last: true,
-                            speech_final: true,
-                            spoken: None,
-                        }));
+                        steps.push(Step::Transcribe(Job::last(utterance, true, None)));
                     }
                     continue;
                 }
@@ -319,14 +319,7 @@ impl Segmenter {
                     if utterance.len() >= LONGEST_UTTERANCE {
                         let whole = std::mem::take(utterance);
                         self.transcribed_at = 0;
-                        steps.push(Step::Transcribe(Job {
-                            ahead: Ahead::No,
-                            at: std::time::Instant::now(),
-                            audio: whole,
-                            last: true,
-                            speech_final: false,
-                            spoken: None,
-                        }));
+                        steps.push(Step::Transcribe(Job::last(whole, false, None)));
                     } else if utterance.len()
                         >= self.transcribed_at + SAMPLE_RATE * INTERIM_EVERY.as_millis() as usize / 1000
                     {
@@ -354,14 +347,7 @@ impl Segmenter {
     /// What was being said when the audio ended.
     fn finish(&mut self) -> Option<Job> {
         let utterance = self.utterance.take().filter(|u| !u.is_empty())?;
-        Some(Job {
-            ahead: Ahead::No,
-            at: std::time::Instant::now(),
-            audio: utterance,
-            last: true,
-            speech_final: true,
-            spoken: None,
-        })
+        Some(Job::last(utterance, true, None))
     }
 }
 
@@ -411,14 +397,7 @@ impl VoiceCutter {
             self.ahead = None;
             cut.start = self.heard;
             cut.transcribed_at = 0;
-            return vec![Step::Transcribe(Job {
-                ahead: Ahead::No,
-                at,
-                audio,
-                last: true,
-                speech_final: false,
-                spoken,
-            })];
+            return vec![Step::Transcribe(Job::last(audio, false, spoken))];
         }
         let long_enough = self.heard - cut.start >= samples_of(FIRST_INTERIM);
         if long_enough
@@ -458,15 +437,7 @@ impl VoiceCutter {
                     return Vec::new();
                 }
                 // Not an endpoint: the engine, which cut here, decides when the turn is over.
-                let job = Job {
-                    ahead,
-                    at: std::time::Instant::now(),
-                    audio: cut.audio,
-                    last: true,
-                    speech_final: false,
-                    spoken: Some(spoken),
-                };
-                vec![Step::Transcribe(job)]
+                vec![Step::Transcribe(Job { ahead, ..Job::last(cut.audio, false, Some(spoken)) })]
             }
         }
     }
@@ -497,14 +468,7 @@ impl VoiceCutter {
     fn finish(&mut self) -> Option<Job> {
         let cut = self.utterance.take().filter(|c| !c.audio.is_empty())?;
         let spoken = Some(Spoken { start: position(cut.start), end: position(self.heard) });
-        Some(Job {
-            ahead: Ahead::No,
-            at: std::time::Instant::now(),
-            audio: cut.audio,
-            last: true,
-            speech_final: true,
-            spoken,
-        })
+        Some(Job::last(cut.audio, true, spoken))
     }
 }
 
