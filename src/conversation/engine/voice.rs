@@ -348,9 +348,9 @@ impl Engine {
 /// When a turn whose pause began at `stopped` ends, by the model's `probability` that it is
 /// complete and by the words heard ([`Dials::end_of_turn_waits`]): not done — the long wait;
 /// done — the short wait, when the words agree (the recogniser ended a sentence:
-/// [`sentence_ended`]), else the silence rule's wait
-/// for those words: the model never answers sooner than the silence rule on its own word ("My
-/// account number is" sounds finished as often as not).
+/// [`sentence_ended`]), else the silence rule's wait for those words: the model never answers
+/// sooner than the silence rule on its own word ("My account number is" sounds finished as often
+/// as not).
 pub(super) fn after_verdict(dials: &Dials, stopped: Instant, probability: f32, heard: &str) -> Instant {
     let (waits, endpointing) = (dials.end_of_turn_waits(), dials.endpointing());
     let silence = endpointing.silence_needed(heard);
