@@ -63,9 +63,10 @@ impl Scripted {
                 // The words are the tool's `user_message`: the reply itself says nothing.
                 (String::new(), Some((TRANSFER_CALL, arguments)))
             }
-            // Recognisers spell it "good-bye" too.
+            // Recognisers spell it "good-bye" and "good-by" too, and on a noisy line lose its end
+            // ("good-byte", "good-byes").
             Some(last)
-                if words(last).any(|w| w == "bye" || w == "goodbye") || last.to_lowercase().contains("good-bye") =>
+                if words(last).any(|w| w == "bye" || w == "goodbye") || last.to_lowercase().contains("good-by") =>
             {
                 (
                     "Goodbye, and thanks for calling!".to_owned(),
@@ -195,6 +196,14 @@ mod tests {
         assert_eq!(acc.text(), "Goodbye, and thanks for calling!");
         assert_eq!(acc.finish_reason(), Some("stop"));
         assert!(acc.finish().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_goodbye_as_a_recogniser_spells_or_mishears_it_is_a_goodbye() {
+        for said in ["Thank you, good-by,", "Thank you, good-byte.", "Good-bye!"] {
+            let (acc, _) = reply(request(&[said], &[])).await;
+            assert_eq!(acc.text(), "Goodbye, and thanks for calling!", "{said}");
+        }
     }
 
     #[tokio::test]

@@ -46,6 +46,9 @@ pub const SHORTEST_SPEECH: Duration = ENERGY_MIN_SPEECH;
 /// that ends it, so that a burst never gives words, and Moonshine's guesses on a syllable ("We,
 /// we, we, we") are never asked for.
 pub const FIRST_INTERIM: Duration = Duration::from_millis(600);
+/// The quiet after the words that the engine's detector waits for before it says the caller
+/// stopped (its `min_silence`), in samples.
+const STOP_QUIET: usize = SAMPLE_RATE / 5;
 /// Audio kept from before the engine's detector dated the speech's start.
 const VOICE_PRE_ROLL: usize = PRE_ROLL;
 /// Audio kept outside an utterance, to find where the detector dated its start (it knows it
@@ -452,7 +455,12 @@ impl VoiceCutter {
             return Vec::new();
         }
         self.ahead = Some(at);
-        let audio = cut.audio.clone();
+        // The recogniser hears as much quiet after the words as at the stop (the detector's
+        // 200 ms of silence): with less, it takes the end of a sentence for a pause in it ("Thank
+        // you, goodbye," for "Thank you, goodbye.").
+        let quiet_heard = self.heard.saturating_sub(samples_of(at)) as usize;
+        let mut audio = cut.audio.clone();
+        audio.resize(audio.len() + STOP_QUIET.saturating_sub(quiet_heard), 0);
         let at_pause = Ahead::Pause(at);
         vec![Step::Transcribe(Job {
             ahead: at_pause,
@@ -564,18 +572,20 @@ mod tests {
         let ahead = |steps: &[Step]| -> Vec<Ahead> {
             steps.iter().filter_map(|s| if let Step::Transcribe(j) = s { Some(j.ahead) } else { None }).collect()
         };
-        // A pause at 1500 ms, heard 90 ms in; the stop comes there.
+        // A pause at 1700 ms (where the speech ended), heard 90 ms in; the stop comes there.
         let mut cutter = VoiceCutter::default();
         let mut steps = started(&mut cutter);
         steps.extend(cutter.audio(&tone(90, 0.0)));
-        steps.extend(cutter.pausing(ms(1_500)));
+        steps.extend(cutter.pausing(ms(1_700)));
         steps.extend(cutter.audio(&tone(110, 0.0)));
-        steps.extend(cutter.voice(SpeechEvent::Stopped { at: ms(1_500) }));
-        // 450 ms before the speech, 700 ms of it (an interim), 90 ms of the pause; then 110 ms more.
-        assert_eq!(kinds(&steps), ["started", "interim:1150ms", "final:1240ms", "final:1350ms"]);
-        assert_eq!(ahead(&steps), [Ahead::No, Ahead::Pause(ms(1_500)), Ahead::Stop(ms(1_500))]);
+        steps.extend(cutter.voice(SpeechEvent::Stopped { at: ms(1_700) }));
+        // 450 ms before the speech, 700 ms of it (an interim), 90 ms of the pause and 110 ms of
+        // quiet added (as much as the stop has after the words); then the stop's 110 ms more.
+        assert_eq!(kinds(&steps), ["started", "interim:1150ms", "final:1350ms", "final:1350ms"]);
+        assert_eq!(ahead(&steps), [Ahead::No, Ahead::Pause(ms(1_700)), Ahead::Stop(ms(1_700))]);
         let Some(Step::Transcribe(pause)) = steps.get(2) else { panic!() };
-        assert_eq!(pause.spoken, Some(Spoken { start: ms(800), end: ms(1_500) }), "the words up to the pause");
+        assert_eq!(pause.spoken, Some(Spoken { start: ms(800), end: ms(1_700) }), "the words up to the pause");
+        assert!(pause.audio[pause.audio.len() - 1_760..].iter().all(|&s| s == 0), "the quiet added");
 
         // The caller spoke through that pause and stopped later: the words ahead are not reused.
         let mut cutter = VoiceCutter::default();
