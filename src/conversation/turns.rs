@@ -181,17 +181,6 @@ pub struct EndOfTurnWaits {
     pub incomplete: Duration,
 }
 
-impl EndOfTurnWaits {
-    /// The wait for a pause the model gave `probability` of being the turn's end.
-    pub fn after(&self, probability: f32) -> Duration {
-        if probability > super::end_of_turn::THRESHOLD {
-            self.complete
-        } else {
-            self.incomplete
-        }
-    }
-}
-
 impl Endpointing {
     /// How much silence after `heard` ends the turn.
     pub fn silence_needed(&self, heard: &str) -> Duration {
@@ -344,10 +333,10 @@ mod tests {
     #[test]
     fn the_end_of_turn_models_verdict_shortens_or_lengthens_the_wait_by_the_dials() {
         let relaxed = Dials::default().end_of_turn_waits();
-        assert_eq!(relaxed.after(0.9), Duration::from_millis(200));
-        assert_eq!(relaxed.after(0.2), Duration::from_secs(2));
-        assert!(relaxed.after(0.9) < Dials::default().endpointing().after_punctuation, "done answers sooner");
-        assert!(relaxed.after(0.2) > Dials::default().endpointing().otherwise, "not done waits longer");
+        assert_eq!(relaxed.complete, Duration::from_millis(200));
+        assert_eq!(relaxed.incomplete, Duration::from_secs(2));
+        assert!(relaxed.complete < Dials::default().endpointing().after_punctuation, "done answers sooner");
+        assert!(relaxed.incomplete > Dials::default().endpointing().otherwise, "not done waits longer");
         let sensitive = Dials { endpointing: EndpointingSensitivity::Sensitive, ..Dials::default() };
         assert!(sensitive.end_of_turn_waits().incomplete < relaxed.incomplete);
         let fast = Dials { speed: 2.0, ..Dials::default() }.end_of_turn_waits();

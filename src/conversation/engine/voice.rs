@@ -37,10 +37,6 @@ pub(super) const RECHECK: Duration = Duration::from_millis(100);
 /// the detector is sure of it.
 const HOLD_ON: Duration = Duration::from_millis(90);
 
-/// The caller's audio the end-of-turn model hears from before the detector said a turn's speech
-/// started (it says so 200 ms after the speech's onset).
-const TURN_PRE_ROLL: Duration = Duration::from_millis(500);
-
 /// How long a pause lasts before the end-of-turn model hears it: about half of the detector's
 /// [`DetectorSettings::min_silence`], so that the model's inference (about 0.1 s of a core) is
 /// done when the detector says the caller stopped. Shorter, and the gaps between words would
@@ -267,15 +263,7 @@ impl Engine {
     }
 
     fn voice_started(&mut self, now: Instant) {
-        let new_turn = self.heard.trim().is_empty() && !self.interim;
         let Some(voice) = self.voice.as_mut() else { return };
-        if new_turn {
-            // The model hears the turn, as Pipecat gives it the turn's audio: from a little before
-            // its first speech (the detector knows speech [`DetectorSettings::min_speech`] late).
-            let keep = end_of_turn::SAMPLE_RATE * TURN_PRE_ROLL.as_millis() as usize / 1000;
-            let excess = voice.recent.len().saturating_sub(keep);
-            voice.recent.drain(..excess);
-        }
         voice.pause += 1;
         voice.probing = None;
         voice.stopped_at = None;
@@ -306,13 +294,11 @@ impl Engine {
             self.turn_began = None;
         }
         let Some(voice) = self.voice.as_mut() else { return };
-        match voice.verdict {
-            Some(probability) if probed => {
-                let pause = voice.pause;
-                self.verdict(pause, probability);
-            }
-            _ if probed => {}
-            _ => voice.judge(),
+        if !probed {
+            voice.judge();
+        } else if let Some(probability) = voice.verdict {
+            let pause = voice.pause;
+            self.verdict(pause, probability);
         }
     }
 

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::conversation::audio::Transcoder;
 use crate::conversation::local::LocalSpeech;
-use crate::conversation::vad::detector::{SpeechEvent, ENERGY_MIN_SPEECH};
+use crate::conversation::vad::detector::{DetectorSettings, SpeechEvent, ENERGY_MIN_SPEECH};
 use crate::conversation::vad::{EnergyVad, VadEvent, FRAME};
 
 /// New audio after which an utterance in progress is transcribed again.
@@ -46,9 +46,6 @@ pub const SHORTEST_SPEECH: Duration = ENERGY_MIN_SPEECH;
 /// that ends it, so that a burst never gives words, and Moonshine's guesses on a syllable ("We,
 /// we, we, we") are never asked for.
 pub const FIRST_INTERIM: Duration = Duration::from_millis(600);
-/// The quiet after the words that the engine's detector waits for before it says the caller
-/// stopped (its `min_silence`), in samples.
-const STOP_QUIET: usize = SAMPLE_RATE / 5;
 /// Audio kept from before the engine's detector dated the speech's start.
 const VOICE_PRE_ROLL: usize = PRE_ROLL;
 /// Audio kept outside an utterance, to find where the detector dated its start (it knows it
@@ -458,9 +455,10 @@ impl VoiceCutter {
         // The recogniser hears as much quiet after the words as at the stop (the detector's
         // 200 ms of silence): with less, it takes the end of a sentence for a pause in it ("Thank
         // you, goodbye," for "Thank you, goodbye.").
-        let quiet_heard = self.heard.saturating_sub(samples_of(at)) as usize;
+        let quiet = samples_of(DetectorSettings::default().min_silence);
+        let quiet_heard = self.heard.saturating_sub(samples_of(at));
         let mut audio = cut.audio.clone();
-        audio.resize(audio.len() + STOP_QUIET.saturating_sub(quiet_heard), 0);
+        audio.resize(audio.len() + quiet.saturating_sub(quiet_heard) as usize, 0);
         let at_pause = Ahead::Pause(at);
         vec![Step::Transcribe(Job {
             ahead: at_pause,
