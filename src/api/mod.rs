@@ -109,7 +109,11 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
             // The server processes serving on this database, as this one counts them (shared
             // limits are divided by it).
             "replicas": state.replicas.serving(),
-            "speech": state.local_speech.status(state.conversation.deepgram_api_key.is_some()),
+            "speech": state.local_speech.status_as_set(
+                state.conversation.deepgram_api_key.is_some(),
+                state.conversation.silero_vad,
+                state.conversation.end_of_turn_model,
+            ),
         }))),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check: the database does not answer");

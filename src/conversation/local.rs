@@ -198,7 +198,21 @@ impl LocalSpeech {
         tracing::info!(voice_activity = %vad, end_of_turn = %turn, "turn-taking models");
     }
 
-    /// What `/ready` says of the local speech.
+    /// What `/ready` says of the local speech, as the server's settings use it: `VAD=energy` and
+    /// `END_OF_TURN_MODEL=off` turn installed models off, and it says so.
+    pub fn status_as_set(&self, deepgram: bool, silero_vad: bool, end_of_turn_model: bool) -> Value {
+        let mut status = self.status(deepgram);
+        if !silero_vad {
+            status["voice_activity"] = json!({"detector": "energy", "reason": "turned off (VAD=energy)"});
+        }
+        if !end_of_turn_model {
+            status["end_of_turn"] =
+                json!({"active": false, "rule": "silence", "reason": "turned off (END_OF_TURN_MODEL=off)"});
+        }
+        status
+    }
+
+    /// What `/ready` says of the local speech, with every installed model in use.
     pub fn status(&self, deepgram: bool) -> Value {
         let recognizer = if self.failed.load(Ordering::SeqCst) {
             json!({"active": false, "reason": format!("its files failed to load: reinstall with {INSTALL}")})
@@ -313,6 +327,26 @@ mod tests {
         assert_eq!(status["end_of_turn"]["active"], false, "{status}");
         assert_eq!(status["end_of_turn"]["rule"], "silence", "{status}");
         assert_eq!(LocalSpeech::none().voice_activity().await.name(), "energy");
+    }
+
+    #[test]
+    fn models_turned_off_are_reported_off_installed_or_not() {
+        let dir = std::env::temp_dir().join(format!("installed-turn-models-{}", std::process::id()));
+        for file in silero::FILES.iter().chain(&end_of_turn::FILES) {
+            std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(file), b"present").unwrap();
+        }
+        let speech = LocalSpeech::discover(Some(&dir), 1);
+        let on = speech.status_as_set(false, true, true);
+        assert_eq!(on["voice_activity"]["detector"], "silero", "{on}");
+        assert_eq!(on["end_of_turn"]["active"], true, "{on}");
+        let off = speech.status_as_set(false, false, false);
+        assert_eq!(off["voice_activity"]["detector"], "energy", "{off}");
+        assert!(off["voice_activity"]["reason"].as_str().unwrap().contains("VAD=energy"), "{off}");
+        assert_eq!(off["end_of_turn"]["active"], false, "{off}");
+        assert_eq!(off["end_of_turn"]["rule"], "silence", "{off}");
+        assert!(off["end_of_turn"]["reason"].as_str().unwrap().contains("END_OF_TURN_MODEL=off"), "{off}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

@@ -149,8 +149,9 @@ impl Dials {
         if words.is_empty() {
             return true;
         }
-        // Hums ("mm", "hmm", and the letters a recogniser spells one as: "M. H. M.") are no words.
-        let meant: Vec<&String> = words.iter().filter(|w| !is_hum(w)).collect();
+        // Hums ("mm", "hmm", and the letters a recogniser spells one as: "M. H. M.") and fillers
+        // ("uh", "um", "eh") are no words.
+        let meant: Vec<&String> = words.iter().filter(|w| !is_hum(w) && !is_filler(w)).collect();
         match self.interrupt {
             InterruptSensitivity::High => false,
             InterruptSensitivity::Low => {
@@ -194,11 +195,38 @@ impl Endpointing {
 
 /// Whether the words end a sentence: a sentence mark (`.`, `?`, `!`) after a word a sentence can
 /// end on — not an article, a preposition, a conjunction, a possessive or a copula, which a
-/// recogniser sometimes punctuates at a pause ("My account number is.").
+/// recogniser sometimes punctuates at a pause ("My account number is."), nor a verb that leads
+/// into what the person is about to say ("I was wondering.", "We were hoping.").
 pub fn sentence_ended(heard: &str) -> bool {
-    const NEVER_LAST: [&str; 23] = [
-        "a", "an", "the", "to", "of", "for", "with", "from", "and", "or", "but", "so", "because", "my", "your", "our",
-        "their", "is", "are", "was", "were", "am", "if",
+    const NEVER_LAST: [&str; 28] = [
+        "a",
+        "an",
+        "the",
+        "to",
+        "of",
+        "for",
+        "with",
+        "from",
+        "and",
+        "or",
+        "but",
+        "so",
+        "because",
+        "my",
+        "your",
+        "our",
+        "their",
+        "is",
+        "are",
+        "was",
+        "were",
+        "am",
+        "if",
+        "wondering",
+        "hoping",
+        "planning",
+        "wanting",
+        "thinking",
     ];
     heard.trim_end().ends_with(['.', '!', '?'])
         && words(heard).last().is_some_and(|last| !NEVER_LAST.contains(&last.as_str()))
@@ -216,6 +244,12 @@ fn words(text: &str) -> Vec<String> {
 /// A hum: a word of only m's and h's ("mm", "hmm", "mhm", or a recogniser's spelled-out "M", "H").
 fn is_hum(word: &str) -> bool {
     !word.is_empty() && word.chars().all(|c| matches!(c, 'm' | 'h'))
+}
+
+/// A filler: a sound that holds or hesitates, not a word ("uh", "um", "er", "eh", "huh"; "oh" and
+/// "ah" are not among them: "oh no" means something).
+fn is_filler(word: &str) -> bool {
+    matches!(folded(word).as_str(), "uh" | "um" | "uhm" | "er" | "erm" | "eh" | "huh")
 }
 
 /// A word with its stretched letters folded ("yeahhh" → "yeah", "mmmhmm" → "mhm").
@@ -345,10 +379,16 @@ mod tests {
 
     #[test]
     fn a_sentence_ends_on_a_mark_after_a_word_a_sentence_can_end_on() {
-        for ended in ["Can I come in?", "It's for my mother.", "Stop!", "We were hoping."] {
+        for ended in ["Can I come in?", "It's for my mother.", "Stop!", "Thanks for thinking of us."] {
             assert!(sentence_ended(ended), "{ended}");
         }
-        for not in ["My account number is.", "I'd like to book a table for.", "So what I need is,", "and the"] {
+        for not in [
+            "My account number is.",
+            "I'd like to book a table for.",
+            "So what I need is,",
+            "and the",
+            "We were hoping.",
+        ] {
             assert!(!sentence_ended(not), "{not}");
         }
     }
@@ -374,6 +414,11 @@ mod tests {
         assert!(high.ignores_while_speaking("  "), "nothing said interrupts nothing");
         // "Mm hmm, yeah" as the local recogniser heard flite say it.
         assert!(low.ignores_while_speaking("Mm, M. H. M. M. Yeah."));
+        // Fillers are no words: flite's "Mm hmm, yeah" as the local recogniser once heard it.
+        assert!(low.ignores_while_speaking("I'm hun, you, eh?"));
+        assert!(low.ignores_while_speaking("uh, um, er, yes please"));
+        assert!(!low.ignores_while_speaking("uh, I want the window"));
+        assert!(!low.ignores_while_speaking("oh no that's wrong"));
         assert!(!low.ignores_while_speaking("Hmm, I want the one by the window instead"));
     }
 

@@ -1270,12 +1270,16 @@ async fn the_models_verdict_on_a_pause_sets_the_wait_from_when_the_caller_stoppe
     assert_eq!(
         engine.turn_ends_at,
         Some(stopped + unfinished),
-        "done, say the sounds; not the words: the silence rule"
+        "done, say the sounds; not the words: the silence rule after unfinished words"
     );
     engine.heard = "I would like a table.".into();
     engine.verdict(pause, 0.1);
-    assert_eq!(engine.turn_ends_at, Some(stopped + waits.incomplete), "not done, say the sounds: the long wait");
-    assert!(waits.incomplete > finished);
+    assert_eq!(
+        engine.turn_ends_at,
+        Some(stopped + unfinished),
+        "not done, say the sounds; done, the words: longer than the silence rule after a sentence"
+    );
+    assert!(unfinished > finished && waits.incomplete > unfinished);
     engine.heard = "I would like a".into();
     engine.verdict(pause, 0.1);
     assert_eq!(engine.turn_ends_at, Some(stopped + waits.incomplete), "not done, say both: the long wait");

@@ -32,10 +32,13 @@ use crate::conversation::vad::detector::{DetectorSettings, SpeechDetector, Speec
 pub(super) const RECHECK: Duration = Duration::from_millis(100);
 
 /// How long the caller's line must sound like a voice before it holds the bot at `high`
-/// sensitivity: three of the neural detector's 32 ms windows (noises score under its threshold).
+/// sensitivity: two of the neural detector's 32 ms windows in a row (the set's coughs, clicks,
+/// breaths and thumps score under its threshold in every window; a sentence opening on a
+/// fricative, "Sorry", "Stop", scores over it only at its vowel, so each window waited for here
+/// is late on the line).
 /// With the loudness fallback, which cannot tell a noise from a voice, speech holds the bot once
 /// the detector is sure of it.
-const HOLD_ON: Duration = Duration::from_millis(90);
+const HOLD_ON: Duration = Duration::from_millis(60);
 
 /// How long a pause lasts before the end-of-turn model hears it: about half of the detector's
 /// [`DetectorSettings::min_silence`], so that the model's inference (about 0.1 s of a core) is
@@ -332,18 +335,18 @@ impl Engine {
 }
 
 /// When a turn whose pause began at `stopped` ends, by the model's `probability` that it is
-/// complete and by the words heard ([`Dials::end_of_turn_waits`]): not done — the long wait;
-/// done — the short wait, when the words agree (the recogniser ended a sentence:
-/// [`sentence_ended`]), else the silence rule's wait for those words: the model never answers
-/// sooner than the silence rule on its own word ("My account number is" sounds finished as often
-/// as not).
+/// complete and by the words heard ([`Dials::end_of_turn_waits`]): when both say done (the
+/// recogniser ended a sentence: [`sentence_ended`]) — the short wait; when both say not done — the
+/// long wait; when they disagree — the silence rule's wait after unfinished words, longer than it
+/// waits after a finished sentence. Neither alone answers sooner than the silence rule ("My
+/// account number is" sounds finished as often as not), and a "not done" of a sentence the words
+/// finished is not the long wait: on voices unlike the people it learned from, the model says it
+/// of finished sentences about as often as of unfinished ones.
 pub(super) fn after_verdict(dials: &Dials, stopped: Instant, probability: f32, heard: &str) -> Instant {
-    let (waits, endpointing) = (dials.end_of_turn_waits(), dials.endpointing());
-    let silence = endpointing.silence_needed(heard);
     let wait = match (probability > end_of_turn::THRESHOLD, sentence_ended(heard)) {
-        (true, true) => waits.complete,
-        (true, false) => silence,
-        (false, _) => waits.incomplete,
+        (true, true) => dials.end_of_turn_waits().complete,
+        (false, false) => dials.end_of_turn_waits().incomplete,
+        _ => dials.endpointing().otherwise,
     };
     stopped + wait
 }
