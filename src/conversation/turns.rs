@@ -122,7 +122,7 @@ impl Dials {
     /// when the end-of-turn model has judged the pause. Without the model, [`Self::endpointing`]
     /// still rules.
     pub fn end_of_turn_waits(&self) -> EndOfTurnWaits {
-        // Done: answered about when the detector is sure the caller stopped (its own 200 ms of
+        // Done: answered about when the detector is sure the caller stopped (its own 192 ms of
         // silence), as Pipecat answers Smart Turn's "complete". Not done: longer than the silence
         // rule's longest wait, as Pipecat and LiveKit (3 s) wait for an unfinished turn, and shorter.
         let (complete, incomplete) = match self.endpointing {

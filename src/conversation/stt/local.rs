@@ -453,7 +453,7 @@ impl VoiceCutter {
         }
         self.ahead = Some(at);
         // The recogniser hears as much quiet after the words as at the stop (the detector's
-        // 200 ms of silence): with less, it takes the end of a sentence for a pause in it ("Thank
+        // 192 ms of silence): with less, it takes the end of a sentence for a pause in it ("Thank
         // you, goodbye," for "Thank you, goodbye.").
         let quiet = samples_of(DetectorSettings::default().min_silence);
         let quiet_heard = self.heard.saturating_sub(samples_of(at));
@@ -577,9 +577,9 @@ mod tests {
         steps.extend(cutter.pausing(ms(1_700)));
         steps.extend(cutter.audio(&tone(110, 0.0)));
         steps.extend(cutter.voice(SpeechEvent::Stopped { at: ms(1_700) }));
-        // 450 ms before the speech, 700 ms of it (an interim), 90 ms of the pause and 110 ms of
-        // quiet added (as much as the stop has after the words); then the stop's 110 ms more.
-        assert_eq!(kinds(&steps), ["started", "interim:1150ms", "final:1350ms", "final:1350ms"]);
+        // 450 ms before the speech, 700 ms of it (an interim), 90 ms of the pause and 102 ms of
+        // quiet added (as much as the stop has after the words: 192 ms); then the stop's 110 ms.
+        assert_eq!(kinds(&steps), ["started", "interim:1150ms", "final:1342ms", "final:1350ms"]);
         assert_eq!(ahead(&steps), [Ahead::No, Ahead::Pause(ms(1_700)), Ahead::Stop(ms(1_700))]);
         let Some(Step::Transcribe(pause)) = steps.get(2) else { panic!() };
         assert_eq!(pause.spoken, Some(Spoken { start: ms(800), end: ms(1_700) }), "the words up to the pause");

@@ -37,7 +37,9 @@ impl Default for DetectorSettings {
         DetectorSettings {
             threshold: 0.5,
             min_speech: Duration::from_millis(200),
-            min_silence: Duration::from_millis(200),
+            // Six of Silero's 32 ms windows: Pipecat's 0.2 s stop, as its analyser rounds it to
+            // whole windows. (200 ms would take a seventh window: 224 ms of every pause.)
+            min_silence: Duration::from_millis(192),
         }
     }
 }
@@ -311,10 +313,10 @@ mod tests {
         p.extend([0.0; 10]);
         let got = events(&p, DetectorSettings::default());
         // 200 ms is 7 windows of 32 ms: known on the 7th (index 16), begun on the first (10).
-        // The silence: 7 windows again, from index 30.
+        // The silence: 192 ms, 6 windows, from index 30.
         assert_eq!(
             got,
-            [(16, SpeechEvent::Started { at: MS_32 * 10 }), (36, SpeechEvent::Stopped { at: MS_32 * 30 }),]
+            [(16, SpeechEvent::Started { at: MS_32 * 10 }), (35, SpeechEvent::Stopped { at: MS_32 * 30 }),]
         );
     }
 
@@ -323,7 +325,7 @@ mod tests {
         let settings = DetectorSettings::default();
         let burst = [[0.0; 5].as_slice(), &[0.95; 6], &[0.0; 10]].concat();
         assert_eq!(events(&burst, settings), [], "192 ms of speech-like audio is not speech");
-        let pause = [[0.9; 10].as_slice(), &[0.1; 6], &[0.9; 10]].concat();
+        let pause = [[0.9; 10].as_slice(), &[0.1; 5], &[0.9; 10]].concat();
         assert_eq!(events(&pause, settings), [(6, SpeechEvent::Started { at: Duration::ZERO })], "no stop");
     }
 
