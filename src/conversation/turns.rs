@@ -183,9 +183,11 @@ pub struct EndOfTurnWaits {
 }
 
 impl Endpointing {
-    /// How much silence after `heard` ends the turn.
+    /// How much silence after `heard` ends the turn: the short wait only after words that end a
+    /// sentence ([`sentence_ended`]), not after a mark a recogniser put at a pause ("My account
+    /// number is.").
     pub fn silence_needed(&self, heard: &str) -> Duration {
-        if heard.trim_end().ends_with(['.', '!', '?']) {
+        if sentence_ended(heard) {
             self.after_punctuation
         } else {
             self.otherwise
@@ -355,6 +357,11 @@ mod tests {
         assert!(sensitive.otherwise < Dials::default().endpointing().otherwise);
         assert_eq!(Dials::default().endpointing().silence_needed("I want a table."), Duration::from_millis(500));
         assert_eq!(Dials::default().endpointing().silence_needed("I want a"), Duration::from_secs(1));
+        assert_eq!(
+            Dials::default().endpointing().silence_needed("My account number is."),
+            Duration::from_secs(1),
+            "a mark at a pause is no sentence's end"
+        );
     }
 
     #[test]
