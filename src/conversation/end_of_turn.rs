@@ -11,8 +11,9 @@
 //! samples (centred, reflect-padded), the power spectrum onto 80 Slaney mel bands, log10, floored
 //! at 8 under the maximum, then `(x + 4) / 4`: 80 × 800 values.
 //!
-//! One inference costs about 0.1 s of one core, so it runs on the blocking pool, at most
-//! `workers` at once (one session each, one thread each). A call that finds every worker busy
+//! One inference costs about 80 ms of one core, so it runs on the blocking pool, at most
+//! `workers` at once (one session each, one thread each), each holding one of the machine's cores
+//! while it runs ([`onnx::core`], shared with the recogniser). A call that finds every worker busy
 //! gets `None` from [`EndOfTurn::probability_if_free`] at once and uses the silence rule for that
 //! pause: the model is an improvement, never a queue the conversation waits in.
 
@@ -70,9 +71,12 @@ impl EndOfTurn {
             (0..workers).map(|_| onnx::session(dir, &FILES, MODEL)).collect::<Result<_, _>>()?;
         let path = dir.join(MODEL);
         let bad = |message: String| bad_model(&path, message);
-        // A model that loads but does not answer (another model's file) is found out now.
+        // A model that loads but does not answer (another model's file) is found out now, and
+        // each session's first run, slower than later ones, is not a caller's.
         let features = log_mel(&[]);
-        infer(&mut sessions[0], &features).map_err(|e| bad(format!("it does not run: {e}")))?;
+        for session in &mut sessions {
+            infer(session, &features).map_err(|e| bad(format!("it does not run: {e}")))?;
+        }
         Ok(EndOfTurn { sessions: Mutex::new(sessions), free: Arc::new(Semaphore::new(workers)), workers })
     }
 
@@ -101,11 +105,12 @@ impl EndOfTurn {
         audio_16k: &[i16],
     ) -> Result<f32, EndOfTurnError> {
         let last = audio_16k[audio_16k.len().saturating_sub(WINDOW)..].to_vec();
+        let core = onnx::core().await;
         let this = self.clone();
-        // The permit goes with the work: a caller that stops waiting does not free the worker early.
+        // The permits go with the work: a caller that stops waiting does not free the worker early.
         tokio::task::spawn_blocking(move || {
             let probability = this.run_blocking(&last);
-            drop(permit);
+            drop((permit, core));
             probability
         })
         .await

@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::session::Session;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::stt::moonshine;
 
@@ -48,6 +49,27 @@ pub(crate) fn bad_model(path: &Path, message: String) -> ModelError {
     ModelError::Model { path: path.to_owned(), message }
 }
 
+/// One of the machine's cores, held by an inference of the recogniser or of the end-of-turn model
+/// while it runs: at most as many run at once as there are cores, and the rest wait their turn
+/// (in order). Two calls that pause together have four inferences to run; sharing two cores, each
+/// would take twice as long, and both calls would wait for all four; in turn, the first call has
+/// its words and verdict in the time of one.
+pub(crate) async fn core() -> OwnedSemaphorePermit {
+    cores().clone().acquire_owned().await.expect("the cores are never closed")
+}
+
+/// [`core`] if one is free now.
+pub(crate) fn core_if_free() -> Option<OwnedSemaphorePermit> {
+    cores().clone().try_acquire_owned().ok()
+}
+
+fn cores() -> &'static Arc<Semaphore> {
+    static CORES: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    CORES.get_or_init(|| {
+        Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)))
+    })
+}
+
 /// Models loaded in this process, by folder.
 pub(crate) type Loaded<T> = Mutex<Option<HashMap<PathBuf, Arc<T>>>>;
 
@@ -64,4 +86,26 @@ pub(crate) fn shared<T>(
     let model = Arc::new(load()?);
     loaded.get_or_insert_with(HashMap::new).insert(dir.to_owned(), model.clone());
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn inferences_hold_the_machines_cores_one_each() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let mut held = Vec::new();
+        for _ in 0..cores {
+            held.push(core().await);
+        }
+        assert!(core_if_free().is_none(), "every core is held");
+        let waiting = tokio::spawn(core());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the next waits its turn");
+        held.pop();
+        let next = waiting.await.expect("it gets the core given back");
+        drop(next);
+        assert!(core_if_free().is_some());
+    }
 }

@@ -31,7 +31,7 @@ use super::actions::{Action, ActionRunner};
 use super::knowledge::Knowledge;
 use super::line::Line;
 use super::llm::{ChatMessage, LanguageModel};
-use super::stt::{SpeechToText, SttConfig, SttSession};
+use super::stt::{SpeechToText, SttConfig, SttInput, SttSession};
 use super::tts::Voice;
 use super::turns::{Dials, CHECK_IN};
 
@@ -139,6 +139,8 @@ struct Engine {
     interim: bool,
     /// The last interim's words: what is answered when a turn reaches its longest without a final.
     last_interim: String,
+    /// Whether speech-to-text was last told that interims are needed ([`SttInput::Interims`]).
+    interims_told: Option<bool>,
     last_word: Option<Instant>,
     /// When the caller's speech ended, as the detector or the recogniser's word timings say.
     spoke_until: Option<Instant>,
@@ -187,6 +189,7 @@ impl Engine {
             heard: String::new(),
             interim: false,
             last_interim: String::new(),
+            interims_told: None,
             last_word: None,
             spoke_until: None,
             recognized_at: None,
@@ -317,6 +320,7 @@ impl Engine {
                     opening = None;
                     // Audio that came while it connected was not heard.
                     stt = opened.ok().flatten();
+                    self.interims_told = None;
                     if let Some(voice) = self.voice.as_mut().filter(|_| stt.is_some()) {
                         voice.session_opened();
                     }
@@ -380,11 +384,24 @@ impl Engine {
                     }
                 }
             }
+            self.tell_interims(stt.as_ref());
             if self.ending && self.speaking.is_none() {
                 let _ = self.events.send(Event::HangUp).await;
                 self.last_words(stt.take()).await;
                 return;
             }
+        }
+    }
+
+    /// Tells speech-to-text when interims start or stop being needed: while the bot speaks (or
+    /// is held) they decide a barge-in; while it is silent the detector and the finals decide the
+    /// turn, and a recogniser on the machine's own CPU need not make them. Told again when the
+    /// session's queue was full.
+    fn tell_interims(&mut self, stt: Option<&SttSession>) {
+        let Some(stt) = stt else { return };
+        let wanted = self.speaking.is_some();
+        if self.interims_told != Some(wanted) && stt.audio.try_send(SttInput::Interims(wanted)).is_ok() {
+            self.interims_told = Some(wanted);
         }
     }
 

@@ -182,6 +182,7 @@ impl Engine {
 }
 
 pub(super) fn record_latency(latency: &TurnLatency) {
+    tracing::debug!(?latency, "the turn's first frame is out");
     let stages = [
         ("end_of_turn", Some(latency.end_of_turn)),
         ("recognized", latency.recognized),

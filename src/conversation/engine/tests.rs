@@ -378,6 +378,27 @@ async fn a_turn_is_answered_once_the_person_has_finished_and_its_latency_is_repo
 }
 
 #[tokio::test(start_paused = true)]
+async fn speech_to_text_is_asked_for_interims_only_while_the_bot_speaks() {
+    let mut call = start(config(Dials::default()), vec![reply("Sure, for what time? ")]);
+    call.next_message().await;
+    call.says("A table for two.").await;
+    call.next_message().await;
+    call.next_message().await;
+    let stt = call.stt.clone();
+    call.end().await;
+    let mut received = stt.audio.lock().unwrap().take().expect("a session");
+    let mut told = Vec::new();
+    while let Ok(input) = received.try_recv() {
+        if let SttInput::Interims(wanted) = input {
+            told.push(wanted);
+        }
+    }
+    // Speaking the greeting (under way when the session opened), silent while the person speaks,
+    // speaking the answer, silent after it: each change told once.
+    assert_eq!(told, [true, false, true, false]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_end_of_a_turn_waits_longer_after_an_unfinished_sentence() {
     let mut call = start(config(Dials::default()), vec![reply("Okay then, noted. ")]);
     call.next_message().await;
@@ -1341,6 +1362,22 @@ async fn the_model_hears_a_pause_before_the_detector_is_sure_and_its_verdict_is_
         "sooner than the silence rule: {:?}",
         ends - stopped
     );
+}
+
+#[test]
+fn a_pause_heard_ahead_of_the_stop_is_heard_as_long_as_the_stops() {
+    // 1 s of speech, then 64 ms of the pause (its line noise: 1, 2, 3, 1, 2, 3, ...).
+    let speech = vec![9_000i16; 16_000];
+    let pause: Vec<i16> = (0..1_024).map(|i| (i % 3 + 1) as i16).collect();
+    let heard = voice::as_at_the_stop([speech.clone(), pause.clone()].concat(), Duration::from_millis(64));
+    // 192 ms of pause in all: its own 64 ms three times over.
+    assert_eq!(heard.len(), 16_000 + 3_072);
+    assert_eq!(&heard[..16_000], &speech[..]);
+    assert_eq!(heard[16_000..], [pause.clone(), pause.clone(), pause].concat());
+    // A pause as long as the stop's, or no pause at all: as heard.
+    let long = [speech.clone(), vec![1; 3_200]].concat();
+    assert_eq!(voice::as_at_the_stop(long.clone(), Duration::from_millis(200)), long);
+    assert_eq!(voice::as_at_the_stop(speech.clone(), Duration::ZERO), speech);
 }
 
 #[tokio::test(start_paused = true)]

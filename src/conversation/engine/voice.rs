@@ -40,11 +40,13 @@ pub(super) const RECHECK: Duration = Duration::from_millis(100);
 /// the detector is sure of it.
 const HOLD_ON: Duration = Duration::from_millis(60);
 
-/// How long a pause lasts before the end-of-turn model hears it: about half of the detector's
-/// [`DetectorSettings::min_silence`], so that the model's inference (about 0.1 s of a core) is
-/// done when the detector says the caller stopped. Shorter, and the gaps between words would
-/// keep the model's workers busy.
-pub(super) const PROBE: Duration = Duration::from_millis(90);
+/// How long a pause lasts (from where the line's loudness dates its start) before the end-of-turn
+/// model hears it and the recogniser transcribes the words ahead: a third of the detector's
+/// [`DetectorSettings::min_silence`], so that both (about 80 ms of a core each) are done when
+/// the detector says the caller stopped. The neural detector only calls a silence one 35–130 ms
+/// after the voice has stopped, so a shorter probe would start no sooner, and the gaps between
+/// words, which it does not call silences, start none.
+pub(super) const PROBE: Duration = Duration::from_millis(64);
 
 /// Which turn-taking models a call uses: the server's local speech, as its settings allow
 /// (`VAD`, `END_OF_TURN_MODEL`). Without local speech: loudness and the silence rule.
@@ -165,12 +167,19 @@ impl Voice {
     /// Starts the model on the current pause (the caller's last 8 s), in a child task; its verdict
     /// comes back tagged with the pause. A pause that finds every worker busy goes by the silence
     /// rule.
+    ///
+    /// A pause heard ahead of the stop ([`PROBE`] in) is heard as long as the stop's
+    /// ([`DetectorSettings::min_silence`]), its own quiet repeated: the verdict is the one the
+    /// model would give at the stop, where it is used (and where Pipecat asks it), only sooner. On
+    /// less silence the model says "done" less often, of finished and unfinished sentences alike.
     fn judge(&self) {
         let Some(model) = self.model.clone() else { return };
         if self.recent.is_empty() {
             return;
         }
-        let (pause, audio, out) = (self.pause, Vec::from(self.recent.clone()), self.verdicts.clone());
+        let quiet = self.probing.map_or(Duration::ZERO, |from| self.detector.heard().saturating_sub(from));
+        let audio = as_at_the_stop(Vec::from(self.recent.clone()), quiet);
+        let (pause, out) = (self.pause, self.verdicts.clone());
         tokio::spawn(async move {
             match model.probability_if_free(&audio).await {
                 Some(Ok(probability)) => {
@@ -247,6 +256,7 @@ impl Engine {
                 voice.pause += 1;
                 voice.verdict = None;
                 voice.probing = Some(from);
+                tracing::debug!(pause = voice.pause, "a pause: the model and the recogniser hear it ahead of a stop");
                 voice.judge();
                 if let (Some(stt), Some(session_from)) = (stt, voice.session_from) {
                     let at = from.saturating_sub(session_from);
@@ -349,6 +359,24 @@ pub(super) fn after_verdict(dials: &Dials, stopped: Instant, probability: f32, h
         _ => dials.endpointing().otherwise,
     };
     stopped + wait
+}
+
+/// The caller's audio (16 kHz) ending in a pause `quiet` long, as it will be at the detector's
+/// stop: the pause's own sound repeated until it is [`DetectorSettings::min_silence`] long. A
+/// pause already that long, or with no sound of its own heard, is left as it is.
+pub(super) fn as_at_the_stop(mut audio: Vec<i16>, quiet: Duration) -> Vec<i16> {
+    let quiet = samples_16k(quiet).min(audio.len());
+    let missing = samples_16k(DetectorSettings::default().min_silence).saturating_sub(quiet);
+    if quiet > 0 && missing > 0 {
+        let pause = audio[audio.len() - quiet..].to_vec();
+        audio.extend(pause.iter().cycle().take(missing));
+    }
+    audio
+}
+
+/// Samples of 16 kHz audio in `duration`.
+fn samples_16k(duration: Duration) -> usize {
+    (duration.as_micros() * end_of_turn::SAMPLE_RATE as u128 / 1_000_000) as usize
 }
 
 /// Hands speech-to-text a frame without waiting: a full queue drops it (and counts it).

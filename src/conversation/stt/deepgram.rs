@@ -333,7 +333,7 @@ impl Connection {
                             Message::binary(frame)
                         }
                         Some(SttInput::Voice(SpeechEvent::Stopped { .. })) => Message::text(r#"{"type":"Finalize"}"#),
-                        Some(SttInput::Voice(SpeechEvent::Started { .. }) | SttInput::Pausing { .. }) => continue,
+                        Some(SttInput::Voice(SpeechEvent::Started { .. }) | SttInput::Pausing { .. } | SttInput::Interims(_)) => continue,
                     };
                     if let Err(e) = socket.send(message).await {
                         return Ended::Dropped(e.to_string());
@@ -395,7 +395,7 @@ impl Connection {
                             dropped_bytes += frame.len();
                             self.received += frame.len();
                         }
-                        Some(SttInput::Voice(_) | SttInput::Pausing { .. }) => {}
+                        Some(SttInput::Voice(_) | SttInput::Pausing { .. } | SttInput::Interims(_)) => {}
                         None => return None,
                     },
                     () = self.events.closed() => return None,

@@ -7,7 +7,8 @@
 //! of the session's own ([`EnergyVad`]) cuts them. While the person speaks, the growing utterance
 //! is transcribed again every [`INTERIM_EVERY`] of new audio for interim results (skipped when a
 //! newer one supersedes it, and when every worker of the recogniser is busy: finals, which end
-//! turns, come first); when the speech has stopped, the whole utterance is transcribed once more
+//! turns, come first), or only every [`QUIET_INTERIM_EVERY`] while the engine says it needs none
+//! ([`SttInput::Interims`]: the bot is silent); when the speech has stopped, the whole utterance is transcribed once more
 //! for the final (`speech_final` only when the session cut it itself: where the engine's
 //! detector cut, the engine decides when the turn is over). Each result says where its speech was ([`Spoken`]), and text
 //! the recogniser made of too little speech, or looping ([`super::plausible`]), is never sent.
@@ -46,6 +47,12 @@ pub const SHORTEST_SPEECH: Duration = ENERGY_MIN_SPEECH;
 /// that ends it, so that a burst never gives words, and Moonshine's guesses on a syllable ("We,
 /// we, we, we") are never asked for.
 pub const FIRST_INTERIM: Duration = Duration::from_millis(600);
+/// How often an utterance is transcribed before its end while the engine needs no interims (the
+/// bot is silent: the detector and the finals decide the turn). A sentence, a few seconds long,
+/// then costs one transcription, its final, and the words ahead at its pauses are not kept
+/// waiting for a worker busy with interims nobody reads; a caller who never pauses still has
+/// recent words when the turn reaches its longest.
+pub const QUIET_INTERIM_EVERY: Duration = Duration::from_secs(5);
 /// Audio kept from before the engine's detector dated the speech's start.
 const VOICE_PRE_ROLL: usize = PRE_ROLL;
 /// Audio kept outside an utterance, to find where the detector dated its start (it knows it
@@ -95,8 +102,8 @@ impl SpeechToText for LocalStt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ahead {
     No,
-    /// The utterance up to a pause that began at this position: transcribed if a worker is free,
-    /// and kept, not sent.
+    /// The utterance up to a pause that began at this position: transcribed (waiting for a worker,
+    /// as a final does), and kept, not sent.
     Pause(Duration),
     /// The stop at this position: the words kept for its pause are the final, if there are any;
     /// else the job's audio is transcribed.
@@ -144,6 +151,11 @@ async fn listen(
             (SttInput::Voice(_), None) => Vec::new(),
             (SttInput::Pausing { at }, Some(cutter)) => cutter.pausing(at),
             (SttInput::Pausing { .. }, None) => Vec::new(),
+            (SttInput::Interims(wanted), Some(cutter)) => {
+                cutter.quiet = !wanted;
+                Vec::new()
+            }
+            (SttInput::Interims(_), None) => Vec::new(),
         };
         for step in steps {
             match step {
@@ -203,8 +215,10 @@ async fn transcribe(
             metrics::counter!("vocode_stt_local_finals_ahead_total").increment(1);
             Ok(text)
         } else if let Ahead::Pause(at) = job.ahead {
-            // Ahead of a stop that may not come: only on a worker that is free now.
-            if let Some(Ok(text)) = recognizer.transcribe_if_free(job.audio).await {
+            // Ahead of a stop that may not come, but before any interim: the stop, queued behind
+            // it, reuses its words.
+            if let Ok(text) = recognizer.transcribe(job.audio).await {
+                tracing::debug!(took_ms = job.at.elapsed().as_millis() as u64, %text, "transcribed ahead of a stop");
                 kept = Some((at, text));
             }
             continue;
@@ -369,6 +383,9 @@ struct VoiceCutter {
     utterance: Option<Cut>,
     /// The pause whose words were sent ahead to be transcribed: the stop there reuses them.
     ahead: Option<Duration>,
+    /// The engine needs no interims now ([`SttInput::Interims`]): an utterance is transcribed
+    /// before its end only every [`QUIET_INTERIM_EVERY`].
+    quiet: bool,
 }
 
 struct Cut {
@@ -399,10 +416,10 @@ impl VoiceCutter {
             cut.transcribed_at = 0;
             return vec![Step::Transcribe(Job::last(audio, false, spoken))];
         }
-        let long_enough = self.heard - cut.start >= samples_of(FIRST_INTERIM);
-        if long_enough
-            && cut.audio.len() >= cut.transcribed_at + SAMPLE_RATE * INTERIM_EVERY.as_millis() as usize / 1000
-        {
+        let (first, every) =
+            if self.quiet { (QUIET_INTERIM_EVERY, QUIET_INTERIM_EVERY) } else { (FIRST_INTERIM, INTERIM_EVERY) };
+        let long_enough = self.heard - cut.start >= samples_of(first);
+        if long_enough && cut.audio.len() >= cut.transcribed_at + samples_of(every) as usize {
             cut.transcribed_at = cut.audio.len();
             return vec![Step::Transcribe(Job {
                 ahead: Ahead::No,
@@ -599,6 +616,36 @@ mod tests {
         cutter.voice(SpeechEvent::Started { at: ms(800) });
         cutter.audio(&tone(200, 9_000.0));
         assert!(cutter.pausing(ms(1_000)).is_empty());
+    }
+
+    #[test]
+    fn while_the_engine_needs_no_interims_a_sentence_is_transcribed_once_and_a_monologue_now_and_then() {
+        let spoken = |cutter: &mut VoiceCutter, ms_of_speech: usize| {
+            let mut steps = cutter.audio(&tone(1_000, 0.0));
+            steps.extend(cutter.voice(SpeechEvent::Started { at: ms(800) }));
+            for frame in tone(ms_of_speech, 9_000.0).chunks(FRAME) {
+                steps.extend(cutter.audio(frame));
+            }
+            steps
+        };
+        // The bot is silent: a 3 s sentence gets no interim, only its final.
+        let mut cutter = VoiceCutter { quiet: true, ..VoiceCutter::default() };
+        let mut steps = spoken(&mut cutter, 3_000);
+        steps.extend(cutter.voice(SpeechEvent::Stopped { at: ms(3_800) }));
+        assert_eq!(kinds(&steps), ["started", "final:3450ms"]);
+        // A caller who goes on: an interim every 5 s of speech, for the turn's longest.
+        let mut cutter = VoiceCutter { quiet: true, ..VoiceCutter::default() };
+        let steps = spoken(&mut cutter, 11_000);
+        assert_eq!(kinds(&steps), ["started", "interim:5250ms", "interim:10250ms"]);
+        // The bot starts speaking mid-sentence: interims at once, then every 500 ms.
+        let mut cutter = VoiceCutter { quiet: true, ..VoiceCutter::default() };
+        let mut steps = spoken(&mut cutter, 2_000);
+        cutter.quiet = false;
+        steps.extend(cutter.audio(&tone(20, 9_000.0)));
+        for frame in tone(500, 9_000.0).chunks(FRAME) {
+            steps.extend(cutter.audio(frame));
+        }
+        assert_eq!(kinds(&steps), ["started", "interim:2470ms", "interim:2970ms"]);
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub enum SttInput {
     /// words up to here ahead of the stop that may follow at `at` (the local one transcribes
     /// them, and sends them as the final if the stop comes there). Others ignore it.
     Pausing { at: std::time::Duration },
+    /// Whether the engine needs interim results now: while the bot speaks (they decide a
+    /// barge-in), not while it is silent, when its detector and the finals decide the turn. A
+    /// recogniser whose interims cost the machine's CPU (the local one) makes them only when
+    /// needed; others ignore it.
+    Interims(bool),
 }
 
 impl From<Vec<u8>> for SttInput {

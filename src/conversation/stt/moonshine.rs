@@ -7,7 +7,9 @@
 //! A [`Recognizer`] is loaded once per process and shared by every call. It holds one encoder and
 //! decoder pair per worker (each pair is used by one transcription at a time, with one thread),
 //! and transcriptions wait for a free pair on the async side and run on the blocking pool: the
-//! async runtime never does the inference, and at most as many run at once as there are workers.
+//! async runtime never does the inference, and at most as many run at once as there are workers,
+//! each holding one of the machine's cores while it runs (`onnx::core`, shared with the
+//! end-of-turn model).
 //!
 //! The decoding is greedy with the decoder's key/value cache, as the reference implementation
 //! (`useful-moonshine-onnx`'s `model.py`) does it.
@@ -277,7 +279,13 @@ impl Recognizer {
         load_runtime(&dir.join(RUNTIME))?;
         let tokenizer = Tokenizer::load(&dir.join(TOKENIZER))?;
         let workers = workers.max(1);
-        let models = (0..workers).map(|_| Model::load(dir)).collect::<Result<Vec<_>, _>>()?;
+        let mut models = (0..workers).map(|_| Model::load(dir)).collect::<Result<Vec<_>, _>>()?;
+        // A session's first run sets up its memory, and is slower than every later one: done
+        // now, not on a caller's first words.
+        let warm_up: Vec<f32> = (0..SAMPLE_RATE).map(|i| 0.1 * (i as f32 * 0.07).sin()).collect();
+        for model in &mut models {
+            model.generate(&warm_up)?;
+        }
         Ok(Recognizer { models: Mutex::new(models), free: Arc::new(Semaphore::new(workers)), tokenizer, workers })
     }
 
@@ -290,26 +298,28 @@ impl Recognizer {
     /// then runs on the blocking pool.
     pub async fn transcribe(self: &Arc<Self>, pcm16k: Vec<i16>) -> Result<String, MoonshineError> {
         let permit = self.free.clone().acquire_owned().await.map_err(|_| MoonshineError::Closed)?;
+        let core = crate::conversation::onnx::core().await;
         let this = self.clone();
-        // The permit goes with the work: a caller that stops waiting does not free the pair early.
+        // The permits go with the work: a caller that stops waiting does not free the pair early.
         tokio::task::spawn_blocking(move || {
             let text = this.transcribe_blocking(&pcm16k);
-            drop(permit);
+            drop((permit, core));
             text
         })
         .await
         .map_err(|e| MoonshineError::Inference(format!("the transcription stopped: {e}")))?
     }
 
-    /// [`transcribe`](Self::transcribe) if a worker is free right now, else `None` at once: for
-    /// interim results, which must not hold up the finals of other calls when the recogniser is
+    /// [`transcribe`](Self::transcribe) if a worker and a core are free right now, else `None` at
+    /// once: for interim results, which must not hold up the finals of other calls when the recogniser is
     /// saturated.
     pub async fn transcribe_if_free(self: &Arc<Self>, pcm16k: Vec<i16>) -> Option<Result<String, MoonshineError>> {
         let permit = self.free.clone().try_acquire_owned().ok()?;
+        let core = crate::conversation::onnx::core_if_free()?;
         let this = self.clone();
         let text = tokio::task::spawn_blocking(move || {
             let text = this.transcribe_blocking(&pcm16k);
-            drop(permit);
+            drop((permit, core));
             text
         })
         .await

@@ -10,6 +10,13 @@
 //! Pipecat's 0.2 s start and stop). Noise — a cough, a click, a breath, a door — scores low on
 //! the model, so it starts nothing.
 //!
+//! The model's probability stays up for a window or two after the voice has stopped (its windows
+//! are 32 ms, and its state carries over): on the shipped turn set its silence began 35–130 ms
+//! (p50 72 ms) after the sound did. So where a silence begins is dated by the line's loudness
+//! ([`Loudness`]): at the end of the last 10 ms that was louder than the line's noise, at most
+//! [`BACKDATE`] before the model's silence. The stop, the pause the end-of-turn model hears, and
+//! every wait after them count from there, as the caller hears the silence.
+//!
 //! Without the model (not installed, or it failed to load or to run) the line's loudness decides
 //! ([`EnergyVad`]), with the same events; since loudness cannot tell a noise from a voice, it
 //! only takes speech that lasts longer than a noise burst ([`ENERGY_MIN_SPEECH`]).
@@ -53,6 +60,20 @@ pub const ENERGY_MIN_SPEECH: Duration = Duration::from_millis(320);
 /// The stream's clock: positions count 16 kHz samples, whatever the line's rate.
 const CLOCK_HZ: u64 = 16_000;
 
+/// How much earlier than the neural detector's first silent window the line's loudness may date
+/// the end of speech: three windows. A stop then still needs the model to have heard at least
+/// [`DetectorSettings::min_silence`] less this of silence (96 ms: three windows).
+pub const BACKDATE: Duration = Duration::from_millis(96);
+/// The loudness steps: 10 ms.
+const STEP_MS: u64 = 10;
+/// How far back the line's noise floor is looked for (the quietest step).
+const FLOOR_MEMORY_MS: u64 = 2_000;
+/// A step is sound when it is this many times louder than the noise floor (6 dB: a voice's soft
+/// tail still counts; a steady line's noise, within a few dB of its quietest step, does not).
+const OVER_FLOOR: f32 = 2.0;
+/// ... and louder than this, in [-1, 1] RMS (-60 dBFS): a line of digital silence has no floor.
+const QUIETEST_SOUND: f32 = 0.001;
+
 /// What a frame changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpeechEvent {
@@ -92,6 +113,7 @@ impl VoiceActivity {
                     pending: Vec::with_capacity(rate.window() * 2),
                     context: vec![0.0; rate.context()],
                     state: Box::new([0.0; STATE]),
+                    loudness: Loudness::new(rate.hz()),
                 };
                 (hearing, settings.min_speech)
             }
@@ -118,6 +140,7 @@ enum Hearing {
         /// The end of the window before.
         context: Vec<f32>,
         state: Box<[f32; STATE]>,
+        loudness: Loudness,
     },
     Energy {
         to_16k: Transcoder,
@@ -145,8 +168,10 @@ impl SpeechDetector {
     pub async fn push(&mut self, bytes: &[u8]) -> Vec<SpeechEvent> {
         let mut events = Vec::new();
         match &mut self.hearing {
-            Hearing::Silero { model, rate, pending, context, state } => {
+            Hearing::Silero { model, rate, pending, context, state, loudness } => {
+                let fresh = pending.len();
                 pending.extend(self.encoding.decode(bytes).iter().map(|s| f32::from(*s) / 32768.0));
+                loudness.hear(&pending[fresh..]);
                 let (window, lead) = (rate.window(), rate.context());
                 let ticks = (window as u64 * CLOCK_HZ / u64::from(rate.hz())) as usize;
                 while pending.len() >= window {
@@ -159,7 +184,13 @@ impl SpeechDetector {
                         Ok((probability, next)) => {
                             *state = next;
                             self.probability = probability;
+                            let window = self.onsets.heard;
                             events.extend(self.onsets.hear(probability, ticks));
+                            if self.onsets.silence == Some(window) {
+                                // A silence begins with this window: as the loudness dates it.
+                                let earliest = window.saturating_sub(ticks_of(BACKDATE)).max(self.onsets.began);
+                                self.onsets.silence = Some(loudness.end_of_sound(window, earliest));
+                            }
                         }
                         Err(e) => {
                             // Logged once for this stream, which goes on by loudness.
@@ -235,6 +266,68 @@ fn duration_of(ticks: u64) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / CLOCK_HZ)
 }
 
+/// The line's loudness, 10 ms at a time, over the last [`FLOOR_MEMORY_MS`]: where a sound ended,
+/// to the step, against the line's own noise floor (its quietest step).
+struct Loudness {
+    /// Samples a step, at the line's rate.
+    step: usize,
+    /// Ticks of the stream's clock a step.
+    ticks: u64,
+    /// The step being heard: its sum of squares and samples.
+    sum: f64,
+    count: usize,
+    /// Ticks of the steps heard whole.
+    heard: u64,
+    /// The steps heard: where each ended, and its RMS.
+    levels: std::collections::VecDeque<(u64, f32)>,
+}
+
+impl Loudness {
+    fn new(hz: u32) -> Loudness {
+        let step = (u64::from(hz) * STEP_MS / 1000) as usize;
+        Loudness {
+            step,
+            ticks: CLOCK_HZ * STEP_MS / 1000,
+            sum: 0.0,
+            count: 0,
+            heard: 0,
+            levels: std::collections::VecDeque::with_capacity((FLOOR_MEMORY_MS / STEP_MS) as usize + 1),
+        }
+    }
+
+    /// Hears samples in [-1, 1], in order.
+    fn hear(&mut self, samples: &[f32]) {
+        for &s in samples {
+            self.sum += f64::from(s) * f64::from(s);
+            self.count += 1;
+            if self.count == self.step {
+                self.heard += self.ticks;
+                let rms = (self.sum / self.step as f64).sqrt() as f32;
+                if self.levels.len() == (FLOOR_MEMORY_MS / STEP_MS) as usize {
+                    self.levels.pop_front();
+                }
+                self.levels.push_back((self.heard, rms));
+                (self.sum, self.count) = (0.0, 0);
+            }
+        }
+    }
+
+    /// Where the sound heard before `silence` (a position) ended: the end of the last step before
+    /// it that was louder than the noise floor, no earlier than `earliest` and no later than
+    /// `silence`; `silence` itself when no step was (a line as loud as the voice: the loudness
+    /// cannot tell).
+    fn end_of_sound(&self, silence: u64, earliest: u64) -> u64 {
+        let floor = self.levels.iter().map(|(_, rms)| *rms).fold(f32::INFINITY, f32::min);
+        let sound = (floor * OVER_FLOOR).max(QUIETEST_SOUND);
+        self.levels
+            .iter()
+            .rev()
+            .filter(|(end, _)| end - self.ticks < silence)
+            .find(|(_, rms)| *rms > sound)
+            .map_or(silence, |(end, _)| (*end).clamp(earliest, silence))
+    }
+}
+
 /// Onsets and offsets out of a stream of probabilities: the hysteresis and the minimum lengths.
 #[derive(Debug, Clone)]
 struct Onsets {
@@ -244,6 +337,8 @@ struct Onsets {
     /// Ticks heard.
     heard: u64,
     speaking: bool,
+    /// Where the current (or last) speech began.
+    began: u64,
     /// Not speaking: where the run of speech-like windows began.
     candidate: Option<u64>,
     /// Speaking: where the run of silent windows began.
@@ -258,6 +353,7 @@ impl Onsets {
             min_silence: ticks_of(settings.min_silence),
             heard: 0,
             speaking: false,
+            began: 0,
             candidate: None,
             silence: None,
         }
@@ -273,6 +369,7 @@ impl Onsets {
                 let from = *self.candidate.get_or_insert(start);
                 if self.heard - from >= self.min_speech {
                     self.speaking = true;
+                    self.began = from;
                     self.candidate = None;
                     self.silence = None;
                     return Some(SpeechEvent::Started { at: duration_of(from) });
@@ -336,6 +433,39 @@ mod tests {
         assert_eq!(events(&p, DetectorSettings::default()), [(6, SpeechEvent::Started { at: Duration::ZERO })]);
         let p = [[0.9; 8].as_slice(), &[0.4; 20]].concat();
         assert_eq!(events(&p, DetectorSettings::default()).len(), 1, "started, never stopped");
+    }
+
+    #[test]
+    fn the_end_of_a_sound_is_dated_by_its_loudness_over_the_lines_noise() {
+        // 10 ms steps of a telephone line (8 kHz): its noise, a voice, the voice's soft tail (five
+        // times the noise), the noise again; the voice ends at 1 s.
+        let level = |rms: f32, ms: usize| vec![rms; 8 * ms];
+        let at = |ms: u64| ms * 16;
+        let mut loudness = Loudness::new(8_000);
+        for (rms, ms) in [(0.002, 500), (0.1, 450), (0.01, 50), (0.002, 200)] {
+            loudness.hear(&level(rms, ms));
+        }
+        assert_eq!(loudness.end_of_sound(at(1_064), at(968)), at(1_000), "the model's silence began 64 ms late");
+        assert_eq!(loudness.end_of_sound(at(1_150), at(1_054)), at(1_054), "never before the earliest allowed");
+        assert_eq!(loudness.end_of_sound(at(980), at(884)), at(980), "never after the model's silence");
+
+        // The same voice on a line as loud as its tail: the tail is noise, the voice ended at 950 ms.
+        let mut loudness = Loudness::new(16_000);
+        for (rms, ms) in [(0.01, 500), (0.1, 450), (0.01, 250)] {
+            loudness.hear(&vec![rms; 16 * ms]);
+        }
+        assert_eq!(loudness.end_of_sound(at(1_000), at(904)), at(950));
+
+        // A line as loud as the voice: the loudness cannot tell, the model's silence stands.
+        let mut loudness = Loudness::new(8_000);
+        loudness.hear(&level(0.1, 1_200));
+        assert_eq!(loudness.end_of_sound(at(1_064), at(968)), at(1_064));
+        // Only the last 2 s set the floor.
+        let mut loudness = Loudness::new(8_000);
+        for (rms, ms) in [(0.0001, 500), (0.05, 2_000), (0.1, 500)] {
+            loudness.hear(&level(rms, ms));
+        }
+        assert_eq!(loudness.end_of_sound(at(3_064), at(2_968)), at(3_064), "the old quiet is forgotten");
     }
 
     #[tokio::test]
