@@ -8,10 +8,11 @@
 //! is transcribed again every [`INTERIM_EVERY`] of new audio for interim results (skipped when a
 //! newer one supersedes it, and when every worker of the recogniser is busy: finals, which end
 //! turns, come first), or only every [`QUIET_INTERIM_EVERY`] while the engine says it needs none
-//! ([`SttInput::Interims`]: the bot is silent); when the speech has stopped, the whole utterance is transcribed once more
-//! for the final (`speech_final` only when the session cut it itself: where the engine's
-//! detector cut, the engine decides when the turn is over). Each result says where its speech was ([`Spoken`]), and text
-//! the recogniser made of too little speech, or looping ([`super::plausible`]), is never sent.
+//! ([`SttInput::Interims`]: the bot is silent); when the speech has stopped, the whole utterance
+//! is transcribed once more for the final (`speech_final` only when the session cut it itself:
+//! where the engine's detector cut, the engine decides when the turn is over). Each result says
+//! where its speech was ([`Spoken`]), and text the recogniser made of too little speech, or
+//! looping ([`super::plausible`]), is never sent.
 //! Telephone audio (8 kHz μ-law) is upsampled to the model's 16 kHz by the engine's own
 //! resampler.
 //!
