@@ -26,7 +26,7 @@ use crate::conversation::end_of_turn::{self, EndOfTurn};
 use crate::conversation::local::LocalSpeech;
 use crate::conversation::stt::SttInput;
 use crate::conversation::turns::{sentence_ended, Dials, InterruptSensitivity};
-use crate::conversation::vad::detector::{DetectorSettings, SpeechDetector, SpeechEvent, VoiceActivity};
+use crate::conversation::vad::detector::{ticks_of, DetectorSettings, SpeechDetector, SpeechEvent, VoiceActivity};
 
 /// How soon a turn's end is looked at again when the caller sounded like speaking at it.
 pub(super) const RECHECK: Duration = Duration::from_millis(100);
@@ -365,18 +365,14 @@ pub(super) fn after_verdict(dials: &Dials, stopped: Instant, probability: f32, h
 /// stop: the pause's own sound repeated until it is [`DetectorSettings::min_silence`] long. A
 /// pause already that long, or with no sound of its own heard, is left as it is.
 pub(super) fn as_at_the_stop(mut audio: Vec<i16>, quiet: Duration) -> Vec<i16> {
-    let quiet = samples_16k(quiet).min(audio.len());
-    let missing = samples_16k(DetectorSettings::default().min_silence).saturating_sub(quiet);
+    // The detector's clock counts 16 kHz samples, as the audio here does.
+    let quiet = (ticks_of(quiet) as usize).min(audio.len());
+    let missing = (ticks_of(DetectorSettings::default().min_silence) as usize).saturating_sub(quiet);
     if quiet > 0 && missing > 0 {
         let pause = audio[audio.len() - quiet..].to_vec();
         audio.extend(pause.iter().cycle().take(missing));
     }
     audio
-}
-
-/// Samples of 16 kHz audio in `duration`.
-fn samples_16k(duration: Duration) -> usize {
-    (duration.as_micros() * end_of_turn::SAMPLE_RATE as u128 / 1_000_000) as usize
 }
 
 /// Hands speech-to-text a frame without waiting: a full queue drops it (and counts it).

@@ -258,7 +258,8 @@ impl SpeechDetector {
     }
 }
 
-fn ticks_of(duration: Duration) -> u64 {
+/// The positions' clock ticks (16 kHz samples) in `duration`.
+pub(crate) fn ticks_of(duration: Duration) -> u64 {
     (duration.as_micros() as u64 * CLOCK_HZ).div_ceil(1_000_000)
 }
 
